@@ -1,0 +1,132 @@
+"""What every driver process shares: publisher, command socket, clock, series, clean shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import zmq.asyncio
+
+from operando.clock import ExperimentClock
+from operando.protocol import Command
+from operando.transport import CommandHandler, CommandServer, Publisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DriverOptions:
+    """Options every driver takes on its command line."""
+
+    name: str
+    data: str  # PUB endpoint to bind
+    command: str  # command (ROUTER) endpoint to bind
+    speed: float = 1.0
+    t0_ns: int | None = None  # experiment time at start; shared by the demo's simulators
+    wait_subscriber_s: float = 10.0
+    hwm: int = 10_000
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser, default_name: str) -> None:
+        g = p.add_argument_group("common driver options")
+        g.add_argument("--name", default=default_name, help="source name in every message")
+        g.add_argument("--data", default="tcp://127.0.0.1:5555", help="PUB endpoint to bind")
+        g.add_argument("--command", default="tcp://127.0.0.1:5556",
+                       help="command endpoint to bind")
+        g.add_argument("--speed", type=float, default=1.0,
+                       help="experiment seconds per wall second (simulators)")
+        g.add_argument("--t0-ns", type=int, default=None,
+                       help="experiment clock at start, ns since epoch (default: now)")
+        g.add_argument("--wait-subscriber", type=float, default=10.0,
+                       help="seconds to wait for a subscriber before the series starts")
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> DriverOptions:
+        return cls(name=a.name, data=a.data, command=a.command, speed=a.speed, t0_ns=a.t0_ns,
+                   wait_subscriber_s=a.wait_subscriber)
+
+
+class Driver:
+    """Base class: subclasses set ``instrument``, implement ``produce`` and add handlers."""
+
+    instrument = "other"
+
+    def __init__(self, opts: DriverOptions) -> None:
+        self.opts = opts
+        self.clock = ExperimentClock(opts.speed, opts.t0_ns or time.time_ns())
+        self.ctx: zmq.asyncio.Context | None = None
+        self.pub: Publisher | None = None
+        self.commands: CommandServer | None = None
+        self.finished = asyncio.Event()
+        self.series = ""
+
+    # -- to override -------------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        return {}
+
+    def handlers(self) -> dict[str, CommandHandler]:
+        return {"ping": self._ping, "status": self._status, "stop": self._stop}
+
+    async def produce(self) -> None:
+        raise NotImplementedError
+
+    def status(self) -> dict[str, Any]:
+        return {"series": self.series}
+
+    # -- shared ------------------------------------------------------------------------------
+    async def _ping(self, cmd: Command) -> dict[str, Any]:
+        return {"t_ns": self.clock.now_ns()}
+
+    async def _status(self, cmd: Command) -> dict[str, Any]:
+        return self.status()
+
+    async def _stop(self, cmd: Command) -> dict[str, Any]:
+        self.finished.set()
+        return {"stopping": True}
+
+    async def sleep(self, experiment_s: float) -> None:
+        await asyncio.sleep(self.clock.wall_seconds(experiment_s))
+
+    async def run(self) -> int:
+        self.ctx = zmq.asyncio.Context()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.finished.set)
+        self.pub = Publisher(self.ctx, self.opts.data, self.opts.name, hwm=self.opts.hwm,
+                             clock=self.clock.now_ns)
+        self.commands = CommandServer(self.ctx, self.opts.command, self.opts.name,
+                                      self.handlers(), clock=self.clock.now_ns)
+        self.pub.start()
+        self.commands.start()
+        reason = "completed"
+        try:
+            if not await self.pub.wait_for_subscriber(self.opts.wait_subscriber_s):
+                log.warning("%s: no subscriber after %.0f s, publishing anyway",
+                            self.opts.name, self.opts.wait_subscriber_s)
+            self.series = f"{self.opts.name}-{uuid.uuid4().hex[:8]}"
+            await self.pub.start_series(self.series, self.instrument, self.metadata())
+            producer = asyncio.create_task(self.produce(), name=f"{self.opts.name}-produce")
+            stop = asyncio.create_task(self.finished.wait())
+            done, _ = await asyncio.wait({producer, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if producer in done:
+                producer.result()  # re-raise a driver failure
+            else:
+                reason = "stopped"
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+            stop.cancel()
+            await self.pub.end_series(reason)
+        finally:
+            await self.commands.close()
+            await self.pub.close()
+            self.ctx.destroy(linger=500)
+        return 0

@@ -1,0 +1,26 @@
+"""The one place that names every driver: ``operando driver NAME`` looks drivers up here.
+
+Each entry is a module with ``DEFAULT_NAME``, ``add_arguments(parser)`` and
+``from_args(args, opts) -> Driver``; modules are imported only when their driver is run, so
+an optional driver's dependencies are needed only by those who use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+DRIVERS: dict[str, tuple[str, str]] = {
+    "sim-potentiostat": ("operando.drivers.sim_potentiostat",
+                         "simulated potentiostat driving a cell model (protocol from TOML)"),
+    "sim-spectrometer": ("operando.drivers.sim_spectrometer",
+                         "simulated soft X-ray spectrometer (XAS TEY/TFY, RIXS) on the same cell"),
+}
+
+
+def load_driver(name: str) -> ModuleType:
+    try:
+        module, _ = DRIVERS[name]
+    except KeyError:
+        raise KeyError(f"no driver named {name!r}; known drivers: {', '.join(DRIVERS)}") from None
+    return importlib.import_module(module)

@@ -1,0 +1,124 @@
+"""The ``operando`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from operando.config import ConfigError
+from operando.store import StoreError
+
+
+def _monitor(a: argparse.Namespace) -> int:
+    from operando.config import load_config
+    from operando.monitor import resolve_run_dir, run_monitor
+
+    cfg = load_config(a.config)
+    run_dir = resolve_run_dir(cfg, a.run_dir)
+    print(f"operando monitor: recording to {run_dir}", flush=True)
+    asyncio.run(run_monitor(cfg, run_dir, a.duration))
+    return 0
+
+
+def _driver(a: argparse.Namespace) -> int:
+    from operando.drivers.base import DriverOptions
+    from operando.drivers.registry import load_driver
+
+    module = load_driver(a.driver_name)
+    driver = module.from_args(a, DriverOptions.from_args(a))
+    return asyncio.run(driver.run())
+
+
+def _inspect(a: argparse.Namespace) -> int:
+    from operando.summary import format_summary, summarize
+
+    s = summarize(a.run_dir)
+    print(json.dumps(s, indent=None if a.json else 2) if a.json else format_summary(s))
+    return 0
+
+
+def _reprocess(a: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from operando.reprocess import reprocess
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("reprocessing raw messages", total=None)
+        status = reprocess(a.run_dir, lambda n, total: bar.update(task, completed=n, total=total))
+    sp = status["spectra"]
+    print(f"reprocessed {a.run_dir}: {status['potentiostat_rows']} potentiostat rows, "
+          f"{sp['total']} spectra ({sp['aligned']} aligned, {sp['partial']} partial)")
+    return 0
+
+
+def _status(a: argparse.Namespace) -> int:
+    from operando.monitor import query_status
+
+    print(json.dumps(asyncio.run(query_status(a.monitor, a.timeout)), indent=2))
+    return 0
+
+
+def _add_driver_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from operando.drivers.base import DriverOptions
+    from operando.drivers.registry import DRIVERS, load_driver
+
+    p = sub.add_parser("driver", help="run one instrument driver as its own process")
+    names = p.add_subparsers(dest="driver_name", required=True, metavar="NAME")
+    for name, (_module, text) in DRIVERS.items():
+        dp = names.add_parser(name, help=text, description=text)
+        module = load_driver(name)
+        module.add_arguments(dp)
+        DriverOptions.add_arguments(dp, module.DEFAULT_NAME)
+    p.set_defaults(func=_driver)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="operando", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("monitor", help="record, align and analyse a live experiment")
+    p.add_argument("--config", required=True, help="experiment TOML (see configs/)")
+    p.add_argument("--run-dir", help="run directory (default: from [run] in the config)")
+    p.add_argument("--duration", type=float, default=None, help="stop after S wall seconds")
+    p.set_defaults(func=_monitor)
+
+    _add_driver_parsers(sub)
+
+    p = sub.add_parser("inspect", help="summarise a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("reprocess", help="rebuild derived tables from the raw messages")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_reprocess)
+
+    p = sub.add_parser("status", help="ask a running monitor for its status")
+    p.add_argument("--monitor", default="tcp://127.0.0.1:5601", help="monitor command endpoint")
+    p.add_argument("--timeout", type=float, default=2.0)
+    p.set_defaults(func=_status)
+
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(a.func(a) or 0)
+    except (ConfigError, StoreError, KeyError, FileNotFoundError) as e:
+        print(f"operando: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Experiment time: what every timestamp in a message means, also when simulated fast.
+
+A simulator run at ``speed`` 60 lives a 2 h charge in 2 min of wall time; its messages carry
+experiment time, and the monitor aligns and times out on source time only, never on wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ExperimentClock:
+    speed: float = 1.0
+    t0_ns: int = field(default_factory=time.time_ns)  # experiment time at start
+    _m0: int = field(default_factory=time.monotonic_ns)
+
+    def __post_init__(self) -> None:
+        if self.speed <= 0:
+            raise ValueError(f"speed must be > 0, got {self.speed}")
+
+    def now_ns(self) -> int:
+        return self.t0_ns + int((time.monotonic_ns() - self._m0) * self.speed)
+
+    def now(self) -> float:
+        return self.now_ns() * 1e-9
+
+    def wall_seconds(self, experiment_seconds: float) -> float:
+        """How long to sleep for ``experiment_seconds`` of experiment time to pass."""
+        return experiment_seconds / self.speed

@@ -1,0 +1,110 @@
+"""Experiment configuration: TOML validated against typed structs, errors naming the key.
+
+One file describes one experiment: where the run is recorded, the monitor's endpoints, how
+spectra are aligned, the instruments (sources) to subscribe to, and the drivers' own settings
+(``[drivers.NAME]``, validated by each driver, opaque here).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the text names the file and the key."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class RunConfig(_Section):
+    root: str = "runs"  # run directories are created under here
+    name: str = ""  # default: <experiment>-<UTC timestamp>
+
+
+class MonitorConfig(_Section):
+    state_endpoint: str = "tcp://127.0.0.1:5600"  # dashboards subscribe here
+    command_endpoint: str = "tcp://127.0.0.1:5601"  # status queries and manual commands
+    status_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 5.0  # a source silent this long (wall time) is 'disconnected'
+
+
+class AlignmentConfig(_Section):
+    timeout_s: float = 30.0  # source time a spectrum waits for the potentiostat to cover it
+    capacity_mAh: float | None = None  # None: take it from the potentiostat's series metadata
+    initial_soc: float = 0.0
+    current_step_mA: float = 0.01  # a jump in current larger than this is a 'current change'
+    cover_tolerance_s: float = 0.2  # slack when deciding that rows cover a window
+    retain_s: float = 6 * 3600.0  # potentiostat history kept in memory for alignment
+
+
+class SourceConfig(_Section):
+    name: str
+    role: Literal["potentiostat", "spectrometer"]
+    data: str  # the driver's PUB endpoint
+    command: str = ""  # the driver's command (ROUTER) endpoint
+    clock_offset_s: float = 0.0  # added to the source's timestamps to reach the reference clock
+    clock: Literal["configured", "ping"] = "configured"  # ping: estimate the offset at start
+    rcvhwm: int = 10_000
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    description: str = ""
+    run: RunConfig = msgspec.field(default_factory=RunConfig)
+    monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
+    alignment: AlignmentConfig = msgspec.field(default_factory=AlignmentConfig)
+    sources: list[SourceConfig] = msgspec.field(default_factory=list)
+    drivers: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+    def source(self, name: str) -> SourceConfig:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no source named {name!r} (have: {[s.name for s in self.sources]})")
+
+    @property
+    def potentiostat(self) -> SourceConfig | None:
+        found = [s for s in self.sources if s.role == "potentiostat"]
+        return found[0] if found else None
+
+
+def parse_config(data: dict[str, Any], where: str = "config") -> ExperimentConfig:
+    try:
+        cfg = msgspec.convert(data, ExperimentConfig)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{where}: {_keyed(str(e))}") from None
+    names = [s.name for s in cfg.sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: sources: names must be unique, got {names}")
+    if sum(s.role == "potentiostat" for s in cfg.sources) > 1:
+        raise ConfigError(f"{where}: sources: at most one potentiostat is aligned against")
+    cap = cfg.alignment.capacity_mAh
+    if cap is not None and cap <= 0:
+        raise ConfigError(f"{where}: alignment.capacity_mAh: must be > 0, got {cap}")
+    return cfg
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(data, str(path))
+
+
+def _keyed(message: str) -> str:
+    """msgspec says '... - at `$.sources[0].role`'; put the key first, as a TOML user reads it."""
+    text, sep, path = message.rpartition(" - at `")
+    if not sep:
+        return message
+    key = path.rstrip("`").removeprefix("$").lstrip(".") or "(top level)"
+    return f"{key}: {text}"

@@ -1,0 +1,430 @@
+"""Ingest: record -> decode -> track sequence -> derive -> align, for one run. No sockets here.
+
+The monitor feeds it frames from its subscriptions; ``operando reprocess`` feeds it the raw
+table. Both therefore derive exactly the same tables from the same messages.
+
+Watermark: a spectrum is aligned once the potentiostat's data are known complete past its
+window end (newest row, or a heartbeat with no gap outstanding, or the end of the potentiostat's
+series). If that has not happened when the newest source time seen from any source passes
+``t_end + timeout_s``, it is aligned with what there is and marked partial. Potentiostat data
+arriving late for a window already aligned as partial re-aligns that spectrum (revision + 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from operando.align import Alignment, PotentiostatHistory, _unaligned, align_window
+from operando.config import AlignmentConfig, SourceConfig
+from operando.protocol import (
+    Ack,
+    Command,
+    Heartbeat,
+    Message,
+    PotentiostatBatch,
+    ProtocolError,
+    RIXSRows,
+    SeriesEnd,
+    SeriesStart,
+    StateUpdate,
+    XASScan,
+    decode,
+    kind_of,
+)
+from operando.sequence import Arrival, SequenceTracker
+from operando.store import RunStore, pack_frames, split_frames
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, dict[str, Any]], None]
+_json = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class PendingSpectrum:
+    spectrum_id: int
+    link: str
+    scan_id: str
+    kind: str
+    t_start: float  # reference clock, s
+    t_end: float
+    point_t: np.ndarray | None
+    info: dict[str, Any]
+
+
+@dataclass(slots=True)
+class LinkState:
+    config: SourceConfig
+    tracker: SequenceTracker = field(default_factory=SequenceTracker)
+    malformed: int = 0
+    late: int = 0
+    last_t: float = -math.inf  # newest source time seen (reference clock)
+    last_seen_wall: float = 0.0
+    last_message_t: float = -math.inf  # t_ns of the previous message, for gap time ranges
+    series: str = ""
+    series_ended: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Ingest:
+    """Everything that happens to a received message, in order, for one run."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        sources: Sequence[SourceConfig],
+        alignment: AlignmentConfig,
+        publish: Publish | None = None,
+    ) -> None:
+        self.store = store
+        self.cfg = alignment
+        self.publish: Publish = publish or (lambda topic, body: None)
+        self.links = {s.name: LinkState(s) for s in sources}
+        self.pstat_link = next((s.name for s in sources if s.role == "potentiostat"), None)
+        self.history = PotentiostatHistory(alignment.current_step_mA, alignment.retain_s)
+        self.pending: list[PendingSpectrum] = []
+        self.partial: deque[tuple[PendingSpectrum, Alignment]] = deque(maxlen=2000)
+        self.pstat_heartbeat_t = -math.inf
+        self.pstat_gaps: list[tuple[int, int, float, float]] = []  # first, last, t0, t1
+        self.capacity_mAh = alignment.capacity_mAh
+        self.now = -math.inf  # newest source time seen from any source (reference clock)
+        self.counts: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
+        self.on_message: list[Callable[[str, Message], None]] = []  # orchestration hooks
+        self._recv_ns = 0  # receive time of the message being processed (0: use the wall clock)
+
+    # -- entry point -----------------------------------------------------------------------
+    def receive(
+        self, link: str, frames: Sequence[Any], recv_ns: int | None = None, *, refill: bool = False
+    ) -> Message | None:
+        """Record the frames as received, then decode and derive. Returns the message or None."""
+        recv_ns = recv_ns or time.time_ns()
+        raw_id = self.store.take_raw_id()
+        topic, header, payload, sizes = pack_frames(frames)
+        nbytes = len(payload) + len(header or b"")
+        self.store.submit("raw", (raw_id, recv_ns, link, topic, header, payload, sizes, refill),
+                          nbytes)
+        return self.process(raw_id, recv_ns, link, frames)
+
+    def process(self, raw_id: int, recv_ns: int, link: str, frames: Sequence[Any]) -> Message | None:
+        """Decode and derive one recorded message (live, or from the raw table on reprocess)."""
+        self._recv_ns = recv_ns
+        try:
+            state = self.links.get(link)
+            try:
+                if state is None:
+                    raise ProtocolError(f"message on unknown link {link!r}")
+                msg = decode(frames)
+            except ProtocolError as e:
+                self._malformed(raw_id, link, state, str(e))
+                return None
+            try:
+                self._derive(raw_id, link, state, msg)
+            except Exception as e:  # a bug must not stop ingest: keep the message, say why
+                log.exception("deriving %s message %d failed", link, raw_id)
+                self.store.submit("raw_status", ("derive_error", raw_id))
+                self.event("derive_error", link, None, raw_id=raw_id,
+                           error=f"{type(e).__name__}: {e}")
+            return msg
+        finally:
+            self._recv_ns = 0
+
+    def _malformed(self, raw_id: int, link: str, state: LinkState | None, error: str) -> None:
+        self.store.submit("malformed", (error, raw_id))
+        if state is not None:
+            state.malformed += 1
+        self.event("malformed", link, None, raw_id=raw_id, error=error)
+
+    def _derive(self, raw_id: int, link: str, state: LinkState, msg: Message) -> None:
+        h = msg.header
+        offset = state.config.clock_offset_s
+        t_src = h.t_ns * 1e-9 + offset
+        state.last_seen_wall = time.monotonic()
+        if isinstance(h, Command | Ack):  # not part of a data stream: audit only
+            self.store.submit("message", (raw_id, link, h.source, h.session, h.seq,
+                                          kind_of(type(h)), h.t_ns, h.series, "command"))
+            return
+        verdict = state.tracker.observe(h.session, h.seq)
+        self.store.submit("message", (raw_id, link, h.source, h.session, h.seq, kind_of(type(h)),
+                                      h.t_ns, h.series, verdict.arrival.value))
+        if verdict.arrival is Arrival.DUPLICATE:
+            self.store.submit("raw_status", ("duplicate", raw_id))
+            self.event("duplicate", link, t_src, session=h.session, seq=h.seq)
+            return
+        if verdict.arrival is Arrival.NEW_SESSION and verdict.previous_session is not None:
+            self.event("source_restarted", link, t_src, session=h.session,
+                       previous_session=verdict.previous_session)
+        if verdict.gap is not None:
+            g = verdict.gap
+            self.event("gap", link, t_src, session=g.session, first=g.first, last=g.last,
+                       count=g.count, t_before=state.last_message_t, t_after=t_src)
+            if link == self.pstat_link:
+                self.pstat_gaps.append((g.first, g.last, state.last_message_t, t_src))
+        if verdict.arrival is Arrival.OUT_OF_ORDER:
+            self.event("out_of_order", link, t_src, session=h.session, seq=h.seq)
+            if link == self.pstat_link:
+                self._forget_filled_gaps(state.tracker)
+        if verdict.arrival is not Arrival.OUT_OF_ORDER:
+            state.last_message_t = t_src
+        state.last_t = max(state.last_t, t_src)
+        self.now = max(self.now, t_src)
+        self.counts["messages"] += 1
+
+        if isinstance(h, PotentiostatBatch):
+            self._potentiostat(raw_id, link, state, msg, offset)
+        elif isinstance(h, XASScan | RIXSRows):
+            self._spectrum(raw_id, link, msg, offset)
+        elif isinstance(h, Heartbeat):
+            if link == self.pstat_link:
+                self.pstat_heartbeat_t = max(self.pstat_heartbeat_t, t_src)
+        elif isinstance(h, SeriesStart):
+            self._series_start(link, state, h, t_src)
+        elif isinstance(h, SeriesEnd):
+            state.series_ended = True
+            self.event("series_end", link, t_src, series=h.series, reason=h.reason)
+        elif isinstance(h, StateUpdate):
+            pass
+        for hook in self.on_message:
+            hook(link, msg)
+        self.align_due()
+
+    # -- kinds -----------------------------------------------------------------------------
+    def _series_start(self, link: str, state: LinkState, h: SeriesStart, t: float) -> None:
+        if h.reannounce and h.series == state.series:
+            return  # a re-announce for late joiners: nothing new
+        state.series, state.series_ended, state.metadata = h.series, False, dict(h.metadata)
+        if link == self.pstat_link and self.cfg.capacity_mAh is None:
+            cap = h.metadata.get("capacity_mAh")
+            if isinstance(cap, int | float) and cap > 0:
+                self.capacity_mAh = float(cap)
+        self.event("series_start", link, t, series=h.series, instrument=h.instrument,
+                   metadata=h.metadata)
+
+    def _potentiostat(
+        self, raw_id: int, link: str, state: LinkState, msg: Message, offset: float
+    ) -> None:
+        a = msg.arrays
+        t = a["t"].astype(np.float64) + offset
+        q = a.get("Q")
+        rows = list(zip([raw_id] * len(t), [link] * len(t), t.tolist(), a["Ewe"].tolist(),
+                        a["I"].tolist(), q.tolist() if q is not None else [None] * len(t),
+                        a["mode"].tolist(), a["step"].tolist(), a["cycle"].tolist(), strict=True))
+        self.store.submit("rows", ("potentiostat", rows))
+        self.counts["potentiostat_rows"] += len(t)
+        if link != self.pstat_link:
+            return
+        late = self.history.extend(t, a["Ewe"], a["I"], a["mode"], a["step"], a["cycle"], q)
+        if len(t) and late:
+            state.late += 1
+            self.event("late", link, float(t[-1]), t_first=float(t[0]), t_last=float(t[-1]),
+                       rows=len(t))
+            self._realign_overlapping(float(t[0]), float(t[-1]))
+        if len(t):
+            soc = self._soc(self.history.record().q[-len(t):])
+            self.publish("potentiostat", {"t": t.tolist(), "Ewe": a["Ewe"].tolist(),
+                                          "I": a["I"].tolist(), "soc": soc,
+                                          "mode": a["mode"].tolist()})
+
+    def _soc(self, q: np.ndarray) -> list[float]:
+        if not self.capacity_mAh:
+            return [math.nan] * len(q)
+        return (self.cfg.initial_soc + q / self.capacity_mAh).tolist()
+
+    def _spectrum(self, raw_id: int, link: str, msg: Message, offset: float) -> None:
+        h = msg.header
+        assert isinstance(h, XASScan | RIXSRows)
+        sid = self.store.take_spectrum_id()
+        kind = kind_of(type(h))
+        if isinstance(h, XASScan):
+            n_points, channels = len(msg.arrays["energy"]), list(h.channels)
+        else:
+            n_points, channels = int(msg.arrays["counts"].size), ["counts"]
+        spot = h.spot
+        t0, t1 = h.t_start_ns * 1e-9 + offset, h.t_end_ns * 1e-9 + offset
+        self.store.submit("spectrum", (
+            sid, raw_id, link, h.source, kind, h.scan_id, h.series, h.edge, t0, t1,
+            spot.id if spot else None, spot.x_mm if spot else None, spot.y_mm if spot else None,
+            h.flux_ph_s, h.exposure_s, h.trigger_id or None, n_points,
+            _json.encode(channels).decode(), _json.encode(h.extra).decode()))
+        self.counts["spectra"] += 1
+        pt = msg.arrays.get("point_t")
+        info = {"edge": h.edge, "spot": spot.id if spot else None, "trigger_id": h.trigger_id,
+                "channels": channels, "raw_id": raw_id}
+        self.pending.append(PendingSpectrum(
+            sid, link, h.scan_id, kind, t0, t1,
+            None if pt is None else pt.astype(np.float64) + offset, info))
+
+    # -- alignment -------------------------------------------------------------------------
+    @property
+    def pstat_watermark(self) -> float:
+        if self.pstat_link is None:
+            return math.inf
+        state = self.links[self.pstat_link]
+        if state.series_ended:
+            return math.inf
+        hb = self.pstat_heartbeat_t if not state.tracker.missing else -math.inf
+        return max(self.history.watermark, hb)
+
+    def align_due(self, *, final: bool = False) -> int:
+        """Align every pending spectrum whose window is covered or timed out. ``final``: all."""
+        if not self.pending:
+            return 0
+        mark, deadline = self.pstat_watermark, self.now - self.cfg.timeout_s
+        due = [p for p in self.pending if final or p.t_end <= mark or p.t_end <= deadline]
+        if not due:
+            return 0
+        done = {p.spectrum_id for p in due}
+        self.pending = [p for p in self.pending if p.spectrum_id not in done]
+        for p in due:
+            self._align(p, timed_out=p.t_end > mark)
+        return len(due)
+
+    def _align(self, p: PendingSpectrum, *, timed_out: bool, revision: int = 0) -> Alignment:
+        if self.pstat_link is None:
+            al = _unaligned(p.t_start, p.t_end, "no potentiostat configured")
+        else:
+            al = align_window(
+                self.history.record(), p.t_start, p.t_end, capacity_mAh=self.capacity_mAh,
+                initial_soc=self.cfg.initial_soc, point_t=p.point_t,
+                cover_tolerance_s=self.cfg.cover_tolerance_s)
+            gap = next((g for g in self.pstat_gaps if g[2] < p.t_end and g[3] > p.t_start), None)
+            if gap is not None:
+                al.partial = True
+                al.reason = f"potentiostat messages {gap[0]}-{gap[1]} missing in this window"
+            elif al.partial and timed_out:
+                al.reason = f"timed out after {self.cfg.timeout_s} s: " + al.reason
+        if al.partial:
+            self.partial.append((p, al))
+        doc = msgspec.json.encode(al).decode()
+        self.store.submit("alignment", (p.spectrum_id, int(al.partial), al.reason, al.ewe_mean_V,
+                                        al.soc, al.i_mean_mA, al.mode, al.step, al.cycle, doc))
+        if revision == 0:
+            self.counts["aligned"] += 1
+            self.counts["partial"] += al.partial
+        self.publish("aligned", {"spectrum_id": p.spectrum_id, "link": p.link,
+                                 "scan_id": p.scan_id, "kind": p.kind, "revision": revision,
+                                 **p.info, "alignment": msgspec.to_builtins(al)})
+        return al
+
+    def _realign_overlapping(self, t0: float, t1: float) -> None:
+        redo = [(p, al) for p, al in self.partial if p.t_start <= t1 and p.t_end >= t0]
+        for p, old in redo:
+            self.partial.remove((p, old))
+            new = self._align(p, timed_out=False, revision=1)
+            if old.partial and not new.partial:
+                self.counts["partial"] -= 1
+
+    def _forget_filled_gaps(self, tracker: SequenceTracker) -> None:
+        def still_missing(first: int, last: int) -> bool:
+            return any(a <= last and b >= first for a, b in tracker.missing)
+
+        before = len(self.pstat_gaps)
+        self.pstat_gaps = [g for g in self.pstat_gaps if still_missing(g[0], g[1])]
+        if len(self.pstat_gaps) != before:
+            filled = [(p, al) for p, al in self.partial if al.reason.startswith("potentiostat")]
+            for p, _ in filled:
+                self._realign_overlapping(p.t_start, p.t_end)
+
+    # -- events ----------------------------------------------------------------------------
+    def event(self, kind: str, link: str | None, t: float | int | None, **detail: Any) -> None:
+        """Record an event (gap, malformed, trigger, flag...) and put it on the state stream."""
+        t_val = None if t is None or not math.isfinite(t) else float(t)
+        recv_ns = self._recv_ns or time.time_ns()
+        body = _json.encode(detail).decode()
+        self.store.submit("event", (recv_ns, t_val, kind, link, body))
+        self.events[kind] += 1
+        self.publish("event", {"kind": kind, "link": link, "t": t_val, "detail": detail})
+
+    def finish(self) -> None:
+        """End of input: align what is still waiting, with what there is."""
+        self.align_due(final=True)
+
+    # -- status ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        sources = {}
+        now_wall = time.monotonic()
+        for name, s in self.links.items():
+            tr = s.tracker
+            sources[name] = {
+                "role": s.config.role, "session": tr.session, "messages": tr.messages,
+                "gaps": tr.gaps, "lost": tr.lost, "outstanding": tr.outstanding,
+                "recovered": tr.recovered, "duplicates": tr.duplicates,
+                "out_of_order": tr.out_of_order, "late": s.late, "malformed": s.malformed,
+                "restarts": tr.restarts, "series": s.series,
+                "silent_s": now_wall - s.last_seen_wall if s.last_seen_wall else None,
+            }
+        return {
+            "sources": sources,
+            "spectra": {"total": self.counts["spectra"], "aligned": self.counts["aligned"],
+                        "partial": self.counts["partial"], "pending": len(self.pending)},
+            "potentiostat_rows": self.counts["potentiostat_rows"],
+            "events": dict(self.events),
+            "source_time": self.now if math.isfinite(self.now) else None,
+            "store_backlog_bytes": self.store.backlog_bytes,
+            "store_error": self.store.last_error,
+        }
+
+
+def restore(ingest: Ingest, conn: Any) -> None:
+    """Continue a run recorded earlier (the monitor was restarted on the same run directory).
+
+    Sequence trackers resume each source's last session, the potentiostat history is rebuilt
+    from the recorded rows (so coulomb counting continues), counters are reloaded, and spectra
+    that were recorded but never aligned wait again.
+    """
+    for link, session, seq in conn.execute(
+        "SELECT m.link, m.session, (SELECT max(seq) FROM messages WHERE link = m.link AND "
+        "session = m.session AND arrival != 'command') FROM messages m WHERE m.raw_id IN "
+        "(SELECT max(raw_id) FROM messages WHERE arrival != 'command' GROUP BY link)"
+    ):
+        if link in ingest.links:
+            ingest.links[link].tracker.resume(session, seq)
+    for link, n in conn.execute("SELECT link, count(*) FROM messages WHERE arrival != 'command' GROUP BY link"):
+        if link in ingest.links:
+            ingest.links[link].tracker.messages = n
+    for link, kind, n in conn.execute(
+        "SELECT link, kind, count(*) FROM events GROUP BY link, kind"
+    ):
+        ingest.events[kind] += n
+        state = ingest.links.get(link)
+        if state is not None and kind == "gap":
+            state.tracker.gaps = n
+        elif state is not None and kind in ("malformed", "late"):
+            setattr(state, kind, n)
+    if ingest.pstat_link is not None:
+        cur = conn.execute(
+            "SELECT t, ewe, i, q, mode, step, cycle FROM potentiostat WHERE link = ? "
+            "ORDER BY rowid", (ingest.pstat_link,))
+        while rows := cur.fetchmany(100_000):
+            a = np.array(rows, dtype=np.float64)
+            q = None if np.isnan(a[:, 3]).any() else a[:, 3]
+            ingest.history.extend(a[:, 0], a[:, 1], a[:, 2], a[:, 4].astype(np.int8),
+                                  a[:, 5].astype(np.int32), a[:, 6].astype(np.int32), q)
+        ingest.counts["potentiostat_rows"] = len(ingest.history)
+    (n_spectra,) = conn.execute("SELECT count(*) FROM spectra").fetchone()
+    (n_aligned, n_partial) = conn.execute(
+        "SELECT count(*), coalesce(sum(partial), 0) FROM alignment").fetchone()
+    ingest.counts.update(spectra=n_spectra, aligned=n_aligned, partial=n_partial)
+    waiting = conn.execute(
+        "SELECT s.id, s.link, s.scan_id, s.kind, s.t_start, s.t_end, s.edge, s.spot_id, "
+        "s.trigger_id, s.channels, s.raw_id, r.topic, r.header, r.payload, r.frame_sizes "
+        "FROM spectra s JOIN raw r ON r.id = s.raw_id "
+        "WHERE s.id NOT IN (SELECT spectrum_id FROM alignment)").fetchall()
+    for sid, link, scan_id, kind, t0, t1, edge, spot, trig, chans, raw_id, *raw in waiting:
+        msg = decode(split_frames(*raw))
+        pt = msg.arrays.get("point_t")
+        offset = ingest.links[link].config.clock_offset_s if link in ingest.links else 0.0
+        ingest.pending.append(PendingSpectrum(
+            sid, link, scan_id, kind, t0, t1,
+            None if pt is None else pt.astype(np.float64) + offset,
+            {"edge": edge, "spot": spot, "trigger_id": trig or "",
+             "channels": msgspec.json.decode(chans or "[]"), "raw_id": raw_id}))

@@ -1,0 +1,247 @@
+"""The monitor service: subscribe to the instruments, record, align, publish derived state.
+
+The only module that knows every other one. One asyncio process:
+- one ``Subscriber`` per configured source feeds ``Ingest`` (record -> decode -> align);
+- derived state goes out on a PUB socket for dashboards, in batches, and is dropped (never
+  blocking ingest) for a dashboard too slow to keep up: state messages are numbered, so a
+  dashboard sees what it missed and reloads from the run store;
+- a command socket answers status queries;
+- a periodic task aligns spectra whose timeout passed, watches for silent sources and
+  publishes status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from operando.config import ExperimentConfig, SourceConfig
+from operando.ingest import Ingest, restore
+from operando.protocol import Command, StateUpdate, encode
+from operando.run import save_run_config
+from operando.store import RunStore, connect
+from operando.transport import (
+    CommandClient,
+    CommandError,
+    CommandServer,
+    Subscriber,
+    configure,
+    new_session,
+)
+
+log = logging.getLogger(__name__)
+
+MONITOR_FILE = "monitor.json"  # endpoints of the monitor running on this run directory
+
+
+def resolve_run_dir(cfg: ExperimentConfig, run_dir: str | Path | None) -> Path:
+    if run_dir is not None:
+        return Path(run_dir)
+    name = cfg.run.name or f"{cfg.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    return Path(cfg.run.root) / name
+
+
+class StatePublisher:
+    """Batches state updates and publishes them without ever blocking ingest."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, hwm: int = 2000) -> None:
+        self.sock = ctx.socket(zmq.PUB)
+        configure(self.sock, hwm=hwm)
+        self.sock.bind(endpoint)
+        self._sync = zmq.Socket.shadow(self.sock.underlying)
+        self.session = new_session()
+        self.seq = 0
+        self.buffer: list[tuple[str, dict[str, Any]]] = []
+        self.dropped = 0
+
+    def __call__(self, topic: str, body: dict[str, Any]) -> None:
+        self.buffer.append((topic, body))
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        updates, self.buffer = self.buffer, []
+        header = StateUpdate(source="monitor", session=self.session, seq=self.seq,
+                             t_ns=time.time_ns(), topic="batch",
+                             body={"updates": [{"topic": t, **b} for t, b in updates]})
+        self.seq += 1
+        try:
+            self._sync.send_multipart(encode(header), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1  # a stalled dashboard; it sees the seq gap and reloads
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class Monitor:
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ctx = zmq.asyncio.Context()
+        self.store = RunStore(self.run_dir)
+        save_run_config(self.run_dir, cfg)
+        self.state = StatePublisher(self.ctx, cfg.monitor.state_endpoint)
+        self.ingest = Ingest(self.store, cfg.sources, cfg.alignment, self.state)
+        if self.store.reopened:
+            conn = connect(self.store.path, readonly=True)
+            try:
+                restore(self.ingest, conn)
+            finally:
+                conn.close()
+            self.ingest.event("monitor_restarted", None, None, pid=os.getpid())
+        self.subscribers: list[Subscriber] = []
+        self.commands = CommandServer(self.ctx, cfg.monitor.command_endpoint, "monitor",
+                                      {"status": self._status, "ping": self._ping})
+        self.commands.on_command = self._audit
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._silent: set[str] = set()
+        self.stopping = asyncio.Event()
+
+    async def _status(self, cmd: Command) -> dict[str, Any]:
+        return self.status()
+
+    async def _ping(self, cmd: Command) -> dict[str, Any]:
+        return {"t_ns": time.time_ns()}
+
+    def _audit(self, cmd: Any, ack: Any) -> None:
+        if cmd.action not in ("status", "ping"):
+            self.ingest.event("command", "monitor", None, id=cmd.id, action=cmd.action,
+                              args=cmd.args, ok=ack.ok, error=ack.error)
+
+    def status(self) -> dict[str, Any]:
+        st = self.ingest.status()
+        st["run_dir"] = str(self.run_dir)
+        st["state_dropped"] = self.state.dropped
+        return st
+
+    async def _backpressure(self) -> None:
+        while self.store.over_backlog:
+            await asyncio.sleep(0.005)
+
+    def _handle(self, link: str, frames: list[bytes]) -> None:
+        self.ingest.receive(link, frames)
+
+    async def start(self) -> None:
+        self._write_monitor_file()
+        for src in self.cfg.sources:
+            if src.clock == "ping" and src.command:
+                await self._estimate_clock(src)
+        for src in self.cfg.sources:
+            sub = Subscriber(self.ctx, src.data, src.name, self._handle, hwm=src.rcvhwm,
+                             backpressure=self._backpressure)
+            sub.after_batch = self.state.flush
+            self.subscribers.append(sub)
+            self._tasks.append(asyncio.create_task(sub.run(), name=f"subscribe-{src.name}"))
+        self.commands.start()
+        self._tasks.append(asyncio.create_task(self._tick(), name="monitor-tick"))
+        log.info("monitor recording to %s", self.run_dir)
+
+    async def _estimate_clock(self, src: SourceConfig) -> None:
+        """NTP-style offset from pings over the command channel: median of 5 round trips."""
+        client = CommandClient(self.ctx, src.command, "monitor", timeout_s=1.0, retries=1)
+        offsets = []
+        try:
+            for _ in range(5):
+                t0 = time.time_ns()
+                ack = await client.request("ping")
+                t1 = time.time_ns()
+                offsets.append(((t0 + t1) / 2 - ack.result["t_ns"]) * 1e-9)
+        except (CommandError, KeyError) as e:
+            self.ingest.event("clock_estimate_failed", src.name, None, error=str(e))
+            return
+        finally:
+            await client.close()
+        offset = statistics.median(offsets)
+        self.ingest.links[src.name].config.clock_offset_s = offset
+        self.ingest.event("clock_offset", src.name, None, offset_s=offset,
+                          spread_s=max(offsets) - min(offsets))
+
+    def _write_monitor_file(self) -> None:
+        info = {"pid": os.getpid(), "state_endpoint": self.cfg.monitor.state_endpoint,
+                "command_endpoint": self.cfg.monitor.command_endpoint,
+                "sources": {s.name: {"data": s.data, "command": s.command, "role": s.role}
+                            for s in self.cfg.sources}}
+        (self.run_dir / MONITOR_FILE).write_text(json.dumps(info, indent=2))
+
+    async def _tick(self) -> None:
+        interval = self.cfg.monitor.status_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self.ingest.align_due()
+            self._watch_silence()
+            if self.store.last_error:
+                self.ingest.event("store_error", None, None, error=self.store.last_error)
+            self.state("status", self.status())
+            self.state.flush()
+
+    def _watch_silence(self) -> None:
+        limit = self.cfg.monitor.heartbeat_timeout_s
+        for name, link in self.ingest.links.items():
+            if not link.last_seen_wall:
+                continue
+            silent = time.monotonic() - link.last_seen_wall > limit
+            if silent and name not in self._silent:
+                self._silent.add(name)
+                self.ingest.event("disconnected", name, None, silent_s=limit)
+            elif not silent and name in self._silent:
+                self._silent.discard(name)
+                self.ingest.event("reconnected", name, None)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.commands.close()
+        self.ingest.finish()
+        self.state.flush()
+        for sub in self.subscribers:
+            sub.close()
+        self.state.close()
+        await asyncio.to_thread(self.store.flush)
+        self.store.close()
+        self.ctx.destroy(linger=0)
+
+
+async def run_monitor(cfg: ExperimentConfig, run_dir: str | Path,
+                      duration_s: float | None = None) -> Path:
+    """Run until SIGINT/SIGTERM (or ``duration_s``), then align what waits and close cleanly."""
+    run_dir = Path(run_dir)
+    monitor = Monitor(cfg, run_dir)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, monitor.stopping.set)
+    await monitor.start()
+    try:
+        await asyncio.wait_for(monitor.stopping.wait(), duration_s)
+    except TimeoutError:
+        pass
+    finally:
+        await monitor.stop()
+    return run_dir
+
+
+async def query_status(endpoint: str, timeout_s: float = 2.0) -> dict[str, Any]:
+    """Ask a running monitor (its command endpoint) for its status."""
+    ctx = zmq.asyncio.Context()
+    client = CommandClient(ctx, endpoint, "cli", timeout_s=timeout_s, retries=0)
+    try:
+        ack = await client.request("status")
+        return ack.result
+    finally:
+        await client.close()
+        ctx.destroy(linger=0)

@@ -1,0 +1,316 @@
+"""The wire protocol: one typed schema that both encodes and validates.
+
+A message is a ZeroMQ multipart ``[topic, header, *array_frames]``. The header is MessagePack of
+one of the ``Header`` structs below (a tagged union on ``kind``); each array frame is a raw
+C-contiguous buffer whose name, dtype and shape the header lists in ``arrays``. Nothing is ever
+pickled: a frame is only ever read as numbers of a whitelisted numeric dtype.
+
+Conventions (stated once, used everywhere):
+- times in headers are integer nanoseconds since the Unix epoch on the *source's* clock;
+  the potentiostat's row times ``t`` are float64 seconds on that same clock.
+- current ``I`` is in mA, positive on charge (EC-Lab's convention); ``Ewe`` in V; ``Q`` in mAh.
+- control ``mode`` follows EC-Lab: 1 = constant current (CC), 2 = constant voltage (CV),
+  3 = open circuit / rest (OCV).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import msgspec
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+MODE_CC, MODE_CV, MODE_OCV = 1, 2, 3
+MODE_NAMES = {MODE_CC: "CC", MODE_CV: "CV", MODE_OCV: "OCV"}
+
+# Numeric dtypes only: an object or void dtype could smuggle anything; these are plain numbers.
+_DTYPES = {
+    np.dtype(d).str: np.dtype(d)
+    for d in ("f8", "f4", "i8", "i4", "i2", "i1", "u8", "u4", "u2", "u1", "b1", "c16", "c8")
+}
+ALLOWED_DTYPES = frozenset(_DTYPES)
+MAX_ARRAYS = 64
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the wire protocol; the text says which field and why."""
+
+
+class ArraySpec(msgspec.Struct, array_like=True, frozen=True):
+    """Describes one array frame: its name, little-endian dtype string and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class Spot(msgspec.Struct, frozen=True, kw_only=True):
+    """A sample position: an id the orchestrator and dose book-keeping use, and motor coordinates."""
+
+    id: str
+    x_mm: float = 0.0
+    y_mm: float = 0.0
+
+
+class _Header(msgspec.Struct, tag_field="kind", kw_only=True, frozen=True):
+    v: int = PROTOCOL_VERSION
+    source: str
+    session: str = ""  # one driver process lifetime: seq restarts at 0 with a new session
+    seq: int = 0
+    t_ns: int = 0  # when the source sent it, source clock
+    series: str = ""  # the run/series this message belongs to
+    arrays: tuple[ArraySpec, ...] = ()
+
+    required_arrays: ClassVar[tuple[str, ...]] = ()
+
+
+class SeriesStart(_Header, tag="series_start", frozen=True, kw_only=True):
+    """Opens a series (a run of one instrument). Re-sent with ``reannounce`` to late joiners."""
+
+    instrument: Literal["potentiostat", "spectrometer", "other"] = "other"
+    metadata: dict[str, Any] = {}
+    reannounce: bool = False
+
+
+class SeriesEnd(_Header, tag="series_end", frozen=True, kw_only=True):
+    reason: str = "completed"
+    last_seq: int = -1
+
+
+class PotentiostatBatch(_Header, tag="potentiostat_batch", frozen=True, kw_only=True):
+    """Rows of the potentiostat: arrays t, Ewe, I, mode, step, cycle and optionally Q."""
+
+    required_arrays: ClassVar[tuple[str, ...]] = ("t", "Ewe", "I", "mode", "step", "cycle")
+    optional_arrays: ClassVar[tuple[str, ...]] = ("Q",)
+
+
+class _SpectrumHeader(_Header, frozen=True, kw_only=True):
+    scan_id: str
+    edge: str = ""
+    t_start_ns: int
+    t_end_ns: int
+    spot: Spot | None = None
+    flux_ph_s: float = 0.0
+    exposure_s: float = 0.0  # dwell on the spot summed over the scan
+    trigger_id: str = ""
+    extra: dict[str, Any] = {}
+
+
+class XASScan(_SpectrumHeader, tag="xas_scan", frozen=True, kw_only=True):
+    """One absorption scan: ``energy`` (eV), one array per channel, optional ``point_t`` (s)."""
+
+    channels: tuple[str, ...]
+    required_arrays: ClassVar[tuple[str, ...]] = ("energy",)
+
+
+class RIXSRows(_SpectrumHeader, tag="rixs_rows", frozen=True, kw_only=True):
+    """Rows of a RIXS map: ``excitation`` (n, eV), ``emission`` (m, eV), ``counts`` (n, m)."""
+
+    map_id: str
+    row_offset: int = 0
+    rows_total: int = 0
+    required_arrays: ClassVar[tuple[str, ...]] = ("excitation", "emission", "counts")
+
+
+class Command(_Header, tag="command", frozen=True, kw_only=True):
+    id: str
+    action: str
+    args: dict[str, Any] = {}
+
+
+class Ack(_Header, tag="ack", frozen=True, kw_only=True):
+    id: str
+    ok: bool = True
+    error: str = ""
+    result: dict[str, Any] = {}
+
+
+class Heartbeat(_Header, tag="heartbeat", frozen=True, kw_only=True):
+    """Sent every second or so: proves the source is alive and carries its clock and last seq."""
+
+    state: str = "running"
+
+
+class StateUpdate(_Header, tag="state", frozen=True, kw_only=True):
+    """The monitor's derived state for dashboards (topic: aligned, potentiostat, status, event)."""
+
+    topic: str
+    body: dict[str, Any] = {}
+
+
+Header = (
+    SeriesStart
+    | SeriesEnd
+    | PotentiostatBatch
+    | XASScan
+    | RIXSRows
+    | Command
+    | Ack
+    | Heartbeat
+    | StateUpdate
+)
+SPECTRUM_KINDS = (XASScan, RIXSRows)
+
+_encoder = msgspec.msgpack.Encoder()
+_header_decoder = msgspec.msgpack.Decoder(Header)
+
+
+class _Version(msgspec.Struct):
+    v: int = -1
+    kind: str = ""
+
+
+_version_decoder = msgspec.msgpack.Decoder(_Version)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded message: the validated header and its arrays (read-only views of the frames)."""
+
+    header: Header
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return type(self.header).__struct_config__.tag  # type: ignore[return-value]
+
+
+def kind_of(header_type: type[_Header]) -> str:
+    return header_type.__struct_config__.tag  # type: ignore[return-value]
+
+
+def topic_for(header: _Header) -> bytes:
+    return f"{kind_of(type(header))}/{header.source}".encode()
+
+
+def encode(header: Header, arrays: Mapping[str, np.ndarray] | None = None) -> list[Any]:
+    """Frames for the wire: topic, MessagePack header, then the arrays as raw buffers.
+
+    The array specs in the header are filled in here from the arrays themselves, so a sender
+    cannot describe an array differently from what it sends.
+    """
+    arrays = arrays or {}
+    if len(arrays) > MAX_ARRAYS:
+        raise ProtocolError(f"{len(arrays)} arrays: at most {MAX_ARRAYS} per message")
+    specs = []
+    buffers = []
+    for name, value in arrays.items():
+        a = np.ascontiguousarray(value)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        if a.dtype.str not in ALLOWED_DTYPES:
+            raise ProtocolError(f"array {name!r}: dtype {a.dtype} is not a plain numeric dtype")
+        specs.append(ArraySpec(name, a.dtype.str, tuple(int(n) for n in a.shape)))
+        buffers.append(a)
+    header = msgspec.structs.replace(header, arrays=tuple(specs))
+    return [topic_for(header), _encoder.encode(header), *buffers]
+
+
+def decode(frames: Sequence[bytes | memoryview]) -> Message:
+    """Validate and decode a multipart message; raise ProtocolError naming what is wrong."""
+    if len(frames) < 2:
+        raise ProtocolError(f"expected [topic, header, *arrays], got {len(frames)} frame(s)")
+    raw_header = frames[1]
+    try:
+        header = _header_decoder.decode(raw_header)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        # Decode again leniently only on failure, to say which kind/version was meant.
+        version = _peek_version(raw_header)
+        _check_version(version.v, version.kind)
+        raise ProtocolError(f"{version.kind or 'header'}: {e}") from None
+    _check_version(header.v, kind_of(type(header)))
+    specs = header.arrays
+    if len(frames) - 2 != len(specs):
+        raise ProtocolError(
+            f"{kind_of(type(header))}: header lists {len(specs)} array(s) but {len(frames) - 2} "
+            "array frame(s) followed"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for spec, buf in zip(specs, frames[2:], strict=True):
+        arrays[spec.name] = _array_from_frame(kind_of(type(header)), spec, buf)
+    _check_arrays(header, arrays)
+    return Message(header, arrays)
+
+
+def _peek_version(raw_header: bytes | memoryview) -> _Version:
+    try:
+        return _version_decoder.decode(raw_header)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ProtocolError(f"header is not a MessagePack map: {e}") from None
+
+
+def _check_version(v: int, kind: str) -> None:
+    if v != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {v} in a {kind or 'message'} "
+            f"(this build speaks version {PROTOCOL_VERSION})"
+        )
+
+
+def _array_from_frame(kind: str, spec: ArraySpec, buf: bytes | memoryview) -> np.ndarray:
+    where = f"{kind}.arrays[{spec.name!r}]"
+    dtype = _DTYPES.get(spec.dtype)
+    if dtype is None:
+        raise ProtocolError(f"{where}: dtype {spec.dtype!r} is not an allowed numeric dtype")
+    if any(n < 0 for n in spec.shape):
+        raise ProtocolError(f"{where}: negative dimension in shape {spec.shape}")
+    expected = math.prod(spec.shape) * dtype.itemsize
+    nbytes = len(buf) if isinstance(buf, bytes) else memoryview(buf).nbytes
+    if nbytes != expected:
+        raise ProtocolError(
+            f"{where}: frame has {nbytes} bytes, shape {spec.shape} of {spec.dtype} "
+            f"needs {expected}"
+        )
+    return np.frombuffer(buf, dtype=dtype).reshape(spec.shape)
+
+
+def _check_arrays(header: _Header, arrays: dict[str, np.ndarray]) -> None:
+    kind = kind_of(type(header))
+    missing = [n for n in header.required_arrays if n not in arrays]
+    if isinstance(header, XASScan):
+        missing += [c for c in header.channels if c not in arrays]
+    if missing:
+        raise ProtocolError(f"{kind}: missing array(s) {', '.join(missing)}")
+    if isinstance(header, PotentiostatBatch):
+        n = arrays["t"].shape
+        if len(n) != 1:
+            raise ProtocolError(f"{kind}.arrays['t']: need a 1-D column, got shape {n}")
+        for name in (*header.required_arrays, *header.optional_arrays):
+            if name in arrays and arrays[name].shape != n:
+                raise ProtocolError(
+                    f"{kind}.arrays[{name!r}]: shape {arrays[name].shape}, expected {n} like 't'"
+                )
+    elif isinstance(header, XASScan):
+        n = arrays["energy"].shape
+        if len(n) != 1 or n[0] < 2:
+            raise ProtocolError(f"{kind}.arrays['energy']: need a 1-D axis, got shape {n}")
+        for name in (*header.channels, "point_t"):
+            if name in arrays and arrays[name].shape != n:
+                raise ProtocolError(
+                    f"{kind}.arrays[{name!r}]: shape {arrays[name].shape}, expected {n} like "
+                    "'energy'"
+                )
+    elif isinstance(header, RIXSRows):
+        ex, em, counts = arrays["excitation"], arrays["emission"], arrays["counts"]
+        if ex.ndim != 1 or em.ndim != 1 or counts.shape != (ex.shape[0], em.shape[0]):
+            raise ProtocolError(
+                f"{kind}.arrays['counts']: shape {counts.shape}, expected "
+                f"(len(excitation), len(emission)) = ({ex.shape[0]}, {em.shape[0]})"
+            )
+    if isinstance(header, SPECTRUM_KINDS) and header.t_end_ns < header.t_start_ns:
+        raise ProtocolError(f"{kind}.t_end_ns: {header.t_end_ns} is before t_start_ns")
+
+
+def encode_header(header: Header) -> bytes:
+    """MessagePack of a header alone (for the store's JSON-free metadata and for tests)."""
+    return _encoder.encode(header)
+
+
+def to_builtins(obj: Any) -> Any:
+    """Plain Python (dict/list/str/number) form of a struct, e.g. for JSON output."""
+    return msgspec.to_builtins(obj)

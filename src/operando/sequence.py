@@ -1,0 +1,105 @@
+"""Per-source sequence tracking: how PUB/SUB loss, duplicates and reordering become visible.
+
+Every message a source sends carries ``(session, seq)``: seq counts up from 0 for one driver
+process lifetime (its session). The tracker classifies each arrival and keeps the set of
+sequence numbers still missing, so a late arrival that fills a gap is told apart from a
+duplicate. Pure book-keeping: no sockets, no clocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Arrival(Enum):
+    IN_ORDER = "in_order"
+    GAP = "gap"  # arrived, but one or more sequence numbers before it are missing
+    OUT_OF_ORDER = "out_of_order"  # fills a gap seen earlier
+    DUPLICATE = "duplicate"
+    NEW_SESSION = "new_session"  # the source restarted (or the monitor joined it)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Sequence numbers first..last (inclusive) of one session were not received (yet)."""
+
+    session: str
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    arrival: Arrival
+    gap: Gap | None = None
+    previous_session: str | None = None
+
+
+@dataclass(slots=True)
+class SequenceTracker:
+    """Tracks one source. ``missing`` holds ranges still outstanding, as [first, last] lists."""
+
+    session: str | None = None
+    next_seq: int = 0
+    messages: int = 0
+    gaps: int = 0
+    lost: int = 0  # sequence numbers counted missing (some may arrive later, see recovered)
+    recovered: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    restarts: int = 0
+    missing: list[list[int]] = field(default_factory=list)
+
+    def resume(self, session: str, last_seq: int) -> None:
+        """Continue a session already recorded (the monitor restarted on an existing run)."""
+        self.session, self.next_seq = session, last_seq + 1
+
+    def observe(self, session: str, seq: int) -> Verdict:
+        self.messages += 1
+        if session != self.session:
+            previous = self.session
+            if previous is not None:
+                self.restarts += 1
+            self.session, self.next_seq, self.missing = session, seq + 1, []
+            # A session first seen above 0 was joined late: its head is missing from this run.
+            gap = Gap(session, 0, seq - 1) if seq > 0 else None
+            if gap:
+                self._count_gap(gap)
+            return Verdict(Arrival.NEW_SESSION, gap, previous)
+        if seq == self.next_seq:
+            self.next_seq += 1
+            return Verdict(Arrival.IN_ORDER)
+        if seq > self.next_seq:
+            gap = Gap(session, self.next_seq, seq - 1)
+            self._count_gap(gap)
+            self.next_seq = seq + 1
+            return Verdict(Arrival.GAP, gap)
+        if self._fill(seq):
+            self.out_of_order += 1
+            self.recovered += 1
+            return Verdict(Arrival.OUT_OF_ORDER)
+        self.duplicates += 1
+        return Verdict(Arrival.DUPLICATE)
+
+    def _count_gap(self, gap: Gap) -> None:
+        self.gaps += 1
+        self.lost += gap.count
+        self.missing.append([gap.first, gap.last])
+
+    def _fill(self, seq: int) -> bool:
+        for i, (first, last) in enumerate(self.missing):
+            if first <= seq <= last:
+                pieces = [[first, seq - 1]] if seq > first else []
+                pieces += [[seq + 1, last]] if seq < last else []
+                self.missing[i : i + 1] = pieces
+                return True
+        return False
+
+    @property
+    def outstanding(self) -> int:
+        return sum(last - first + 1 for first, last in self.missing)

@@ -1,0 +1,82 @@
+"""What a run directory holds, in one JSON-able summary (``operando inspect``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from operando.store import open_readonly
+
+
+def summarize(run_dir: str | Path) -> dict[str, Any]:
+    conn = open_readonly(run_dir)
+    try:
+        return _summarize(conn, Path(run_dir))
+    finally:
+        conn.close()
+
+
+def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
+    sources: dict[str, dict[str, Any]] = {}
+    for link, n, malformed, duplicates, refilled in conn.execute(
+        "SELECT link, count(*), sum(status = 'malformed'), sum(status = 'duplicate'), "
+        "sum(refill) FROM raw GROUP BY link"
+    ):
+        sources[link] = {"messages": n, "malformed": malformed, "duplicates": duplicates,
+                         "refilled": refilled, "gaps": 0, "lost": 0, "out_of_order": 0,
+                         "late": 0, "restarts": 0}
+    per_link_events = {"gap": "gaps", "out_of_order": "out_of_order", "late": "late",
+                       "source_restarted": "restarts"}
+    for link, kind, n in conn.execute(
+        "SELECT link, kind, count(*) FROM events GROUP BY link, kind"
+    ):
+        if link in sources and kind in per_link_events:
+            sources[link][per_link_events[kind]] = n
+    for link, lost in conn.execute(
+        "SELECT link, sum(json_extract(detail, '$.count')) FROM events WHERE kind = 'gap' "
+        "GROUP BY link"
+    ):
+        if link in sources:
+            sources[link]["lost"] = lost or 0
+    events = dict(conn.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
+    (total,) = conn.execute("SELECT count(*) FROM spectra").fetchone()
+    aligned, partial, soc_min, soc_max = conn.execute(
+        "SELECT count(*), coalesce(sum(partial), 0), min(soc), max(soc) FROM alignment"
+    ).fetchone()
+    by_kind = dict(conn.execute("SELECT kind, count(*) FROM spectra GROUP BY kind").fetchall())
+    (rows,) = conn.execute("SELECT count(*) FROM potentiostat").fetchone()
+    t_first, t_last = conn.execute(
+        "SELECT min(t_ns), max(t_ns) FROM messages WHERE arrival != 'command'"
+    ).fetchone()
+    ewe_min, ewe_max = conn.execute("SELECT min(ewe), max(ewe) FROM potentiostat").fetchone()
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    return {
+        "run_dir": str(run_dir),
+        "sources": sources,
+        "spectra": {"total": total, "aligned": aligned, "partial": partial,
+                    "unaligned": total - aligned, "by_kind": by_kind},
+        "potentiostat_rows": rows,
+        "events": events,
+        "t_first": None if t_first is None else t_first * 1e-9,
+        "t_last": None if t_last is None else t_last * 1e-9,
+        "soc": {"min": soc_min, "max": soc_max},
+        "ewe_V": {"min": ewe_min, "max": ewe_max},
+        "meta": meta,
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [f"run {s['run_dir']}"]
+    for name, src in s["sources"].items():
+        lines.append(
+            f"  {name:<14} {src['messages']:>8} messages  {src['gaps']} gaps ({src['lost']} lost)"
+            f"  {src['malformed']} malformed  {src['duplicates']} duplicates  {src['late']} late"
+        )
+    sp = s["spectra"]
+    lines.append(f"  spectra: {sp['total']} ({sp['aligned']} aligned, {sp['partial']} partial)")
+    lines.append(f"  potentiostat rows: {s['potentiostat_rows']}")
+    if s["soc"]["min"] is not None:
+        lines.append(f"  SOC at spectra: {s['soc']['min']:.3f} .. {s['soc']['max']:.3f}")
+    lines.append("  events: " + json.dumps(s["events"]))
+    return "\n".join(lines)

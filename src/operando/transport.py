@@ -1,0 +1,406 @@
+"""ZeroMQ transport (asyncio): a lossless publisher, a draining subscriber, a command channel.
+
+Measured facts this rests on (DESIGN.md): plain PUB drops silently under load; XPUB with
+``XPUB_NODROP`` is lossless at PUSH-like rates, and under asyncio ``send`` raises ``zmq.Again``
+at the high-water mark instead of waiting, so we wait for POLLOUT and retry. Each small message
+costs ~20-30 us of asyncio overhead, so the subscriber drains whatever else is queued with a
+synchronous shadow socket after each wake-up (a NOBLOCK receive on the asyncio socket returns a
+Future and never raises Again: a drain loop on it spins forever).
+
+Slow joiners: the publisher sees every subscription (``XPUB_VERBOSE``), can wait for its first
+subscriber before a series starts, and re-announces the current series start to each new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import msgspec
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from operando.protocol import (
+    Ack,
+    Command,
+    Header,
+    Heartbeat,
+    ProtocolError,
+    SeriesEnd,
+    SeriesStart,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+LINGER_MS = 500  # how long close() may wait to flush; never forever
+
+
+def new_session() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def configure(sock: zmq.Socket, *, hwm: int | None = None) -> None:
+    sock.linger = LINGER_MS
+    if hwm is not None:
+        sock.sndhwm = hwm
+        sock.rcvhwm = hwm
+
+
+class Publisher:
+    """Publishes one source's messages, stamping session, sequence number and send time.
+
+    ``clock`` returns the source's time in ns (experiment time for simulators running faster
+    than real time). Every message, heartbeats included, takes the next sequence number, so a
+    subscriber sees loss at the latest with the next heartbeat.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        source: str,
+        *,
+        hwm: int = 10_000,
+        clock: Callable[[], int] = time.time_ns,
+        heartbeat_s: float = 1.0,
+    ) -> None:
+        self.source = source
+        self.session = new_session()
+        self.clock = clock
+        self.heartbeat_s = heartbeat_s
+        self.seq = 0
+        self.series = ""
+        self.sock = ctx.socket(zmq.XPUB)
+        configure(self.sock, hwm=hwm)
+        self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.subscribers = 0
+        self._subscribed = asyncio.Event()
+        self._series_start: SeriesStart | None = None
+        self._send_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.on_send: Callable[[list[Any]], None] | None = None  # e.g. a replay buffer
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._watch_subscriptions(), name=f"{self.source}-subs"),
+            asyncio.create_task(self._heartbeats(), name=f"{self.source}-heartbeat"),
+        ]
+
+    async def wait_for_subscriber(self, timeout: float) -> bool:
+        """True once someone subscribed; False after ``timeout`` s (then publish anyway)."""
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def send(self, header: Header, arrays: Mapping[str, np.ndarray] | None = None) -> int:
+        """Stamp and publish; waits (never drops) while subscribers are at their HWM."""
+        async with self._send_lock:
+            seq = self.seq
+            stamped = _stamp(header, self.source, self.session, seq, self.clock(), self.series)
+            frames = encode(stamped, arrays)
+            await self._send_frames(frames)
+            self.seq += 1
+            if self.on_send is not None:
+                self.on_send(frames)
+            return seq
+
+    async def _send_frames(self, frames: list[Any]) -> None:
+        big = sum(memoryview(f).nbytes for f in frames[2:]) >= 65536
+        while True:
+            try:
+                await self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=not big)
+                return
+            except zmq.Again:  # a subscriber is at its high-water mark: wait, do not drop
+                await self.sock.poll(100, zmq.POLLOUT)
+
+    async def start_series(self, series: str, instrument: str, metadata: dict[str, Any]) -> None:
+        self.series = series
+        self._series_start = SeriesStart(source=self.source, instrument=instrument,  # type: ignore[arg-type]
+                                         metadata=metadata)
+        await self.send(self._series_start)
+
+    async def end_series(self, reason: str = "completed") -> None:
+        await self.send(SeriesEnd(source=self.source, reason=reason, last_seq=self.seq - 1))
+
+    async def _watch_subscriptions(self) -> None:
+        while True:
+            msg = await self.sock.recv()
+            if msg[:1] == b"\x01":
+                self.subscribers += 1
+                self._subscribed.set()
+                if self._series_start is not None:
+                    start = self._series_start
+                    await self.send(SeriesStart(source=start.source, instrument=start.instrument,
+                                                metadata=start.metadata, reannounce=True))
+            elif msg[:1] == b"\x00":
+                self.subscribers = max(0, self.subscribers - 1)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await self.send(Heartbeat(source=self.source))
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self.sock.close(linger=LINGER_MS)
+
+
+def _stamp(header: Header, source: str, session: str, seq: int, t_ns: int, series: str) -> Any:
+    return msgspec.structs.replace(
+        header, source=source, session=session, seq=seq, t_ns=t_ns,
+        series=header.series or series,
+    )
+
+
+Handler = Callable[[str, list[bytes]], None]
+
+
+class Subscriber:
+    """Receives every message from one endpoint and hands the raw frames to ``handler``.
+
+    After each asyncio wake-up it drains up to ``drain`` more messages with a synchronous shadow
+    socket, then yields to the loop. ``backpressure`` (if given) is awaited before each read, so
+    a full store stops reading: the lossless publisher then holds its messages.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        link: str,
+        handler: Handler,
+        *,
+        hwm: int = 10_000,
+        drain: int = 500,
+        backpressure: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.link = link
+        self.handler = handler
+        self.sock = ctx.socket(zmq.SUB)
+        configure(self.sock, hwm=hwm)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(endpoint)
+        self._shadow = zmq.Socket.shadow(self.sock.underlying)
+        self.drain = drain
+        self.backpressure = backpressure
+        self.received = 0
+        self.after_batch: Callable[[], None] | None = None  # e.g. flush derived state
+
+    async def run(self) -> None:
+        handler, link, shadow = self.handler, self.link, self._shadow
+        while True:
+            if self.backpressure is not None:
+                await self.backpressure()
+            frames = await self.sock.recv_multipart()
+            handler(link, frames)
+            n = 1
+            while n < self.drain:
+                try:
+                    frames = shadow.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                handler(link, frames)
+                n += 1
+            self.received += n
+            if self.after_batch is not None:
+                self.after_batch()
+            await asyncio.sleep(0)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+CommandHandler = Callable[[Command], Awaitable[dict[str, Any]]]
+
+
+class CommandError(RuntimeError):
+    """A command was refused by the driver, or no ack came after all retries."""
+
+
+class CommandServer:
+    """A driver's command socket (ROUTER): decode, dispatch by action, ack every command.
+
+    Commands are idempotent by id: a retried command (same id) gets the ack of the first
+    execution again, it is not executed twice (a retried acquire must not take two scans).
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        source: str,
+        handlers: Mapping[str, CommandHandler],
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        remember: int = 10_000,
+    ) -> None:
+        self.sock = ctx.socket(zmq.ROUTER)
+        configure(self.sock)
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.source = source
+        self.handlers = dict(handlers)
+        self.clock = clock
+        self._done: dict[str, list[Any]] = {}
+        self._running: dict[str, asyncio.Task[list[Any]]] = {}
+        self._remember = remember
+        self.seq = 0
+        self.on_command: Callable[[Command, Ack], None] | None = None  # audit hook
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._serve(), name=f"{self.source}-commands")
+
+    async def _serve(self) -> None:
+        while True:
+            identity, *frames = await self.sock.recv_multipart()
+            asyncio.create_task(self._handle(identity, frames))
+
+    async def _handle(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            msg = decode(frames)
+        except ProtocolError as e:
+            await self._reply(identity, Ack(source=self.source, id="", ok=False,
+                                            error=f"malformed command: {e}"))
+            return
+        cmd = msg.header
+        if not isinstance(cmd, Command):
+            await self._reply(identity, Ack(source=self.source, id="", ok=False,
+                                            error=f"expected a command, got {msg.kind}"))
+            return
+        if cmd.id in self._done:  # a retry: answer again, do not execute again
+            await self.sock.send_multipart([identity, *self._done[cmd.id]])
+            return
+        task = self._running.get(cmd.id)
+        if task is None:
+            task = asyncio.create_task(self._execute(cmd))
+            self._running[cmd.id] = task
+        frames_out = await task
+        self._running.pop(cmd.id, None)
+        await self.sock.send_multipart([identity, *frames_out])
+
+    async def _execute(self, cmd: Command) -> list[Any]:
+        handler = self.handlers.get(cmd.action)
+        if handler is None:
+            ack = Ack(source=self.source, id=cmd.id, ok=False,
+                      error=f"unknown action {cmd.action!r}; this driver knows "
+                            f"{sorted(self.handlers)}")
+        else:
+            try:
+                result = await handler(cmd)
+                ack = Ack(source=self.source, id=cmd.id, ok=True, result=result)
+            except Exception as e:  # the driver refuses; the client sees why
+                ack = Ack(source=self.source, id=cmd.id, ok=False,
+                          error=f"{type(e).__name__}: {e}")
+        self.seq += 1
+        stamped = _stamp(ack, self.source, "", self.seq, self.clock(), "")
+        frames = encode(stamped)
+        self._done[cmd.id] = frames
+        if len(self._done) > self._remember:
+            self._done.pop(next(iter(self._done)))
+        if self.on_command is not None:
+            self.on_command(cmd, stamped)
+        return frames
+
+    async def _reply(self, identity: bytes, ack: Ack) -> None:
+        await self.sock.send_multipart([identity, *encode(ack)])
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.sock.close(linger=0)
+
+
+class CommandClient:
+    """Sends commands to one command socket (DEALER); waits for the ack; retries by id."""
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        source: str = "client",
+        *,
+        timeout_s: float = 2.0,
+        retries: int = 2,
+        curve: dict[str, bytes] | None = None,
+    ) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        configure(self.sock)
+        for opt, value in (curve or {}).items():
+            setattr(self.sock, opt, value)
+        self.sock.connect(endpoint)
+        self.endpoint = endpoint
+        self.source = source
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.seq = 0
+        self._waiting: dict[str, asyncio.Future[Ack]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def request(self, action: str, args: dict[str, Any] | None = None,
+                      *, id: str | None = None, timeout_s: float | None = None) -> Ack:
+        """Send a command and return its ack; raise CommandError when none comes back."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+        cid = id or uuid.uuid4().hex
+        cmd = Command(source=self.source, id=cid, action=action, args=args or {},
+                      seq=self.seq, t_ns=time.time_ns())
+        self.seq += 1
+        timeout = timeout_s or self.timeout_s
+        fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._waiting[cid] = fut
+        try:
+            for _attempt in range(self.retries + 1):
+                await self.sock.send_multipart(encode(cmd))
+                done, _ = await asyncio.wait({fut}, timeout=timeout)
+                if done:
+                    return fut.result()
+            raise CommandError(
+                f"{action}: no ack from {self.endpoint} after {self.retries + 1} attempt(s) of "
+                f"{timeout} s"
+            )
+        finally:
+            self._waiting.pop(cid, None)
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            try:
+                msg = decode(frames)
+            except ProtocolError as e:
+                log.warning("malformed ack from %s: %s", self.endpoint, e)
+                continue
+            ack = msg.header
+            if isinstance(ack, Ack):
+                fut = self._waiting.get(ack.id)
+                if fut is not None and not fut.done():
+                    fut.set_result(ack)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self.sock.close(linger=0)
