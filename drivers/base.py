@@ -6,12 +6,15 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import zmq.asyncio
 
 from operando.clock import ExperimentClock
@@ -32,25 +35,50 @@ class DriverOptions:
     t0_ns: int | None = None  # experiment time at start; shared by the demo's simulators
     wait_subscriber_s: float = 10.0
     hwm: int = 10_000
+    state_file: str | None = None  # where the driver keeps what must survive a restart
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser, default_name: str) -> None:
         g = p.add_argument_group("common driver options")
         g.add_argument("--name", default=default_name, help="source name in every message")
         g.add_argument("--data", default="tcp://127.0.0.1:5555", help="PUB endpoint to bind")
-        g.add_argument("--command", default="tcp://127.0.0.1:5556",
-                       help="command endpoint to bind")
-        g.add_argument("--speed", type=float, default=1.0,
-                       help="experiment seconds per wall second (simulators)")
-        g.add_argument("--t0-ns", type=int, default=None,
-                       help="experiment clock at start, ns since epoch (default: now)")
-        g.add_argument("--wait-subscriber", type=float, default=10.0,
-                       help="seconds to wait for a subscriber before the series starts")
+        g.add_argument("--command", default="tcp://127.0.0.1:5556", help="command endpoint to bind")
+        g.add_argument(
+            "--speed",
+            type=float,
+            default=1.0,
+            help="experiment seconds per wall second (simulators)",
+        )
+        g.add_argument(
+            "--t0-ns",
+            type=int,
+            default=None,
+            help="experiment clock at start, ns since epoch (default: now)",
+        )
+        g.add_argument(
+            "--wait-subscriber",
+            type=float,
+            default=10.0,
+            help="seconds to wait for a subscriber before the series starts",
+        )
+        g.add_argument(
+            "--state-file",
+            default=None,
+            help="JSON file that keeps state across restarts (a simulated cell continues "
+            "where it was, as a real one would)",
+        )
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> DriverOptions:
-        return cls(name=a.name, data=a.data, command=a.command, speed=a.speed, t0_ns=a.t0_ns,
-                   wait_subscriber_s=a.wait_subscriber)
+        return cls(
+            name=a.name,
+            data=a.data,
+            command=a.command,
+            speed=a.speed,
+            t0_ns=a.t0_ns,
+            wait_subscriber_s=a.wait_subscriber,
+            state_file=a.state_file,
+        )
 
 
 class Driver:
@@ -66,19 +94,44 @@ class Driver:
         self.commands: CommandServer | None = None
         self.finished = asyncio.Event()
         self.series = ""
+        self.resumed = False
 
     # -- to override -------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
         return {}
 
     def handlers(self) -> dict[str, CommandHandler]:
-        return {"ping": self._ping, "status": self._status, "stop": self._stop}
+        return {"ping": self._ping, "status": self._status, "shutdown": self._shutdown}
 
     async def produce(self) -> None:
         raise NotImplementedError
 
     def status(self) -> dict[str, Any]:
         return {"series": self.series}
+
+    def state(self) -> dict[str, Any]:
+        """What must survive a restart of this process (override)."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back what ``state`` returned before the restart (override)."""
+
+    # -- persistence ---------------------------------------------------------------------------
+    def persist(self) -> None:
+        """Write ``state()`` atomically. A few hundred bytes: cheap enough for the loop."""
+        if self.opts.state_file is None:
+            return
+        path = Path(self.opts.state_file)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(self.state()))
+        os.replace(tmp, path)
+
+    def _load_state(self) -> bool:
+        if self.opts.state_file is None or not Path(self.opts.state_file).exists():
+            return False
+        self.restore(msgspec.json.decode(Path(self.opts.state_file).read_bytes()))
+        log.warning("%s: resumed from %s", self.opts.name, self.opts.state_file)
+        return True
 
     # -- shared ------------------------------------------------------------------------------
     async def _ping(self, cmd: Command) -> dict[str, Any]:
@@ -87,32 +140,39 @@ class Driver:
     async def _status(self, cmd: Command) -> dict[str, Any]:
         return self.status()
 
-    async def _stop(self, cmd: Command) -> dict[str, Any]:
+    async def _shutdown(self, cmd: Command) -> dict[str, Any]:
         self.finished.set()
-        return {"stopping": True}
+        return {"shutting_down": True}
 
     async def sleep(self, experiment_s: float) -> None:
         await asyncio.sleep(self.clock.wall_seconds(experiment_s))
 
     async def run(self) -> int:
+        self.resumed = self._load_state()
         self.ctx = zmq.asyncio.Context()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.finished.set)
-        self.pub = Publisher(self.ctx, self.opts.data, self.opts.name, hwm=self.opts.hwm,
-                             clock=self.clock.now_ns)
-        self.commands = CommandServer(self.ctx, self.opts.command, self.opts.name,
-                                      self.handlers(), clock=self.clock.now_ns)
+        self.pub = Publisher(
+            self.ctx, self.opts.data, self.opts.name, hwm=self.opts.hwm, clock=self.clock.now_ns
+        )
+        self.commands = CommandServer(
+            self.ctx, self.opts.command, self.opts.name, self.handlers(), clock=self.clock.now_ns
+        )
         self.pub.start()
         self.commands.start()
         reason = "completed"
         try:
             if not await self.pub.wait_for_subscriber(self.opts.wait_subscriber_s):
-                log.warning("%s: no subscriber after %.0f s, publishing anyway",
-                            self.opts.name, self.opts.wait_subscriber_s)
+                log.warning(
+                    "%s: no subscriber after %.0f s, publishing anyway",
+                    self.opts.name,
+                    self.opts.wait_subscriber_s,
+                )
             self.series = f"{self.opts.name}-{uuid.uuid4().hex[:8]}"
-            await self.pub.start_series(self.series, self.instrument, self.metadata())
+            meta = {**self.metadata(), "resumed": self.resumed}
+            await self.pub.start_series(self.series, self.instrument, meta)
             producer = asyncio.create_task(self.produce(), name=f"{self.opts.name}-produce")
             stop = asyncio.create_task(self.finished.wait())
             done, _ = await asyncio.wait({producer, stop}, return_when=asyncio.FIRST_COMPLETED)

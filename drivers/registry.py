@@ -11,10 +11,14 @@ import importlib
 from types import ModuleType
 
 DRIVERS: dict[str, tuple[str, str]] = {
-    "sim-potentiostat": ("operando.drivers.sim_potentiostat",
-                         "simulated potentiostat driving a cell model (protocol from TOML)"),
-    "sim-spectrometer": ("operando.drivers.sim_spectrometer",
-                         "simulated soft X-ray spectrometer (XAS TEY/TFY, RIXS) on the same cell"),
+    "sim-potentiostat": (
+        "operando.drivers.sim_potentiostat",
+        "simulated potentiostat driving a cell model (protocol from TOML)",
+    ),
+    "sim-spectrometer": (
+        "operando.drivers.sim_spectrometer",
+        "simulated soft X-ray spectrometer (XAS TEY/TFY, RIXS) on the same cell",
+    ),
 }
 
 

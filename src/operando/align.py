@@ -148,9 +148,9 @@ class PotentiostatHistory:
             return
         sl = slice(start, n)
         di = np.abs(np.diff(c["i"][sl]))
-        changed = (
-            (np.diff(c["step"][sl]) != 0) | (np.diff(c["mode"][sl]) != 0)
-        ) | (di > self.current_step_mA)
+        changed = ((np.diff(c["step"][sl]) != 0) | (np.diff(c["mode"][sl]) != 0)) | (
+            di > self.current_step_mA
+        )
         idx = np.flatnonzero(changed) + start + 1
         self._changes.extend(c["t"][idx].tolist())
 
@@ -175,7 +175,7 @@ class PotentiostatHistory:
         cut = int(np.searchsorted(self._cols["t"][: self._n], self.watermark - self.retain_s))
         if cut < self._n // 2:  # trim in large steps so the copy is amortised
             return
-        for c, a in self._cols.items():
+        for a in self._cols.values():
             a[: self._n - cut] = a[cut : self._n].copy()
         self._n -= cut
 
@@ -240,7 +240,9 @@ def align_window(
     fully = rec.t[0] <= a + tol and rec.t[-1] >= b - tol
     coverage = 1.0 if fully else (covered / span if span > 0 else 0.0)
     before = rec.change_times[rec.change_times <= mid]
-    soc = [float(initial_soc + q / capacity_mAh) if capacity_mAh else math.nan for q in (qa, qm, qb)]
+    soc = [
+        float(initial_soc + q / capacity_mAh) if capacity_mAh else math.nan for q in (qa, qm, qb)
+    ]
     points = None
     if point_t is not None:
         points = np.interp(point_t, rec.t, rec.ewe, left=np.nan, right=np.nan).tolist()

@@ -50,8 +50,10 @@ def _reprocess(a: argparse.Namespace) -> int:
         task = bar.add_task("reprocessing raw messages", total=None)
         status = reprocess(a.run_dir, lambda n, total: bar.update(task, completed=n, total=total))
     sp = status["spectra"]
-    print(f"reprocessed {a.run_dir}: {status['potentiostat_rows']} potentiostat rows, "
-          f"{sp['total']} spectra ({sp['aligned']} aligned, {sp['partial']} partial)")
+    print(
+        f"reprocessed {a.run_dir}: {status['potentiostat_rows']} potentiostat rows, "
+        f"{sp['total']} spectra ({sp['aligned']} aligned, {sp['partial']} partial)"
+    )
     return 0
 
 
@@ -60,6 +62,25 @@ def _status(a: argparse.Namespace) -> int:
 
     print(json.dumps(asyncio.run(query_status(a.monitor, a.timeout)), indent=2))
     return 0
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from operando.config import load_config
+    from operando.demo import demo_config, run_demo
+    from operando.monitor import resolve_run_dir
+
+    cfg = load_config(a.config) if a.config else demo_config(a.preset)
+    run_dir = resolve_run_dir(cfg, a.run_dir)
+    return asyncio.run(
+        run_demo(
+            cfg,
+            run_dir,
+            speed=a.speed,
+            duration=a.duration,
+            headless=a.headless,
+            with_dashboard=False,
+        )
+    )
 
 
 def _add_driver_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -87,6 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after S wall seconds")
     p.set_defaults(func=_monitor)
 
+    from operando.config import list_presets
+
+    p = sub.add_parser("demo", help="simulated operando experiment: instruments + monitor")
+    p.add_argument(
+        "--preset",
+        default="peo-nmc",
+        choices=list_presets(),
+        help="experiment preset from configs/ (default: peo-nmc)",
+    )
+    p.add_argument("--config", help="an experiment TOML instead of a preset")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after S wall seconds (default: run until Ctrl-C)",
+    )
+    p.add_argument(
+        "--speed", type=float, default=60.0, help="experiment seconds per wall second (default 60)"
+    )
+    p.add_argument("--run-dir", help="run directory (default: runs/<preset>-<time>)")
+    p.add_argument("--headless", action="store_true", help="no live terminal display")
+    p.set_defaults(func=_demo)
+
     _add_driver_parsers(sub)
 
     p = sub.add_parser("inspect", help="summarise a run directory")
@@ -109,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if a.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     try:
         return int(a.func(a) or 0)
     except (ConfigError, StoreError, KeyError, FileNotFoundError) as e:

@@ -91,14 +91,36 @@ def parse_config(data: dict[str, Any], where: str = "config") -> ExperimentConfi
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
+    """Read a TOML experiment file (or the JSON copy a run directory or the demo writes)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = msgspec.json.decode(text) if path.suffix == ".json" else tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except (tomllib.TOMLDecodeError, msgspec.DecodeError) as e:
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {e}") from None
     return parse_config(data, str(path))
+
+
+def preset_path(name: str) -> Path:
+    """A configuration shipped in ``configs/`` (installed as ``operando.configs``)."""
+    from importlib.resources import files
+
+    path = Path(str(files("operando.configs") / f"{name}.toml"))
+    if not path.exists():
+        raise ConfigError(f"no preset {name!r}; presets: {', '.join(list_presets())}")
+    return path
+
+
+def list_presets() -> list[str]:
+    from importlib.resources import files
+
+    return sorted(
+        p.name.removesuffix(".toml")
+        for p in files("operando.configs").iterdir()
+        if p.name.endswith(".toml")
+    )
 
 
 def _keyed(message: str) -> str:

@@ -100,6 +100,7 @@ class Ingest:
         self.counts: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
         self.on_message: list[Callable[[str, Message], None]] = []  # orchestration hooks
+        self.cell: dict[str, Any] = {}  # the newest potentiostat row, for status displays
         self._recv_ns = 0  # receive time of the message being processed (0: use the wall clock)
 
     # -- entry point -----------------------------------------------------------------------
@@ -111,11 +112,14 @@ class Ingest:
         raw_id = self.store.take_raw_id()
         topic, header, payload, sizes = pack_frames(frames)
         nbytes = len(payload) + len(header or b"")
-        self.store.submit("raw", (raw_id, recv_ns, link, topic, header, payload, sizes, refill),
-                          nbytes)
+        self.store.submit(
+            "raw", (raw_id, recv_ns, link, topic, header, payload, sizes, refill), nbytes
+        )
         return self.process(raw_id, recv_ns, link, frames)
 
-    def process(self, raw_id: int, recv_ns: int, link: str, frames: Sequence[Any]) -> Message | None:
+    def process(
+        self, raw_id: int, recv_ns: int, link: str, frames: Sequence[Any]
+    ) -> Message | None:
         """Decode and derive one recorded message (live, or from the raw table on reprocess)."""
         self._recv_ns = recv_ns
         try:
@@ -132,8 +136,9 @@ class Ingest:
             except Exception as e:  # a bug must not stop ingest: keep the message, say why
                 log.exception("deriving %s message %d failed", link, raw_id)
                 self.store.submit("raw_status", ("derive_error", raw_id))
-                self.event("derive_error", link, None, raw_id=raw_id,
-                           error=f"{type(e).__name__}: {e}")
+                self.event(
+                    "derive_error", link, None, raw_id=raw_id, error=f"{type(e).__name__}: {e}"
+                )
             return msg
         finally:
             self._recv_ns = 0
@@ -150,23 +155,61 @@ class Ingest:
         t_src = h.t_ns * 1e-9 + offset
         state.last_seen_wall = time.monotonic()
         if isinstance(h, Command | Ack):  # not part of a data stream: audit only
-            self.store.submit("message", (raw_id, link, h.source, h.session, h.seq,
-                                          kind_of(type(h)), h.t_ns, h.series, "command"))
+            self.store.submit(
+                "message",
+                (
+                    raw_id,
+                    link,
+                    h.source,
+                    h.session,
+                    h.seq,
+                    kind_of(type(h)),
+                    h.t_ns,
+                    h.series,
+                    "command",
+                ),
+            )
             return
         verdict = state.tracker.observe(h.session, h.seq)
-        self.store.submit("message", (raw_id, link, h.source, h.session, h.seq, kind_of(type(h)),
-                                      h.t_ns, h.series, verdict.arrival.value))
+        self.store.submit(
+            "message",
+            (
+                raw_id,
+                link,
+                h.source,
+                h.session,
+                h.seq,
+                kind_of(type(h)),
+                h.t_ns,
+                h.series,
+                verdict.arrival.value,
+            ),
+        )
         if verdict.arrival is Arrival.DUPLICATE:
             self.store.submit("raw_status", ("duplicate", raw_id))
             self.event("duplicate", link, t_src, session=h.session, seq=h.seq)
             return
         if verdict.arrival is Arrival.NEW_SESSION and verdict.previous_session is not None:
-            self.event("source_restarted", link, t_src, session=h.session,
-                       previous_session=verdict.previous_session)
+            self.event(
+                "source_restarted",
+                link,
+                t_src,
+                session=h.session,
+                previous_session=verdict.previous_session,
+            )
         if verdict.gap is not None:
             g = verdict.gap
-            self.event("gap", link, t_src, session=g.session, first=g.first, last=g.last,
-                       count=g.count, t_before=state.last_message_t, t_after=t_src)
+            self.event(
+                "gap",
+                link,
+                t_src,
+                session=g.session,
+                first=g.first,
+                last=g.last,
+                count=g.count,
+                t_before=state.last_message_t,
+                t_after=t_src,
+            )
             if link == self.pstat_link:
                 self.pstat_gaps.append((g.first, g.last, state.last_message_t, t_src))
         if verdict.arrival is Arrival.OUT_OF_ORDER:
@@ -206,8 +249,9 @@ class Ingest:
             cap = h.metadata.get("capacity_mAh")
             if isinstance(cap, int | float) and cap > 0:
                 self.capacity_mAh = float(cap)
-        self.event("series_start", link, t, series=h.series, instrument=h.instrument,
-                   metadata=h.metadata)
+        self.event(
+            "series_start", link, t, series=h.series, instrument=h.instrument, metadata=h.metadata
+        )
 
     def _potentiostat(
         self, raw_id: int, link: str, state: LinkState, msg: Message, offset: float
@@ -215,9 +259,20 @@ class Ingest:
         a = msg.arrays
         t = a["t"].astype(np.float64) + offset
         q = a.get("Q")
-        rows = list(zip([raw_id] * len(t), [link] * len(t), t.tolist(), a["Ewe"].tolist(),
-                        a["I"].tolist(), q.tolist() if q is not None else [None] * len(t),
-                        a["mode"].tolist(), a["step"].tolist(), a["cycle"].tolist(), strict=True))
+        rows = list(
+            zip(
+                [raw_id] * len(t),
+                [link] * len(t),
+                t.tolist(),
+                a["Ewe"].tolist(),
+                a["I"].tolist(),
+                q.tolist() if q is not None else [None] * len(t),
+                a["mode"].tolist(),
+                a["step"].tolist(),
+                a["cycle"].tolist(),
+                strict=True,
+            )
+        )
         self.store.submit("rows", ("potentiostat", rows))
         self.counts["potentiostat_rows"] += len(t)
         if link != self.pstat_link:
@@ -225,14 +280,31 @@ class Ingest:
         late = self.history.extend(t, a["Ewe"], a["I"], a["mode"], a["step"], a["cycle"], q)
         if len(t) and late:
             state.late += 1
-            self.event("late", link, float(t[-1]), t_first=float(t[0]), t_last=float(t[-1]),
-                       rows=len(t))
+            self.event(
+                "late", link, float(t[-1]), t_first=float(t[0]), t_last=float(t[-1]), rows=len(t)
+            )
             self._realign_overlapping(float(t[0]), float(t[-1]))
         if len(t):
-            soc = self._soc(self.history.record().q[-len(t):])
-            self.publish("potentiostat", {"t": t.tolist(), "Ewe": a["Ewe"].tolist(),
-                                          "I": a["I"].tolist(), "soc": soc,
-                                          "mode": a["mode"].tolist()})
+            soc = self._soc(self.history.record().q[-len(t) :])
+            self.cell = {
+                "t": float(t[-1]),
+                "Ewe_V": float(a["Ewe"][-1]),
+                "I_mA": float(a["I"][-1]),
+                "soc": soc[-1],
+                "mode": int(a["mode"][-1]),
+                "step": int(a["step"][-1]),
+                "cycle": int(a["cycle"][-1]),
+            }
+            self.publish(
+                "potentiostat",
+                {
+                    "t": t.tolist(),
+                    "Ewe": a["Ewe"].tolist(),
+                    "I": a["I"].tolist(),
+                    "soc": soc,
+                    "mode": a["mode"].tolist(),
+                },
+            )
 
     def _soc(self, q: np.ndarray) -> list[float]:
         if not self.capacity_mAh:
@@ -250,18 +322,51 @@ class Ingest:
             n_points, channels = int(msg.arrays["counts"].size), ["counts"]
         spot = h.spot
         t0, t1 = h.t_start_ns * 1e-9 + offset, h.t_end_ns * 1e-9 + offset
-        self.store.submit("spectrum", (
-            sid, raw_id, link, h.source, kind, h.scan_id, h.series, h.edge, t0, t1,
-            spot.id if spot else None, spot.x_mm if spot else None, spot.y_mm if spot else None,
-            h.flux_ph_s, h.exposure_s, h.trigger_id or None, n_points,
-            _json.encode(channels).decode(), _json.encode(h.extra).decode()))
+        self.store.submit(
+            "spectrum",
+            (
+                sid,
+                raw_id,
+                link,
+                h.source,
+                kind,
+                h.scan_id,
+                h.series,
+                h.edge,
+                t0,
+                t1,
+                spot.id if spot else None,
+                spot.x_mm if spot else None,
+                spot.y_mm if spot else None,
+                h.flux_ph_s,
+                h.exposure_s,
+                h.trigger_id or None,
+                n_points,
+                _json.encode(channels).decode(),
+                _json.encode(h.extra).decode(),
+            ),
+        )
         self.counts["spectra"] += 1
         pt = msg.arrays.get("point_t")
-        info = {"edge": h.edge, "spot": spot.id if spot else None, "trigger_id": h.trigger_id,
-                "channels": channels, "raw_id": raw_id}
-        self.pending.append(PendingSpectrum(
-            sid, link, h.scan_id, kind, t0, t1,
-            None if pt is None else pt.astype(np.float64) + offset, info))
+        info = {
+            "edge": h.edge,
+            "spot": spot.id if spot else None,
+            "trigger_id": h.trigger_id,
+            "channels": channels,
+            "raw_id": raw_id,
+        }
+        self.pending.append(
+            PendingSpectrum(
+                sid,
+                link,
+                h.scan_id,
+                kind,
+                t0,
+                t1,
+                None if pt is None else pt.astype(np.float64) + offset,
+                info,
+            )
+        )
 
     # -- alignment -------------------------------------------------------------------------
     @property
@@ -293,9 +398,14 @@ class Ingest:
             al = _unaligned(p.t_start, p.t_end, "no potentiostat configured")
         else:
             al = align_window(
-                self.history.record(), p.t_start, p.t_end, capacity_mAh=self.capacity_mAh,
-                initial_soc=self.cfg.initial_soc, point_t=p.point_t,
-                cover_tolerance_s=self.cfg.cover_tolerance_s)
+                self.history.record(),
+                p.t_start,
+                p.t_end,
+                capacity_mAh=self.capacity_mAh,
+                initial_soc=self.cfg.initial_soc,
+                point_t=p.point_t,
+                cover_tolerance_s=self.cfg.cover_tolerance_s,
+            )
             gap = next((g for g in self.pstat_gaps if g[2] < p.t_end and g[3] > p.t_start), None)
             if gap is not None:
                 al.partial = True
@@ -305,14 +415,36 @@ class Ingest:
         if al.partial:
             self.partial.append((p, al))
         doc = msgspec.json.encode(al).decode()
-        self.store.submit("alignment", (p.spectrum_id, int(al.partial), al.reason, al.ewe_mean_V,
-                                        al.soc, al.i_mean_mA, al.mode, al.step, al.cycle, doc))
+        self.store.submit(
+            "alignment",
+            (
+                p.spectrum_id,
+                int(al.partial),
+                al.reason,
+                al.ewe_mean_V,
+                al.soc,
+                al.i_mean_mA,
+                al.mode,
+                al.step,
+                al.cycle,
+                doc,
+            ),
+        )
         if revision == 0:
             self.counts["aligned"] += 1
             self.counts["partial"] += al.partial
-        self.publish("aligned", {"spectrum_id": p.spectrum_id, "link": p.link,
-                                 "scan_id": p.scan_id, "kind": p.kind, "revision": revision,
-                                 **p.info, "alignment": msgspec.to_builtins(al)})
+        self.publish(
+            "aligned",
+            {
+                "spectrum_id": p.spectrum_id,
+                "link": p.link,
+                "scan_id": p.scan_id,
+                "kind": p.kind,
+                "revision": revision,
+                **p.info,
+                "alignment": msgspec.to_builtins(al),
+            },
+        )
         return al
 
     def _realign_overlapping(self, t0: float, t1: float) -> None:
@@ -355,18 +487,31 @@ class Ingest:
         for name, s in self.links.items():
             tr = s.tracker
             sources[name] = {
-                "role": s.config.role, "session": tr.session, "messages": tr.messages,
-                "gaps": tr.gaps, "lost": tr.lost, "outstanding": tr.outstanding,
-                "recovered": tr.recovered, "duplicates": tr.duplicates,
-                "out_of_order": tr.out_of_order, "late": s.late, "malformed": s.malformed,
-                "restarts": tr.restarts, "series": s.series,
+                "role": s.config.role,
+                "session": tr.session,
+                "messages": tr.messages,
+                "gaps": tr.gaps,
+                "lost": tr.lost,
+                "outstanding": tr.outstanding,
+                "recovered": tr.recovered,
+                "duplicates": tr.duplicates,
+                "out_of_order": tr.out_of_order,
+                "late": s.late,
+                "malformed": s.malformed,
+                "restarts": tr.restarts,
+                "series": s.series,
                 "silent_s": now_wall - s.last_seen_wall if s.last_seen_wall else None,
             }
         return {
             "sources": sources,
-            "spectra": {"total": self.counts["spectra"], "aligned": self.counts["aligned"],
-                        "partial": self.counts["partial"], "pending": len(self.pending)},
+            "spectra": {
+                "total": self.counts["spectra"],
+                "aligned": self.counts["aligned"],
+                "partial": self.counts["partial"],
+                "pending": len(self.pending),
+            },
             "potentiostat_rows": self.counts["potentiostat_rows"],
+            "cell": self.cell,
             "events": dict(self.events),
             "source_time": self.now if math.isfinite(self.now) else None,
             "store_backlog_bytes": self.store.backlog_bytes,
@@ -388,7 +533,9 @@ def restore(ingest: Ingest, conn: Any) -> None:
     ):
         if link in ingest.links:
             ingest.links[link].tracker.resume(session, seq)
-    for link, n in conn.execute("SELECT link, count(*) FROM messages WHERE arrival != 'command' GROUP BY link"):
+    for link, n in conn.execute(
+        "SELECT link, count(*) FROM messages WHERE arrival != 'command' GROUP BY link"
+    ):
         if link in ingest.links:
             ingest.links[link].tracker.messages = n
     for link, kind, n in conn.execute(
@@ -403,28 +550,52 @@ def restore(ingest: Ingest, conn: Any) -> None:
     if ingest.pstat_link is not None:
         cur = conn.execute(
             "SELECT t, ewe, i, q, mode, step, cycle FROM potentiostat WHERE link = ? "
-            "ORDER BY rowid", (ingest.pstat_link,))
+            "ORDER BY rowid",
+            (ingest.pstat_link,),
+        )
         while rows := cur.fetchmany(100_000):
             a = np.array(rows, dtype=np.float64)
             q = None if np.isnan(a[:, 3]).any() else a[:, 3]
-            ingest.history.extend(a[:, 0], a[:, 1], a[:, 2], a[:, 4].astype(np.int8),
-                                  a[:, 5].astype(np.int32), a[:, 6].astype(np.int32), q)
+            ingest.history.extend(
+                a[:, 0],
+                a[:, 1],
+                a[:, 2],
+                a[:, 4].astype(np.int8),
+                a[:, 5].astype(np.int32),
+                a[:, 6].astype(np.int32),
+                q,
+            )
         ingest.counts["potentiostat_rows"] = len(ingest.history)
     (n_spectra,) = conn.execute("SELECT count(*) FROM spectra").fetchone()
     (n_aligned, n_partial) = conn.execute(
-        "SELECT count(*), coalesce(sum(partial), 0) FROM alignment").fetchone()
+        "SELECT count(*), coalesce(sum(partial), 0) FROM alignment"
+    ).fetchone()
     ingest.counts.update(spectra=n_spectra, aligned=n_aligned, partial=n_partial)
     waiting = conn.execute(
         "SELECT s.id, s.link, s.scan_id, s.kind, s.t_start, s.t_end, s.edge, s.spot_id, "
         "s.trigger_id, s.channels, s.raw_id, r.topic, r.header, r.payload, r.frame_sizes "
         "FROM spectra s JOIN raw r ON r.id = s.raw_id "
-        "WHERE s.id NOT IN (SELECT spectrum_id FROM alignment)").fetchall()
+        "WHERE s.id NOT IN (SELECT spectrum_id FROM alignment)"
+    ).fetchall()
     for sid, link, scan_id, kind, t0, t1, edge, spot, trig, chans, raw_id, *raw in waiting:
         msg = decode(split_frames(*raw))
         pt = msg.arrays.get("point_t")
         offset = ingest.links[link].config.clock_offset_s if link in ingest.links else 0.0
-        ingest.pending.append(PendingSpectrum(
-            sid, link, scan_id, kind, t0, t1,
-            None if pt is None else pt.astype(np.float64) + offset,
-            {"edge": edge, "spot": spot, "trigger_id": trig or "",
-             "channels": msgspec.json.decode(chans or "[]"), "raw_id": raw_id}))
+        ingest.pending.append(
+            PendingSpectrum(
+                sid,
+                link,
+                scan_id,
+                kind,
+                t0,
+                t1,
+                None if pt is None else pt.astype(np.float64) + offset,
+                {
+                    "edge": edge,
+                    "spot": spot,
+                    "trigger_id": trig or "",
+                    "channels": msgspec.json.decode(chans or "[]"),
+                    "raw_id": raw_id,
+                },
+            )
+        )

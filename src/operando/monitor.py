@@ -72,9 +72,14 @@ class StatePublisher:
         if not self.buffer:
             return
         updates, self.buffer = self.buffer, []
-        header = StateUpdate(source="monitor", session=self.session, seq=self.seq,
-                             t_ns=time.time_ns(), topic="batch",
-                             body={"updates": [{"topic": t, **b} for t, b in updates]})
+        header = StateUpdate(
+            source="monitor",
+            session=self.session,
+            seq=self.seq,
+            t_ns=time.time_ns(),
+            topic="batch",
+            body={"updates": [{"topic": t, **b} for t, b in updates]},
+        )
         self.seq += 1
         try:
             self._sync.send_multipart(encode(header), flags=zmq.NOBLOCK)
@@ -102,8 +107,12 @@ class Monitor:
                 conn.close()
             self.ingest.event("monitor_restarted", None, None, pid=os.getpid())
         self.subscribers: list[Subscriber] = []
-        self.commands = CommandServer(self.ctx, cfg.monitor.command_endpoint, "monitor",
-                                      {"status": self._status, "ping": self._ping})
+        self.commands = CommandServer(
+            self.ctx,
+            cfg.monitor.command_endpoint,
+            "monitor",
+            {"status": self._status, "ping": self._ping},
+        )
         self.commands.on_command = self._audit
         self._tasks: list[asyncio.Task[Any]] = []
         self._silent: set[str] = set()
@@ -117,8 +126,16 @@ class Monitor:
 
     def _audit(self, cmd: Any, ack: Any) -> None:
         if cmd.action not in ("status", "ping"):
-            self.ingest.event("command", "monitor", None, id=cmd.id, action=cmd.action,
-                              args=cmd.args, ok=ack.ok, error=ack.error)
+            self.ingest.event(
+                "command",
+                "monitor",
+                None,
+                id=cmd.id,
+                action=cmd.action,
+                args=cmd.args,
+                ok=ack.ok,
+                error=ack.error,
+            )
 
     def status(self) -> dict[str, Any]:
         st = self.ingest.status()
@@ -139,8 +156,14 @@ class Monitor:
             if src.clock == "ping" and src.command:
                 await self._estimate_clock(src)
         for src in self.cfg.sources:
-            sub = Subscriber(self.ctx, src.data, src.name, self._handle, hwm=src.rcvhwm,
-                             backpressure=self._backpressure)
+            sub = Subscriber(
+                self.ctx,
+                src.data,
+                src.name,
+                self._handle,
+                hwm=src.rcvhwm,
+                backpressure=self._backpressure,
+            )
             sub.after_batch = self.state.flush
             self.subscribers.append(sub)
             self._tasks.append(asyncio.create_task(sub.run(), name=f"subscribe-{src.name}"))
@@ -165,14 +188,20 @@ class Monitor:
             await client.close()
         offset = statistics.median(offsets)
         self.ingest.links[src.name].config.clock_offset_s = offset
-        self.ingest.event("clock_offset", src.name, None, offset_s=offset,
-                          spread_s=max(offsets) - min(offsets))
+        self.ingest.event(
+            "clock_offset", src.name, None, offset_s=offset, spread_s=max(offsets) - min(offsets)
+        )
 
     def _write_monitor_file(self) -> None:
-        info = {"pid": os.getpid(), "state_endpoint": self.cfg.monitor.state_endpoint,
-                "command_endpoint": self.cfg.monitor.command_endpoint,
-                "sources": {s.name: {"data": s.data, "command": s.command, "role": s.role}
-                            for s in self.cfg.sources}}
+        info = {
+            "pid": os.getpid(),
+            "state_endpoint": self.cfg.monitor.state_endpoint,
+            "command_endpoint": self.cfg.monitor.command_endpoint,
+            "sources": {
+                s.name: {"data": s.data, "command": s.command, "role": s.role}
+                for s in self.cfg.sources
+            },
+        }
         (self.run_dir / MONITOR_FILE).write_text(json.dumps(info, indent=2))
 
     async def _tick(self) -> None:
@@ -216,8 +245,9 @@ class Monitor:
         self.ctx.destroy(linger=0)
 
 
-async def run_monitor(cfg: ExperimentConfig, run_dir: str | Path,
-                      duration_s: float | None = None) -> Path:
+async def run_monitor(
+    cfg: ExperimentConfig, run_dir: str | Path, duration_s: float | None = None
+) -> Path:
     """Run until SIGINT/SIGTERM (or ``duration_s``), then align what waits and close cleanly."""
     run_dir = Path(run_dir)
     monitor = Monitor(cfg, run_dir)

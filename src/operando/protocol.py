@@ -50,7 +50,7 @@ class ArraySpec(msgspec.Struct, array_like=True, frozen=True):
 
 
 class Spot(msgspec.Struct, frozen=True, kw_only=True):
-    """A sample position: an id the orchestrator and dose book-keeping use, and motor coordinates."""
+    """A sample position: the id that dose book-keeping uses, and motor coordinates."""
 
     id: str
     x_mm: float = 0.0

@@ -17,8 +17,9 @@ from operando.run import load_run_config
 from operando.store import RunStore, connect, iter_raw
 
 
-def reprocess(run_dir: str | Path, progress: Callable[[int, int], None] | None = None
-              ) -> dict[str, Any]:
+def reprocess(
+    run_dir: str | Path, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     run_dir = Path(run_dir)
     cfg: ExperimentConfig = load_run_config(run_dir)
     store = RunStore(run_dir)

@@ -238,7 +238,7 @@ class RunStore:
         """Empty the derived tables (reprocess rebuilds them from raw)."""
         self.flush()
         for table in DERIVED_TABLES:
-            self._conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+            self._conn.execute(f"DELETE FROM {table}")
         self._conn.execute("UPDATE raw SET status = 'ok', error = NULL")
         self._conn.commit()
         self.next_spectrum_id = 1

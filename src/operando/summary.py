@@ -23,11 +23,23 @@ def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
         "SELECT link, count(*), sum(status = 'malformed'), sum(status = 'duplicate'), "
         "sum(refill) FROM raw GROUP BY link"
     ):
-        sources[link] = {"messages": n, "malformed": malformed, "duplicates": duplicates,
-                         "refilled": refilled, "gaps": 0, "lost": 0, "out_of_order": 0,
-                         "late": 0, "restarts": 0}
-    per_link_events = {"gap": "gaps", "out_of_order": "out_of_order", "late": "late",
-                       "source_restarted": "restarts"}
+        sources[link] = {
+            "messages": n,
+            "malformed": malformed,
+            "duplicates": duplicates,
+            "refilled": refilled,
+            "gaps": 0,
+            "lost": 0,
+            "out_of_order": 0,
+            "late": 0,
+            "restarts": 0,
+        }
+    per_link_events = {
+        "gap": "gaps",
+        "out_of_order": "out_of_order",
+        "late": "late",
+        "source_restarted": "restarts",
+    }
     for link, kind, n in conn.execute(
         "SELECT link, kind, count(*) FROM events GROUP BY link, kind"
     ):
@@ -54,8 +66,13 @@ def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
     return {
         "run_dir": str(run_dir),
         "sources": sources,
-        "spectra": {"total": total, "aligned": aligned, "partial": partial,
-                    "unaligned": total - aligned, "by_kind": by_kind},
+        "spectra": {
+            "total": total,
+            "aligned": aligned,
+            "partial": partial,
+            "unaligned": total - aligned,
+            "by_kind": by_kind,
+        },
         "potentiostat_rows": rows,
         "events": events,
         "t_first": None if t_first is None else t_first * 1e-9,

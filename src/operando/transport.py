@@ -128,8 +128,11 @@ class Publisher:
 
     async def start_series(self, series: str, instrument: str, metadata: dict[str, Any]) -> None:
         self.series = series
-        self._series_start = SeriesStart(source=self.source, instrument=instrument,  # type: ignore[arg-type]
-                                         metadata=metadata)
+        self._series_start = SeriesStart(
+            source=self.source,
+            instrument=instrument,  # type: ignore[arg-type]
+            metadata=metadata,
+        )
         await self.send(self._series_start)
 
     async def end_series(self, reason: str = "completed") -> None:
@@ -143,8 +146,14 @@ class Publisher:
                 self._subscribed.set()
                 if self._series_start is not None:
                     start = self._series_start
-                    await self.send(SeriesStart(source=start.source, instrument=start.instrument,
-                                                metadata=start.metadata, reannounce=True))
+                    await self.send(
+                        SeriesStart(
+                            source=start.source,
+                            instrument=start.instrument,
+                            metadata=start.metadata,
+                            reannounce=True,
+                        )
+                    )
             elif msg[:1] == b"\x00":
                 self.subscribers = max(0, self.subscribers - 1)
 
@@ -164,7 +173,11 @@ class Publisher:
 
 def _stamp(header: Header, source: str, session: str, seq: int, t_ns: int, series: str) -> Any:
     return msgspec.structs.replace(
-        header, source=source, session=session, seq=seq, t_ns=t_ns,
+        header,
+        source=source,
+        session=session,
+        seq=seq,
+        t_ns=t_ns,
         series=header.series or series,
     )
 
@@ -266,6 +279,7 @@ class CommandServer:
         self.seq = 0
         self.on_command: Callable[[Command, Ack], None] | None = None  # audit hook
         self._task: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._serve(), name=f"{self.source}-commands")
@@ -273,19 +287,26 @@ class CommandServer:
     async def _serve(self) -> None:
         while True:
             identity, *frames = await self.sock.recv_multipart()
-            asyncio.create_task(self._handle(identity, frames))
+            task = asyncio.create_task(self._handle(identity, frames))
+            self._handlers.add(task)  # keep a reference until done; cancelled on close
+            task.add_done_callback(self._handlers.discard)
 
     async def _handle(self, identity: bytes, frames: list[bytes]) -> None:
         try:
             msg = decode(frames)
         except ProtocolError as e:
-            await self._reply(identity, Ack(source=self.source, id="", ok=False,
-                                            error=f"malformed command: {e}"))
+            await self._reply(
+                identity, Ack(source=self.source, id="", ok=False, error=f"malformed command: {e}")
+            )
             return
         cmd = msg.header
         if not isinstance(cmd, Command):
-            await self._reply(identity, Ack(source=self.source, id="", ok=False,
-                                            error=f"expected a command, got {msg.kind}"))
+            await self._reply(
+                identity,
+                Ack(
+                    source=self.source, id="", ok=False, error=f"expected a command, got {msg.kind}"
+                ),
+            )
             return
         if cmd.id in self._done:  # a retry: answer again, do not execute again
             await self.sock.send_multipart([identity, *self._done[cmd.id]])
@@ -301,16 +322,18 @@ class CommandServer:
     async def _execute(self, cmd: Command) -> list[Any]:
         handler = self.handlers.get(cmd.action)
         if handler is None:
-            ack = Ack(source=self.source, id=cmd.id, ok=False,
-                      error=f"unknown action {cmd.action!r}; this driver knows "
-                            f"{sorted(self.handlers)}")
+            ack = Ack(
+                source=self.source,
+                id=cmd.id,
+                ok=False,
+                error=f"unknown action {cmd.action!r}; this driver knows {sorted(self.handlers)}",
+            )
         else:
             try:
                 result = await handler(cmd)
                 ack = Ack(source=self.source, id=cmd.id, ok=True, result=result)
             except Exception as e:  # the driver refuses; the client sees why
-                ack = Ack(source=self.source, id=cmd.id, ok=False,
-                          error=f"{type(e).__name__}: {e}")
+                ack = Ack(source=self.source, id=cmd.id, ok=False, error=f"{type(e).__name__}: {e}")
         self.seq += 1
         stamped = _stamp(ack, self.source, "", self.seq, self.clock(), "")
         frames = encode(stamped)
@@ -325,10 +348,12 @@ class CommandServer:
         await self.sock.send_multipart([identity, *encode(ack)])
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks = [t for t in (self._task, *self._handlers) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await t
         self.sock.close(linger=0)
 
 
@@ -359,14 +384,26 @@ class CommandClient:
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
-    async def request(self, action: str, args: dict[str, Any] | None = None,
-                      *, id: str | None = None, timeout_s: float | None = None) -> Ack:
+    async def request(
+        self,
+        action: str,
+        args: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Ack:
         """Send a command and return its ack; raise CommandError when none comes back."""
         if self._reader is None:
             self._reader = asyncio.create_task(self._read())
         cid = id or uuid.uuid4().hex
-        cmd = Command(source=self.source, id=cid, action=action, args=args or {},
-                      seq=self.seq, t_ns=time.time_ns())
+        cmd = Command(
+            source=self.source,
+            id=cid,
+            action=action,
+            args=args or {},
+            seq=self.seq,
+            t_ns=time.time_ns(),
+        )
         self.seq += 1
         timeout = timeout_s or self.timeout_s
         fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()

@@ -1,0 +1,1 @@
+"""Experiment configurations shipped with operando (demo presets, example beamline)."""
