@@ -358,7 +358,8 @@ class SimSpectrometer(Driver):
         assert self.ctx is not None
         sock = self.ctx.socket(zmq.SUB)
         configure(sock, hwm=100_000)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        for kind in ("series_start/", "potentiostat_batch/"):  # not a recorder: only these
+            sock.setsockopt(zmq.SUBSCRIBE, kind.encode())
         sock.connect(self.s.cell_data)
         try:
             while True:

@@ -237,7 +237,7 @@ def align_window(
     span = max(b - a, 0.0)
     covered = max(0.0, min(b, float(rec.t[-1])) - max(a, float(rec.t[0])))
     tol = cover_tolerance_s
-    fully = rec.t[0] <= a + tol and rec.t[-1] >= b - tol
+    fully = bool(rec.t[0] <= a + tol and rec.t[-1] >= b - tol)
     coverage = 1.0 if fully else (covered / span if span > 0 else 0.0)
     before = rec.change_times[rec.change_times <= mid]
     soc = [

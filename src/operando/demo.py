@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import socket
@@ -199,6 +200,21 @@ class Demo:
             await d.start()
         if self.dashboard is not None:
             await self.dashboard.start()
+        self._write_pids()
+
+    def _write_pids(self) -> None:
+        """demo.json: who is running (for operators, and for fault-injection tests)."""
+        info = {
+            "pids": {c.name: c.proc.pid for c in self.children if c.proc is not None},
+            "monitor": {
+                "state": self.cfg.monitor.state_endpoint,
+                "command": self.cfg.monitor.command_endpoint,
+            },
+            "dashboard": self.dashboard_url,
+            "speed": self.speed,
+            "t0_ns": self.t0_ns,
+        }
+        (self.run_dir / "demo.json").write_text(json.dumps(info, indent=2))
 
     async def _wait_for_monitor(self, timeout: float = 30.0) -> None:
         from operando.monitor import query_status
@@ -240,6 +256,7 @@ class Demo:
                 log.warning(msg)
                 self.events.append(msg)
                 await c.start()
+                self._write_pids()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 0.2)
 

@@ -46,7 +46,16 @@ from operando.store import RunStore, pack_frames, split_frames
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, dict[str, Any]], None]
-_json = msgspec.json.Encoder()
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars (from numpy arithmetic on message arrays) become plain numbers."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+_json = msgspec.json.Encoder(enc_hook=_plain)
 
 
 @dataclass(slots=True)
@@ -211,7 +220,12 @@ class Ingest:
                 t_after=t_src,
             )
             if link == self.pstat_link:
-                self.pstat_gaps.append((g.first, g.last, state.last_message_t, t_src))
+                # The rows lost lie between the newest row held and the first row (or the
+                # clock) of the message that revealed the gap.
+                t_after = t_src
+                if isinstance(h, PotentiostatBatch) and len(msg.arrays["t"]):
+                    t_after = float(msg.arrays["t"][0]) + offset
+                self.pstat_gaps.append((g.first, g.last, self.history.watermark, t_after))
         if verdict.arrival is Arrival.OUT_OF_ORDER:
             self.event("out_of_order", link, t_src, session=h.session, seq=h.seq)
             if link == self.pstat_link:
@@ -278,7 +292,9 @@ class Ingest:
         if link != self.pstat_link:
             return
         late = self.history.extend(t, a["Ewe"], a["I"], a["mode"], a["step"], a["cycle"], q)
-        if len(t) and late:
+        t_lo, t_hi = (float(t[0]), float(t[-1])) if len(t) else (0.0, -1.0)
+        covers_partial = any(p.t_start <= t_hi and p.t_end >= t_lo for p, _ in self.partial)
+        if len(t) and (late or covers_partial):  # rows for windows already aligned
             state.late += 1
             self.event(
                 "late", link, float(t[-1]), t_first=float(t[0]), t_last=float(t[-1]), rows=len(t)
@@ -394,6 +410,16 @@ class Ingest:
         return len(due)
 
     def _align(self, p: PendingSpectrum, *, timed_out: bool, revision: int = 0) -> Alignment:
+        try:
+            al = self._alignment(p, timed_out)
+        except Exception as e:  # never lose a spectrum to a bug: store it unaligned, say why
+            log.exception("aligning spectrum %d failed", p.spectrum_id)
+            error = f"{type(e).__name__}: {e}"
+            al = _unaligned(p.t_start, p.t_end, f"alignment failed: {error}")
+            self.event("align_error", p.link, p.t_end, spectrum_id=p.spectrum_id, error=error)
+        return self._record_alignment(p, al, revision)
+
+    def _alignment(self, p: PendingSpectrum, timed_out: bool) -> Alignment:
         if self.pstat_link is None:
             al = _unaligned(p.t_start, p.t_end, "no potentiostat configured")
         else:
@@ -412,9 +438,12 @@ class Ingest:
                 al.reason = f"potentiostat messages {gap[0]}-{gap[1]} missing in this window"
             elif al.partial and timed_out:
                 al.reason = f"timed out after {self.cfg.timeout_s} s: " + al.reason
+        return al
+
+    def _record_alignment(self, p: PendingSpectrum, al: Alignment, revision: int) -> Alignment:
         if al.partial:
             self.partial.append((p, al))
-        doc = msgspec.json.encode(al).decode()
+        doc = _json.encode(al).decode()
         self.store.submit(
             "alignment",
             (
@@ -442,7 +471,7 @@ class Ingest:
                 "kind": p.kind,
                 "revision": revision,
                 **p.info,
-                "alignment": msgspec.to_builtins(al),
+                "alignment": msgspec.to_builtins(al, enc_hook=_plain),
             },
         )
         return al
@@ -565,7 +594,8 @@ def restore(ingest: Ingest, conn: Any) -> None:
                 a[:, 6].astype(np.int32),
                 q,
             )
-        ingest.counts["potentiostat_rows"] = len(ingest.history)
+    (n_rows,) = conn.execute("SELECT count(*) FROM potentiostat").fetchone()
+    ingest.counts["potentiostat_rows"] = n_rows
     (n_spectra,) = conn.execute("SELECT count(*) FROM spectra").fetchone()
     (n_aligned, n_partial) = conn.execute(
         "SELECT count(*), coalesce(sum(partial), 0) FROM alignment"

@@ -98,7 +98,12 @@ class Publisher:
         ]
 
     async def wait_for_subscriber(self, timeout: float) -> bool:
-        """True once someone subscribed; False after ``timeout`` s (then publish anyway)."""
+        """True once a recorder subscribed; False after ``timeout`` s (then publish anyway).
+
+        A recorder subscribes to every topic (the monitor does); a listener that takes only
+        some topics (e.g. a spectrometer following the cell) does not start the series, so
+        the recorder never misses its head.
+        """
         try:
             await asyncio.wait_for(self._subscribed.wait(), timeout)
             return True
@@ -143,7 +148,8 @@ class Publisher:
             msg = await self.sock.recv()
             if msg[:1] == b"\x01":
                 self.subscribers += 1
-                self._subscribed.set()
+                if msg == b"\x01":
+                    self._subscribed.set()
                 if self._series_start is not None:
                     start = self._series_start
                     await self.send(

@@ -1,0 +1,132 @@
+"""Shared helpers: free loopback ports, the CLI as a subprocess, a monitor config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from operando.config import ExperimentConfig, parse_config
+from operando.demo import free_ports
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_ports(1)[0]}"
+
+
+def monitor_config(tmp_path: Path, **alignment: Any) -> tuple[ExperimentConfig, Path]:
+    """Config for a monitor with a potentiostat and a spectrometer on free ports."""
+    p = free_ports(6)
+    data = {
+        "name": "test",
+        "monitor": {
+            "state_endpoint": f"tcp://127.0.0.1:{p[0]}",
+            "command_endpoint": f"tcp://127.0.0.1:{p[1]}",
+            "status_interval_s": 0.2,
+        },
+        "alignment": {"capacity_mAh": 1.0, "timeout_s": 5.0, **alignment},
+        "sources": [
+            {
+                "name": "potentiostat",
+                "role": "potentiostat",
+                "data": f"tcp://127.0.0.1:{p[2]}",
+                "command": f"tcp://127.0.0.1:{p[3]}",
+            },
+            {
+                "name": "spectrometer",
+                "role": "spectrometer",
+                "data": f"tcp://127.0.0.1:{p[4]}",
+                "command": f"tcp://127.0.0.1:{p[5]}",
+            },
+        ],
+    }
+    cfg = parse_config(data)
+    path = tmp_path / "experiment.json"
+    path.write_text(json.dumps(data))
+    return cfg, path
+
+
+def cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "operando.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"operando {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
+    return proc
+
+
+def inspect_json(run_dir: Path) -> dict[str, Any]:
+    return json.loads(cli("inspect", str(run_dir), "--json").stdout)
+
+
+class Process:
+    """A CLI subprocess that is always reaped (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, *args: str, log: Path) -> None:
+        self.log = log
+        self._logf = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "operando.cli", *args],
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(10)
+        self._logf.close()
+        return self.p.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def processes():
+    started: list[Process] = []
+
+    def start(*args: str, log: Path) -> Process:
+        proc = Process(*args, log=log)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop(signal.SIGKILL if proc.p.poll() is None else signal.SIGTERM)
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

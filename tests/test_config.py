@@ -1,0 +1,44 @@
+"""Configuration errors name the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from operando.config import ConfigError, list_presets, load_config, parse_config, preset_path
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text("[alignment]\ntimeout_s = 3\ncapacity = 1\n")
+    with pytest.raises(ConfigError, match=r"x.toml: alignment: .*unknown field `capacity`"):
+        load_config(p)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"sources\[0\].role: Invalid enum value 'camera'"):
+        parse_config({"sources": [{"name": "a", "role": "camera", "data": "tcp://x"}]})
+
+
+def test_bad_values_and_duplicates():
+    with pytest.raises(ConfigError, match="capacity_mAh: must be > 0"):
+        parse_config({"alignment": {"capacity_mAh": 0}})
+    src = {"name": "a", "role": "spectrometer", "data": "tcp://x"}
+    with pytest.raises(ConfigError, match="names must be unique"):
+        parse_config({"sources": [src, src]})
+
+
+def test_toml_syntax_error_names_file(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[run\n")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_shipped_preset_loads(name):
+    cfg = load_config(preset_path(name))
+    assert cfg.potentiostat is not None and cfg.drivers
+
+
+def test_presets_include_the_four_demos():
+    assert {"peo-nmc", "peo-lfp-relaxation", "lnmo-surface", "na-mno2"} <= set(list_presets())

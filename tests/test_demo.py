@@ -1,0 +1,99 @@
+"""``operando demo`` end to end: the README's first command, and its supervisor."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sqlite3
+
+import pytest
+from conftest import cli, inspect_json, pid_alive, wait_for
+
+from operando.store import open_readonly
+
+
+@pytest.mark.slow
+def test_demo_headless_acceptance(tmp_path):
+    run = tmp_path / "demo"
+    proc = cli(
+        "demo",
+        "--headless",
+        "--duration",
+        "60",
+        "--speed",
+        "120",
+        "--run-dir",
+        str(run),
+        timeout=180,
+    )
+    assert "recording to" in proc.stdout
+    s = inspect_json(run)
+    assert set(s["sources"]) == {"potentiostat", "spectrometer"}
+    for name, src in s["sources"].items():
+        assert (src["gaps"], src["lost"], src["malformed"]) == (0, 0, 0), name
+    sp = s["spectra"]
+    assert sp["total"] > 20 and sp["aligned"] == sp["total"] and sp["partial"] == 0
+    # 2 h of experiment at 1C: charge to 4.2 V, CV, rest and most of the discharge
+    assert s["soc"]["min"] < 0.05 and s["soc"]["max"] > 0.6
+    assert s["ewe_V"]["min"] > 2.95 and s["ewe_V"]["max"] < 4.25
+    conn = open_readonly(run)
+    rows = conn.execute(
+        "SELECT s.extra, a.soc FROM spectra s JOIN alignment a ON a.spectrum_id = s.id"
+    ).fetchall()
+    for extra, soc in rows:  # the monitor's SOC vs the simulator's truth, per spectrum
+        assert soc == pytest.approx(json.loads(extra)["sim_truth"]["soc"], abs=0.01)
+
+
+def _pid(run, name):
+    try:
+        return json.loads((run / "demo.json").read_text())["pids"][name]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
+def _rows(run) -> int:
+    try:
+        return open_readonly(run).execute("SELECT count(*) FROM potentiostat").fetchone()[0]
+    except (sqlite3.Error, Exception):
+        return 0
+
+
+@pytest.mark.slow
+def test_killed_simulator_is_restarted_and_the_monitor_shows_it(tmp_path, processes):
+    run = tmp_path / "demo"
+    demo = processes(
+        "demo",
+        "--headless",
+        "--duration",
+        "40",
+        "--speed",
+        "120",
+        "--run-dir",
+        str(run),
+        log=tmp_path / "demo.log",
+    )
+    first = wait_for(lambda: _pid(run, "potentiostat"), 30, what="demo.json")
+    wait_for(lambda: _rows(run) > 1000, 30, what="potentiostat rows")
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(
+        lambda: (p := _pid(run, "potentiostat")) != first and p, 20, what="restarted potentiostat"
+    )
+    assert pid_alive(second) and not pid_alive(first)
+    assert demo.p.wait(120) == 0, demo.output()
+    assert "potentiostat exited with -9: restarting (1)" in demo.output()
+    s = inspect_json(run)
+    assert s["sources"]["potentiostat"]["restarts"] == 1
+    assert s["events"]["source_restarted"] == 1
+    conn = open_readonly(run)
+    (detail,) = conn.execute("SELECT detail FROM events WHERE kind = 'source_restarted'").fetchone()
+    assert json.loads(detail)["previous_session"]
+    # the simulated cell carried on from its saved state: no jump back to the start
+    soc = [
+        r[0]
+        for r in conn.execute(
+            "SELECT soc FROM alignment a JOIN spectra s ON s.id = a.spectrum_id ORDER BY s.t_start"
+        )
+    ]
+    assert max(soc) > 0.3 and all(abs(b - a) < 0.1 for a, b in itertools.pairwise(soc))

@@ -1,0 +1,292 @@
+"""The monitor end to end over real ZeroMQ sockets on 127.0.0.1 and a real SQLite file.
+
+Synthetic instruments publish from this process with the project's Publisher; the monitor
+runs as its own process (``operando monitor``), exactly as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+import zmq
+import zmq.asyncio
+from conftest import cli, inspect_json, monitor_config
+
+from operando.monitor import query_status
+from operando.protocol import MODE_CC, PotentiostatBatch, Spot, XASScan
+from operando.store import open_readonly
+from operando.transport import Publisher
+
+T0 = 1.8e9  # source clock, s
+
+
+def ewe_of(t: np.ndarray) -> np.ndarray:
+    return 3.5 + 0.0004 * (t - T0) + 0.01 * np.sin((t - T0) / 7.0)
+
+
+class Instruments:
+    """A synthetic potentiostat (10 Hz rows) and spectrometer (a scan every 5 s)."""
+
+    def __init__(self, cfg):
+        self.ctx = zmq.asyncio.Context()
+        self.pstat = Publisher(self.ctx, cfg.source("potentiostat").data, "potentiostat")
+        self.spec = Publisher(self.ctx, cfg.source("spectrometer").data, "spectrometer")
+        self.windows: list[tuple[float, float]] = []
+        self.t = T0
+
+    async def start(self) -> None:
+        self.pstat.start()
+        self.spec.start()
+        assert await self.pstat.wait_for_subscriber(20) and await self.spec.wait_for_subscriber(20)
+        await self.pstat.start_series("p-1", "potentiostat", {"capacity_mAh": 1.0})
+        await self.spec.start_series("s-1", "spectrometer", {})
+
+    async def run(self, seconds: float, *, skip_pstat: set[int] = frozenset()) -> None:
+        """``seconds`` of source time; batches of 1 s; skip_pstat: batch numbers to drop."""
+        for k in range(int(seconds)):
+            t = self.t + np.arange(1, 11) * 0.1
+            self.t = float(t[-1])
+            arrays = {
+                "t": t,
+                "Ewe": ewe_of(t),
+                "I": np.full(10, 0.5),
+                "mode": np.full(10, MODE_CC, np.int8),
+                "step": np.zeros(10, np.int32),
+                "cycle": np.zeros(10, np.int32),
+            }
+            if k in skip_pstat:
+                self.pstat.seq += 1  # the message is "sent" but never arrives
+            else:
+                await self.pstat.send(PotentiostatBatch(source="potentiostat"), arrays)
+            if k % 5 == 4:
+                await self.scan(self.t - 4.0, self.t - 0.5)
+            await asyncio.sleep(0.002)
+
+    async def scan(self, t0: float, t1: float) -> None:
+        e = np.linspace(630, 660, 301)
+        h = XASScan(
+            source="spectrometer",
+            scan_id=f"scan-{len(self.windows)}",
+            edge="Mn-L",
+            t_start_ns=int(t0 * 1e9),
+            t_end_ns=int(t1 * 1e9),
+            channels=("I0", "TEY"),
+            spot=Spot(id="A1"),
+        )
+        await self.spec.send(
+            h, {"energy": e, "I0": np.ones(301), "TEY": e, "point_t": np.linspace(t0, t1, 301)}
+        )
+        self.windows.append((t0, t1))
+
+    async def close(self, end: bool = True) -> None:
+        if end:
+            await self.pstat.end_series()
+            await self.spec.end_series()
+        await self.pstat.close()
+        await self.spec.close()
+        self.ctx.destroy(linger=0)
+
+
+def exact_mean(t0: float, t1: float) -> float:
+    grid = np.linspace(t0, t1, 400_001)
+    samples_t = np.arange(T0 + 0.1, T0 + 1000, 0.1)
+    return float(np.trapezoid(np.interp(grid, samples_t, ewe_of(samples_t)), grid) / (t1 - t0))
+
+
+async def wait_status(cfg, predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    st = None
+    while time.monotonic() < deadline:
+        st = await query_status(cfg.monitor.command_endpoint, 1.0)
+        if predicate(st):
+            return st
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"monitor status never matched: {json.dumps(st)[:2000]}")
+
+
+def test_end_to_end_every_message_recorded_and_aligned(tmp_path, processes):
+    cfg, path = monitor_config(tmp_path)
+    run = tmp_path / "run"
+    mon = processes(
+        "monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "monitor.log"
+    )
+
+    async def scenario():
+        inst = Instruments(cfg)
+        await inst.start()
+        await inst.run(60)
+        await inst.close()
+        await wait_status(cfg, lambda s: s["spectra"]["aligned"] == len(inst.windows))
+        return inst
+
+    inst = asyncio.run(scenario())
+    assert mon.stop(signal.SIGINT) == 0, mon.output()
+    s = inspect_json(run)
+    assert s["sources"]["potentiostat"]["messages"] >= 60 + 2  # batches + series start/end
+    for src in s["sources"].values():
+        assert (src["gaps"], src["malformed"], src["lost"]) == (0, 0, 0)
+    assert s["potentiostat_rows"] == 600
+    assert s["spectra"] == {
+        "total": 12,
+        "aligned": 12,
+        "partial": 0,
+        "unaligned": 0,
+        "by_kind": {"xas_scan": 12},
+    }
+    conn = open_readonly(run)
+    rows = conn.execute(
+        "SELECT s.t_start, s.t_end, a.doc FROM spectra s JOIN alignment a "
+        "ON a.spectrum_id = s.id ORDER BY s.id"
+    ).fetchall()
+    assert len(rows) == len(inst.windows)
+    for (t0, t1, doc), (w0, w1) in zip(rows, inst.windows, strict=True):
+        al = json.loads(doc)
+        assert (t0, t1) == pytest.approx((w0, w1))
+        assert al["ewe_mean_V"] == pytest.approx(exact_mean(w0, w1), abs=1e-9)
+        # coulomb counting starts at the first row (T0 + 0.1 s): 0.5 mA, 1 mAh capacity
+        assert al["soc"] == pytest.approx(0.5 * ((w0 + w1) / 2 - T0 - 0.1) / 3600, abs=1e-9)
+        assert al["ewe_points_V"][0] == pytest.approx(float(ewe_of(np.array([w0]))[0]), abs=2e-4)
+
+
+def test_dropped_messages_are_counted_and_recorded(tmp_path, processes):
+    cfg, path = monitor_config(tmp_path)
+    run = tmp_path / "run"
+    mon = processes(
+        "monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "monitor.log"
+    )
+
+    async def scenario():
+        inst = Instruments(cfg)
+        await inst.start()
+        await inst.run(30, skip_pstat={7, 8, 20})
+        await wait_status(cfg, lambda s: s["sources"]["potentiostat"]["gaps"] == 2)
+        await inst.close()
+        await wait_status(
+            cfg, lambda s: s["spectra"]["pending"] == 0 and s["spectra"]["total"] == 6
+        )
+
+    asyncio.run(scenario())
+    assert mon.stop(signal.SIGINT) == 0
+    conn = open_readonly(run)
+    gaps = [
+        json.loads(d)
+        for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'gap' ORDER BY id")
+    ]
+    assert [(g["first"], g["last"], g["count"]) for g in gaps] == [(8, 9, 2), (21, 21, 1)]
+    s = inspect_json(run)
+    assert s["sources"]["potentiostat"]["gaps"] == 2 and s["sources"]["potentiostat"]["lost"] == 3
+    # The scans whose window lies in a missing batch are aligned, but marked partial.
+    partial = conn.execute(
+        "SELECT count(*) FROM alignment WHERE partial = 1 AND reason LIKE 'potentiostat messages%'"
+    ).fetchone()[0]
+    assert partial >= 1
+
+
+def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, processes):
+    cfg, path = monitor_config(tmp_path)
+    run = tmp_path / "run"
+    mon = processes(
+        "monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "monitor.log"
+    )
+    junk = [
+        [b"garbage"],
+        [b"t", b"\xc1\xc1"],
+        [b"t", b'{"json": "not msgpack"}'],
+        [b"t", bytes(range(256)), b"x" * 100],
+    ]
+
+    async def scenario():
+        inst = Instruments(cfg)
+        await inst.start()
+        await inst.run(5)
+        for frames in junk:  # straight onto the publisher's socket, bypassing the codec
+            await inst.spec.sock.send_multipart(frames)
+        await inst.run(10)
+        await inst.close()
+        await wait_status(
+            cfg,
+            lambda s: (
+                s["sources"]["spectrometer"]["malformed"] == 4 and s["spectra"]["aligned"] == 3
+            ),
+        )
+
+    asyncio.run(scenario())
+    assert mon.stop(signal.SIGINT) == 0
+    conn = open_readonly(run)
+    bad = conn.execute(
+        "SELECT header, error FROM raw WHERE status = 'malformed' ORDER BY id"
+    ).fetchall()
+    assert len(bad) == 4
+    assert bad[1][0] == b"\xc1\xc1"  # kept exactly as received
+    assert all(err for _, err in bad)
+    assert inspect_json(run)["events"]["malformed"] == 4
+
+
+def test_monitor_killed_and_restarted_continues_the_run(tmp_path, processes):
+    cfg, path = monitor_config(tmp_path)
+    run = tmp_path / "run"
+    args = ("monitor", "--config", str(path), "--run-dir", str(run))
+    first = processes(*args, log=tmp_path / "monitor1.log")
+
+    async def scenario():
+        inst = Instruments(cfg)
+        await inst.start()
+        await inst.run(20)
+        await wait_status(cfg, lambda s: s["potentiostat_rows"] == 200)
+        first.stop(signal.SIGKILL)
+        await inst.run(5)  # published while no monitor listens: lost to this run
+        second = processes(*args, log=tmp_path / "monitor2.log")
+        await wait_status(cfg, lambda s: True)
+        await asyncio.sleep(0.5)
+        await inst.run(20)
+        await inst.close()
+        st = await wait_status(
+            cfg,
+            lambda s: s["spectra"]["pending"] == 0 and s["sources"]["potentiostat"]["gaps"] >= 1,
+        )
+        return inst, second, st
+
+    _inst, second, _st = asyncio.run(scenario())
+    assert second.stop(signal.SIGINT) == 0, second.output()
+    s = inspect_json(run)
+    pstat = s["sources"]["potentiostat"]
+    # Every batch is either recorded or listed as lost, none twice.
+    assert s["potentiostat_rows"] + 10 * pstat["lost"] >= 450
+    assert pstat["gaps"] >= 1 and pstat["malformed"] == 0
+    assert s["events"]["monitor_restarted"] == 1
+    assert s["spectra"]["aligned"] == s["spectra"]["total"] >= 7
+
+
+def test_reprocess_rebuilds_the_same_derived_tables(tmp_path, processes):
+    cfg, path = monitor_config(tmp_path)
+    run = tmp_path / "run"
+    mon = processes(
+        "monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "monitor.log"
+    )
+
+    async def scenario():
+        inst = Instruments(cfg)
+        await inst.start()
+        await inst.run(25)
+        await inst.spec.sock.send_multipart([b"t", b"\x00"])
+        await inst.close()
+        await wait_status(cfg, lambda s: s["spectra"]["aligned"] == 5)
+
+    asyncio.run(scenario())
+    assert mon.stop(signal.SIGINT) == 0
+    before = inspect_json(run)
+    conn = open_readonly(run)
+    docs = conn.execute("SELECT doc FROM alignment ORDER BY spectrum_id").fetchall()
+    conn.close()
+    out = cli("reprocess", str(run)).stdout
+    assert "5 spectra (5 aligned, 0 partial)" in out
+    after = inspect_json(run)
+    for key in ("spectra", "potentiostat_rows", "sources", "events"):
+        assert after[key] == before[key], key
+    conn = open_readonly(run)
+    assert conn.execute("SELECT doc FROM alignment ORDER BY spectrum_id").fetchall() == docs

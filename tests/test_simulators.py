@@ -1,0 +1,256 @@
+"""Simulated instruments as real processes: triggered scans, dose, damage, SOC truth."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import textwrap
+
+import numpy as np
+import pytest
+import zmq
+import zmq.asyncio
+from conftest import endpoint
+from operando.drivers.base import DriverOptions
+from operando.drivers.sim_potentiostat import PotentiostatSettings, SimPotentiostat
+
+from operando.align import PotentiostatHistory
+from operando.protocol import ProtocolError, SeriesStart, XASScan, decode
+from operando.transport import CommandClient
+
+
+def test_coulomb_counting_of_measured_current_closes_a_full_cycle():
+    """The monitor's own coulomb counting (noisy current, no Q column) vs the cell's truth."""
+    protocol = [
+        {"type": "cc", "c_rate": 1.0, "until_V": 4.2},
+        {"type": "cv", "voltage_V": 4.2, "until_mA": 0.03},
+        {"type": "cc", "c_rate": -1.0, "until_V": 3.0},
+        {"type": "rest", "duration_s": 600},
+    ]
+    sim = SimPotentiostat(
+        DriverOptions("p", "tcp://x", "tcp://y"),
+        PotentiostatSettings(protocol=protocol, end="stop"),
+    )
+    hist = PotentiostatHistory()
+    t = 0.0
+    while not sim.controller.finished:
+        rows = sim.rows(t, 600)
+        t = float(rows["t"][-1])
+        hist.extend(
+            rows["t"], rows["Ewe"], rows["I"], rows["mode"], rows["step"], rows["cycle"]
+        )  # no Q: the monitor counts coulombs itself
+    cap = sim.preset.capacity_mAh
+    rec = hist.record()
+    soc_counted = sim.initial_soc + rec.q / cap
+    assert rec.q.max() / cap > 0.6  # it really charged
+    assert soc_counted[-1] == pytest.approx(sim.cell.state.soc, abs=0.01)
+    assert abs(soc_counted[-1] - soc_counted[0]) < 0.05  # back where it started
+
+
+def write_config(tmp_path, pstat_data, mode="triggered", extra=""):
+    path = tmp_path / "sim.toml"
+    path.write_text(
+        textwrap.dedent(f"""
+        [drivers.potentiostat]
+        preset = "lnmo-liquid"
+        sample_interval_s = 1.0
+        protocol = [{{ type = "cc", c_rate = 1.0, until_V = 4.9 }},
+                    {{ type = "rest", duration_s = 100000 }}]
+        [drivers.spectrometer]
+        mode = "{mode}"
+        edges = ["Mn-L"]
+        dwell_s = 0.05
+        flux_ph_s = 3e12
+        spot_area_mm2 = 0.0025
+        critical_dose_Gy = 1e8
+        damage_rate_per_Gy = 1e-8
+        cell_data = "{pstat_data}"
+        {extra}
+    """)
+    )
+    return path
+
+
+async def collect(ctx, ep, n, timeout=60.0):
+    sock = ctx.socket(zmq.SUB)
+    sock.linger = 0
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(ep)
+    scans = []
+
+    async def loop():
+        while len(scans) < n:
+            try:
+                msg = decode(await sock.recv_multipart())
+            except ProtocolError:
+                continue
+            if isinstance(msg.header, XASScan):
+                scans.append(msg)
+
+    try:
+        await asyncio.wait_for(loop(), timeout)
+    finally:
+        sock.close()
+    return scans
+
+
+def test_triggered_scans_carry_trigger_id_dose_and_damage(tmp_path, processes):
+    p_data, p_cmd, s_data, s_cmd = endpoint(), endpoint(), endpoint(), endpoint()
+    cfg = write_config(tmp_path, p_data)
+    common = ("--config", str(cfg), "--speed", "60", "--wait-subscriber", "0")
+    processes(
+        "driver",
+        "sim-potentiostat",
+        *common,
+        "--data",
+        p_data,
+        "--command",
+        p_cmd,
+        log=tmp_path / "p.log",
+    )
+    spec = processes(
+        "driver",
+        "sim-spectrometer",
+        *common,
+        "--data",
+        s_data,
+        "--command",
+        s_cmd,
+        log=tmp_path / "s.log",
+    )
+
+    async def scenario():
+        ctx = zmq.asyncio.Context()
+        client = CommandClient(ctx, s_cmd, "test", timeout_s=5.0)
+        try:
+            listener = asyncio.create_task(collect(ctx, s_data, 7))
+            await asyncio.sleep(1.0)
+            acks = []
+            for k in range(6):
+                acks.append(
+                    await client.request(
+                        "acquire", {"edge": "Mn-L", "spot": "A1", "trigger_id": f"trig-{k}"}
+                    )
+                )
+            # the same command id again: acknowledged again, but not executed twice
+            again = await client.request(
+                "acquire", {"edge": "Mn-L", "spot": "A1", "trigger_id": "trig-5"}, id="fixed"
+            )
+            dup = await client.request(
+                "acquire", {"edge": "Mn-L", "spot": "A1", "trigger_id": "trig-5"}, id="fixed"
+            )
+            fresh = await client.request(
+                "acquire", {"edge": "Mn-L", "spot": "B2", "trigger_id": "fresh"}
+            )
+            bad = await client.request("acquire", {"edge": "Xx-L"})
+            scans = await listener
+            status = await client.request("status")
+            return acks, again, dup, fresh, bad, scans, status
+        finally:
+            await client.close()
+            ctx.destroy(linger=0)
+
+    acks, again, dup, fresh, bad, scans, status = asyncio.run(scenario())
+    assert all(a.ok for a in acks) and again.ok and dup.result == again.result
+    assert not bad.ok and "unknown edge 'Xx-L'" in bad.error
+    assert [s.header.trigger_id for s in scans] == [*(f"trig-{k}" for k in range(6)), "trig-5"]
+    doses = [s.header.extra["sim_truth"]["dose_after_Gy"] for s in scans[:6]]
+    assert np.all(np.diff(doses) > 0)  # dose accumulates on spot A1
+    mn2 = [s.header.extra["sim_truth"]["fractions"]["TEY"]["Mn2+"] for s in scans[:6]]
+    befores = [s.header.extra["sim_truth"]["dose_before_Gy"] for s in scans[:6]]
+    damaged = [b > 1e8 for b in befores]
+    assert any(damaged) and not all(damaged)
+    first = damaged.index(True)
+    assert mn2[first] > mn2[first - 1] + 0.01  # photoreduction above the critical dose
+    assert status.result["dose_Gy"]["B2"] == 0.0 and fresh.ok  # queued; B2 still fresh
+    assert spec.stop(signal.SIGTERM) == 0
+
+
+def test_free_running_truth_follows_soc(tmp_path, processes):
+    p_data, p_cmd, s_data, s_cmd = endpoint(), endpoint(), endpoint(), endpoint()
+    cfg = write_config(tmp_path, p_data, mode="free", extra="interval_s = 60.0")
+    common = ("--config", str(cfg), "--speed", "120", "--wait-subscriber", "0")
+    processes(
+        "driver",
+        "sim-potentiostat",
+        *common,
+        "--data",
+        p_data,
+        "--command",
+        p_cmd,
+        log=tmp_path / "p.log",
+    )
+    processes(
+        "driver",
+        "sim-spectrometer",
+        *common,
+        "--data",
+        s_data,
+        "--command",
+        s_cmd,
+        log=tmp_path / "s.log",
+    )
+
+    async def scenario():
+        ctx = zmq.asyncio.Context()
+        try:
+            return await collect(ctx, s_data, 8)
+        finally:
+            ctx.destroy(linger=0)
+
+    scans = asyncio.run(scenario())
+    truth = [s.header.extra["sim_truth"] for s in scans]
+    socs = [t["soc"] for t in truth]
+    assert np.all(np.diff(socs) > 0)  # charging at 1C
+    # LNMO: surface Mn2+ grows on charge, bulk stays (almost) Mn4+
+    surf = [t["fractions"]["TEY"]["Mn2+"] for t in truth]
+    bulk = [t["fractions"]["TFY"]["Mn2+"] for t in truth]
+    assert surf[-1] > surf[0] and max(bulk) == 0.0
+    for s in scans:
+        assert s.header.t_end_ns > s.header.t_start_ns
+        pt = s.arrays["point_t"]
+        assert pt[0] >= s.header.t_start_ns * 1e-9 and pt[-1] <= s.header.t_end_ns * 1e-9
+        assert set(s.arrays) == {"energy", "I0", "TEY", "TFY", "point_t"}
+
+
+def test_series_start_is_reannounced_to_late_subscribers(tmp_path, processes):
+    p_data, p_cmd = endpoint(), endpoint()
+    cfg = write_config(tmp_path, p_data)
+    processes(
+        "driver",
+        "sim-potentiostat",
+        "--config",
+        str(cfg),
+        "--speed",
+        "10",
+        "--wait-subscriber",
+        "0",
+        "--data",
+        p_data,
+        "--command",
+        p_cmd,
+        log=tmp_path / "p.log",
+    )
+
+    async def scenario():
+        await asyncio.sleep(1.5)  # join well after the series started
+        ctx = zmq.asyncio.Context()
+        sock = ctx.socket(zmq.SUB)
+        sock.linger = 0
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(p_data)
+        try:
+            for _ in range(200):
+                msg = decode(await asyncio.wait_for(sock.recv_multipart(), 10))
+                if isinstance(msg.header, SeriesStart):
+                    return msg.header
+        finally:
+            sock.close()
+            ctx.destroy(linger=0)
+        return None
+
+    start = asyncio.run(scenario())
+    assert start is not None and start.reannounce
+    assert start.metadata["capacity_mAh"] == 0.30 and start.metadata["chemistry"] == "lnmo"
+    assert json.dumps(start.metadata)  # plain data only
