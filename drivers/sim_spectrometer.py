@@ -314,6 +314,8 @@ class SimSpectrometer(Driver):
         watcher = asyncio.create_task(self._watch_cell(), name="watch-cell")
         try:
             await asyncio.wait_for(self.cell.ready.wait(), 60)
+            while not self.cell.t:  # first scan once the potentiostat records the cell
+                await asyncio.sleep(0.01)
             self.model = MODELS.get(self.chemistry)
             if self.model is None:
                 raise ConfigError(

@@ -1,53 +1,105 @@
-"""The run store keeps every message as received, in a real SQLite file."""
+"""The run store keeps every message as received: a real raw log and a real SQLite file."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import numpy as np
+import pytest
 
 from operando.protocol import Heartbeat, encode
-from operando.store import RunStore, iter_raw, open_readonly, pack_frames, split_frames
+from operando.rawlog import RawLogError, scan, segment_path
+from operando.store import RunStore, iter_raw, open_readonly, read_raw
+
+OK = ("ok", None, "p", "s", 0, "heartbeat", 0)
 
 
-def test_frames_round_trip_through_the_raw_table(tmp_path):
-    frames = [
-        bytes(f)
-        for f in encode(Heartbeat(source="p"), {"a": np.arange(5.0), "b": np.ones(3, np.int8)})
-    ]
+def frames_of(k: int) -> list[bytes]:
+    return [bytes(f) for f in encode(Heartbeat(source="p", seq=k), {"a": np.arange(k + 1.0)})]
+
+
+def fill(store: RunStore, n: int) -> list[list[bytes]]:
+    sent = []
+    for k in range(n):
+        frames = frames_of(k)
+        store.append_raw(store.take_raw_id(), 1000 + k, "p", frames, OK)
+        sent.append(frames)
+    store.flush()
+    return sent
+
+
+def test_frames_round_trip_through_the_raw_log(tmp_path):
     store = RunStore(tmp_path)
-    store.submit("raw", (store.take_raw_id(), 1, "p", *pack_frames(frames), 0))
-    store.submit("raw", (store.take_raw_id(), 2, "p", *pack_frames([b"only-one"]), 0))
+    sent = fill(store, 50)
+    store.append_raw(store.take_raw_id(), 7, "p", [b"only-one"], ("malformed", "x", *[None] * 5))
     store.flush()
     store.close()
+    recs = list(iter_raw(tmp_path))
+    assert [[bytes(f) for f in r.frames] for r in recs[:50]] == sent
+    assert [bytes(f) for f in recs[50].frames] == [b"only-one"]
+    assert [bytes(f) for f in read_raw(tmp_path, 17).frames] == sent[16]
     conn = open_readonly(tmp_path)
-    rows = list(iter_raw(conn))
-    assert [bytes(f) for f in rows[0][3]] == frames
-    assert [bytes(f) for f in rows[1][3]] == [b"only-one"]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT status, error FROM raw WHERE id = 51").fetchone() == (
+        "malformed",
+        "x",
+    )
 
 
 def test_reopen_continues_ids(tmp_path):
     s1 = RunStore(tmp_path)
-    for _ in range(3):
-        s1.submit("raw", (s1.take_raw_id(), 0, "p", *pack_frames([b"x", b"y"]), 0))
+    fill(s1, 3)
     s1.close()
     s2 = RunStore(tmp_path)
-    assert s2.reopened and s2.take_raw_id() == 4
+    assert s2.reopened and s2.take_raw_id() == 4 and s2.unindexed == [] and s2.torn is None
     s2.close()
+
+
+def test_records_past_the_index_are_recovered_and_a_torn_tail_cut(tmp_path):
+    store = RunStore(tmp_path)
+    fill(store, 10)
+    store.close()
+    # A crash after the log was written but before the index committed: drop index rows 8-10,
+    # and leave half a record at the end of the log.
+    conn = sqlite3.connect(tmp_path / "run.sqlite")
+    conn.execute("DELETE FROM raw WHERE id > 7")
+    conn.commit()
+    conn.close()
+    other = RunStore(tmp_path / "other")  # a real record, of which only 40 bytes made it
+    fill(other, 1)
+    other.close()
+    seg = segment_path(tmp_path, 1)
+    whole = seg.stat().st_size
+    with open(seg, "ab") as f:
+        f.write(segment_path(tmp_path / "other", 1).read_bytes()[:40])
+    reopened = RunStore(tmp_path)
+    assert [r.raw_id for r in reopened.unindexed] == [8, 9, 10]
+    assert reopened.torn.endswith("cut short")
+    assert seg.stat().st_size == whole and reopened.take_raw_id() == 11
+    reopened.close()
+
+
+def test_a_damaged_record_is_named(tmp_path):
+    store = RunStore(tmp_path)
+    fill(store, 3)
+    store.close()
+    seg = segment_path(tmp_path, 1)
+    data = bytearray(seg.read_bytes())
+    data[-3] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    with pytest.raises(RawLogError, match="segment 1 offset .*: CRC mismatch"):
+        list(scan(tmp_path))
 
 
 def test_write_errors_are_retried_not_dropped(tmp_path):
     store = RunStore(tmp_path)
     store.submit("event", (0, None, "x", None, "{}"))
     store.flush()
-    # Make the events table refuse writes for a moment, as a full disk would.
-    blocker = sqlite3.connect(store.path)
+    blocker = sqlite3.connect(store.path)  # holds the write lock, as a full disk would fail
     blocker.execute("BEGIN EXCLUSIVE")
     store.submit("event", (1, None, "y", None, "{}"))
-    import time
-
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while store.last_error is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert store.last_error is not None and "locked" in store.last_error
@@ -58,7 +110,3 @@ def test_write_errors_are_retried_not_dropped(tmp_path):
     store.close()
     kinds = [k for (k,) in open_readonly(tmp_path).execute("SELECT kind FROM events")]
     assert kinds == ["x", "y"]
-
-
-def test_split_frames_handles_empty_payload():
-    assert split_frames(b"t", b"h", b"", "1,1") == [b"t", b"h"]

@@ -14,6 +14,7 @@ otherwise coulomb counting (trapezoidal integral of I over t).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -21,8 +22,16 @@ import numpy as np
 
 from operando.protocol import MODE_OCV
 
-_COLUMNS = ("t", "ewe", "i", "q", "own_q", "mode", "step", "cycle")
-_DTYPES = {"mode": np.int8, "step": np.int32, "cycle": np.int32, "own_q": np.bool_}
+# q: charge passed; cum_ewe / cum_i: running trapezoid integrals (window means in O(log n));
+# regime: count of step/mode changes so far (a window spans a change if it differs at its ends).
+_COLUMNS = ("t", "ewe", "i", "q", "own_q", "mode", "step", "cycle", "cum_ewe", "cum_i", "regime")
+_DTYPES = {
+    "mode": np.int8,
+    "step": np.int32,
+    "cycle": np.int32,
+    "own_q": np.bool_,
+    "regime": np.int64,
+}
 
 
 class Alignment(msgspec.Struct, kw_only=True):
@@ -63,6 +72,9 @@ class CellRecord:
     step: np.ndarray
     cycle: np.ndarray
     change_times: np.ndarray
+    cum_ewe: np.ndarray
+    cum_i: np.ndarray
+    regime: np.ndarray
 
 
 class PotentiostatHistory:
@@ -78,7 +90,8 @@ class PotentiostatHistory:
         self._n = 0
         self._cols = {c: np.empty(1024, dtype=_DTYPES.get(c, np.float64)) for c in _COLUMNS}
         self._changes: list[float] = []
-        self._dirty_from = 0  # first row whose coulomb-counted charge must be (re)computed
+        self._dirty_from = 0  # first row whose derived columns must be (re)computed
+        self._changes_array: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self._n
@@ -110,11 +123,15 @@ class PotentiostatHistory:
         own = q is not None and bool(np.all(np.isfinite(q)))
         new["q"] = q if own else np.full(len(t), np.nan)
         new["own_q"] = np.full(len(t), own)
+        for col in ("cum_ewe", "cum_i", "regime"):  # computed below, from the rows before
+            new[col] = np.zeros(len(t))
         if late or not np.all(np.diff(t) >= 0):
             self._merge(new)
         else:
             self._append(new)
         self._fill_charge()
+        self._fill_running()
+        self._changes_array = None
         self._trim()
         return late
 
@@ -126,12 +143,11 @@ class PotentiostatHistory:
                 grown = np.empty(cap, dtype=a.dtype)
                 grown[:n] = a[:n]
                 self._cols[c] = grown
-        start = max(n - 1, 0)
         for c in _COLUMNS:
             self._cols[c][n : n + k] = new[c]
         self._n = n + k
-        self._dirty_from = start
-        self._record_changes(start)
+        self._dirty_from = n
+        self._record_changes(max(n - 1, 0))
 
     def _merge(self, new: dict[str, np.ndarray]) -> None:
         merged = {c: np.concatenate([self._cols[c][: self._n], new[c]]) for c in _COLUMNS}
@@ -169,6 +185,22 @@ class PotentiostatHistory:
                 dq = 0.5 * (i[k0:k1] + i[k0 - 1 : k1 - 1]) * (t[k0:k1] - t[k0 - 1 : k1 - 1])
                 q[k0:k1] = q[k0 - 1] + np.cumsum(dq) / 3600.0
 
+    def _fill_running(self) -> None:
+        """Running integrals of Ewe and I, and the regime count, for the new rows."""
+        c, n, k0 = self._cols, self._n, self._dirty_from
+        if k0 == 0 and n:
+            c["cum_ewe"][0] = c["cum_i"][0] = 0.0
+            c["regime"][0] = 0
+            k0 = 1
+        if k0 >= n:
+            return
+        t = c["t"]
+        dt = t[k0:n] - t[k0 - 1 : n - 1]
+        for col, y in (("cum_ewe", c["ewe"]), ("cum_i", c["i"])):
+            c[col][k0:n] = c[col][k0 - 1] + np.cumsum(0.5 * (y[k0:n] + y[k0 - 1 : n - 1]) * dt)
+        switched = (np.diff(c["step"][k0 - 1 : n]) != 0) | (np.diff(c["mode"][k0 - 1 : n]) != 0)
+        c["regime"][k0:n] = c["regime"][k0 - 1] + np.cumsum(switched)
+
     def _trim(self) -> None:
         if self._n < 4096:
             return
@@ -178,9 +210,14 @@ class PotentiostatHistory:
         for a in self._cols.values():
             a[: self._n - cut] = a[cut : self._n].copy()
         self._n -= cut
+        first = float(self._cols["t"][0])
+        self._changes = [x for x in self._changes if x >= first]
+        self._changes_array = None
 
     def record(self) -> CellRecord:
         n, c = self._n, self._cols
+        if self._changes_array is None:
+            self._changes_array = np.asarray(self._changes, dtype=np.float64)
         return CellRecord(
             t=c["t"][:n],
             ewe=c["ewe"][:n],
@@ -189,7 +226,10 @@ class PotentiostatHistory:
             mode=c["mode"][:n],
             step=c["step"][:n],
             cycle=c["cycle"][:n],
-            change_times=np.asarray(self._changes, dtype=np.float64),
+            change_times=self._changes_array,
+            cum_ewe=c["cum_ewe"][:n],
+            cum_i=c["cum_i"][:n],
+            regime=c["regime"][:n],
         )
 
 
@@ -210,6 +250,12 @@ def window_mean(t: np.ndarray, y: np.ndarray, a: float, b: float) -> tuple[float
     return mean, float(yy.min()), float(yy.max())
 
 
+def _integral(t: np.ndarray, y: np.ndarray, cum: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Integral of the interpolant of (t, y) up to each x, from the running trapezoid ``cum``."""
+    j = np.clip(np.searchsorted(t, x, side="right") - 1, 0, len(t) - 1)
+    return cum[j] + (x - t[j]) * 0.5 * (y[j] + np.interp(x, t, y))
+
+
 def align_window(
     rec: CellRecord,
     t_start: float,
@@ -221,54 +267,106 @@ def align_window(
     cover_tolerance_s: float = 0.0,
 ) -> Alignment:
     """Align one acquisition window [t_start, t_end] with the potentiostat record."""
+    return align_windows(
+        rec,
+        [t_start],
+        [t_end],
+        capacity_mAh=capacity_mAh,
+        initial_soc=initial_soc,
+        point_ts=[point_t],
+        cover_tolerance_s=cover_tolerance_s,
+    )[0]
+
+
+def align_windows(
+    rec: CellRecord,
+    t_start: Sequence[float],
+    t_end: Sequence[float],
+    *,
+    capacity_mAh: float | None,
+    initial_soc: float = 0.0,
+    point_ts: Sequence[np.ndarray | None] | None = None,
+    cover_tolerance_s: float = 0.0,
+) -> list[Alignment]:
+    """Align many acquisition windows at once (vectorised: a live batch costs one pass)."""
     if len(rec.t) == 0:
-        return _unaligned(t_start, t_end, "no potentiostat data")
-    a, b = float(t_start), float(t_end)
+        return [
+            _unaligned(float(a), float(b), "no potentiostat data")
+            for a, b in zip(t_start, t_end, strict=True)
+        ]
+    t, n = rec.t, len(rec.t)
+    a, b = np.asarray(t_start, np.float64), np.asarray(t_end, np.float64)
     mid = 0.5 * (a + b)
-    ewe_mean, ewe_min, ewe_max = window_mean(rec.t, rec.ewe, a, b)
-    i_mean = window_mean(rec.t, rec.i, a, b)[0]
-    qa, qm, qb = np.interp([a, mid, b], rec.t, rec.q)
-    lo, hi = np.searchsorted(rec.t, a, side="left"), np.searchsorted(rec.t, b, side="right")
-    at_mid = max(int(np.searchsorted(rec.t, mid, side="right")) - 1, 0)
-    in_window = slice(lo, hi)
-    changed = hi - lo > 1 and bool(
-        np.any(rec.step[in_window] != rec.step[lo]) or np.any(rec.mode[in_window] != rec.mode[lo])
+    span = b - a
+    safe = np.where(span > 0, span, 1.0)
+    ya, yb = np.interp(a, t, rec.ewe), np.interp(b, t, rec.ewe)
+    ewe_mean = np.where(
+        span > 0,
+        (_integral(t, rec.ewe, rec.cum_ewe, b) - _integral(t, rec.ewe, rec.cum_ewe, a)) / safe,
+        ya,
     )
-    span = max(b - a, 0.0)
-    covered = max(0.0, min(b, float(rec.t[-1])) - max(a, float(rec.t[0])))
-    tol = cover_tolerance_s
-    fully = bool(rec.t[0] <= a + tol and rec.t[-1] >= b - tol)
-    coverage = 1.0 if fully else (covered / span if span > 0 else 0.0)
-    before = rec.change_times[rec.change_times <= mid]
-    soc = [
-        float(initial_soc + q / capacity_mAh) if capacity_mAh else math.nan for q in (qa, qm, qb)
-    ]
-    points = None
-    if point_t is not None:
-        points = np.interp(point_t, rec.t, rec.ewe, left=np.nan, right=np.nan).tolist()
-    return Alignment(
-        t_start=a,
-        t_end=b,
-        ewe_mean_V=ewe_mean,
-        ewe_min_V=ewe_min,
-        ewe_max_V=ewe_max,
-        i_mean_mA=i_mean,
-        charge_mAh=float(qb - qa),
-        q_mAh=float(qm),
-        soc=soc[1],
-        soc_start=soc[0],
-        soc_end=soc[2],
-        mode=int(rec.mode[at_mid]),
-        step=int(rec.step[at_mid]),
-        cycle=int(rec.cycle[at_mid]),
-        mode_changed=changed,
-        t_since_current_change_s=float(mid - before[-1]) if len(before) else math.nan,
-        n_rows=int(hi - lo),
-        coverage=coverage,
-        partial=not fully,
-        reason="" if fully else "potentiostat record does not cover the window",
-        ewe_points_V=points,
+    i_mean = np.where(
+        span > 0,
+        (_integral(t, rec.i, rec.cum_i, b) - _integral(t, rec.i, rec.cum_i, a)) / safe,
+        np.interp(a, t, rec.i),
     )
+    qa, qm, qb = np.interp(a, t, rec.q), np.interp(mid, t, rec.q), np.interp(b, t, rec.q)
+    lo, hi = np.searchsorted(t, a, side="left"), np.searchsorted(t, b, side="right")
+    inner_lo, inner_hi = np.searchsorted(t, a, side="right"), np.searchsorted(t, b, side="left")
+    at_mid = np.clip(np.searchsorted(t, mid, side="right") - 1, 0, n - 1)
+    changed = (hi - lo > 1) & (
+        rec.regime[np.maximum(hi - 1, 0)] != rec.regime[np.minimum(lo, n - 1)]
+    )
+    fully = (t[0] <= a + cover_tolerance_s) & (t[-1] >= b - cover_tolerance_s)
+    covered = np.maximum(0.0, np.minimum(b, t[-1]) - np.maximum(a, t[0]))
+    coverage = np.where(fully, 1.0, np.where(span > 0, covered / safe, 0.0))
+    k = np.searchsorted(rec.change_times, mid, side="right") - 1
+    since = (
+        np.where(k >= 0, mid - rec.change_times[np.maximum(k, 0)], np.nan)
+        if len(rec.change_times)
+        else np.full(len(a), np.nan)
+    )
+    if capacity_mAh:
+        soc_a, soc_m, soc_b = (initial_soc + q / capacity_mAh for q in (qa, qm, qb))
+    else:
+        soc_a = soc_m = soc_b = np.full(len(a), np.nan)
+    out = []
+    for w in range(len(a)):
+        inner = rec.ewe[inner_lo[w] : inner_hi[w]]
+        lo_v, hi_v = min(ya[w], yb[w]), max(ya[w], yb[w])
+        if len(inner):
+            lo_v, hi_v = min(lo_v, float(inner.min())), max(hi_v, float(inner.max()))
+        pt = point_ts[w] if point_ts is not None else None
+        points = None
+        if pt is not None:
+            points = np.interp(pt, t, rec.ewe, left=np.nan, right=np.nan).tolist()
+        ok, m = bool(fully[w]), int(at_mid[w])
+        out.append(
+            Alignment(
+                t_start=float(a[w]),
+                t_end=float(b[w]),
+                ewe_mean_V=float(ewe_mean[w]),
+                ewe_min_V=float(lo_v),
+                ewe_max_V=float(hi_v),
+                i_mean_mA=float(i_mean[w]),
+                charge_mAh=float(qb[w] - qa[w]),
+                q_mAh=float(qm[w]),
+                soc=float(soc_m[w]),
+                soc_start=float(soc_a[w]),
+                soc_end=float(soc_b[w]),
+                mode=int(rec.mode[m]),
+                step=int(rec.step[m]),
+                cycle=int(rec.cycle[m]),
+                mode_changed=bool(changed[w]),
+                t_since_current_change_s=float(since[w]),
+                n_rows=int(hi[w] - lo[w]),
+                coverage=float(coverage[w]),
+                partial=not ok,
+                reason="" if ok else "potentiostat record does not cover the window",
+                ewe_points_V=points,
+            )
+        )
+    return out
 
 
 def _unaligned(t_start: float, t_end: float, reason: str) -> Alignment:

@@ -12,16 +12,21 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class ExperimentClock:
+    """Experiment time that starts at ``t0_ns`` (a wall-clock instant) and runs ``speed`` x.
+
+    Defined from the wall clock, not from this process's start, so every process given the
+    same ``t0_ns`` and ``speed`` (the demo's simulators) reads the same experiment time.
+    """
+
     speed: float = 1.0
-    t0_ns: int = field(default_factory=time.time_ns)  # experiment time at start
-    _m0: int = field(default_factory=time.monotonic_ns)
+    t0_ns: int = field(default_factory=time.time_ns)
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
             raise ValueError(f"speed must be > 0, got {self.speed}")
 
     def now_ns(self) -> int:
-        return self.t0_ns + int((time.monotonic_ns() - self._m0) * self.speed)
+        return self.t0_ns + int((time.time_ns() - self.t0_ns) * self.speed)
 
     def now(self) -> float:
         return self.now_ns() * 1e-9

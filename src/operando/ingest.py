@@ -18,12 +18,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
 
-from operando.align import Alignment, PotentiostatHistory, _unaligned, align_window
+from operando.align import Alignment, PotentiostatHistory, _unaligned, align_windows
 from operando.config import AlignmentConfig, SourceConfig
 from operando.protocol import (
     Ack,
@@ -40,8 +41,9 @@ from operando.protocol import (
     decode,
     kind_of,
 )
+from operando.rawlog import RawRecord
 from operando.sequence import Arrival, SequenceTracker
-from operando.store import RunStore, pack_frames, split_frames
+from operando.store import RunStore, Summary, read_raw
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,14 @@ def _plain(obj: Any) -> Any:
 
 
 _json = msgspec.json.Encoder(enc_hook=_plain)
+
+
+def _summary(msg: Message | None, error: str | None) -> Summary:
+    """The raw index row's identification of a message: from its header, or its error."""
+    if msg is None:
+        return ("malformed", error, None, None, None, None, None)
+    h = msg.header
+    return ("ok", None, h.source, h.session, h.seq, msg.kind, h.t_ns)
 
 
 @dataclass(slots=True)
@@ -112,39 +122,50 @@ class Ingest:
         self.cell: dict[str, Any] = {}  # the newest potentiostat row, for status displays
         self._recv_ns = 0  # receive time of the message being processed (0: use the wall clock)
 
-    # -- entry point -----------------------------------------------------------------------
+    # -- entry points ----------------------------------------------------------------------
     def receive(
         self, link: str, frames: Sequence[Any], recv_ns: int | None = None, *, refill: bool = False
     ) -> Message | None:
-        """Record the frames as received, then decode and derive. Returns the message or None."""
+        """A message off the socket: record it exactly as received, then derive from it.
+
+        The record is queued whatever the decoding says (a malformed message is kept, marked
+        with its error), and before anything derived from it.
+        """
         recv_ns = recv_ns or time.time_ns()
         raw_id = self.store.take_raw_id()
-        topic, header, payload, sizes = pack_frames(frames)
-        nbytes = len(payload) + len(header or b"")
-        self.store.submit(
-            "raw", (raw_id, recv_ns, link, topic, header, payload, sizes, refill), nbytes
-        )
-        return self.process(raw_id, recv_ns, link, frames)
+        msg, error = self._decode(link, frames)
+        self.store.append_raw(raw_id, recv_ns, link, frames, _summary(msg, error), refill)
+        return self._process(raw_id, recv_ns, link, msg, error)
 
-    def process(
-        self, raw_id: int, recv_ns: int, link: str, frames: Sequence[Any]
-    ) -> Message | None:
-        """Decode and derive one recorded message (live, or from the raw table on reprocess)."""
-        self._recv_ns = recv_ns
+    def process_record(self, rec: RawRecord) -> Message | None:
+        """A message already in the raw log (recovery after a crash, reprocess): index, derive."""
+        msg, error = self._decode(rec.link, rec.frames)
+        self.store.index_raw(rec, _summary(msg, error))
+        return self._process(rec.raw_id, rec.recv_ns, rec.link, msg, error)
+
+    def _decode(self, link: str, frames: Sequence[Any]) -> tuple[Message | None, str | None]:
+        if link not in self.links:
+            return None, f"message on unknown link {link!r}"
         try:
-            state = self.links.get(link)
-            try:
-                if state is None:
-                    raise ProtocolError(f"message on unknown link {link!r}")
-                msg = decode(frames)
-            except ProtocolError as e:
-                self._malformed(raw_id, link, state, str(e))
+            return decode(frames), None
+        except ProtocolError as e:
+            return None, str(e)
+
+    def _process(
+        self, raw_id: int, recv_ns: int, link: str, msg: Message | None, error: str | None
+    ) -> Message | None:
+        self._recv_ns = recv_ns
+        state = self.links.get(link)
+        try:
+            if msg is None or state is None:
+                if state is not None:
+                    state.malformed += 1
+                self.event("malformed", link, None, raw_id=raw_id, error=error)
                 return None
             try:
                 self._derive(raw_id, link, state, msg)
             except Exception as e:  # a bug must not stop ingest: keep the message, say why
                 log.exception("deriving %s message %d failed", link, raw_id)
-                self.store.submit("raw_status", ("derive_error", raw_id))
                 self.event(
                     "derive_error", link, None, raw_id=raw_id, error=f"{type(e).__name__}: {e}"
                 )
@@ -152,51 +173,16 @@ class Ingest:
         finally:
             self._recv_ns = 0
 
-    def _malformed(self, raw_id: int, link: str, state: LinkState | None, error: str) -> None:
-        self.store.submit("malformed", (error, raw_id))
-        if state is not None:
-            state.malformed += 1
-        self.event("malformed", link, None, raw_id=raw_id, error=error)
-
     def _derive(self, raw_id: int, link: str, state: LinkState, msg: Message) -> None:
         h = msg.header
         offset = state.config.clock_offset_s
         t_src = h.t_ns * 1e-9 + offset
         state.last_seen_wall = time.monotonic()
         if isinstance(h, Command | Ack):  # not part of a data stream: audit only
-            self.store.submit(
-                "message",
-                (
-                    raw_id,
-                    link,
-                    h.source,
-                    h.session,
-                    h.seq,
-                    kind_of(type(h)),
-                    h.t_ns,
-                    h.series,
-                    "command",
-                ),
-            )
             return
         verdict = state.tracker.observe(h.session, h.seq)
-        self.store.submit(
-            "message",
-            (
-                raw_id,
-                link,
-                h.source,
-                h.session,
-                h.seq,
-                kind_of(type(h)),
-                h.t_ns,
-                h.series,
-                verdict.arrival.value,
-            ),
-        )
         if verdict.arrival is Arrival.DUPLICATE:
-            self.store.submit("raw_status", ("duplicate", raw_id))
-            self.event("duplicate", link, t_src, session=h.session, seq=h.seq)
+            self.event("duplicate", link, t_src, raw_id=raw_id, session=h.session, seq=h.seq)
             return
         if verdict.arrival is Arrival.NEW_SESSION and verdict.previous_session is not None:
             self.event(
@@ -252,7 +238,6 @@ class Ingest:
             pass
         for hook in self.on_message:
             hook(link, msg)
-        self.align_due()
 
     # -- kinds -----------------------------------------------------------------------------
     def _series_start(self, link: str, state: LinkState, h: SeriesStart, t: float) -> None:
@@ -396,7 +381,11 @@ class Ingest:
         return max(self.history.watermark, hb)
 
     def align_due(self, *, final: bool = False) -> int:
-        """Align every pending spectrum whose window is covered or timed out. ``final``: all."""
+        """Align every pending spectrum whose window is covered or timed out (all: ``final``).
+
+        Called once per received batch, not per message: the due windows are aligned together
+        in one vectorised pass.
+        """
         if not self.pending:
             return 0
         mark, deadline = self.pstat_watermark, self.now - self.cfg.timeout_s
@@ -405,40 +394,42 @@ class Ingest:
             return 0
         done = {p.spectrum_id for p in due}
         self.pending = [p for p in self.pending if p.spectrum_id not in done]
-        for p in due:
-            self._align(p, timed_out=p.t_end > mark)
+        self._align(due, timed_out=[p.t_end > mark for p in due])
         return len(due)
 
-    def _align(self, p: PendingSpectrum, *, timed_out: bool, revision: int = 0) -> Alignment:
+    def _align(
+        self, due: list[PendingSpectrum], *, timed_out: list[bool], revision: int = 0
+    ) -> list[Alignment]:
         try:
-            al = self._alignment(p, timed_out)
+            results = self._alignments(due, timed_out)
         except Exception as e:  # never lose a spectrum to a bug: store it unaligned, say why
-            log.exception("aligning spectrum %d failed", p.spectrum_id)
+            log.exception("aligning %d spectra failed", len(due))
             error = f"{type(e).__name__}: {e}"
-            al = _unaligned(p.t_start, p.t_end, f"alignment failed: {error}")
-            self.event("align_error", p.link, p.t_end, spectrum_id=p.spectrum_id, error=error)
-        return self._record_alignment(p, al, revision)
+            results = [_unaligned(p.t_start, p.t_end, f"alignment failed: {error}") for p in due]
+            for p in due:
+                self.event("align_error", p.link, p.t_end, spectrum_id=p.spectrum_id, error=error)
+        return [self._record_alignment(p, al, revision) for p, al in zip(due, results, strict=True)]
 
-    def _alignment(self, p: PendingSpectrum, timed_out: bool) -> Alignment:
+    def _alignments(self, due: list[PendingSpectrum], timed_out: list[bool]) -> list[Alignment]:
         if self.pstat_link is None:
-            al = _unaligned(p.t_start, p.t_end, "no potentiostat configured")
-        else:
-            al = align_window(
-                self.history.record(),
-                p.t_start,
-                p.t_end,
-                capacity_mAh=self.capacity_mAh,
-                initial_soc=self.cfg.initial_soc,
-                point_t=p.point_t,
-                cover_tolerance_s=self.cfg.cover_tolerance_s,
-            )
+            return [_unaligned(p.t_start, p.t_end, "no potentiostat configured") for p in due]
+        results = align_windows(
+            self.history.record(),
+            [p.t_start for p in due],
+            [p.t_end for p in due],
+            capacity_mAh=self.capacity_mAh,
+            initial_soc=self.cfg.initial_soc,
+            point_ts=[p.point_t for p in due],
+            cover_tolerance_s=self.cfg.cover_tolerance_s,
+        )
+        for p, al, late in zip(due, results, timed_out, strict=True):
             gap = next((g for g in self.pstat_gaps if g[2] < p.t_end and g[3] > p.t_start), None)
             if gap is not None:
                 al.partial = True
                 al.reason = f"potentiostat messages {gap[0]}-{gap[1]} missing in this window"
-            elif al.partial and timed_out:
+            elif al.partial and late:
                 al.reason = f"timed out after {self.cfg.timeout_s} s: " + al.reason
-        return al
+        return results
 
     def _record_alignment(self, p: PendingSpectrum, al: Alignment, revision: int) -> Alignment:
         if al.partial:
@@ -480,9 +471,10 @@ class Ingest:
         redo = [(p, al) for p, al in self.partial if p.t_start <= t1 and p.t_end >= t0]
         for p, old in redo:
             self.partial.remove((p, old))
-            new = self._align(p, timed_out=False, revision=1)
-            if old.partial and not new.partial:
-                self.counts["partial"] -= 1
+        if not redo:
+            return
+        fresh = self._align([p for p, _ in redo], timed_out=[False] * len(redo), revision=1)
+        self.counts["partial"] -= sum(not new.partial for new in fresh)
 
     def _forget_filled_gaps(self, tracker: SequenceTracker) -> None:
         def still_missing(first: int, last: int) -> bool:
@@ -548,23 +540,22 @@ class Ingest:
         }
 
 
-def restore(ingest: Ingest, conn: Any) -> None:
+def restore(ingest: Ingest, conn: Any, run_dir: Path) -> None:
     """Continue a run recorded earlier (the monitor was restarted on the same run directory).
 
     Sequence trackers resume each source's last session, the potentiostat history is rebuilt
     from the recorded rows (so coulomb counting continues), counters are reloaded, and spectra
     that were recorded but never aligned wait again.
     """
+    stream = "status = 'ok' AND kind NOT IN ('command', 'ack')"
     for link, session, seq in conn.execute(
-        "SELECT m.link, m.session, (SELECT max(seq) FROM messages WHERE link = m.link AND "
-        "session = m.session AND arrival != 'command') FROM messages m WHERE m.raw_id IN "
-        "(SELECT max(raw_id) FROM messages WHERE arrival != 'command' GROUP BY link)"
+        f"SELECT r.link, r.session, (SELECT max(seq) FROM raw WHERE link = r.link AND "
+        f"session = r.session AND {stream}) FROM raw r WHERE r.id IN "
+        f"(SELECT max(id) FROM raw WHERE {stream} GROUP BY link)"
     ):
         if link in ingest.links:
             ingest.links[link].tracker.resume(session, seq)
-    for link, n in conn.execute(
-        "SELECT link, count(*) FROM messages WHERE arrival != 'command' GROUP BY link"
-    ):
+    for link, n in conn.execute(f"SELECT link, count(*) FROM raw WHERE {stream} GROUP BY link"):
         if link in ingest.links:
             ingest.links[link].tracker.messages = n
     for link, kind, n in conn.execute(
@@ -603,12 +594,11 @@ def restore(ingest: Ingest, conn: Any) -> None:
     ingest.counts.update(spectra=n_spectra, aligned=n_aligned, partial=n_partial)
     waiting = conn.execute(
         "SELECT s.id, s.link, s.scan_id, s.kind, s.t_start, s.t_end, s.edge, s.spot_id, "
-        "s.trigger_id, s.channels, s.raw_id, r.topic, r.header, r.payload, r.frame_sizes "
-        "FROM spectra s JOIN raw r ON r.id = s.raw_id "
+        "s.trigger_id, s.channels, s.raw_id FROM spectra s "
         "WHERE s.id NOT IN (SELECT spectrum_id FROM alignment)"
     ).fetchall()
-    for sid, link, scan_id, kind, t0, t1, edge, spot, trig, chans, raw_id, *raw in waiting:
-        msg = decode(split_frames(*raw))
+    for sid, link, scan_id, kind, t0, t1, edge, spot, trig, chans, raw_id in waiting:
+        msg = decode(read_raw(run_dir, raw_id).frames)
         pt = msg.arrays.get("point_t")
         offset = ingest.links[link].config.clock_offset_s if link in ingest.links else 0.0
         ingest.pending.append(

@@ -102,10 +102,20 @@ class Monitor:
         if self.store.reopened:
             conn = connect(self.store.path, readonly=True)
             try:
-                restore(self.ingest, conn)
+                restore(self.ingest, conn, self.run_dir)
             finally:
                 conn.close()
-            self.ingest.event("monitor_restarted", None, None, pid=os.getpid())
+            for rec in self.store.unindexed:  # in the log, not yet indexed when it crashed
+                self.ingest.process_record(rec)
+            self.ingest.align_due()
+            self.ingest.event(
+                "monitor_restarted",
+                None,
+                None,
+                pid=os.getpid(),
+                recovered=len(self.store.unindexed),
+                torn_record=self.store.torn,
+            )
         self.subscribers: list[Subscriber] = []
         self.commands = CommandServer(
             self.ctx,
@@ -150,6 +160,11 @@ class Monitor:
     def _handle(self, link: str, frames: list[bytes]) -> None:
         self.ingest.receive(link, frames)
 
+    def _after_batch(self) -> None:
+        """After each drained batch: align what became due, then publish state once."""
+        self.ingest.align_due()
+        self.state.flush()
+
     async def start(self) -> None:
         self._write_monitor_file()
         for src in self.cfg.sources:
@@ -164,7 +179,7 @@ class Monitor:
                 hwm=src.rcvhwm,
                 backpressure=self._backpressure,
             )
-            sub.after_batch = self.state.flush
+            sub.after_batch = self._after_batch
             self.subscribers.append(sub)
             self._tasks.append(asyncio.create_task(sub.run(), name=f"subscribe-{src.name}"))
         self.commands.start()

@@ -230,11 +230,47 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
             f"{kind_of(type(header))}: header lists {len(specs)} array(s) but {len(frames) - 2} "
             "array frame(s) followed"
         )
-    arrays: dict[str, np.ndarray] = {}
+    kind = kind_of(type(header))
+    shapes: dict[str, tuple[int, ...]] = {}
     for spec, buf in zip(specs, frames[2:], strict=True):
-        arrays[spec.name] = _array_from_frame(kind_of(type(header)), spec, buf)
-    _check_arrays(header, arrays)
-    return Message(header, arrays)
+        _check_frame(kind, spec, buf)
+        shapes[spec.name] = spec.shape
+    _check_shapes(header, shapes)
+    return Message(header, LazyArrays(specs, frames[2:]))
+
+
+class LazyArrays(Mapping[str, np.ndarray]):
+    """Array frames already checked against their specs, viewed as numpy only when asked for.
+
+    The monitor needs few of a spectrum's arrays live (point times), so most are never
+    materialised on the hot path; the frames stay exactly as received.
+    """
+
+    __slots__ = ("_cache", "_frames", "_specs")
+
+    def __init__(self, specs: tuple[ArraySpec, ...], frames: Sequence[Any]) -> None:
+        self._specs = {s.name: (s, f) for s, f in zip(specs, frames, strict=True)}
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        a = self._cache.get(name)
+        if a is None:
+            spec, buf = self._specs[name]
+            a = np.frombuffer(buf, dtype=_DTYPES[spec.dtype]).reshape(spec.shape)
+            self._cache[name] = a
+        return a
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._specs[name][0].shape
 
 
 def _peek_version(raw_header: bytes | memoryview) -> _Version:
@@ -252,55 +288,55 @@ def _check_version(v: int, kind: str) -> None:
         )
 
 
-def _array_from_frame(kind: str, spec: ArraySpec, buf: bytes | memoryview) -> np.ndarray:
-    where = f"{kind}.arrays[{spec.name!r}]"
+def _check_frame(kind: str, spec: ArraySpec, buf: Any) -> None:
     dtype = _DTYPES.get(spec.dtype)
     if dtype is None:
-        raise ProtocolError(f"{where}: dtype {spec.dtype!r} is not an allowed numeric dtype")
-    if any(n < 0 for n in spec.shape):
-        raise ProtocolError(f"{where}: negative dimension in shape {spec.shape}")
+        raise ProtocolError(
+            f"{kind}.arrays[{spec.name!r}]: dtype {spec.dtype!r} is not an allowed numeric dtype"
+        )
+    if min(spec.shape, default=0) < 0:
+        raise ProtocolError(f"{kind}.arrays[{spec.name!r}]: negative dimension in {spec.shape}")
     expected = math.prod(spec.shape) * dtype.itemsize
     nbytes = len(buf) if isinstance(buf, bytes) else memoryview(buf).nbytes
     if nbytes != expected:
         raise ProtocolError(
-            f"{where}: frame has {nbytes} bytes, shape {spec.shape} of {spec.dtype} "
-            f"needs {expected}"
+            f"{kind}.arrays[{spec.name!r}]: frame has {nbytes} bytes, shape {spec.shape} of "
+            f"{spec.dtype} needs {expected}"
         )
-    return np.frombuffer(buf, dtype=dtype).reshape(spec.shape)
 
 
-def _check_arrays(header: _Header, arrays: dict[str, np.ndarray]) -> None:
+def _check_shapes(header: _Header, shapes: dict[str, tuple[int, ...]]) -> None:
     kind = kind_of(type(header))
-    missing = [n for n in header.required_arrays if n not in arrays]
+    missing = [n for n in header.required_arrays if n not in shapes]
     if isinstance(header, XASScan):
-        missing += [c for c in header.channels if c not in arrays]
+        missing += [c for c in header.channels if c not in shapes]
     if missing:
         raise ProtocolError(f"{kind}: missing array(s) {', '.join(missing)}")
     if isinstance(header, PotentiostatBatch):
-        n = arrays["t"].shape
+        n = shapes["t"]
         if len(n) != 1:
             raise ProtocolError(f"{kind}.arrays['t']: need a 1-D column, got shape {n}")
         for name in (*header.required_arrays, *header.optional_arrays):
-            if name in arrays and arrays[name].shape != n:
+            if name in shapes and shapes[name] != n:
                 raise ProtocolError(
-                    f"{kind}.arrays[{name!r}]: shape {arrays[name].shape}, expected {n} like 't'"
+                    f"{kind}.arrays[{name!r}]: shape {shapes[name]}, expected {n} like 't'"
                 )
     elif isinstance(header, XASScan):
-        n = arrays["energy"].shape
+        n = shapes["energy"]
         if len(n) != 1 or n[0] < 2:
             raise ProtocolError(f"{kind}.arrays['energy']: need a 1-D axis, got shape {n}")
         for name in (*header.channels, "point_t"):
-            if name in arrays and arrays[name].shape != n:
+            if name in shapes and shapes[name] != n:
                 raise ProtocolError(
-                    f"{kind}.arrays[{name!r}]: shape {arrays[name].shape}, expected {n} like "
-                    "'energy'"
+                    f"{kind}.arrays[{name!r}]: shape {shapes[name]}, expected {n} like 'energy'"
                 )
     elif isinstance(header, RIXSRows):
-        ex, em, counts = arrays["excitation"], arrays["emission"], arrays["counts"]
-        if ex.ndim != 1 or em.ndim != 1 or counts.shape != (ex.shape[0], em.shape[0]):
+        ex, em, counts = shapes["excitation"], shapes["emission"], shapes["counts"]
+        if len(ex) != 1 or len(em) != 1 or counts != (ex[0], em[0]):
             raise ProtocolError(
-                f"{kind}.arrays['counts']: shape {counts.shape}, expected "
-                f"(len(excitation), len(emission)) = ({ex.shape[0]}, {em.shape[0]})"
+                f"{kind}.arrays['counts']: shape {counts}, expected "
+                f"(len(excitation), len(emission)) = ({ex[0] if ex else '?'}, "
+                f"{em[0] if em else '?'})"
             )
     if isinstance(header, SPECTRUM_KINDS) and header.t_end_ns < header.t_start_ns:
         raise ProtocolError(f"{kind}.t_end_ns: {header.t_end_ns} is before t_start_ns")

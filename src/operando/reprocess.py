@@ -14,7 +14,7 @@ from typing import Any
 from operando.config import ExperimentConfig
 from operando.ingest import Ingest
 from operando.run import load_run_config
-from operando.store import RunStore, connect, iter_raw
+from operando.store import RunStore, connect, iter_raw, store_path
 
 
 def reprocess(
@@ -25,16 +25,24 @@ def reprocess(
     store = RunStore(run_dir)
     try:
         store.clear_derived()
-        reader = connect(store.path, readonly=True)
-        (total,) = reader.execute("SELECT count(*) FROM raw").fetchone()
+        total = len(store.unindexed) + _count(run_dir)
         ingest = Ingest(store, cfg.sources, cfg.alignment)
-        for n, (rid, recv_ns, link, frames, _refill) in enumerate(iter_raw(reader), 1):
-            ingest.process(rid, recv_ns, link, frames)
+        for n, rec in enumerate(iter_raw(run_dir), 1):
+            ingest.process_record(rec)
+            if n % 500 == 0:  # as the monitor does after each received batch
+                ingest.align_due()
             if progress is not None and (n % 1000 == 0 or n == total):
                 progress(n, total)
         ingest.finish()
-        reader.close()
         store.flush()
         return ingest.status()
     finally:
         store.close()
+
+
+def _count(run_dir: Path) -> int:
+    conn = connect(store_path(run_dir), readonly=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM raw").fetchone()[0])
+    finally:
+        conn.close()

@@ -1,14 +1,18 @@
-"""The run store: one SQLite file (WAL) per run, written from a thread so ingest never blocks.
+"""The run store: the raw log plus one SQLite file (WAL) per run, written from one thread.
 
-Every message received is appended to ``raw`` exactly as it came off the socket, before it is
-decoded; decoding then adds rows to the derived tables (or marks the raw row malformed). The
-derived tables can always be rebuilt from ``raw`` (``operando reprocess``).
+Every message received goes to the raw log (``rawlog``) exactly as received, whatever its
+decoding outcome; SQLite holds an index row per message (where it lies in the log, its status,
+and the header fields that identify it) and the derived tables. Everything in SQLite can be
+rebuilt from the log (``operando reprocess``).
 
-Crash bound: the writer commits each time it empties its queue (and at least every
-``max_batch`` operations), so a SIGKILL of the monitor loses only what was queued but not yet
-committed: at most ``max_batch`` operations, and never more than ``backlog_limit_bytes`` of
-received data, because ingest stops reading its sockets (the drivers' lossless publishers then
-hold their messages) while the backlog is over that limit.
+One writer thread does all the I/O, in batches, so the event loop never blocks. Per batch it
+appends the raw records, flushes the log to the OS, then commits the SQLite transaction: a
+committed row never points at a record that is not in the log. Crash bound: a SIGKILL of the
+monitor loses only messages still queued for the writer - at most ``max_batch`` operations, and
+never more than ``backlog_limit_bytes`` of received data, because ingest stops reading its
+sockets (the drivers' lossless publishers then hold their messages) while the backlog is over
+that limit. Records that reached the log but not the index are found and processed when the run
+is reopened; a record torn by the crash is cut off and reported.
 """
 
 from __future__ import annotations
@@ -23,22 +27,21 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from operando.rawlog import RawLogError, RawLogWriter, RawRecord, read_record, scan
+
 log = logging.getLogger(__name__)
 
 STORE_FILE = "run.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS raw (
     id INTEGER PRIMARY KEY, recv_ns INTEGER NOT NULL, link TEXT NOT NULL,
-    topic BLOB, header BLOB, payload BLOB, frame_sizes TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'ok', error TEXT, refill INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS messages (
-    raw_id INTEGER PRIMARY KEY, link TEXT NOT NULL, source TEXT NOT NULL, session TEXT NOT NULL,
-    seq INTEGER NOT NULL, kind TEXT NOT NULL, t_ns INTEGER NOT NULL, series TEXT NOT NULL,
-    arrival TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS messages_by_source ON messages (link, session, seq);
+    segment INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    status TEXT NOT NULL, error TEXT, source TEXT, session TEXT, seq INTEGER, kind TEXT,
+    t_ns INTEGER, refill INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS raw_by_source ON raw (link, session, seq);
 CREATE TABLE IF NOT EXISTS potentiostat (
     raw_id INTEGER NOT NULL, link TEXT NOT NULL, t REAL NOT NULL, ewe REAL NOT NULL,
     i REAL NOT NULL, q REAL, mode INTEGER NOT NULL, step INTEGER NOT NULL, cycle INTEGER NOT NULL);
@@ -59,14 +62,11 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_kind ON events (kind);
 """
 
-DERIVED_TABLES = ("messages", "potentiostat", "spectra", "alignment", "events")
+# Rebuilt by reprocess (the raw index too: the log is the one source of truth).
+DERIVED_TABLES = ("raw", "potentiostat", "spectra", "alignment", "events")
 
 SQL = {
-    "raw": "INSERT INTO raw (id, recv_ns, link, topic, header, payload, frame_sizes, refill) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    "malformed": "UPDATE raw SET status = 'malformed', error = ? WHERE id = ?",
-    "raw_status": "UPDATE raw SET status = ? WHERE id = ?",
-    "message": "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "raw": "INSERT OR REPLACE INTO raw VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "potentiostat": "INSERT INTO potentiostat VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "spectrum": "INSERT OR REPLACE INTO spectra VALUES "
     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -78,6 +78,9 @@ SQL = {
     "event": "INSERT INTO events (recv_ns, t, kind, link, detail) VALUES (?, ?, ?, ?, ?)",
     "meta": "INSERT OR REPLACE INTO meta VALUES (?, ?)",
 }
+
+# What identifies a message, from its header (None for a malformed one): the index row's tail.
+Summary = tuple[str, str | None, str | None, str | None, int | None, str | None, int | None]
 
 
 class StoreError(RuntimeError):
@@ -108,7 +111,7 @@ def open_readonly(run_dir: str | Path) -> sqlite3.Connection:
 
 
 class RunStore:
-    """Owns the run's SQLite file; ``submit`` queues writes for the writer thread."""
+    """Owns the run's log and SQLite file; ``submit``/``append_raw`` queue work for the writer."""
 
     def __init__(
         self,
@@ -125,11 +128,18 @@ class RunStore:
         conn.executescript(SCHEMA)
         conn.execute(SQL["meta"], ("schema_version", str(SCHEMA_VERSION)))
         conn.commit()
-        row = conn.execute("SELECT coalesce(max(id), 0) FROM raw").fetchone()
-        self.next_raw_id = int(row[0]) + 1
+        self._conn = conn
+        self._log = RawLogWriter(self.run_dir)
+        self.unindexed, self.torn = self._recover()
+        last_raw = max(
+            [
+                conn.execute("SELECT coalesce(max(id), 0) FROM raw").fetchone()[0],
+                *(r.raw_id for r in self.unindexed),
+            ]
+        )
+        self.next_raw_id = int(last_raw) + 1
         row = conn.execute("SELECT coalesce(max(id), 0) FROM spectra").fetchone()
         self.next_spectrum_id = int(row[0]) + 1
-        self._conn = conn
         self.max_batch = max_batch
         self.backlog_limit_bytes = backlog_limit_bytes
         self._queue: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
@@ -140,6 +150,23 @@ class RunStore:
         self._thread = threading.Thread(target=self._run, name="run-store-writer", daemon=True)
         self._thread.start()
 
+    def _recover(self) -> tuple[list[RawRecord], str | None]:
+        """Records in the log past the last indexed one (a crash came between the two)."""
+        row = self._conn.execute(
+            "SELECT segment, offset + length FROM raw ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        start = (int(row[0]), int(row[1])) if row else (1, 0)
+        found: list[RawRecord] = []
+        try:
+            for rec in scan(self.run_dir, start):
+                found.append(rec)
+        except RawLogError as e:
+            end = (found[-1].segment, found[-1].offset + found[-1].length) if found else start
+            self._log.truncate(*end)
+            log.warning("raw log: %s; cut off at segment %d offset %d", e, *end)
+            return found, str(e)
+        return found, None
+
     # -- writing ---------------------------------------------------------------------------
     def submit(self, op: str, params: Sequence[Any], nbytes: int = 0) -> None:
         """Queue one row for table/statement ``op``; never blocks."""
@@ -147,6 +174,35 @@ class RunStore:
             with self._lock:
                 self._backlog_bytes += nbytes
         self._queue.put((op, params, nbytes))
+
+    def append_raw(
+        self,
+        raw_id: int,
+        recv_ns: int,
+        link: str,
+        frames: Sequence[Any],
+        summary: Summary,
+        refill: bool = False,
+    ) -> None:
+        """Queue a received message for the raw log and its index row."""
+        nbytes = sum(len(f) if isinstance(f, bytes) else memoryview(f).nbytes for f in frames)
+        self.submit("__raw__", (raw_id, recv_ns, link, frames, summary, refill), nbytes)
+
+    def index_raw(self, rec: RawRecord, summary: Summary, refill: bool = False) -> None:
+        """Queue the index row of a record already in the log (recovery, reprocess)."""
+        self.submit(
+            "raw",
+            (
+                rec.raw_id,
+                rec.recv_ns,
+                rec.link,
+                rec.segment,
+                rec.offset,
+                rec.length,
+                *summary,
+                refill,
+            ),
+        )
 
     @property
     def backlog_bytes(self) -> int:
@@ -167,6 +223,7 @@ class RunStore:
         if self._thread.is_alive():
             self._queue.put(("__stop__", None, 0))
             self._thread.join(timeout=60)
+        self._log.close()
         self._conn.close()
 
     def _run(self) -> None:
@@ -181,9 +238,10 @@ class RunStore:
             stop = self._write_batch(batch)
 
     def _write_batch(self, batch: list[tuple[str, Any, int]]) -> bool:
+        logged = self._append_to_log(batch)
         while True:
             try:
-                self._execute(batch)
+                self._execute(batch, logged)
                 break
             except sqlite3.Error as e:  # disk full, I/O error: keep the batch and retry
                 with contextlib.suppress(sqlite3.Error):
@@ -204,20 +262,42 @@ class RunStore:
             stop |= op == "__stop__"
         return stop
 
-    def _execute(self, batch: list[tuple[str, Any, int]]) -> None:
+    def _append_to_log(self, batch: list[tuple[str, Any, int]]) -> list[tuple[Any, ...]]:
+        rows = []
+        for op, params, _ in batch:
+            if op != "__raw__":
+                continue
+            raw_id, recv_ns, link, frames, summary, refill = params
+            while True:
+                try:
+                    where = self._log.append(raw_id, recv_ns, link, frames)
+                    break
+                except OSError as e:  # disk full: the message stays queued, ingest pauses
+                    self.last_error = f"raw log: {e}"
+                    log.error("raw log write failed, retrying: %s", e)
+                    time.sleep(0.5)
+            rows.append((raw_id, recv_ns, link, *where, *summary, refill))
+        while True:
+            try:
+                self._log.flush()
+                return rows
+            except OSError as e:
+                self.last_error = f"raw log: {e}"
+                time.sleep(0.5)
+
+    def _execute(self, batch: list[tuple[str, Any, int]], raw_rows: list[tuple[Any, ...]]) -> None:
         conn = self._conn
-        i = 0
-        while i < len(batch):
-            op = batch[i][0]
-            j = i
-            while j < len(batch) and batch[j][0] == op:
-                j += 1
+        if raw_rows:
+            conn.executemany(SQL["raw"], raw_rows)
+        groups: dict[str, list[Any]] = {}  # in order of first appearance; order kept within
+        for op, params, _ in batch:
             if op in SQL:
-                conn.executemany(SQL[op], [p for _, p, _ in batch[i:j]])
+                groups.setdefault(op, []).append(params)
             elif op == "rows":  # a list of rows for one table, e.g. a potentiostat batch
-                for _, (table, rows), _ in batch[i:j]:
-                    conn.executemany(SQL[table], rows)
-            i = j
+                table, rows = params
+                groups.setdefault(table, []).extend(rows)
+        for op, rows in groups.items():
+            conn.executemany(SQL[op], rows)
         conn.commit()
 
     # -- helpers used by ingest and reprocess ------------------------------------------------
@@ -235,54 +315,28 @@ class RunStore:
         self.submit("meta", (key, value))
 
     def clear_derived(self) -> None:
-        """Empty the derived tables (reprocess rebuilds them from raw)."""
+        """Empty everything reprocess rebuilds from the raw log."""
         self.flush()
         for table in DERIVED_TABLES:
             self._conn.execute(f"DELETE FROM {table}")
-        self._conn.execute("UPDATE raw SET status = 'ok', error = NULL")
         self._conn.commit()
         self.next_spectrum_id = 1
 
 
-def iter_raw(conn: sqlite3.Connection, batch: int = 2000) -> Iterator[tuple[Any, ...]]:
-    """Raw messages in the order received: (id, recv_ns, link, frames, refill)."""
-    last = 0
-    while True:
-        rows = conn.execute(
-            "SELECT id, recv_ns, link, topic, header, payload, frame_sizes, refill FROM raw "
-            "WHERE id > ? ORDER BY id LIMIT ?",
-            (last, batch),
-        ).fetchall()
-        if not rows:
-            return
-        for rid, recv_ns, link, topic, header, payload, sizes, refill in rows:
-            yield rid, recv_ns, link, split_frames(topic, header, payload, sizes), refill
-        last = rows[-1][0]
+def read_raw(run_dir: str | Path, raw_id: int) -> RawRecord:
+    """One recorded message by id, exactly as received."""
+    conn = open_readonly(run_dir)
+    try:
+        row = conn.execute(
+            "SELECT segment, offset, length FROM raw WHERE id = ?", (raw_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        raise StoreError(f"{run_dir}: no raw message {raw_id}")
+    return read_record(Path(run_dir), *row)
 
 
-def pack_frames(frames: Sequence[bytes | memoryview]) -> tuple[Any, Any, bytes, str]:
-    """(topic, header, payload, frame_sizes) for the raw table: the frames exactly as received.
-
-    Messages with fewer than two frames (malformed) keep what they had: sizes lists all frames.
-    """
-    topic = bytes(frames[0]) if len(frames) > 0 else None
-    header = bytes(frames[1]) if len(frames) > 1 else None
-    rest = frames[2:]
-    payload = b"".join(rest) if len(rest) != 1 else rest[0]
-    sizes = ",".join(str(memoryview(f).nbytes) for f in frames)
-    return topic, header, payload, sizes
-
-
-def split_frames(topic: Any, header: Any, payload: Any, sizes: str) -> list[bytes]:
-    lengths = [int(s) for s in sizes.split(",")] if sizes else []
-    frames: list[bytes] = []
-    if len(lengths) > 0:
-        frames.append(bytes(topic or b""))
-    if len(lengths) > 1:
-        frames.append(bytes(header or b""))
-    view = memoryview(payload or b"")
-    pos = 0
-    for n in lengths[2:]:
-        frames.append(view[pos : pos + n])
-        pos += n
-    return frames
+def iter_raw(run_dir: str | Path) -> Iterator[RawRecord]:
+    """Every recorded message in the order received (the raw log, start to end)."""
+    return scan(Path(run_dir))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from operando.rawlog import log_bytes
 from operando.store import open_readonly
 
 
@@ -19,17 +20,16 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
 
 def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
     sources: dict[str, dict[str, Any]] = {}
-    for link, n, malformed, duplicates, refilled in conn.execute(
-        "SELECT link, count(*), sum(status = 'malformed'), sum(status = 'duplicate'), "
-        "sum(refill) FROM raw GROUP BY link"
+    for link, n, malformed, refilled in conn.execute(
+        "SELECT link, count(*), sum(status = 'malformed'), sum(refill) FROM raw GROUP BY link"
     ):
         sources[link] = {
             "messages": n,
             "malformed": malformed,
-            "duplicates": duplicates,
             "refilled": refilled,
             "gaps": 0,
             "lost": 0,
+            "duplicates": 0,
             "out_of_order": 0,
             "late": 0,
             "restarts": 0,
@@ -39,6 +39,7 @@ def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
         "out_of_order": "out_of_order",
         "late": "late",
         "source_restarted": "restarts",
+        "duplicate": "duplicates",
     }
     for link, kind, n in conn.execute(
         "SELECT link, kind, count(*) FROM events GROUP BY link, kind"
@@ -59,7 +60,8 @@ def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
     by_kind = dict(conn.execute("SELECT kind, count(*) FROM spectra GROUP BY kind").fetchall())
     (rows,) = conn.execute("SELECT count(*) FROM potentiostat").fetchone()
     t_first, t_last = conn.execute(
-        "SELECT min(t_ns), max(t_ns) FROM messages WHERE arrival != 'command'"
+        "SELECT min(t_ns), max(t_ns) FROM raw WHERE status = 'ok' AND kind NOT IN "
+        "('command', 'ack')"
     ).fetchone()
     ewe_min, ewe_max = conn.execute("SELECT min(ewe), max(ewe) FROM potentiostat").fetchone()
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -79,6 +81,7 @@ def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
         "t_last": None if t_last is None else t_last * 1e-9,
         "soc": {"min": soc_min, "max": soc_max},
         "ewe_V": {"min": ewe_min, "max": ewe_max},
+        "raw_log_bytes": log_bytes(run_dir),
         "meta": meta,
     }
 

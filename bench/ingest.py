@@ -1,0 +1,312 @@
+"""Ingest benchmark: decode + record + align throughput against a bare ZeroMQ loop, one run.
+
+    python bench/ingest.py [--repeat 3] [--n 20000] [--rixs 150]
+
+Prints JSON lines:
+- ``spectra_8KB``: XAS scans of 8 KB (4 channels x 256 float64) through the monitor's path
+  (Subscriber -> Ingest: raw record, decode, sequence tracking, derived rows, alignment against
+  interleaved potentiostat batches -> SQLite writer thread, committed), in spectra/s, divided
+  by ``shared/bench/bare_zmq.py`` (XPUB_NODROP, sync receive) measured in the same invocation.
+  Goal >= 0.5.
+- ``rixs_8MB``: RIXS rows with 8 MB counts (2048 x 2048 uint16) through the same path, in MB/s,
+  divided by the disk's sequential write rate (write + fsync of the same bytes to a file in the
+  same directory). Goal >= 0.8.
+- ``latency_200Hz``: p50/p99 from a spectrum's arrival at the monitor to its alignment being on
+  the state stream, with spectra paced at 200/s and potentiostat rows at 10 Hz.
+Loss is counted in every run (must be 0). Senders are separate processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from operando.config import AlignmentConfig, SourceConfig
+from operando.ingest import Ingest
+from operando.protocol import (
+    MODE_CC,
+    PotentiostatBatch,
+    RIXSRows,
+    SeriesEnd,
+    SeriesStart,
+    XASScan,
+    encode,
+)
+from operando.store import RunStore
+from operando.transport import Subscriber
+
+SHARED_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "bare_zmq.py"
+T0 = 1.8e9
+
+
+def load_bare_zmq():
+    if not SHARED_BENCH.exists():
+        raise SystemExit(f"baseline {SHARED_BENCH} not found: run from a checkout beside shared/")
+    spec = importlib.util.spec_from_file_location("bare_zmq", SHARED_BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+# -- sender (a separate process, synchronous: the instrument, not the system under test) ------
+def _sender(kind: str, n: int, port: int, rate: float) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.XPUB_NODROP, 1)
+    sock.sndhwm = 1000 if kind == "xas" else 16
+    sock.linger = 1000
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    sock.recv()  # a subscription
+    seq = 0
+
+    def send(header, arrays=None):
+        nonlocal seq
+        import msgspec
+
+        h = msgspec.structs.replace(header, seq=seq, session="bench", t_ns=time.time_ns())
+        frames = encode(h, arrays)
+        while True:
+            try:
+                sock.send_multipart(frames, copy=kind == "xas")
+                break
+            except zmq.Again:
+                time.sleep(0.0001)
+        seq += 1
+
+    send(SeriesStart(source="bench", instrument="other"))
+    e = np.linspace(630, 660, 256)
+    chans = {"energy": e, "I0": np.ones(256), "TEY": e * 0.01, "TFY": e * 0.02}
+    counts = np.arange(2048 * 2048, dtype=np.uint16).reshape(2048, 2048)
+    per_batch = 10
+    t_next = time.perf_counter()
+    for k in range(n):
+        if k % per_batch == 0:  # potentiostat rows covering the next scans' windows
+            t = T0 + k + np.arange(1, 1 + 10 * per_batch) * 0.1
+            send(
+                PotentiostatBatch(source="bench"),
+                {
+                    "t": t,
+                    "Ewe": 3.7 + 0 * t,
+                    "I": 0.1 + 0 * t,
+                    "mode": np.full(t.size, MODE_CC, np.int8),
+                    "step": np.zeros(t.size, np.int32),
+                    "cycle": np.zeros(t.size, np.int32),
+                },
+            )
+        t0 = T0 + k + 0.1
+        if kind == "xas":
+            send(
+                XASScan(
+                    source="bench",
+                    scan_id=f"s{k}",
+                    t_start_ns=int(t0 * 1e9),
+                    t_end_ns=int((t0 + 0.8) * 1e9),
+                    channels=("I0", "TEY", "TFY"),
+                ),
+                chans,
+            )
+        else:
+            send(
+                RIXSRows(
+                    source="bench",
+                    scan_id=f"r{k}",
+                    map_id="m",
+                    t_start_ns=int(t0 * 1e9),
+                    t_end_ns=int((t0 + 0.8) * 1e9),
+                ),
+                {
+                    "excitation": np.linspace(525.0, 540.0, 2048),
+                    "emission": np.arange(2048.0),
+                    "counts": counts,
+                },
+            )
+        if rate:
+            t_next += 1.0 / rate
+            while time.perf_counter() < t_next:
+                pass
+    send(SeriesEnd(source="bench"))
+    time.sleep(1.0)
+    ctx.destroy(linger=1000)
+
+
+# -- receiver: the monitor's own path ---------------------------------------------------------
+def _receive(kind: str, n: int, port: int, rate: float, workdir: Path) -> dict[str, Any]:
+    sender = subprocess.Popen(
+        [sys.executable, __file__, "--send", kind, str(n), str(port), str(rate)]
+    )
+    try:
+        return asyncio.run(_receive_async(kind, n, port, workdir))
+    finally:
+        sender.wait(timeout=120)
+
+
+async def _receive_async(kind: str, n: int, port: int, workdir: Path) -> dict[str, Any]:
+    ctx = zmq.asyncio.Context()
+    store = RunStore(workdir)
+    recv_at: dict[int, int] = {}
+    latencies: list[float] = []
+    done = asyncio.Event()
+    marks = {"first": 0.0, "last": 0.0, "aligned": 0}
+
+    def publish(topic: str, body: dict[str, Any]) -> None:
+        if topic == "aligned":
+            latencies.append((time.time_ns() - recv_at.pop(body["raw_id"])) * 1e-6)
+            marks["aligned"] += 1
+
+    src = SourceConfig(name="bench", role="potentiostat", data=f"tcp://127.0.0.1:{port}")
+    ingest = Ingest(store, [src], AlignmentConfig(capacity_mAh=1.0, timeout_s=5.0), publish)
+
+    def handle(link: str, frames: list[bytes]) -> None:
+        now = time.time_ns()
+        if not marks["first"]:
+            marks["first"] = time.perf_counter()
+        recv_at[store.next_raw_id] = now
+        msg = ingest.receive(link, frames, now)
+        if msg is not None and isinstance(msg.header, SeriesEnd):
+            marks["last"] = time.perf_counter()
+            done.set()
+
+    async def backpressure() -> None:
+        while store.over_backlog:
+            await asyncio.sleep(0.001)
+
+    sub = Subscriber(
+        ctx, src.data, "bench", handle, hwm=1000 if kind == "xas" else 16, backpressure=backpressure
+    )
+    sub.after_batch = ingest.align_due  # as the monitor does
+    task = asyncio.create_task(sub.run())
+    await asyncio.wait_for(done.wait(), 600)
+    received = time.perf_counter()
+    await asyncio.to_thread(store.flush, 600)
+    committed = time.perf_counter()
+    task.cancel()
+    sub.close()
+    ctx.destroy(linger=0)
+    store.close()
+    st = ingest.status()
+    src_st = st["sources"]["bench"]
+    size = os.path.getsize(store.path) + sum(
+        os.path.getsize(p) for p in workdir.glob("run.sqlite-*")
+    )
+    return {
+        "n": n,
+        "aligned": marks["aligned"],
+        "lost": src_st["lost"],
+        "gaps": src_st["gaps"],
+        "per_s_received": n / (received - marks["first"]),
+        "per_s_committed": n / (committed - marks["first"]),
+        "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
+        "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
+        "store_bytes": size,
+    }
+
+
+def disk_write_rate(workdir: Path, total_bytes: int) -> float:
+    """Sequential write + fsync of ``total_bytes`` in 8 MB blocks, MB/s."""
+    block = np.random.default_rng(0).integers(0, 255, 8 * 2**20, dtype=np.uint8).tobytes()
+    path = workdir / "disk-rate.bin"
+    t0 = time.perf_counter()
+    with open(path, "wb") as f:
+        for _ in range(total_bytes // len(block)):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    dt = time.perf_counter() - t0
+    path.unlink()
+    return total_bytes / dt / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--n", type=int, default=20_000, help="8 KB spectra per run")
+    ap.add_argument("--rixs", type=int, default=150, help="8 MB RIXS frames per run")
+    ap.add_argument("--port", type=int, default=26500)
+    a = ap.parse_args()
+    bare = load_bare_zmq()
+    port = a.port
+
+    base = bare.measure("8KB", "xpub_nodrop", "sync", repeat=a.repeat, port=port)
+    port += 10
+    runs = []
+    for _ in range(a.repeat):
+        with tempfile.TemporaryDirectory(dir=Path.cwd()) as d:
+            runs.append(_receive("xas", a.n, port, 0.0, Path(d)))
+        port += 1
+    ours = statistics.median(r["per_s_committed"] for r in runs)
+    print(
+        json.dumps(
+            {
+                "bench": "spectra_8KB",
+                "ours_per_s": ours,
+                "ours_received_per_s": statistics.median(r["per_s_received"] for r in runs),
+                "bare_zmq_per_s": base["msgs_per_s"],
+                "ratio": ours / base["msgs_per_s"],
+                "goal": 0.5,
+                "lost": max(r["lost"] for r in runs),
+                "aligned": min(r["aligned"] for r in runs),
+                "n": a.n,
+            }
+        ),
+        flush=True,
+    )
+
+    runs, disk = [], []
+    for _ in range(a.repeat):
+        with tempfile.TemporaryDirectory(dir=Path.cwd()) as d:
+            disk.append(disk_write_rate(Path(d), a.rixs * 8 * 2**20))
+            runs.append(_receive("rixs", a.rixs, port, 0.0, Path(d)))
+        port += 1
+    mb_s = statistics.median(r["per_s_committed"] for r in runs) * 8 * 2**20 / 1e6
+    disk_mb_s = statistics.median(disk)
+    print(
+        json.dumps(
+            {
+                "bench": "rixs_8MB",
+                "ours_MB_per_s": mb_s,
+                "disk_MB_per_s": disk_mb_s,
+                "ratio": mb_s / disk_mb_s,
+                "goal": 0.8,
+                "lost": max(r["lost"] for r in runs),
+                "n": a.rixs,
+            }
+        ),
+        flush=True,
+    )
+
+    with tempfile.TemporaryDirectory(dir=Path.cwd()) as d:
+        r = _receive("xas", 4000, port, 200.0, Path(d))
+    print(
+        json.dumps(
+            {
+                "bench": "latency_200Hz",
+                "p50_ms": r["latency_ms_p50"],
+                "p99_ms": r["latency_ms_p99"],
+                "lost": r["lost"],
+                "n": r["n"],
+                "what": "arrival at the monitor -> aligned on the state stream",
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--send":
+        _sender(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
+        sys.exit(0)
+    main()
