@@ -91,11 +91,14 @@ def _sender(kind: str, n: int, port: int, rate: float) -> None:
     e = np.linspace(630, 660, 256)
     chans = {"energy": e, "I0": np.ones(256), "TEY": e * 0.01, "TFY": e * 0.02}
     counts = np.arange(2048 * 2048, dtype=np.uint16).reshape(2048, 2048)
-    per_batch = 10
+    # Source time: scans every 10 ms (8 ms windows), potentiostat rows at 10 Hz in batches of
+    # one second sent ahead of the scans they cover: the potentiostat load of a real
+    # experiment, with spectra as dense as the benchmark can push them.
+    per_batch = 100
     t_next = time.perf_counter()
     for k in range(n):
-        if k % per_batch == 0:  # potentiostat rows covering the next scans' windows
-            t = T0 + k + np.arange(1, 1 + 10 * per_batch) * 0.1
+        if k % per_batch == 0:
+            t = T0 + k * 0.01 + np.arange(1, 11) * 0.1
             send(
                 PotentiostatBatch(source="bench"),
                 {
@@ -107,14 +110,14 @@ def _sender(kind: str, n: int, port: int, rate: float) -> None:
                     "cycle": np.zeros(t.size, np.int32),
                 },
             )
-        t0 = T0 + k + 0.1
+        t0 = T0 + k * 0.01 + 0.001
         if kind == "xas":
             send(
                 XASScan(
                     source="bench",
                     scan_id=f"s{k}",
                     t_start_ns=int(t0 * 1e9),
-                    t_end_ns=int((t0 + 0.8) * 1e9),
+                    t_end_ns=int((t0 + 0.008) * 1e9),
                     channels=("I0", "TEY", "TFY"),
                 ),
                 chans,
@@ -126,7 +129,7 @@ def _sender(kind: str, n: int, port: int, rate: float) -> None:
                     scan_id=f"r{k}",
                     map_id="m",
                     t_start_ns=int(t0 * 1e9),
-                    t_end_ns=int((t0 + 0.8) * 1e9),
+                    t_end_ns=int((t0 + 0.008) * 1e9),
                 ),
                 {
                     "excitation": np.linspace(525.0, 540.0, 2048),
@@ -215,8 +218,8 @@ async def _receive_async(kind: str, n: int, port: int, workdir: Path) -> dict[st
     }
 
 
-def disk_write_rate(workdir: Path, total_bytes: int) -> float:
-    """Sequential write + fsync of ``total_bytes`` in 8 MB blocks, MB/s."""
+def disk_write_rate(workdir: Path, total_bytes: int, fsync: bool = True) -> float:
+    """Sequential write (+ fsync) of ``total_bytes`` in 8 MB blocks, MB/s."""
     block = np.random.default_rng(0).integers(0, 255, 8 * 2**20, dtype=np.uint8).tobytes()
     path = workdir / "disk-rate.bin"
     t0 = time.perf_counter()
@@ -224,7 +227,8 @@ def disk_write_rate(workdir: Path, total_bytes: int) -> float:
         for _ in range(total_bytes // len(block)):
             f.write(block)
         f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            os.fsync(f.fileno())
     dt = time.perf_counter() - t0
     path.unlink()
     return total_bytes / dt / 1e6
@@ -265,21 +269,26 @@ def main() -> None:
         flush=True,
     )
 
-    runs, disk = [], []
+    runs, disk, cached = [], [], []
     for _ in range(a.repeat):
         with tempfile.TemporaryDirectory(dir=Path.cwd()) as d:
             disk.append(disk_write_rate(Path(d), a.rixs * 8 * 2**20))
+            cached.append(disk_write_rate(Path(d), a.rixs * 8 * 2**20, fsync=False))
             runs.append(_receive("rixs", a.rixs, port, 0.0, Path(d)))
         port += 1
     mb_s = statistics.median(r["per_s_committed"] for r in runs) * 8 * 2**20 / 1e6
-    disk_mb_s = statistics.median(disk)
+    disk_mb_s, cached_mb_s = statistics.median(disk), statistics.median(cached)
+    # Ours hands the log to the OS without fsync (a killed process loses nothing; an OS crash
+    # may lose the last seconds), so the fair ceiling is the buffered rate; both are printed.
     print(
         json.dumps(
             {
                 "bench": "rixs_8MB",
                 "ours_MB_per_s": mb_s,
-                "disk_MB_per_s": disk_mb_s,
-                "ratio": mb_s / disk_mb_s,
+                "disk_fsync_MB_per_s": disk_mb_s,
+                "ratio_vs_fsync": mb_s / disk_mb_s,
+                "disk_buffered_MB_per_s": cached_mb_s,
+                "ratio_vs_buffered": mb_s / cached_mb_s,
                 "goal": 0.8,
                 "lost": max(r["lost"] for r in runs),
                 "n": a.rixs,
