@@ -303,7 +303,8 @@ async def run_demo(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     bad = {k: v for k, v in codes.items() if v not in (0, None, -signal.SIGTERM)}
-    print("" if progress is not None else "", end="\n" if progress is not None else "")
+    if progress is not None:
+        print()  # below the live table
     print(f"operando demo: stopped; run directory {run_dir}", flush=True)
     for line in demo.events:
         print(f"operando demo: {line}", flush=True)
