@@ -40,10 +40,11 @@ from operando.drivers.sample import MODELS, SampleModel, lag, photoreduce
 from operando.drivers.sim_potentiostat import settings_from
 from operando.drivers.spectra import (
     EDGES,
+    Realism,
     references,
     rixs_axes,
     rixs_map,
-    self_absorb,
+    synthesize_xas,
 )
 
 from operando.config import ConfigError
@@ -72,16 +73,6 @@ SAMPLES = {
     "na044mno2": ("Na0.44MnO2", 4.1),
     "lirich": ("Li1.2Ni0.13Mn0.54Co0.13O2", 4.3),
 }
-
-
-class Realism(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    noise: bool = True
-    counts_at_edge_step: float = 1e4  # ~1 % counting noise on the post-edge level
-    i0_drift: float = 0.03  # +-3 % linear drift of the I0 monitor across a scan
-    background_slope: bool = True
-    energy_drift_eV_per_h: float = 0.05
-    self_absorption_mu_bg: float = 24.0  # TFY saturation; 0 switches self-absorption off
-    damage: bool = True
 
 
 class SpotGrid(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -430,22 +421,7 @@ class SimSpectrometer(Driver):
             f_surf[k] = [fs.get(v, 0.0) for v in names]
             f_bulk[k] = [fb.get(v, 0.0) for v in names]
         ref_matrix = np.column_stack([refs[v] for v in names])
-        mu_s = np.sum(f_surf * ref_matrix, axis=1)
-        mu_b = np.sum(f_bulk * ref_matrix, axis=1)
-        tfy_mu = self_absorb(mu_b, r.self_absorption_mu_bg) if r.self_absorption_mu_bg else mu_b
-        x = (energy - energy[0]) / (energy[-1] - energy[0])
-        bg_tey = (0.25 + 0.35 * x) if r.background_slope else 0.25
-        bg_tfy = (0.10 - 0.06 * x) if r.background_slope else 0.10
-        beam = 1.0 + 0.01 * np.sin(2 * np.pi * point_t / 1800.0)  # slow source variation
-        scale = r.counts_at_edge_step
-        i0_true = 10.0 * scale * beam
-        i0_meas = i0_true * (1.0 + r.i0_drift * (2 * x - 1))  # drift the sample does not see
-        tey = scale * beam * (mu_s + bg_tey)
-        tfy = 0.5 * scale * beam * (tfy_mu + bg_tfy)
-        if r.noise:
-            i0_meas = self.rng.poisson(i0_meas).astype(np.float64)
-            tey = self.rng.poisson(np.maximum(tey, 0)).astype(np.float64)
-            tfy = self.rng.poisson(np.maximum(tfy, 0)).astype(np.float64)
+        channels = synthesize_xas(energy, point_t, ref_matrix, f_surf, f_bulk, r, self.rng)
         truth = {
             "chemistry": self.chemistry,
             "edge": edge_name,
@@ -460,7 +436,7 @@ class SimSpectrometer(Driver):
             "energy_shift_eV": shift,
             "self_absorption_mu_bg": r.self_absorption_mu_bg,
             "i0_drift": r.i0_drift,
-            "counts_at_edge_step": scale,
+            "counts_at_edge_step": r.counts_at_edge_step,
         }
         header = XASScan(
             source=self.opts.name,
@@ -475,9 +451,7 @@ class SimSpectrometer(Driver):
             channels=("I0", "TEY", "TFY"),
             extra={"sim_truth": truth, "dwell_s": s.dwell_s, "spot_area_mm2": s.spot_area_mm2},
         )
-        await self.pub.send(
-            header, {"energy": energy, "I0": i0_meas, "TEY": tey, "TFY": tfy, "point_t": point_t}
-        )
+        await self.pub.send(header, {"energy": energy, **channels, "point_t": point_t})
 
     async def _rixs(self, req: Request) -> None:
         assert self.pub is not None and self.model is not None

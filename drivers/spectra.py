@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import numpy as np
 from scipy.special import voigt_profile
 
@@ -210,6 +211,50 @@ def export_references(edge: str, path: str | Path, energy: np.ndarray | None = N
         fmt="%.6f",
     )
     return path
+
+
+class Realism(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What makes a simulated scan look measured; each switchable so tests can isolate it."""
+
+    noise: bool = True
+    counts_at_edge_step: float = 1e4  # ~1 % counting noise on the post-edge level
+    i0_drift: float = 0.03  # +-3 % linear drift of the I0 monitor across a scan
+    background_slope: bool = True
+    energy_drift_eV_per_h: float = 0.05
+    self_absorption_mu_bg: float = 24.0  # TFY saturation; 0 switches self-absorption off
+    damage: bool = True
+
+
+def synthesize_xas(
+    energy: np.ndarray,
+    point_t: np.ndarray,
+    ref_matrix: np.ndarray,
+    f_surface: np.ndarray,
+    f_bulk: np.ndarray,
+    realism: Realism,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """I0, TEY and TFY counts of one scan from per-point valence fractions (n, k).
+
+    TEY ~ beam x (surface absorption + a sloped background); TFY ~ beam x (self-absorbed bulk
+    absorption + background); the I0 monitor drifts by +-``i0_drift`` across the scan in a way
+    the sample signals do not (so I0 division leaves a tilt); Poisson counting noise.
+    """
+    r = realism
+    mu_s = np.sum(f_surface * ref_matrix, axis=1)
+    mu_b = np.sum(f_bulk * ref_matrix, axis=1)
+    tfy_mu = self_absorb(mu_b, r.self_absorption_mu_bg) if r.self_absorption_mu_bg else mu_b
+    x = (energy - energy[0]) / (energy[-1] - energy[0])
+    bg_tey = (0.25 + 0.35 * x) if r.background_slope else 0.25
+    bg_tfy = (0.10 - 0.06 * x) if r.background_slope else 0.10
+    beam = 1.0 + 0.01 * np.sin(2 * np.pi * point_t / 1800.0)  # slow source variation
+    scale = r.counts_at_edge_step
+    i0 = 10.0 * scale * beam * (1.0 + r.i0_drift * (2 * x - 1))
+    tey = scale * beam * (mu_s + bg_tey)
+    tfy = 0.5 * scale * beam * (tfy_mu + bg_tfy)
+    if r.noise:
+        i0, tey, tfy = (rng.poisson(np.maximum(c, 0)).astype(np.float64) for c in (i0, tey, tfy))
+    return {"I0": i0, "TEY": tey, "TFY": tfy}
 
 
 def mix(refs: dict[str, np.ndarray], fractions: dict[str, float]) -> np.ndarray:
