@@ -99,12 +99,12 @@ class SpectrometerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
     dwell_s: float = 0.3  # per energy point
     rixs_every: int = 0  # every Nth free-running acquisition is a RIXS map (0: never)
     rixs_row_s: float = 10.0
-    flux_ph_s: float = 1e12
-    spot_area_mm2: float = 0.01
+    flux_ph_s: float = 1e10  # a defocused beam on 0.1 mm2: ~1 MGy per Mn L scan
+    spot_area_mm2: float = 0.1
     formula: str = ""  # default per chemistry, for the absorption (dose)
     density_g_cm3: float = 0.0
     critical_dose_Gy: float = 2e7
-    damage_rate_per_Gy: float = 5e-8
+    damage_rate_per_Gy: float = 1e-9
     spots: SpotGrid = msgspec.field(default_factory=SpotGrid)
     realism: Realism = msgspec.field(default_factory=Realism)
     seed: int = 2
@@ -234,6 +234,15 @@ class SimSpectrometer(Driver):
     def sample_formula(self) -> tuple[str, float]:
         formula, density = SAMPLES.get(self.chemistry, ("MnO2", 5.0))
         return self.s.formula or formula, self.s.density_g_cm3 or density
+
+    def _sample_extra(self) -> dict[str, Any]:
+        """Per-scan sample and beam facts (as beamline scan headers carry them): for dose."""
+        formula, density = self.sample_formula()
+        return {
+            "sample_formula": formula,
+            "sample_density_g_cm3": density,
+            "spot_area_mm2": self.s.spot_area_mm2,
+        }
 
     def metadata(self) -> dict[str, Any]:
         formula, density = self.sample_formula()
@@ -449,7 +458,7 @@ class SimSpectrometer(Driver):
             exposure_s=n * s.dwell_s,
             trigger_id=req.trigger_id,
             channels=("I0", "TEY", "TFY"),
-            extra={"sim_truth": truth, "dwell_s": s.dwell_s, "spot_area_mm2": s.spot_area_mm2},
+            extra={"sim_truth": truth, "dwell_s": s.dwell_s, **self._sample_extra()},
         )
         await self.pub.send(header, {"energy": energy, **channels, "point_t": point_t})
 
@@ -496,7 +505,7 @@ class SimSpectrometer(Driver):
                         "dose_before_Gy": dose0,
                         "dose_after_Gy": self.dose[spot.id],
                     },
-                    "spot_area_mm2": s.spot_area_mm2,
+                    **self._sample_extra(),
                 },
             )
             await self.pub.send(

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from operando.analysis.damage import DamageSettings
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the text names the file and the key."""
@@ -53,6 +55,22 @@ class SourceConfig(_Section):
     rcvhwm: int = 10_000
 
 
+class AnalysisConfig(_Section):
+    enabled: bool = True
+    channels: list[str] = msgspec.field(default_factory=lambda: ["TEY", "TFY"])
+    self_absorption: list[str] = msgspec.field(default_factory=lambda: ["TFY"])
+    references: dict[str, str] = msgspec.field(default_factory=dict)  # edge -> CSV/NPZ file
+    fit_ranges: dict[str, tuple[float, float]] = msgspec.field(default_factory=dict)
+    sample_formula: str = ""  # default: from each scan's metadata
+    sample_density_g_cm3: float = 0.0
+    spot_area_mm2: float = 0.0
+    dose_budget_Gy: float = 0.0  # per spot; 0: no budget
+    budget_warning_fraction: float = 0.8
+    damage: DamageSettings = msgspec.field(default_factory=DamageSettings)
+    rest_current_mA: float = 0.005
+    relaxation_min_points: int = 5
+
+
 class ExperimentConfig(_Section):
     name: str = "experiment"
     description: str = ""
@@ -60,6 +78,7 @@ class ExperimentConfig(_Section):
     monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
     alignment: AlignmentConfig = msgspec.field(default_factory=AlignmentConfig)
     sources: list[SourceConfig] = msgspec.field(default_factory=list)
+    analysis: AnalysisConfig = msgspec.field(default_factory=AnalysisConfig)
     drivers: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
     def source(self, name: str) -> SourceConfig:
@@ -100,7 +119,12 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: no such configuration file") from None
     except (tomllib.TOMLDecodeError, msgspec.DecodeError) as e:
         raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.').upper()}: {e}") from None
-    return parse_config(data, str(path))
+    cfg = parse_config(data, str(path))
+    # Reference files are named relative to the experiment file.
+    refs = {edge: str((path.parent / f).resolve()) for edge, f in cfg.analysis.references.items()}
+    return msgspec.structs.replace(
+        cfg, analysis=msgspec.structs.replace(cfg.analysis, references=refs)
+    )
 
 
 def preset_path(name: str) -> Path:

@@ -59,6 +59,22 @@ def localize(cfg: ExperimentConfig) -> ExperimentConfig:
     return msgspec.structs.replace(cfg, sources=sources, monitor=monitor)
 
 
+def with_simulator_references(cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
+    """The simulated spectrometer's reference spectra, exported into the run for the analysis
+    (the monitor reads files, as it would a beamline's measured references)."""
+    from operando.drivers.spectra import EDGES, export_references
+
+    refs = dict(cfg.analysis.references)
+    folder = run_dir / "references"
+    folder.mkdir(exist_ok=True)
+    for edge in EDGES:
+        if edge not in refs:
+            refs[edge] = str(export_references(edge, folder / f"{edge}.csv").resolve())
+    return msgspec.structs.replace(
+        cfg, analysis=msgspec.structs.replace(cfg.analysis, references=refs)
+    )
+
+
 @dataclass
 class Child:
     """One supervised process: its command line, log file and restart policy."""
@@ -114,11 +130,11 @@ class Demo:
         with_dashboard: bool = False,
         dashboard_port: int | None = None,
     ) -> None:
-        self.cfg = localize(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = with_simulator_references(localize(cfg), run_dir)
         self.run_dir = run_dir
         self.speed = speed
         self.t0_ns = time.time_ns()
-        run_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = run_dir / "demo-config.json"
         self.config_path.write_bytes(msgspec.json.format(msgspec.json.encode(self.cfg)))
         logs = run_dir / "logs"

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ import msgspec
 import numpy as np
 
 from operando.align import Alignment, PotentiostatHistory, _unaligned, align_windows
-from operando.config import AlignmentConfig, SourceConfig
+from operando.analyze import Analyzer, SpectrumInput
+from operando.config import AlignmentConfig, AnalysisConfig, SourceConfig
 from operando.protocol import (
     Ack,
     Command,
@@ -40,6 +41,7 @@ from operando.protocol import (
     XASScan,
     decode,
     kind_of,
+    plain,
 )
 from operando.rawlog import RawRecord
 from operando.sequence import Arrival, SequenceTracker
@@ -50,14 +52,23 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, dict[str, Any]], None]
 
 
-def _plain(obj: Any) -> Any:
-    """numpy scalars (from numpy arithmetic on message arrays) become plain numbers."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot encode {type(obj).__name__}")
+_json = msgspec.json.Encoder(enc_hook=plain)
 
 
-_json = msgspec.json.Encoder(enc_hook=_plain)
+def spectrum_input(spectrum_id: int, h: XASScan | RIXSRows) -> SpectrumInput:
+    return SpectrumInput(
+        spectrum_id=spectrum_id,
+        kind=kind_of(type(h)),
+        edge=h.edge,
+        spot=h.spot.id if h.spot else None,
+        flux_ph_s=h.flux_ph_s,
+        exposure_s=h.exposure_s,
+        extra=dict(h.extra),
+        scan_id=h.scan_id,
+        map_id=h.map_id if isinstance(h, RIXSRows) else "",
+        row_offset=h.row_offset if isinstance(h, RIXSRows) else 0,
+        rows_total=h.rows_total if isinstance(h, RIXSRows) else 0,
+    )
 
 
 def _summary(msg: Message | None, error: str | None) -> Summary:
@@ -78,6 +89,8 @@ class PendingSpectrum:
     t_end: float
     point_t: np.ndarray | None
     info: dict[str, Any]
+    analysis: SpectrumInput | None = None  # what the analyzer needs, once aligned
+    arrays: Mapping[str, np.ndarray] | None = None  # dropped after analysis
 
 
 @dataclass(slots=True)
@@ -103,6 +116,8 @@ class Ingest:
         sources: Sequence[SourceConfig],
         alignment: AlignmentConfig,
         publish: Publish | None = None,
+        analysis: AnalysisConfig | None = None,
+        base_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.cfg = alignment
@@ -119,6 +134,11 @@ class Ingest:
         self.counts: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
         self.on_message: list[Callable[[str, Message], None]] = []  # orchestration hooks
+        self.analyzer = (
+            Analyzer(analysis, base_dir or Path.cwd(), self.store.submit, self.event, self.publish)
+            if analysis is not None and analysis.enabled
+            else None
+        )
         self.cell: dict[str, Any] = {}  # the newest potentiostat row, for status displays
         self._recv_ns = 0  # receive time of the message being processed (0: use the wall clock)
 
@@ -366,6 +386,8 @@ class Ingest:
                 t1,
                 None if pt is None else pt.astype(np.float64) + offset,
                 info,
+                spectrum_input(sid, h),
+                msg.arrays if self.analyzer is not None else None,
             )
         )
 
@@ -453,6 +475,7 @@ class Ingest:
         if revision == 0:
             self.counts["aligned"] += 1
             self.counts["partial"] += al.partial
+            self._analyse(p, al)
         self.publish(
             "aligned",
             {
@@ -462,10 +485,26 @@ class Ingest:
                 "kind": p.kind,
                 "revision": revision,
                 **p.info,
-                "alignment": msgspec.to_builtins(al, enc_hook=_plain),
+                "alignment": msgspec.to_builtins(al, enc_hook=plain),
             },
         )
         return al
+
+    def _analyse(self, p: PendingSpectrum, al: Alignment) -> None:
+        if self.analyzer is None or p.analysis is None or p.arrays is None:
+            return
+        try:
+            self.analyzer.on_spectrum(p.analysis, p.arrays, al)
+        except Exception as e:  # analysis must never stop ingest; say what failed
+            log.exception("analysing spectrum %d failed", p.spectrum_id)
+            self.event(
+                "analysis_error",
+                p.link,
+                p.t_end,
+                spectrum_id=p.spectrum_id,
+                error=f"{type(e).__name__}: {e}",
+            )
+        p.arrays = None
 
     def _realign_overlapping(self, t0: float, t1: float) -> None:
         redo = [(p, al) for p, al in self.partial if p.t_start <= t1 and p.t_end >= t0]
@@ -617,5 +656,10 @@ def restore(ingest: Ingest, conn: Any, run_dir: Path) -> None:
                     "channels": msgspec.json.decode(chans or "[]"),
                     "raw_id": raw_id,
                 },
+                spectrum_input(sid, msg.header),  # type: ignore[arg-type]
+                msg.arrays,
             )
         )
+    if ingest.analyzer is not None:  # doses continue; the damage history starts afresh
+        for spot, dose in conn.execute("SELECT spot, max(after_Gy) FROM dose GROUP BY spot"):
+            ingest.analyzer.dose[spot] = dose

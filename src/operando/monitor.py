@@ -98,7 +98,9 @@ class Monitor:
         self.store = RunStore(self.run_dir)
         save_run_config(self.run_dir, cfg)
         self.state = StatePublisher(self.ctx, cfg.monitor.state_endpoint)
-        self.ingest = Ingest(self.store, cfg.sources, cfg.alignment, self.state)
+        self.ingest = Ingest(
+            self.store, cfg.sources, cfg.alignment, self.state, cfg.analysis, self.run_dir
+        )
         if self.store.reopened:
             conn = connect(self.store.path, readonly=True)
             try:

@@ -347,6 +347,13 @@ def encode_header(header: Header) -> bytes:
     return _encoder.encode(header)
 
 
+def plain(obj: Any) -> Any:
+    """msgspec ``enc_hook``: numpy scalars (from arithmetic on arrays) as plain numbers."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
 def to_builtins(obj: Any) -> Any:
     """Plain Python (dict/list/str/number) form of a struct, e.g. for JSON output."""
     return msgspec.to_builtins(obj)

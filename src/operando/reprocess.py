@@ -26,7 +26,7 @@ def reprocess(
     try:
         store.clear_derived()
         total = len(store.unindexed) + _count(run_dir)
-        ingest = Ingest(store, cfg.sources, cfg.alignment)
+        ingest = Ingest(store, cfg.sources, cfg.alignment, analysis=cfg.analysis, base_dir=run_dir)
         for n, rec in enumerate(iter_raw(run_dir), 1):
             ingest.process_record(rec)
             if n % 500 == 0:  # as the monitor does after each received batch

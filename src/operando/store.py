@@ -60,10 +60,34 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, recv_ns INTEGER NOT NULL, t REAL, kind TEXT NOT NULL,
     link TEXT, detail TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_by_kind ON events (kind);
+CREATE TABLE IF NOT EXISTS analysis (
+    spectrum_id INTEGER NOT NULL, channel TEXT NOT NULL, method TEXT NOT NULL, valence REAL,
+    valence_unc REAL, chi2_red REAL, shift_eV REAL, beta REAL, fractions TEXT NOT NULL,
+    uncertainties TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (spectrum_id, channel));
+CREATE TABLE IF NOT EXISTS dose (
+    spectrum_id INTEGER PRIMARY KEY, spot TEXT NOT NULL, dose_Gy REAL NOT NULL,
+    before_Gy REAL NOT NULL, after_Gy REAL NOT NULL, rate_Gy_s REAL);
+CREATE TABLE IF NOT EXISTS relaxation (
+    rest_start REAL NOT NULL, channel TEXT NOT NULL, quantity TEXT NOT NULL, model TEXT NOT NULL,
+    tau_s REAL, tau_err_s REAL, resolved INTEGER NOT NULL, n_points INTEGER NOT NULL,
+    doc TEXT NOT NULL, PRIMARY KEY (rest_start, channel, quantity));
+CREATE TABLE IF NOT EXISTS rixs (
+    map_id TEXT PRIMARY KEY, rows INTEGER NOT NULL, rows_total INTEGER NOT NULL, roi REAL,
+    reference REAL, ratio REAL, soc REAL, doc TEXT NOT NULL);
 """
 
 # Rebuilt by reprocess (the raw index too: the log is the one source of truth).
-DERIVED_TABLES = ("raw", "potentiostat", "spectra", "alignment", "events")
+DERIVED_TABLES = (
+    "raw",
+    "potentiostat",
+    "spectra",
+    "alignment",
+    "events",
+    "analysis",
+    "dose",
+    "relaxation",
+    "rixs",
+)
 
 SQL = {
     "raw": "INSERT OR REPLACE INTO raw VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -77,6 +101,10 @@ SQL = {
     "cycle = excluded.cycle, revision = alignment.revision + 1, doc = excluded.doc",
     "event": "INSERT INTO events (recv_ns, t, kind, link, detail) VALUES (?, ?, ?, ?, ?)",
     "meta": "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+    "analysis": "INSERT OR REPLACE INTO analysis VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "dose": "INSERT OR REPLACE INTO dose VALUES (?, ?, ?, ?, ?, ?)",
+    "relaxation": "INSERT OR REPLACE INTO relaxation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "rixs": "INSERT OR REPLACE INTO rixs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
 }
 
 # What identifies a message, from its header (None for a malformed one): the index row's tail.

@@ -65,6 +65,20 @@ def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
     ).fetchone()
     ewe_min, ewe_max = conn.execute("SELECT min(ewe), max(ewe) FROM potentiostat").fetchone()
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    fits = dict(conn.execute("SELECT channel, count(*) FROM analysis GROUP BY channel"))
+    (analysed,) = conn.execute("SELECT count(DISTINCT spectrum_id) FROM analysis").fetchone()
+    doses = dict(conn.execute("SELECT spot, max(after_Gy) FROM dose GROUP BY spot"))
+    flags = dict(
+        conn.execute(
+            "SELECT json_extract(detail, '$.test'), count(*) FROM events "
+            "WHERE kind = 'damage_flag' GROUP BY 1"
+        )
+    )
+    relax = conn.execute(
+        "SELECT channel, model, tau_s, tau_err_s, resolved, n_points FROM "
+        "relaxation ORDER BY rest_start, channel"
+    ).fetchall()
+    (maps,) = conn.execute("SELECT count(*) FROM rixs").fetchone()
     return {
         "run_dir": str(run_dir),
         "sources": sources,
@@ -82,6 +96,24 @@ def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
         "soc": {"min": soc_min, "max": soc_max},
         "ewe_V": {"min": ewe_min, "max": ewe_max},
         "raw_log_bytes": log_bytes(run_dir),
+        "analysis": {
+            "spectra_analysed": analysed,
+            "fits": fits,
+            "damage_flags": flags,
+            "damage_flags_total": sum(flags.values()),
+            "dose_Gy_by_spot": doses,
+            "relaxation": [
+                dict(
+                    zip(
+                        ("channel", "model", "tau_s", "tau_err_s", "resolved", "n_points"),
+                        r,
+                        strict=True,
+                    )
+                )
+                for r in relax
+            ],
+            "rixs_maps": maps,
+        },
         "meta": meta,
     }
 
@@ -98,5 +130,15 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"  potentiostat rows: {s['potentiostat_rows']}")
     if s["soc"]["min"] is not None:
         lines.append(f"  SOC at spectra: {s['soc']['min']:.3f} .. {s['soc']['max']:.3f}")
+    a = s["analysis"]
+    lines.append(
+        f"  analysed spectra: {a['spectra_analysed']}  fits {a['fits']}  damage flags "
+        f"{a['damage_flags_total']}  RIXS maps {a['rixs_maps']}"
+    )
+    if a["dose_Gy_by_spot"]:
+        lines.append(
+            "  dose by spot (MGy): "
+            + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in sorted(a["dose_Gy_by_spot"].items()))
+        )
     lines.append("  events: " + json.dumps(s["events"]))
     return "\n".join(lines)

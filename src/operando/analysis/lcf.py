@@ -73,7 +73,8 @@ def fit_spectrum(
     """Fit one spectrum (already divided by I0) as a mixture of the references."""
     e_all = np.asarray(energy, dtype=np.float64)
     y_all = np.asarray(signal, dtype=np.float64)
-    lo, hi = fit_range if fit_range is not None else (float(e_all.min()), float(e_all.max()))
+    lo, hi = fit_range if fit_range is not None else (e_all.min(), e_all.max())
+    lo, hi = float(lo), float(hi)
     m = (e_all >= lo) & (e_all <= hi) & np.isfinite(y_all)
     if sigma is not None:
         m &= np.isfinite(sigma) & (np.asarray(sigma) > 0)

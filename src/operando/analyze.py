@@ -1,0 +1,346 @@
+"""Live analysis of each aligned spectrum: valence per channel, dose per spot, damage flags,
+relaxation during rests, RIXS reductions. Wires the pure functions of ``operando.analysis`` to
+a run: keeps the per-run state (doses, detector, rest periods, RIXS maps), writes results to
+the store and puts them on the state stream. The same object runs live and in reprocess.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from operando.align import Alignment
+from operando.analysis.damage import DamageDetector, ScanSummary
+from operando.analysis.dose import scan_dose_Gy
+from operando.analysis.lcf import FitError, FitResult, fit_spectrum
+from operando.analysis.normalize import EDGE_WINDOWS
+from operando.analysis.references import ReferenceError, References
+from operando.analysis.relaxation import fit_relaxation
+from operando.analysis.rixs import MapAccumulator
+from operando.config import AnalysisConfig
+from operando.protocol import MODE_OCV, plain
+
+log = logging.getLogger(__name__)
+
+Submit = Callable[[str, tuple[Any, ...]], None]
+Event = Callable[..., None]
+Publish = Callable[[str, dict[str, Any]], None]
+_json = msgspec.json.Encoder(enc_hook=plain)
+
+
+class SpectrumInput(msgspec.Struct, kw_only=True):
+    """What the analyzer needs of one aligned spectrum."""
+
+    spectrum_id: int
+    kind: str
+    edge: str
+    spot: str | None
+    flux_ph_s: float
+    exposure_s: float
+    extra: dict[str, Any]
+    scan_id: str = ""
+    map_id: str = ""
+    row_offset: int = 0
+    rows_total: int = 0
+
+
+def poisson_sigma(signal: np.ndarray, i0: np.ndarray | None) -> np.ndarray | None:
+    """Counting noise of signal/I0 when both are counts (non-negative integers), else None."""
+
+    def counts(a: np.ndarray) -> bool:
+        return bool(np.all(a >= 0) and np.all(a == np.round(a)))
+
+    if not counts(signal) or (i0 is not None and not counts(i0)):
+        return None
+    s = np.maximum(signal, 1.0)
+    if i0 is None:
+        return np.sqrt(s)
+    i = np.maximum(i0, 1.0)
+    return (s / i) * np.sqrt(1.0 / s + 1.0 / i)
+
+
+class Analyzer:
+    def __init__(
+        self, cfg: AnalysisConfig, base_dir: Path, submit: Submit, event: Event, publish: Publish
+    ) -> None:
+        self.cfg = cfg
+        self.submit, self.event, self.publish = submit, event, publish
+        self.refs: dict[str, References] = {}
+        for edge, path in cfg.references.items():
+            p = Path(path) if Path(path).is_absolute() else base_dir / path
+            try:
+                self.refs[edge] = References.from_file(p)
+            except ReferenceError as e:
+                self.event("analysis_error", None, None, edge=edge, error=str(e))
+        self.dose: dict[str, float] = {}
+        self.warned: set[tuple[str, str]] = set()
+        self.damage = DamageDetector(cfg.damage)
+        self.rest: dict[str, list[tuple[float, float, float]]] = {}  # channel -> (t, v, sigma)
+        self.rest_stop: float | None = None
+        self.maps: dict[str, MapAccumulator] = {}
+        self.missing_refs: set[str] = set()
+        self.counts: dict[str, int] = {"fits": 0, "damage_flags": 0, "relaxation_fits": 0}
+
+    # -- entry -------------------------------------------------------------------------------
+    def on_spectrum(
+        self, s: SpectrumInput, arrays: Mapping[str, np.ndarray], al: Alignment
+    ) -> None:
+        if not self.cfg.enabled:
+            return
+        if s.kind == "rixs_rows":
+            self._rixs(s, arrays, al)
+            return
+        dose0, dose1 = self._dose(s, arrays["energy"])
+        fits = self._fits(s, arrays)
+        if "TEY" in fits and s.spot is not None:
+            self._damage(s, arrays, fits["TEY"], al, dose0, dose1)
+        self._relaxation(s, fits, al)
+        self.publish(
+            "analysis",
+            {
+                "spectrum_id": s.spectrum_id,
+                "edge": s.edge,
+                "spot": s.spot,
+                "t": 0.5 * (al.t_start + al.t_end),
+                "soc": al.soc,
+                "fits": {c: msgspec.to_builtins(f, enc_hook=plain) for c, f in fits.items()},
+                "dose_Gy": dose1,
+            },
+        )
+
+    # -- valence -----------------------------------------------------------------------------
+    def _fits(self, s: SpectrumInput, arrays: Mapping[str, np.ndarray]) -> dict[str, FitResult]:
+        refs = self.refs.get(s.edge)
+        if refs is None:
+            if s.edge not in self.missing_refs:
+                self.missing_refs.add(s.edge)
+                self.event(
+                    "analysis_skipped",
+                    None,
+                    None,
+                    edge=s.edge,
+                    reason=f"no references configured for {s.edge} "
+                    "([analysis.references] in the experiment file)",
+                )
+            return {}
+        e = np.asarray(arrays["energy"], float)
+        i0 = np.asarray(arrays["I0"], float) if "I0" in arrays else None
+        out = {}
+        for channel in self.cfg.channels:
+            if channel not in arrays:
+                continue
+            raw = np.asarray(arrays[channel], float)
+            y = raw / i0 if i0 is not None else raw
+            sa = channel in self.cfg.self_absorption
+            default = EDGE_WINDOWS[s.edge].fit_range if s.edge in EDGE_WINDOWS else None
+            rng = self.cfg.fit_ranges.get(s.edge, None if sa else default)
+            if rng is not None:
+                rng = (max(rng[0], e.min(), refs.energy[0]), min(rng[1], e.max(), refs.energy[-1]))
+            else:
+                rng = (max(e.min(), refs.energy[0]), min(e.max(), refs.energy[-1]))
+            try:
+                fit = fit_spectrum(
+                    e, y, refs, fit_range=rng, sigma=poisson_sigma(raw, i0), self_absorption=sa
+                )
+            except (FitError, ValueError, np.linalg.LinAlgError) as err:
+                self.event(
+                    "fit_failed",
+                    None,
+                    None,
+                    spectrum_id=s.spectrum_id,
+                    channel=channel,
+                    error=str(err),
+                )
+                continue
+            out[channel] = fit
+            self.counts["fits"] += 1
+            self.submit(
+                "analysis",
+                (
+                    s.spectrum_id,
+                    channel,
+                    fit.method,
+                    fit.average_valence,
+                    fit.valence_uncertainty,
+                    fit.chi2_red,
+                    fit.shift_eV,
+                    fit.self_absorption_beta,
+                    _json.encode(fit.fractions).decode(),
+                    _json.encode(fit.uncertainties).decode(),
+                    _json.encode(fit).decode(),
+                ),
+            )
+        return out
+
+    # -- dose --------------------------------------------------------------------------------
+    def _dose(self, s: SpectrumInput, energy: np.ndarray) -> tuple[float, float]:
+        if s.spot is None:
+            return math.nan, math.nan
+        before = self.dose.get(s.spot, 0.0)
+        formula = self.cfg.sample_formula or str(s.extra.get("sample_formula", ""))
+        density = self.cfg.sample_density_g_cm3 or float(s.extra.get("sample_density_g_cm3", 0.0))
+        area = self.cfg.spot_area_mm2 or float(s.extra.get("spot_area_mm2", 0.0))
+        if not formula or density <= 0 or area <= 0 or s.flux_ph_s <= 0:
+            return before, before
+        try:
+            d = scan_dose_Gy(s.flux_ph_s, s.exposure_s, energy, formula, density, area)
+        except (ValueError, KeyError) as err:
+            self.event("dose_error", None, None, spectrum_id=s.spectrum_id, error=str(err))
+            return before, before
+        after = before + d
+        self.dose[s.spot] = after
+        rate = d / s.exposure_s if s.exposure_s > 0 else math.nan
+        self.submit("dose", (s.spectrum_id, s.spot, d, before, after, rate))
+        budget = self.cfg.dose_budget_Gy
+        if budget > 0:
+            for level, kind in (
+                (budget, "dose_budget_exceeded"),
+                (budget * self.cfg.budget_warning_fraction, "dose_budget_warning"),
+            ):
+                if after >= level and (s.spot, kind) not in self.warned:
+                    self.warned.add((s.spot, kind))
+                    self.event(kind, None, None, spot=s.spot, dose_Gy=after, budget_Gy=budget)
+                    break
+        return before, after
+
+    # -- damage ------------------------------------------------------------------------------
+    def _damage(
+        self,
+        s: SpectrumInput,
+        arrays: Mapping[str, np.ndarray],
+        fit: FitResult,
+        al: Alignment,
+        dose0: float,
+        dose1: float,
+    ) -> None:
+        if not math.isfinite(dose0):
+            return
+        refs = self.refs[s.edge]
+        lowest = (
+            refs.names[int(np.nanargmin(refs.oxidation))]
+            if np.any(np.isfinite(refs.oxidation))
+            else refs.names[0]
+        )
+        e = np.asarray(arrays["energy"], float)
+        raw = np.asarray(arrays["TEY"], float)
+        i0 = np.asarray(arrays["I0"], float) if "I0" in arrays else None
+        y = raw / i0 if i0 is not None else raw
+        sigma = poisson_sigma(raw, i0)
+        if sigma is None:
+            sigma = np.full_like(y, np.std(np.diff(y)) / math.sqrt(2))
+        m = (e >= fit.fit_range[0]) & (e <= fit.fit_range[1])
+        summary = ScanSummary(
+            spectrum_id=s.spectrum_id,
+            spot=s.spot or "",
+            edge=s.edge,
+            dose_before_Gy=dose0,
+            dose_after_Gy=dose1,
+            soc=al.soc,
+            i_mean_mA=al.i_mean_mA,
+            lowest=lowest,
+            lowest_fraction=fit.fractions[lowest],
+            lowest_uncertainty=fit.uncertainties[lowest],
+            energy=e[m],
+            y=y[m],
+            sigma=sigma[m],
+        )
+        for flag in self.damage.add(summary):
+            self.counts["damage_flags"] += 1
+            self.event("damage_flag", None, al.t_end, **msgspec.to_builtins(flag, enc_hook=plain))
+
+    # -- relaxation --------------------------------------------------------------------------
+    def _relaxation(self, s: SpectrumInput, fits: dict[str, FitResult], al: Alignment) -> None:
+        resting = al.mode == MODE_OCV or abs(al.i_mean_mA) < self.cfg.rest_current_mA
+        since = al.t_since_current_change_s
+        if not resting or not math.isfinite(since):
+            self.rest, self.rest_stop = {}, None
+            return
+        mid = 0.5 * (al.t_start + al.t_end)
+        stop = mid - since
+        if self.rest_stop is None or abs(stop - self.rest_stop) > 1.0:
+            self.rest, self.rest_stop = {}, stop
+        for channel, fit in fits.items():
+            pts = self.rest.setdefault(channel, [])
+            pts.append((since, fit.average_valence, max(fit.valence_uncertainty, 1e-4)))
+            if len(pts) < self.cfg.relaxation_min_points:
+                continue
+            t, v, sig = (np.array(c) for c in zip(*pts, strict=True))
+            try:
+                res = fit_relaxation(t, v, sig, scan_duration_s=al.t_end - al.t_start)
+            except ValueError:
+                continue
+            self.counts["relaxation_fits"] += 1
+            self.submit(
+                "relaxation",
+                (
+                    stop,
+                    channel,
+                    "average_valence",
+                    res.best,
+                    res.tau_s,
+                    res.tau_err_s,
+                    int(res.resolved),
+                    res.n_points,
+                    _json.encode(res).decode(),
+                ),
+            )
+            self.publish(
+                "relaxation",
+                {
+                    "rest_start": stop,
+                    "channel": channel,
+                    "result": msgspec.to_builtins(res, enc_hook=plain),
+                    "points": {"t": t.tolist(), "v": v.tolist()},
+                },
+            )
+
+    # -- RIXS --------------------------------------------------------------------------------
+    def _rixs(self, s: SpectrumInput, arrays: Mapping[str, np.ndarray], al: Alignment) -> None:
+        key = s.map_id or s.scan_id
+        acc = self.maps.get(key)
+        if acc is None:
+            acc = MapAccumulator(
+                max(s.rows_total, s.row_offset + len(arrays["excitation"])), arrays["emission"]
+            )
+            self.maps[key] = acc
+        try:
+            acc.add(s.row_offset, arrays["excitation"], arrays["counts"])
+        except ValueError as err:
+            self.event("rixs_error", None, None, map_id=key, error=str(err))
+            return
+        red = acc.reduce()
+        self.submit(
+            "rixs",
+            (
+                key,
+                red.rows,
+                s.rows_total,
+                red.roi,
+                red.reference,
+                red.ratio,
+                al.soc,
+                _json.encode(red).decode(),
+            ),
+        )
+        self.publish(
+            "rixs",
+            {
+                "map_id": key,
+                "rows": red.rows,
+                "rows_total": s.rows_total,
+                "ratio": red.ratio,
+                "soc": al.soc,
+                "row": {
+                    "excitation": np.asarray(arrays["excitation"]).tolist(),
+                    "offset": s.row_offset,
+                },
+            },
+        )
+        if acc.complete:
+            del self.maps[key]
