@@ -44,6 +44,61 @@ def test_demo_headless_acceptance(tmp_path):
     ).fetchall()
     for extra, soc in rows:  # the monitor's SOC vs the simulator's truth, per spectrum
         assert soc == pytest.approx(json.loads(extra)["sim_truth"]["soc"], abs=0.01)
+    # analysis on: every spectrum fitted in both channels, dose per spot as the simulator's
+    a = s["analysis"]
+    assert a["spectra_analysed"] == sp["total"]
+    assert a["fits"] == {"TEY": sp["total"], "TFY": sp["total"]}
+    last = conn.execute("SELECT extra FROM spectra ORDER BY id DESC LIMIT 1").fetchone()[0]
+    truth_dose = json.loads(last)["sim_truth"]["dose_after_Gy"]
+    assert a["dose_Gy_by_spot"]["A1"] == pytest.approx(truth_dose, rel=0.01)
+    fits = conn.execute(
+        "SELECT a.channel, a.fractions, s.extra FROM analysis a JOIN spectra s "
+        "ON s.id = a.spectrum_id WHERE s.edge = 'Mn-L'"
+    ).fetchall()
+    assert len(fits) > 10
+    for channel, fractions, extra in fits:  # Mn L: within 0.02 (+ the scan's own drift)
+        truth = json.loads(extra)["sim_truth"]["fractions"][channel]
+        got = json.loads(fractions)
+        assert max(abs(got[k] - truth[k]) for k in truth) < 0.03
+
+
+@pytest.mark.slow
+def test_damage_preset_flags_damage_and_survives_reprocess(tmp_path):
+    run = tmp_path / "lnmo"
+    cli(
+        "demo",
+        "--preset",
+        "lnmo-surface",
+        "--headless",
+        "--duration",
+        "50",
+        "--speed",
+        "120",
+        "--run-dir",
+        str(run),
+        timeout=180,
+    )
+    before = inspect_json(run)
+    a = before["analysis"]
+    assert a["damage_flags_total"] > 0 and before["events"]["dose_budget_warning"] == 1
+    conn = open_readonly(run)
+    flags = [
+        json.loads(d)
+        for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'damage_flag'")
+    ]
+    assert all(f["p_value"] < 1e-3 and f["dose_Gy"] > 3e8 for f in flags)  # past onset only
+    fits = conn.execute(
+        "SELECT spectrum_id, channel, fractions FROM analysis ORDER BY 1, 2"
+    ).fetchall()
+    conn.close()
+    cli("reprocess", str(run), timeout=180)
+    after = inspect_json(run)
+    assert after["analysis"] == before["analysis"]
+    conn = open_readonly(run)
+    again = conn.execute(
+        "SELECT spectrum_id, channel, fractions FROM analysis ORDER BY 1, 2"
+    ).fetchall()
+    assert again == fits
 
 
 def _pid(run, name):

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from operando.config import ConfigError
 from operando.store import StoreError
@@ -83,6 +84,34 @@ def _demo(a: argparse.Namespace) -> int:
     )
 
 
+def _fit(a: argparse.Namespace) -> int:
+    from operando.fitcli import fit_files
+
+    return fit_files(
+        a.files,
+        a.references,
+        channel=a.channel,
+        edge=a.edge,
+        fit_range=tuple(a.fit_range) if a.fit_range else None,
+        self_absorption=a.self_absorption,
+        energy_col=a.energy_col,
+        i0_col=a.i0_col,
+        as_json=a.json,
+    )
+
+
+def _references(a: argparse.Namespace) -> int:
+    from operando.drivers.spectra import EDGES, export_references
+
+    edges = [a.edge] if a.edge else list(EDGES)
+    out = Path(a.out)
+    for edge in edges:
+        path = out if a.edge and out.suffix else out / f"{edge}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(export_references(edge, path))
+    return 0
+
+
 def _add_driver_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from operando.drivers.base import DriverOptions
     from operando.drivers.registry import DRIVERS, load_driver
@@ -142,6 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(func=_reprocess)
 
+    p = sub.add_parser("fit", help="valence fractions of scan files (the live analysis)")
+    p.add_argument("files", nargs="+", help="column text files: energy, signal[, I0]")
+    p.add_argument("--references", required=True, help="CSV or NPZ: energy + one column each")
+    p.add_argument("--channel", default="TEY", help="signal column name or number (TEY)")
+    p.add_argument("--edge", default=None, help="edge for the default fit range, e.g. Mn-L")
+    p.add_argument("--fit-range", nargs=2, type=float, metavar=("LO", "HI"))
+    p.add_argument(
+        "--self-absorption",
+        action="store_true",
+        help="fit TFY saturation (references must be edge-step normalised)",
+    )
+    p.add_argument("--energy-col", help="energy column name or number (default: first)")
+    p.add_argument("--i0-col", help="I0 column name or number (default: one named I0)")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+    p.set_defaults(func=_fit)
+
+    p = sub.add_parser("references", help="export the simulator's model reference spectra")
+    p.add_argument("action", choices=["export"])
+    p.add_argument("--edge", help="one edge (Mn-L, Fe-L, Ni-L); default: all")
+    p.add_argument("--out", default="references", help="file (with --edge) or directory")
+    p.set_defaults(func=_references)
+
     p = sub.add_parser("status", help="ask a running monitor for its status")
     p.add_argument("--monitor", default="tcp://127.0.0.1:5601", help="monitor command endpoint")
     p.add_argument("--timeout", type=float, default=2.0)
@@ -164,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. piped into head: the reader has gone, not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -96,19 +96,19 @@ def fit_spectrum(
 
     shift, c = 0.0, np.full(k, max(float(np.ptp(y)), 1e-12) / k)
     for _ in range(6):
-        r = refs.on(e, shift)
+        r, dr = refs.on_with_derivative(e, shift)
         mix = r @ c
-        grad = -(deriv.on(e, shift) @ c)  # d model / d shift
+        grad = -(dr @ c)  # d model / d shift
         a = np.column_stack([r, np.ones_like(e), x, x * mix, grad])
         coef = _solve(a * w[:, None], y * w, k)
         c = coef[:k]
         if not np.any(c > 0):
             raise FitError("no positive combination of the references fits this spectrum")
-        step = float(np.clip(coef[-1], -0.5, 0.5))
-        shift = float(np.clip(shift + step, -max_shift_eV, max_shift_eV))
+        step = min(max(float(coef[-1]), -0.5), 0.5)
+        shift = min(max(shift + step, -max_shift_eV), max_shift_eV)
         if abs(step) < 2e-3:  # far below the 0.1 eV scan step
             break
-    r = refs.on(e, shift)
+    r, dr = refs.on_with_derivative(e, shift)
     mix = r @ c
     a = np.column_stack([r, np.ones_like(e), x, x * mix])
     coef = _solve(a * w[:, None], y * w, k)
@@ -117,7 +117,7 @@ def fit_spectrum(
     if total <= 0:
         raise FitError("no positive combination of the references fits this spectrum")
     resid = (a @ coef - y) * w
-    grad = -(deriv.on(e, shift) @ c)
+    grad = -(dr @ c)
     jac = np.column_stack([a, grad]) * w[:, None]
     result = _result(
         refs,
