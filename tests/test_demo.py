@@ -152,3 +152,27 @@ def test_killed_simulator_is_restarted_and_the_monitor_shows_it(tmp_path, proces
         )
     ]
     assert max(soc) > 0.3 and all(abs(b - a) < 0.1 for a, b in itertools.pairwise(soc))
+
+
+@pytest.mark.slow
+def test_lfp_relaxation_preset_recovers_tau_live(tmp_path):
+    """Live: Fe valence (TFY, bulk) after the current stops relaxes with the model's tau."""
+    run = tmp_path / "lfp"
+    cli(
+        "demo",
+        "--preset",
+        "peo-lfp-relaxation",
+        "--headless",
+        "--duration",
+        "55",
+        "--speed",
+        "120",
+        "--run-dir",
+        str(run),
+        timeout=180,
+    )
+    relax = [r for r in inspect_json(run)["analysis"]["relaxation"] if r["channel"] == "TFY"]
+    assert relax, "no relaxation fit during the rest"
+    best = max(relax, key=lambda r: r["n_points"])
+    assert best["n_points"] >= 20 and best["resolved"]
+    assert best["tau_s"] == pytest.approx(600.0, rel=0.10)  # MODELS["lfp"].bulk_tau_s

@@ -109,12 +109,18 @@ async def wait_status(cfg, predicate, timeout=30.0):
     raise AssertionError(f"monitor status never matched: {json.dumps(st)[:2000]}")
 
 
-def test_end_to_end_every_message_recorded_and_aligned(tmp_path, processes):
+def start_monitor(tmp_path, processes):
+    """``operando monitor`` as its own process on a fresh config: (config, run dir, process)."""
     cfg, path = monitor_config(tmp_path)
     run = tmp_path / "run"
     mon = processes(
         "monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "monitor.log"
     )
+    return cfg, run, mon
+
+
+def test_end_to_end_every_message_recorded_and_aligned(tmp_path, processes):
+    cfg, run, mon = start_monitor(tmp_path, processes)
 
     async def scenario():
         inst = Instruments(cfg)
@@ -154,11 +160,7 @@ def test_end_to_end_every_message_recorded_and_aligned(tmp_path, processes):
 
 
 def test_dropped_messages_are_counted_and_recorded(tmp_path, processes):
-    cfg, path = monitor_config(tmp_path)
-    run = tmp_path / "run"
-    mon = processes(
-        "monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "monitor.log"
-    )
+    cfg, run, mon = start_monitor(tmp_path, processes)
 
     async def scenario():
         inst = Instruments(cfg)
@@ -188,11 +190,7 @@ def test_dropped_messages_are_counted_and_recorded(tmp_path, processes):
 
 
 def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, processes):
-    cfg, path = monitor_config(tmp_path)
-    run = tmp_path / "run"
-    mon = processes(
-        "monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "monitor.log"
-    )
+    cfg, run, mon = start_monitor(tmp_path, processes)
     junk = [
         [b"garbage"],
         [b"t", b"\xc1\xc1"],
@@ -263,11 +261,7 @@ def test_monitor_killed_and_restarted_continues_the_run(tmp_path, processes):
 
 
 def test_reprocess_rebuilds_the_same_derived_tables(tmp_path, processes):
-    cfg, path = monitor_config(tmp_path)
-    run = tmp_path / "run"
-    mon = processes(
-        "monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "monitor.log"
-    )
+    cfg, run, mon = start_monitor(tmp_path, processes)
 
     async def scenario():
         inst = Instruments(cfg)

@@ -95,10 +95,9 @@ async def collect(ctx, ep, n, timeout=60.0):
     return scans
 
 
-def test_triggered_scans_carry_trigger_id_dose_and_damage(tmp_path, processes):
-    p_data, p_cmd, s_data, s_cmd = endpoint(), endpoint(), endpoint(), endpoint()
-    cfg = write_config(tmp_path, p_data)
-    common = ("--config", str(cfg), "--speed", "60", "--wait-subscriber", "0")
+def start_simulators(tmp_path, processes, cfg, speed, p_data, p_cmd, s_data, s_cmd):
+    """Both simulators as their own processes; returns the spectrometer's process."""
+    common = ("--config", str(cfg), "--speed", speed, "--wait-subscriber", "0")
     processes(
         "driver",
         "sim-potentiostat",
@@ -109,7 +108,7 @@ def test_triggered_scans_carry_trigger_id_dose_and_damage(tmp_path, processes):
         p_cmd,
         log=tmp_path / "p.log",
     )
-    spec = processes(
+    return processes(
         "driver",
         "sim-spectrometer",
         *common,
@@ -119,6 +118,12 @@ def test_triggered_scans_carry_trigger_id_dose_and_damage(tmp_path, processes):
         s_cmd,
         log=tmp_path / "s.log",
     )
+
+
+def test_triggered_scans_carry_trigger_id_dose_and_damage(tmp_path, processes):
+    p_data, p_cmd, s_data, s_cmd = endpoint(), endpoint(), endpoint(), endpoint()
+    cfg = write_config(tmp_path, p_data)
+    spec = start_simulators(tmp_path, processes, cfg, "60", p_data, p_cmd, s_data, s_cmd)
 
     async def scenario():
         ctx = zmq.asyncio.Context()
@@ -170,27 +175,7 @@ def test_triggered_scans_carry_trigger_id_dose_and_damage(tmp_path, processes):
 def test_free_running_truth_follows_soc(tmp_path, processes):
     p_data, p_cmd, s_data, s_cmd = endpoint(), endpoint(), endpoint(), endpoint()
     cfg = write_config(tmp_path, p_data, mode="free", extra="interval_s = 60.0")
-    common = ("--config", str(cfg), "--speed", "120", "--wait-subscriber", "0")
-    processes(
-        "driver",
-        "sim-potentiostat",
-        *common,
-        "--data",
-        p_data,
-        "--command",
-        p_cmd,
-        log=tmp_path / "p.log",
-    )
-    processes(
-        "driver",
-        "sim-spectrometer",
-        *common,
-        "--data",
-        s_data,
-        "--command",
-        s_cmd,
-        log=tmp_path / "s.log",
-    )
+    start_simulators(tmp_path, processes, cfg, "120", p_data, p_cmd, s_data, s_cmd)
 
     async def scenario():
         ctx = zmq.asyncio.Context()
