@@ -19,10 +19,11 @@ from operando.align import Alignment
 from operando.analysis.damage import DamageDetector, ScanSummary
 from operando.analysis.dose import scan_dose_Gy
 from operando.analysis.lcf import FitError, FitResult, fit_spectrum
-from operando.analysis.normalize import EDGE_WINDOWS
+from operando.analysis.normalize import EDGE_WINDOWS, NormalizationError, normalize
 from operando.analysis.references import ReferenceError, References
 from operando.analysis.relaxation import fit_relaxation
 from operando.analysis.rixs import MapAccumulator
+from operando.analysis.series import mcr_als, svd_rank
 from operando.config import AnalysisConfig
 from operando.protocol import MODE_OCV, plain
 
@@ -84,6 +85,7 @@ class Analyzer:
         self.rest: dict[str, list[tuple[float, float, float]]] = {}  # channel -> (t, v, sigma)
         self.rest_stop: float | None = None
         self.maps: dict[str, MapAccumulator] = {}
+        self.series: dict[tuple[str, str], tuple[np.ndarray, list[np.ndarray]]] = {}
         self.missing_refs: set[str] = set()
         self.counts: dict[str, int] = {"fits": 0, "damage_flags": 0, "relaxation_fits": 0}
 
@@ -126,8 +128,10 @@ class Analyzer:
                     None,
                     edge=s.edge,
                     reason=f"no references configured for {s.edge} "
-                    "([analysis.references] in the experiment file)",
+                    "([analysis.references] in the experiment file): "
+                    "series analysis (SVD, MCR-ALS) only",
                 )
+            self._series(s, arrays)
             return {}
         e = np.asarray(arrays["energy"], float)
         i0 = np.asarray(arrays["I0"], float) if "I0" in arrays else None
@@ -177,6 +181,65 @@ class Analyzer:
                 ),
             )
         return out
+
+    # -- series without references ------------------------------------------------------------
+    def _series(self, s: SpectrumInput, arrays: Mapping[str, np.ndarray]) -> None:
+        """Normalised spectra of an edge accumulate; every few, SVD rank and MCR-ALS."""
+        if s.edge not in EDGE_WINDOWS:
+            return
+        e = np.asarray(arrays["energy"], float)
+        i0 = np.asarray(arrays["I0"], float) if "I0" in arrays else 1.0
+        for channel in self.cfg.channels:
+            if channel not in arrays:
+                continue
+            key = (s.edge, channel)
+            try:
+                norm = normalize(e, np.asarray(arrays[channel], float) / i0, s.edge)
+            except NormalizationError as err:
+                self.event(
+                    "series_skipped",
+                    None,
+                    None,
+                    spectrum_id=s.spectrum_id,
+                    channel=channel,
+                    error=str(err),
+                )
+                continue
+            grid, rows = self.series.setdefault(key, (e, []))
+            rows.append(np.interp(grid, e, norm.mu))
+            if len(rows) < 6 or len(rows) % 3:
+                continue
+            d = np.asarray(rows)
+            rank, sv = svd_rank(d)
+            k = min(max(rank, 2), 4)
+            try:
+                mcr = mcr_als(d, k)
+            except Exception as err:  # pyMCR can fail on degenerate series; say so
+                self.event(
+                    "series_failed",
+                    None,
+                    None,
+                    edge=s.edge,
+                    channel=channel,
+                    error=f"{type(err).__name__}: {err}",
+                )
+                continue
+            body = {
+                "edge": s.edge,
+                "channel": channel,
+                "spectra": len(rows),
+                "rank": rank,
+                "singular_values": sv[:8].tolist(),
+                "components": k,
+                "residual": mcr.residual,
+                "warning": mcr.warning,
+                "latest_concentrations": mcr.concentrations[-1].tolist(),
+            }
+            self.submit(
+                "series",
+                (s.edge, channel, len(rows), rank, k, mcr.residual, _json.encode(body).decode()),
+            )
+            self.publish("series", body)
 
     # -- dose --------------------------------------------------------------------------------
     def _dose(self, s: SpectrumInput, energy: np.ndarray) -> tuple[float, float]:

@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS relaxation (
     rest_start REAL NOT NULL, channel TEXT NOT NULL, quantity TEXT NOT NULL, model TEXT NOT NULL,
     tau_s REAL, tau_err_s REAL, resolved INTEGER NOT NULL, n_points INTEGER NOT NULL,
     doc TEXT NOT NULL, PRIMARY KEY (rest_start, channel, quantity));
+CREATE TABLE IF NOT EXISTS series (
+    edge TEXT NOT NULL, channel TEXT NOT NULL, spectra INTEGER NOT NULL, rank INTEGER,
+    components INTEGER, residual REAL, doc TEXT NOT NULL, PRIMARY KEY (edge, channel));
 CREATE TABLE IF NOT EXISTS rixs (
     map_id TEXT PRIMARY KEY, rows INTEGER NOT NULL, rows_total INTEGER NOT NULL, roi REAL,
     reference REAL, ratio REAL, soc REAL, doc TEXT NOT NULL);
@@ -87,6 +90,7 @@ DERIVED_TABLES = (
     "dose",
     "relaxation",
     "rixs",
+    "series",
 )
 
 SQL = {
@@ -105,6 +109,7 @@ SQL = {
     "dose": "INSERT OR REPLACE INTO dose VALUES (?, ?, ?, ?, ?, ?)",
     "relaxation": "INSERT OR REPLACE INTO relaxation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "rixs": "INSERT OR REPLACE INTO rixs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "series": "INSERT OR REPLACE INTO series VALUES (?, ?, ?, ?, ?, ?, ?)",
 }
 
 # What identifies a message, from its header (None for a malformed one): the index row's tail.

@@ -79,6 +79,13 @@ def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
         "relaxation ORDER BY rest_start, channel"
     ).fetchall()
     (maps,) = conn.execute("SELECT count(*) FROM rixs").fetchone()
+    series = [
+        dict(zip(("edge", "channel", "spectra", "rank", "components", "residual"), r, strict=True))
+        for r in conn.execute(
+            "SELECT edge, channel, spectra, rank, components, residual "
+            "FROM series ORDER BY edge, channel"
+        )
+    ]
     return {
         "run_dir": str(run_dir),
         "sources": sources,
@@ -113,6 +120,7 @@ def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
                 for r in relax
             ],
             "rixs_maps": maps,
+            "series": series,
         },
         "meta": meta,
     }

@@ -19,29 +19,31 @@ class NormalizationError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class EdgeWindows:
-    """Windows relative to e0 (eV); post-edge lies above L2 for L-edges."""
+    """Absolute energy windows (eV). L-edge e0 moves by ~3 eV with valence, so windows tied to
+    e0 would slide into the multiplet; the pre-edge ends before any valence's onset and the
+    post-edge lies above L2."""
 
     pre: tuple[float, float]
     post: tuple[float, float]
-    e0_search: tuple[float, float]  # absolute energies where the edge may be
+    e0_search: tuple[float, float]  # where the edge may be
     fit_range: tuple[float, float]  # default LCF range (L3 for L-edges)
 
 
 EDGE_WINDOWS = {
     "Mn-L": EdgeWindows(
-        pre=(-9.0, -3.0), post=(16.0, 22.0), e0_search=(636.0, 646.0), fit_range=(637.0, 647.0)
+        pre=(630.0, 636.0), post=(658.0, 665.0), e0_search=(636.0, 646.0), fit_range=(637.0, 647.0)
     ),
     "Fe-L": EdgeWindows(
-        pre=(-8.0, -3.0), post=(18.0, 24.0), e0_search=(704.0, 713.0), fit_range=(705.0, 714.0)
+        pre=(700.0, 705.0), post=(727.0, 735.0), e0_search=(704.0, 713.0), fit_range=(705.0, 714.0)
     ),
     "Co-L": EdgeWindows(
-        pre=(-8.0, -3.0), post=(20.0, 26.0), e0_search=(775.0, 783.0), fit_range=(776.0, 786.0)
+        pre=(768.0, 774.0), post=(803.0, 810.0), e0_search=(775.0, 783.0), fit_range=(776.0, 786.0)
     ),
     "Ni-L": EdgeWindows(
-        pre=(-7.0, -2.5), post=(22.0, 27.0), e0_search=(850.0, 858.0), fit_range=(850.5, 858.5)
+        pre=(845.0, 849.5), post=(875.0, 880.0), e0_search=(850.0, 858.0), fit_range=(850.5, 858.5)
     ),
     "O-K": EdgeWindows(
-        pre=(-8.0, -3.0), post=(15.0, 25.0), e0_search=(527.0, 535.0), fit_range=(527.0, 540.0)
+        pre=(520.0, 526.5), post=(545.0, 555.0), e0_search=(527.0, 535.0), fit_range=(527.0, 540.0)
     ),
 }
 
@@ -79,14 +81,13 @@ def normalize(
     w = EDGE_WINDOWS[edge] if isinstance(edge, str) else edge
     e, y = np.asarray(energy, float), np.asarray(mu, float)
     e0 = find_e0(e, y, w.e0_search) if e0 is None else e0
-    pre = (e >= e0 + w.pre[0]) & (e <= e0 + w.pre[1])
-    post = (e >= e0 + w.post[0]) & (e <= e0 + w.post[1])
+    pre = (e >= w.pre[0]) & (e <= w.pre[1])
+    post = (e >= w.post[0]) & (e <= w.post[1])
     for name, mask, win in (("pre-edge", pre, w.pre), ("post-edge", post, w.post)):
         if mask.sum() < 3:
             raise NormalizationError(
-                f"{name} window e0{win[0]:+.1f}..{win[1]:+.1f} eV ({e0 + win[0]:.1f}-"
-                f"{e0 + win[1]:.1f} eV) is outside the scan ({e.min():.1f}-{e.max():.1f} eV) "
-                f"or holds under 3 points"
+                f"{name} window {win[0]:.1f}-{win[1]:.1f} eV is outside the scan "
+                f"({e.min():.1f}-{e.max():.1f} eV) or holds under 3 points"
             )
     slope, intercept = np.polyfit(e[pre], y[pre], 1)
     flat = y - (slope * e + intercept)
