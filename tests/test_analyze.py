@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from operando.drivers.spectra import EDGES, Realism, export_references, references, synthesize_xas
 
 from operando.align import Alignment
 from operando.analyze import Analyzer, SpectrumInput, poisson_sigma
 from operando.config import AnalysisConfig
-from operando.drivers.spectra import EDGES, Realism, export_references, references, synthesize_xas
 from operando.protocol import MODE_CC
 
 
@@ -67,7 +67,7 @@ def run(cfg: AnalysisConfig, tmp_path, n: int = 9):
 
 
 def test_without_references_the_series_is_decomposed(tmp_path):
-    an, out = run(AnalysisConfig(), tmp_path)
+    _an, out = run(AnalysisConfig(), tmp_path)
     kinds = [k for k, _ in out["event"]]
     assert kinds.count("analysis_skipped") == 1
     series = [row for op, row in out["submit"] if op == "series"]
@@ -81,7 +81,9 @@ def test_without_references_the_series_is_decomposed(tmp_path):
 
 def test_with_references_each_channel_is_fitted(tmp_path):
     refs = export_references("Mn-L", tmp_path / "mn.csv")
-    an, out = run(AnalysisConfig(references={"Mn-L": str(refs)}, dose_budget_Gy=5e6), tmp_path, n=4)
+    _an, out = run(
+        AnalysisConfig(references={"Mn-L": str(refs)}, dose_budget_Gy=5e6), tmp_path, n=4
+    )
     fits = [row for op, row in out["submit"] if op == "analysis"]
     assert [(r[0], r[1]) for r in fits] == [(k, c) for k in (1, 2, 3, 4) for c in ("TEY", "TFY")]
     assert {r[2] for r in fits} == {"linear", "self_absorption"}
