@@ -240,6 +240,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20_000, help="8 KB spectra per run")
     ap.add_argument("--rixs", type=int, default=150, help="8 MB RIXS frames per run")
     ap.add_argument("--port", type=int, default=26500)
+    ap.add_argument(
+        "--workdir",
+        default=tempfile.gettempdir(),
+        help="where the runs (and the disk-rate file) are written",
+    )
     a = ap.parse_args()
     bare = load_bare_zmq()
     port = a.port
@@ -248,7 +253,7 @@ def main() -> None:
     port += 10
     runs = []
     for _ in range(a.repeat):
-        with tempfile.TemporaryDirectory(dir=Path.cwd()) as d:
+        with tempfile.TemporaryDirectory(dir=a.workdir) as d:
             runs.append(_receive("xas", a.n, port, 0.0, Path(d)))
         port += 1
     ours = statistics.median(r["per_s_committed"] for r in runs)
@@ -271,7 +276,7 @@ def main() -> None:
 
     runs, disk, cached = [], [], []
     for _ in range(a.repeat):
-        with tempfile.TemporaryDirectory(dir=Path.cwd()) as d:
+        with tempfile.TemporaryDirectory(dir=a.workdir) as d:
             disk.append(disk_write_rate(Path(d), a.rixs * 8 * 2**20))
             cached.append(disk_write_rate(Path(d), a.rixs * 8 * 2**20, fsync=False))
             runs.append(_receive("rixs", a.rixs, port, 0.0, Path(d)))
@@ -297,7 +302,7 @@ def main() -> None:
         flush=True,
     )
 
-    with tempfile.TemporaryDirectory(dir=Path.cwd()) as d:
+    with tempfile.TemporaryDirectory(dir=a.workdir) as d:
         r = _receive("xas", 4000, port, 200.0, Path(d))
     print(
         json.dumps(

@@ -176,3 +176,33 @@ def test_lfp_relaxation_preset_recovers_tau_live(tmp_path):
     best = max(relax, key=lambda r: r["n_points"])
     assert best["n_points"] >= 20 and best["resolved"]
     assert best["tau_s"] == pytest.approx(600.0, rel=0.10)  # MODELS["lfp"].bulk_tau_s
+
+
+@pytest.mark.slow
+def test_lirich_rixs_maps_fill_and_the_oxidised_oxygen_ratio_rises(tmp_path):
+    run = tmp_path / "lirich"
+    cli(
+        "demo",
+        "--preset",
+        "lirich-rixs",
+        "--headless",
+        "--duration",
+        "45",
+        "--speed",
+        "120",
+        "--run-dir",
+        str(run),
+        timeout=180,
+    )
+    s = inspect_json(run)
+    assert s["analysis"]["rixs_maps"] >= 3
+    conn = open_readonly(run)
+    maps = conn.execute("SELECT rows, rows_total, ratio, soc FROM rixs ORDER BY soc").fetchall()
+    complete = [m for m in maps if m[0] == m[1]]
+    assert len(complete) >= 2
+    assert complete[-1][2] > 1.2 * complete[0][2]  # oxidised O grows on the 4.5 V plateau
+    rixs_dose = conn.execute(
+        "SELECT count(*) FROM dose d JOIN spectra s ON s.id = d.spectrum_id "
+        "WHERE s.kind = 'rixs_rows'"
+    ).fetchone()[0]
+    assert rixs_dose == s["spectra"]["by_kind"]["rixs_rows"]

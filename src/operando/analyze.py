@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from operando.align import Alignment
+from operando.align import Alignment, CellRecord
 from operando.analysis.damage import DamageDetector, ScanSummary
 from operando.analysis.dose import scan_dose_Gy
 from operando.analysis.lcf import FitError, FitResult, fit_spectrum
@@ -88,6 +88,7 @@ class Analyzer:
         self.series: dict[tuple[str, str], tuple[np.ndarray, list[np.ndarray]]] = {}
         self.missing_refs: set[str] = set()
         self.counts: dict[str, int] = {"fits": 0, "damage_flags": 0, "relaxation_fits": 0}
+        self.cell_record: Callable[[], CellRecord] | None = None  # the potentiostat history
 
     # -- entry -------------------------------------------------------------------------------
     def on_spectrum(
@@ -319,32 +320,42 @@ class Analyzer:
 
     # -- relaxation --------------------------------------------------------------------------
     def _relaxation(self, s: SpectrumInput, fits: dict[str, FitResult], al: Alignment) -> None:
+        """During a rest: fit each channel's valence, and Ewe, against time since the stop."""
         resting = al.mode == MODE_OCV or abs(al.i_mean_mA) < self.cfg.rest_current_mA
         since = al.t_since_current_change_s
         if not resting or not math.isfinite(since):
             self.rest, self.rest_stop = {}, None
             return
-        mid = 0.5 * (al.t_start + al.t_end)
-        stop = mid - since
+        stop = 0.5 * (al.t_start + al.t_end) - since
         if self.rest_stop is None or abs(stop - self.rest_stop) > 1.0:
             self.rest, self.rest_stop = {}, stop
+        scan_s = al.t_end - al.t_start
+        series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         for channel, fit in fits.items():
             pts = self.rest.setdefault(channel, [])
             pts.append((since, fit.average_valence, max(fit.valence_uncertainty, 1e-4)))
-            if len(pts) < self.cfg.relaxation_min_points:
-                continue
-            t, v, sig = (np.array(c) for c in zip(*pts, strict=True))
+            if len(pts) >= self.cfg.relaxation_min_points:
+                t, v, sig = (np.array(c) for c in zip(*pts, strict=True))
+                series[channel] = (t, v, sig)
+        if series and self.cell_record is not None:  # the voltage, from the potentiostat rows
+            rec = self.cell_record()
+            m = (rec.t >= stop) & (rec.t <= al.t_end)
+            if m.sum() >= 8:
+                pick = np.linspace(0, m.sum() - 1, min(int(m.sum()), 400)).astype(int)
+                series["Ewe"] = (rec.t[m][pick] - stop, rec.ewe[m][pick], None)
+        for channel, (t, v, sig) in series.items():
             try:
-                res = fit_relaxation(t, v, sig, scan_duration_s=al.t_end - al.t_start)
+                res = fit_relaxation(t, v, sig, scan_duration_s=0.0 if channel == "Ewe" else scan_s)
             except ValueError:
                 continue
+            quantity = "Ewe_V" if channel == "Ewe" else "average_valence"
             self.counts["relaxation_fits"] += 1
             self.submit(
                 "relaxation",
                 (
                     stop,
                     channel,
-                    "average_valence",
+                    quantity,
                     res.best,
                     res.tau_s,
                     res.tau_err_s,
@@ -358,6 +369,7 @@ class Analyzer:
                 {
                     "rest_start": stop,
                     "channel": channel,
+                    "quantity": quantity,
                     "result": msgspec.to_builtins(res, enc_hook=plain),
                     "points": {"t": t.tolist(), "v": v.tolist()},
                 },
@@ -365,6 +377,7 @@ class Analyzer:
 
     # -- RIXS --------------------------------------------------------------------------------
     def _rixs(self, s: SpectrumInput, arrays: Mapping[str, np.ndarray], al: Alignment) -> None:
+        self._dose(s, np.asarray(arrays["excitation"], float))
         key = s.map_id or s.scan_id
         acc = self.maps.get(key)
         if acc is None:

@@ -139,6 +139,8 @@ class Ingest:
             if analysis is not None and analysis.enabled
             else None
         )
+        if self.analyzer is not None:
+            self.analyzer.cell_record = self.history.record
         self.cell: dict[str, Any] = {}  # the newest potentiostat row, for status displays
         self._recv_ns = 0  # receive time of the message being processed (0: use the wall clock)
 
