@@ -33,6 +33,7 @@ class DriverOptions:
     command: str  # command (ROUTER) endpoint to bind
     speed: float = 1.0
     t0_ns: int | None = None  # experiment time at start; shared by the demo's simulators
+    clock_skew_s: float = 0.0  # this instrument's clock error (fault injection, tests)
     wait_subscriber_s: float = 10.0
     hwm: int = 10_000
     state_file: str | None = None  # where the driver keeps what must survive a restart
@@ -62,6 +63,12 @@ class DriverOptions:
             help="seconds to wait for a subscriber before the series starts",
         )
         g.add_argument(
+            "--clock-skew",
+            type=float,
+            default=0.0,
+            help="seconds this instrument's clock is off (to test clock-offset handling)",
+        )
+        g.add_argument(
             "--state-file",
             default=None,
             help="JSON file that keeps state across restarts (a simulated cell continues "
@@ -76,6 +83,7 @@ class DriverOptions:
             command=a.command,
             speed=a.speed,
             t0_ns=a.t0_ns,
+            clock_skew_s=a.clock_skew,
             wait_subscriber_s=a.wait_subscriber,
             state_file=a.state_file,
         )
@@ -88,7 +96,9 @@ class Driver:
 
     def __init__(self, opts: DriverOptions) -> None:
         self.opts = opts
-        self.clock = ExperimentClock(opts.speed, opts.t0_ns or time.time_ns())
+        self.clock = ExperimentClock(
+            opts.speed, opts.t0_ns or time.time_ns(), int(opts.clock_skew_s * 1e9)
+        )
         self.ctx: zmq.asyncio.Context | None = None
         self.pub: Publisher | None = None
         self.commands: CommandServer | None = None

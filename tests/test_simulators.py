@@ -239,3 +239,91 @@ def test_series_start_is_reannounced_to_late_subscribers(tmp_path, processes):
     assert start is not None and start.reannounce
     assert start.metadata["capacity_mAh"] == 0.30 and start.metadata["chemistry"] == "lnmo"
     assert json.dumps(start.metadata)  # plain data only
+
+
+def test_clock_offset_estimated_by_ping_realigns_a_skewed_potentiostat(tmp_path, processes):
+    """A potentiostat whose clock is 5 s fast: the monitor pings it, applies the offset, and
+    spectra still align with the simulator's truth."""
+    from conftest import inspect_json
+
+    from operando.config import parse_config
+    from operando.demo import free_ports
+
+    p = free_ports(6)
+    ep = [f"tcp://127.0.0.1:{x}" for x in p]
+    cfg_path = write_config(tmp_path, ep[2], mode="free", extra="interval_s = 60.0")
+    mon_cfg = {
+        "monitor": {"state_endpoint": ep[0], "command_endpoint": ep[1]},
+        "alignment": {"timeout_s": 30.0},
+        "sources": [
+            {
+                "name": "potentiostat",
+                "role": "potentiostat",
+                "data": ep[2],
+                "command": ep[3],
+                "clock": "ping",
+            },
+            {"name": "spectrometer", "role": "spectrometer", "data": ep[4], "command": ep[5]},
+        ],
+    }
+    parse_config(mon_cfg)
+    (tmp_path / "mon.json").write_text(json.dumps(mon_cfg))
+    run = tmp_path / "run"
+    pstat = processes(
+        "driver",
+        "sim-potentiostat",
+        "--config",
+        str(cfg_path),
+        "--speed",
+        "1",
+        "--clock-skew",
+        "5",
+        "--data",
+        ep[2],
+        "--command",
+        ep[3],
+        "--wait-subscriber",
+        "30",
+        log=tmp_path / "p.log",
+    )
+    mon = processes(
+        "monitor",
+        "--config",
+        str(tmp_path / "mon.json"),
+        "--run-dir",
+        str(run),
+        log=tmp_path / "m.log",
+    )
+    spec = processes(
+        "driver",
+        "sim-spectrometer",
+        "--config",
+        str(cfg_path),
+        "--speed",
+        "1",
+        "--data",
+        ep[4],
+        "--command",
+        ep[5],
+        "--wait-subscriber",
+        "30",
+        log=tmp_path / "s.log",
+    )
+    import time
+
+    time.sleep(14)  # the Mn L scan at 0.05 s per point takes ~18 s of a 1x clock
+    for proc in (spec, pstat):
+        proc.stop(signal.SIGTERM)
+    assert mon.stop(signal.SIGINT) == 0
+    s = inspect_json(run)
+    assert s["events"].get("clock_offset") == 1
+    from operando.store import open_readonly
+
+    conn = open_readonly(run)
+    (detail,) = conn.execute("SELECT detail FROM events WHERE kind = 'clock_offset'").fetchone()
+    assert json.loads(detail)["offset_s"] == pytest.approx(-5.0, abs=0.05)
+    # the offset is applied: stored rows sit 5 s behind the potentiostat's own clock
+    (last_row,) = conn.execute("SELECT max(t) FROM potentiostat").fetchone()
+    (last_sent,) = conn.execute("SELECT max(t_ns) FROM raw WHERE link = 'potentiostat' AND "
+                                "kind = 'potentiostat_batch'").fetchone()
+    assert last_row - last_sent * 1e-9 == pytest.approx(-5.0, abs=0.3)

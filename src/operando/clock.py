@@ -20,13 +20,14 @@ class ExperimentClock:
 
     speed: float = 1.0
     t0_ns: int = field(default_factory=time.time_ns)
+    skew_ns: int = 0  # a clock that is simply wrong by this much (as instrument clocks are)
 
     def __post_init__(self) -> None:
         if self.speed <= 0:
             raise ValueError(f"speed must be > 0, got {self.speed}")
 
     def now_ns(self) -> int:
-        return self.t0_ns + int((time.time_ns() - self.t0_ns) * self.speed)
+        return self.t0_ns + int((time.time_ns() - self.t0_ns) * self.speed) + self.skew_ns
 
     def now(self) -> float:
         return self.now_ns() * 1e-9
