@@ -324,6 +324,7 @@ def test_clock_offset_estimated_by_ping_realigns_a_skewed_potentiostat(tmp_path,
     assert json.loads(detail)["offset_s"] == pytest.approx(-5.0, abs=0.05)
     # the offset is applied: stored rows sit 5 s behind the potentiostat's own clock
     (last_row,) = conn.execute("SELECT max(t) FROM potentiostat").fetchone()
-    (last_sent,) = conn.execute("SELECT max(t_ns) FROM raw WHERE link = 'potentiostat' AND "
-                                "kind = 'potentiostat_batch'").fetchone()
+    (last_sent,) = conn.execute(
+        "SELECT max(t_ns) FROM raw WHERE link = 'potentiostat' AND kind = 'potentiostat_batch'"
+    ).fetchone()
     assert last_row - last_sent * 1e-9 == pytest.approx(-5.0, abs=0.3)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import signal
@@ -91,11 +92,15 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
+            # Own session: a terminal's Ctrl-C reaches only the demo, which then stops the
+            # children in order; the parent-death signal reaps them if the demo itself dies.
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv,
                 stdout=logf,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
         finally:
             logf.close()
@@ -114,6 +119,15 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 p.kill()
             return await p.wait()
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the demo process dies, however it dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: children are still stopped by the demo on any orderly exit
 
 
 def _cli(*args: str) -> list[str]:
@@ -365,9 +379,8 @@ async def _progress(demo: Demo) -> None:
             ewe, soc = cell.get("Ewe_V"), cell.get("soc")
             table.caption = (
                 f"spectra {sp['total']} ({sp['aligned']} aligned, {sp['partial']} partial, "
-                f"{sp['pending']} waiting)  |  Ewe "
-                f"{'-' if ewe is None else f'{ewe:.3f} V'}  SOC "
-                f"{'-' if soc is None else f'{soc:.3f}'}  |  run {demo.run_dir}"
+                f"{sp['pending']} waiting)\nEwe {'-' if ewe is None else f'{ewe:.3f} V'}   "
+                f"SOC {'-' if soc is None else f'{soc:.3f}'}\nrun {demo.run_dir}"
             )
             live.update(table)
 
