@@ -51,6 +51,15 @@ class SpectrumInput(msgspec.Struct, kw_only=True):
     rows_total: int = 0
 
 
+def signal(
+    arrays: Mapping[str, np.ndarray], channel: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(channel / I0, the raw channel, I0 or None): the I0-normalised signal of a scan."""
+    raw = np.asarray(arrays[channel], float)
+    i0 = np.asarray(arrays["I0"], float) if "I0" in arrays else None
+    return (raw / i0 if i0 is not None else raw), raw, i0
+
+
 def poisson_sigma(signal: np.ndarray, i0: np.ndarray | None) -> np.ndarray | None:
     """Counting noise of signal/I0 when both are counts (non-negative integers), else None."""
 
@@ -135,13 +144,11 @@ class Analyzer:
             self._series(s, arrays)
             return {}
         e = np.asarray(arrays["energy"], float)
-        i0 = np.asarray(arrays["I0"], float) if "I0" in arrays else None
         out = {}
         for channel in self.cfg.channels:
             if channel not in arrays:
                 continue
-            raw = np.asarray(arrays[channel], float)
-            y = raw / i0 if i0 is not None else raw
+            y, raw, i0 = signal(arrays, channel)
             sa = channel in self.cfg.self_absorption
             default = EDGE_WINDOWS[s.edge].fit_range if s.edge in EDGE_WINDOWS else None
             rng = self.cfg.fit_ranges.get(s.edge, None if sa else default)
@@ -189,13 +196,13 @@ class Analyzer:
         if s.edge not in EDGE_WINDOWS:
             return
         e = np.asarray(arrays["energy"], float)
-        i0 = np.asarray(arrays["I0"], float) if "I0" in arrays else 1.0
         for channel in self.cfg.channels:
             if channel not in arrays:
                 continue
+            y = signal(arrays, channel)[0]
             key = (s.edge, channel)
             try:
-                norm = normalize(e, np.asarray(arrays[channel], float) / i0, s.edge)
+                norm = normalize(e, y, s.edge)
             except NormalizationError as err:
                 self.event(
                     "series_skipped",
@@ -292,9 +299,7 @@ class Analyzer:
             else refs.names[0]
         )
         e = np.asarray(arrays["energy"], float)
-        raw = np.asarray(arrays["TEY"], float)
-        i0 = np.asarray(arrays["I0"], float) if "I0" in arrays else None
-        y = raw / i0 if i0 is not None else raw
+        y, raw, i0 = signal(arrays, "TEY")
         sigma = poisson_sigma(raw, i0)
         if sigma is None:
             sigma = np.full_like(y, np.std(np.diff(y)) / math.sqrt(2))
