@@ -19,7 +19,13 @@ import zmq.asyncio
 
 from operando.clock import ExperimentClock
 from operando.protocol import Command
-from operando.transport import CommandHandler, CommandServer, Publisher
+from operando.transport import (
+    CommandHandler,
+    CommandServer,
+    Publisher,
+    load_keypair,
+    start_authenticator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,9 @@ class DriverOptions:
     speed: float = 1.0
     t0_ns: int | None = None  # experiment time at start; shared by the demo's simulators
     clock_skew_s: float = 0.0  # this instrument's clock error (fault injection, tests)
+    curve_secret: str | None = None  # this driver's .key_secret: encrypt the command socket
+    curve_clients: str | None = None  # folder of the public keys allowed to command it
+    drop_acks: int = 0  # fault injection: the first N acks are lost
     wait_subscriber_s: float = 10.0
     hwm: int = 10_000
     state_file: str | None = None  # where the driver keeps what must survive a restart
@@ -69,6 +78,19 @@ class DriverOptions:
             help="seconds this instrument's clock is off (to test clock-offset handling)",
         )
         g.add_argument(
+            "--curve-secret",
+            default=None,
+            help="this driver's secret key file (operando keys generate): CURVE",
+        )
+        g.add_argument(
+            "--curve-clients",
+            default=None,
+            help="folder of client public keys allowed on the command socket",
+        )
+        g.add_argument(
+            "--drop-acks", type=int, default=0, help="fault injection: do not send the first N acks"
+        )
+        g.add_argument(
             "--state-file",
             default=None,
             help="JSON file that keeps state across restarts (a simulated cell continues "
@@ -84,6 +106,9 @@ class DriverOptions:
             speed=a.speed,
             t0_ns=a.t0_ns,
             clock_skew_s=a.clock_skew,
+            curve_secret=a.curve_secret,
+            curve_clients=a.curve_clients,
+            drop_acks=a.drop_acks,
             wait_subscriber_s=a.wait_subscriber,
             state_file=a.state_file,
         )
@@ -105,6 +130,7 @@ class Driver:
         self.finished = asyncio.Event()
         self.series = ""
         self.resumed = False
+        self.auth: Any = None  # the ZAP authenticator when the command socket uses CURVE
 
     # -- to override -------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
@@ -167,8 +193,20 @@ class Driver:
         self.pub = Publisher(
             self.ctx, self.opts.data, self.opts.name, hwm=self.opts.hwm, clock=self.clock.now_ns
         )
+        curve = None
+        if self.opts.curve_secret:
+            if not self.opts.curve_clients:
+                raise ValueError("--curve-secret needs --curve-clients (who may command)")
+            self.auth = start_authenticator(self.ctx, self.opts.curve_clients)
+            curve = load_keypair(self.opts.curve_secret)
         self.commands = CommandServer(
-            self.ctx, self.opts.command, self.opts.name, self.handlers(), clock=self.clock.now_ns
+            self.ctx,
+            self.opts.command,
+            self.opts.name,
+            self.handlers(),
+            clock=self.clock.now_ns,
+            curve=curve,
+            drop_acks=self.opts.drop_acks,
         )
         self.pub.start()
         self.commands.start()
@@ -198,5 +236,7 @@ class Driver:
         finally:
             await self.commands.close()
             await self.pub.close()
+            if self.auth is not None:
+                self.auth.stop()
             self.ctx.destroy(linger=500)
         return 0

@@ -98,6 +98,8 @@ class Analyzer:
         self.missing_refs: set[str] = set()
         self.counts: dict[str, int] = {"fits": 0, "damage_flags": 0, "relaxation_fits": 0}
         self.cell_record: Callable[[], CellRecord] | None = None  # the potentiostat history
+        self.on_dose: list[Callable[[str, float, float], None]] = []  # spot, scan dose, total
+        self.on_damage: list[Callable[[str, str], None]] = []  # spot, test
 
     # -- entry -------------------------------------------------------------------------------
     def on_spectrum(
@@ -266,6 +268,8 @@ class Analyzer:
             return before, before
         after = before + d
         self.dose[s.spot] = after
+        for listener in self.on_dose:
+            listener(s.spot, d, after)
         rate = d / s.exposure_s if s.exposure_s > 0 else math.nan
         self.submit("dose", (s.spectrum_id, s.spot, d, before, after, rate))
         budget = self.cfg.dose_budget_Gy
@@ -321,6 +325,8 @@ class Analyzer:
         )
         for flag in self.damage.add(summary):
             self.counts["damage_flags"] += 1
+            for listener in self.on_damage:
+                listener(flag.spot, flag.test)
             self.event("damage_flag", None, al.t_end, **msgspec.to_builtins(flag, enc_hook=plain))
 
     # -- relaxation --------------------------------------------------------------------------

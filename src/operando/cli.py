@@ -12,6 +12,7 @@ from pathlib import Path
 
 from operando.config import ConfigError
 from operando.store import StoreError
+from operando.transport import CommandError
 
 
 def _monitor(a: argparse.Namespace) -> int:
@@ -112,6 +113,26 @@ def _references(a: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(a: argparse.Namespace) -> int:
+    import zmq.auth
+
+    Path(a.dir).mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(a.dir, a.name)
+    print(f"public key (give to the other side): {public}\nsecret key (keep): {secret}")
+    return 0
+
+
+def _trigger(a: argparse.Namespace) -> int:
+    from operando.monitor import command_monitor
+
+    args = {
+        k: v for k, v in (("edge", a.edge), ("spot", a.spot), ("alarm", a.alarm)) if v is not None
+    }
+    action = {"acknowledge": "acknowledge"}.get(a.action, a.action)
+    print(json.dumps(asyncio.run(command_monitor(a.monitor, action, args, a.timeout)), indent=2))
+    return 0
+
+
 def _add_driver_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from operando.drivers.base import DriverOptions
     from operando.drivers.registry import DRIVERS, load_driver
@@ -193,6 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="references", help="file (with --edge) or directory")
     p.set_defaults(func=_references)
 
+    p = sub.add_parser("keys", help="CURVE key pairs for the command sockets")
+    p.add_argument("action", choices=["generate"])
+    p.add_argument("dir", help="folder for NAME.key (public) and NAME.key_secret")
+    p.add_argument("--name", default="operando")
+    p.set_defaults(func=_keys)
+
+    p = sub.add_parser("trigger", help="manual actions on a running experiment (audited)")
+    p.add_argument(
+        "action", choices=["acquire", "rixs_map", "hold", "resume", "pause", "move", "acknowledge"]
+    )
+    p.add_argument("--edge", help="edge to acquire, e.g. Mn-L")
+    p.add_argument("--spot", help="spot id (acquire, move)")
+    p.add_argument("--alarm", type=int, help="alarm id (acknowledge)")
+    p.add_argument("--monitor", default="tcp://127.0.0.1:5601", help="monitor command endpoint")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=_trigger)
+
     p = sub.add_parser("status", help="ask a running monitor for its status")
     p.add_argument("--monitor", default="tcp://127.0.0.1:5601", help="monitor command endpoint")
     p.add_argument("--timeout", type=float, default=2.0)
@@ -210,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(a.func(a) or 0)
-    except (ConfigError, StoreError, KeyError, FileNotFoundError) as e:
+    except (ConfigError, StoreError, KeyError, FileNotFoundError, CommandError) as e:
         print(f"operando: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 from operando.analysis.damage import DamageSettings
+from operando.orchestrate.triggers import TriggerSpec
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,7 @@ class SourceConfig(_Section):
     command: str = ""  # the driver's command (ROUTER) endpoint
     clock_offset_s: float = 0.0  # added to the source's timestamps to reach the reference clock
     clock: Literal["configured", "ping"] = "configured"  # ping: estimate the offset at start
+    command_key: str = ""  # the driver's public key file: talk CURVE to its command socket
     rcvhwm: int = 10_000
 
 
@@ -71,6 +73,16 @@ class AnalysisConfig(_Section):
     relaxation_min_points: int = 5
 
 
+class OrchestrationConfig(_Section):
+    triggers: list[TriggerSpec] = msgspec.field(default_factory=list)
+    spots: list[str] = msgspec.field(default_factory=list)  # default: the spectrometer's
+    dose_budget_Gy: float = 0.0  # per spot; 0: take [analysis] dose_budget_Gy
+    rotate_on_damage: bool = True
+    command_timeout_s: float = 2.0
+    retries: int = 2
+    client_secret: str = ""  # the monitor's own .key_secret, for drivers that use CURVE
+
+
 class ExperimentConfig(_Section):
     name: str = "experiment"
     description: str = ""
@@ -79,6 +91,7 @@ class ExperimentConfig(_Section):
     alignment: AlignmentConfig = msgspec.field(default_factory=AlignmentConfig)
     sources: list[SourceConfig] = msgspec.field(default_factory=list)
     analysis: AnalysisConfig = msgspec.field(default_factory=AnalysisConfig)
+    orchestration: OrchestrationConfig = msgspec.field(default_factory=OrchestrationConfig)
     drivers: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
     def source(self, name: str) -> SourceConfig:

@@ -141,6 +141,7 @@ class Ingest:
         )
         if self.analyzer is not None:
             self.analyzer.cell_record = self.history.record
+        self.orchestrator: Any = None  # set by the monitor: acts on rows, maps, dose, damage
         self.cell: dict[str, Any] = {}  # the newest potentiostat row, for status displays
         self._recv_ns = 0  # receive time of the message being processed (0: use the wall clock)
 
@@ -248,6 +249,8 @@ class Ingest:
             self._potentiostat(raw_id, link, state, msg, offset)
         elif isinstance(h, XASScan | RIXSRows):
             self._spectrum(raw_id, link, msg, offset)
+            if self.orchestrator is not None and isinstance(h, RIXSRows):
+                self.orchestrator.on_message(link, msg, None, None)
         elif isinstance(h, Heartbeat):
             if link == self.pstat_link:
                 self.pstat_heartbeat_t = max(self.pstat_heartbeat_t, t_src)
@@ -273,6 +276,9 @@ class Ingest:
         self.event(
             "series_start", link, t, series=h.series, instrument=h.instrument, metadata=h.metadata
         )
+        spots = h.metadata.get("spots")
+        if self.orchestrator is not None and isinstance(spots, dict):
+            self.orchestrator.on_spots(sorted(spots))
 
     def _potentiostat(
         self, raw_id: int, link: str, state: LinkState, msg: Message, offset: float
@@ -328,6 +334,9 @@ class Ingest:
                     "mode": a["mode"].tolist(),
                 },
             )
+            if self.orchestrator is not None and not late:  # triggers look at fresh rows only
+                q_rows = self.history.record().q[-len(t) :]
+                self.orchestrator.on_message(link, msg, np.asarray(soc), q_rows)
 
     def _soc(self, q: np.ndarray) -> list[float]:
         if not self.capacity_mAh:

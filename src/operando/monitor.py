@@ -23,11 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import zmq
 import zmq.asyncio
 
 from operando.config import ExperimentConfig, SourceConfig
 from operando.ingest import Ingest, restore
+from operando.orchestrate.orchestrator import Orchestrator
+from operando.orchestrate.triggers import Action
 from operando.protocol import Command, StateUpdate, encode
 from operando.run import save_run_config
 from operando.store import RunStore, connect
@@ -36,6 +39,7 @@ from operando.transport import (
     CommandError,
     CommandServer,
     Subscriber,
+    client_curve,
     configure,
     new_session,
 )
@@ -123,9 +127,41 @@ class Monitor:
             self.ctx,
             cfg.monitor.command_endpoint,
             "monitor",
-            {"status": self._status, "ping": self._ping},
+            {
+                "status": self._status,
+                "ping": self._ping,
+                "acquire": self._manual,
+                "rixs_map": self._manual,
+                "hold": self._manual,
+                "resume": self._manual,
+                "pause": self._manual,
+                "move": self._manual,
+                "acknowledge": self._acknowledge,
+            },
         )
         self.commands.on_command = self._audit
+        orch_cfg = cfg.orchestration
+        if orch_cfg.dose_budget_Gy <= 0:
+            orch_cfg = msgspec.structs.replace(orch_cfg, dose_budget_Gy=cfg.analysis.dose_budget_Gy)
+        spectrometers = [s for s in cfg.sources if s.role == "spectrometer"]
+        curve = {
+            s.name: client_curve(orch_cfg.client_secret, s.command_key)
+            for s in cfg.sources
+            if s.command_key
+        }
+        self.orchestrator = Orchestrator(
+            orch_cfg,
+            self.ctx,
+            cfg.potentiostat,
+            spectrometers[0] if spectrometers else None,
+            self.ingest.event,
+            curve,
+        )
+        self.ingest.orchestrator = self.orchestrator
+        if self.ingest.analyzer is not None:
+            self.ingest.analyzer.on_dose.append(self.orchestrator.on_dose)
+            self.ingest.analyzer.on_damage.append(self.orchestrator.on_damage)
+        self._manual_count = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._silent: set[str] = set()
         self.stopping = asyncio.Event()
@@ -135,6 +171,33 @@ class Monitor:
 
     async def _ping(self, cmd: Command) -> dict[str, Any]:
         return {"t_ns": time.time_ns()}
+
+    async def _manual(self, cmd: Command) -> dict[str, Any]:
+        """A manual action (operando trigger ...): through the orchestrator, audited."""
+        orch = self.orchestrator
+        self._manual_count += 1
+        tid = str(cmd.args.get("trigger_id") or f"manual-{self._manual_count}")
+        if cmd.action in ("acquire", "rixs_map", "pause"):
+            action = Action(
+                type=cmd.action,
+                edge=str(cmd.args.get("edge", "")),  # type: ignore[arg-type]
+                spot=str(cmd.args.get("spot", "")),
+            )
+            ack = await orch.act(action, tid)
+        else:
+            client = orch.spec if cmd.action == "move" else orch.pstat
+            ack = await orch._command(client, cmd.action, dict(cmd.args), tid)
+        if ack is None:
+            raise RuntimeError(f"{cmd.action}: the driver did not answer (see alarms)")
+        if not ack.ok:
+            raise RuntimeError(f"{cmd.action} refused: {ack.error}")
+        return {"trigger_id": tid, **ack.result}
+
+    async def _acknowledge(self, cmd: Command) -> dict[str, Any]:
+        alarm = int(cmd.args["alarm"])
+        if not self.orchestrator.acknowledge(alarm):
+            raise KeyError(f"no open alarm {alarm}")
+        return {"acknowledged": alarm}
 
     def _audit(self, cmd: Any, ack: Any) -> None:
         if cmd.action not in ("status", "ping"):
@@ -151,6 +214,7 @@ class Monitor:
 
     def status(self) -> dict[str, Any]:
         st = self.ingest.status()
+        st["orchestration"] = self.orchestrator.status()
         st["run_dir"] = str(self.run_dir)
         st["state_dropped"] = self.state.dropped
         return st
@@ -252,6 +316,7 @@ class Monitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await self.commands.close()
+        await self.orchestrator.close()
         self.ingest.finish()
         self.state.flush()
         for sub in self.subscribers:
@@ -282,13 +347,22 @@ async def run_monitor(
     return run_dir
 
 
-async def query_status(endpoint: str, timeout_s: float = 2.0) -> dict[str, Any]:
-    """Ask a running monitor (its command endpoint) for its status."""
+async def command_monitor(
+    endpoint: str, action: str, args: dict[str, Any] | None = None, timeout_s: float = 2.0
+) -> dict[str, Any]:
+    """One command to a running monitor; its result, or CommandError with its reason."""
     ctx = zmq.asyncio.Context()
     client = CommandClient(ctx, endpoint, "cli", timeout_s=timeout_s, retries=0)
     try:
-        ack = await client.request("status")
+        ack = await client.request(action, args or {})
+        if not ack.ok:
+            raise CommandError(f"{action}: {ack.error}")
         return ack.result
     finally:
         await client.close()
         ctx.destroy(linger=0)
+
+
+async def query_status(endpoint: str, timeout_s: float = 2.0) -> dict[str, Any]:
+    """Ask a running monitor (its command endpoint) for its status."""
+    return await command_monitor(endpoint, "status", None, timeout_s)

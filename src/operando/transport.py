@@ -271,10 +271,16 @@ class CommandServer:
         *,
         clock: Callable[[], int] = time.time_ns,
         remember: int = 10_000,
+        curve: tuple[bytes, bytes] | None = None,
+        drop_acks: int = 0,
     ) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
         configure(self.sock)
+        if curve is not None:  # (public, secret): encrypted, and only allowed clients (ZAP)
+            self.sock.curve_server = True
+            self.sock.curve_publickey, self.sock.curve_secretkey = curve
         self.sock.bind(endpoint)
+        self.drop_acks = drop_acks  # fault injection: acks that are lost (tests, benches)
         self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.source = source
         self.handlers = dict(handlers)
@@ -323,6 +329,12 @@ class CommandServer:
             self._running[cmd.id] = task
         frames_out = await task
         self._running.pop(cmd.id, None)
+        if self.drop_acks > 0:
+            self.drop_acks -= 1
+            log.warning(
+                "%s: dropping the ack of %s %s (fault injection)", self.source, cmd.action, cmd.id
+            )
+            return
         await self.sock.send_multipart([identity, *frames_out])
 
     async def _execute(self, cmd: Command) -> list[Any]:
@@ -361,6 +373,35 @@ class CommandServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self.sock.close(linger=0)
+
+
+def start_authenticator(ctx: zmq.asyncio.Context, allowed_keys_dir: str) -> Any:
+    """ZAP handler for CURVE sockets of this context: only the public keys in the folder."""
+    from zmq.auth.asyncio import AsyncioAuthenticator
+
+    auth = AsyncioAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=allowed_keys_dir)
+    return auth
+
+
+def load_keypair(path: str) -> tuple[bytes, bytes]:
+    """(public, secret) from a key file written by ``operando keys generate``."""
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(path)
+    if secret is None:
+        raise ValueError(f"{path}: holds no secret key (use the .key_secret file)")
+    return public, secret
+
+
+def client_curve(secret_file: str, server_public_file: str) -> dict[str, bytes]:
+    """CommandClient socket options for talking to a CURVE server."""
+    import zmq.auth
+
+    public, secret = load_keypair(secret_file)
+    server_public, _ = zmq.auth.load_certificate(server_public_file)
+    return {"curve_publickey": public, "curve_secretkey": secret, "curve_serverkey": server_public}
 
 
 class CommandClient:

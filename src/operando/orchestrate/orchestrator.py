@@ -1,0 +1,236 @@
+"""The orchestrator: turns trigger firings, dose and damage into commands to the drivers.
+
+It lives in the monitor. Potentiostat rows feed the trigger engine; a firing becomes an
+action: acquire a scan (tagged with the trigger id), a RIXS map with the cell held at its
+present voltage (hold, map, resume when the map's last row arrives), or a pause. Before each
+acquisition, and after each dose update, the spot policy moves to a fresh spot when the next
+scan would take the present one past its dose budget, or when damage was flagged there; a
+spent spot is never used again. Every command and ack is recorded (audit); a command that is
+refused or never acked raises an ``alarm`` event that stays until acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq.asyncio
+
+from operando.config import OrchestrationConfig, SourceConfig
+from operando.orchestrate.triggers import Action, Firing, TriggerEngine, firing_detail
+from operando.protocol import Ack, Message, PotentiostatBatch, RIXSRows
+from operando.transport import CommandClient, CommandError
+
+log = logging.getLogger(__name__)
+
+Event = Callable[..., None]
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        cfg: OrchestrationConfig,
+        ctx: zmq.asyncio.Context,
+        potentiostat: SourceConfig | None,
+        spectrometer: SourceConfig | None,
+        event: Event,
+        curve: dict[str, dict[str, bytes]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.event = event
+        self.engine = TriggerEngine(list(cfg.triggers))
+        curve = curve or {}
+        self.pstat = self.spec = None
+        if potentiostat is not None and potentiostat.command:
+            self.pstat = CommandClient(
+                ctx,
+                potentiostat.command,
+                "monitor",
+                timeout_s=cfg.command_timeout_s,
+                retries=cfg.retries,
+                curve=curve.get(potentiostat.name),
+            )
+        if spectrometer is not None and spectrometer.command:
+            self.spec = CommandClient(
+                ctx,
+                spectrometer.command,
+                "monitor",
+                timeout_s=cfg.command_timeout_s,
+                retries=cfg.retries,
+                curve=curve.get(spectrometer.name),
+            )
+        self.spots: list[str] = list(cfg.spots)
+        self.spot: str | None = self.spots[0] if self.spots else None
+        self.spent: set[str] = set()
+        self.last_scan_dose: dict[str, float] = {}
+        self.holds: dict[str, str] = {}  # map trigger id -> map id being taken while held
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.fired = 0
+        self.alarms: list[dict[str, Any]] = []
+
+    # -- inputs (called synchronously from ingest) ----------------------------------------------
+    def on_message(
+        self, link: str, msg: Message, soc: np.ndarray | None, q: np.ndarray | None
+    ) -> None:
+        h = msg.header
+        if isinstance(h, PotentiostatBatch):
+            a = msg.arrays
+            rows = {
+                "t": a["t"],
+                "Ewe": a["Ewe"],
+                "I": a["I"],
+                "mode": a["mode"],
+                "cycle": a["cycle"],
+                "soc": soc,
+                "q": q,
+            }
+            for firing in self.engine.feed(rows):
+                self._fire(firing)
+        elif (
+            isinstance(h, RIXSRows)
+            and h.trigger_id in self.holds
+            and h.row_offset + len(msg.arrays["excitation"]) >= h.rows_total
+        ):
+            self.holds.pop(h.trigger_id)
+            self._spawn(self._command(self.pstat, "resume", {}, h.trigger_id))
+
+    def on_spots(self, spots: list[str]) -> None:
+        """The spectrometer announced its spots (series metadata) and none were configured."""
+        if not self.spots and spots:
+            self.spots = list(spots)
+            self.spot = self.spots[0]
+
+    def on_dose(self, spot: str, scan_dose_Gy: float, total_Gy: float) -> None:
+        self.last_scan_dose[spot] = scan_dose_Gy
+        budget = self.cfg.dose_budget_Gy
+        if spot == self.spot and budget > 0 and total_Gy + scan_dose_Gy > budget:
+            self._rotate(
+                f"spot {spot} at {total_Gy / 1e6:.2f} MGy: the next scan would pass "
+                f"the {budget / 1e6:.2f} MGy budget"
+            )
+
+    def on_damage(self, spot: str, test: str) -> None:
+        if self.cfg.rotate_on_damage and spot == self.spot:
+            self._rotate(f"damage flagged at spot {spot} ({test})")
+
+    # -- actions ---------------------------------------------------------------------------
+    def _fire(self, f: Firing) -> None:
+        self.fired += 1
+        tid = f"{f.trigger_id}-c{f.cycle}"
+        self.event("trigger", None, f.t, **firing_detail(f), trigger_run_id=tid)
+        self._spawn(self.act(f.action, tid))
+
+    async def act(self, action: Action, trigger_id: str) -> Ack | None:
+        """Carry out one action (also used by manual commands); returns the driver's ack."""
+        if action.type == "pause":
+            return await self._command(self.pstat, "pause", {}, trigger_id)
+        if action.type == "rixs_map":
+            held = await self._command(self.pstat, "hold", {}, trigger_id)
+            if held is None or not held.ok:
+                return held
+            self.holds[trigger_id] = trigger_id
+            ack = await self._command(
+                self.spec,
+                "acquire",
+                {"mode": "rixs", "trigger_id": trigger_id, **self._spot_arg(action)},
+                trigger_id,
+            )
+            if ack is None or not ack.ok:  # no map coming: do not leave the cell held
+                self.holds.pop(trigger_id, None)
+                await self._command(self.pstat, "resume", {}, trigger_id)
+            return ack
+        args = {"edge": action.edge, "trigger_id": trigger_id, **self._spot_arg(action)}
+        return await self._command(self.spec, "acquire", args, trigger_id)
+
+    def _spot_arg(self, action: Action) -> dict[str, str]:
+        spot = action.spot or self.spot
+        return {"spot": spot} if spot else {}
+
+    def _rotate(self, reason: str) -> None:
+        if self.spot is not None:
+            self.spent.add(self.spot)
+        fresh = [s for s in self.spots if s not in self.spent]
+        if not fresh:
+            self._alarm("spots", f"{reason}; no fresh spot left ({len(self.spent)} spent)")
+            return
+        old, self.spot = self.spot, fresh[0]
+        self.event("spot_change", None, None, old=old, new=self.spot, reason=reason)
+        self._spawn(self._command(self.spec, "move", {"spot": self.spot}, ""))
+
+    async def _command(
+        self, client: CommandClient | None, action: str, args: dict[str, Any], trigger_id: str
+    ) -> Ack | None:
+        if client is None:
+            self._alarm("command", f"{action}: no command endpoint configured for its driver")
+            return None
+        try:
+            ack = await client.request(action, args)
+        except CommandError as e:
+            self._alarm("command", str(e), trigger_id=trigger_id)
+            return None
+        self.event(
+            "ack",
+            None,
+            None,
+            action=action,
+            args=args,
+            ok=ack.ok,
+            error=ack.error,
+            result=ack.result,
+            trigger_id=trigger_id,
+            endpoint=client.endpoint,
+        )
+        if not ack.ok:
+            self._alarm(
+                "command",
+                f"{action} refused by {client.endpoint}: {ack.error}",
+                trigger_id=trigger_id,
+            )
+        return ack
+
+    def _alarm(self, kind: str, message: str, **detail: Any) -> None:
+        alarm = {
+            "id": len(self.alarms) + 1,
+            "kind": kind,
+            "message": message,
+            "acknowledged": False,
+            **detail,
+        }
+        self.alarms.append(alarm)
+        self.event("alarm", None, None, **alarm)
+
+    def acknowledge(self, alarm_id: int) -> bool:
+        for a in self.alarms:
+            if a["id"] == alarm_id and not a["acknowledged"]:
+                a["acknowledged"] = True
+                self.event("alarm_acknowledged", None, None, id=alarm_id)
+                return True
+        return False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "spot": self.spot,
+            "spent": sorted(self.spent),
+            "fired": self.fired,
+            "holding": sorted(self.holds),
+            "alarms": [a for a in self.alarms if not a["acknowledged"]],
+        }
+
+    async def close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        for t in list(self.tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for c in (self.pstat, self.spec):
+            if c is not None:
+                await c.close()

@@ -1,0 +1,257 @@
+"""Orchestration end to end: triggered scans, RIXS holds, spot rotation, lost acks, CURVE."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import signal
+import time
+
+import pytest
+import zmq
+import zmq.asyncio
+from conftest import cli, endpoint, inspect_json, wait_for
+
+from operando.config import preset_path
+from operando.demo import free_ports
+from operando.store import open_readonly
+from operando.transport import CommandClient, CommandError, client_curve
+
+HYSTERESIS = 0.02
+
+
+@pytest.mark.slow
+def test_triggered_scans_once_per_crossing_aligned_at_target_and_spots_rotate(tmp_path):
+    run = tmp_path / "trig"
+    cli(
+        "demo",
+        "--preset",
+        "peo-nmc-triggered",
+        "--headless",
+        "--duration",
+        "70",
+        "--speed",
+        "120",
+        "--run-dir",
+        str(run),
+        timeout=200,
+    )
+    conn = open_readonly(run)
+    fired = [
+        json.loads(d)
+        for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'trigger' ORDER BY id")
+    ]
+    keys = [(f["trigger_id"], f["cycle"]) for f in fired]
+    assert len(keys) == len(set(keys)) >= 5  # never twice for one crossing in one cycle
+    assert {k for k in keys if k[1] == 0} == {
+        ("charge-3.8", 0),
+        ("charge-4.0", 0),
+        ("charge-4.2", 0),
+        ("discharge-3.9", 0),
+        ("discharge-3.7", 0),
+    }
+    targets = {
+        "charge-3.8": 3.8,
+        "charge-4.0": 4.0,
+        "charge-4.2": 4.2,
+        "discharge-3.9": 3.9,
+        "discharge-3.7": 3.7,
+    }
+    scans = conn.execute(
+        "SELECT s.trigger_id, s.spot_id, a.doc FROM spectra s JOIN alignment a "
+        "ON a.spectrum_id = s.id"
+    ).fetchall()
+    assert len(scans) >= 5 and len({s[0] for s in scans}) == len(scans)  # one scan per firing
+    for trigger_id, _spot, doc in scans:
+        target = targets[trigger_id.rsplit("-c", 1)[0]]
+        assert abs(json.loads(doc)["ewe_points_V"][0] - target) < HYSTERESIS
+    budget = 2.5e6
+    doses = conn.execute("SELECT spot, max(after_Gy), max(dose_Gy) FROM dose GROUP BY spot")
+    for spot, total, one_scan in doses:
+        assert total <= budget + one_scan, spot
+    changes = conn.execute("SELECT count(*) FROM events WHERE kind = 'spot_change'").fetchone()
+    assert changes[0] >= 1
+    used = [s[1] for s in scans]
+    assert all(used.index(a) <= used.index(b) for a, b in itertools.pairwise(used))
+
+
+@pytest.mark.slow
+def test_rixs_map_trigger_holds_the_cell_then_resumes(tmp_path):
+    text = preset_path("peo-nmc-triggered").read_text()
+    text = (
+        text[: text.index("[orchestration]")]
+        + """
+[orchestration]
+triggers = [
+    { id = "map-4.1", target = 4.1, direction = "charge", action = { type = "rixs_map" } },
+]
+"""
+    )
+    text = text.replace('mode = "triggered"', 'mode = "triggered"\nrixs_row_s = 5.0')
+    cfg = tmp_path / "rixs.toml"
+    cfg.write_text(text)
+    run = tmp_path / "rixs"
+    cli(
+        "demo",
+        "--config",
+        str(cfg),
+        "--headless",
+        "--duration",
+        "40",
+        "--speed",
+        "120",
+        "--run-dir",
+        str(run),
+        timeout=200,
+    )
+    conn = open_readonly(run)
+    acks = [
+        json.loads(d)
+        for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'ack' ORDER BY id")
+    ]
+    assert [a["action"] for a in acks] == ["hold", "acquire", "resume"]
+    t0, t1 = conn.execute(
+        "SELECT min(t_start), max(t_end) FROM spectra WHERE kind = 'rixs_rows'"
+    ).fetchone()
+    (rows,) = conn.execute("SELECT count(*) FROM spectra WHERE kind = 'rixs_rows'").fetchone()
+    assert rows == 61
+    held = conn.execute(
+        "SELECT i, mode FROM potentiostat WHERE t BETWEEN ? AND ? ORDER BY t", (t0 + 10, t1 - 10)
+    ).fetchall()
+    assert held and all(m == 2 for _, m in held)  # CV at the present voltage
+    assert held[-1][0] < 0.7 * held[0][0]  # the current decays while held
+    after = conn.execute("SELECT mode FROM potentiostat WHERE t BETWEEN ? AND ? ORDER BY t",
+                         (t1 + 10, t1 + 40)).fetchall()
+    assert after and all(m == 1 for (m,) in after)  # the protocol resumed (CC)
+
+
+def _monitor_and_sims(tmp_path, processes, spec_extra=()):
+    p = free_ports(6)
+    ep = [f"tcp://127.0.0.1:{x}" for x in p]
+    sim_cfg = tmp_path / "sim.toml"
+    sim_cfg.write_text(
+        '[drivers.potentiostat]\npreset = "peo-nmc"\n'
+        '[drivers.spectrometer]\nmode = "triggered"\ndwell_s = 0.02\n'
+    )
+    mon_cfg = {
+        "monitor": {"state_endpoint": ep[0], "command_endpoint": ep[1]},
+        "sources": [
+            {"name": "potentiostat", "role": "potentiostat", "data": ep[2], "command": ep[3]},
+            {"name": "spectrometer", "role": "spectrometer", "data": ep[4], "command": ep[5]},
+        ],
+    }
+    (tmp_path / "mon.json").write_text(json.dumps(mon_cfg))
+    run = tmp_path / "run"
+    mon = processes(
+        "monitor",
+        "--config",
+        str(tmp_path / "mon.json"),
+        "--run-dir",
+        str(run),
+        log=tmp_path / "m.log",
+    )
+    common = ("--config", str(sim_cfg), "--speed", "60", "--wait-subscriber", "20")
+    processes(
+        "driver",
+        "sim-potentiostat",
+        *common,
+        "--data",
+        ep[2],
+        "--command",
+        ep[3],
+        log=tmp_path / "p.log",
+    )
+    processes(
+        "driver",
+        "sim-spectrometer",
+        *common,
+        "--data",
+        ep[4],
+        "--command",
+        ep[5],
+        "--cell-data",
+        ep[2],
+        *spec_extra,
+        log=tmp_path / "s.log",
+    )
+    return ep, run, mon
+
+
+@pytest.mark.slow
+def test_lost_ack_is_retried_without_a_second_scan(tmp_path, processes):
+    ep, run, mon = _monitor_and_sims(tmp_path, processes, ("--drop-acks", "1"))
+    wait_for(
+        lambda: cli("status", "--monitor", ep[1], check=False).returncode == 0, 20, what="monitor"
+    )
+    out = cli("trigger", "acquire", "--edge", "Mn-L", "--monitor", ep[1], timeout=60).stdout
+    tid = json.loads(out)["trigger_id"]
+    time.sleep(8)  # the scan: 351 points x 0.02 s at 60x
+    assert mon.stop(signal.SIGINT) == 0
+    s = inspect_json(run)
+    conn = open_readonly(run)
+    scans = conn.execute("SELECT count(*) FROM spectra WHERE trigger_id = ?", (tid,)).fetchone()
+    assert scans[0] == 1, s
+    acks = conn.execute("SELECT count(*) FROM events WHERE kind = 'ack'").fetchone()[0]
+    assert acks == 1  # one ack recorded: the retry's
+
+
+def test_unknown_keys_cannot_command_a_curve_driver(tmp_path, processes):
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    for name in ("driver", "monitor", "stranger"):
+        cli("keys", "generate", str(keys), "--name", name)
+    allowed.mkdir()
+    (allowed / "monitor.key").write_text((keys / "monitor.key").read_text())
+    data, command = endpoint(), endpoint()
+    cfg = tmp_path / "sim.toml"
+    cfg.write_text('[drivers.spectrometer]\nmode = "triggered"\n')
+    processes(
+        "driver",
+        "sim-spectrometer",
+        "--config",
+        str(cfg),
+        "--data",
+        data,
+        "--command",
+        command,
+        "--curve-secret",
+        str(keys / "driver.key_secret"),
+        "--curve-clients",
+        str(allowed),
+        "--wait-subscriber",
+        "0",
+        log=tmp_path / "s.log",
+    )
+
+    async def ask(curve):
+        ctx = zmq.asyncio.Context()
+        client = CommandClient(ctx, command, "t", timeout_s=1.5, retries=0, curve=curve)
+        try:
+            return await client.request("status")
+        finally:
+            await client.close()
+            ctx.destroy(linger=0)
+
+    server = str(keys / "driver.key")
+    ok = asyncio.run(ask(client_curve(str(keys / "monitor.key_secret"), server)))
+    assert ok.ok and ok.result["scans"] == 0
+    with pytest.raises(CommandError, match="no ack"):
+        asyncio.run(ask(client_curve(str(keys / "stranger.key_secret"), server)))
+    with pytest.raises(CommandError, match="no ack"):
+        asyncio.run(ask(None))  # plain text is refused too
+    stranger_acquire = client_curve(str(keys / "stranger.key_secret"), server)
+
+    async def try_acquire():
+        ctx = zmq.asyncio.Context()
+        client = CommandClient(ctx, command, "t", timeout_s=1.0, retries=0, curve=stranger_acquire)
+        try:
+            await client.request("acquire", {"edge": "Mn-L"})
+        except CommandError:
+            pass
+        finally:
+            await client.close()
+            ctx.destroy(linger=0)
+
+    asyncio.run(try_acquire())
+    again = asyncio.run(ask(client_curve(str(keys / "monitor.key_secret"), server)))
+    assert again.result["scans"] == 0 and again.result["queued"] == 0
