@@ -80,13 +80,16 @@ def test_damage_preset_flags_damage_and_survives_reprocess(tmp_path):
     )
     before = inspect_json(run)
     a = before["analysis"]
-    assert a["damage_flags_total"] > 0 and before["events"]["dose_budget_warning"] == 1
+    assert a["damage_flags_total"] > 0 and before["events"]["dose_budget_warning"] >= 1
+    assert before["events"]["spot_change"] >= 1  # the orchestrator moved on at the budget
+    assert max(a["dose_Gy_by_spot"].values()) < 5e8 + 1e8  # budget + at most one scan
     conn = open_readonly(run)
     flags = [
         json.loads(d)
         for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'damage_flag'")
     ]
-    assert all(f["p_value"] < 1e-3 and f["dose_Gy"] > 3e8 for f in flags)  # past onset only
+    # only scans that reach the 300 MGy critical dose (~99 MGy per scan: dose at start > 200)
+    assert all(f["p_value"] < 1e-3 and f["dose_Gy"] > 2e8 for f in flags)
     fits = conn.execute(
         "SELECT spectrum_id, channel, fractions FROM analysis ORDER BY 1, 2"
     ).fetchall()

@@ -121,8 +121,9 @@ triggers = [
     ).fetchall()
     assert held and all(m == 2 for _, m in held)  # CV at the present voltage
     assert held[-1][0] < 0.7 * held[0][0]  # the current decays while held
-    after = conn.execute("SELECT mode FROM potentiostat WHERE t BETWEEN ? AND ? ORDER BY t",
-                         (t1 + 10, t1 + 40)).fetchall()
+    after = conn.execute(
+        "SELECT mode FROM potentiostat WHERE t BETWEEN ? AND ? ORDER BY t", (t1 + 10, t1 + 40)
+    ).fetchall()
     assert after and all(m == 1 for (m,) in after)  # the protocol resumed (CC)
 
 
