@@ -44,25 +44,20 @@ class Orchestrator:
         self.event = event
         self.engine = TriggerEngine(list(cfg.triggers))
         curve = curve or {}
-        self.pstat = self.spec = None
-        if potentiostat is not None and potentiostat.command:
-            self.pstat = CommandClient(
+
+        def client(src: SourceConfig | None) -> CommandClient | None:
+            if src is None or not src.command:
+                return None
+            return CommandClient(
                 ctx,
-                potentiostat.command,
+                src.command,
                 "monitor",
                 timeout_s=cfg.command_timeout_s,
                 retries=cfg.retries,
-                curve=curve.get(potentiostat.name),
+                curve=curve.get(src.name),
             )
-        if spectrometer is not None and spectrometer.command:
-            self.spec = CommandClient(
-                ctx,
-                spectrometer.command,
-                "monitor",
-                timeout_s=cfg.command_timeout_s,
-                retries=cfg.retries,
-                curve=curve.get(spectrometer.name),
-            )
+
+        self.pstat, self.spec = client(potentiostat), client(spectrometer)
         self.spots: list[str] = list(cfg.spots)
         self.spot: str | None = self.spots[0] if self.spots else None
         self.spent: set[str] = set()
