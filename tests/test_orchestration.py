@@ -187,14 +187,24 @@ def test_lost_ack_is_retried_without_a_second_scan(tmp_path, processes):
     )
     out = cli("trigger", "acquire", "--edge", "Mn-L", "--monitor", ep[1], timeout=60).stdout
     tid = json.loads(out)["trigger_id"]
+    refused = cli("trigger", "acquire", "--edge", "Xx-L", "--monitor", ep[1], check=False)
+    assert refused.returncode == 2 and "unknown edge 'Xx-L'" in refused.stderr
+    alarms = json.loads(cli("status", "--monitor", ep[1]).stdout)["orchestration"]["alarms"]
+    assert [a["category"] for a in alarms] == ["command"] and "Xx-L" in alarms[0]["message"]
+    cli("trigger", "acknowledge", "--alarm", str(alarms[0]["id"]), "--monitor", ep[1])
+    assert json.loads(cli("status", "--monitor", ep[1]).stdout)["orchestration"]["alarms"] == []
     time.sleep(8)  # the scan: 351 points x 0.02 s at 60x
     assert mon.stop(signal.SIGINT) == 0
     s = inspect_json(run)
     conn = open_readonly(run)
     scans = conn.execute("SELECT count(*) FROM spectra WHERE trigger_id = ?", (tid,)).fetchone()
     assert scans[0] == 1, s
-    acks = conn.execute("SELECT count(*) FROM events WHERE kind = 'ack'").fetchone()[0]
-    assert acks == 1  # one ack recorded: the retry's
+    acks = conn.execute(
+        "SELECT count(*) FROM events WHERE kind = 'ack' AND "
+        "json_extract(detail, '$.trigger_id') = ?",
+        (tid,),
+    ).fetchone()[0]
+    assert acks == 1  # one ack recorded for it: the retry's
 
 
 def test_unknown_keys_cannot_command_a_curve_driver(tmp_path, processes):

@@ -59,10 +59,22 @@ def _reprocess(a: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor_endpoint(a: argparse.Namespace) -> str:
+    """--monitor ENDPOINT, or the one the monitor wrote into --run-dir (demo: free ports)."""
+    if a.run_dir:
+        from operando.monitor import MONITOR_FILE
+
+        path = Path(a.run_dir) / MONITOR_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no monitor has run in this directory")
+        return str(json.loads(path.read_text())["command_endpoint"])
+    return str(a.monitor)
+
+
 def _status(a: argparse.Namespace) -> int:
     from operando.monitor import query_status
 
-    print(json.dumps(asyncio.run(query_status(a.monitor, a.timeout)), indent=2))
+    print(json.dumps(asyncio.run(query_status(_monitor_endpoint(a), a.timeout)), indent=2))
     return 0
 
 
@@ -129,7 +141,8 @@ def _trigger(a: argparse.Namespace) -> int:
         k: v for k, v in (("edge", a.edge), ("spot", a.spot), ("alarm", a.alarm)) if v is not None
     }
     action = {"acknowledge": "acknowledge"}.get(a.action, a.action)
-    print(json.dumps(asyncio.run(command_monitor(a.monitor, action, args, a.timeout)), indent=2))
+    result = asyncio.run(command_monitor(_monitor_endpoint(a), action, args, a.timeout))
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -228,11 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spot", help="spot id (acquire, move)")
     p.add_argument("--alarm", type=int, help="alarm id (acknowledge)")
     p.add_argument("--monitor", default="tcp://127.0.0.1:5601", help="monitor command endpoint")
+    p.add_argument("--run-dir", help="find the monitor of this run (its monitor.json)")
     p.add_argument("--timeout", type=float, default=10.0)
     p.set_defaults(func=_trigger)
 
     p = sub.add_parser("status", help="ask a running monitor for its status")
     p.add_argument("--monitor", default="tcp://127.0.0.1:5601", help="monitor command endpoint")
+    p.add_argument("--run-dir", help="find the monitor of this run (its monitor.json)")
     p.add_argument("--timeout", type=float, default=2.0)
     p.set_defaults(func=_status)
 

@@ -190,7 +190,7 @@ class Orchestrator:
     def _alarm(self, kind: str, message: str, **detail: Any) -> None:
         alarm = {
             "id": len(self.alarms) + 1,
-            "kind": kind,
+            "category": kind,
             "message": message,
             "acknowledged": False,
             **detail,
