@@ -257,10 +257,6 @@ def synthesize_xas(
     return {"I0": i0, "TEY": tey, "TFY": tfy}
 
 
-def mix(refs: dict[str, np.ndarray], fractions: dict[str, float]) -> np.ndarray:
-    return sum(fractions.get(name, 0.0) * mu for name, mu in refs.items())  # type: ignore[return-value]
-
-
 def self_absorb(mu: np.ndarray, mu_bg: float) -> np.ndarray:
     """Fluorescence yield of a thick, concentrated sample: I ~ mu / (mu + mu_bg).
 

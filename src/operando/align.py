@@ -101,10 +101,6 @@ class PotentiostatHistory:
         """Time of the newest row: data are complete up to here (if no gap is outstanding)."""
         return float(self._cols["t"][self._n - 1]) if self._n else -math.inf
 
-    @property
-    def first_time(self) -> float:
-        return float(self._cols["t"][0]) if self._n else math.inf
-
     def extend(
         self,
         t: np.ndarray,

@@ -342,18 +342,8 @@ def _check_shapes(header: _Header, shapes: dict[str, tuple[int, ...]]) -> None:
         raise ProtocolError(f"{kind}.t_end_ns: {header.t_end_ns} is before t_start_ns")
 
 
-def encode_header(header: Header) -> bytes:
-    """MessagePack of a header alone (for the store's JSON-free metadata and for tests)."""
-    return _encoder.encode(header)
-
-
 def plain(obj: Any) -> Any:
     """msgspec ``enc_hook``: numpy scalars (from arithmetic on arrays) as plain numbers."""
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"cannot encode {type(obj).__name__}")
-
-
-def to_builtins(obj: Any) -> Any:
-    """Plain Python (dict/list/str/number) form of a struct, e.g. for JSON output."""
-    return msgspec.to_builtins(obj)

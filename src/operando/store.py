@@ -344,9 +344,6 @@ class RunStore:
         self.next_spectrum_id += 1
         return sid
 
-    def set_meta(self, key: str, value: str) -> None:
-        self.submit("meta", (key, value))
-
     def clear_derived(self) -> None:
         """Empty everything reprocess rebuilds from the raw log."""
         self.flush()

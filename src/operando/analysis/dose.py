@@ -20,10 +20,6 @@ def _mu_per_m(formula: str, density_g_cm3: float, energies: tuple[float, ...]) -
     return np.asarray(xraydb.material_mu(formula, np.asarray(energies), density_g_cm3)) * 100.0
 
 
-def attenuation_length_um(formula: str, density_g_cm3: float, energy_eV: float) -> float:
-    return float(1e6 / _mu_per_m(formula, density_g_cm3, (float(energy_eV),))[0])
-
-
 def scan_dose_Gy(
     flux_ph_s: float,
     exposure_s: float,
