@@ -24,8 +24,13 @@ def endpoint() -> str:
     return f"tcp://127.0.0.1:{free_ports(1)[0]}"
 
 
-def monitor_config(tmp_path: Path, **alignment: Any) -> tuple[ExperimentConfig, Path]:
-    """Config for a monitor with a potentiostat and a spectrometer on free ports."""
+def monitor_config(
+    tmp_path: Path, *, potentiostat: dict[str, Any] | None = None, **alignment: Any
+) -> tuple[ExperimentConfig, Path]:
+    """Config for a monitor with a potentiostat and a spectrometer on free ports.
+
+    ``potentiostat``: extra keys for that source (e.g. ``clock``); ``alignment``: overrides.
+    """
     p = free_ports(6)
     data = {
         "name": "test",
@@ -41,6 +46,7 @@ def monitor_config(tmp_path: Path, **alignment: Any) -> tuple[ExperimentConfig, 
                 "role": "potentiostat",
                 "data": f"tcp://127.0.0.1:{p[2]}",
                 "command": f"tcp://127.0.0.1:{p[3]}",
+                **(potentiostat or {}),
             },
             {
                 "name": "spectrometer",
@@ -54,6 +60,19 @@ def monitor_config(tmp_path: Path, **alignment: Any) -> tuple[ExperimentConfig, 
     path = tmp_path / "experiment.json"
     path.write_text(json.dumps(data))
     return cfg, path
+
+
+def endpoints(cfg: ExperimentConfig) -> list[str]:
+    """[monitor state, monitor command, potentiostat data, command, spectrometer data, command]."""
+    p, s = cfg.source("potentiostat"), cfg.source("spectrometer")
+    return [
+        cfg.monitor.state_endpoint,
+        cfg.monitor.command_endpoint,
+        p.data,
+        p.command,
+        s.data,
+        s.command,
+    ]
 
 
 def cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:

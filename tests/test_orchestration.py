@@ -11,10 +11,9 @@ import time
 import pytest
 import zmq
 import zmq.asyncio
-from conftest import cli, endpoint, inspect_json, wait_for
+from conftest import cli, endpoint, endpoints, inspect_json, monitor_config, wait_for
 
 from operando.config import preset_path
-from operando.demo import free_ports
 from operando.store import open_readonly
 from operando.transport import CommandClient, CommandError, client_curve
 
@@ -128,26 +127,18 @@ triggers = [
 
 
 def _monitor_and_sims(tmp_path, processes, spec_extra=()):
-    p = free_ports(6)
-    ep = [f"tcp://127.0.0.1:{x}" for x in p]
+    cfg, mon_path = monitor_config(tmp_path, capacity_mAh=None)
+    ep = endpoints(cfg)
     sim_cfg = tmp_path / "sim.toml"
     sim_cfg.write_text(
         '[drivers.potentiostat]\npreset = "peo-nmc"\n'
         '[drivers.spectrometer]\nmode = "triggered"\ndwell_s = 0.02\n'
     )
-    mon_cfg = {
-        "monitor": {"state_endpoint": ep[0], "command_endpoint": ep[1]},
-        "sources": [
-            {"name": "potentiostat", "role": "potentiostat", "data": ep[2], "command": ep[3]},
-            {"name": "spectrometer", "role": "spectrometer", "data": ep[4], "command": ep[5]},
-        ],
-    }
-    (tmp_path / "mon.json").write_text(json.dumps(mon_cfg))
     run = tmp_path / "run"
     mon = processes(
         "monitor",
         "--config",
-        str(tmp_path / "mon.json"),
+        str(mon_path),
         "--run-dir",
         str(run),
         log=tmp_path / "m.log",

@@ -242,32 +242,15 @@ def test_series_start_is_reannounced_to_late_subscribers(tmp_path, processes):
 
 
 def test_clock_offset_estimated_by_ping_realigns_a_skewed_potentiostat(tmp_path, processes):
-    """A potentiostat whose clock is 5 s fast: the monitor pings it, applies the offset, and
-    spectra still align with the simulator's truth."""
-    from conftest import inspect_json
+    """A potentiostat whose clock is 5 s fast: the monitor pings it, finds the offset and applies
+    it to the potentiostat's rows."""
+    from conftest import endpoints, inspect_json, monitor_config
 
-    from operando.config import parse_config
-    from operando.demo import free_ports
-
-    p = free_ports(6)
-    ep = [f"tcp://127.0.0.1:{x}" for x in p]
+    cfg, mon_path = monitor_config(
+        tmp_path, potentiostat={"clock": "ping"}, capacity_mAh=None, timeout_s=30.0
+    )
+    ep = endpoints(cfg)
     cfg_path = write_config(tmp_path, ep[2], mode="free", extra="interval_s = 60.0")
-    mon_cfg = {
-        "monitor": {"state_endpoint": ep[0], "command_endpoint": ep[1]},
-        "alignment": {"timeout_s": 30.0},
-        "sources": [
-            {
-                "name": "potentiostat",
-                "role": "potentiostat",
-                "data": ep[2],
-                "command": ep[3],
-                "clock": "ping",
-            },
-            {"name": "spectrometer", "role": "spectrometer", "data": ep[4], "command": ep[5]},
-        ],
-    }
-    parse_config(mon_cfg)
-    (tmp_path / "mon.json").write_text(json.dumps(mon_cfg))
     run = tmp_path / "run"
     pstat = processes(
         "driver",
@@ -289,7 +272,7 @@ def test_clock_offset_estimated_by_ping_realigns_a_skewed_potentiostat(tmp_path,
     mon = processes(
         "monitor",
         "--config",
-        str(tmp_path / "mon.json"),
+        str(mon_path),
         "--run-dir",
         str(run),
         log=tmp_path / "m.log",

@@ -229,23 +229,6 @@ class PotentiostatHistory:
         )
 
 
-def window_mean(t: np.ndarray, y: np.ndarray, a: float, b: float) -> tuple[float, float, float]:
-    """Time-weighted mean, min and max of the linear interpolant of (t, y) over [a, b].
-
-    Outside the sampled range the interpolant is held at the edge value (np.interp's rule): the
-    caller reports how much of the window the samples actually cover.
-    """
-    lo, hi = np.searchsorted(t, a, side="right"), np.searchsorted(t, b, side="left")
-    ya, yb = np.interp(a, t, y), np.interp(b, t, y)
-    inner_t, inner_y = t[lo:hi], y[lo:hi]
-    if b <= a:
-        return float(ya), float(ya), float(ya)
-    tt = np.concatenate(([a], inner_t, [b]))
-    yy = np.concatenate(([ya], inner_y, [yb]))
-    mean = float(np.sum(0.5 * (yy[1:] + yy[:-1]) * np.diff(tt)) / (b - a))
-    return mean, float(yy.min()), float(yy.max())
-
-
 def _integral(t: np.ndarray, y: np.ndarray, cum: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Integral of the interpolant of (t, y) up to each x, from the running trapezoid ``cum``."""
     j = np.clip(np.searchsorted(t, x, side="right") - 1, 0, len(t) - 1)

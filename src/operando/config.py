@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 import msgspec
 
-from operando.analysis.damage import DamageSettings
 from operando.orchestrate.triggers import TriggerSpec
 
 
@@ -55,6 +54,16 @@ class SourceConfig(_Section):
     clock: Literal["configured", "ping"] = "configured"  # ping: estimate the offset at start
     command_key: str = ""  # the driver's public key file: talk CURVE to its command socket
     rcvhwm: int = 10_000
+
+
+class DamageSettings(_Section):
+    """Beam-damage tests (operando.analysis.damage)."""
+
+    alpha: float = 1e-3
+    rest_current_mA: float = 0.005  # |I| below this is 'no current'
+    soc_tolerance: float = 0.005  # SOC change allowed between 'constant state' scans
+    slope_window: int = 6  # recent scans in the dose-slope regression
+    systematic: float = 0.01  # added in quadrature to fit uncertainties (fresh-spot test)
 
 
 class AnalysisConfig(_Section):

@@ -314,7 +314,8 @@ class Ingest:
             )
             self._realign_overlapping(float(t[0]), float(t[-1]))
         if len(t):
-            soc = self._soc(self.history.record().q[-len(t) :])
+            q_rows = self.history.record().q[-len(t) :]
+            soc = self._soc(q_rows)
             self.cell = {
                 "t": float(t[-1]),
                 "Ewe_V": float(a["Ewe"][-1]),
@@ -335,7 +336,6 @@ class Ingest:
                 },
             )
             if self.orchestrator is not None and not late:  # triggers look at fresh rows only
-                q_rows = self.history.record().q[-len(t) :]
                 self.orchestrator.on_message(link, msg, np.asarray(soc), q_rows)
 
     def _soc(self, q: np.ndarray) -> list[float]:

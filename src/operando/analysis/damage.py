@@ -20,6 +20,8 @@ import msgspec
 import numpy as np
 from scipy import stats
 
+from operando.config import DamageSettings
+
 
 class ScanSummary(msgspec.Struct, kw_only=True):
     spectrum_id: int
@@ -45,14 +47,6 @@ class DamageFlag(msgspec.Struct, kw_only=True):
     p_value: float
     dose_Gy: float
     detail: dict[str, float] = {}
-
-
-class DamageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    alpha: float = 1e-3
-    rest_current_mA: float = 0.005  # |I| below this is 'no current'
-    soc_tolerance: float = 0.005  # SOC change allowed between 'constant state' scans
-    slope_window: int = 6  # recent scans in the dose-slope regression
-    systematic: float = 0.01  # added in quadrature to fit uncertainties (fresh-spot test)
 
 
 class DamageDetector:
