@@ -37,7 +37,6 @@ from operando.protocol import (
     RIXSRows,
     SeriesEnd,
     SeriesStart,
-    StateUpdate,
     XASScan,
     decode,
     kind_of,
@@ -133,7 +132,6 @@ class Ingest:
         self.now = -math.inf  # newest source time seen from any source (reference clock)
         self.counts: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
-        self.on_message: list[Callable[[str, Message], None]] = []  # orchestration hooks
         self.analyzer = (
             Analyzer(analysis, base_dir or Path.cwd(), self.store.submit, self.event, self.publish)
             if analysis is not None and analysis.enabled
@@ -243,7 +241,6 @@ class Ingest:
             state.last_message_t = t_src
         state.last_t = max(state.last_t, t_src)
         self.now = max(self.now, t_src)
-        self.counts["messages"] += 1
 
         if isinstance(h, PotentiostatBatch):
             self._potentiostat(raw_id, link, state, msg, offset)
@@ -259,10 +256,6 @@ class Ingest:
         elif isinstance(h, SeriesEnd):
             state.series_ended = True
             self.event("series_end", link, t_src, series=h.series, reason=h.reason)
-        elif isinstance(h, StateUpdate):
-            pass
-        for hook in self.on_message:
-            hook(link, msg)
 
     # -- kinds -----------------------------------------------------------------------------
     def _series_start(self, link: str, state: LinkState, h: SeriesStart, t: float) -> None:

@@ -178,7 +178,6 @@ class RunStore:
         self._queue: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._backlog_bytes = 0
-        self.committed_batches = 0
         self.last_error: str | None = None  # e.g. disk full; writes are retried, never dropped
         self._thread = threading.Thread(target=self._run, name="run-store-writer", daemon=True)
         self._thread.start()
@@ -283,7 +282,6 @@ class RunStore:
                 log.error("run store write failed, retrying: %s", self.last_error)
                 time.sleep(0.5)
         self.last_error = None
-        self.committed_batches += 1
         freed = sum(n for _, _, n in batch)
         if freed:
             with self._lock:

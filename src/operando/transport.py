@@ -89,7 +89,6 @@ class Publisher:
         self._series_start: SeriesStart | None = None
         self._send_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        self.on_send: Callable[[list[Any]], None] | None = None  # e.g. a replay buffer
 
     def start(self) -> None:
         self._tasks = [
@@ -118,8 +117,6 @@ class Publisher:
             frames = encode(stamped, arrays)
             await self._send_frames(frames)
             self.seq += 1
-            if self.on_send is not None:
-                self.on_send(frames)
             return seq
 
     async def _send_frames(self, frames: list[Any]) -> None:
