@@ -149,3 +149,22 @@ def pid_alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def record_demo(run: Path, preset: str, duration_s: float, speed: float = 120.0) -> Path:
+    """A complete run directory from ``operando demo`` (no dashboard, no terminal table)."""
+    args = ["demo", "--preset", preset, "--headless", "--no-dashboard"]
+    args += ["--duration", str(duration_s), "--speed", str(speed), "--run-dir", str(run)]
+    cli(*args, timeout=duration_s + 120)
+    return run
+
+
+# Runs several test modules read: recorded once per session (each takes a minute).
+@pytest.fixture(scope="session")
+def lfp_run(tmp_path_factory) -> Path:
+    return record_demo(tmp_path_factory.mktemp("lfp") / "run", "peo-lfp-relaxation", 55)
+
+
+@pytest.fixture(scope="session")
+def lirich_run(tmp_path_factory) -> Path:
+    return record_demo(tmp_path_factory.mktemp("lirich") / "run", "lirich-rixs", 45)

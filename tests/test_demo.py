@@ -20,6 +20,7 @@ def test_demo_headless_acceptance(tmp_path):
     proc = cli(
         "demo",
         "--headless",
+        "--no-dashboard",
         "--duration",
         "60",
         "--speed",
@@ -70,6 +71,7 @@ def test_damage_preset_flags_damage_and_survives_reprocess(tmp_path):
         "--preset",
         "lnmo-surface",
         "--headless",
+        "--no-dashboard",
         "--duration",
         "50",
         "--speed",
@@ -133,6 +135,7 @@ def test_killed_simulator_is_restarted_and_the_monitor_shows_it(tmp_path, proces
     demo = processes(
         "demo",
         "--headless",
+        "--no-dashboard",
         "--duration",
         "40",
         "--speed",
@@ -167,23 +170,9 @@ def test_killed_simulator_is_restarted_and_the_monitor_shows_it(tmp_path, proces
 
 
 @pytest.mark.slow
-def test_lfp_relaxation_preset_recovers_tau_live(tmp_path):
+def test_lfp_relaxation_preset_recovers_tau_live(lfp_run):
     """Live: Fe valence (TFY, bulk) after the current stops relaxes with the model's tau."""
-    run = tmp_path / "lfp"
-    cli(
-        "demo",
-        "--preset",
-        "peo-lfp-relaxation",
-        "--headless",
-        "--duration",
-        "55",
-        "--speed",
-        "120",
-        "--run-dir",
-        str(run),
-        timeout=180,
-    )
-    relax = [r for r in inspect_json(run)["analysis"]["relaxation"] if r["channel"] == "TFY"]
+    relax = [r for r in inspect_json(lfp_run)["analysis"]["relaxation"] if r["channel"] == "TFY"]
     assert relax, "no relaxation fit during the rest"
     best = max(relax, key=lambda r: r["n_points"])
     assert best["n_points"] >= 20 and best["resolved"]
@@ -191,21 +180,8 @@ def test_lfp_relaxation_preset_recovers_tau_live(tmp_path):
 
 
 @pytest.mark.slow
-def test_lirich_rixs_maps_fill_and_the_oxidised_oxygen_ratio_rises(tmp_path):
-    run = tmp_path / "lirich"
-    cli(
-        "demo",
-        "--preset",
-        "lirich-rixs",
-        "--headless",
-        "--duration",
-        "45",
-        "--speed",
-        "120",
-        "--run-dir",
-        str(run),
-        timeout=180,
-    )
+def test_lirich_rixs_maps_fill_and_the_oxidised_oxygen_ratio_rises(lirich_run):
+    run = lirich_run
     s = inspect_json(run)
     assert s["analysis"]["rixs_maps"] >= 3
     conn = open_readonly(run)

@@ -92,9 +92,37 @@ def _demo(a: argparse.Namespace) -> int:
             speed=a.speed,
             duration=a.duration,
             headless=a.headless,
-            with_dashboard=False,
+            with_dashboard=not a.no_dashboard,
+            dashboard_port=a.dashboard_port,
         )
     )
+
+
+def _dashboard(a: argparse.Namespace) -> int:
+    from operando.dashboards.live import DashboardError, DashboardOptions, serve
+    from operando.monitor import MONITOR_FILE
+
+    run_dir = Path(a.run_dir)
+    state, command = a.monitor, a.command
+    info_path = run_dir / MONITOR_FILE
+    if info_path.exists() and (state is None or (a.controls and command is None)):
+        info = json.loads(info_path.read_text())
+        state = state or info["state_endpoint"]
+        command = command or (info["command_endpoint"] if a.controls else None)
+    opts = DashboardOptions(
+        run_dir=run_dir,
+        monitor=state,
+        command=command,
+        address=a.address,
+        port=a.port,
+        render_hz=a.render_hz,
+        password_file=Path(a.password_file) if a.password_file else None,
+    )
+    try:
+        return serve(opts)
+    except DashboardError as e:
+        print(f"operando: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _fit(a: argparse.Namespace) -> int:
@@ -192,9 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run-dir", help="run directory (default: runs/<preset>-<time>)")
     p.add_argument("--headless", action="store_true", help="no live terminal display")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
+    p.add_argument("--dashboard-port", type=int, help="dashboard port (default: a free one)")
     p.set_defaults(func=_demo)
 
     _add_driver_parsers(sub)
+
+    p = sub.add_parser("dashboard", help="live Panel dashboard of a run (history + live)")
+    p.add_argument("--run-dir", required=True, help="the run directory the monitor records to")
+    p.add_argument(
+        "--monitor", help="the monitor's state endpoint (default: from RUN_DIR/monitor.json)"
+    )
+    p.add_argument("--command", help="the monitor's command endpoint: enables the controls")
+    p.add_argument(
+        "--controls", action="store_true", help="controls, via the command endpoint in monitor.json"
+    )
+    p.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--render-hz", type=float, default=2.0, help="redraws per second per browser")
+    p.add_argument("--password-file", help="Panel basic auth (required off loopback)")
+    p.set_defaults(func=_dashboard)
 
     p = sub.add_parser("inspect", help="summarise a run directory")
     p.add_argument("run_dir")

@@ -140,6 +140,7 @@ class Ingest:
         if self.analyzer is not None:
             self.analyzer.cell_record = self.history.record
         self.orchestrator: Any = None  # set by the monitor: acts on rows, maps, dose, damage
+        self.on_event: list[Callable[[str, str | None, dict[str, Any]], None]] = []
         self.cell: dict[str, Any] = {}  # the newest potentiostat row, for status displays
         self._recv_ns = 0  # receive time of the message being processed (0: use the wall clock)
 
@@ -279,6 +280,12 @@ class Ingest:
         a = msg.arrays
         t = a["t"].astype(np.float64) + offset
         q = a.get("Q")
+        late, soc, q_rows = False, [None] * len(t), np.zeros(0)
+        if link == self.pstat_link:
+            late = self.history.extend(t, a["Ewe"], a["I"], a["mode"], a["step"], a["cycle"], q)
+            if len(t) and not late:  # late rows merge into the history: no tail to read
+                q_rows = self.history.record().q[-len(t) :]
+                soc = self._soc(q_rows)
         rows = list(
             zip(
                 [raw_id] * len(t),
@@ -290,6 +297,7 @@ class Ingest:
                 a["mode"].tolist(),
                 a["step"].tolist(),
                 a["cycle"].tolist(),
+                soc,
                 strict=True,
             )
         )
@@ -297,7 +305,6 @@ class Ingest:
         self.counts["potentiostat_rows"] += len(t)
         if link != self.pstat_link:
             return
-        late = self.history.extend(t, a["Ewe"], a["I"], a["mode"], a["step"], a["cycle"], q)
         t_lo, t_hi = (float(t[0]), float(t[-1])) if len(t) else (0.0, -1.0)
         covers_partial = any(p.t_start <= t_hi and p.t_end >= t_lo for p, _ in self.partial)
         if len(t) and (late or covers_partial):  # rows for windows already aligned
@@ -307,8 +314,6 @@ class Ingest:
             )
             self._realign_overlapping(float(t[0]), float(t[-1]))
         if len(t):
-            q_rows = self.history.record().q[-len(t) :]
-            soc = self._soc(q_rows)
             self.cell = {
                 "t": float(t[-1]),
                 "Ewe_V": float(a["Ewe"][-1]),
@@ -539,6 +544,8 @@ class Ingest:
         self.store.submit("event", (recv_ns, t_val, kind, link, body))
         self.events[kind] += 1
         self.publish("event", {"kind": kind, "link": link, "t": t_val, "detail": detail})
+        for listener in self.on_event:
+            listener(kind, link, detail)
 
     def finish(self) -> None:
         """End of input: align what is still waiting, with what there is."""

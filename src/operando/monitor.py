@@ -27,6 +27,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from operando.alarms import Alarms
 from operando.config import ExperimentConfig, SourceConfig
 from operando.ingest import Ingest, restore
 from operando.orchestrate.orchestrator import Orchestrator
@@ -122,6 +123,19 @@ class Monitor:
                 recovered=len(self.store.unindexed),
                 torn_record=self.store.torn,
             )
+        self.alarms = Alarms(self.ingest.event)
+        if self.store.reopened:
+            conn = connect(self.store.path, readonly=True)
+            try:
+                self.alarms.restore(
+                    conn.execute(
+                        "SELECT kind, detail FROM events WHERE kind IN "
+                        "('alarm', 'alarm_acknowledged') ORDER BY id"
+                    )
+                )
+            finally:
+                conn.close()
+        self.ingest.on_event.append(self.alarms.on_event)
         self.subscribers: list[Subscriber] = []
         self.commands = CommandServer(
             self.ctx,
@@ -156,6 +170,7 @@ class Monitor:
             spectrometers[0] if spectrometers else None,
             self.ingest.event,
             curve,
+            self.alarms,
         )
         self.ingest.orchestrator = self.orchestrator
         if self.ingest.analyzer is not None:
@@ -195,7 +210,7 @@ class Monitor:
 
     async def _acknowledge(self, cmd: Command) -> dict[str, Any]:
         alarm = int(cmd.args["alarm"])
-        if not self.orchestrator.acknowledge(alarm):
+        if not self.alarms.acknowledge(alarm):
             raise KeyError(f"no open alarm {alarm}")
         return {"acknowledged": alarm}
 

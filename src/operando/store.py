@@ -32,7 +32,7 @@ from operando.rawlog import RawLogError, RawLogWriter, RawRecord, read_record, s
 log = logging.getLogger(__name__)
 
 STORE_FILE = "run.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS raw (
 CREATE INDEX IF NOT EXISTS raw_by_source ON raw (link, session, seq);
 CREATE TABLE IF NOT EXISTS potentiostat (
     raw_id INTEGER NOT NULL, link TEXT NOT NULL, t REAL NOT NULL, ewe REAL NOT NULL,
-    i REAL NOT NULL, q REAL, mode INTEGER NOT NULL, step INTEGER NOT NULL, cycle INTEGER NOT NULL);
+    i REAL NOT NULL, q REAL, mode INTEGER NOT NULL, step INTEGER NOT NULL, cycle INTEGER NOT NULL,
+    soc REAL);
 CREATE INDEX IF NOT EXISTS potentiostat_by_time ON potentiostat (t);
 CREATE TABLE IF NOT EXISTS spectra (
     id INTEGER PRIMARY KEY, raw_id INTEGER NOT NULL, link TEXT NOT NULL, source TEXT NOT NULL,
@@ -95,7 +96,7 @@ DERIVED_TABLES = (
 
 SQL = {
     "raw": "INSERT OR REPLACE INTO raw VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "potentiostat": "INSERT INTO potentiostat VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "potentiostat": "INSERT INTO potentiostat VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "spectrum": "INSERT OR REPLACE INTO spectra VALUES "
     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "alignment": "INSERT INTO alignment VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "
@@ -139,6 +140,13 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Runs recorded by an older version: add what is new (schema 3: the SOC of each row)."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(potentiostat)")}
+    if "soc" not in columns:
+        conn.execute("ALTER TABLE potentiostat ADD COLUMN soc REAL")
+
+
 def open_readonly(run_dir: str | Path) -> sqlite3.Connection:
     return connect(store_path(run_dir), readonly=True)
 
@@ -159,6 +167,7 @@ class RunStore:
         self.reopened = self.path.exists()
         conn = connect(self.path)
         conn.executescript(SCHEMA)
+        _migrate(conn)
         conn.execute(SQL["meta"], ("schema_version", str(SCHEMA_VERSION)))
         conn.commit()
         self._conn = conn

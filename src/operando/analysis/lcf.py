@@ -194,6 +194,19 @@ def _result(
     )
 
 
+def model_curve(energy: np.ndarray, refs: References, fit: FitResult) -> np.ndarray:
+    """The fitted spectrum on ``energy`` (to draw beside the data, and its residual)."""
+    e = np.asarray(energy, dtype=np.float64)
+    lo, hi = fit.fit_range
+    x = (e - 0.5 * (lo + hi)) / (0.5 * (hi - lo))
+    f = np.array([fit.fractions[n] for n in refs.names])
+    mu = refs.on(e, fit.shift_eV) @ f
+    if fit.self_absorption_beta is not None:
+        mu = saturate(mu, fit.self_absorption_beta)
+    b0, b1 = fit.background
+    return fit.scale * mu * (1.0 + fit.tilt * x) + b0 + b1 * x
+
+
 def saturate(mu: np.ndarray, beta: float) -> np.ndarray:
     """Self-absorbed fluorescence of a thick sample, post-edge level kept at 1."""
     return mu * (1.0 + beta) / (np.maximum(mu, 0.0) + beta)

@@ -81,6 +81,12 @@ MODELS: dict[str, tuple[Callable[..., np.ndarray], tuple[str, ...]]] = {
 }
 
 
+def evaluate(fit: ModelFit, t: np.ndarray) -> np.ndarray:
+    """A fitted model at ``t`` (seconds since the current stopped)."""
+    func, names = MODELS[fit.model]
+    return func(np.asarray(t, float), *(fit.params[n] for n in names))
+
+
 def fit_relaxation(
     t: np.ndarray, y: np.ndarray, sigma: np.ndarray | None = None, *, scan_duration_s: float = 0.0
 ) -> RelaxationResult:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import zmq.asyncio
 
+from operando.alarms import Alarms
 from operando.config import OrchestrationConfig, SourceConfig
 from operando.orchestrate.triggers import Action, Firing, TriggerEngine, firing_detail
 from operando.protocol import Ack, Message, PotentiostatBatch, RIXSRows
@@ -39,6 +40,7 @@ class Orchestrator:
         spectrometer: SourceConfig | None,
         event: Event,
         curve: dict[str, dict[str, bytes]] | None = None,
+        alarms: Alarms | None = None,
     ) -> None:
         self.cfg = cfg
         self.event = event
@@ -65,7 +67,7 @@ class Orchestrator:
         self.holds: dict[str, str] = {}  # map trigger id -> map id being taken while held
         self.tasks: set[asyncio.Task[Any]] = set()
         self.fired = 0
-        self.alarms: list[dict[str, Any]] = []
+        self.alarms = alarms or Alarms(event)
 
     # -- inputs (called synchronously from ingest) ----------------------------------------------
     def on_message(
@@ -150,7 +152,11 @@ class Orchestrator:
             self.spent.add(self.spot)
         fresh = [s for s in self.spots if s not in self.spent]
         if not fresh:
-            self._alarm("spots", f"{reason}; no fresh spot left ({len(self.spent)} spent)")
+            self.alarms.raise_(
+                "spots",
+                f"{reason}; no fresh spot left ({len(self.spent)} spent)",
+                key="no fresh spot",  # one alarm, counting up, until someone acts on it
+            )
             return
         old, self.spot = self.spot, fresh[0]
         self.event("spot_change", None, None, old=old, new=self.spot, reason=reason)
@@ -160,12 +166,14 @@ class Orchestrator:
         self, client: CommandClient | None, action: str, args: dict[str, Any], trigger_id: str
     ) -> Ack | None:
         if client is None:
-            self._alarm("command", f"{action}: no command endpoint configured for its driver")
+            self.alarms.raise_(
+                "command", f"{action}: no command endpoint configured for its driver"
+            )
             return None
         try:
             ack = await client.request(action, args)
         except CommandError as e:
-            self._alarm("command", str(e), trigger_id=trigger_id)
+            self.alarms.raise_("command", str(e), trigger_id=trigger_id)
             return None
         self.event(
             "ack",
@@ -180,31 +188,12 @@ class Orchestrator:
             endpoint=client.endpoint,
         )
         if not ack.ok:
-            self._alarm(
+            self.alarms.raise_(
                 "command",
                 f"{action} refused by {client.endpoint}: {ack.error}",
                 trigger_id=trigger_id,
             )
         return ack
-
-    def _alarm(self, kind: str, message: str, **detail: Any) -> None:
-        alarm = {
-            "id": len(self.alarms) + 1,
-            "category": kind,
-            "message": message,
-            "acknowledged": False,
-            **detail,
-        }
-        self.alarms.append(alarm)
-        self.event("alarm", None, None, **alarm)
-
-    def acknowledge(self, alarm_id: int) -> bool:
-        for a in self.alarms:
-            if a["id"] == alarm_id and not a["acknowledged"]:
-                a["acknowledged"] = True
-                self.event("alarm_acknowledged", None, None, id=alarm_id)
-                return True
-        return False
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -217,7 +206,7 @@ class Orchestrator:
             "spent": sorted(self.spent),
             "fired": self.fired,
             "holding": sorted(self.holds),
-            "alarms": [a for a in self.alarms if not a["acknowledged"]],
+            "alarms": self.alarms.open(),
         }
 
     async def close(self) -> None:

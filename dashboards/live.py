@@ -1,0 +1,491 @@
+"""The live dashboard: a Panel server beside the monitor (``operando dashboard``).
+
+One process serves any number of browser tabs. A ``StateFeed`` thread keeps one ``RunView`` of
+the run store current; each tab redraws from the view's newest snapshot at a bounded rate
+(``render_hz``), sending HoloViews streams only the parts that changed. Long time series are
+downsampled for display (LTTB, re-run on zoom) while the full data stay in the store. Nothing a
+browser does can slow ingest: the monitor only ever sees a SUB socket that may fall behind.
+
+Binds 127.0.0.1 unless told otherwise; on any other address it refuses to start without
+authentication (Panel's basic auth: a password file). Controls (acquire, hold, resume,
+acknowledge) appear only when started with the monitor's command endpoint.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import json
+import logging
+import math
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+from holoviews.operation.downsample import downsample1d
+from holoviews.streams import Pipe
+from operando.dashboards import plots
+from operando.dashboards.view import RunView, Snapshot, StateFeed
+
+from operando.monitor import command_monitor
+from operando.transport import CommandError
+
+log = logging.getLogger(__name__)
+
+MAX_ALARMS_SHOWN = 8  # newest first; the rest are counted
+DISPLAY_POINTS = 1500  # per time series, per browser: LTTB keeps the shape
+
+
+@dataclass
+class DashboardOptions:
+    run_dir: Path
+    monitor: str | None = None  # the monitor's state endpoint
+    command: str | None = None  # its command endpoint: enables the controls
+    address: str = "127.0.0.1"
+    port: int = 5006
+    render_hz: float = 2.0
+    password_file: Path | None = None
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+class DashboardError(RuntimeError):
+    pass
+
+
+def check_exposure(opts: DashboardOptions) -> None:
+    """A dashboard with controls on a network address must not be open to anyone."""
+    if not _is_loopback(opts.address) and opts.password_file is None:
+        raise DashboardError(
+            f"--address {opts.address} exposes the dashboard beyond this machine: give "
+            "--password-file FILE (Panel basic auth), or keep the default 127.0.0.1 and "
+            "tunnel (ssh -L)"
+        )
+    if opts.password_file is not None and not opts.password_file.exists():
+        raise DashboardError(f"--password-file {opts.password_file}: no such file")
+
+
+def _pipe(data: Any) -> Pipe:
+    return Pipe(data=data)
+
+
+class Session:
+    """One browser tab: its streams and widgets, redrawn from the shared snapshot."""
+
+    def __init__(self, feed: StateFeed, opts: DashboardOptions) -> None:
+        self.feed, self.opts = feed, opts
+        self.seen: dict[str, int] = {}
+        self.rests: list[tuple[float, float]] = []
+        self.next_redraw = 0.0
+        self.version = -1
+        snap = feed.view.snapshot
+        self.pipes = {
+            "cell": _pipe(snap.cell),
+            "marks": _pipe((snap.rests, snap.spectra, snap.triggers)),
+            "fits": _pipe(snap.fits),
+            "fractions": _pipe((snap.fits, None)),
+            "latest": _pipe(snap.latest),
+            "relaxation": _pipe(snap.relaxation),
+            "dose": _pipe((snap.dose, snap.budget_Gy)),
+            "rixs": _pipe(snap.rixs_latest),
+            "rixs_maps": _pipe(snap.rixs_maps),
+        }
+        self.heat_pipes: dict[tuple[str, str], Pipe] = {}
+        self.edge = pn.widgets.Select(name="fractions of edge", options=[], width=160)
+        self.edge.param.watch(lambda e: self._send_fractions(), "value")
+        self.header = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.alarms = pn.Column(sizing_mode="stretch_width")
+        self.alarm_ids: list[int] = []
+        self.message = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.heatmaps = pn.Column(sizing_mode="stretch_width")
+        self.damage = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.events = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.layout = self._layout()
+        self.update()
+
+    # -- layout ------------------------------------------------------------------------------
+    def _time_plots(self) -> hv.Layout:
+        p = self.pipes
+        width = {"width": 560, "height": 220, "framewise": True}
+        marks = hv.DynamicMap(lambda data: plots.marks(*data), streams=[p["marks"]])
+
+        def series(y: str) -> Any:
+            curve = hv.DynamicMap(lambda data: plots.cell_curve(data, y), streams=[p["cell"]])
+            return downsample1d(curve, algorithm="lttb", width=DISPLAY_POINTS)
+
+        ewe = (series("Ewe") * marks).opts(title="cell voltage", **width)
+        cur = (series("I") * marks).opts(title="current", **width)
+        soc = (series("soc") * marks).opts(title="state of charge", **width)
+        val = hv.DynamicMap(lambda data: plots.valence_plot(data, "t"), streams=[p["fits"]])
+        tey = hv.DynamicMap(
+            lambda data: plots.fraction_plot(data[0], "TEY", data[1]), streams=[p["fractions"]]
+        )
+        tfy = hv.DynamicMap(
+            lambda data: plots.fraction_plot(data[0], "TFY", data[1]), streams=[p["fractions"]]
+        )
+        return (
+            (ewe + cur + soc + val.opts(**width) + tey.opts(**width) + tfy.opts(**width))
+            .cols(2)
+            .opts(shared_axes=True)
+        )
+
+    def _layout(self) -> pn.Column:
+        p = self.pipes
+        vs_soc = hv.DynamicMap(lambda data: plots.valence_plot(data, "soc"), streams=[p["fits"]])
+        latest = hv.DynamicMap(lambda data: plots.spectrum_plot(data), streams=[p["latest"]])
+        resid = hv.DynamicMap(
+            lambda data: plots.spectrum_plot(data, "residual"), streams=[p["latest"]]
+        )
+        relax_v = hv.DynamicMap(
+            lambda data: plots.relaxation_plot(data, "valence"), streams=[p["relaxation"]]
+        )
+        relax_e = hv.DynamicMap(
+            lambda data: plots.relaxation_plot(data, "Ewe"), streams=[p["relaxation"]]
+        )
+        bars = hv.DynamicMap(lambda data: plots.dose_bars(*data), streams=[p["dose"]])
+        spots = hv.DynamicMap(lambda data: plots.spot_map(data[0]), streams=[p["dose"]])
+        rixs = hv.DynamicMap(lambda data: plots.rixs_map(data), streams=[p["rixs"]])
+        ratio = hv.DynamicMap(lambda data: plots.rixs_ratio(data), streams=[p["rixs_maps"]])
+        size = {"width": 560, "height": 300}
+        tabs = pn.Tabs(
+            (
+                "Electrochemistry & valence",
+                pn.Column(self.edge, pn.pane.HoloViews(self._time_plots(), linked_axes=False)),
+            ),
+            (
+                "Spectra",
+                pn.Column(
+                    pn.pane.HoloViews(
+                        latest.opts(width=760, height=280, framewise=True), linked_axes=False
+                    ),
+                    pn.pane.HoloViews(
+                        resid.opts(width=760, height=160, framewise=True), linked_axes=False
+                    ),
+                    pn.pane.HoloViews(vs_soc.opts(**size, framewise=True), linked_axes=False),
+                    self.heatmaps,
+                ),
+            ),
+            (
+                "Relaxation",
+                pn.Row(
+                    pn.pane.HoloViews(
+                        relax_v.opts(width=560, height=320, framewise=True), linked_axes=False
+                    ),
+                    pn.pane.HoloViews(
+                        relax_e.opts(width=560, height=320, framewise=True), linked_axes=False
+                    ),
+                ),
+            ),
+            (
+                "Dose & damage",
+                pn.Column(
+                    pn.Row(
+                        pn.pane.HoloViews(bars.opts(**size, framewise=True), linked_axes=False),
+                        pn.pane.HoloViews(spots.opts(**size, framewise=True), linked_axes=False),
+                    ),
+                    self.damage,
+                ),
+            ),
+            (
+                "RIXS",
+                pn.Row(
+                    pn.pane.HoloViews(rixs.opts(**size, framewise=True), linked_axes=False),
+                    pn.pane.HoloViews(ratio.opts(**size, framewise=True), linked_axes=False),
+                ),
+            ),
+            ("Events", self.events),
+            dynamic=True,  # only the open tab is drawn: a page loads in a fraction
+        )
+        return pn.Column(
+            self.header,
+            self.alarms,
+            self._controls(),
+            self.message,
+            tabs,
+            sizing_mode="stretch_width",
+        )
+
+    def _controls(self) -> pn.viewable.Viewable:
+        if not self.opts.command:
+            return pn.pane.HTML(
+                "<small>read-only view (start with <code>--command</code> for controls)</small>"
+            )
+        edges = sorted({*self.feed.view.snapshot.spectra.get("edge", pd.Series([])).dropna()})
+        edge = pn.widgets.Select(name="edge", options=edges or ["Mn-L"], width=120)
+        acquire = pn.widgets.Button(name="Acquire spectrum", button_type="primary", width=160)
+        hold = pn.widgets.Button(name="Hold cell", width=110)
+        resume = pn.widgets.Button(name="Resume cell", width=120)
+
+        async def on_acquire(event: Any) -> None:
+            await self._command("acquire", {"edge": edge.value})
+
+        # Panel awaits a callback only when it is a coroutine function (partial keeps that)
+        acquire.on_click(on_acquire)
+        hold.on_click(partial(self._command, "hold", {}))
+        resume.on_click(partial(self._command, "resume", {}))
+        return pn.Row(edge, acquire, hold, resume)
+
+    async def _command(self, action: str, args: dict[str, Any], event: Any = None) -> None:
+        assert self.opts.command
+        try:
+            result = await command_monitor(self.opts.command, action, args, timeout_s=10.0)
+            text = f"{action}: done {html.escape(json.dumps(result))}"
+            colour = "#009E73"
+        except (CommandError, OSError) as e:
+            text, colour = f"{action} failed: {html.escape(str(e))}", "#D55E00"
+        self.message.object = f'<div class="op-message" style="color:{colour}">{text}</div>'
+
+    # -- redraw ------------------------------------------------------------------------------
+    def _changed(self, snap: Snapshot, *parts: str) -> bool:
+        return any(snap.parts.get(p, 0) != self.seen.get(p, -1) for p in parts)
+
+    def update(self) -> None:
+        snap = self.feed.view.snapshot
+        now = time.monotonic()
+        if snap.version == self.version or now < self.next_redraw:
+            return
+        # One batch per redraw: Bokeh re-collects the document's models once, not per stream
+        # (per stream, that walk took most of the server's time with two browsers open).
+        with pn.io.hold(freeze=True):
+            self._redraw(snap)
+        # Under load (many tabs, fast replay) redraw less often rather than starve the server:
+        # at most a third of the time goes to this tab's redraws, so new tabs still load.
+        self.next_redraw = now + 2 * (time.monotonic() - now)
+
+    def _redraw(self, snap: Snapshot) -> None:
+        p = self.pipes
+        if self._changed(snap, "cell"):
+            p["cell"].send(snap.cell)
+        if self._changed(snap, "spectra", "events") or snap.rests != self.rests:
+            p["marks"].send((snap.rests, snap.spectra, snap.triggers))
+            self.rests = snap.rests
+        if self._changed(snap, "fits"):
+            p["fits"].send(snap.fits)
+            edges = sorted(snap.fits["edge"].unique()) if len(snap.fits) else []
+            if edges != self.edge.options:
+                self.edge.options = edges
+                if self.edge.value not in edges and edges:
+                    self.edge.value = edges[0]  # the watcher sends the fractions
+            self._send_fractions(snap)
+            p["latest"].send(snap.latest)
+            self._heatmaps(snap)
+        if self._changed(snap, "relaxation", "fits", "cell") and snap.relaxation is not None:
+            p["relaxation"].send(snap.relaxation)
+        if self._changed(snap, "dose"):
+            p["dose"].send((snap.dose, snap.budget_Gy))
+        if self._changed(snap, "spectra", "rixs"):
+            p["rixs"].send(snap.rixs_latest)
+            p["rixs_maps"].send(snap.rixs_maps)
+        if self._changed(snap, "events", "status"):
+            self._alarms(snap)
+            self.damage.object = damage_html(snap)
+            self.events.object = events_html(snap)
+        header = header_html(snap, self.feed)
+        if header != self.header.object:
+            self.header.object = header
+        self.seen, self.version = dict(snap.parts), snap.version
+
+    def _send_fractions(self, snap: Snapshot | None = None) -> None:
+        snap = snap or self.feed.view.snapshot
+        self.pipes["fractions"].send((snap.fits, self.edge.value))
+
+    def _heatmaps(self, snap: Snapshot) -> None:
+        for key, item in snap.heatmaps.items():
+            if key not in self.heat_pipes:
+                pipe = _pipe(item)
+                self.heat_pipes[key] = pipe
+                dm = hv.DynamicMap(
+                    lambda data, key=key: plots.heatmap_plot(data, *key), streams=[pipe]
+                )
+                self.heatmaps.append(
+                    pn.pane.HoloViews(
+                        dm.opts(width=700, height=300, framewise=True), linked_axes=False
+                    )
+                )
+            else:
+                self.heat_pipes[key].send(item)
+
+    def _alarms(self, snap: Snapshot) -> None:
+        ids = [int(a["id"]) for a in snap.alarms]
+        if ids == self.alarm_ids and not self._changed(snap, "events"):
+            return
+        self.alarm_ids = ids
+        rows = []
+        newest = sorted(snap.alarms, key=lambda a: -int(a["id"]))
+        for a in newest[:MAX_ALARMS_SHOWN]:
+            text = (
+                f'<div class="op-alarm" data-category="{html.escape(str(a.get("category")))}" '
+                'style="background:#D55E00;color:white;padding:4px 8px;border-radius:4px">'
+                f"<b>ALARM #{a['id']} [{html.escape(str(a.get('category')))}]</b> "
+                f"{html.escape(str(a.get('message')))}"
+                + (f" (x{a['count']})" if a.get("count", 1) > 1 else "")
+                + "</div>"
+            )
+            row: list[Any] = [pn.pane.HTML(text, sizing_mode="stretch_width")]
+            if self.opts.command:
+                ack = pn.widgets.Button(name=f"Acknowledge #{a['id']}", width=150)
+                ack.on_click(partial(self._command, "acknowledge", {"alarm": int(a["id"])}))
+                row.append(ack)
+            rows.append(pn.Row(*row, sizing_mode="stretch_width"))
+        if len(newest) > MAX_ALARMS_SHOWN:
+            more = len(newest) - MAX_ALARMS_SHOWN
+            rows.append(pn.pane.HTML(f"<b>{more} more open alarms</b> (oldest; Events tab)"))
+        self.alarms.objects = rows
+
+
+# -- HTML pieces (pure) ----------------------------------------------------------------------
+def _fmt(v: Any, spec: str, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:{spec}}{unit}"
+
+
+def header_html(snap: Snapshot, feed: StateFeed) -> str:
+    st = snap.status
+    sp = snap.spectra
+    n_spectra = len(sp)
+    partial = int(sp["partial"].sum()) if n_spectra else 0
+    latest = int(sp["spectrum_id"].max()) if n_spectra else 0
+    cell = st.get("cell") or {}
+    if not len(snap.cell):
+        ewe = soc = None
+    else:
+        last = snap.cell.iloc[-1]
+        ewe, soc = float(last["Ewe"]), float(last["soc"])
+    ewe = cell.get("Ewe_V", ewe)
+    soc = cell.get("soc", soc)
+    live = (
+        '<span style="color:#009E73">monitor connected</span>'
+        if snap.monitor_connected
+        else '<span style="color:#D55E00">monitor not connected: showing the run store</span>'
+    )
+    rows = []
+    for name, s in st.get("sources", {}).items():
+        silent = s.get("silent_s")
+        rows.append(
+            "<tr>"
+            f"<td>{html.escape(name)}</td><td>{s.get('role', '')}</td>"
+            f"<td>{s.get('messages', 0)}</td><td>{_fmt(snap.rates.get(name), '.1f')}</td>"
+            f"<td>{s.get('gaps', 0)} ({s.get('lost', 0)} lost)</td><td>{s.get('malformed', 0)}</td>"
+            f"<td>{s.get('late', 0)}</td><td>{s.get('restarts', 0)}</td>"
+            f"<td>{_fmt(silent, '.1f', ' s')}</td></tr>"
+        )
+    sources = (
+        '<table class="op-sources" style="font-size:90%"><tr><th>source</th><th>role</th>'
+        "<th>messages</th><th>msg/s</th><th>gaps</th><th>malformed</th><th>late</th>"
+        "<th>restarts</th><th>silent</th></tr>" + "".join(rows) + "</table>"
+        if rows
+        else ""
+    )
+    orch = st.get("orchestration", {})
+    return (
+        f'<div class="op-header"><b>operando</b> - {html.escape(str(feed.view.run_dir))} - {live}'
+        f'<br>spectra: <span class="op-spectra" data-count="{n_spectra}">{n_spectra}</span>'
+        f' (<span class="op-partial">{partial}</span> partial) - latest '
+        f'<span id="op-latest" class="op-latest" data-spectrum-id="{latest}">{latest}</span>'
+        f" - Ewe {_fmt(ewe, '.3f', ' V')} - SOC {_fmt(soc, '.3f')}"
+        f" - spot {html.escape(str(orch.get('spot') or '-'))}"
+        f' - alarms <span class="op-alarm-count">{len(snap.alarms)}</span>'
+        f" - state batches missed {feed.missed}"
+        f"<br>{sources}</div>"
+    )
+
+
+def damage_html(snap: Snapshot) -> str:
+    d = snap.damage
+    if not len(d):
+        return "<p>No damage flagged.</p>"
+    rows = "".join(
+        f"<tr><td>{r.spectrum_id}</td><td>{html.escape(str(r.spot))}</td>"
+        f"<td>{html.escape(str(r.test))}</td><td>{_fmt(r.p_value, '.1e')}</td>"
+        f"<td>{_fmt(r.statistic, '.2f')}</td><td>{_fmt(r.dose_MGy, '.2f')}</td></tr>"
+        for r in d.tail(50).itertuples()
+    )
+    return (
+        f'<p class="op-damage">{len(d)} damage flags (newest 50)</p><table><tr><th>spectrum</th>'
+        "<th>spot</th><th>test</th><th>p</th><th>statistic</th><th>dose (MGy)</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+def events_html(snap: Snapshot) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(snap.event_counts.items()))
+    rows = "".join(
+        f"<tr><td>{time.strftime('%H:%M:%S', time.gmtime(e['time']))}</td>"
+        f"<td>{html.escape(e['kind'])}</td><td>{html.escape(str(e.get('link') or ''))}</td>"
+        f"<td>{html.escape(_detail(e))}</td></tr>"
+        for e in reversed(snap.events[-100:])
+    )
+    return (
+        f"<p>events: {html.escape(counts)}</p><table><tr><th>UTC</th><th>kind</th><th>source</th>"
+        f"<th>detail</th></tr>{rows}</table>"
+    )
+
+
+def _detail(e: dict[str, Any]) -> str:
+    skip = {"id", "time", "t", "kind", "link"}
+    text = json.dumps({k: v for k, v in e.items() if k not in skip}, default=str)
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+# -- serving ---------------------------------------------------------------------------------
+def serve(opts: DashboardOptions) -> int:
+    check_exposure(opts)
+    hv.extension("bokeh", logo=False)
+    pn.extension(notifications=False)
+    view = RunView(opts.run_dir)
+    feed = StateFeed(view, opts.monitor)
+    feed.start()
+
+    def app() -> pn.viewable.Viewable:
+        session = Session(feed, opts)
+        pn.state.add_periodic_callback(session.update, period=int(1000 / opts.render_hz))
+        return session.layout
+
+    origins = [f"{opts.address}:{opts.port}"]
+    if _is_loopback(opts.address):
+        origins += [f"localhost:{opts.port}", f"127.0.0.1:{opts.port}"]
+    auth: dict[str, Any] = {}
+    if opts.password_file is not None:
+        auth = {
+            "basic_auth": opts.password_file.read_text().strip(),
+            "cookie_secret": secrets.token_hex(32),
+        }
+    server = pn.serve(
+        {"/": app},
+        port=opts.port,
+        address=opts.address,
+        websocket_origin=origins,
+        show=False,
+        start=False,
+        title="operando",
+        **auth,
+    )
+    print(f"operando dashboard: http://{opts.address}:{opts.port}/", flush=True)
+
+    def stop(*_: Any) -> None:
+        server.io_loop.add_callback_from_signal(server.io_loop.stop)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.start()
+    try:
+        server.io_loop.start()
+    finally:
+        server.stop()
+        feed.stop()
+    return 0

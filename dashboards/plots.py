@@ -1,0 +1,290 @@
+"""Pure HoloViews builders: data in (DataFrames, arrays), plot elements out.
+
+No sockets, no Panel, no state: the live app (``live.py``) feeds them through streams. Units on
+every axis; colours from the Okabe-Ito palette (safe for the common colour-vision deficiencies);
+hover on every data element. Times are UTC datetimes, so all time plots share one axis.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+
+# Okabe & Ito (2008), as bokeh.palettes.Colorblind8, black last
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
+CHANNEL_COLOUR = {"TEY": PALETTE[0], "TFY": PALETTE[1], "PFY": PALETTE[2], "Ewe": PALETTE[3]}
+MARKERS = ("circle", "triangle", "square", "diamond")  # one per edge
+SPECTRUM_SPAN = "#56B4E9"
+REST_SHADE = "#999999"
+
+T = hv.Dimension("time", label="time (UTC)")
+EWE = hv.Dimension("Ewe", label="Ewe", unit="V")
+CURRENT = hv.Dimension("I", label="I", unit="mA")
+SOC = hv.Dimension("soc", label="SOC", range=(0, 1))
+VALENCE = hv.Dimension("valence", label="average oxidation state")
+FRACTION = hv.Dimension("fraction", label="fraction", range=(0, 1))
+ENERGY = hv.Dimension("energy", label="photon energy", unit="eV")
+INTENSITY = hv.Dimension("intensity", label="signal / I0")
+DOSE = hv.Dimension("dose", label="dose", unit="MGy")
+
+
+def as_time(t: Any) -> Any:
+    """Seconds since the epoch -> datetime64 (what the time axes show)."""
+    return pd.to_datetime(np.asarray(t, float), unit="s", utc=False)
+
+
+def cell_frame(cell: pd.DataFrame) -> pd.DataFrame:
+    out = cell.copy()
+    out["time"] = as_time(cell["t"]) if len(cell) else pd.Series([], dtype="datetime64[ns]")
+    return out
+
+
+def cell_curve(cell: pd.DataFrame, y: str) -> hv.Curve:
+    """Ewe, I or SOC against time (the caller downsamples it for display)."""
+    dim = {"Ewe": EWE, "I": CURRENT, "soc": SOC}[y]
+    colour = {"Ewe": PALETTE[0], "I": PALETTE[3], "soc": PALETTE[2]}[y]
+    data = cell_frame(cell)[["time", y]] if len(cell) else pd.DataFrame({"time": [], y: []})
+    return hv.Curve(data, T, dim).opts(color=colour, tools=["hover"], line_width=1.5)
+
+
+def marks(
+    rests: list[tuple[float, float]], spectra: pd.DataFrame, triggers: pd.DataFrame
+) -> hv.Overlay:
+    """What happened when: rest periods shaded, spectrum windows as bands, triggers as lines."""
+    rest = hv.VSpans(
+        pd.DataFrame({"x0": as_time([r[0] for r in rests]), "x1": as_time([r[1] for r in rests])}),
+        kdims=["x0", "x1"],
+        label="rest",
+    ).opts(color=REST_SHADE, alpha=0.2, line_alpha=0)
+    xas = spectra[spectra["kind"] == "xas_scan"] if len(spectra) else spectra
+    windows = hv.VSpans(
+        pd.DataFrame(
+            {
+                "x0": as_time(xas["t_start"] if len(xas) else []),
+                "x1": as_time(xas["t_end"] if len(xas) else []),
+            }
+        ),
+        kdims=["x0", "x1"],
+        label="spectrum",
+    ).opts(color=SPECTRUM_SPAN, alpha=0.15, line_alpha=0)
+    fired = hv.VLines(
+        pd.DataFrame({"x": as_time(triggers["t"].dropna() if len(triggers) else [])}),
+        kdims=["x"],
+        label="trigger",
+    ).opts(color=PALETTE[5], line_dash="dashed", line_width=1.5)
+    return rest * windows * fired
+
+
+def fraction_plot(fits: pd.DataFrame, channel: str, edge: str | None) -> hv.Overlay:
+    """Valence fractions of one edge and channel against time, with +-1 sigma bands."""
+    title = {"TEY": "surface (TEY)", "TFY": "bulk (TFY)"}.get(channel, channel)
+    title = f"{edge or ''} fractions, {title}"
+    items: list[Any] = []
+    f = fits[(fits["channel"] == channel) & (fits["edge"] == edge)] if len(fits) else fits
+    names = [c[2:] for c in f.columns if c.startswith("f:") and f[c].notna().any()]
+    for i, name in enumerate(names):
+        colour = PALETTE[i % len(PALETTE)]
+        data = pd.DataFrame(
+            {"time": as_time(f["t"]), "fraction": f[f"f:{name}"], "err": f[f"u:{name}"]}
+        )
+        items.append(
+            hv.Spread(data, T, [FRACTION, "err"]).opts(color=colour, alpha=0.25, line_alpha=0)
+        )
+        items.append(
+            hv.Curve(data, T, FRACTION, label=name).opts(color=colour, tools=["hover"])
+            * hv.Scatter(data, T, FRACTION, label=name).opts(color=colour, size=4)
+        )
+    if not items:
+        items = [hv.Curve(pd.DataFrame({"time": as_time([]), "fraction": []}), T, FRACTION)]
+    return hv.Overlay(items).opts(title=title, legend_position="right")
+
+
+def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
+    """Average oxidation state per channel, against time (``x='t'``) or SOC (``x='soc'``)."""
+    xdim = T if x == "t" else SOC
+    items: list[Any] = []
+    groups = fits.groupby(["edge", "channel"]) if len(fits) else []
+    for (edge, channel), f in groups:
+        colour = CHANNEL_COLOUR.get(channel, PALETTE[4])
+        marker = MARKERS[sorted(fits["edge"].unique()).index(edge) % len(MARKERS)]
+        xs = as_time(f["t"]) if x == "t" else f["soc"].to_numpy()
+        data = pd.DataFrame(
+            {xdim.name: xs, "valence": f["valence"], "err": f["valence_unc"]}
+        ).sort_values(xdim.name)
+        items.append(hv.ErrorBars(data, xdim, [VALENCE, "err"]).opts(color=colour, alpha=0.5))
+        items.append(
+            hv.Scatter(data, xdim, VALENCE, label=f"{edge} {channel}").opts(
+                color=colour, size=6, marker=marker, tools=["hover"]
+            )
+        )
+    if not items:
+        items = [hv.Scatter(pd.DataFrame({xdim.name: [], "valence": []}), xdim, VALENCE)]
+    against = "time" if x == "t" else "SOC"
+    return hv.Overlay(items).opts(title=f"average oxidation state vs {against}")
+
+
+def spectrum_plot(latest: Any, part: str = "fit") -> hv.Overlay:
+    """The newest analysed spectrum of each channel: data and fitted model (``part='fit'``),
+    or the residual data - model (``part='residual'``)."""
+    if latest is None:
+        return hv.Overlay([hv.Curve([], ENERGY, INTENSITY)]).opts(title="latest spectrum: none yet")
+    items = []
+    for channel, c in latest.channels.items():
+        colour = CHANNEL_COLOUR.get(channel, PALETTE[4])
+        data = pd.DataFrame(
+            {
+                "energy": c["energy"],
+                "intensity": c["data"],
+                "model": c["model"],
+                "residual": c["residual"],
+            }
+        )
+        if part == "fit":
+            items.append(
+                hv.Scatter(data, ENERGY, INTENSITY, label=f"{channel} data").opts(
+                    color=colour, size=3, tools=["hover"]
+                )
+            )
+            items.append(
+                hv.Curve(data, ENERGY, ("model", "signal / I0"), label=f"{channel} fit").opts(
+                    color="#000000", line_width=1
+                )
+            )
+        else:
+            items.append(
+                hv.Curve(data, ENERGY, ("residual", "data - fit"), label=channel).opts(
+                    color=colour, tools=["hover"]
+                )
+            )
+    soc = "" if latest.soc is None or not math.isfinite(latest.soc) else f", SOC {latest.soc:.3f}"
+    title = (
+        f"spectrum {latest.spectrum_id} ({latest.edge}{soc}): data and fit"
+        if part == "fit"
+        else f"spectrum {latest.spectrum_id}: residual"
+    )
+    return hv.Overlay(items).opts(title=title, legend_position="right")
+
+
+def heatmap_plot(
+    item: tuple[np.ndarray, np.ndarray, np.ndarray] | None, edge: str, channel: str
+) -> hv.QuadMesh:
+    """Normalised spectra of one edge and channel, stacked by SOC."""
+    title = f"normalised {edge} {channel} vs SOC"
+    if item is None:
+        return hv.QuadMesh(([0.0, 1.0], [0.0, 1.0], np.zeros((2, 2))), [ENERGY, SOC]).opts(
+            title=f"{title}: waiting for spectra"
+        )
+    soc, grid, z = item
+    # cell edges from centres, so SOC values that repeat or bunch up still draw
+    soc_e = np.unique(soc)
+    z_rows = np.vstack([np.nanmean(z[soc == s], axis=0) for s in soc_e])
+    return hv.QuadMesh(
+        (grid, soc_e, z_rows), [ENERGY, SOC], hv.Dimension("mu", label="normalised")
+    ).opts(cmap="cividis", colorbar=True, tools=["hover"], title=title)
+
+
+def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
+    """The newest rest period against time since the current stopped, with the fitted curves:
+    ``quantity='valence'`` (each channel) or ``'Ewe'`` (the cell voltage)."""
+    tdim = hv.Dimension("t", label="time since the current stopped", unit="s")
+    ydim = EWE if quantity == "Ewe" else VALENCE
+    channels = {
+        k: c
+        for k, c in (rel["channels"].items() if rel else [])
+        if (k == "Ewe") == (quantity == "Ewe")
+    }
+    if not channels:
+        return hv.Overlay([hv.Curve([], tdim, ydim)]).opts(
+            title=f"relaxation ({quantity}): no rest period fitted yet"
+        )
+    items, taus = [], []
+    for channel, c in channels.items():
+        colour = CHANNEL_COLOUR.get(channel, PALETTE[4])
+        items.append(
+            hv.Scatter((c["t"], c["v"]), tdim, ydim, label=channel).opts(
+                color=colour, size=4, tools=["hover"]
+            )
+        )
+        items.append(
+            hv.Curve((c["fit_t"], c["fit_v"]), tdim, ydim, label=f"{channel} fit").opts(
+                color=colour, line_dash="dashed"
+            )
+        )
+        taus.append(
+            f"{channel} tau {c['tau_s']:.0f} +- {c['tau_err_s']:.0f} s ({c['model']})"
+            if c["resolved"]
+            else f"{channel}: {c['note'] or 'not resolved'}"
+        )
+    return hv.Overlay(items).opts(title="relaxation: " + "; ".join(taus), legend_position="right")
+
+
+def dose_bars(dose: pd.DataFrame, budget_Gy: float) -> hv.Overlay:
+    """Cumulative dose per spot against the budget."""
+    per_spot = (
+        dose.groupby("spot")["total_Gy"].max().reset_index()
+        if len(dose)
+        else pd.DataFrame({"spot": [], "total_Gy": []})
+    )
+    per_spot["dose"] = per_spot["total_Gy"] / 1e6
+    bars = hv.Bars(per_spot, hv.Dimension("spot"), DOSE).opts(
+        color=PALETTE[0], tools=["hover"], title="cumulative dose per spot"
+    )
+    if budget_Gy > 0:
+        return bars * hv.HLine(budget_Gy / 1e6).opts(color=PALETTE[3], line_dash="dashed")
+    return bars * hv.HLine(0).opts(alpha=0)
+
+
+def spot_map(dose: pd.DataFrame) -> hv.Points:
+    """Where each spot is on the sample, coloured by its dose."""
+    if len(dose):
+        last = dose.groupby("spot").agg(
+            x_mm=("x_mm", "last"), y_mm=("y_mm", "last"), total_Gy=("total_Gy", "max")
+        )
+        data = last.reset_index().dropna(subset=["x_mm", "y_mm"])
+        data["dose"] = data["total_Gy"] / 1e6
+    else:
+        data = pd.DataFrame({"x_mm": [], "y_mm": [], "dose": [], "spot": []})
+    x = hv.Dimension("x_mm", label="x", unit="mm")
+    y = hv.Dimension("y_mm", label="y", unit="mm")
+    return hv.Points(data, [x, y], [DOSE, "spot"]).opts(
+        color="dose", cmap="cividis", size=14, colorbar=True, tools=["hover"], title="spot map"
+    )
+
+
+def rixs_map(latest: dict[str, Any] | None) -> hv.QuadMesh:
+    """The newest RIXS map as its rows arrive."""
+    ex_dim = hv.Dimension("excitation", label="excitation energy", unit="eV")
+    em_dim = hv.Dimension("emission", label="emission energy", unit="eV")
+    if latest is None or latest["rows"] < 2:
+        return hv.QuadMesh(([0.0, 1.0], [0.0, 1.0], np.zeros((2, 2))), [em_dim, ex_dim]).opts(
+            title="RIXS map: waiting for rows"
+        )
+    ex = latest["excitation"]
+    filled = np.isfinite(ex)
+    order = np.argsort(ex[filled])
+    return hv.QuadMesh(
+        (latest["emission"], ex[filled][order], latest["counts"][filled][order]),
+        [em_dim, ex_dim],
+        hv.Dimension("counts"),
+    ).opts(
+        cmap="cividis",
+        colorbar=True,
+        tools=["hover"],
+        title=f"RIXS {latest['map_id']}: {latest['rows']}/{latest['rows_total']} rows",
+    )
+
+
+def rixs_ratio(maps: pd.DataFrame) -> hv.Scatter:
+    """The ROI ratio of each RIXS map against the SOC it was taken at."""
+    data = (
+        maps[["soc", "ratio", "map_id"]].dropna(subset=["soc"])
+        if len(maps)
+        else pd.DataFrame({"soc": [], "ratio": [], "map_id": []})
+    )
+    return hv.Scatter(data, SOC, [hv.Dimension("ratio", label="ROI ratio"), "map_id"]).opts(
+        color=PALETTE[5], size=8, tools=["hover"], title="RIXS ROI ratio vs SOC"
+    )

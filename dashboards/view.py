@@ -1,0 +1,689 @@
+"""What the dashboard shows, read from the run store; one per dashboard process.
+
+The run store is the one source of truth: history and live data come the same way, by
+incremental queries past what was already read (rowid watermarks), so a page opened late, a
+reload and a dashboard started after a crash all show the same run. The monitor's state stream
+(``StateFeed``) only wakes the reader up early (so a new spectrum shows within a render tick) and
+carries what the store does not hold: the live status of sources and alarms.
+
+Memory stays bounded over days: the cell trace halves the resolution of its older half when it
+reaches its capacity (the full rows stay in the store), the event log keeps the newest entries,
+and per-spectrum arrays are kept only for the newest spectra of each edge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pandas as pd
+import zmq
+
+from operando.analysis.lcf import FitResult, model_curve
+from operando.analysis.normalize import EDGE_WINDOWS, NormalizationError, normalize
+from operando.analysis.references import ReferenceError, References
+from operando.analysis.relaxation import ModelFit, RelaxationResult, evaluate
+from operando.analysis.rixs import MapAccumulator
+from operando.analyze import signal
+from operando.config import ConfigError, ExperimentConfig
+from operando.protocol import MODE_OCV, ProtocolError, StateUpdate, decode
+from operando.rawlog import RawLogError, read_record
+from operando.run import load_run_config
+from operando.store import StoreError, connect, store_path
+
+log = logging.getLogger(__name__)
+
+CELL_COLUMNS = ("t", "Ewe", "I", "soc", "mode")
+
+
+class CellTrace:
+    """Potentiostat rows in time order, at most ``capacity`` of them: when full, every other
+    row of the older half is dropped, so recent data keep full resolution and old data thin out
+    (a display buffer; the store keeps every row)."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self.data = np.zeros((0, len(CELL_COLUMNS)))
+
+    def extend(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        late = len(self.data) and rows[0, 0] < self.data[-1, 0]
+        self.data = np.vstack([self.data, rows])
+        if late:  # rows that arrived out of order: keep the trace sorted by time
+            self.data = self.data[np.argsort(self.data[:, 0], kind="stable")]
+        while len(self.data) > self.capacity:
+            half = len(self.data) // 2
+            self.data = np.vstack([self.data[:half:2], self.data[half:]])
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.data, columns=list(CELL_COLUMNS))
+
+
+def rest_periods(t: np.ndarray, mode: np.ndarray) -> list[tuple[float, float]]:
+    """Open-circuit stretches of the cell trace, (start, end) in seconds."""
+    rest = (np.asarray(mode) == MODE_OCV).astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], rest, [0]])))
+    return [(float(t[a]), float(t[b - 1])) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+@dataclass
+class LatestSpectrum:
+    spectrum_id: int
+    edge: str
+    soc: float | None
+    channels: dict[str, dict[str, np.ndarray]]  # channel -> energy, data, model, residual
+
+
+@dataclass
+class Snapshot:
+    """An immutable picture of the run, shared by every browser session; ``parts`` says which
+    pieces changed since the last picture (so a session redraws only those)."""
+
+    version: int = 0
+    parts: dict[str, int] = field(default_factory=dict)
+    cell: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CELL_COLUMNS)))
+    rests: list[tuple[float, float]] = field(default_factory=list)
+    spectra: pd.DataFrame = field(default_factory=pd.DataFrame)
+    fits: pd.DataFrame = field(default_factory=pd.DataFrame)
+    dose: pd.DataFrame = field(default_factory=pd.DataFrame)
+    damage: pd.DataFrame = field(default_factory=pd.DataFrame)
+    triggers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    event_counts: dict[str, int] = field(default_factory=dict)
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+    relaxation: dict[str, Any] | None = None
+    latest: LatestSpectrum | None = None
+    heatmaps: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )
+    rixs_maps: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rixs_latest: dict[str, Any] | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
+    monitor_connected: bool = False
+    budget_Gy: float = 0.0
+    refreshed_at: float = 0.0
+
+
+def _fraction_columns(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in values.items()}
+
+
+class RunView:
+    """Reads a run directory incrementally and keeps the snapshot the sessions draw."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        cell_capacity: int = 200_000,
+        heatmap_spectra: int = 200,
+        event_log: int = 500,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.cfg = self._config()
+        pstat = self.cfg.potentiostat if self.cfg else None
+        self.pstat_link = pstat.name if pstat else None
+        self.refs = self._references()
+        self.cell = CellTrace(cell_capacity)
+        self.heatmap_spectra = heatmap_spectra
+        self.marks: Counter[str] = Counter()  # table -> last rowid read
+        self.spectra: dict[int, dict[str, Any]] = {}
+        self.partial: set[int] = set()
+        self.fits: dict[tuple[int, str], dict[str, Any]] = {}
+        self.dose: dict[int, dict[str, Any]] = {}
+        self.damage: list[dict[str, Any]] = []
+        self.triggers: list[dict[str, Any]] = []
+        self.events: deque[dict[str, Any]] = deque(maxlen=event_log)
+        self.event_counts: Counter[str] = Counter()
+        self.alarms: dict[int, dict[str, Any]] = {}
+        self.relaxation: dict[tuple[float, str], dict[str, Any]] = {}
+        self.rixs_maps: dict[str, dict[str, Any]] = {}
+        self.rixs_acc: tuple[str, MapAccumulator] | None = None
+        self.normalised: dict[tuple[str, str], deque[tuple[float, np.ndarray, np.ndarray]]] = {}
+        self.latest: LatestSpectrum | None = None
+        self.parts: Counter[str] = Counter()
+        self.snapshot = Snapshot()
+        self._conn: sqlite3.Connection | None = None
+
+    # -- setup -------------------------------------------------------------------------------
+    def _config(self) -> ExperimentConfig | None:
+        try:
+            return load_run_config(self.run_dir)
+        except ConfigError as e:
+            log.warning("%s", e)
+            return None
+
+    def _references(self) -> dict[str, References]:
+        refs = {}
+        for edge, path in (self.cfg.analysis.references if self.cfg else {}).items():
+            try:
+                refs[edge] = References.from_file(Path(path))
+            except (OSError, ReferenceError, ValueError) as e:
+                log.warning("references for %s: %s (fits drawn without a model)", edge, e)
+        return refs
+
+    def _db(self) -> sqlite3.Connection | None:
+        if self._conn is None:
+            if not store_path(self.run_dir).exists():
+                return None  # the monitor has not created it yet
+            self._conn = connect(store_path(self.run_dir), readonly=True)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- reading -----------------------------------------------------------------------------
+    def refresh(self, status: dict[str, Any] | None = None, connected: bool = False) -> bool:
+        """Read what is new in the store; publish a new snapshot if anything changed."""
+        conn = self._db()
+        changed: set[str] = set()
+        if conn is not None:
+            try:
+                for part, read in (
+                    ("cell", self._read_cell),
+                    ("spectra", self._read_spectra),
+                    ("fits", self._read_fits),
+                    ("dose", self._read_dose),
+                    ("events", self._read_events),
+                    ("relaxation", self._read_relaxation),
+                    ("rixs", self._read_rixs),
+                ):
+                    if read(conn):
+                        changed.add(part)
+            except sqlite3.OperationalError as e:  # e.g. the schema is being created
+                log.warning("reading the run store: %s", e)
+        if status is not None or connected != self.snapshot.monitor_connected:
+            changed.add("status")
+        for part in changed:
+            self.parts[part] += 1
+        if changed:
+            self._publish(status if status is not None else self.snapshot.status, connected)
+        return bool(changed)
+
+    def _rows(self, conn: sqlite3.Connection, table: str, sql: str) -> list[tuple[Any, ...]]:
+        """Rows past the watermark of ``table``; ``sql`` selects rowid first."""
+        rows = conn.execute(sql, (self.marks[table],)).fetchall()
+        if rows:
+            self.marks[table] = max(r[0] for r in rows)
+        return rows
+
+    def _read_cell(self, conn: sqlite3.Connection) -> bool:
+        got = False
+        while True:
+            rows = self._rows(
+                conn,
+                "potentiostat",
+                "SELECT rowid, t, ewe, i, soc, mode FROM potentiostat WHERE rowid > ? "
+                f"AND link = '{self.pstat_link}' ORDER BY rowid LIMIT 100000"
+                if self.pstat_link
+                else "SELECT rowid, t, ewe, i, soc, mode FROM potentiostat WHERE rowid > ? "
+                "ORDER BY rowid LIMIT 100000",
+            )
+            if not rows:
+                return got
+            arr = np.array([r[1:] for r in rows], dtype=float)  # NULL soc -> nan
+            self.cell.extend(arr)
+            got = True
+            if len(rows) < 100000:
+                return got
+
+    def _read_spectra(self, conn: sqlite3.Connection) -> bool:
+        again = ",".join(str(i) for i in sorted(self.partial)) or "-1"
+        rows = self._rows(
+            conn,
+            "alignment",
+            "SELECT a.rowid, s.id, s.raw_id, s.link, s.kind, s.edge, s.t_start, s.t_end, "
+            "s.spot_id, s.spot_x, s.spot_y, s.trigger_id, a.partial, a.reason, a.soc, "
+            "a.ewe_mean, a.i_mean, a.revision FROM alignment a JOIN spectra s ON s.id = "
+            f"a.spectrum_id WHERE a.rowid > ? OR a.spectrum_id IN ({again}) ORDER BY a.rowid",
+        )
+        changed = False
+        for r in rows:
+            sid = r[1]
+            doc = dict(
+                zip(
+                    (
+                        "spectrum_id",
+                        "raw_id",
+                        "link",
+                        "kind",
+                        "edge",
+                        "t_start",
+                        "t_end",
+                        "spot",
+                        "x_mm",
+                        "y_mm",
+                        "trigger_id",
+                        "partial",
+                        "reason",
+                        "soc",
+                        "Ewe",
+                        "I",
+                        "revision",
+                    ),
+                    r[1:],
+                    strict=True,
+                )
+            )
+            if self.spectra.get(sid) == doc:
+                continue
+            new = sid not in self.spectra
+            self.spectra[sid] = doc
+            changed = True
+            (self.partial.add if doc["partial"] else self.partial.discard)(sid)
+            if new and doc["kind"] == "rixs_rows":
+                self._add_rixs_rows(doc)
+        return changed
+
+    def _read_fits(self, conn: sqlite3.Connection) -> bool:
+        rows = self._rows(
+            conn,
+            "analysis",
+            "SELECT a.rowid, a.spectrum_id, a.channel, a.valence, a.valence_unc, a.chi2_red, "
+            "a.fractions, a.uncertainties, a.doc, s.edge, s.t_start, s.t_end, al.soc, s.raw_id "
+            "FROM analysis a JOIN spectra s ON s.id = a.spectrum_id LEFT JOIN alignment al "
+            "ON al.spectrum_id = a.spectrum_id WHERE a.rowid > ? ORDER BY a.rowid",
+        )
+        for r in rows:
+            sid, channel = r[1], r[2]
+            self.fits[(sid, channel)] = {
+                "spectrum_id": sid,
+                "channel": channel,
+                "edge": r[9],
+                "t": 0.5 * (r[10] + r[11]),
+                "soc": math.nan if r[12] is None else r[12],
+                "valence": math.nan if r[3] is None else r[3],
+                "valence_unc": math.nan if r[4] is None else r[4],
+                "chi2_red": r[5],
+                **_fraction_columns("f:", json.loads(r[6])),
+                **_fraction_columns("u:", json.loads(r[7])),
+            }
+        if rows:
+            newest = max(rows, key=lambda r: r[1])
+            if self.latest is None or newest[1] >= self.latest.spectrum_id:
+                same = [r for r in rows if r[1] == newest[1]]
+                self._latest_spectrum(newest[1], newest[9], newest[12], newest[13], same)
+            self._normalise_new({r[1]: (r[9], r[12], r[13]) for r in rows})
+        return bool(rows)
+
+    def _decode_raw(self, raw_id: int) -> Any:
+        conn = self._db()
+        assert conn is not None
+        row = conn.execute(
+            "SELECT segment, offset, length FROM raw WHERE id = ?", (raw_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return decode(read_record(self.run_dir, *row).frames)
+        except (RawLogError, ProtocolError, OSError) as e:
+            log.warning("raw message %d: %s", raw_id, e)
+            return None
+
+    def _latest_spectrum(
+        self, sid: int, edge: str, soc: float | None, raw_id: int, rows: list[tuple[Any, ...]]
+    ) -> None:
+        msg = self._decode_raw(raw_id)
+        if msg is None:
+            return
+        energy = np.asarray(msg.arrays["energy"], float)
+        refs = self.refs.get(edge)
+        channels = {}
+        for r in rows:
+            channel = r[2]
+            if channel not in msg.arrays:
+                continue
+            y, _, _ = signal(msg.arrays, channel)
+            model = np.full_like(y, np.nan)
+            if refs is not None:
+                fit = msgspec.json.decode(r[8], type=FitResult)
+                lo, hi = fit.fit_range  # the model is drawn only where it was fitted
+                inside = (energy >= lo) & (energy <= hi)
+                model[inside] = model_curve(energy[inside], refs, fit)
+            channels[channel] = {"energy": energy, "data": y, "model": model, "residual": y - model}
+        self.latest = LatestSpectrum(sid, edge, soc, channels)
+
+    def _normalise_new(self, spectra: dict[int, tuple[str, float | None, int]]) -> None:
+        """Edge-step normalised spectra of the newest scans, for the heatmap against SOC."""
+        newest = sorted(spectra)[-self.heatmap_spectra :]
+        for sid in newest:
+            edge, soc, raw_id = spectra[sid]
+            if edge not in EDGE_WINDOWS or soc is None:
+                continue
+            msg = self._decode_raw(raw_id)
+            if msg is None:
+                continue
+            energy = np.asarray(msg.arrays["energy"], float)
+            for channel in (c for c in ("TEY", "TFY", "PFY") if c in msg.arrays):
+                y, _, _ = signal(msg.arrays, channel)
+                try:
+                    norm = normalize(energy, y, edge).mu
+                except (NormalizationError, ValueError, np.linalg.LinAlgError):
+                    continue
+                buf = self.normalised.setdefault(
+                    (edge, channel), deque(maxlen=self.heatmap_spectra)
+                )
+                buf.append((float(soc), energy, norm))
+
+    def _read_dose(self, conn: sqlite3.Connection) -> bool:
+        rows = self._rows(
+            conn,
+            "dose",
+            "SELECT d.rowid, d.spectrum_id, d.spot, d.dose_Gy, d.after_Gy, s.t_end, s.spot_x, "
+            "s.spot_y FROM dose d JOIN spectra s ON s.id = d.spectrum_id WHERE d.rowid > ? "
+            "ORDER BY d.rowid",
+        )
+        for r in rows:
+            self.dose[r[1]] = dict(
+                zip(
+                    ("spectrum_id", "spot", "scan_Gy", "total_Gy", "t", "x_mm", "y_mm"),
+                    r[1:],
+                    strict=True,
+                )
+            )
+        return bool(rows)
+
+    def _read_events(self, conn: sqlite3.Connection) -> bool:
+        rows = self._rows(
+            conn,
+            "events",
+            "SELECT id, recv_ns, t, kind, link, detail FROM events WHERE id > ? ORDER BY id",
+        )
+        for _id, recv_ns, t, kind, link, detail in rows:
+            d = json.loads(detail)
+            self.event_counts[kind] += 1
+            self.events.append(
+                {"id": _id, "time": recv_ns * 1e-9, "t": t, "kind": kind, "link": link, **d}
+            )
+            if kind == "alarm":
+                self.alarms[int(d["id"])] = d
+            elif kind == "alarm_acknowledged":
+                self.alarms.get(int(d["id"]), {})["acknowledged"] = True
+            elif kind == "damage_flag":
+                self.damage.append(
+                    {
+                        "t": t,
+                        "spectrum_id": d.get("spectrum_id"),
+                        "spot": d.get("spot"),
+                        "test": d.get("test"),
+                        "p_value": d.get("p_value"),
+                        "statistic": d.get("statistic"),
+                        "dose_MGy": d.get("dose_Gy", math.nan) / 1e6,
+                    }
+                )
+            elif kind == "trigger":
+                self.triggers.append({"t": t, "trigger": d.get("trigger_id", "")})
+        return bool(rows)
+
+    def _read_relaxation(self, conn: sqlite3.Connection) -> bool:
+        rows = self._rows(
+            conn,
+            "relaxation",
+            "SELECT rowid, rest_start, channel, quantity, doc FROM relaxation WHERE rowid > ?",
+        )
+        for _rid, rest_start, channel, quantity, doc in rows:
+            self.relaxation[(rest_start, channel)] = {
+                "rest_start": rest_start,
+                "channel": channel,
+                "quantity": quantity,
+                "result": msgspec.json.decode(doc, type=RelaxationResult),
+            }
+        return bool(rows)
+
+    def _read_rixs(self, conn: sqlite3.Connection) -> bool:
+        rows = self._rows(
+            conn,
+            "rixs",
+            "SELECT rowid, map_id, rows, rows_total, roi, ratio, soc FROM rixs WHERE rowid > ?",
+        )
+        for r in rows:
+            self.rixs_maps[r[1]] = dict(
+                zip(("map_id", "rows", "rows_total", "roi", "ratio", "soc"), r[1:], strict=True)
+            )
+        return bool(rows)
+
+    def _add_rixs_rows(self, doc: dict[str, Any]) -> None:
+        """The newest RIXS map, filled row by row from the recorded messages."""
+        msg = self._decode_raw(doc["raw_id"])
+        if msg is None:
+            return
+        h, a = msg.header, msg.arrays
+        key = h.map_id or h.scan_id
+        if self.rixs_acc is None or self.rixs_acc[0] != key:
+            total = max(h.rows_total, h.row_offset + len(a["excitation"]))
+            self.rixs_acc = (key, MapAccumulator(total, a["emission"]))
+        try:
+            self.rixs_acc[1].add(h.row_offset, a["excitation"], a["counts"])
+        except ValueError as e:
+            log.warning("RIXS map %s: %s", key, e)
+
+    # -- the picture -------------------------------------------------------------------------
+    def _relaxation_now(self) -> dict[str, Any] | None:
+        """The newest rest period: each fitted quantity's points and curve."""
+        if not self.relaxation:
+            return None
+        rest = max(k[0] for k in self.relaxation)
+        c = self.cell.data
+        moving = (c[:, 0] > rest + 1.0) & (c[:, 4] != MODE_OCV)  # current flows again
+        end = float(c[moving, 0].min()) if moving.any() else math.inf
+        out: dict[str, Any] = {"rest_start": rest, "rest_end": end, "channels": {}}
+        for (start, channel), item in self.relaxation.items():
+            if start != rest:
+                continue
+            res: RelaxationResult = item["result"]
+            if channel == "Ewe":
+                m = (c[:, 0] >= rest) & (c[:, 0] < end)
+                t, v = c[m, 0] - rest, c[m, 1]
+            else:
+                f = [
+                    x
+                    for x in self.fits.values()
+                    if x["channel"] == channel and rest <= x["t"] < end
+                ]
+                t = np.array([x["t"] - rest for x in f])
+                v = np.array([x["valence"] for x in f])
+            best = next((m for m in res.fits if m.model == res.best), None)
+            grid = np.linspace(0, float(t.max()) if len(t) else 1.0, 200)
+            out["channels"][channel] = {
+                "quantity": item["quantity"],
+                "t": t,
+                "v": v,
+                "fit_t": grid,
+                "fit_v": evaluate(best, grid) if isinstance(best, ModelFit) else grid * np.nan,
+                "tau_s": res.tau_s,
+                "tau_err_s": res.tau_err_s,
+                "model": res.best,
+                "resolved": res.resolved,
+                "note": res.note,
+            }
+        return out
+
+    def _heatmaps(self) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per edge and channel: SOC (sorted), energy grid, normalised spectra on that grid."""
+        out = {}
+        for key, buf in self.normalised.items():
+            if len(buf) < 2:
+                continue
+            items = sorted(buf, key=lambda x: x[0])
+            grid = items[-1][1]
+            soc = np.array([x[0] for x in items])
+            z = np.vstack([np.interp(grid, e, y, left=np.nan, right=np.nan) for _, e, y in items])
+            out[key] = (soc, grid, z)
+        return out
+
+    def _rixs_latest(self) -> dict[str, Any] | None:
+        if self.rixs_acc is None:
+            return None
+        key, acc = self.rixs_acc
+        filled = acc.filled
+        return {
+            "map_id": key,
+            "excitation": acc.excitation.copy(),
+            "emission": np.asarray(acc.emission, float),
+            "counts": acc.counts.copy(),
+            "rows": int(filled.sum()),
+            "rows_total": len(filled),
+        }
+
+    def _publish(self, status: dict[str, Any], connected: bool) -> None:
+        old = self.snapshot
+        cell_changed = self.parts["cell"] != old.parts.get("cell")
+        fits = pd.DataFrame(list(self.fits.values()))
+        if len(fits):
+            fits = fits.sort_values("t", kind="stable")
+        budget = self.cfg.analysis.dose_budget_Gy if self.cfg else 0.0
+        if self.cfg and self.cfg.orchestration.dose_budget_Gy > 0:
+            budget = self.cfg.orchestration.dose_budget_Gy
+        self.snapshot = Snapshot(
+            version=old.version + 1,
+            parts=dict(self.parts),
+            cell=self.cell.frame() if cell_changed else old.cell,
+            rests=rest_periods(self.cell.data[:, 0], self.cell.data[:, 4])
+            if cell_changed
+            else old.rests,
+            spectra=pd.DataFrame([self.spectra[k] for k in sorted(self.spectra)]),
+            fits=fits,
+            dose=pd.DataFrame([self.dose[k] for k in sorted(self.dose)]),
+            damage=pd.DataFrame(self.damage),
+            triggers=pd.DataFrame(self.triggers),
+            events=list(self.events),
+            event_counts=dict(self.event_counts),
+            alarms=[a for a in self.alarms.values() if not a.get("acknowledged")],
+            relaxation=self._relaxation_now(),
+            latest=self.latest,
+            heatmaps=self._heatmaps()
+            if self.parts["fits"] != old.parts.get("fits")
+            else (old.heatmaps),
+            rixs_maps=pd.DataFrame(list(self.rixs_maps.values())),
+            rixs_latest=self._rixs_latest(),
+            status=status,
+            rates=_rates(old, status),
+            monitor_connected=connected,
+            budget_Gy=budget,
+            refreshed_at=time.time(),
+        )
+
+
+def _rates(old: Snapshot, status: dict[str, Any]) -> dict[str, float]:
+    """Messages per second of each source, from two successive status reports."""
+    now, before = status.get("_received"), old.status.get("_received")
+    if not now or not before or now <= before:
+        return old.rates
+    rates = {}
+    for name, s in status.get("sources", {}).items():
+        prev = old.status.get("sources", {}).get(name)
+        if prev is not None:
+            rates[name] = (s["messages"] - prev["messages"]) / (now - before)
+    return rates
+
+
+class StateFeed:
+    """A thread that listens to the monitor's state stream and refreshes the view.
+
+    It refreshes at most every ``min_interval_s`` when updates arrive, and at least every
+    ``max_interval_s`` without them (a monitor that has gone: the store is still read, so a
+    finished run can be viewed). A slow browser never slows it: sessions read its snapshots.
+    """
+
+    def __init__(
+        self,
+        view: RunView,
+        endpoint: str | None,
+        *,
+        min_interval_s: float = 0.05,
+        max_interval_s: float = 1.0,
+        silence_s: float = 5.0,
+    ) -> None:
+        self.view, self.endpoint = view, endpoint
+        self.min_interval_s, self.max_interval_s = min_interval_s, max_interval_s
+        self.silence_s = silence_s
+        self.status: dict[str, Any] = {}
+        self.last_state = 0.0
+        self.missed = 0  # state batches the monitor dropped for us (we re-read the store)
+        self.on_refresh: list[Callable[[Snapshot], None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="state-feed", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.view.close()
+
+    def _run(self) -> None:
+        ctx = zmq.Context()
+        sock = None
+        if self.endpoint:
+            sock = ctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, 10_000)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(self.endpoint)
+        poller = zmq.Poller()
+        if sock is not None:
+            poller.register(sock, zmq.POLLIN)
+        last_seq: int | None = None
+        last_refresh = 0.0
+        try:
+            while not self._stop.is_set():
+                woke = bool(poller.poll(int(self.max_interval_s * 1000))) if sock else False
+                if sock is None:
+                    self._stop.wait(self.max_interval_s)
+                status = None
+                while sock is not None and woke:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    last_seq, status = self._state(frames, last_seq, status)
+                wait = self.min_interval_s - (time.monotonic() - last_refresh)
+                if wait > 0:
+                    self._stop.wait(wait)
+                connected = time.monotonic() - self.last_state < self.silence_s
+                try:
+                    self.view.refresh(status, connected)
+                except (StoreError, OSError, sqlite3.DatabaseError) as e:
+                    log.warning("refreshing the dashboard: %s", e)
+                last_refresh = time.monotonic()
+                for listener in self.on_refresh:
+                    listener(self.view.snapshot)
+        finally:
+            if sock is not None:
+                sock.close(linger=0)
+            ctx.term()
+
+    def _state(
+        self, frames: list[bytes], last_seq: int | None, status: dict[str, Any] | None
+    ) -> tuple[int | None, dict[str, Any] | None]:
+        try:
+            h = decode(frames).header
+        except ProtocolError as e:
+            log.warning("state stream: %s", e)
+            return last_seq, status
+        if not isinstance(h, StateUpdate):
+            return last_seq, status
+        if last_seq is not None and h.seq > last_seq + 1:
+            self.missed += h.seq - last_seq - 1
+        self.last_state = time.monotonic()
+        for u in h.body.get("updates", []):
+            if u.get("topic") == "status":
+                status = {k: v for k, v in u.items() if k != "topic"}
+                status["_received"] = time.time()
+        return h.seq, status

@@ -1,0 +1,98 @@
+"""Alarms: what needs a person, kept until someone acknowledges it.
+
+An alarm is raised by the orchestrator (a command refused or never acked, no fresh spot left)
+or from an event that means data are at risk (damage flagged, messages lost, a driver silent,
+the store failing). Every alarm, repeat and acknowledgement is an event in the run store, so a
+dashboard opened later, or a monitor restarted, sees the same open alarms. A condition that
+repeats while its alarm is open (damage flagged again on the same spot) counts up on that alarm
+instead of burying the operator under copies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+Event = Callable[..., None]
+
+# event kind -> (alarm category, what makes two occurrences the same condition, message)
+FROM_EVENTS: dict[str, tuple[str, str, Callable[[str | None, dict[str, Any]], str]]] = {
+    "damage_flag": (
+        "damage",
+        "spot",
+        lambda link, d: (
+            f"beam damage flagged on spot {d.get('spot')} ({d.get('test')}, "
+            f"p = {d.get('p_value', float('nan')):.1e})"
+        ),
+    ),
+    "gap": (
+        "gap",
+        "link",
+        lambda link, d: (
+            f"{link}: {d.get('count')} messages lost (seq {d.get('first')}-{d.get('last')})"
+        ),
+    ),
+    "disconnected": (
+        "disconnected",
+        "link",
+        lambda link, d: f"{link} silent for {d.get('silent_s', 0):.0f} s",
+    ),
+    "store_error": ("store", "", lambda link, d: f"run store: {d.get('error')}"),
+}
+
+
+class Alarms:
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.items: list[dict[str, Any]] = []
+
+    def raise_(self, category: str, message: str, key: str = "", **detail: Any) -> dict[str, Any]:
+        for a in self.items:
+            if not a["acknowledged"] and a["category"] == category and key and a["key"] == key:
+                a["count"] += 1
+                a["message"] = message
+                self.event("alarm", None, None, **a)
+                return a
+        alarm = {
+            "id": len(self.items) + 1,
+            "category": category,
+            "key": key,
+            "message": message,
+            "count": 1,
+            "acknowledged": False,
+            **detail,
+        }
+        self.items.append(alarm)
+        self.event("alarm", None, None, **alarm)
+        return alarm
+
+    def on_event(self, kind: str, link: str | None, detail: dict[str, Any]) -> None:
+        rule = FROM_EVENTS.get(kind)
+        if rule is None:
+            return
+        category, key_field, message = rule
+        key = str(link if key_field == "link" else detail.get(key_field, "")) if key_field else ""
+        self.raise_(category, message(link, detail), key or category)
+
+    def acknowledge(self, alarm_id: int) -> bool:
+        for a in self.items:
+            if a["id"] == alarm_id and not a["acknowledged"]:
+                a["acknowledged"] = True
+                self.event("alarm_acknowledged", None, None, id=alarm_id)
+                return True
+        return False
+
+    def open(self) -> list[dict[str, Any]]:
+        return [a for a in self.items if not a["acknowledged"]]
+
+    def restore(self, events: Iterable[tuple[str, str]]) -> None:
+        """Rebuild from the run's ``alarm``/``alarm_acknowledged`` events (kind, detail JSON)."""
+        by_id: dict[int, dict[str, Any]] = {}
+        for kind, detail in events:
+            d = json.loads(detail)
+            if kind == "alarm":
+                by_id[int(d["id"])] = d
+            elif kind == "alarm_acknowledged" and int(d["id"]) in by_id:
+                by_id[int(d["id"])]["acknowledged"] = True
+        self.items = [by_id[k] for k in sorted(by_id)]

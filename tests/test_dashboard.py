@@ -1,0 +1,210 @@
+"""The dashboard's data side: what it reads from a recorded run, and the plots built from it.
+
+Runs recorded by the real demo (monitor + simulators); the truths are the run store itself and
+the simulator's models (LFP bulk tau 600 s). The browser side is in test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import holoviews as hv
+import numpy as np
+import pytest
+from conftest import cli
+from operando.dashboards import plots
+from operando.dashboards.view import CellTrace, RunView, rest_periods
+
+from operando.alarms import Alarms
+from operando.store import RunStore, open_readonly
+
+
+@pytest.fixture(scope="module")
+def lfp_view(lfp_run):
+    view = RunView(lfp_run)
+    assert view.refresh()
+    yield view
+    view.close()
+
+
+def _count(run: Path, sql: str) -> int:
+    conn = open_readonly(run)
+    try:
+        return conn.execute(sql).fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_view_holds_what_the_store_holds(lfp_run, lfp_view):
+    s = lfp_view.snapshot
+    assert len(s.spectra) == _count(lfp_run, "SELECT count(*) FROM alignment")
+    assert len(s.fits) == _count(lfp_run, "SELECT count(*) FROM analysis")
+    assert len(s.cell) == _count(lfp_run, "SELECT count(*) FROM potentiostat")
+    assert len(s.dose) == _count(lfp_run, "SELECT count(*) FROM dose")
+    assert s.event_counts == dict(
+        open_readonly(lfp_run).execute("SELECT kind, count(*) FROM events GROUP BY kind")
+    )
+    # the SOC trace drawn is the SOC the alignment gave each spectrum
+    mid = 0.5 * (s.spectra["t_start"] + s.spectra["t_end"])
+    trace = np.interp(mid, s.cell["t"], s.cell["soc"])
+    assert np.max(np.abs(trace - s.spectra["soc"])) < 0.01
+    # nothing new: no new picture
+    version = s.version
+    assert not lfp_view.refresh()
+    assert lfp_view.snapshot.version == version
+
+
+@pytest.mark.slow
+def test_latest_spectrum_model_is_the_recorded_fit(lfp_run, lfp_view):
+    latest = lfp_view.snapshot.latest
+    assert latest is not None and latest.edge == "Fe-L"
+    conn = open_readonly(lfp_run)
+    for channel, c in latest.channels.items():
+        (doc,) = conn.execute(
+            "SELECT doc FROM analysis WHERE spectrum_id = ? AND channel = ?",
+            (latest.spectrum_id, channel),
+        ).fetchone()
+        fit = json.loads(doc)
+        inside = np.isfinite(c["model"])
+        lo, hi = fit["fit_range"]
+        assert inside.sum() == np.count_nonzero((c["energy"] >= lo) & (c["energy"] <= hi))
+        # the residual drawn has the scatter the fit reported (chi2 ~ 1 on Poisson counts)
+        r = c["residual"][inside]
+        y = c["data"][inside]
+        assert np.sqrt(np.mean(r**2)) < 0.05 * np.ptp(y), channel
+    conn.close()
+
+
+@pytest.mark.slow
+def test_relaxation_panel_shows_the_fitted_rest(lfp_view):
+    rel = lfp_view.snapshot.relaxation
+    assert rel is not None
+    tfy = rel["channels"]["TFY"]
+    assert tfy["resolved"] and tfy["tau_s"] == pytest.approx(600.0, rel=0.10)
+    # the drawn curve goes through the drawn points
+    fit_at_points = np.interp(tfy["t"], tfy["fit_t"], tfy["fit_v"])
+    assert np.sqrt(np.mean((fit_at_points - tfy["v"]) ** 2)) < 0.1 * np.ptp(tfy["v"])
+    assert "Ewe" in rel["channels"]
+
+
+@pytest.mark.slow
+def test_heatmap_holds_edge_step_normalised_spectra(lfp_view):
+    soc, grid, z = lfp_view.snapshot.heatmaps[("Fe-L", "TFY")]
+    assert np.all(np.diff(soc) >= 0) and z.shape == (len(soc), len(grid))
+    post = grid > grid.max() - 5
+    assert np.nanmedian(z[:, post]) == pytest.approx(1.0, abs=0.15)
+
+
+@pytest.mark.slow
+def test_rixs_map_fills_from_the_recorded_rows(lirich_run):
+    view = RunView(lirich_run)
+    view.refresh()
+    m = view.snapshot.rixs_latest
+    assert m is not None and m["rows"] >= 2
+    conn = open_readonly(lirich_run)
+    (rows,) = conn.execute("SELECT rows FROM rixs WHERE map_id = ?", (m["map_id"],)).fetchone()
+    assert m["rows"] == rows
+    assert len(view.snapshot.rixs_maps) == _count(lirich_run, "SELECT count(*) FROM rixs")
+    view.close()
+
+
+@pytest.mark.slow
+def test_every_plot_renders_with_units(lfp_view):
+    hv.extension("bokeh")
+    s = lfp_view.snapshot
+    fig = hv.render(plots.cell_curve(s.cell, "Ewe"))
+    assert fig.yaxis[0].axis_label == "Ewe (V)"
+    assert hv.render(plots.cell_curve(s.cell, "I")).yaxis[0].axis_label == "I (mA)"
+    assert "eV" in hv.render(plots.spectrum_plot(s.latest)).xaxis[0].axis_label
+    assert hv.render(plots.dose_bars(s.dose, 5e8)).yaxis[0].axis_label == "dose (MGy)"
+    rel = hv.render(plots.relaxation_plot(s.relaxation, "valence"))
+    assert "tau" in rel.title.text and rel.xaxis[0].axis_label.endswith("(s)")
+    for element in (
+        plots.marks(s.rests, s.spectra, s.triggers),
+        plots.fraction_plot(s.fits, "TFY", "Fe-L"),
+        plots.valence_plot(s.fits, "soc"),
+        plots.spectrum_plot(s.latest, "residual"),
+        plots.heatmap_plot(s.heatmaps[("Fe-L", "TEY")], "Fe-L", "TEY"),
+        plots.spot_map(s.dose),
+        plots.rixs_map(None),
+        plots.rixs_ratio(s.rixs_maps),
+        plots.relaxation_plot(None, "Ewe"),
+    ):
+        hv.render(element)
+
+
+def test_rest_periods_are_the_open_circuit_stretches():
+    from operando.protocol import MODE_CC, MODE_OCV
+
+    modes = [MODE_CC] * 3 + [MODE_OCV] * 4 + [MODE_CC] * 2 + [MODE_OCV] * 2
+    assert rest_periods(np.arange(11.0), np.array(modes)) == [(3.0, 6.0), (9.0, 10.0)]
+
+
+def test_cell_trace_stays_bounded_and_keeps_recent_rows_whole():
+    trace = CellTrace(capacity=1000)
+    t = np.arange(100_000.0)
+    for chunk in np.array_split(t, 97):
+        trace.extend(np.column_stack([chunk, chunk, chunk, chunk, chunk]))
+    assert len(trace.data) <= 1000
+    assert trace.data[0, 0] == 0.0 and trace.data[-1, 0] == t[-1]
+    assert np.all(np.diff(trace.data[:, 0]) > 0)
+    tail = trace.data[-400:, 0]
+    assert np.all(np.diff(tail) == 1.0)  # the newest rows at full resolution
+    late = np.array([[50_000.5, 1, 1, 1, 1]])
+    trace.extend(late)
+    assert np.all(np.diff(trace.data[:, 0]) > 0)
+
+
+def test_alarms_from_the_store_open_until_acknowledged(tmp_path):
+    """Alarms come from the run's events, so every dashboard (and a restarted monitor) agrees."""
+    store = RunStore(tmp_path)
+    recorded: list[tuple[str, dict]] = []
+
+    def event(kind, link, t, **detail):
+        recorded.append((kind, detail))
+        store.submit("event", (1, t, kind, link, json.dumps(detail)))
+
+    alarms = Alarms(event)
+    alarms.on_event("damage_flag", None, {"spot": "A1", "test": "repeat", "p_value": 1e-6})
+    alarms.on_event("damage_flag", None, {"spot": "A1", "test": "dose_slope", "p_value": 1e-5})
+    alarms.on_event("gap", "potentiostat", {"count": 2, "first": 8, "last": 9})
+    alarms.on_event("series_start", "potentiostat", {})  # not an alarm
+    store.flush()
+    view = RunView(tmp_path)
+    view.refresh()
+    got = {a["category"]: a for a in view.snapshot.alarms}
+    assert set(got) == {"damage", "gap"}
+    assert got["damage"]["count"] == 2 and "dose_slope" in got["damage"]["message"]
+    assert "seq 8-9" in got["gap"]["message"]
+    assert alarms.acknowledge(got["damage"]["id"])
+    assert not alarms.acknowledge(got["damage"]["id"])  # only once
+    store.flush()
+    view.refresh()
+    assert [a["category"] for a in view.snapshot.alarms] == ["gap"]
+    # a restarted monitor rebuilds the same open alarms from the events
+    again = Alarms(event)
+    conn = open_readonly(tmp_path)
+    again.restore(conn.execute("SELECT kind, detail FROM events ORDER BY id"))
+    assert [a["category"] for a in again.open()] == ["gap"]
+    assert again.raise_("spots", "none left", key="x")["id"] == 3  # ids continue
+    conn.close()
+    view.close()
+    store.close()
+
+
+def test_dashboard_refuses_a_network_address_without_authentication(tmp_path):
+    proc = cli(
+        "dashboard", "--run-dir", str(tmp_path), "--address", "0.0.0.0", timeout=60, check=False
+    )
+    assert proc.returncode == 2
+    assert "--address 0.0.0.0 exposes the dashboard" in proc.stderr
+    assert "--password-file" in proc.stderr
+
+
+def test_alarm_messages_are_finite_for_missing_fields():
+    seen = []
+    alarms = Alarms(lambda kind, link, t, **d: seen.append(d))
+    alarms.on_event("disconnected", "spectrometer", {})
+    assert seen[0]["message"] == "spectrometer silent for 0 s"

@@ -1,0 +1,189 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright, against a live demo.
+
+Screenshots go to ``test-artifacts/`` (or $OPERANDO_ARTIFACTS): look at them when a test fails.
+Skipped, with the reason, where Chromium or Playwright is missing (.ci/run installs both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO, wait_for
+
+from operando.demo import free_ports
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(os.environ.get("OPERANDO_ARTIFACTS", REPO / "test-artifacts"))
+
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright not installed (pip install -e '.[test]')"
+)
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _spectra(page) -> int:
+    return int(page.locator(".op-spectra").get_attribute("data-count"))
+
+
+def _http_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.mark.slow
+def test_live_dashboard_updates_alarms_and_reloads_with_history(tmp_path, processes, browser):
+    run = tmp_path / "run"
+    port = free_ports(1)[0]
+    demo = processes(
+        "demo",
+        "--preset",
+        "lnmo-surface",  # damages the sample: dose-slope and fresh-spot flags within a minute
+        "--headless",
+        "--duration",
+        "150",
+        "--speed",
+        "120",
+        "--run-dir",
+        str(run),
+        "--dashboard-port",
+        str(port),
+        log=tmp_path / "demo.log",
+    )
+    url = f"http://127.0.0.1:{port}/"
+    wait_for(lambda: _http_ready(url), 60, 0.5, what=f"dashboard at {url}")
+    assert json.loads((run / "demo.json").read_text())["dashboard"] == url
+
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector(".op-spectra", timeout=30_000)
+    # plots appear: Bokeh draws each figure into canvases
+    wait_for(lambda: page.locator("canvas").count() >= 6, 30, 0.5, what="plots drawn")
+    first = _spectra(page)
+    # ... and update as spectra arrive
+    wait_for(lambda: _spectra(page) >= first + 3, 60, 0.5, what="the spectrum count to grow")
+    _shot(page, "dashboard-live")
+
+    # a second browser at the same time sees the same run
+    other = browser.new_page(viewport={"width": 1000, "height": 800})
+    other.goto(url)
+    other.wait_for_selector(".op-spectra", timeout=30_000)
+    wait_for(lambda: _spectra(other) >= first + 3, 30, 0.5, what="second browser's count")
+
+    # the simulator damages the sample: an alarm appears and stays until acknowledged
+    damage = page.locator('.op-alarm[data-category="damage"]').first
+    damage.wait_for(timeout=120_000)
+    text = damage.inner_text()
+    assert "beam damage flagged on spot" in text
+    alarm_id = int(text.split("#")[1].split()[0])
+    _shot(page, "dashboard-damage-alarm")
+    page.get_by_text("Dose & damage", exact=True).click()
+    page.wait_for_selector(".op-damage", timeout=10_000)
+    _shot(page, "dashboard-dose")
+
+    # a reload shows the whole history, not just what came after it
+    seen = _spectra(page)
+    page.reload()
+    page.wait_for_selector(".op-spectra", timeout=30_000)
+    assert _spectra(page) >= seen
+    wait_for(lambda: page.locator("canvas").count() >= 6, 30, 0.5, what="plots after reload")
+
+    # acknowledging from the page (the demo starts the dashboard with command rights)
+    page.get_by_role("button", name=f"Acknowledge #{alarm_id}").click()
+    wait_for(
+        lambda: page.locator(f'.op-alarm:has-text("ALARM #{alarm_id} ")').count() == 0,
+        30,
+        0.5,
+        what=f"alarm {alarm_id} to go after acknowledging",
+    )
+    _shot(page, "dashboard-after-acknowledge")
+
+    demo.p.send_signal(signal.SIGINT)
+    assert demo.p.wait(90) == 0, demo.output()
+    from operando.store import open_readonly
+
+    conn = open_readonly(run)
+    acks = [
+        json.loads(d)["id"]
+        for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'alarm_acknowledged'")
+    ]
+    commands = [
+        json.loads(d) for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'command'")
+    ]
+    conn.close()
+    assert alarm_id in acks
+    assert any(c["action"] == "acknowledge" and c["ok"] for c in commands)  # audited
+
+
+@pytest.mark.slow
+def test_finished_run_opens_in_a_dashboard_and_basic_auth_guards_it(
+    tmp_path, processes, browser, lfp_run
+):
+    password = tmp_path / "password"
+    password.write_text("beamtime-secret\n")
+    port = free_ports(1)[0]
+    processes(
+        "dashboard",
+        "--run-dir",
+        str(lfp_run),
+        "--port",
+        str(port),
+        "--password-file",
+        str(password),
+        log=tmp_path / "dashboard.log",
+    )
+    url = f"http://127.0.0.1:{port}/"
+    wait_for(lambda: _http_ready(url + "login"), 60, 0.5, what="dashboard login page")
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.goto(url)
+    assert "login" in page.url  # not the app: it asks for the password first
+    page.fill("input[name=password]", "wrong")
+    page.fill("input[name=username]", "beamline")
+    page.click("button, input[type=submit]")
+    assert page.locator(".op-spectra").count() == 0
+    page.goto(url + "login")
+    page.fill("input[name=username]", "beamline")
+    page.fill("input[name=password]", "beamtime-secret")
+    page.click("button, input[type=submit]")
+    page.wait_for_selector(".op-spectra", timeout=30_000)
+    from operando.store import open_readonly
+
+    (n,) = open_readonly(lfp_run).execute("SELECT count(*) FROM alignment").fetchone()
+    wait_for(lambda: _spectra(page) == n, 30, 0.5, what="the full history")
+    assert "monitor not connected" in page.locator(".op-header").inner_text()
+    page.get_by_text("Relaxation", exact=True).click()
+    page.wait_for_timeout(2000)  # Bokeh draws titles into its canvas: look at the screenshot
+    _shot(page, "dashboard-finished-lfp-relaxation")
