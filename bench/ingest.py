@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import statistics
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 import zmq
 import zmq.asyncio
+from baseline import load_bare_zmq
 
 from operando.config import AlignmentConfig, SourceConfig
 from operando.ingest import Ingest
@@ -49,17 +49,7 @@ from operando.protocol import (
 from operando.store import RunStore
 from operando.transport import Subscriber
 
-SHARED_BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench" / "bare_zmq.py"
 T0 = 1.8e9
-
-
-def load_bare_zmq():
-    if not SHARED_BENCH.exists():
-        raise SystemExit(f"baseline {SHARED_BENCH} not found: run from a checkout beside shared/")
-    spec = importlib.util.spec_from_file_location("bare_zmq", SHARED_BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 # -- sender (a separate process, synchronous: the instrument, not the system under test) ------

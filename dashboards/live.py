@@ -39,8 +39,9 @@ from operando.transport import CommandError
 
 log = logging.getLogger(__name__)
 
+MAX_BACKOFF_S = 2.0  # a slow redraw delays the next one by twice its time, at most this
 MAX_ALARMS_SHOWN = 8  # newest first; the rest are counted
-DISPLAY_POINTS = 1500  # per time series, per browser: LTTB keeps the shape
+DISPLAY_POINTS = 1500  # per time series, per browser: downsampled, the shape kept
 
 
 @dataclass
@@ -83,6 +84,12 @@ def _pipe(data: Any) -> Pipe:
     return Pipe(data=data)
 
 
+def _pane(plot: Any, **size: Any) -> pn.pane.HoloViews:
+    """A plot that rescales to new data (framewise) and keeps its own axes (not linked to other
+    panes: an energy axis of Ni L is not one of Mn L)."""
+    return pn.pane.HoloViews(plot.opts(framewise=True, **size), linked_axes=False)
+
+
 class Session:
     """One browser tab: its streams and widgets, redrawn from the shared snapshot."""
 
@@ -91,12 +98,14 @@ class Session:
         self.seen: dict[str, int] = {}
         self.rests: list[tuple[float, float]] = []
         self.next_redraw = 0.0
+        self.redraw_ms = 0.0  # the last redraw's server time, shown in the header
         self.version = -1
         snap = feed.view.snapshot
         self.pipes = {
             "cell": _pipe(snap.cell),
             "marks": _pipe((snap.rests, snap.spectra, snap.triggers)),
             "fits": _pipe(snap.fits),
+            "fits_soc": _pipe(snap.fits),
             "fractions": _pipe((snap.fits, None)),
             "latest": _pipe(snap.latest),
             "relaxation": _pipe(snap.relaxation),
@@ -108,14 +117,17 @@ class Session:
         self.edge = pn.widgets.Select(name="fractions of edge", options=[], width=160)
         self.edge.param.watch(lambda e: self._send_fractions(), "value")
         self.header = pn.pane.HTML("", sizing_mode="stretch_width")
-        self.alarms = pn.Column(sizing_mode="stretch_width")
-        self.alarm_ids: list[int] = []
+        self.alarms = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.ack_select: pn.widgets.Select | None = None
+        self.ack_button = pn.widgets.Button(name="Acknowledge alarm", width=160, disabled=True)
         self.message = pn.pane.HTML("", sizing_mode="stretch_width")
         self.heatmaps = pn.Column(sizing_mode="stretch_width")
         self.damage = pn.pane.HTML("", sizing_mode="stretch_width")
         self.events = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.stale: set[str] = set()
         self.layout = self._layout()
-        self.update()
+        self.steps = self._steps()
+        self.tabs.param.watch(self._tab_opened, "active")
 
     # -- layout ------------------------------------------------------------------------------
     def _time_plots(self) -> hv.Layout:
@@ -125,11 +137,16 @@ class Session:
 
         def series(y: str) -> Any:
             curve = hv.DynamicMap(lambda data: plots.cell_curve(data, y), streams=[p["cell"]])
-            return downsample1d(curve, algorithm="lttb", width=DISPLAY_POINTS)
+            # min-max then LTTB (tsdownsample): keeps the spikes a plain LTTB can drop. Over the
+            # whole trace, not the zoomed range: tied to the plot's range, the downsampling
+            # kept only what lay in the old range and a live plot stopped growing.
+            return downsample1d(curve, algorithm="minmax-lttb", width=DISPLAY_POINTS, streams=[])
 
+        # spectra, rests and triggers are marked on the voltage only: the axes are linked, and
+        # each marked plot costs a redraw per spectrum
         ewe = (series("Ewe") * marks).opts(title="cell voltage", **width)
-        cur = (series("I") * marks).opts(title="current", **width)
-        soc = (series("soc") * marks).opts(title="state of charge", **width)
+        cur = series("I").opts(title="current", **width)
+        soc = series("soc").opts(title="state of charge", **width)
         val = hv.DynamicMap(lambda data: plots.valence_plot(data, "t"), streams=[p["fits"]])
         tey = hv.DynamicMap(
             lambda data: plots.fraction_plot(data[0], "TEY", data[1]), streams=[p["fractions"]]
@@ -145,7 +162,9 @@ class Session:
 
     def _layout(self) -> pn.Column:
         p = self.pipes
-        vs_soc = hv.DynamicMap(lambda data: plots.valence_plot(data, "soc"), streams=[p["fits"]])
+        vs_soc = hv.DynamicMap(
+            lambda data: plots.valence_plot(data, "soc"), streams=[p["fits_soc"]]
+        )
         latest = hv.DynamicMap(lambda data: plots.spectrum_plot(data), streams=[p["latest"]])
         resid = hv.DynamicMap(
             lambda data: plots.spectrum_plot(data, "residual"), streams=[p["latest"]]
@@ -161,7 +180,7 @@ class Session:
         rixs = hv.DynamicMap(lambda data: plots.rixs_map(data), streams=[p["rixs"]])
         ratio = hv.DynamicMap(lambda data: plots.rixs_ratio(data), streams=[p["rixs_maps"]])
         size = {"width": 560, "height": 300}
-        tabs = pn.Tabs(
+        self.tabs = tabs = pn.Tabs(
             (
                 "Electrochemistry & valence",
                 pn.Column(self.edge, pn.pane.HoloViews(self._time_plots(), linked_axes=False)),
@@ -169,33 +188,25 @@ class Session:
             (
                 "Spectra",
                 pn.Column(
-                    pn.pane.HoloViews(
-                        latest.opts(width=760, height=280, framewise=True), linked_axes=False
-                    ),
-                    pn.pane.HoloViews(
-                        resid.opts(width=760, height=160, framewise=True), linked_axes=False
-                    ),
-                    pn.pane.HoloViews(vs_soc.opts(**size, framewise=True), linked_axes=False),
+                    _pane(latest, width=760, height=280),
+                    _pane(resid, width=760, height=160),
+                    _pane(vs_soc, **size),
                     self.heatmaps,
                 ),
             ),
             (
                 "Relaxation",
                 pn.Row(
-                    pn.pane.HoloViews(
-                        relax_v.opts(width=560, height=320, framewise=True), linked_axes=False
-                    ),
-                    pn.pane.HoloViews(
-                        relax_e.opts(width=560, height=320, framewise=True), linked_axes=False
-                    ),
+                    _pane(relax_v, width=560, height=320),
+                    _pane(relax_e, width=560, height=320),
                 ),
             ),
             (
                 "Dose & damage",
                 pn.Column(
                     pn.Row(
-                        pn.pane.HoloViews(bars.opts(**size, framewise=True), linked_axes=False),
-                        pn.pane.HoloViews(spots.opts(**size, framewise=True), linked_axes=False),
+                        _pane(bars, **size),
+                        _pane(spots, **size),
                     ),
                     self.damage,
                 ),
@@ -203,8 +214,8 @@ class Session:
             (
                 "RIXS",
                 pn.Row(
-                    pn.pane.HoloViews(rixs.opts(**size, framewise=True), linked_axes=False),
-                    pn.pane.HoloViews(ratio.opts(**size, framewise=True), linked_axes=False),
+                    _pane(rixs, **size),
+                    _pane(ratio, **size),
                 ),
             ),
             ("Events", self.events),
@@ -230,6 +241,9 @@ class Session:
         hold = pn.widgets.Button(name="Hold cell", width=110)
         resume = pn.widgets.Button(name="Resume cell", width=120)
 
+        self.ack_select = pn.widgets.Select(name="alarm", options={}, width=160)
+        self.ack_button.on_click(self._acknowledge)
+
         async def on_acquire(event: Any) -> None:
             await self._command("acquire", {"edge": edge.value})
 
@@ -237,7 +251,7 @@ class Session:
         acquire.on_click(on_acquire)
         hold.on_click(partial(self._command, "hold", {}))
         resume.on_click(partial(self._command, "resume", {}))
-        return pn.Row(edge, acquire, hold, resume)
+        return pn.Row(edge, acquire, hold, resume, self.ack_select, self.ack_button)
 
     async def _command(self, action: str, args: dict[str, Any], event: Any = None) -> None:
         assert self.opts.command
@@ -264,16 +278,22 @@ class Session:
             self._redraw(snap)
         # Under load (many tabs, fast replay) redraw less often rather than starve the server:
         # at most a third of the time goes to this tab's redraws, so new tabs still load.
-        self.next_redraw = now + 2 * (time.monotonic() - now)
+        took = time.monotonic() - now
+        self.redraw_ms = 1e3 * took
+        self.next_redraw = now + min(2 * took, MAX_BACKOFF_S)
 
-    def _redraw(self, snap: Snapshot) -> None:
+    def _steps(self) -> list[tuple[str, int | None, Any, Any]]:
+        """(name, tab it draws on or None for always, when it is due, what it does)."""
         p = self.pipes
-        if self._changed(snap, "cell"):
-            p["cell"].send(snap.cell)
-        if self._changed(snap, "spectra", "events") or snap.rests != self.rests:
+
+        def marks_due(snap: Snapshot) -> bool:
+            return self._changed(snap, "spectra", "events") or snap.rests != self.rests
+
+        def marks(snap: Snapshot) -> None:
             p["marks"].send((snap.rests, snap.spectra, snap.triggers))
             self.rests = snap.rests
-        if self._changed(snap, "fits"):
+
+        def time_fits(snap: Snapshot) -> None:
             p["fits"].send(snap.fits)
             edges = sorted(snap.fits["edge"].unique()) if len(snap.fits) else []
             if edges != self.edge.options:
@@ -281,23 +301,61 @@ class Session:
                 if self.edge.value not in edges and edges:
                     self.edge.value = edges[0]  # the watcher sends the fractions
             self._send_fractions(snap)
+
+        def spectra_tab(snap: Snapshot) -> None:
+            p["fits_soc"].send(snap.fits)
             p["latest"].send(snap.latest)
             self._heatmaps(snap)
-        if self._changed(snap, "relaxation", "fits", "cell") and snap.relaxation is not None:
-            p["relaxation"].send(snap.relaxation)
-        if self._changed(snap, "dose"):
+
+        def relaxation(snap: Snapshot) -> None:
+            if snap.relaxation is not None:
+                p["relaxation"].send(snap.relaxation)
+
+        def dose(snap: Snapshot) -> None:
             p["dose"].send((snap.dose, snap.budget_Gy))
-        if self._changed(snap, "spectra", "rixs"):
+            self.damage.object = damage_html(snap)
+
+        def rixs(snap: Snapshot) -> None:
             p["rixs"].send(snap.rixs_latest)
             p["rixs_maps"].send(snap.rixs_maps)
-        if self._changed(snap, "events", "status"):
-            self._alarms(snap)
-            self.damage.object = damage_html(snap)
+
+        def events(snap: Snapshot) -> None:
             self.events.object = events_html(snap)
-        header = header_html(snap, self.feed)
+
+        def parts(*names: str) -> Any:
+            return lambda snap: self._changed(snap, *names)
+
+        return [
+            ("cell", 0, parts("cell"), lambda snap: p["cell"].send(snap.cell)),
+            ("marks", 0, marks_due, marks),
+            ("time fits", 0, parts("fits"), time_fits),
+            ("spectra", 1, parts("fits"), spectra_tab),
+            ("relaxation", 2, parts("relaxation", "fits", "cell"), relaxation),
+            ("dose", 3, parts("dose", "events"), dose),
+            ("rixs", 4, parts("spectra", "rixs"), rixs),
+            ("events", 5, parts("events"), events),
+            ("alarms", None, parts("events", "status"), self._alarms),
+        ]
+
+    def _redraw(self, snap: Snapshot) -> None:
+        """Send what changed to the open tab; what changed on hidden tabs waits until shown
+        (a hidden plot costs nothing, and the server's time goes to what is looked at)."""
+        for name, tab, due, draw in self.steps:
+            if not (name in self.stale or due(snap)):
+                continue
+            if tab is not None and tab != self.tabs.active:
+                self.stale.add(name)
+                continue
+            draw(snap)
+            self.stale.discard(name)
+        header = header_html(snap, self.feed, self.redraw_ms)
         if header != self.header.object:
             self.header.object = header
         self.seen, self.version = dict(snap.parts), snap.version
+
+    def _tab_opened(self, event: Any) -> None:
+        with pn.io.hold(freeze=True):
+            self._redraw(self.feed.view.snapshot)
 
     def _send_fractions(self, snap: Snapshot | None = None) -> None:
         snap = snap or self.feed.view.snapshot
@@ -311,40 +369,29 @@ class Session:
                 dm = hv.DynamicMap(
                     lambda data, key=key: plots.heatmap_plot(data, *key), streams=[pipe]
                 )
-                self.heatmaps.append(
-                    pn.pane.HoloViews(
-                        dm.opts(width=700, height=300, framewise=True), linked_axes=False
-                    )
-                )
+                self.heatmaps.append(_pane(dm, width=700, height=300))
             else:
                 self.heat_pipes[key].send(item)
 
     def _alarms(self, snap: Snapshot) -> None:
-        ids = [int(a["id"]) for a in snap.alarms]
-        if ids == self.alarm_ids and not self._changed(snap, "events"):
-            return
-        self.alarm_ids = ids
-        rows = []
+        """Open alarms, newest first, as one HTML pane; acknowledging is one select and one
+        button that stay the same widgets (rows of widgets rebuilt as alarms came and went did
+        not reach a page that was loaded while alarms were open)."""
         newest = sorted(snap.alarms, key=lambda a: -int(a["id"]))
-        for a in newest[:MAX_ALARMS_SHOWN]:
-            text = (
-                f'<div class="op-alarm" data-category="{html.escape(str(a.get("category")))}" '
-                'style="background:#D55E00;color:white;padding:4px 8px;border-radius:4px">'
-                f"<b>ALARM #{a['id']} [{html.escape(str(a.get('category')))}]</b> "
-                f"{html.escape(str(a.get('message')))}"
-                + (f" (x{a['count']})" if a.get("count", 1) > 1 else "")
-                + "</div>"
-            )
-            row: list[Any] = [pn.pane.HTML(text, sizing_mode="stretch_width")]
-            if self.opts.command:
-                ack = pn.widgets.Button(name=f"Acknowledge #{a['id']}", width=150)
-                ack.on_click(partial(self._command, "acknowledge", {"alarm": int(a["id"])}))
-                row.append(ack)
-            rows.append(pn.Row(*row, sizing_mode="stretch_width"))
+        text = "".join(alarm_html(a) for a in newest[:MAX_ALARMS_SHOWN])
         if len(newest) > MAX_ALARMS_SHOWN:
-            more = len(newest) - MAX_ALARMS_SHOWN
-            rows.append(pn.pane.HTML(f"<b>{more} more open alarms</b> (oldest; Events tab)"))
-        self.alarms.objects = rows
+            text += f"<b>{len(newest) - MAX_ALARMS_SHOWN} more open alarms</b> (Events tab)"
+        if text != self.alarms.object:
+            self.alarms.object = text
+        if self.ack_select is not None:
+            options = {f"#{a['id']} {a.get('category')}": int(a["id"]) for a in newest}
+            if options != self.ack_select.options:
+                self.ack_select.options = options
+                self.ack_button.disabled = not options
+
+    async def _acknowledge(self, event: Any) -> None:
+        if self.ack_select is not None and self.ack_select.value is not None:
+            await self._command("acknowledge", {"alarm": int(self.ack_select.value)})
 
 
 # -- HTML pieces (pure) ----------------------------------------------------------------------
@@ -354,7 +401,17 @@ def _fmt(v: Any, spec: str, unit: str = "") -> str:
     return f"{v:{spec}}{unit}"
 
 
-def header_html(snap: Snapshot, feed: StateFeed) -> str:
+def alarm_html(a: dict[str, Any]) -> str:
+    category = html.escape(str(a.get("category")))
+    count = f" (x{a['count']})" if a.get("count", 1) > 1 else ""
+    return (
+        f'<div class="op-alarm" data-category="{category}" data-id="{a["id"]}" '
+        'style="background:#D55E00;color:white;padding:4px 8px;margin:2px 0;border-radius:4px">'
+        f"<b>ALARM #{a['id']} [{category}]</b> {html.escape(str(a.get('message')))}{count}</div>"
+    )
+
+
+def header_html(snap: Snapshot, feed: StateFeed, redraw_ms: float = 0.0) -> str:
     st = snap.status
     sp = snap.spectra
     n_spectra = len(sp)
@@ -401,6 +458,7 @@ def header_html(snap: Snapshot, feed: StateFeed) -> str:
         f" - spot {html.escape(str(orch.get('spot') or '-'))}"
         f' - alarms <span class="op-alarm-count">{len(snap.alarms)}</span>'
         f" - state batches missed {feed.missed}"
+        f' - redraw <span class="op-redraw">{redraw_ms:.0f}</span> ms'
         f"<br>{sources}</div>"
     )
 
@@ -412,12 +470,14 @@ def damage_html(snap: Snapshot) -> str:
     rows = "".join(
         f"<tr><td>{r.spectrum_id}</td><td>{html.escape(str(r.spot))}</td>"
         f"<td>{html.escape(str(r.test))}</td><td>{_fmt(r.p_value, '.1e')}</td>"
-        f"<td>{_fmt(r.statistic, '.2f')}</td><td>{_fmt(r.dose_MGy, '.2f')}</td></tr>"
+        f"<td>{_fmt(r.statistic, '.2f')}</td><td>{_fmt(r.dose_MGy, '.2f')}</td>"
+        f"<td>{html.escape(r.evidence)}</td></tr>"
         for r in d.tail(50).itertuples()
     )
     return (
         f'<p class="op-damage">{len(d)} damage flags (newest 50)</p><table><tr><th>spectrum</th>'
-        "<th>spot</th><th>test</th><th>p</th><th>statistic</th><th>dose (MGy)</th></tr>"
+        "<th>spot</th><th>test</th><th>p</th><th>statistic</th><th>dose (MGy)</th>"
+        "<th>evidence</th></tr>"
         f"{rows}</table>"
     )
 
@@ -453,6 +513,7 @@ def serve(opts: DashboardOptions) -> int:
 
     def app() -> pn.viewable.Viewable:
         session = Session(feed, opts)
+        pn.state.onload(session.update)  # the first fill as soon as the page is there
         pn.state.add_periodic_callback(session.update, period=int(1000 / opts.render_hz))
         return session.layout
 

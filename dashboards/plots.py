@@ -37,17 +37,12 @@ def as_time(t: Any) -> Any:
     return pd.to_datetime(np.asarray(t, float), unit="s", utc=False)
 
 
-def cell_frame(cell: pd.DataFrame) -> pd.DataFrame:
-    out = cell.copy()
-    out["time"] = as_time(cell["t"]) if len(cell) else pd.Series([], dtype="datetime64[ns]")
-    return out
-
-
 def cell_curve(cell: pd.DataFrame, y: str) -> hv.Curve:
-    """Ewe, I or SOC against time (the caller downsamples it for display)."""
+    """Ewe, I or SOC against time (the caller downsamples it for display). ``cell`` has a
+    ``time`` column (datetimes), made once per snapshot rather than per plot."""
     dim = {"Ewe": EWE, "I": CURRENT, "soc": SOC}[y]
     colour = {"Ewe": PALETTE[0], "I": PALETTE[3], "soc": PALETTE[2]}[y]
-    data = cell_frame(cell)[["time", y]] if len(cell) else pd.DataFrame({"time": [], y: []})
+    data = cell if len(cell) else pd.DataFrame({"time": as_time([]), y: []})
     return hv.Curve(data, T, dim).opts(color=colour, tools=["hover"], line_width=1.5)
 
 
@@ -94,10 +89,7 @@ def fraction_plot(fits: pd.DataFrame, channel: str, edge: str | None) -> hv.Over
         items.append(
             hv.Spread(data, T, [FRACTION, "err"]).opts(color=colour, alpha=0.25, line_alpha=0)
         )
-        items.append(
-            hv.Curve(data, T, FRACTION, label=name).opts(color=colour, tools=["hover"])
-            * hv.Scatter(data, T, FRACTION, label=name).opts(color=colour, size=4)
-        )
+        items.append(hv.Curve(data, T, FRACTION, label=name).opts(color=colour, tools=["hover"]))
     if not items:
         items = [hv.Curve(pd.DataFrame({"time": as_time([]), "fraction": []}), T, FRACTION)]
     return hv.Overlay(items).opts(title=title, legend_position="right")

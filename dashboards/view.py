@@ -13,6 +13,8 @@ and per-spectrum arrays are kept only for the newest spectra of each edge.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import math
@@ -52,7 +54,7 @@ class CellTrace:
     row of the older half is dropped, so recent data keep full resolution and old data thin out
     (a display buffer; the store keeps every row)."""
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self.data = np.zeros((0, len(CELL_COLUMNS)))
 
@@ -68,7 +70,10 @@ class CellTrace:
             self.data = np.vstack([self.data[:half:2], self.data[half:]])
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.data, columns=list(CELL_COLUMNS))
+        """The trace with a ``time`` column of datetimes (what the time axes show)."""
+        out = pd.DataFrame(self.data, columns=list(CELL_COLUMNS))
+        out["time"] = pd.to_datetime(out["t"], unit="s")
+        return out
 
 
 def rest_periods(t: np.ndarray, mode: np.ndarray) -> list[tuple[float, float]]:
@@ -128,7 +133,7 @@ class RunView:
         self,
         run_dir: str | Path,
         *,
-        cell_capacity: int = 200_000,
+        cell_capacity: int = 100_000,
         heatmap_spectra: int = 200,
         event_log: int = 500,
     ) -> None:
@@ -215,9 +220,11 @@ class RunView:
             self._publish(status if status is not None else self.snapshot.status, connected)
         return bool(changed)
 
-    def _rows(self, conn: sqlite3.Connection, table: str, sql: str) -> list[tuple[Any, ...]]:
+    def _rows(
+        self, conn: sqlite3.Connection, table: str, sql: str, *params: Any
+    ) -> list[tuple[Any, ...]]:
         """Rows past the watermark of ``table``; ``sql`` selects rowid first."""
-        rows = conn.execute(sql, (self.marks[table],)).fetchall()
+        rows = conn.execute(sql, (self.marks[table], *params)).fetchall()
         if rows:
             self.marks[table] = max(r[0] for r in rows)
         return rows
@@ -229,10 +236,9 @@ class RunView:
                 conn,
                 "potentiostat",
                 "SELECT rowid, t, ewe, i, soc, mode FROM potentiostat WHERE rowid > ? "
-                f"AND link = '{self.pstat_link}' ORDER BY rowid LIMIT 100000"
-                if self.pstat_link
-                else "SELECT rowid, t, ewe, i, soc, mode FROM potentiostat WHERE rowid > ? "
-                "ORDER BY rowid LIMIT 100000",
+                "AND (link = ? OR ? IS NULL) ORDER BY rowid LIMIT 100000",
+                self.pstat_link,
+                self.pstat_link,
             )
             if not rows:
                 return got
@@ -316,7 +322,11 @@ class RunView:
         if rows:
             newest = max(rows, key=lambda r: r[1])
             if self.latest is None or newest[1] >= self.latest.spectrum_id:
-                same = [r for r in rows if r[1] == newest[1]]
+                # every channel of it, also those read in an earlier refresh
+                same = conn.execute(
+                    "SELECT rowid, spectrum_id, channel, doc FROM analysis WHERE spectrum_id = ?",
+                    (newest[1],),
+                ).fetchall()
                 self._latest_spectrum(newest[1], newest[9], newest[12], newest[13], same)
             self._normalise_new({r[1]: (r[9], r[12], r[13]) for r in rows})
         return bool(rows)
@@ -351,7 +361,7 @@ class RunView:
             y, _, _ = signal(msg.arrays, channel)
             model = np.full_like(y, np.nan)
             if refs is not None:
-                fit = msgspec.json.decode(r[8], type=FitResult)
+                fit = msgspec.json.decode(r[3], type=FitResult)
                 lo, hi = fit.fit_range  # the model is drawn only where it was fitted
                 inside = (energy >= lo) & (energy <= hi)
                 model[inside] = model_curve(energy[inside], refs, fit)
@@ -424,6 +434,9 @@ class RunView:
                         "p_value": d.get("p_value"),
                         "statistic": d.get("statistic"),
                         "dose_MGy": d.get("dose_Gy", math.nan) / 1e6,
+                        "evidence": ", ".join(
+                            f"{k} {v:.4g}" for k, v in (d.get("detail") or {}).items()
+                        ),
                     }
                 )
             elif kind == "trigger":
@@ -541,36 +554,47 @@ class RunView:
         }
 
     def _publish(self, status: dict[str, Any], connected: bool) -> None:
+        """A new snapshot; pieces whose part did not change are the old snapshot's objects."""
         old = self.snapshot
-        cell_changed = self.parts["cell"] != old.parts.get("cell")
-        fits = pd.DataFrame(list(self.fits.values()))
-        if len(fits):
-            fits = fits.sort_values("t", kind="stable")
+
+        def changed(*parts: str) -> bool:
+            return any(self.parts[p] != old.parts.get(p) for p in parts)
+
+        def fits_frame() -> pd.DataFrame:
+            fits = pd.DataFrame(list(self.fits.values()))
+            return fits.sort_values("t", kind="stable") if len(fits) else fits
+
         budget = self.cfg.analysis.dose_budget_Gy if self.cfg else 0.0
         if self.cfg and self.cfg.orchestration.dose_budget_Gy > 0:
             budget = self.cfg.orchestration.dose_budget_Gy
+        cell = changed("cell")
+        events = changed("events")
         self.snapshot = Snapshot(
             version=old.version + 1,
             parts=dict(self.parts),
-            cell=self.cell.frame() if cell_changed else old.cell,
-            rests=rest_periods(self.cell.data[:, 0], self.cell.data[:, 4])
-            if cell_changed
-            else old.rests,
-            spectra=pd.DataFrame([self.spectra[k] for k in sorted(self.spectra)]),
-            fits=fits,
-            dose=pd.DataFrame([self.dose[k] for k in sorted(self.dose)]),
-            damage=pd.DataFrame(self.damage),
-            triggers=pd.DataFrame(self.triggers),
-            events=list(self.events),
+            cell=self.cell.frame() if cell else old.cell,
+            rests=rest_periods(self.cell.data[:, 0], self.cell.data[:, 4]) if cell else old.rests,
+            spectra=pd.DataFrame([self.spectra[k] for k in sorted(self.spectra)])
+            if changed("spectra")
+            else old.spectra,
+            fits=fits_frame() if changed("fits") else old.fits,
+            dose=pd.DataFrame([self.dose[k] for k in sorted(self.dose)])
+            if changed("dose")
+            else old.dose,
+            damage=pd.DataFrame(self.damage) if events else old.damage,
+            triggers=pd.DataFrame(self.triggers) if events else old.triggers,
+            events=list(self.events) if events else old.events,
             event_counts=dict(self.event_counts),
             alarms=[a for a in self.alarms.values() if not a.get("acknowledged")],
-            relaxation=self._relaxation_now(),
+            relaxation=self._relaxation_now()
+            if changed("relaxation", "fits", "cell")
+            else old.relaxation,
             latest=self.latest,
-            heatmaps=self._heatmaps()
-            if self.parts["fits"] != old.parts.get("fits")
-            else (old.heatmaps),
-            rixs_maps=pd.DataFrame(list(self.rixs_maps.values())),
-            rixs_latest=self._rixs_latest(),
+            heatmaps=self._heatmaps() if changed("fits") else old.heatmaps,
+            rixs_maps=pd.DataFrame(list(self.rixs_maps.values()))
+            if changed("rixs")
+            else old.rixs_maps,
+            rixs_latest=self._rixs_latest() if changed("spectra") else old.rixs_latest,
             status=status,
             rates=_rates(old, status),
             monitor_connected=connected,
@@ -592,6 +616,17 @@ def _rates(old: Snapshot, status: dict[str, Any]) -> dict[str, float]:
     return rates
 
 
+TRIM_INTERVAL_S = 10.0
+
+
+def release_freed_memory() -> None:
+    """Give freed heap back to the OS (glibc). Snapshots replace large arrays several times a
+    second; without this the process's RSS kept growing over a long run although the Python
+    heap did not (measured: bench/dashboard.py)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class StateFeed:
     """A thread that listens to the monitor's state stream and refreshes the view.
 
@@ -605,7 +640,7 @@ class StateFeed:
         view: RunView,
         endpoint: str | None,
         *,
-        min_interval_s: float = 0.05,
+        min_interval_s: float = 0.25,
         max_interval_s: float = 1.0,
         silence_s: float = 5.0,
     ) -> None:
@@ -640,7 +675,7 @@ class StateFeed:
         if sock is not None:
             poller.register(sock, zmq.POLLIN)
         last_seq: int | None = None
-        last_refresh = 0.0
+        last_refresh = last_trim = 0.0
         try:
             while not self._stop.is_set():
                 woke = bool(poller.poll(int(self.max_interval_s * 1000))) if sock else False
@@ -664,6 +699,9 @@ class StateFeed:
                 last_refresh = time.monotonic()
                 for listener in self.on_refresh:
                     listener(self.view.snapshot)
+                if last_refresh - last_trim > TRIM_INTERVAL_S:
+                    release_freed_memory()
+                    last_trim = last_refresh
         finally:
             if sock is not None:
                 sock.close(linger=0)

@@ -20,7 +20,7 @@ from operando.drivers.spectra import (
 
 from operando.analysis.damage import DamageDetector, ScanSummary
 from operando.analysis.dose import scan_dose_Gy
-from operando.analysis.lcf import FitError, fit_spectrum
+from operando.analysis.lcf import FitError, fit_spectrum, model_curve
 from operando.analysis.normalize import NormalizationError, normalize
 from operando.analysis.references import ReferenceError, References
 from operando.analysis.relaxation import fit_relaxation, rest_periods
@@ -294,3 +294,20 @@ def test_normalisation_follows_larch_conventions_and_names_bad_windows():
     short = e < 650
     with pytest.raises(NormalizationError, match="post-edge window .* outside the scan"):
         normalize(e[short], mu[short], "Mn-L")
+
+
+@pytest.mark.parametrize("channel", ["TEY", "TFY"])
+def test_model_curve_is_the_fitted_model(channel):
+    """The curve a dashboard draws beside the data reproduces the fit's own chi-square."""
+    rng = np.random.default_rng(11)
+    refs = refs_for("Mn-L")
+    f = {"Mn2+": 0.2, "Mn3+": 0.5, "Mn4+": 0.3}
+    e, ch = scan("Mn-L", f, f, rng, shift=0.15)
+    fit = fit_channel("Mn-L", e, ch, channel, refs)
+    y = ch[channel] / ch["I0"]
+    sigma = y * np.sqrt(1 / ch[channel] + 1 / ch["I0"])
+    lo, hi = fit.fit_range
+    m = (e >= lo) & (e <= hi)
+    chi2 = np.sum(((model_curve(e[m], refs, fit) - y[m]) / sigma[m]) ** 2) / m.sum()
+    assert chi2 == pytest.approx(fit.chi2_red, rel=0.15)
+    assert 0.7 < chi2 < 1.5  # at the counting noise: the curve is the model, not a lookalike

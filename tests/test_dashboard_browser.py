@@ -15,19 +15,11 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, wait_for
+from operando.dashboards.headless import CHROMIUM, launch, plotted_until
 
 from operando.demo import free_ports
+from operando.store import open_readonly
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(os.environ.get("OPERANDO_ARTIFACTS", REPO / "test-artifacts"))
 
 playwright_api = pytest.importorskip(
@@ -40,7 +32,7 @@ if not Path(CHROMIUM).exists():
 @pytest.fixture
 def browser():
     with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = launch(p)
         try:
             yield b
         finally:
@@ -95,6 +87,16 @@ def test_live_dashboard_updates_alarms_and_reloads_with_history(tmp_path, proces
     first = _spectra(page)
     # ... and update as spectra arrive
     wait_for(lambda: _spectra(page) >= first + 3, 60, 0.5, what="the spectrum count to grow")
+    # ... and the plots follow: what they were given reaches further in time, close to the
+    # newest row in the store (at 120x, 10 min of experiment are 5 s of wall time)
+    t_plot = wait_for(lambda: plotted_until(page), 30, 0.5, what="plotted data")
+    wait_for(
+        lambda: (plotted_until(page) or 0) > t_plot + 300, 30, 0.5, what="the plots to move on"
+    )
+    conn = open_readonly(run)
+    (newest,) = conn.execute("SELECT max(t) FROM potentiostat").fetchone()
+    conn.close()
+    assert newest - plotted_until(page) < 600
     _shot(page, "dashboard-live")
 
     # a second browser at the same time sees the same run
@@ -122,19 +124,20 @@ def test_live_dashboard_updates_alarms_and_reloads_with_history(tmp_path, proces
     wait_for(lambda: page.locator("canvas").count() >= 6, 30, 0.5, what="plots after reload")
 
     # acknowledging from the page (the demo starts the dashboard with command rights)
-    page.get_by_role("button", name=f"Acknowledge #{alarm_id}").click()
+    label = f"#{alarm_id} damage"
+    page.locator("select", has=page.locator("option", has_text=label)).select_option(label=label)
+    page.get_by_role("button", name="Acknowledge alarm").click()
     wait_for(
         lambda: page.locator(f'.op-alarm:has-text("ALARM #{alarm_id} ")').count() == 0,
         30,
         0.5,
         what=f"alarm {alarm_id} to go after acknowledging",
     )
+    assert "acknowledge: done" in page.locator(".op-message").inner_text()
     _shot(page, "dashboard-after-acknowledge")
 
     demo.p.send_signal(signal.SIGINT)
     assert demo.p.wait(90) == 0, demo.output()
-    from operando.store import open_readonly
-
     conn = open_readonly(run)
     acks = [
         json.loads(d)["id"]
@@ -179,8 +182,6 @@ def test_finished_run_opens_in_a_dashboard_and_basic_auth_guards_it(
     page.fill("input[name=password]", "beamtime-secret")
     page.click("button, input[type=submit]")
     page.wait_for_selector(".op-spectra", timeout=30_000)
-    from operando.store import open_readonly
-
     (n,) = open_readonly(lfp_run).execute("SELECT count(*) FROM alignment").fetchone()
     wait_for(lambda: _spectra(page) == n, 30, 0.5, what="the full history")
     assert "monitor not connected" in page.locator(".op-header").inner_text()

@@ -1,0 +1,48 @@
+"""How operando drives a headless browser (the dashboard's tests and benchmark).
+
+Debian's Chromium with Playwright: no browser download, and no connection attempts beyond the
+page itself (the machines here have a closed network: without these flags Chromium keeps
+trying Google's hosts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+def launch(playwright: Any) -> Any:
+    """A headless Chromium from a started ``sync_playwright()``."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+
+
+# The newest time any plot in the page holds: the largest value of a ``time`` column over the
+# page's Bokeh data sources (Bokeh keeps datetimes as ms since the epoch). What the plots show
+# lives in canvases; this reads what they were given.
+_PLOTTED_UNTIL_JS = """() => {
+  let best = null;
+  for (const doc of (window.Bokeh ? Bokeh.documents : [])) {
+    for (const m of doc.all_models) {
+      const t = m.data && m.data.time;
+      if (!t || !t.length) continue;
+      for (const v of t) if (best === null || v > best) best = v;
+    }
+  }
+  return best;
+}"""
+
+
+def plotted_until(page: Any) -> float | None:
+    """Seconds since the epoch of the newest point plotted in ``page`` (None: nothing yet)."""
+    ms = page.evaluate(_PLOTTED_UNTIL_JS)
+    return None if ms is None else float(ms) / 1e3
