@@ -506,6 +506,15 @@ def _detail(e: dict[str, Any]) -> str:
 def serve(opts: DashboardOptions) -> int:
     check_exposure(opts)
     hv.extension("bokeh", logo=False)
+    # Every element rescales to each new frame: a live plot's ranges follow its data (set on
+    # the overlays alone, the voltage axis stayed at the first frame's range).
+    hv.opts.defaults(
+        *(
+            getattr(hv.opts, element)(framewise=True)
+            for element in ("Curve", "Scatter", "ErrorBars", "Spread", "Bars", "Points")
+        ),
+        *(getattr(hv.opts, e)(framewise=True) for e in ("QuadMesh", "Overlay")),
+    )
     pn.extension(notifications=False)
     view = RunView(opts.run_dir)
     feed = StateFeed(view, opts.monitor)
