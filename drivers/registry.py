@@ -19,6 +19,10 @@ DRIVERS: dict[str, tuple[str, str]] = {
         "operando.drivers.sim_spectrometer",
         "simulated soft X-ray spectrometer (XAS TEY/TFY, RIXS) on the same cell",
     ),
+    "eclab": (
+        "operando.drivers.eclab_file",
+        "EC-Lab text export (.mpt): follow a file being written (--follow) or replay one",
+    ),
 }
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from operando.config import ConfigError, list_presets, load_config, parse_config, preset_path
+from operando.config import (
+    ConfigError,
+    demo_presets,
+    list_presets,
+    load_config,
+    parse_config,
+    preset_path,
+)
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -37,8 +44,10 @@ def test_toml_syntax_error_names_file(tmp_path):
 @pytest.mark.parametrize("name", list_presets())
 def test_every_shipped_preset_loads(name):
     cfg = load_config(preset_path(name))
-    assert cfg.potentiostat is not None and cfg.drivers
+    assert cfg.potentiostat is not None
+    assert bool(cfg.drivers) == (name in demo_presets())
 
 
-def test_presets_include_the_four_demos():
-    assert {"peo-nmc", "peo-lfp-relaxation", "lnmo-surface", "na-mno2"} <= set(list_presets())
+def test_presets_include_the_four_demos_and_only_demos_run_in_demo():
+    assert {"peo-nmc", "peo-lfp-relaxation", "lnmo-surface", "na-mno2"} <= set(demo_presets())
+    assert "eclab-potentiostat" in set(list_presets()) - set(demo_presets())

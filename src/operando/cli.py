@@ -199,13 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after S wall seconds")
     p.set_defaults(func=_monitor)
 
-    from operando.config import list_presets
+    from operando.config import demo_presets
 
     p = sub.add_parser("demo", help="simulated operando experiment: instruments + monitor")
     p.add_argument(
         "--preset",
         default="peo-nmc",
-        choices=list_presets(),
+        choices=demo_presets(),
         help="experiment preset from configs/ (default: peo-nmc)",
     )
     p.add_argument("--config", help="an experiment TOML instead of a preset")

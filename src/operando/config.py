@@ -169,6 +169,11 @@ def list_presets() -> list[str]:
     )
 
 
+def demo_presets() -> list[str]:
+    """The presets ``operando demo`` can run: those whose drivers it starts (simulators)."""
+    return [name for name in list_presets() if load_config(preset_path(name)).drivers]
+
+
 def _keyed(message: str) -> str:
     """msgspec says '... - at `$.sources[0].role`'; put the key first, as a TOML user reads it."""
     text, sep, path = message.rpartition(" - at `")

@@ -1,0 +1,182 @@
+"""``operando driver eclab FILE``: an EC-Lab text export (.mpt) as a potentiostat source.
+
+``--follow``: EC-Lab is still writing the file; rows are published as they appear (a partial
+last line waits for its end), and a file that is replaced or cut short (a new export under the
+same name) is read again from its header. Without ``--follow`` the finished file is replayed:
+row times keep their spacing, divided by ``--speed`` (1: real time; 0: as fast as the monitor
+takes them).
+Row times are absolute: the header's acquisition start (the EC-Lab PC's local time, or
+``--utc-offset``) plus ``time/s``. EC-Lab's own charge counter, ``(Q-Qo)``, goes out as the
+instrument's Q (``--no-charge`` leaves the monitor to count coulombs from the current).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from operando.drivers.base import Driver, DriverOptions
+from operando.drivers.eclab import MptFormatError, MptHeader, MptReader
+
+from operando.protocol import PotentiostatBatch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "potentiostat"
+BATCH_ROWS = 500
+CHUNK_BYTES = 1 << 20
+
+
+class EclabFile(Driver):
+    instrument = "potentiostat"
+
+    def __init__(
+        self,
+        opts: DriverOptions,
+        path: Path,
+        *,
+        follow: bool,
+        tz: dt.tzinfo | None,
+        poll_s: float = 0.2,
+        capacity_mAh: float | None = None,
+        charge: bool = True,
+    ) -> None:
+        # --speed is the replay's (file seconds per wall second; 0: at once); the driver's own
+        # clock (heartbeats) is the real one
+        super().__init__(dataclasses.replace(opts, speed=1.0))
+        self.path, self.follow = path, follow
+        self.replay_speed = opts.speed
+        self.tz, self.poll_s, self.capacity_mAh, self.charge = tz, poll_s, capacity_mAh, charge
+        self.header = self._read_header()
+        self.rows_published = 0
+        self.files_read = 1
+
+    def _read_header(self) -> MptHeader:
+        reader = MptReader(str(self.path))
+        try:
+            with open(self.path, "rb") as f:
+                reader.feed(f.read(64 * 1024))
+        except FileNotFoundError:
+            raise MptFormatError(f"{self.path}: no such file") from None
+        if reader.header is None:
+            raise MptFormatError(f"{self.path}: the header is not complete yet")
+        return reader.header
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "file": str(self.path),
+            "technique": self.header.technique,
+            "acquisition_start": self.header.start.isoformat() if self.header.start else None,
+            "columns": self.header.names,
+        }
+        if self.capacity_mAh:
+            meta["capacity_mAh"] = self.capacity_mAh
+        return meta
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "rows": self.rows_published, "files": self.files_read}
+
+    async def produce(self) -> None:
+        reader = MptReader(str(self.path))
+        f = open(self.path, "rb")  # noqa: SIM115 - reopened on rotation, closed in finally
+        inode = os.fstat(f.fileno()).st_ino
+        t_first: float | None = None
+        wall_first = 0.0
+        try:
+            while True:
+                chunk = await asyncio.to_thread(f.read, CHUNK_BYTES)
+                at_end = not chunk and not self.follow
+                # a finished file's last line may lack its newline: end it
+                rows = reader.feed(chunk if chunk else b"\n" if at_end else b"")
+                if len(rows["t"]):
+                    assert reader.header is not None
+                    rows["t"] = rows["t"] + reader.header.epoch(self.tz)
+                    if not self.follow and self.replay_speed > 0:
+                        if t_first is None:
+                            t_first = float(rows["t"][0])
+                            wall_first = asyncio.get_running_loop().time()
+                        await self._pace(rows, t_first, wall_first)
+                    else:
+                        await self._send(rows)
+                if chunk:
+                    continue
+                if at_end:
+                    return  # the whole file is out
+                await asyncio.sleep(self.poll_s)
+                if self._rotated(f, inode):
+                    log.warning("%s: replaced or cut short: reading it again", self.path)
+                    last = reader.feed(b"\n")  # the old file's last line is complete now
+                    if len(last["t"]) and reader.header is not None:
+                        last["t"] = last["t"] + reader.header.epoch(self.tz)
+                        await self._send(last)
+                    f.close()
+                    f = open(self.path, "rb")  # noqa: SIM115
+                    inode, reader = os.fstat(f.fileno()).st_ino, MptReader(str(self.path))
+                    self.files_read += 1
+        finally:
+            f.close()
+
+    def _rotated(self, f: Any, inode: int) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False  # being replaced: wait for the new file
+        return st.st_ino != inode or st.st_size < f.tell()
+
+    async def _pace(self, rows: dict[str, np.ndarray], t_first: float, wall_first: float) -> None:
+        """Replay: each batch leaves when its first row's time has come, at ``replay_speed``."""
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(rows["t"]), BATCH_ROWS):
+            part = {k: v[start : start + BATCH_ROWS] for k, v in rows.items()}
+            due = wall_first + (float(part["t"][0]) - t_first) / self.replay_speed
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            await self._send(part, batch=False)
+
+    async def _send(self, rows: dict[str, np.ndarray], batch: bool = True) -> None:
+        assert self.pub is not None
+        n = len(rows["t"])
+        for start in range(0, n, BATCH_ROWS if batch else n):
+            part = {k: v[start : start + BATCH_ROWS] for k, v in rows.items()}
+            arrays = {k: part[k] for k in ("t", "Ewe", "I", "mode", "step", "cycle")}
+            if self.charge and not np.all(np.isnan(part["Q"])):
+                arrays["Q"] = part["Q"]
+            await self.pub.send(PotentiostatBatch(source=self.opts.name), arrays)
+            self.rows_published += len(part["t"])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="the EC-Lab text export (.mpt)")
+    p.add_argument("--follow", action="store_true", help="EC-Lab is still writing it")
+    p.add_argument(
+        "--utc-offset",
+        type=float,
+        default=None,
+        help="hours the EC-Lab PC's clock is ahead of UTC (default: this machine's zone)",
+    )
+    p.add_argument("--poll", type=float, default=0.2, help="--follow: seconds between reads")
+    p.add_argument("--capacity", type=float, help="cell capacity in mAh (for the SOC)")
+    p.add_argument(
+        "--no-charge",
+        action="store_true",
+        help="do not publish EC-Lab's (Q-Qo): the monitor counts coulombs from the current",
+    )
+
+
+def from_args(a: argparse.Namespace, opts: DriverOptions) -> EclabFile:
+    tz = dt.timezone(dt.timedelta(hours=a.utc_offset)) if a.utc_offset is not None else None
+    return EclabFile(
+        opts,
+        Path(a.file),
+        follow=a.follow,
+        tz=tz,
+        poll_s=a.poll,
+        capacity_mAh=a.capacity,
+        charge=not a.no_charge,
+    )

@@ -1,0 +1,179 @@
+"""EC-Lab text exports: the parser on real files, and the driver through a real monitor.
+
+The files in ../shared/data/eclab are real EC-Lab exports (decimal commas, averaged currents,
+charge in C or mA.h, open circuit without a current column); tests that need them skip with the
+reason when ../shared is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+from conftest import SHARED, cli, wait_for
+from operando.drivers.eclab import MptFormatError, MptReader
+
+from operando.config import load_config, preset_path
+from operando.demo import localize
+from operando.store import open_readonly
+
+ECLAB = SHARED / "data" / "eclab"
+needs_files = pytest.mark.skipif(
+    not ECLAB.exists(), reason=f"{ECLAB} not found: the real EC-Lab exports live in ../shared"
+)
+
+
+def read_all(path: Path, piece: int | None = None) -> tuple[MptReader, dict[str, np.ndarray]]:
+    reader = MptReader(path.name)
+    data = path.read_bytes() + b"\n"
+    step = piece or len(data)
+    parts = [reader.feed(data[i : i + step]) for i in range(0, len(data), step)]
+    return reader, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@needs_files
+@pytest.mark.parametrize(
+    ("name", "rows", "technique", "has_current", "q_column"),
+    [
+        ("yadg_cp.mpt", 121, "Chronopotentiometry", True, "(Q-Qo)/C"),
+        ("yadg_gcpl.issue_149.mpt", 132, "Galvanostatic Cycling", True, "(Q-Qo)/mA.h"),
+        ("yadg_ocv.mpt", 602, "Open Circuit Voltage", False, None),
+    ],
+)
+def test_real_exports_parse_the_same_in_any_pieces(name, rows, technique, has_current, q_column):
+    reader, whole = read_all(ECLAB / name)
+    _, pieces = read_all(ECLAB / name, piece=97)  # partial lines everywhere
+    assert len(whole["t"]) == rows
+    for k in whole:
+        np.testing.assert_array_equal(whole[k], pieces[k])
+    h = reader.header
+    assert h is not None and h.technique.startswith(technique) and h.start is not None
+    assert np.all(np.diff(whole["t"]) > 0) and np.all(np.isfinite(whole["Ewe"]))
+    assert np.any(whole["I"] != 0) == has_current
+    if q_column:
+        assert h.names[h.where["Q"][0]] == q_column
+    else:
+        assert np.all(np.isnan(whole["Q"]))
+
+
+@needs_files
+def test_decimal_commas_and_charge_in_coulombs_are_read_as_numbers():
+    _, gcpl = read_all(ECLAB / "yadg_gcpl.issue_149.mpt")  # "3,4228721E+000"
+    assert gcpl["Ewe"][0] == pytest.approx(3.4228721)
+    _, cp = read_all(ECLAB / "yadg_cp.mpt")  # (Q-Qo)/C -> mA.h
+    text = (ECLAB / "yadg_cp.mpt").read_text(encoding="latin-1").splitlines()
+    last_q_coulomb = float(text[-1].split("\t")[12])
+    assert cp["Q"][-1] == pytest.approx(last_q_coulomb / 3.6)
+
+
+def test_bad_exports_say_what_and_where(tmp_path):
+    with pytest.raises(MptFormatError, match="line 1 is not 'EC-Lab ASCII FILE'"):
+        MptReader("x.mpt").feed(b"time/s\tEwe/V\n1\t2\n3\t4\n")
+    head = b"EC-Lab ASCII FILE\nNb header lines : 3\nmode\ttime/s\tEwe/V\n"
+    with pytest.raises(MptFormatError, match=r"line 5: could not convert"):
+        MptReader("x.mpt").feed(head + b"1\t0,0\t3,1\n1\t1,0\tnot-a-number\n")
+    with pytest.raises(MptFormatError, match=r"no column for \['Ewe'\]"):
+        MptReader("x.mpt").feed(b"EC-Lab ASCII FILE\nNb header lines : 3\nmode\ttime/s\tI/mA\n")
+
+
+def _start(tmp_path, processes, driver_args, capacity):
+    """The shipped example (configs/eclab-potentiostat.toml) on free ports, this capacity."""
+    cfg = localize(load_config(preset_path("eclab-potentiostat")))
+    alignment = msgspec.structs.replace(cfg.alignment, capacity_mAh=capacity)
+    cfg = msgspec.structs.replace(cfg, alignment=alignment)
+    path = tmp_path / "experiment.json"
+    path.write_bytes(msgspec.json.encode(cfg))
+    run = tmp_path / "run"
+    processes("monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "mon.log")
+    src = cfg.source("potentiostat")
+    driver = processes(
+        "driver",
+        "eclab",
+        *driver_args,
+        "--data",
+        src.data,
+        "--command",
+        src.command,
+        log=tmp_path / "driver.log",
+    )
+    return run, driver
+
+
+def _rows(run: Path) -> int:
+    try:
+        conn = open_readonly(run)
+        try:
+            return conn.execute("SELECT count(*) FROM potentiostat").fetchone()[0]
+        finally:
+            conn.close()
+    except Exception:  # the store is still being created
+        return 0
+
+
+@needs_files
+@pytest.mark.slow
+def test_monitor_soc_from_the_current_matches_eclab_charge(tmp_path, processes):
+    """Replayed without EC-Lab's charge column, the monitor counts coulombs from the current:
+    its SOC must match EC-Lab's own (Q-Qo) within 0.1 % of the capacity."""
+    name = ECLAB / "yadg_cp.mpt"
+    _, truth = read_all(name)
+    capacity = float(np.ptp(truth["Q"]))  # the whole discharge: the harshest capacity to use
+    run, driver = _start(tmp_path, processes, [str(name), "--speed", "0", "--no-charge"], capacity)
+    assert driver.p.wait(60) == 0, driver.output()
+    wait_for(lambda: _rows(run) == len(truth["t"]), 30, what="all rows recorded")
+    conn = open_readonly(run)
+    got = conn.execute("SELECT t, soc, q FROM potentiostat ORDER BY t").fetchall()
+    conn.close()
+    t, soc, q = (np.array(c, dtype=float) for c in zip(*got, strict=True))
+    assert np.all(np.isnan(q))  # the charge column really was left out
+    charge = soc * capacity  # initial SOC 0; EC-Lab's Q starts at 0 too
+    err = np.max(np.abs(charge - (truth["Q"] - truth["Q"][0]))) / capacity
+    assert err < 1e-3, err
+    assert t[0] > 1.6e9  # absolute: the header's acquisition start (2021) + time/s
+
+
+@needs_files
+@pytest.mark.slow
+def test_follows_a_growing_file_and_a_replaced_one(tmp_path, processes):
+    src = ECLAB / "yadg_gcpl.issue_149.mpt"
+    data = src.read_bytes()
+    live = tmp_path / "live.mpt"
+    cut = data.index(b"\n", len(data) // 3) + 20  # mid-line: a partial last line
+    live.write_bytes(data[:cut])
+    run, driver = _start(tmp_path, processes, [str(live), "--follow", "--poll", "0.05"], 1.0)
+    _, first = read_all(src)
+    wait_for(lambda: _rows(run) > 0, 30, what="the first rows")
+    with open(live, "ab") as f:  # EC-Lab goes on writing, in odd pieces
+        for i in range(cut, len(data), 1000):
+            f.write(data[i : i + 1000])
+            f.flush()
+    # the last line has no newline yet: it may still be being written, so it waits
+    n_first = len(first["t"])
+    wait_for(lambda: _rows(run) == n_first - 1, 30, what="every complete row of the file")
+    # a new export under the same name (EC-Lab started the next technique)
+    tmp = tmp_path / "next.mpt"
+    shutil.copy(ECLAB / "yadg_ocv.mpt", tmp)
+    os.replace(tmp, live)
+    _, second = read_all(ECLAB / "yadg_ocv.mpt")
+    # replaced: the old file's last line is complete after all; the new one's waits
+    n_all = n_first + len(second["t"]) - 1
+    wait_for(lambda: _rows(run) == n_all, 30, what="the new file's rows")
+    assert driver.stop(signal.SIGINT) == 0
+    conn = open_readonly(run)
+    ewe = [r[0] for r in conn.execute("SELECT ewe FROM potentiostat ORDER BY rowid")]
+    conn.close()
+    np.testing.assert_allclose(ewe, np.concatenate([first["Ewe"], second["Ewe"][:-1]]))
+
+
+def test_driver_refuses_what_it_cannot_read_with_the_reason(tmp_path):
+    missing = cli("driver", "eclab", str(tmp_path / "none.mpt"), check=False)
+    assert missing.returncode == 2 and "none.mpt: no such file" in missing.stderr
+    other = tmp_path / "scan.dat"
+    other.write_text("# energy TEY\n530 1\n")
+    wrong = cli("driver", "eclab", str(other), check=False)
+    assert wrong.returncode == 2 and "scan.dat: line 1 is not 'EC-Lab ASCII FILE'" in wrong.stderr
