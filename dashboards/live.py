@@ -3,8 +3,9 @@
 One process serves any number of browser tabs. A ``StateFeed`` thread keeps one ``RunView`` of
 the run store current; each tab redraws from the view's newest snapshot at a bounded rate
 (``render_hz``), sending HoloViews streams only the parts that changed. Long time series are
-downsampled for display (LTTB, re-run on zoom) while the full data stay in the store. Nothing a
-browser does can slow ingest: the monitor only ever sees a SUB socket that may fall behind.
+downsampled for display (min-max + LTTB over the whole trace) while the full data stay in the
+store. Nothing a browser does can slow ingest: the monitor only ever sees a SUB socket that may
+fall behind.
 
 Binds 127.0.0.1 unless told otherwise; on any other address it refuses to start without
 authentication (Panel's basic auth: a password file). Controls (acquire, hold, resume,
