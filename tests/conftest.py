@@ -15,6 +15,7 @@ import pytest
 
 from operando.config import ExperimentConfig, parse_config
 from operando.demo import free_ports
+from operando.store import open_readonly
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -151,20 +152,41 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def record_demo(run: Path, preset: str, duration_s: float, speed: float = 120.0) -> Path:
-    """A complete run directory from ``operando demo`` (no dashboard, no terminal table)."""
-    args = ["demo", "--preset", preset, "--headless", "--no-dashboard"]
+def record_demo(
+    run: Path,
+    duration_s: float,
+    *experiment: str,
+    speed: float = 120.0,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
+    """A complete run directory from ``operando demo`` (no dashboard, no terminal table);
+    ``experiment``: e.g. ``"--preset", "lnmo-surface"`` or ``"--config", path`` (default:
+    the default preset)."""
+    args = ["demo", *experiment, "--headless", "--no-dashboard"]
     args += ["--duration", str(duration_s), "--speed", str(speed), "--run-dir", str(run)]
-    cli(*args, timeout=duration_s + 120)
-    return run
+    return cli(*args, timeout=timeout or duration_s + 120)
+
+
+def recorded_events(run: Path, kind: str) -> list[dict[str, Any]]:
+    """The details of a run's events of one kind, in the order they were recorded."""
+    conn = open_readonly(run)
+    try:
+        rows = conn.execute("SELECT detail FROM events WHERE kind = ? ORDER BY id", (kind,))
+        return [json.loads(d) for (d,) in rows]
+    finally:
+        conn.close()
 
 
 # Runs several test modules read: recorded once per session (each takes a minute).
 @pytest.fixture(scope="session")
 def lfp_run(tmp_path_factory) -> Path:
-    return record_demo(tmp_path_factory.mktemp("lfp") / "run", "peo-lfp-relaxation", 55)
+    run = tmp_path_factory.mktemp("lfp") / "run"
+    record_demo(run, 55, "--preset", "peo-lfp-relaxation")
+    return run
 
 
 @pytest.fixture(scope="session")
 def lirich_run(tmp_path_factory) -> Path:
-    return record_demo(tmp_path_factory.mktemp("lirich") / "run", "lirich-rixs", 45)
+    run = tmp_path_factory.mktemp("lirich") / "run"
+    record_demo(run, 45, "--preset", "lirich-rixs")
+    return run

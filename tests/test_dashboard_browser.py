@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, wait_for
+from conftest import REPO, recorded_events, wait_for
 from operando.dashboards.headless import CHROMIUM, launch, plotted_until
 
 from operando.demo import free_ports
@@ -138,15 +138,8 @@ def test_live_dashboard_updates_alarms_and_reloads_with_history(tmp_path, proces
 
     demo.p.send_signal(signal.SIGINT)
     assert demo.p.wait(90) == 0, demo.output()
-    conn = open_readonly(run)
-    acks = [
-        json.loads(d)["id"]
-        for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'alarm_acknowledged'")
-    ]
-    commands = [
-        json.loads(d) for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'command'")
-    ]
-    conn.close()
+    acks = [a["id"] for a in recorded_events(run, "alarm_acknowledged")]
+    commands = recorded_events(run, "command")
     assert alarm_id in acks
     assert any(c["action"] == "acknowledge" and c["ok"] for c in commands)  # audited
 

@@ -9,7 +9,7 @@ import signal
 import sqlite3
 
 import pytest
-from conftest import cli, inspect_json, pid_alive, wait_for
+from conftest import cli, inspect_json, pid_alive, record_demo, recorded_events, wait_for
 
 from operando.store import open_readonly
 
@@ -17,18 +17,7 @@ from operando.store import open_readonly
 @pytest.mark.slow
 def test_demo_headless_acceptance(tmp_path):
     run = tmp_path / "demo"
-    proc = cli(
-        "demo",
-        "--headless",
-        "--no-dashboard",
-        "--duration",
-        "60",
-        "--speed",
-        "120",
-        "--run-dir",
-        str(run),
-        timeout=180,
-    )
+    proc = record_demo(run, 60, timeout=180)
     assert "recording to" in proc.stdout
     s = inspect_json(run)
     assert set(s["sources"]) == {"potentiostat", "spectrometer"}
@@ -66,20 +55,7 @@ def test_demo_headless_acceptance(tmp_path):
 @pytest.mark.slow
 def test_damage_preset_flags_damage_and_survives_reprocess(tmp_path):
     run = tmp_path / "lnmo"
-    cli(
-        "demo",
-        "--preset",
-        "lnmo-surface",
-        "--headless",
-        "--no-dashboard",
-        "--duration",
-        "50",
-        "--speed",
-        "120",
-        "--run-dir",
-        str(run),
-        timeout=180,
-    )
+    record_demo(run, 50, "--preset", "lnmo-surface", timeout=180)
     before = inspect_json(run)
     a = before["analysis"]
     assert a["damage_flags_total"] > 0 and before["events"]["dose_budget_warning"] >= 1
@@ -88,17 +64,10 @@ def test_damage_preset_flags_damage_and_survives_reprocess(tmp_path):
     # which the orchestrator says with an alarm
     over = [s for s, d in a["dose_Gy_by_spot"].items() if d > 5e8 + 1e8]
     if over:
-        c = open_readonly(run)
-        alarms = [
-            json.loads(d) for (d,) in c.execute("SELECT detail FROM events WHERE kind = 'alarm'")
-        ]
-        c.close()
+        alarms = recorded_events(run, "alarm")
         assert len(over) == 1 and any(al["category"] == "spots" for al in alarms), over
+    flags = recorded_events(run, "damage_flag")
     conn = open_readonly(run)
-    flags = [
-        json.loads(d)
-        for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'damage_flag'")
-    ]
     # only scans that reach the 300 MGy critical dose (~99 MGy per scan: dose at start > 200)
     assert all(f["p_value"] < 1e-3 and f["dose_Gy"] > 2e8 for f in flags)
     fits = conn.execute(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
-from conftest import cli, inspect_json, monitor_config
+from conftest import cli, inspect_json, monitor_config, recorded_events
 
 from operando.monitor import query_status
 from operando.protocol import MODE_CC, PotentiostatBatch, Spot, XASScan
@@ -174,11 +174,8 @@ def test_dropped_messages_are_counted_and_recorded(tmp_path, processes):
 
     asyncio.run(scenario())
     assert mon.stop(signal.SIGINT) == 0
+    gaps = recorded_events(run, "gap")
     conn = open_readonly(run)
-    gaps = [
-        json.loads(d)
-        for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'gap' ORDER BY id")
-    ]
     assert [(g["first"], g["last"], g["count"]) for g in gaps] == [(8, 9, 2), (21, 21, 1)]
     s = inspect_json(run)
     assert s["sources"]["potentiostat"]["gaps"] == 2 and s["sources"]["potentiostat"]["lost"] == 3

@@ -11,7 +11,16 @@ import time
 import pytest
 import zmq
 import zmq.asyncio
-from conftest import cli, endpoint, endpoints, inspect_json, monitor_config, wait_for
+from conftest import (
+    cli,
+    endpoint,
+    endpoints,
+    inspect_json,
+    monitor_config,
+    record_demo,
+    recorded_events,
+    wait_for,
+)
 
 from operando.config import preset_path
 from operando.store import open_readonly
@@ -23,25 +32,9 @@ HYSTERESIS = 0.02
 @pytest.mark.slow
 def test_triggered_scans_once_per_crossing_aligned_at_target_and_spots_rotate(tmp_path):
     run = tmp_path / "trig"
-    cli(
-        "demo",
-        "--preset",
-        "peo-nmc-triggered",
-        "--headless",
-        "--no-dashboard",
-        "--duration",
-        "70",
-        "--speed",
-        "120",
-        "--run-dir",
-        str(run),
-        timeout=200,
-    )
+    record_demo(run, 70, "--preset", "peo-nmc-triggered", timeout=200)
+    fired = recorded_events(run, "trigger")
     conn = open_readonly(run)
-    fired = [
-        json.loads(d)
-        for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'trigger' ORDER BY id")
-    ]
     keys = [(f["trigger_id"], f["cycle"]) for f in fired]
     assert len(keys) == len(set(keys)) >= 5  # never twice for one crossing in one cycle
     assert {k for k in keys if k[1] == 0} == {
@@ -92,25 +85,9 @@ triggers = [
     cfg = tmp_path / "rixs.toml"
     cfg.write_text(text)
     run = tmp_path / "rixs"
-    cli(
-        "demo",
-        "--config",
-        str(cfg),
-        "--headless",
-        "--no-dashboard",
-        "--duration",
-        "40",
-        "--speed",
-        "120",
-        "--run-dir",
-        str(run),
-        timeout=200,
-    )
+    record_demo(run, 40, "--config", str(cfg), timeout=200)
+    acks = recorded_events(run, "ack")
     conn = open_readonly(run)
-    acks = [
-        json.loads(d)
-        for (d,) in conn.execute("SELECT detail FROM events WHERE kind = 'ack' ORDER BY id")
-    ]
     assert [a["action"] for a in acks] == ["hold", "acquire", "resume"]
     t0, t1 = conn.execute(
         "SELECT min(t_start), max(t_end) FROM spectra WHERE kind = 'rixs_rows'"
