@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,8 @@ class EclabFile(Driver):
                 chunk = await asyncio.to_thread(f.read, CHUNK_BYTES)
                 at_end = not chunk and not self.follow
                 # a finished file's last line may lack its newline: end it
-                rows = reader.feed(chunk if chunk else b"\n" if at_end else b"")
+                rows = self._absolute(reader, reader.feed(chunk or (b"\n" if at_end else b"")))
                 if len(rows["t"]):
-                    assert reader.header is not None
-                    rows["t"] = rows["t"] + reader.header.epoch(self.tz)
                     if not self.follow and self.replay_speed > 0:
                         if t_first is None:
                             t_first = float(rows["t"][0])
@@ -112,10 +111,8 @@ class EclabFile(Driver):
                 await asyncio.sleep(self.poll_s)
                 if self._rotated(f, inode):
                     log.warning("%s: replaced or cut short: reading it again", self.path)
-                    last = reader.feed(b"\n")  # the old file's last line is complete now
-                    if len(last["t"]) and reader.header is not None:
-                        last["t"] = last["t"] + reader.header.epoch(self.tz)
-                        await self._send(last)
+                    # the old file's last line is complete now
+                    await self._send(self._absolute(reader, reader.feed(b"\n")))
                     f.close()
                     f = open(self.path, "rb")  # noqa: SIM115
                     inode, reader = os.fstat(f.fileno()).st_ino, MptReader(str(self.path))
@@ -130,25 +127,37 @@ class EclabFile(Driver):
             return False  # being replaced: wait for the new file
         return st.st_ino != inode or st.st_size < f.tell()
 
+    def _absolute(self, reader: MptReader, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Row times as seconds since the epoch: the header's acquisition start + time/s."""
+        if len(rows["t"]) and reader.header is not None:
+            rows["t"] = rows["t"] + reader.header.epoch(self.tz)
+        return rows
+
     async def _pace(self, rows: dict[str, np.ndarray], t_first: float, wall_first: float) -> None:
         """Replay: each batch leaves when its first row's time has come, at ``replay_speed``."""
         loop = asyncio.get_running_loop()
-        for start in range(0, len(rows["t"]), BATCH_ROWS):
-            part = {k: v[start : start + BATCH_ROWS] for k, v in rows.items()}
+        for part in _batches(rows):
             due = wall_first + (float(part["t"][0]) - t_first) / self.replay_speed
             await asyncio.sleep(max(0.0, due - loop.time()))
-            await self._send(part, batch=False)
+            await self._publish(part)
 
-    async def _send(self, rows: dict[str, np.ndarray], batch: bool = True) -> None:
+    async def _send(self, rows: dict[str, np.ndarray]) -> None:
+        for part in _batches(rows):
+            await self._publish(part)
+
+    async def _publish(self, part: dict[str, np.ndarray]) -> None:
         assert self.pub is not None
-        n = len(rows["t"])
-        for start in range(0, n, BATCH_ROWS if batch else n):
-            part = {k: v[start : start + BATCH_ROWS] for k, v in rows.items()}
-            arrays = {k: part[k] for k in ("t", "Ewe", "I", "mode", "step", "cycle")}
-            if self.charge and not np.all(np.isnan(part["Q"])):
-                arrays["Q"] = part["Q"]
-            await self.pub.send(PotentiostatBatch(source=self.opts.name), arrays)
-            self.rows_published += len(part["t"])
+        arrays = {k: part[k] for k in ("t", "Ewe", "I", "mode", "step", "cycle")}
+        if self.charge and not np.all(np.isnan(part["Q"])):
+            arrays["Q"] = part["Q"]
+        await self.pub.send(PotentiostatBatch(source=self.opts.name), arrays)
+        self.rows_published += len(part["t"])
+
+
+def _batches(rows: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """The rows in pieces of at most ``BATCH_ROWS`` (none for no rows)."""
+    for start in range(0, len(rows["t"]), BATCH_ROWS):
+        yield {k: v[start : start + BATCH_ROWS] for k, v in rows.items()}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
