@@ -485,10 +485,9 @@ class RunView:
         h, a = msg.header, msg.arrays
         key = h.map_id or h.scan_id
         if self.rixs_acc is None or self.rixs_acc[0] != key:
-            total = max(h.rows_total, h.row_offset + len(a["excitation"]))
-            self.rixs_acc = (key, MapAccumulator(total, a["emission"]))
+            self.rixs_acc = (key, MapAccumulator(h.rows_total, a["emission"]))
         try:
-            self.rixs_acc[1].add(h.row_offset, a["excitation"], a["counts"])
+            self.rixs_acc[1].add(h.row_offset, a["excitation"], a["counts"], a["emission"])
         except ValueError as e:
             log.warning("RIXS map %s: %s", key, e)
 

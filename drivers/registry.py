@@ -23,6 +23,10 @@ DRIVERS: dict[str, tuple[str, str]] = {
         "operando.drivers.eclab_file",
         "EC-Lab text export (.mpt): follow a file being written (--follow) or replay one",
     ),
+    "scan-files": (
+        "operando.drivers.scan_files",
+        "a folder of beamline scan files (column text, NXxas, RIXS rows) published as they appear",
+    ),
 }
 
 

@@ -282,8 +282,15 @@ def test_rixs_roi_ratio_follows_the_oxidised_oxygen_feature():
     acc = MapAccumulator(len(ex), em)
     full = rixs_map(ex, em, 1.0)
     for j in range(0, len(ex), 5):
-        acc.add(j, ex[j : j + 5], full[j : j + 5])
+        acc.add(j, ex[j : j + 5], full[j : j + 5], em)
     assert acc.complete and acc.reduce().ratio == pytest.approx(high.ratio)
+    # a map of unknown size (rows from files) grows; a row on another emission grid is refused
+    growing = MapAccumulator(0, em)
+    for j in range(len(ex)):
+        growing.add(j, ex[j : j + 1], full[j : j + 1], em)
+    assert not growing.complete and growing.reduce().ratio == pytest.approx(high.ratio)
+    with pytest.raises(ValueError, match="emission axis of 10 points differs"):
+        growing.add(len(ex), ex[:1], full[:1, :10], em[:10])
 
 
 def test_normalisation_follows_larch_conventions_and_names_bad_windows():

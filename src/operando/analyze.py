@@ -392,12 +392,10 @@ class Analyzer:
         key = s.map_id or s.scan_id
         acc = self.maps.get(key)
         if acc is None:
-            acc = MapAccumulator(
-                max(s.rows_total, s.row_offset + len(arrays["excitation"])), arrays["emission"]
-            )
+            acc = MapAccumulator(s.rows_total, arrays["emission"])
             self.maps[key] = acc
         try:
-            acc.add(s.row_offset, arrays["excitation"], arrays["counts"])
+            acc.add(s.row_offset, arrays["excitation"], arrays["counts"], arrays["emission"])
         except ValueError as err:
             self.event("rixs_error", None, None, map_id=key, error=str(err))
             return

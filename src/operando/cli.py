@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from operando.config import ConfigError
+from operando.scanfile import ScanFileError
 from operando.store import StoreError
 from operando.transport import CommandError
 
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(a.func(a) or 0)
-    except (ConfigError, StoreError, KeyError, FileNotFoundError, CommandError) as e:
+    except (ConfigError, ScanFileError, StoreError, KeyError, FileNotFoundError, CommandError) as e:
         print(f"operando: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

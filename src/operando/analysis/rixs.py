@@ -67,27 +67,45 @@ def reduce_map(
 
 
 class MapAccumulator:
-    """Assembles a RIXS map from rows as they arrive (rows keyed by their offset)."""
+    """Assembles a RIXS map from rows as they arrive (rows keyed by their offset).
+
+    ``rows_total`` 0 means the map's size is not known (rows from files as they appear): the
+    map then grows with its rows and is never 'complete'.
+    """
 
     def __init__(self, rows_total: int, emission: np.ndarray) -> None:
         self.emission = np.asarray(emission, float)
+        self.rows_total = rows_total
         self.excitation = np.full(rows_total, np.nan)
         self.counts = np.zeros((rows_total, len(self.emission)))
         self.filled = np.zeros(rows_total, dtype=bool)
 
-    def add(self, row_offset: int, excitation: np.ndarray, counts: np.ndarray) -> None:
+    def add(
+        self, row_offset: int, excitation: np.ndarray, counts: np.ndarray, emission: np.ndarray
+    ) -> None:
         n = len(excitation)
-        if row_offset < 0 or row_offset + n > len(self.filled):
+        if len(emission) != len(self.emission) or not np.allclose(emission, self.emission):
             raise ValueError(
-                f"rows {row_offset}..{row_offset + n - 1} outside a map of {len(self.filled)} rows"
+                f"rows {row_offset}..{row_offset + n - 1}: emission axis of {len(emission)} "
+                f"points differs from the map's ({len(self.emission)} points)"
             )
+        end = row_offset + n
+        if row_offset < 0 or (self.rows_total and end > self.rows_total):
+            raise ValueError(
+                f"rows {row_offset}..{end - 1} outside a map of {len(self.filled)} rows"
+            )
+        if end > len(self.filled):  # a map of unknown size grows
+            grow = end - len(self.filled)
+            self.excitation = np.concatenate([self.excitation, np.full(grow, np.nan)])
+            self.counts = np.vstack([self.counts, np.zeros((grow, len(self.emission)))])
+            self.filled = np.concatenate([self.filled, np.zeros(grow, dtype=bool)])
         self.excitation[row_offset : row_offset + n] = excitation
         self.counts[row_offset : row_offset + n] = counts
         self.filled[row_offset : row_offset + n] = True
 
     @property
     def complete(self) -> bool:
-        return bool(self.filled.all())
+        return bool(self.rows_total and self.filled.all())
 
     def reduce(self, **kw: object) -> MapReduction:
         f = self.filled
