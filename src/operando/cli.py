@@ -45,18 +45,76 @@ def _inspect(a: argparse.Namespace) -> int:
 
 
 def _reprocess(a: argparse.Namespace) -> int:
-    from rich.progress import Progress
-
     from operando.reprocess import reprocess
 
-    with Progress(transient=True) as bar:
-        task = bar.add_task("reprocessing raw messages", total=None)
-        status = reprocess(a.run_dir, lambda n, total: bar.update(task, completed=n, total=total))
+    bar, progress = _progress_bar("reprocessing raw messages")
+    with bar:
+        status = reprocess(a.run_dir, progress)
     sp = status["spectra"]
     print(
         f"reprocessed {a.run_dir}: {status['potentiostat_rows']} potentiostat rows, "
         f"{sp['total']} spectra ({sp['aligned']} aligned, {sp['partial']} partial)"
     )
+    return 0
+
+
+def _progress_bar(what: str):  # type: ignore[no-untyped-def]
+    """A rich progress bar on stderr for long work, and the callback that moves it."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    bar = Progress(console=Console(stderr=True), transient=True)
+    task = bar.add_task(what, total=None)
+    return bar, lambda n, total: bar.update(task, completed=n, total=total)
+
+
+def _export(a: argparse.Namespace) -> int:
+    run_dir = Path(a.run_dir)
+    if not (run_dir / "run.sqlite").exists():
+        raise FileNotFoundError(f"{run_dir}: no run store (run.sqlite): is this a run directory?")
+    bar, progress = _progress_bar(f"exporting {run_dir.name} ({a.format})")
+    if a.format == "tiled":
+        from operando.export.tiled import export_tiled
+
+        if not a.uri:
+            raise KeyError("--format tiled needs --uri (the Tiled server, e.g. http://host:8000)")
+        with bar:
+            where = export_tiled(run_dir, a.uri, api_key=a.api_key, progress=progress)
+        print(f"wrote {run_dir.name} to {where}")
+        return 0
+    out = Path(a.out) if a.out else None
+    if a.format == "nexus":
+        from operando.export.nexus import export_nexus
+
+        out = out or run_dir / f"{run_dir.name}.nxs"
+        with bar:
+            export_nexus(run_dir, out, progress)
+        print(f"wrote {out}")
+        return 0
+    from operando.export.documents import write_documents
+
+    suffix = ".jsonl" if a.serializer == "jsonl" else ".msgpack"
+    out = out or run_dir / f"{run_dir.name}.documents{suffix}"
+    with bar:
+        path, counts = write_documents(run_dir, out, a.serializer, progress)
+    print(f"wrote {path}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    return 0
+
+
+def _replay(a: argparse.Namespace) -> int:
+    from operando.config import load_config
+    from operando.replay import Replay
+
+    replay = Replay(
+        Path(a.run_dir),
+        load_config(a.config) if a.config else None,
+        speed=a.speed,
+        wait_subscriber_s=a.wait_subscriber,
+    )
+    bar, progress = _progress_bar(f"replaying {Path(a.run_dir).name} at {a.speed:g}x")
+    with bar:
+        sent = asyncio.run(replay.run(progress))
+    print("replayed " + ", ".join(f"{link}: {n} messages" for link, n in sent.items()))
     return 0
 
 
@@ -250,6 +308,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reprocess", help="rebuild derived tables from the raw messages")
     p.add_argument("run_dir")
     p.set_defaults(func=_reprocess)
+
+    p = sub.add_parser("export", help="write a run as NeXus/HDF5, event-model documents or Tiled")
+    p.add_argument("run_dir")
+    p.add_argument("--format", required=True, choices=["nexus", "documents", "tiled"])
+    p.add_argument("--out", help="output file (default: in the run directory)")
+    p.add_argument(
+        "--serializer",
+        choices=["jsonl", "msgpack"],
+        default="jsonl",
+        help="documents: JSON lines or a MessagePack stream",
+    )
+    p.add_argument("--uri", help="tiled: the server, e.g. http://127.0.0.1:8000")
+    p.add_argument("--api-key", help="tiled: the server's API key (default: $TILED_API_KEY)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("replay", help="publish a recorded run again (for a monitor, dashboard)")
+    p.add_argument("run_dir")
+    p.add_argument(
+        "--speed", type=float, default=1.0, help="times real time (default 1; 0: at once)"
+    )
+    p.add_argument(
+        "--config", help="experiment file whose source endpoints to publish on (default: the run's)"
+    )
+    p.add_argument(
+        "--wait-subscriber", type=float, default=10.0, help="seconds to wait for a recorder"
+    )
+    p.set_defaults(func=_replay)
 
     p = sub.add_parser("fit", help="valence fractions of scan files (the live analysis)")
     p.add_argument("files", nargs="+", help="column text files: energy, signal[, I0]")

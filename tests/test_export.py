@@ -1,0 +1,111 @@
+"""Exports of recorded demo runs: NeXus read back with nexusformat, event-model documents
+validated against bluesky's schemas, both checked against the run store and the raw log."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import cli
+
+from operando.export.documents import read_documents
+from operando.protocol import decode
+from operando.store import open_readonly, read_raw
+
+
+def _store(run, sql):
+    conn = open_readonly(run)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_nexus_holds_the_run_as_recorded_and_analysed(lfp_run, tmp_path):
+    from nexusformat.nexus import nxload
+
+    out = tmp_path / "lfp.nxs"
+    cli("export", str(lfp_run), "--format", "nexus", "--out", str(out))
+    root = nxload(str(out))
+    entry = root.entry
+    assert entry.nxclass == "NXentry" and root.attrs["default"] == "entry"
+    ((rows,),) = _store(lfp_run, "SELECT count(*) FROM potentiostat")
+    ec = entry.electrochemistry
+    assert ec.nxclass == "NXdata" and ec.nxsignal.nxname == "Ewe" and len(ec.Ewe) == rows
+    assert ec.nxaxes[0].nxname == "time" and ec.time.attrs["units"] == "s"
+    fits = _store(
+        lfp_run,
+        "SELECT s.edge, a.channel, s.raw_id, a.valence FROM analysis a "
+        "JOIN spectra s ON s.id = a.spectrum_id ORDER BY s.id",
+    )
+    assert fits, "the LFP demo fits Fe L spectra"
+    for channel in ("TEY", "TFY"):
+        mine = [f for f in fits if f[1] == channel]
+        g = entry[f"Fe_L_{channel}"]
+        assert g.nxclass == "NXdata" and g.nxsignal.nxname == "mu"
+        assert [a.nxname for a in g.nxaxes] == ["spectrum", "energy"]
+        assert g.mu.shape == (len(mine), len(g.energy))
+        np.testing.assert_allclose(g.valence.nxvalue, [f[3] for f in mine])
+        # the signal is the recorded channel over the recorded I0, spectrum by spectrum
+        msg = decode(read_raw(lfp_run, mine[-1][2]).frames)
+        np.testing.assert_allclose(g.mu.nxvalue[-1], msg.arrays[channel] / msg.arrays["I0"])
+        assert not g.partial.nxvalue.any() and np.isfinite(g.soc.nxvalue).all()
+    assert entry.attrs["default"] in entry
+    kinds = set(entry.events.kind.nxvalue)
+    assert "series_start" in kinds
+    assert json.loads(entry.configuration.data.nxvalue)["name"] == "peo-lfp-relaxation"
+
+
+@pytest.mark.slow
+def test_documents_are_valid_event_model_and_hold_every_spectrum(lirich_run, tmp_path):
+    import event_model
+
+    out = tmp_path / "lirich.jsonl"
+    cli("export", str(lirich_run), "--format", "documents", "--out", str(out))
+    docs = list(read_documents(out))
+    for name, doc in docs:
+        event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
+    names = [n for n, _ in docs]
+    assert names[0] == "start" and names[-1] == "stop" and names.count("start") == 1
+    start, stop = docs[0][1], docs[-1][1]
+    assert stop["run_start"] == start["uid"] and stop["exit_status"] == "success"
+    descriptors = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    per_stream: dict[str, int] = {}
+    for n, d in docs:
+        if n == "event":
+            per_stream[descriptors[d["descriptor"]]] = (
+                per_stream.get(descriptors[d["descriptor"]], 0) + 1
+            )
+        elif n == "event_page":
+            per_stream[descriptors[d["descriptor"]]] = per_stream.get(
+                descriptors[d["descriptor"]], 0
+            ) + len(d["seq_num"])
+    assert stop["num_events"] == per_stream
+    ((rows,),) = _store(lirich_run, "SELECT count(*) FROM potentiostat")
+    assert per_stream.pop("electrochemistry") == rows
+    by_kind = dict(_store(lirich_run, "SELECT kind, count(*) FROM spectra GROUP BY kind"))
+    rixs = sum(n for s, n in per_stream.items() if s.startswith("rixs_"))
+    assert rixs == by_kind["rixs_rows"] > 0
+    assert sum(per_stream.values()) - rixs == by_kind["xas_scan"]
+    # the same documents as a MessagePack stream
+    packed = tmp_path / "lirich.msgpack"
+    cli(
+        "export",
+        str(lirich_run),
+        "--format",
+        "documents",
+        "--serializer",
+        "msgpack",
+        "--out",
+        str(packed),
+    )
+    again = list(read_documents(packed))
+    assert [n for n, _ in again] == names
+    assert [d.get("data") for _, d in again] == [d.get("data") for _, d in docs]
+
+
+def test_export_says_what_is_not_a_run(tmp_path):
+    out = cli("export", str(tmp_path), "--format", "nexus", check=False)
+    assert out.returncode == 2 and "no run store (run.sqlite)" in out.stderr
