@@ -237,12 +237,13 @@ class ScanFiles(Driver):
         await self.pub.send(header, arrays)
 
 
-def _column_map(items: list[str]) -> dict[str, str]:
+def column_map(items: list[str], option: str = "--column") -> dict[str, str]:
+    """``OURS=THEIRS`` items as a dict; a malformed item is named."""
     out = {}
     for item in items:
         ours, sep, theirs = item.partition("=")
         if not sep or not ours.strip() or not theirs.strip():
-            raise ScanFileError(f"--column {item!r}: expected OURS=THEIRS, e.g. TEY=5")
+            raise ScanFileError(f"{option} {item!r}: expected OURS=THEIRS, e.g. TEY=5")
         out[ours.strip()] = theirs.strip()
     return out
 
@@ -281,7 +282,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def from_args(a: argparse.Namespace, opts: DriverOptions) -> ScanFiles:
     tz = dt.timezone(dt.timedelta(hours=a.utc_offset)) if a.utc_offset is not None else None
-    columns = _column_map(a.column)
+    columns = column_map(a.column)
     files = ScanFileOptions(
         directory=Path(os.path.expanduser(a.directory)),
         pattern=a.pattern,

@@ -167,6 +167,69 @@ def record_demo(
     return cli(*args, timeout=timeout or duration_s + 120)
 
 
+def live_cell_experiment(tmp_path: Path, *names: str) -> tuple[ExperimentConfig, Path]:
+    """peo-nmc's simulated potentiostat with real-instrument sources ``names`` (role
+    spectrometer) in place of the simulated spectrometer, all on free ports."""
+    import msgspec
+
+    from operando.config import load_config, preset_path
+    from operando.demo import localize
+
+    cfg = localize(load_config(preset_path("peo-nmc")))
+    spectrometer = cfg.source("spectrometer")
+    p = iter(free_ports(2 * len(names)))
+    sources = [
+        msgspec.structs.replace(
+            spectrometer,
+            name=name,
+            data=f"tcp://127.0.0.1:{next(p)}",
+            command=f"tcp://127.0.0.1:{next(p)}",
+        )
+        for name in names
+    ]
+    cfg = msgspec.structs.replace(
+        cfg,
+        sources=[cfg.source("potentiostat"), *sources],
+        drivers={"potentiostat": cfg.drivers["potentiostat"]},
+    )
+    path = tmp_path / "experiment.json"
+    path.write_bytes(msgspec.json.encode(cfg))
+    return cfg, path
+
+
+def driver_endpoints(cfg: ExperimentConfig, name: str) -> list[str]:
+    """The command-line options that put a driver on source ``name``'s endpoints."""
+    src = cfg.source(name)
+    return ["--name", src.name, "--data", src.data, "--command", src.command]
+
+
+def start_live_cell(processes, cfg: ExperimentConfig, path: Path, run: Path, logs: Path) -> None:
+    """A monitor recording to ``run`` and the simulated potentiostat, in real time."""
+    processes("monitor", "--config", str(path), "--run-dir", str(run), log=logs / "mon.log")
+    processes(
+        "driver",
+        "sim-potentiostat",
+        "--config",
+        str(path),
+        "--section",
+        "potentiostat",
+        *driver_endpoints(cfg, "potentiostat"),
+        log=logs / "pot.log",
+    )
+
+
+def store_count(run: Path, sql: str) -> int:
+    """One number from the run store (0 while the store is still being created)."""
+    try:
+        conn = open_readonly(run)
+    except Exception:
+        return 0
+    try:
+        return int(conn.execute(sql).fetchone()[0])
+    finally:
+        conn.close()
+
+
 def recorded_events(run: Path, kind: str) -> list[dict[str, Any]]:
     """The details of a run's events of one kind, in the order they were recorded."""
     conn = open_readonly(run)

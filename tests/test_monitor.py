@@ -20,7 +20,7 @@ from conftest import cli, inspect_json, monitor_config, recorded_events
 from operando.monitor import query_status
 from operando.protocol import MODE_CC, PotentiostatBatch, Spot, XASScan
 from operando.store import open_readonly, read_raw
-from operando.transport import Publisher
+from operando.transport import CommandError, Publisher
 
 T0 = 1.8e9  # source clock, s
 
@@ -102,7 +102,10 @@ async def wait_status(cfg, predicate, timeout=30.0):
     deadline = time.monotonic() + timeout
     st = None
     while time.monotonic() < deadline:
-        st = await query_status(cfg.monitor.command_endpoint, 1.0)
+        try:
+            st = await query_status(cfg.monitor.command_endpoint, 1.0)
+        except CommandError:  # a monitor still starting up: ask again
+            continue
         if predicate(st):
             return st
         await asyncio.sleep(0.1)

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
-import msgspec
 import numpy as np
 import pytest
-from conftest import SHARED, cli, free_ports, wait_for
+from conftest import (
+    SHARED,
+    cli,
+    driver_endpoints,
+    live_cell_experiment,
+    start_live_cell,
+    store_count,
+    wait_for,
+)
 from operando.drivers.scan_formats import RixsRow, Scan, read_scan_file
 
-from operando.config import load_config, preset_path
-from operando.demo import localize
 from operando.protocol import decode
 from operando.scanfile import ScanFileError, read_column_text
 from operando.store import open_readonly, read_raw
@@ -97,63 +101,15 @@ def test_bad_scan_files_say_what_and_where(tmp_path):
     assert out.returncode == 2 and "nowhere: no such directory" in out.stderr
 
 
-def _experiment(tmp_path: Path):
-    """peo-nmc's simulated potentiostat, and three scan-file sources instead of the simulated
-    spectrometer (spectrometer, scans, rixs), on free ports."""
-    cfg = localize(load_config(preset_path("peo-nmc")))
-    p = iter(free_ports(4))
-    more = [
-        msgspec.structs.replace(
-            cfg.source("spectrometer"),
-            name=name,
-            data=f"tcp://127.0.0.1:{next(p)}",
-            command=f"tcp://127.0.0.1:{next(p)}",
-        )
-        for name in ("scans", "rixs")
-    ]
-    cfg = msgspec.structs.replace(
-        cfg, sources=[*cfg.sources, *more], drivers={"potentiostat": cfg.drivers["potentiostat"]}
-    )
-    path = tmp_path / "experiment.json"
-    path.write_bytes(msgspec.json.encode(cfg))
-    return cfg, path
-
-
-def _count(run: Path, sql: str) -> int:
-    try:
-        conn = open_readonly(run)
-        try:
-            return int(conn.execute(sql).fetchone()[0])
-        finally:
-            conn.close()
-    except Exception:  # the store is still being created
-        return 0
-
-
-def _driver_args(src) -> list[str]:
-    return ["--name", src.name, "--data", src.data, "--command", src.command]
-
-
 @needs_files
 @pytest.mark.slow
 def test_scan_files_through_the_monitor(tmp_path, processes):
-    cfg, path = _experiment(tmp_path)
+    cfg, path = live_cell_experiment(tmp_path, "spectrometer", "scans", "rixs")
     run = tmp_path / "run"
     sxr_dir, xas_dir, rixs_dir = (tmp_path / d for d in ("sxr", "scans", "rixs"))
     for d in (sxr_dir, xas_dir, rixs_dir):
         d.mkdir()
-    processes("monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "mon.log")
-    pot = cfg.source("potentiostat")
-    processes(
-        "driver",
-        "sim-potentiostat",
-        "--config",
-        str(path),
-        "--section",
-        "potentiostat",
-        *_driver_args(pot),
-        log=tmp_path / "pot.log",
-    )
+    start_live_cell(processes, cfg, path, run, tmp_path)
     fast = ["--poll", "0.1", "--settle", "0.5"]
     # one beamline's mda2ascii files, mapped by column number
     sxr = processes(
@@ -166,7 +122,7 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
         *(f"--column={k}={v}" for k, v in SXR_COLUMNS.items()),
         "--spot",
         "A1",
-        *_driver_args(cfg.source("spectrometer")),
+        *driver_endpoints(cfg, "spectrometer"),
         log=tmp_path / "sxr.log",
     )
     # files that name their own columns, and HDF5: no mapping at all
@@ -175,7 +131,7 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
         "scan-files",
         str(xas_dir),
         *fast,
-        *_driver_args(cfg.source("scans")),
+        *driver_endpoints(cfg, "scans"),
         log=tmp_path / "scans.log",
     )
     processes(
@@ -185,11 +141,13 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
         "--format",
         "rixs-columns",
         *fast,
-        *_driver_args(cfg.source("rixs")),
+        *driver_endpoints(cfg, "rixs"),
         log=tmp_path / "rixs.log",
     )
     # scans are placed at their files' times: the cell's record must have begun
-    wait_for(lambda: _count(run, "SELECT count(*) FROM potentiostat") >= 2, 60, what="cell rows")
+    wait_for(
+        lambda: store_count(run, "SELECT count(*) FROM potentiostat") >= 2, 60, what="cell rows"
+    )
 
     # an mda2ascii scan being written: the header says 350 of 701 points; it waits
     text = (AUSYNC / "sxr129598.asc").read_text()
@@ -199,7 +157,7 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
     growing = sxr_dir / "sxr129598.asc"
     growing.write_text("".join(head).replace("701 of 701", "350 of 701") + "".join(rows[:350]))
     time.sleep(1.5)  # three times the settle time
-    assert _count(run, "SELECT count(*) FROM spectra") == 0, sxr.output()
+    assert store_count(run, "SELECT count(*) FROM spectra") == 0, sxr.output()
     growing.write_text(text)
     (sxr_dir / "broken.asc").write_text("# Energy TEY\n530 1\n531 oops\n")
     for f in ("La4Ni3O10_pi_NiLedgeXAS.dat", "La4Ni3O10_pi_OKedgeXAS.dat"):
@@ -211,7 +169,7 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
         shutil.copy(f, rixs_dir)
     n_xas = 1 + 2 + 3 + 2  # mda2ascii, two columns files, three NXentries, two library scans
     wait_for(
-        lambda: _count(run, "SELECT count(*) FROM alignment") == n_xas + len(rixs_files),
+        lambda: store_count(run, "SELECT count(*) FROM alignment") == n_xas + len(rixs_files),
         60,
         what="every scan and RIXS row aligned",
     )
@@ -247,7 +205,7 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
         (NICKELATE / "La4Ni3O10_pi_OKedgeXAS.dat").read_text() + "\n"
     )
     wait_for(
-        lambda: _count(
+        lambda: store_count(
             run, "SELECT count(*) FROM spectra WHERE scan_id = 'La4Ni3O10_pi_OKedgeXAS~2'"
         ),
         30,

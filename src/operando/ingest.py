@@ -30,7 +30,6 @@ from operando.config import AlignmentConfig, AnalysisConfig, SourceConfig
 from operando.protocol import (
     Ack,
     Command,
-    Heartbeat,
     Message,
     PotentiostatBatch,
     ProtocolError,
@@ -126,7 +125,6 @@ class Ingest:
         self.history = PotentiostatHistory(alignment.current_step_mA, alignment.retain_s)
         self.pending: list[PendingSpectrum] = []
         self.partial: deque[tuple[PendingSpectrum, Alignment]] = deque(maxlen=2000)
-        self.pstat_heartbeat_t = -math.inf
         self.pstat_gaps: list[tuple[int, int, float, float]] = []  # first, last, t0, t1
         self.capacity_mAh = alignment.capacity_mAh
         self.now = -math.inf  # newest source time seen from any source (reference clock)
@@ -249,9 +247,6 @@ class Ingest:
             self._spectrum(raw_id, link, msg, offset)
             if self.orchestrator is not None and isinstance(h, RIXSRows):
                 self.orchestrator.on_message(link, msg, None, None)
-        elif isinstance(h, Heartbeat):
-            if link == self.pstat_link:
-                self.pstat_heartbeat_t = max(self.pstat_heartbeat_t, t_src)
         elif isinstance(h, SeriesStart):
             self._series_start(link, state, h, t_src)
         elif isinstance(h, SeriesEnd):
@@ -405,11 +400,12 @@ class Ingest:
     def pstat_watermark(self) -> float:
         if self.pstat_link is None:
             return math.inf
-        state = self.links[self.pstat_link]
-        if state.series_ended:
+        if self.links[self.pstat_link].series_ended:
             return math.inf
-        hb = self.pstat_heartbeat_t if not state.tracker.missing else -math.inf
-        return max(self.history.watermark, hb)
+        # Only rows cover a window: a heartbeat at H does not mean the rows up to H were sent
+        # (a potentiostat samples every few seconds), and a window aligned on it lacked its
+        # last row. A quiet potentiostat makes spectra wait for its next row or the timeout.
+        return self.history.watermark
 
     def align_due(self, *, final: bool = False) -> int:
         """Align every pending spectrum whose window is covered or timed out (all: ``final``).

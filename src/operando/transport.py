@@ -119,6 +119,12 @@ class Publisher:
             self.seq += 1
             return seq
 
+    async def send_raw(self, frames: list[Any]) -> None:
+        """Publish frames exactly as given, unstamped (a replay of input recorded as
+        malformed: the subscriber meets the same bad message)."""
+        async with self._send_lock:
+            await self._send_frames(frames)
+
     async def _send_frames(self, frames: list[Any]) -> None:
         big = sum(memoryview(f).nbytes for f in frames[2:]) >= 65536
         while True:
@@ -161,6 +167,9 @@ class Publisher:
                 self.subscribers = max(0, self.subscribers - 1)
 
     async def _heartbeats(self) -> None:
+        # Beat only once a recorder listens: a heartbeat sent to nobody takes a sequence
+        # number that no recorder can ever see, and would be counted as lost.
+        await self._subscribed.wait()
         while True:
             await asyncio.sleep(self.heartbeat_s)
             await self.send(Heartbeat(source=self.source))

@@ -1,0 +1,63 @@
+"""``operando replay``: a recorded run published again reaches a new monitor as it was."""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import pytest
+from conftest import cli, wait_for
+
+from operando.config import load_config
+from operando.demo import localize
+from operando.store import open_readonly
+
+
+def _rows(run, sql):
+    try:
+        conn = open_readonly(run)
+    except Exception:  # not created yet
+        return []
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_a_replayed_run_is_recorded_and_analysed_again_the_same(lfp_run, tmp_path, processes):
+    cfg = localize(load_config(lfp_run / "config.json"))
+    path = tmp_path / "experiment.json"
+    path.write_bytes(msgspec.json.encode(cfg))
+    again = tmp_path / "again"
+    monitor = processes(
+        "monitor", "--config", str(path), "--run-dir", str(again), log=tmp_path / "mon.log"
+    )
+    out = cli("replay", str(lfp_run), "--speed", "0", "--config", str(path), timeout=180)
+    assert "potentiostat: " in out.stdout and "spectrometer: " in out.stdout, out.stdout
+    spectra = (
+        "SELECT s.scan_id, a.soc, a.ewe_mean FROM spectra s "
+        "JOIN alignment a ON a.spectrum_id = s.id ORDER BY s.id"
+    )
+    recorded = _rows(lfp_run, spectra)
+    wait_for(lambda: len(_rows(again, spectra)) == len(recorded), 60, what="every spectrum aligned")
+    monitor.stop()
+    got = _rows(again, spectra)
+    assert [r[0] for r in got] == [r[0] for r in recorded]
+    np.testing.assert_allclose([r[1:] for r in got], [r[1:] for r in recorded], rtol=1e-9)
+    cell = "SELECT t, ewe, i, q FROM potentiostat ORDER BY t"
+    np.testing.assert_array_equal(
+        np.array(_rows(again, cell), float), np.array(_rows(lfp_run, cell), float)
+    )
+    fits = (
+        "SELECT s.scan_id, a.channel, a.valence FROM analysis a "
+        "JOIN spectra s ON s.id = a.spectrum_id ORDER BY s.id, a.channel"
+    )
+    a, b = _rows(again, fits), _rows(lfp_run, fits)
+    assert [r[:2] for r in a] == [r[:2] for r in b] and len(a) > 0
+    np.testing.assert_allclose([r[2] for r in a], [r[2] for r in b], atol=1e-6)
+    # the new run knows it came from a replay
+    (meta,) = _rows(
+        again,
+        "SELECT detail FROM events WHERE kind = 'series_start' AND link = 'potentiostat' LIMIT 1",
+    )
+    assert "replayed_from" in meta[0]
