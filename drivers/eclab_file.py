@@ -1,4 +1,5 @@
-"""``operando driver eclab FILE``: an EC-Lab text export (.mpt) as a potentiostat source.
+"""``operando driver eclab FILE``: an EC-Lab text export (.mpt) or binary file (.mpr, with the
+optional galvani) as a potentiostat source.
 
 ``--follow``: EC-Lab is still writing the file; rows are published as they appear (a partial
 last line waits for its end), and a file that is replaced or cut short (a new export under the
@@ -8,6 +9,8 @@ takes them).
 Row times are absolute: the header's acquisition start (the EC-Lab PC's local time, or
 ``--utc-offset``) plus ``time/s``. EC-Lab's own charge counter, ``(Q-Qo)``, goes out as the
 instrument's Q (``--no-charge`` leaves the monitor to count coulombs from the current).
+A .mpr is replayed only: EC-Lab writes it in binary blocks, so a live run is followed through
+its text export.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 from operando.drivers.base import Driver, DriverOptions
 from operando.drivers.eclab import MptFormatError, MptHeader, MptReader
+from operando.drivers.eclab_mpr import read_mpr
 
 from operando.protocol import PotentiostatBatch
 
@@ -55,7 +59,17 @@ class EclabFile(Driver):
         self.path, self.follow = path, follow
         self.replay_speed = opts.speed
         self.tz, self.poll_s, self.capacity_mAh, self.charge = tz, poll_s, capacity_mAh, charge
-        self.header = self._read_header()
+        self.binary: dict[str, np.ndarray] | None = None  # a .mpr's rows, read whole
+        if path.suffix.lower() == ".mpr":
+            if follow:
+                raise MptFormatError(
+                    f"{path}: --follow reads text exports (.mpt); EC-Lab writes .mpr in binary "
+                    "blocks. Follow the .mpt export, or replay the finished .mpr"
+                )
+            start, names, self.binary = read_mpr(path)
+            self.header = MptHeader(0, names, start, "EC-Lab binary file (.mpr)")
+        else:
+            self.header = self._read_header()
         self.rows_published = 0
         self.files_read = 1
 
@@ -85,6 +99,13 @@ class EclabFile(Driver):
         return {**super().status(), "rows": self.rows_published, "files": self.files_read}
 
     async def produce(self) -> None:
+        if self.binary is not None:
+            rows = {**self.binary, "t": self.binary["t"] + self.header.epoch(self.tz)}
+            if self.replay_speed > 0:
+                await self._pace(rows, float(rows["t"][0]), asyncio.get_running_loop().time())
+            else:
+                await self._send(rows)
+            return
         reader = MptReader(str(self.path))
         f = open(self.path, "rb")  # noqa: SIM115 - reopened on rotation, closed in finally
         inode = os.fstat(f.fileno()).st_ino
@@ -161,7 +182,7 @@ def _batches(rows: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="the EC-Lab text export (.mpt)")
+    p.add_argument("file", help="the EC-Lab text export (.mpt), or a binary .mpr (galvani)")
     p.add_argument("--follow", action="store_true", help="EC-Lab is still writing it")
     p.add_argument(
         "--utc-offset",

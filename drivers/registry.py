@@ -21,7 +21,7 @@ DRIVERS: dict[str, tuple[str, str]] = {
     ),
     "eclab": (
         "operando.drivers.eclab_file",
-        "EC-Lab text export (.mpt): follow a file being written (--follow) or replay one",
+        "EC-Lab .mpt export: follow a file being written (--follow) or replay it (.mpr too)",
     ),
     "scan-files": (
         "operando.drivers.scan_files",

@@ -71,6 +71,23 @@ def test_decimal_commas_and_charge_in_coulombs_are_read_as_numbers():
     assert cp["Q"][-1] == pytest.approx(last_q_coulomb / 3.6)
 
 
+@needs_files
+@pytest.mark.parametrize("name", ["yadg_cp", "yadg_gcpl.issue_149", "yadg_ocv"])
+def test_binary_mpr_gives_the_rows_of_its_text_export(name):
+    """galvani's .mpr columns differ from the .mpt's (the GCPL file has no current: it is
+    rebuilt from the charge per row); the rows must come out the same."""
+    from operando.drivers.eclab_mpr import read_mpr
+
+    start, names, binary = read_mpr(ECLAB / f"{name}.mpr")
+    reader, text = read_all(ECLAB / f"{name}.mpt")
+    assert start == reader.header.start
+    assert ("I/mA" in names) == (name == "yadg_cp")  # the others carry no current column
+    for k in ("t", "Ewe", "I", "Q"):  # float32 in the binary, 7-8 digits in the text
+        np.testing.assert_allclose(binary[k], text[k], rtol=1e-6, atol=1e-9, err_msg=k)
+    for k in ("mode", "step", "cycle"):
+        np.testing.assert_array_equal(binary[k], text[k], err_msg=k)
+
+
 def test_bad_exports_say_what_and_where(tmp_path):
     with pytest.raises(MptFormatError, match="line 1 is not 'EC-Lab ASCII FILE'"):
         MptReader("x.mpt").feed(b"time/s\tEwe/V\n1\t2\n3\t4\n")
@@ -168,6 +185,22 @@ def test_follows_a_growing_file_and_a_replaced_one(tmp_path, processes):
     ewe = [r[0] for r in conn.execute("SELECT ewe FROM potentiostat ORDER BY rowid")]
     conn.close()
     np.testing.assert_allclose(ewe, np.concatenate([first["Ewe"], second["Ewe"][:-1]]))
+
+
+@needs_files
+@pytest.mark.slow
+def test_mpr_replayed_through_the_monitor(tmp_path, processes):
+    name = ECLAB / "yadg_gcpl.issue_149.mpr"
+    run, driver = _start(tmp_path, processes, [str(name), "--speed", "0"], 1.0)
+    assert driver.p.wait(60) == 0, driver.output()
+    _, truth = read_all(ECLAB / "yadg_gcpl.issue_149.mpt")
+    wait_for(lambda: _rows(run) == len(truth["t"]), 30, what="all rows recorded")
+    conn = open_readonly(run)
+    got = np.array(conn.execute("SELECT i, q FROM potentiostat ORDER BY t").fetchall())
+    conn.close()
+    np.testing.assert_allclose(got[:, 0], truth["I"], rtol=1e-6, atol=1e-12)  # rebuilt current
+    follow = cli("driver", "eclab", str(name), "--follow", check=False)
+    assert follow.returncode == 2 and "--follow reads text exports (.mpt)" in follow.stderr
 
 
 def test_driver_refuses_what_it_cannot_read_with_the_reason(tmp_path):
