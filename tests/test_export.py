@@ -4,6 +4,7 @@ validated against bluesky's schemas, both checked against the run store and the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,91 @@ def test_documents_are_valid_event_model_and_hold_every_spectrum(lirich_run, tmp
 def test_export_says_what_is_not_a_run(tmp_path):
     out = cli("export", str(tmp_path), "--format", "nexus", check=False)
     assert out.returncode == 2 and "no run store (run.sqlite)" in out.stderr
+
+
+@pytest.fixture
+def tiled_server(tmp_path):
+    """A local Tiled server with a temporary writable catalog, on 127.0.0.1."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import free_ports, wait_for
+
+    port = free_ports(1)[0]
+    tiled = Path(sys.executable).with_name("tiled")
+    log = open(tmp_path / "tiled.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [
+            str(tiled),
+            "serve",
+            "catalog",
+            "--temp",
+            "--api-key",
+            "secret",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 60, 0.2, what="the Tiled server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+        log.close()
+
+
+@pytest.mark.slow
+def test_tiled_holds_the_run(lirich_run, tiled_server):
+    from tiled.client import from_uri
+
+    out = cli(
+        "export", str(lirich_run), "--format", "tiled", "--uri", tiled_server, "--api-key", "secret"
+    )
+    assert f"{tiled_server}/{lirich_run.name}" in out.stdout
+    node = from_uri(tiled_server, api_key="secret")[lirich_run.name]
+    assert node.metadata["experiment"] == "lirich-rixs"
+    ((rows,),) = _store(lirich_run, "SELECT count(*) FROM potentiostat")
+    assert len(node["electrochemistry"].read()) == rows
+    scans = _store(
+        lirich_run, "SELECT raw_id, edge FROM spectra WHERE kind = 'xas_scan' ORDER BY id"
+    )
+    last_raw, edge = scans[-1]
+    g = node[f"{edge.replace('-', '_')}_TEY"]
+    msg = decode(read_raw(lirich_run, last_raw).frames)
+    np.testing.assert_allclose(g["mu"].read()[-1], msg.arrays["TEY"] / msg.arrays["I0"])
+    table = g["spectra"].read()
+    assert table["scan_id"].iloc[-1] == msg.header.scan_id and not table["partial"].any()
+    maps = dict(_store(lirich_run, "SELECT map_id, rows FROM rixs"))
+    for map_id, n in maps.items():
+        assert node[f"rixs_{map_id}".replace("-", "_")]["counts"].read().shape[0] == n
+    again = cli(
+        "export",
+        str(lirich_run),
+        "--format",
+        "tiled",
+        "--uri",
+        tiled_server,
+        "--api-key",
+        "secret",
+        check=False,
+    )
+    assert again.returncode == 2 and "is already there" in again.stderr

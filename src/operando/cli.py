@@ -74,12 +74,16 @@ def _export(a: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{run_dir}: no run store (run.sqlite): is this a run directory?")
     bar, progress = _progress_bar(f"exporting {run_dir.name} ({a.format})")
     if a.format == "tiled":
-        from operando.export.tiled import export_tiled
+        from operando.export.tiled import TiledExportError, export_tiled
 
         if not a.uri:
             raise KeyError("--format tiled needs --uri (the Tiled server, e.g. http://host:8000)")
-        with bar:
-            where = export_tiled(run_dir, a.uri, api_key=a.api_key, progress=progress)
+        try:
+            with bar:
+                where = export_tiled(run_dir, a.uri, api_key=a.api_key, progress=progress)
+        except TiledExportError as e:
+            print(f"operando: error: {e}", file=sys.stderr)
+            return 2
         print(f"wrote {run_dir.name} to {where}")
         return 0
     out = Path(a.out) if a.out else None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def export_nexus(run_dir: str | Path, out: str | Path, progress: Progress | None
         sample = _group(entry, "sample", "NXsample")
         _field(sample, "name", run.config.name)
         _write_electrochemistry(entry, run, t0)
-        xas, rixs = _collect(run, progress)
+        xas, rixs = collect_spectra(run, progress)
         first = None
         for (edge, channel), spectra in xas.items():
             name = nexus_name(f"{edge or 'unknown_edge'}_{channel}")
@@ -113,7 +114,7 @@ def export_nexus(run_dir: str | Path, out: str | Path, progress: Progress | None
     return out
 
 
-def _collect(
+def collect_spectra(
     run: RecordedRun, progress: Progress | None
 ) -> tuple[dict[tuple[str, str], list[RecordedSpectrum]], dict[str, list[RecordedSpectrum]]]:
     total = run.count_spectra()
@@ -152,10 +153,21 @@ def _padded(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _write_xas(
-    entry: Any, name: str, spectra: list[RecordedSpectrum], channel: str, t0: float
-) -> None:
-    g = _group(entry, name, "NXdata", signal="mu")
+@dataclass(frozen=True, slots=True)
+class ChannelStack:
+    """One edge and channel's spectra stacked (rows padded with NaN to the longest scan), and
+    one value per spectrum of everything known about it: what NeXus and Tiled both write."""
+
+    energy: np.ndarray  # (energy,) when every scan shares a grid, else (spectrum, energy)
+    mu: np.ndarray  # channel / I0 (the channel where there is no I0)
+    raw: np.ndarray
+    i0: np.ndarray
+    has_i0: bool
+    per_spectrum: dict[str, tuple[np.ndarray, str | None]]  # name -> (values, units)
+    labels: dict[str, str]  # long names where the name alone loses something (Mn2+ -> Mn2)
+
+
+def stack_channel(spectra: list[RecordedSpectrum], channel: str, t0: float) -> ChannelStack:
     energies = [np.asarray(s.arrays["energy"], float) for s in spectra]
     mu, raw, i0 = [], [], []
     for s in spectra:
@@ -164,51 +176,71 @@ def _write_xas(
         raw.append(r)
         i0.append(norm if norm is not None else np.full(len(r), np.nan))
     common = all(len(e) == len(energies[0]) and np.array_equal(e, energies[0]) for e in energies)
-    if common:
-        g.attrs["axes"] = ["spectrum", "energy"]
-        _field(g, "energy", energies[0], "eV")
-    else:
-        g.attrs["axes"] = ["spectrum", "."]
-        _field(g, "energy", _padded(energies), "eV")
-        g.attrs["energy_indices"] = [0, 1]
-    g.attrs["spectrum_indices"] = 0
-    has_i0 = any("I0" in s.arrays for s in spectra)
-    _field(g, "mu", _padded(mu), long_name=f"{channel} / I0" if has_i0 else channel)
-    _field(g, "raw", _padded(raw), long_name=f"{channel} as recorded")
-    _field(g, "I0", _padded(i0))
-    _field(g, "spectrum", np.arange(len(spectra)))
-    _field(g, "scan_id", [s.scan_id for s in spectra])
-    _field(g, "source", [s.source for s in spectra])
-    _field(g, "spot", [s.spot or "" for s in spectra])
-    _field(g, "time", [0.5 * (s.t_start + s.t_end) - t0 for s in spectra], "s")
-    _field(g, "t_start", [s.t_start - t0 for s in spectra], "s")
-    _field(g, "t_end", [s.t_end - t0 for s in spectra], "s")
+    labels: dict[str, str] = {}
+    table: dict[str, tuple[Any, str | None]] = {
+        "scan_id": ([s.scan_id for s in spectra], None),
+        "source": ([s.source for s in spectra], None),
+        "spot": ([s.spot or "" for s in spectra], None),
+        "time": ([0.5 * (s.t_start + s.t_end) - t0 for s in spectra], "s"),
+        "t_start": ([s.t_start - t0 for s in spectra], "s"),
+        "t_end": ([s.t_end - t0 for s in spectra], "s"),
+    }
     al = [s.alignment or {} for s in spectra]
-    for key, field_name, units in (
+    for key, name, units in (
         ("ewe_mean_V", "Ewe_mean", "V"),
         ("i_mean_mA", "I_mean", "mA"),
         ("soc", "soc", None),
         ("q_mAh", "Q", "mA*h"),
         ("t_since_current_change_s", "t_since_current_change", "s"),
     ):
-        _field(g, field_name, [_num(a.get(key)) for a in al], units)
+        table[name] = ([_num(a.get(key)) for a in al], units)
     for key in ("mode", "step", "cycle"):
-        _field(g, key, [int(a.get(key) or 0) for a in al])
-    _field(g, "partial", [bool(a.get("partial", True)) for a in al])
-    _field(g, "dose_Gy", [_num((s.dose or {}).get("after_Gy")) for s in spectra], "Gy")
-    fits = [s.fits.get(channel) for s in spectra]
+        table[key] = ([int(a.get(key) or 0) for a in al], None)
+    table["partial"] = ([bool(a.get("partial", True)) for a in al], None)
+    table["dose_Gy"] = ([_num((s.dose or {}).get("after_Gy")) for s in spectra], "Gy")
+    fits = [s.fits.get(channel) or {} for s in spectra]
     if any(fits):
-        _field(g, "valence", [_num((f or {}).get("average_valence")) for f in fits])
-        _field(g, "valence_uncertainty", [_num((f or {}).get("valence_uncertainty")) for f in fits])
-        _field(g, "chi2_red", [_num((f or {}).get("chi2_red")) for f in fits])
-        components = sorted({c for f in fits if f for c in f.get("fractions", {})})
-        for c in components:
-            _field(
-                g,
-                nexus_name(f"fraction_{c}"),
-                [_num((f or {}).get("fractions", {}).get(c)) for f in fits],
-                long_name=f"fraction of {c}",
-            )
+        for key, name in (
+            ("average_valence", "valence"),
+            ("valence_uncertainty", "valence_uncertainty"),
+            ("chi2_red", "chi2_red"),
+        ):
+            table[name] = ([_num(f.get(key)) for f in fits], None)
+        for c in sorted({c for f in fits for c in f.get("fractions", {})}):
+            key = nexus_name(f"fraction_{c}")
+            table[key] = ([_num(f.get("fractions", {}).get(c)) for f in fits], None)
+            labels[key] = f"fraction of {c}"
+    return ChannelStack(
+        energy=energies[0] if common else _padded(energies),
+        mu=_padded(mu),
+        raw=_padded(raw),
+        i0=_padded(i0),
+        has_i0=any("I0" in s.arrays for s in spectra),
+        per_spectrum={k: (np.asarray(v), u) for k, (v, u) in table.items()},
+        labels=labels,
+    )
+
+
+def _write_xas(
+    entry: Any, name: str, spectra: list[RecordedSpectrum], channel: str, t0: float
+) -> None:
+    st = stack_channel(spectra, channel, t0)
+    g = _group(entry, name, "NXdata", signal="mu")
+    if st.energy.ndim == 1:
+        g.attrs["axes"] = ["spectrum", "energy"]
+    else:
+        g.attrs["axes"] = ["spectrum", "."]
+        g.attrs["energy_indices"] = [0, 1]
+    g.attrs["spectrum_indices"] = 0
+    _field(g, "energy", st.energy, "eV")
+    _field(g, "mu", st.mu, long_name=f"{channel} / I0" if st.has_i0 else channel)
+    _field(g, "raw", st.raw, long_name=f"{channel} as recorded")
+    _field(g, "I0", st.i0)
+    _field(g, "spectrum", np.arange(len(spectra)))
+    for key, (values, units) in st.per_spectrum.items():
+        ds = _field(g, key, values, units)
+        if key in st.labels:
+            ds.attrs["long_name"] = st.labels[key]
 
 
 def _num(v: Any) -> float:
