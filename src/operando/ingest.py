@@ -276,6 +276,7 @@ class Ingest:
         t = a["t"].astype(np.float64) + offset
         q = a.get("Q")
         late, soc, q_rows = False, [None] * len(t), np.zeros(0)
+        mark_before = self.history.watermark
         if link == self.pstat_link:
             late = self.history.extend(t, a["Ewe"], a["I"], a["mode"], a["step"], a["cycle"], q)
             if len(t) and not late:  # late rows merge into the history: no tail to read
@@ -308,6 +309,10 @@ class Ingest:
                 "late", link, float(t[-1]), t_first=float(t[0]), t_last=float(t[-1]), rows=len(t)
             )
             self._realign_overlapping(float(t[0]), float(t[-1]))
+        if len(t) and not late:
+            # a spectrum that timed out before the record reached its end is covered now by
+            # rows that lie after it (the row past its end closes the window)
+            self._realign_ended(mark_before, t_hi)
         if len(t):
             self.cell = {
                 "t": float(t[-1]),
@@ -519,6 +524,15 @@ class Ingest:
             return
         fresh = self._align([p for p, _ in redo], timed_out=[False] * len(redo), revision=1)
         self.counts["partial"] -= sum(not new.partial for new in fresh)
+
+    def _realign_ended(self, mark_before: float, mark_now: float) -> None:
+        ended = [
+            (p, al)
+            for p, al in self.partial
+            if mark_before < p.t_end <= mark_now and al.reason.endswith("does not cover the window")
+        ]
+        for p, _ in ended:
+            self._realign_overlapping(p.t_start, p.t_end)
 
     def _forget_filled_gaps(self, tracker: SequenceTracker) -> None:
         def still_missing(first: int, last: int) -> bool:
