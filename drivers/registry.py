@@ -27,6 +27,10 @@ DRIVERS: dict[str, tuple[str, str]] = {
         "operando.drivers.scan_files",
         "a folder of beamline scan files (column text, NXxas, RIXS rows) published as they appear",
     ),
+    "palmsens": (
+        "operando.drivers.palmsens",
+        "a PalmSens MethodSCRIPT instrument (serial or TCP): uploads the steps, reads the data",
+    ),
     "bluesky": (
         "operando.drivers.bluesky",
         "a bluesky RunEngine's documents from its 0MQ Proxy (msgpack or JSON) as XAS scans",

@@ -122,6 +122,14 @@ def _replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def _instrument(a: argparse.Namespace) -> int:
+    from operando.drivers.palmsens_sim import run_simulator
+
+    host, _, port = a.listen.rpartition(":")
+    asyncio.run(run_simulator(host or "127.0.0.1", int(port), a.cell, a.speed, a.soc))
+    return 0
+
+
 def _monitor_endpoint(a: argparse.Namespace) -> str:
     """--monitor ENDPOINT, or the one the monitor wrote into --run-dir (demo: free ports)."""
     if a.run_dir:
@@ -288,6 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     _add_driver_parsers(sub)
+
+    p = sub.add_parser("instrument", help="a simulated instrument that speaks a vendor protocol")
+    p.add_argument("kind", choices=["palmsens-sim"])
+    p.add_argument("--listen", default="127.0.0.1:4001", help="HOST:PORT to listen on")
+    p.add_argument("--cell", default="peo-nmc", help="cell model preset (drivers/cell.py)")
+    p.add_argument("--speed", type=float, default=1.0, help="cell seconds per wall second")
+    p.add_argument("--soc", type=float, default=0.1, help="state of charge at start")
+    p.set_defaults(func=_instrument)
 
     p = sub.add_parser("dashboard", help="live Panel dashboard of a run (history + live)")
     p.add_argument("--run-dir", required=True, help="the run directory the monitor records to")
