@@ -211,3 +211,25 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
         30,
         what="the second revision",
     )
+
+    # and out again: NeXus and event-model documents of the same run, without special cases
+    import event_model
+    import h5py
+
+    from operando.export.documents import read_documents
+
+    nxs = tmp_path / "scans.nxs"
+    cli("export", str(run), "--format", "nexus", "--out", str(nxs))
+    with h5py.File(nxs, "r") as f:
+        e = f["entry"]
+        assert e["Ni_L_TFY/mu"].shape == (1, 174)
+        # O K TEY from two beamlines on two grids (and a revision): energy per spectrum
+        assert e["O_K_TEY/mu"].shape[0] == 3 and e["O_K_TEY/energy"].ndim == 2
+        # the library's detectors were not mapped: they keep their names
+        assert e["Fe_K_mu/mu"].shape == (3, 412) and "Cu_L_xspress3mini_roi1_dtc" in e
+        assert e["rixs_La4Ni3O10_pi/counts"].shape == (17, 723)
+        assert not e["O_K_TEY/partial"][()].any()
+    docs = tmp_path / "scans.jsonl"
+    cli("export", str(run), "--format", "documents", "--out", str(docs))
+    for name, doc in read_documents(docs):
+        event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
