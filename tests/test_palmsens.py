@@ -54,6 +54,22 @@ def test_scripts_say_what_the_step_means():
     assert "meas_loop_cp p c 500u 1 600" in script and "if p > 4200m" in script
 
 
+def _simulator(processes, tmp_path, speed: str, *extra: str) -> int:
+    """``operando instrument palmsens-sim`` on a free port; returns the port."""
+    (port,) = free_ports(1)
+    processes(
+        "instrument",
+        "palmsens-sim",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--speed",
+        speed,
+        *extra,
+        log=tmp_path / "sim.log",
+    )
+    return port
+
+
 async def _talk(port: int, text: str, until: str) -> list[str]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -70,16 +86,7 @@ async def _talk(port: int, text: str, until: str) -> list[str]:
 
 
 def test_simulator_answers_like_the_device_and_refuses_unknown_commands(processes, tmp_path):
-    (port,) = free_ports(1)
-    processes(
-        "instrument",
-        "palmsens-sim",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--speed",
-        "1000",
-        log=tmp_path / "sim.log",
-    )
+    port = _simulator(processes, tmp_path, "1000")
 
     async def scenario():
         for _ in range(100):  # the simulator process is starting
@@ -112,18 +119,7 @@ def test_driver_runs_the_protocol_through_a_monitor(processes, tmp_path):
     path = tmp_path / "experiment.json"
     path.write_bytes(msgspec.json.encode(cfg))
     run = tmp_path / "run"
-    (port,) = free_ports(1)
-    processes(
-        "instrument",
-        "palmsens-sim",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--speed",
-        "200",
-        "--soc",
-        "0.2",
-        log=tmp_path / "sim.log",
-    )
+    port = _simulator(processes, tmp_path, "200", "--soc", "0.2")
     processes("monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "mon.log")
     src = cfg.source("potentiostat")
     driver = processes(
