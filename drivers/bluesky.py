@@ -147,17 +147,23 @@ class BlueskyDocuments(Driver):
         sock.connect(self.proxy)
         try:
             while True:
-                message = await sock.recv()
-                try:
-                    _, name, doc = parse_message(message, self.serializer)
-                    await self.on_document(name, doc)
-                except DocumentError as e:
-                    self.counts["refused"] += 1
-                    if str(e) != self.last_refusal:  # once per kind of fault, not per message
-                        log.error("bluesky document refused: %s", e)
-                    self.last_refusal = str(e)
+                await self.handle(await sock.recv())
         finally:
             sock.close(linger=0)
+
+    async def handle(self, message: bytes) -> None:
+        """One message from the proxy; what cannot be read is refused, counted and logged."""
+        try:
+            _, name, doc = parse_message(message, self.serializer)
+            try:
+                await self.on_document(name, doc)
+            except (KeyError, TypeError, ValueError) as e:  # a document of the wrong shape
+                raise DocumentError(f"{name}: {type(e).__name__}: {e}") from None
+        except DocumentError as e:
+            self.counts["refused"] += 1
+            if str(e) != self.last_refusal:  # once per kind of fault, not per message
+                log.error("bluesky document refused: %s", e)
+            self.last_refusal = str(e)
 
     async def on_document(self, name: str, doc: dict[str, Any]) -> None:
         self.counts["documents"] += 1
@@ -176,7 +182,11 @@ class BlueskyDocuments(Driver):
                 await self._event(doc["descriptor"], data, float(t))
         elif name == "stop":
             run = self.runs.pop(doc.get("run_start", ""), None)
-            if run is not None and run.points:
+            if run is None:
+                return
+            for uid in run.descriptors:  # a week of runs must not pile up here
+                self.descriptor_run.pop(uid, None)
+            if run.points:
                 await self._send_step_scan(run, doc)
 
     async def _event(self, descriptor: str, data: dict[str, Any], t: float) -> None:

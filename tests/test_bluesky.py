@@ -3,6 +3,7 @@ bluesky 0MQ Proxy on 127.0.0.1, read as XAS scans by a live monitor."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 import subprocess
@@ -46,6 +47,23 @@ def test_messages_are_parsed_and_pickle_is_refused_with_the_fix():
         parse_message(b" start " + msgpack.packb(doc)[:-3])
     with pytest.raises(DocumentError, match="expected 'prefix name payload'"):
         parse_message(b"nospaces")
+
+
+def test_a_document_of_the_wrong_shape_is_refused_not_fatal():
+    from operando.drivers.base import DriverOptions
+    from operando.drivers.bluesky import BlueskyDocuments
+
+    driver = BlueskyDocuments(DriverOptions("s", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"), "x")
+
+    def send(name: str, doc: dict) -> None:
+        asyncio.run(driver.handle(b" ".join([b"", name.encode(), msgpack.packb(doc)])))
+
+    send("start", {"uid": "r1", "time": 1.0})
+    send("event", {"data": {}, "time": 1.0})  # no descriptor: refused, the driver goes on
+    assert driver.counts["refused"] == 1 and "KeyError" in driver.last_refusal
+    send("descriptor", {"uid": "d1", "run_start": "r1"})
+    send("stop", {"run_start": "r1"})
+    assert driver.runs == {} and driver.descriptor_run == {}  # nothing kept after the stop
 
 
 @pytest.mark.slow

@@ -11,12 +11,14 @@ import json
 import signal
 import time
 
+import msgspec
 import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
-from conftest import cli, inspect_json, monitor_config, recorded_events
+from conftest import cli, inspect_json, monitor_config, recorded_events, store_count, wait_for
 
+from operando.demo import localize
 from operando.monitor import query_status
 from operando.protocol import MODE_CC, PotentiostatBatch, Spot, XASScan
 from operando.store import open_readonly, read_raw
@@ -223,6 +225,20 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
     kept = [[bytes(f) for f in read_raw(run, rid).frames] for rid, _ in bad]
     assert kept == junk  # exactly as received
     assert inspect_json(run)["events"]["malformed"] == 4
+
+    # a replay meets a new monitor with the same bad input, byte for byte
+    replayed = localize(cfg)
+    path = tmp_path / "replayed.json"
+    path.write_bytes(msgspec.json.encode(replayed))
+    again = tmp_path / "again"
+    processes("monitor", "--config", str(path), "--run-dir", str(again), log=tmp_path / "m2.log")
+    cli("replay", str(run), "--speed", "0", "--config", str(path))
+    malformed = "SELECT count(*) FROM raw WHERE status = 'malformed'"
+    wait_for(lambda: store_count(again, malformed) == 4, 30, what="the replayed bad input")
+    conn = open_readonly(again)
+    ids = [r for (r,) in conn.execute("SELECT id FROM raw WHERE status = 'malformed' ORDER BY id")]
+    conn.close()
+    assert [[bytes(f) for f in read_raw(again, rid).frames] for rid in ids] == junk
 
 
 def test_monitor_killed_and_restarted_continues_the_run(tmp_path, processes):

@@ -214,7 +214,15 @@ def test_unknown_keys_cannot_command_a_curve_driver(tmp_path, processes):
             ctx.destroy(linger=0)
 
     server = str(keys / "driver.key")
-    ok = asyncio.run(ask(client_curve(str(keys / "monitor.key_secret"), server)))
+    allowed_curve = client_curve(str(keys / "monitor.key_secret"), server)
+
+    def allowed_answers():  # the driver process may still be starting: ask until it answers
+        try:
+            return asyncio.run(ask(allowed_curve))
+        except CommandError:
+            return None
+
+    ok = wait_for(allowed_answers, 60, 0.1, what="the driver to answer an allowed key")
     assert ok.ok and ok.result["scans"] == 0
     with pytest.raises(CommandError, match="no ack"):
         asyncio.run(ask(client_curve(str(keys / "stranger.key_secret"), server)))

@@ -56,7 +56,6 @@ class Replay:
         self.wait_subscriber_s = wait_subscriber_s
         self.now_ns = 0  # the recorded time of the message being replayed
         self.sent: dict[str, int] = {}
-        self.skipped: dict[str, int] = {}
 
     def _recorded(self) -> tuple[list[str], int]:
         conn = open_readonly(self.run_dir)
@@ -112,8 +111,7 @@ class Replay:
             if progress is not None and (n % 200 == 0 or n == total):
                 progress(n, total)
             pub = pubs.get(rec.link)
-            if pub is None:
-                self.skipped[rec.link] = self.skipped.get(rec.link, 0) + 1
+            if pub is None:  # a source without an endpoint (warned about above)
                 continue
             first_recv = rec.recv_ns if first_recv is None else first_recv
             if self.speed > 0:
