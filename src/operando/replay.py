@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import zmq.asyncio
 
 from operando.config import ExperimentConfig
+from operando.export import Progress
 from operando.protocol import (
     Heartbeat,
     ProtocolError,
@@ -35,8 +35,6 @@ from operando.store import iter_raw, open_readonly
 from operando.transport import Publisher
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 class Replay:

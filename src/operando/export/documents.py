@@ -17,7 +17,7 @@ Written as JSON lines (``[name, doc]`` per line, as suitcase-jsonl) or a Message
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,10 @@ import msgspec
 import numpy as np
 
 from operando import __version__
+from operando.export import Progress
 from operando.export.nexus import nexus_name
 from operando.recorded import RecordedRun, RecordedSpectrum
 
-Progress = Callable[[int, int], None]
 Document = tuple[str, dict[str, Any]]
 SERIALIZERS = ("jsonl", "msgpack")
 PAGE_ROWS = 1000

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,9 @@ import numpy as np
 
 from operando import __version__
 from operando.analyze import signal
+from operando.export import Progress
 from operando.recorded import RecordedRun, RecordedSpectrum
 
-Progress = Callable[[int, int], None]
 _STR = "utf-8"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from operando import __version__
+from operando.export import Progress
 from operando.export.nexus import collect_spectra, nexus_name, stack_channel
 from operando.recorded import RecordedRun
 
-Progress = Callable[[int, int], None]
 TILED_MISSING = "writing to Tiled needs the tiled client: pip install 'operando[tiled]'"
 
 
