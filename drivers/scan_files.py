@@ -8,10 +8,12 @@ aborted scan, published marked incomplete). A file that changes after it was pub
 published again as a new revision (``scan_id~2``). A file that cannot be read is reported with
 the reason (log and ``status``) and tried again when it changes.
 
-Times: by default from the files themselves: the scan ran from when this driver first saw the
-file growing to its last modification; a file that appears complete is placed at its
-modification time (``--scan-seconds`` before it, when given). ``--times header`` uses the
-start the file states (mda2ascii ``Scan time``) for scans read after the fact.
+Times: by default from the files themselves: the scan ran from the modification time the
+driver first saw on a growing file to its last modification (both read from the file server's
+clock, so the window cannot come out reversed when the last write lands just as the file is
+first seen); a file that appears complete is placed at its modification time (``--scan-seconds``
+before it, when given). ``--times header`` uses the start the file states (mda2ascii ``Scan
+time``) for scans read after the fact.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class _Watched:
 
     signature: tuple[int, int]  # (size, mtime_ns)
     changed_at: float  # monotonic time of the last change seen
-    first_seen_wall: float  # wall time when first seen
+    first_mtime_ns: int  # modification time when first seen (the file server's clock)
     grew_while_watched: bool = False
     published: tuple[int, int] | None = None
     revisions: int = 0
@@ -113,7 +115,7 @@ class ScanFiles(Driver):
             for path, sig in listing:
                 w = self.watched.get(path)
                 if w is None:
-                    w = self.watched[path] = _Watched(sig, now, time.time())
+                    w = self.watched[path] = _Watched(sig, now, sig[1])
                     if first and self.files.skip_existing:
                         w.published = sig
                     continue
@@ -175,7 +177,7 @@ class ScanFiles(Driver):
             return int(start * 1e9), int((start + f.scan_seconds) * 1e9), "header"
         end_ns = w.signature[1]
         if w.grew_while_watched:
-            return int(w.first_seen_wall * 1e9), end_ns, "watched"
+            return min(w.first_mtime_ns, end_ns), end_ns, "watched"
         return end_ns - int(f.scan_seconds * 1e9), end_ns, "mtime"
 
     def _common(self, w: _Watched, scan_id: str, meta: dict[str, Any]) -> dict[str, Any]:

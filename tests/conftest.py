@@ -134,14 +134,22 @@ def processes():
         proc.stop(signal.SIGKILL if proc.p.poll() is None else signal.SIGTERM)
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+def wait_for(
+    predicate,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
+    show=None,
+):
+    """Poll `predicate` until true; on timeout `show()` says what was seen instead."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    seen = f"\n{show()}" if show is not None else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
 
 
 def pid_alive(pid: int) -> bool:

@@ -20,7 +20,7 @@ from conftest import cli, inspect_json, monitor_config, recorded_events, store_c
 
 from operando.demo import localize
 from operando.monitor import query_status
-from operando.protocol import MODE_CC, PotentiostatBatch, Spot, XASScan
+from operando.protocol import MODE_CC, PotentiostatBatch, Spot, XASScan, encode
 from operando.store import open_readonly, read_raw
 from operando.transport import CommandError, Publisher
 
@@ -206,12 +206,26 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
         await inst.run(5)
         for frames in junk:  # straight onto the publisher's socket, bypassing the codec
             await inst.spec.sock.send_multipart(frames)
+        # in sequence, but its window runs backwards: recorded malformed, and not "lost"
+        reversed_window = XASScan(
+            source="spectrometer",
+            session=inst.spec.session,
+            seq=inst.spec.seq,
+            t_ns=int(inst.t * 1e9),
+            scan_id="backwards",
+            t_start_ns=int(inst.t * 1e9),
+            t_end_ns=int((inst.t - 1) * 1e9),
+            channels=(),
+        )
+        junk.append(encode(reversed_window, {"energy": np.arange(3.0)}))
+        await inst.spec.send_raw(junk[-1])
+        inst.spec.seq += 1
         await inst.run(10)
         await inst.close()
         await wait_status(
             cfg,
             lambda s: (
-                s["sources"]["spectrometer"]["malformed"] == 4 and s["spectra"]["aligned"] == 3
+                s["sources"]["spectrometer"]["malformed"] == 5 and s["spectra"]["aligned"] == 3
             ),
         )
 
@@ -221,10 +235,15 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
     bad = conn.execute(
         "SELECT id, error FROM raw WHERE status = 'malformed' ORDER BY id"
     ).fetchall()
-    assert len(bad) == 4 and all(err for _, err in bad)
+    junk = [[bytes(f) for f in frames] for frames in junk]
+    assert len(bad) == 5 and all(err for _, err in bad)
+    assert "t_end_ns" in bad[-1][1]
     kept = [[bytes(f) for f in read_raw(run, rid).frames] for rid, _ in bad]
     assert kept == junk  # exactly as received
-    assert inspect_json(run)["events"]["malformed"] == 4
+    summary = inspect_json(run)
+    assert summary["events"]["malformed"] == 5
+    spec = summary["sources"]["spectrometer"]
+    assert (spec["gaps"], spec["lost"]) == (0, 0)  # the backwards scan was received
 
     # a replay meets a new monitor with the same bad input, byte for byte
     replayed = localize(cfg)
@@ -234,7 +253,7 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
     processes("monitor", "--config", str(path), "--run-dir", str(again), log=tmp_path / "m2.log")
     cli("replay", str(run), "--speed", "0", "--config", str(path))
     malformed = "SELECT count(*) FROM raw WHERE status = 'malformed'"
-    wait_for(lambda: store_count(again, malformed) == 4, 30, what="the replayed bad input")
+    wait_for(lambda: store_count(again, malformed) == 5, 30, what="the replayed bad input")
     conn = open_readonly(again)
     ids = [r for (r,) in conn.execute("SELECT id FROM raw WHERE status = 'malformed' ORDER BY id")]
     conn.close()

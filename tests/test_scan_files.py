@@ -104,6 +104,7 @@ def test_bad_scan_files_say_what_and_where(tmp_path):
 @needs_files
 @pytest.mark.slow
 def test_scan_files_through_the_monitor(tmp_path, processes):
+    LOGS = ("mon.log", "pot.log", "sxr.log", "scans.log", "rixs.log")
     cfg, path = live_cell_experiment(tmp_path, "spectrometer", "scans", "rixs")
     run = tmp_path / "run"
     sxr_dir, xas_dir, rixs_dir = (tmp_path / d for d in ("sxr", "scans", "rixs"))
@@ -168,10 +169,25 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
     for f in rixs_files:
         shutil.copy(f, rixs_dir)
     n_xas = 1 + 2 + 3 + 2  # mda2ascii, two columns files, three NXentries, two library scans
+
+    def seen() -> str:
+        conn = open_readonly(run)
+        try:
+            rows = conn.execute(
+                "SELECT s.scan_id, s.kind, a.partial FROM spectra s "
+                "LEFT JOIN alignment a ON a.spectrum_id = s.id ORDER BY s.id"
+            ).fetchall()
+            cell = conn.execute("SELECT count(*), max(t) FROM potentiostat").fetchone()
+        finally:
+            conn.close()
+        logs = "\n".join(f"--- {n}\n{(tmp_path / n).read_text()[-3000:]}" for n in LOGS)
+        return f"spectra (scan_id, kind, partial): {rows}\ncell rows, last t: {cell}\n{logs}"
+
     wait_for(
         lambda: store_count(run, "SELECT count(*) FROM alignment") == n_xas + len(rixs_files),
         60,
         what="every scan and RIXS row aligned",
+        show=seen,
     )
     conn = open_readonly(run)
     try:

@@ -39,6 +39,7 @@ from operando.protocol import (
     XASScan,
     decode,
     kind_of,
+    peek_envelope,
     plain,
 )
 from operando.rawlog import RawRecord
@@ -155,13 +156,13 @@ class Ingest:
         raw_id = self.store.take_raw_id()
         msg, error = self._decode(link, frames)
         self.store.append_raw(raw_id, recv_ns, link, frames, _summary(msg, error), refill)
-        return self._process(raw_id, recv_ns, link, msg, error)
+        return self._process(raw_id, recv_ns, link, frames, msg, error)
 
     def process_record(self, rec: RawRecord) -> Message | None:
         """A message already in the raw log (recovery after a crash, reprocess): index, derive."""
         msg, error = self._decode(rec.link, rec.frames)
         self.store.index_raw(rec, _summary(msg, error))
-        return self._process(rec.raw_id, rec.recv_ns, rec.link, msg, error)
+        return self._process(rec.raw_id, rec.recv_ns, rec.link, rec.frames, msg, error)
 
     def _decode(self, link: str, frames: Sequence[Any]) -> tuple[Message | None, str | None]:
         if link not in self.links:
@@ -172,15 +173,22 @@ class Ingest:
             return None, str(e)
 
     def _process(
-        self, raw_id: int, recv_ns: int, link: str, msg: Message | None, error: str | None
+        self,
+        raw_id: int,
+        recv_ns: int,
+        link: str,
+        frames: Sequence[Any],
+        msg: Message | None,
+        error: str | None,
     ) -> Message | None:
         self._recv_ns = recv_ns
         state = self.links.get(link)
         try:
             if msg is None or state is None:
+                self.event("malformed", link, None, raw_id=raw_id, error=error)
                 if state is not None:
                     state.malformed += 1
-                self.event("malformed", link, None, raw_id=raw_id, error=error)
+                    self._track_malformed(raw_id, link, state, frames)
                 return None
             try:
                 self._derive(raw_id, link, state, msg)
@@ -200,16 +208,64 @@ class Ingest:
         state.last_seen_wall = time.monotonic()
         if isinstance(h, Command | Ack):  # not part of a data stream: audit only
             return
-        verdict = state.tracker.observe(h.session, h.seq)
-        if verdict.arrival is Arrival.DUPLICATE:
-            self.event("duplicate", link, t_src, raw_id=raw_id, session=h.session, seq=h.seq)
+        first_row_t = t_src
+        if isinstance(h, PotentiostatBatch) and len(msg.arrays["t"]):
+            first_row_t = float(msg.arrays["t"][0]) + offset
+        if not self._track(raw_id, link, state, h.session, h.seq, t_src, first_row_t):
             return
+        state.last_t = max(state.last_t, t_src)
+        self.now = max(self.now, t_src)
+
+        if isinstance(h, PotentiostatBatch):
+            self._potentiostat(raw_id, link, state, msg, offset)
+        elif isinstance(h, XASScan | RIXSRows):
+            self._spectrum(raw_id, link, msg, offset)
+            if self.orchestrator is not None and isinstance(h, RIXSRows):
+                self.orchestrator.on_message(link, msg, None, None)
+        elif isinstance(h, SeriesStart):
+            self._series_start(link, state, h, t_src)
+        elif isinstance(h, SeriesEnd):
+            state.series_ended = True
+            self.event("series_end", link, t_src, series=h.series, reason=h.reason)
+
+    def _track_malformed(
+        self, raw_id: int, link: str, state: LinkState, frames: Sequence[Any]
+    ) -> None:
+        """A malformed spectrum that still names its session and seq takes its place in the
+        stream: it was received and recorded, so its seq is not reported lost.
+
+        A malformed potentiostat batch stays a gap: its rows are missing from the cell record,
+        and the spectra over that time must be marked partial."""
+        if link == self.pstat_link:
+            return
+        env = peek_envelope(frames)
+        if env is None or env.kind in ("command", "ack") or not env.session or env.seq < 0:
+            return
+        t = env.t_ns * 1e-9 + state.config.clock_offset_s if env.t_ns > 0 else state.last_message_t
+        self._track(raw_id, link, state, env.session, env.seq, t, t)
+
+    def _track(
+        self,
+        raw_id: int,
+        link: str,
+        state: LinkState,
+        session: str,
+        seq: int,
+        t_src: float,
+        first_row_t: float,
+    ) -> bool:
+        """Place a message in its source's sequence: report restarts, gaps and reordering.
+        False for a duplicate (already recorded: nothing to derive)."""
+        verdict = state.tracker.observe(session, seq)
+        if verdict.arrival is Arrival.DUPLICATE:
+            self.event("duplicate", link, t_src, raw_id=raw_id, session=session, seq=seq)
+            return False
         if verdict.arrival is Arrival.NEW_SESSION and verdict.previous_session is not None:
             self.event(
                 "source_restarted",
                 link,
                 t_src,
-                session=h.session,
+                session=session,
                 previous_session=verdict.previous_session,
             )
         if verdict.gap is not None:
@@ -228,30 +284,14 @@ class Ingest:
             if link == self.pstat_link:
                 # The rows lost lie between the newest row held and the first row (or the
                 # clock) of the message that revealed the gap.
-                t_after = t_src
-                if isinstance(h, PotentiostatBatch) and len(msg.arrays["t"]):
-                    t_after = float(msg.arrays["t"][0]) + offset
-                self.pstat_gaps.append((g.first, g.last, self.history.watermark, t_after))
+                self.pstat_gaps.append((g.first, g.last, self.history.watermark, first_row_t))
         if verdict.arrival is Arrival.OUT_OF_ORDER:
-            self.event("out_of_order", link, t_src, session=h.session, seq=h.seq)
+            self.event("out_of_order", link, t_src, session=session, seq=seq)
             if link == self.pstat_link:
                 self._forget_filled_gaps(state.tracker)
-        if verdict.arrival is not Arrival.OUT_OF_ORDER:
+        else:
             state.last_message_t = t_src
-        state.last_t = max(state.last_t, t_src)
-        self.now = max(self.now, t_src)
-
-        if isinstance(h, PotentiostatBatch):
-            self._potentiostat(raw_id, link, state, msg, offset)
-        elif isinstance(h, XASScan | RIXSRows):
-            self._spectrum(raw_id, link, msg, offset)
-            if self.orchestrator is not None and isinstance(h, RIXSRows):
-                self.orchestrator.on_message(link, msg, None, None)
-        elif isinstance(h, SeriesStart):
-            self._series_start(link, state, h, t_src)
-        elif isinstance(h, SeriesEnd):
-            state.series_ended = True
-            self.event("series_end", link, t_src, series=h.series, reason=h.reason)
+        return True
 
     # -- kinds -----------------------------------------------------------------------------
     def _series_start(self, link: str, state: LinkState, h: SeriesStart, t: float) -> None:

@@ -168,6 +168,31 @@ class _Version(msgspec.Struct):
 _version_decoder = msgspec.msgpack.Decoder(_Version)
 
 
+class Envelope(msgspec.Struct, frozen=True):
+    """Where a message sits in its stream, read from a header that failed validation."""
+
+    kind: str
+    session: str
+    seq: int
+    t_ns: int = 0
+
+
+_envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+
+
+def peek_envelope(frames: Sequence[bytes | memoryview]) -> Envelope | None:
+    """The kind, session and seq of a malformed message, when its header still states them.
+
+    A message recorded as malformed was received, not lost: its seq must not open a gap.
+    """
+    if len(frames) < 2:
+        return None
+    try:
+        return _envelope_decoder.decode(frames[1])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """A decoded message: the validated header and its arrays (read-only views of the frames)."""
