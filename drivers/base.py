@@ -19,6 +19,7 @@ import zmq.asyncio
 
 from operando.clock import ExperimentClock
 from operando.protocol import Command
+from operando.replaybuffer import ReplayLimits
 from operando.transport import (
     CommandHandler,
     CommandServer,
@@ -46,6 +47,9 @@ class DriverOptions:
     wait_subscriber_s: float = 10.0
     hwm: int = 10_000
     state_file: str | None = None  # where the driver keeps what must survive a restart
+    replay_messages: int = 100_000  # sent messages kept for a recorder that missed some
+    replay_mb: float = 256.0
+    spool: str | None = None  # folder: keep sent messages on disk too (survives a restart)
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser, default_name: str) -> None:
@@ -96,6 +100,21 @@ class DriverOptions:
             help="JSON file that keeps state across restarts (a simulated cell continues "
             "where it was, as a real one would)",
         )
+        g.add_argument(
+            "--replay-messages",
+            type=int,
+            default=100_000,
+            help="sent messages kept in memory for the monitor to ask again (resend)",
+        )
+        g.add_argument(
+            "--replay-mb", type=float, default=256.0, help="memory bound of those messages, MB"
+        )
+        g.add_argument(
+            "--spool",
+            default=None,
+            help="folder where sent messages are also kept on disk: a restarted driver can "
+            "still resend what its previous process sent",
+        )
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> DriverOptions:
@@ -111,6 +130,9 @@ class DriverOptions:
             drop_acks=a.drop_acks,
             wait_subscriber_s=a.wait_subscriber,
             state_file=a.state_file,
+            replay_messages=a.replay_messages,
+            replay_mb=a.replay_mb,
+            spool=a.spool,
         )
 
 
@@ -137,7 +159,12 @@ class Driver:
         return {}
 
     def handlers(self) -> dict[str, CommandHandler]:
-        return {"ping": self._ping, "status": self._status, "shutdown": self._shutdown}
+        return {
+            "ping": self._ping,
+            "status": self._status,
+            "shutdown": self._shutdown,
+            "resend": self._resend,
+        }
 
     async def produce(self) -> None:
         raise NotImplementedError
@@ -176,6 +203,12 @@ class Driver:
     async def _status(self, cmd: Command) -> dict[str, Any]:
         return self.status()
 
+    async def _resend(self, cmd: Command) -> dict[str, Any]:
+        """A recorder missed messages: publish them again from the replay buffer."""
+        assert self.pub is not None
+        a = cmd.args
+        return await self.pub.resend(str(a["session"]), int(a["first"]), int(a.get("last", -1)))
+
     async def _shutdown(self, cmd: Command) -> dict[str, Any]:
         self.finished.set()
         return {"shutting_down": True}
@@ -190,8 +223,14 @@ class Driver:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.finished.set)
+        o = self.opts
+        replay = ReplayLimits(
+            messages=o.replay_messages,
+            bytes=int(o.replay_mb * 2**20),
+            spool=Path(o.spool) / o.name if o.spool else None,
+        )
         self.pub = Publisher(
-            self.ctx, self.opts.data, self.opts.name, hwm=self.opts.hwm, clock=self.clock.now_ns
+            self.ctx, o.data, o.name, hwm=o.hwm, clock=self.clock.now_ns, replay=replay
         )
         curve = None
         if self.opts.curve_secret:
@@ -220,6 +259,9 @@ class Driver:
                 )
             self.series = f"{self.opts.name}-{uuid.uuid4().hex[:8]}"
             meta = {**self.metadata(), "resumed": self.resumed}
+            if self.pub.buffer.previous is not None:  # what the killed process sent last
+                session, last_seq = self.pub.buffer.previous
+                meta["previous_session"] = {"session": session, "last_seq": last_seq}
             await self.pub.start_series(self.series, self.instrument, meta)
             producer = asyncio.create_task(self.produce(), name=f"{self.opts.name}-produce")
             stop = asyncio.create_task(self.finished.wait())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -234,6 +235,10 @@ def store_count(run: Path, sql: str) -> int:
         return 0
     try:
         return int(conn.execute(sql).fetchone()[0])
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):  # the file exists, its schema not yet
+            return 0
+        raise
     finally:
         conn.close()
 

@@ -169,7 +169,11 @@ def test_alarms_from_the_store_open_until_acknowledged(tmp_path):
     alarms = Alarms(event)
     alarms.on_event("damage_flag", None, {"spot": "A1", "test": "repeat", "p_value": 1e-6})
     alarms.on_event("damage_flag", None, {"spot": "A1", "test": "dose_slope", "p_value": 1e-5})
-    alarms.on_event("gap", "potentiostat", {"count": 2, "first": 8, "last": 9})
+    alarms.on_event(
+        "gap_unrecoverable",
+        "potentiostat",
+        {"count": 2, "first": 8, "last": 9, "reason": "no longer held by the driver"},
+    )
     alarms.on_event("series_start", "potentiostat", {})  # not an alarm
     store.flush()
     view = RunView(tmp_path)

@@ -2,8 +2,10 @@
 
 An alarm is raised by the orchestrator (a command refused or never acked, no fresh spot left)
 or from an event that means data are at risk (damage flagged, messages lost, a driver silent,
-the store failing). Every alarm, repeat and acknowledgement is an event in the run store, so a
-dashboard opened later, or a monitor restarted, sees the same open alarms. A condition that
+the store failing). A gap in a source's messages is an alarm only once the monitor could not
+get it sent again (``gap_unrecoverable``). Every alarm, repeat and acknowledgement is an event
+in the run store, so a dashboard opened later, or a monitor restarted, sees the same open
+alarms. A condition that
 repeats while its alarm is open (damage flagged again on the same spot) counts up on that alarm
 instead of burying the operator under copies.
 """
@@ -26,11 +28,13 @@ FROM_EVENTS: dict[str, tuple[str, str, Callable[[str | None, dict[str, Any]], st
             f"p = {d.get('p_value', float('nan')):.1e})"
         ),
     ),
-    "gap": (
+    # A gap alone is not an alarm: the monitor asks the driver to send it again (refill).
+    "gap_unrecoverable": (
         "gap",
         "link",
         lambda link, d: (
-            f"{link}: {d.get('count')} messages lost (seq {d.get('first')}-{d.get('last')})"
+            f"{link}: {d.get('count')} messages lost (seq {d.get('first')}-{d.get('last')}): "
+            f"{d.get('reason')}"
         ),
     ),
     "disconnected": (

@@ -44,7 +44,7 @@ from operando.protocol import (
 )
 from operando.rawlog import RawRecord
 from operando.sequence import Arrival, SequenceTracker
-from operando.store import RunStore, Summary, read_raw
+from operando.store import RunStore, Summary, lost_ranges, read_raw
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,17 @@ def spectrum_input(spectrum_id: int, h: XASScan | RIXSRows) -> SpectrumInput:
     )
 
 
-def _summary(msg: Message | None, error: str | None) -> Summary:
-    """The raw index row's identification of a message: from its header, or its error."""
+MALFORMED_BATCH = "(malformed)"  # in place of a session: potentiostat rows that never decoded
+
+
+def _summary(msg: Message | None, error: str | None, frames: Sequence[Any]) -> Summary:
+    """The raw index row's identification of a message: from its header, or its error (and
+    where it sat in its stream, when the header still says)."""
     if msg is None:
-        return ("malformed", error, None, None, None, None, None)
+        env = peek_envelope(frames)
+        if env is None or env.seq < 0:
+            return ("malformed", error, None, None, None, None, None)
+        return ("malformed", error, None, env.session or None, env.seq, env.kind or None, None)
     h = msg.header
     return ("ok", None, h.source, h.session, h.seq, msg.kind, h.t_ns)
 
@@ -126,7 +133,8 @@ class Ingest:
         self.history = PotentiostatHistory(alignment.current_step_mA, alignment.retain_s)
         self.pending: list[PendingSpectrum] = []
         self.partial: deque[tuple[PendingSpectrum, Alignment]] = deque(maxlen=2000)
-        self.pstat_gaps: list[tuple[int, int, float, float]] = []  # first, last, t0, t1
+        # potentiostat messages missing: first, last, t0, t1, session
+        self.pstat_gaps: list[tuple[int, int, float, float, str]] = []
         self.capacity_mAh = alignment.capacity_mAh
         self.now = -math.inf  # newest source time seen from any source (reference clock)
         self.counts: Counter[str] = Counter()
@@ -142,6 +150,7 @@ class Ingest:
         self.on_event: list[Callable[[str, str | None, dict[str, Any]], None]] = []
         self.cell: dict[str, Any] = {}  # the newest potentiostat row, for status displays
         self._recv_ns = 0  # receive time of the message being processed (0: use the wall clock)
+        self._refilling = False  # the message being processed fills a gap (sent again)
 
     # -- entry points ----------------------------------------------------------------------
     def receive(
@@ -155,13 +164,20 @@ class Ingest:
         recv_ns = recv_ns or time.time_ns()
         raw_id = self.store.take_raw_id()
         msg, error = self._decode(link, frames)
-        self.store.append_raw(raw_id, recv_ns, link, frames, _summary(msg, error), refill)
-        return self._process(raw_id, recv_ns, link, frames, msg, error)
+        state = self.links.get(link)
+        if msg is not None and state is not None:  # it fills a gap: sent again on request
+            refill = refill or state.tracker.is_missing(msg.header.session, msg.header.seq)
+        self.store.append_raw(raw_id, recv_ns, link, frames, _summary(msg, error, frames), refill)
+        self._refilling = refill
+        try:
+            return self._process(raw_id, recv_ns, link, frames, msg, error)
+        finally:
+            self._refilling = False
 
     def process_record(self, rec: RawRecord) -> Message | None:
         """A message already in the raw log (recovery after a crash, reprocess): index, derive."""
         msg, error = self._decode(rec.link, rec.frames)
-        self.store.index_raw(rec, _summary(msg, error))
+        self.store.index_raw(rec, _summary(msg, error, rec.frames))
         return self._process(rec.raw_id, rec.recv_ns, rec.link, rec.frames, msg, error)
 
     def _decode(self, link: str, frames: Sequence[Any]) -> tuple[Message | None, str | None]:
@@ -231,18 +247,18 @@ class Ingest:
     def _track_malformed(
         self, raw_id: int, link: str, state: LinkState, frames: Sequence[Any]
     ) -> None:
-        """A malformed spectrum that still names its session and seq takes its place in the
+        """A malformed message that still names its session and seq takes its place in the
         stream: it was received and recorded, so its seq is not reported lost.
 
-        A malformed potentiostat batch stays a gap: its rows are missing from the cell record,
-        and the spectra over that time must be marked partial."""
-        if link == self.pstat_link:
-            return
+        The rows of a malformed potentiostat batch are missing from the cell record all the
+        same: spectra over its time are marked partial, as for a gap that is never filled."""
         env = peek_envelope(frames)
         if env is None or env.kind in ("command", "ack") or not env.session or env.seq < 0:
             return
         t = env.t_ns * 1e-9 + state.config.clock_offset_s if env.t_ns > 0 else state.last_message_t
-        self._track(raw_id, link, state, env.session, env.seq, t, t)
+        watermark = self.history.watermark
+        if self._track(raw_id, link, state, env.session, env.seq, t, t) and link == self.pstat_link:
+            self.pstat_gaps.append((env.seq, env.seq, watermark, t, MALFORMED_BATCH))
 
     def _track(
         self,
@@ -284,9 +300,12 @@ class Ingest:
             if link == self.pstat_link:
                 # The rows lost lie between the newest row held and the first row (or the
                 # clock) of the message that revealed the gap.
-                self.pstat_gaps.append((g.first, g.last, self.history.watermark, first_row_t))
+                self.pstat_gaps.append(
+                    (g.first, g.last, self.history.watermark, first_row_t, g.session)
+                )
         if verdict.arrival is Arrival.OUT_OF_ORDER:
-            self.event("out_of_order", link, t_src, session=session, seq=seq)
+            if not self._refilling:  # a refill is asked for: the "refill" event says it
+                self.event("out_of_order", link, t_src, session=session, seq=seq)
             if link == self.pstat_link:
                 self._forget_filled_gaps(state.tracker)
         else:
@@ -298,6 +317,28 @@ class Ingest:
         if h.reannounce and h.series == state.series:
             return  # a re-announce for late joiners: nothing new
         state.series, state.series_ended, state.metadata = h.series, False, dict(h.metadata)
+        previous = h.metadata.get("previous_session")
+        if isinstance(previous, dict):  # a restarted driver says where its last process ended
+            gap = state.tracker.expect(
+                str(previous.get("session", "")), int(previous.get("last_seq", -1))
+            )
+            if gap is not None:
+                self.event(
+                    "gap",
+                    link,
+                    t,
+                    session=gap.session,
+                    first=gap.first,
+                    last=gap.last,
+                    count=gap.count,
+                    t_before=None,
+                    t_after=t,
+                    tail=True,
+                )
+                if link == self.pstat_link:
+                    self.pstat_gaps.append(
+                        (gap.first, gap.last, self.history.watermark, t, gap.session)
+                    )
         if link == self.pstat_link and self.cfg.capacity_mAh is None:
             cap = h.metadata.get("capacity_mAh")
             if isinstance(cap, int | float) and cap > 0:
@@ -575,11 +616,12 @@ class Ingest:
             self._realign_overlapping(p.t_start, p.t_end)
 
     def _forget_filled_gaps(self, tracker: SequenceTracker) -> None:
-        def still_missing(first: int, last: int) -> bool:
-            return any(a <= last and b >= first for a, b in tracker.missing)
-
         before = len(self.pstat_gaps)
-        self.pstat_gaps = [g for g in self.pstat_gaps if still_missing(g[0], g[1])]
+        self.pstat_gaps = [
+            g
+            for g in self.pstat_gaps
+            if g[4] == MALFORMED_BATCH or tracker.any_missing(g[4], g[0], g[1])
+        ]
         if len(self.pstat_gaps) != before:
             filled = [(p, al) for p, al in self.partial if al.reason.startswith("potentiostat")]
             for p, _ in filled:
@@ -647,14 +689,24 @@ def restore(ingest: Ingest, conn: Any, run_dir: Path) -> None:
     from the recorded rows (so coulomb counting continues), counters are reloaded, and spectra
     that were recorded but never aligned wait again.
     """
-    stream = "status = 'ok' AND kind NOT IN ('command', 'ack')"
+    stream = "seq IS NOT NULL AND kind NOT IN ('command', 'ack')"
     for link, session, seq in conn.execute(
         f"SELECT r.link, r.session, (SELECT max(seq) FROM raw WHERE link = r.link AND "
         f"session = r.session AND {stream}) FROM raw r WHERE r.id IN "
         f"(SELECT max(id) FROM raw WHERE {stream} GROUP BY link)"
     ):
         if link in ingest.links:
-            ingest.links[link].tracker.resume(session, seq)
+            # what was still missing when the monitor stopped: a refill can still fill it
+            lost = lost_ranges(conn, link)
+            tracker = ingest.links[link].tracker
+            for past, last in conn.execute(
+                f"SELECT session, max(seq) FROM raw WHERE link = ? AND session != ? AND {stream} "
+                "GROUP BY session ORDER BY max(id)",
+                (link, session),
+            ):
+                ranges = lost.get(past, [])
+                tracker.past[past] = (max([last, *(b for _, b in ranges)]) + 1, ranges)
+            tracker.resume(session, seq, lost.get(session, []))
     for link, n in conn.execute(f"SELECT link, count(*) FROM raw WHERE {stream} GROUP BY link"):
         if link in ingest.links:
             ingest.links[link].tracker.messages = n

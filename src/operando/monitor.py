@@ -33,6 +33,7 @@ from operando.ingest import Ingest, restore
 from operando.orchestrate.orchestrator import Orchestrator
 from operando.orchestrate.triggers import Action
 from operando.protocol import Command, StateUpdate, encode
+from operando.refill import Refiller
 from operando.run import save_run_config
 from operando.store import RunStore, connect
 from operando.transport import (
@@ -173,6 +174,8 @@ class Monitor:
             self.alarms,
         )
         self.ingest.orchestrator = self.orchestrator
+        self.refiller = Refiller(self.ctx, cfg.sources, self.ingest.event, curve)
+        self.ingest.on_event.append(self.refiller.on_event)
         if self.ingest.analyzer is not None:
             self.ingest.analyzer.on_dose.append(self.orchestrator.on_dose)
             self.ingest.analyzer.on_damage.append(self.orchestrator.on_damage)
@@ -230,6 +233,7 @@ class Monitor:
     def status(self) -> dict[str, Any]:
         st = self.ingest.status()
         st["orchestration"] = self.orchestrator.status()
+        st["refill"] = self.refiller.status()
         st["run_dir"] = str(self.run_dir)
         st["state_dropped"] = self.state.dropped
         return st
@@ -265,6 +269,7 @@ class Monitor:
             self._tasks.append(asyncio.create_task(sub.run(), name=f"subscribe-{src.name}"))
         self.commands.start()
         self._tasks.append(asyncio.create_task(self._tick(), name="monitor-tick"))
+        self._tasks.append(asyncio.create_task(self.refiller.run(), name="refill"))
         log.info("monitor recording to %s", self.run_dir)
 
     async def _estimate_clock(self, src: SourceConfig) -> None:
@@ -332,6 +337,7 @@ class Monitor:
                 await t
         await self.commands.close()
         await self.orchestrator.close()
+        await self.refiller.close()
         self.ingest.finish()
         self.state.flush()
         for sub in self.subscribers:

@@ -377,3 +377,46 @@ def read_raw(run_dir: str | Path, raw_id: int) -> RawRecord:
 def iter_raw(run_dir: str | Path) -> Iterator[RawRecord]:
     """Every recorded message in the order received (the raw log, start to end)."""
     return scan(Path(run_dir))
+
+
+_STREAM = "link = ? AND session IS NOT NULL AND seq IS NOT NULL AND kind NOT IN ('command', 'ack')"
+
+
+def lost_ranges(conn: sqlite3.Connection, link: str) -> dict[str, list[list[int]]]:
+    """Per session of ``link``, the sequence numbers the run does not hold, as [first, last]
+    ranges: holes below the highest seq recorded, and the tails a restarted driver said its
+    previous process had sent (``gap`` events marked ``tail``) that never arrived."""
+    out: dict[str, list[list[int]]] = {}
+    for session, first, last in conn.execute(
+        f"SELECT session, 0, min(seq) - 1 FROM raw WHERE {_STREAM} GROUP BY session "
+        "HAVING min(seq) > 0 "
+        "UNION ALL "
+        "SELECT session, prev + 1, seq - 1 FROM (SELECT session, seq, lag(seq) OVER "
+        f"(PARTITION BY session ORDER BY seq) AS prev FROM raw WHERE {_STREAM}) "
+        "WHERE seq > prev + 1 ORDER BY 1, 2",
+        (link, link),
+    ):
+        out.setdefault(session, []).append([first, last])
+    for session, first, last in conn.execute(
+        "SELECT json_extract(detail, '$.session'), json_extract(detail, '$.first'), "
+        "json_extract(detail, '$.last') FROM events WHERE kind = 'gap' AND link = ? "
+        "AND json_extract(detail, '$.tail')",
+        (link,),
+    ):
+        held = {
+            s
+            for (s,) in conn.execute(
+                f"SELECT DISTINCT seq FROM raw WHERE {_STREAM} AND session = ? "
+                "AND seq BETWEEN ? AND ?",
+                (link, session, first, last),
+            )
+        }
+        ranges = out.setdefault(session, [])
+        for seq in range(first, last + 1):
+            if seq in held:
+                continue
+            if ranges and ranges[-1][1] >= seq - 1 and ranges[-1][0] <= seq:
+                ranges[-1][1] = max(ranges[-1][1], seq)
+            else:
+                ranges.append([seq, seq])
+    return out

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from operando.rawlog import log_bytes
-from operando.store import open_readonly
+from operando.store import lost_ranges, open_readonly
 
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:
@@ -46,12 +46,11 @@ def _summarize(conn: Any, run_dir: Path) -> dict[str, Any]:
     ):
         if link in sources and kind in per_link_events:
             sources[link][per_link_events[kind]] = n
-    for link, lost in conn.execute(
-        "SELECT link, sum(json_extract(detail, '$.count')) FROM events WHERE kind = 'gap' "
-        "GROUP BY link"
-    ):
-        if link in sources:
-            sources[link]["lost"] = lost or 0
+    for link, src in sources.items():
+        # what the run does not hold at the end: gaps refilled since no longer count
+        lost = lost_ranges(conn, link)
+        src["lost"] = sum(b - a + 1 for ranges in lost.values() for a, b in ranges)
+        src["lost_ranges"] = {session: ranges for session, ranges in lost.items() if ranges}
     events = dict(conn.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
     (total,) = conn.execute("SELECT count(*) FROM spectra").fetchone()
     aligned, partial, soc_min, soc_max = conn.execute(
@@ -130,9 +129,14 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [f"run {s['run_dir']}"]
     for name, src in s["sources"].items():
         lines.append(
-            f"  {name:<14} {src['messages']:>8} messages  {src['gaps']} gaps ({src['lost']} lost)"
+            f"  {name:<14} {src['messages']:>8} messages  {src['gaps']} gaps "
+            f"({src['refilled'] or 0} refilled, {src['lost']} lost)"
             f"  {src['malformed']} malformed  {src['duplicates']} duplicates  {src['late']} late"
         )
+        for session, ranges in src.get("lost_ranges", {}).items():
+            shown = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in ranges[:20])
+            more = f" and {len(ranges) - 20} more ranges" if len(ranges) > 20 else ""
+            lines.append(f"    lost from session {session}: seq {shown}{more}")
     sp = s["spectra"]
     lines.append(f"  spectra: {sp['total']} ({sp['aligned']} aligned, {sp['partial']} partial)")
     lines.append(f"  potentiostat rows: {s['potentiostat_rows']}")

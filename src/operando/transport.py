@@ -37,6 +37,7 @@ from operando.protocol import (
     decode,
     encode,
 )
+from operando.replaybuffer import ReplayBuffer, ReplayLimits, missing_ranges
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,11 @@ class Publisher:
         hwm: int = 10_000,
         clock: Callable[[], int] = time.time_ns,
         heartbeat_s: float = 1.0,
+        replay: ReplayLimits | None = None,
     ) -> None:
         self.source = source
         self.session = new_session()
+        self.buffer = ReplayBuffer(self.session, replay or ReplayLimits())
         self.clock = clock
         self.heartbeat_s = heartbeat_s
         self.seq = 0
@@ -116,8 +119,23 @@ class Publisher:
             stamped = _stamp(header, self.source, self.session, seq, self.clock(), self.series)
             frames = encode(stamped, arrays)
             await self._send_frames(frames)
+            self.buffer.add(seq, frames)
             self.seq += 1
             return seq
+
+    async def resend(self, session: str, first: int, last: int) -> dict[str, Any]:
+        """Publish again, byte for byte, what this source sent as first..last of ``session``
+        (last < 0: up to the newest); say which ranges it no longer holds."""
+        buf = self.buffer
+        found, last = buf.from_memory(session, first, last)
+        if len(found) < last - first + 1 or last < 0:
+            on_disk = await asyncio.to_thread(buf.from_spool, session, first, last)
+            if last < 0:
+                last = max(on_disk, default=first - 1)
+            found = {**on_disk, **found}
+        for seq in sorted(found):
+            await self.send_raw(found[seq])
+        return {"resent": len(found), "unavailable": missing_ranges(found, first, last)}
 
     async def send_raw(self, frames: list[Any]) -> None:
         """Publish frames exactly as given, unstamped (a replay of input recorded as
@@ -181,6 +199,7 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self.sock.close(linger=LINGER_MS)
+        await asyncio.to_thread(self.buffer.close)
 
 
 def _stamp(header: Header, source: str, session: str, seq: int, t_ns: int, series: str) -> Any:

@@ -1,0 +1,159 @@
+"""A driver's memory of what it sent, so a recorder that missed messages can ask for them again.
+
+Publish/subscribe forgets: a message sent while the monitor was restarting, or while the link
+was down, reaches nobody. Every Publisher therefore keeps its newest messages, byte for byte,
+bounded in count and bytes; the monitor asks for the sequence ranges it missed (the ``resend``
+command) and the driver publishes them again, unchanged.
+
+Optionally the messages also go to a spool on disk (the raw log's record format, one folder per
+session). A driver killed and restarted with the same spool then still holds its previous
+session: it announces that session's last seq, and can resend the tail the monitor never saw.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from operando.rawlog import RAW_DIR, RawLogError, RawLogWriter, scan
+
+Frames = list[bytes]
+Ranges = list[list[int]]  # [first, last] inclusive, as the sequence tracker keeps them
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayLimits:
+    messages: int = 100_000
+    bytes: int = 256 * 2**20
+    spool: Path | None = None  # a folder: keep sent messages on disk as well
+    spool_bytes: int = 2 * 2**30  # per session; the oldest segments are removed beyond it
+    spool_sessions: int = 4  # previous sessions kept in the spool
+
+
+def _ranges(seqs: Sequence[int]) -> Ranges:
+    out: Ranges = []
+    for s in seqs:
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
+
+
+class ReplayBuffer:
+    """The newest messages of one session (seq -> frames), in memory and optionally on disk.
+
+    Used from the event loop, except ``from_spool``, which reads the disk (run it in a thread).
+    """
+
+    def __init__(self, session: str, limits: ReplayLimits) -> None:
+        self.session = session
+        self.limits = limits
+        self._memory: dict[int, Frames] = {}
+        self._oldest = 0  # lowest seq that may still be in memory
+        self._bytes = 0
+        self.newest = -1
+        self._spool: RawLogWriter | None = None
+        # One thread writes the spool, in order, so the event loop never waits for the disk.
+        self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool")
+        self.previous: tuple[str, int] | None = None  # (session, last seq) found in the spool
+        if limits.spool is not None:
+            limits.spool.mkdir(parents=True, exist_ok=True)
+            self.previous = _newest_session(limits.spool)
+            _prune(limits.spool, limits.spool_sessions)
+            self._spool = RawLogWriter(
+                limits.spool / session, segment_bytes=max(limits.spool_bytes // 4, 1 << 20)
+            )
+
+    def add(self, seq: int, frames: Sequence[Any]) -> None:
+        kept = [bytes(f) for f in frames]  # a copy: the sender may reuse its arrays
+        self._memory[seq] = kept
+        self._bytes += sum(len(f) for f in kept)
+        self.newest = seq
+        lim = self.limits
+        while self._oldest < seq and (len(self._memory) > lim.messages or self._bytes > lim.bytes):
+            old = self._memory.pop(self._oldest, None)
+            self._oldest += 1
+            if old is not None:
+                self._bytes -= sum(len(f) for f in old)
+        if self._spool is not None:
+            self._disk.submit(self._write, seq, kept)
+
+    def _write(self, seq: int, frames: Frames) -> None:
+        spool = self._spool
+        assert spool is not None
+        segment = spool.segment
+        spool.append(seq, 0, self.session, frames)
+        spool.flush()  # to the OS: a killed driver keeps it
+        if spool.segment != segment:  # rotated: keep the newest four segments
+            for old in sorted((spool.run_dir / RAW_DIR).glob("*.log"))[:-4]:
+                old.unlink(missing_ok=True)
+
+    def from_memory(self, session: str, first: int, last: int) -> tuple[dict[int, Frames], int]:
+        """What memory holds of first..last (last < 0: up to the newest), and the last seq
+        asked for once resolved."""
+        if session != self.session:
+            return {}, last
+        last = self.newest if last < 0 else last
+        lo = max(first, self._oldest)
+        hi = min(last, self.newest)
+        found = {s: self._memory[s] for s in range(lo, hi + 1) if s in self._memory}
+        return found, last
+
+    def from_spool(self, session: str, first: int, last: int) -> dict[int, Frames]:
+        """What the disk holds of first..last (last < 0: to the end). Blocking: in a thread."""
+        spool = self.limits.spool
+        if spool is None or not (spool / session / RAW_DIR).is_dir():
+            return {}
+        if session == self.session:
+            self._disk.submit(lambda: None).result()  # what was queued is written
+        out: dict[int, Frames] = {}
+        try:
+            for rec in scan(spool / session):
+                if rec.raw_id >= first and (last < 0 or rec.raw_id <= last):
+                    out[rec.raw_id] = [bytes(f) for f in rec.frames]
+        except (RawLogError, FileNotFoundError):
+            pass  # a torn tail (the driver was killed mid-write) or a segment just pruned
+        return out
+
+    def close(self) -> None:
+        self._disk.shutdown(wait=True)
+        if self._spool is not None:
+            self._spool.close()
+
+
+def missing_ranges(found: dict[int, Any], first: int, last: int) -> Ranges:
+    return _ranges([s for s in range(first, last + 1) if s not in found])
+
+
+def _sessions(spool: Path) -> list[Path]:
+    """Session folders in the spool, oldest write first."""
+
+    def newest_write(p: Path) -> float:
+        return max((f.stat().st_mtime for f in (p / RAW_DIR).glob("*.log")), default=0.0)
+
+    return sorted((p for p in spool.iterdir() if (p / RAW_DIR).is_dir()), key=newest_write)
+
+
+def _newest_session(spool: Path) -> tuple[str, int] | None:
+    """The session a previous run of this driver left in the spool, and its last seq."""
+    sessions = _sessions(spool)
+    if not sessions:
+        return None
+    last = -1
+    try:
+        for rec in scan(sessions[-1]):
+            last = max(last, rec.raw_id)
+    except RawLogError:
+        pass  # killed mid-write: the intact records before the tear count
+    return (sessions[-1].name, last) if last >= 0 else None
+
+
+def _prune(spool: Path, keep: int) -> None:
+    sessions = _sessions(spool)
+    for old in sessions[: max(0, len(sessions) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
