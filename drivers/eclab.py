@@ -39,6 +39,7 @@ COLUMNS: dict[str, tuple[tuple[str, float], ...]] = {
     "x": (("x", 1.0),),
 }
 REQUIRED = ("t", "Ewe")
+_COUNTERS = ("mode", "step", "cycle")  # whole numbers, stored as int32
 # EC-Lab's mode column: 1 galvanostatic, 2 potentiostatic, 3 open circuit
 MODES = {1: MODE_CC, 2: MODE_CV, 3: MODE_OCV}
 _HEADER_LINES = re.compile(r"Nb header lines\s*:\s*(\d+)")
@@ -146,7 +147,11 @@ class MptReader:
         if where is None:
             return np.nan
         index, factor = where
-        return _number(fields[index]) * factor
+        value = _number(fields[index]) * factor
+        if not np.isfinite(value) or (quantity in _COUNTERS and abs(value) >= 2**31):
+            name = self.header.names[index]
+            raise ValueError(f"{name} = {fields[index]!r} is not a value EC-Lab writes")
+        return value
 
     def _arrays(self, rows: list[list[float]]) -> dict[str, np.ndarray]:
         a = np.array(rows, dtype=np.float64).reshape(-1, len(COLUMNS))

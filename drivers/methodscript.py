@@ -95,7 +95,13 @@ def parse_package(line: str) -> Package:
         values[vt] = decode_value(digits + prefix)
         for item in (meta or "").split(","):
             if item.startswith("1") and len(item) > 1:
-                status[vt] = int(item[1:], 16)
+                try:
+                    status[vt] = int(item[1:], 16)
+                except ValueError:
+                    raise MethodScriptError(
+                        f"data package {line[:60]!r}: status {item[:20]!r} of {vt} is not "
+                        "hexadecimal"
+                    ) from None
     return Package(values, status)
 
 

@@ -96,6 +96,12 @@ def test_bad_exports_say_what_and_where(tmp_path):
         MptReader("x.mpt").feed(head + b"1\t0,0\t3,1\n1\t1,0\tnot-a-number\n")
     with pytest.raises(MptFormatError, match=r"no column for \['Ewe'\]"):
         MptReader("x.mpt").feed(b"EC-Lab ASCII FILE\nNb header lines : 3\nmode\ttime/s\tI/mA\n")
+    # found by bench/fuzz.py: an infinite voltage, a cycle number beyond int32
+    with pytest.raises(MptFormatError, match=r"line 4: Ewe/V = 'inf' is not a value EC-Lab"):
+        MptReader("x.mpt").feed(head + b"1\t0,0\tinf\n")
+    head_cycle = b"EC-Lab ASCII FILE\nNb header lines : 3\ntime/s\tEwe/V\tcycle number\n"
+    with pytest.raises(MptFormatError, match=r"line 4: cycle number = '1e12'"):
+        MptReader("x.mpt").feed(head_cycle + b"0\t3,1\t1e12\n")
 
 
 def _start(tmp_path, processes, driver_args, capacity):

@@ -160,3 +160,8 @@ def test_driver_runs_the_protocol_through_a_monitor(processes, tmp_path):
     assert cv[-1, 2] < cv[0, 2]  # its current decays
     assert np.all(ocv[:, 2] == 0) and len(ocv) == 30  # 60 s at one package per 2 s
     assert np.all(np.diff(t) > 0)
+
+
+def test_a_status_word_that_is_not_hex_is_refused_with_the_package():
+    with pytest.raises(MethodScriptError, match="status '1x9' of ba is not hexadecimal"):
+        parse_package("Pda8012345u;ba7F85E36p,1x9,288")

@@ -1,0 +1,326 @@
+"""Fuzzing: malformed input into the frame decoder (through the monitor's ingest and a real run
+store), the EC-Lab text reader and the MethodSCRIPT parsers. No crash, every bad message
+recorded with its error.
+
+    python bench/fuzz.py [--n 100000] [--seed 1]
+
+Inputs are mutations of valid input (bit flips, truncation, insertion, splices, dropped or
+repeated frames, headers re-encoded with fields of the wrong type or missing, random bytes):
+seeded and reproducible. Prints one JSON line per target:
+- ``frames``: inputs, recorded (raw log rows; must equal inputs), malformed (each with its
+  error; a mutation may still be a valid message), derive errors (must be 0), crashes (0).
+- ``eclab_mpt`` / ``methodscript``: inputs, parsed, refused with our error, crashes (must be 0).
+Exit status 1 if any target crashed or lost an input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+from operando.drivers.eclab import MptFormatError, MptReader
+from operando.drivers.methodscript import (
+    MethodScriptError,
+    decode_value,
+    encode_value,
+    parse_error,
+    parse_package,
+)
+
+from operando.config import AlignmentConfig, SourceConfig
+from operando.ingest import Ingest
+from operando.protocol import (
+    MODE_CC,
+    PotentiostatBatch,
+    RIXSRows,
+    SeriesStart,
+    Spot,
+    XASScan,
+    encode,
+)
+from operando.store import RunStore, open_readonly
+
+ECLAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "eclab"
+
+
+class Mutator:
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def bytes_(self, b: bytes) -> bytes:
+        """One to three byte-level mutations."""
+        r = self.rng
+        out = bytearray(b)
+        for _ in range(int(r.integers(1, 4))):
+            op = int(r.integers(0, 6))
+            n = len(out)
+            if op == 0 and n:  # flip bits
+                i = int(r.integers(0, n))
+                out[i] ^= 1 << int(r.integers(0, 8))
+            elif op == 1 and n:  # truncate
+                del out[int(r.integers(0, n)) :]
+            elif op == 2:  # insert random bytes
+                i = int(r.integers(0, n + 1))
+                out[i:i] = r.bytes(int(r.integers(1, 16)))
+            elif op == 3 and n:  # an interesting byte
+                out[int(r.integers(0, n))] = int(r.choice([0, 0x7F, 0x80, 0xC1, 0xFF, 0xDD]))
+            elif op == 4 and n > 4:  # splice a chunk elsewhere
+                i, j = sorted(int(x) for x in r.integers(0, n, 2))
+                k = int(r.integers(0, n))
+                out[k:k] = out[i:j]
+            elif op == 5:  # random bytes instead
+                out = bytearray(r.bytes(int(r.integers(0, 64))))
+        return bytes(out)
+
+    def value(self) -> Any:
+        return self.rng.choice(
+            np.array(
+                [None, -1, 2**70, 1.5, "x" * 3, b"\x00", [], {}, [1, "a"], {"k": 1}, True, "nan"],
+                dtype=object,
+            )
+        )
+
+    def header(self, raw: bytes) -> bytes:
+        """Decode the MessagePack header, damage a field, encode it again."""
+        h = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        keys = list(h)
+        r = self.rng
+        op = int(r.integers(0, 4))
+        if op == 0 and keys:
+            del h[keys[int(r.integers(0, len(keys)))]]
+        elif op == 1 and keys:
+            h[keys[int(r.integers(0, len(keys)))]] = self.value()
+        elif op == 2:
+            h[r.bytes(4).hex()] = self.value()
+        elif op == 3 and "arrays" in h and h["arrays"]:
+            spec = list(h["arrays"][int(r.integers(0, len(h["arrays"])))])
+            spec[int(r.integers(0, 3))] = self.value()
+            h["arrays"] = [spec, *h["arrays"][1:]]
+        return msgpack.packb(h, use_bin_type=True, default=str)
+
+    def message(self, frames: list[bytes]) -> list[bytes]:
+        r = self.rng
+        frames = list(frames)
+        op = int(r.integers(0, 5))
+        if op == 0:
+            i = int(r.integers(0, len(frames)))
+            frames[i] = self.bytes_(frames[i])
+        elif op == 1:
+            try:
+                frames[1] = self.header(frames[1])
+            except Exception:
+                frames[1] = self.bytes_(frames[1])
+        elif op == 2:  # a frame dropped
+            del frames[int(r.integers(0, len(frames)))]
+        elif op == 3:  # a frame repeated
+            i = int(r.integers(0, len(frames)))
+            frames.insert(i, frames[i])
+        else:  # an array frame of the wrong length
+            if len(frames) > 2:
+                i = int(r.integers(2, len(frames)))
+                frames[i] = frames[i][: len(frames[i]) // 2]
+            else:
+                frames.append(r.bytes(8))
+        return frames
+
+
+def valid_messages() -> list[list[bytes]]:
+    """One of each kind the monitor derives from, with arrays."""
+    t = 1.8e9 + np.arange(10) * 0.1
+    e = np.linspace(630, 660, 64)
+    msgs = [
+        encode(SeriesStart(source="s", session="a", seq=0, instrument="spectrometer")),
+        encode(
+            PotentiostatBatch(source="p", session="a", seq=1, t_ns=int(t[-1] * 1e9)),
+            {
+                "t": t,
+                "Ewe": np.full(10, 3.7),
+                "I": np.full(10, 0.5),
+                "mode": np.full(10, MODE_CC, np.int8),
+                "step": np.zeros(10, np.int32),
+                "cycle": np.zeros(10, np.int32),
+            },
+        ),
+        encode(
+            XASScan(
+                source="s",
+                session="a",
+                seq=2,
+                scan_id="x",
+                edge="Mn-L",
+                t_start_ns=int(t[0] * 1e9),
+                t_end_ns=int(t[-1] * 1e9),
+                channels=("I0", "TEY"),
+                spot=Spot(id="A1"),
+            ),
+            {"energy": e, "I0": np.ones(64), "TEY": e / 600},
+        ),
+        encode(
+            RIXSRows(
+                source="s",
+                session="a",
+                seq=3,
+                scan_id="m",
+                map_id="m",
+                t_start_ns=int(t[0] * 1e9),
+                t_end_ns=int(t[-1] * 1e9),
+            ),
+            {
+                "excitation": np.array([640.0]),
+                "emission": np.linspace(600, 650, 32),
+                "counts": np.ones((1, 32)),
+            },
+        ),
+    ]
+    return [[bytes(memoryview(f)) for f in m] for m in msgs]
+
+
+def fuzz_frames(n: int, seed: int) -> dict[str, Any]:
+    mut = Mutator(seed)
+    base = valid_messages()
+    crashes: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        store = RunStore(run)
+        sources = [
+            SourceConfig(name="potentiostat", role="potentiostat", data="tcp://127.0.0.1:1"),
+            SourceConfig(name="spectrometer", role="spectrometer", data="tcp://127.0.0.1:2"),
+        ]
+        ingest = Ingest(store, sources, AlignmentConfig(capacity_mAh=1.0))
+        t0 = time.perf_counter()
+        for i in range(n):
+            frames = mut.message(base[i % len(base)])
+            link = "potentiostat" if i % len(base) == 1 else "spectrometer"
+            try:
+                ingest.receive(link, frames)
+                if i % 1000 == 999:
+                    ingest.align_due()
+            except Exception:
+                crashes[traceback.format_exc(limit=3).splitlines()[-1]] += 1
+        ingest.finish()
+        store.flush()
+        store.close()
+        elapsed = time.perf_counter() - t0
+        conn = open_readonly(run)
+        recorded, malformed, without_error = conn.execute(
+            "SELECT count(*), sum(status = 'malformed'), "
+            "sum(status = 'malformed' AND (error IS NULL OR error = '')) FROM raw"
+        ).fetchone()
+        derive_errors = conn.execute(
+            "SELECT count(*) FROM events WHERE kind = 'derive_error'"
+        ).fetchone()[0]
+        examples = [
+            e for (e,) in conn.execute("SELECT DISTINCT error FROM raw WHERE error IS NOT NULL")
+        ]
+        conn.close()
+    return {
+        "target": "frames",
+        "inputs": n,
+        "recorded": recorded,
+        "malformed": malformed,
+        "malformed_without_error": without_error,
+        "derive_errors": derive_errors,
+        "crashes": sum(crashes.values()),
+        "crash_kinds": dict(crashes),
+        "distinct_errors": len(examples),
+        "error_examples": sorted(examples, key=len)[:5],
+        "inputs_per_s": round(n / elapsed),
+        "ok": recorded == n and not crashes and not derive_errors and not without_error,
+    }
+
+
+def fuzz_eclab(n: int, seed: int) -> dict[str, Any]:
+    mut = Mutator(seed)
+    files = sorted(ECLAB.glob("*.mpt"))
+    if not files:
+        return {"target": "eclab_mpt", "skipped": f"no .mpt files in {ECLAB}", "ok": True}
+    # the head of each real file (header and first rows): what the reader meets first
+    heads = [f.read_bytes()[:20000] for f in files]
+    parsed = refused = 0
+    crashes: Counter[str] = Counter()
+    for i in range(n):
+        data = mut.bytes_(heads[i % len(heads)])
+        reader = MptReader(f"fuzz-{i}")
+        try:
+            # fed in two pieces, as a file still being written
+            cut = int(mut.rng.integers(0, len(data) + 1))
+            reader.feed(data[:cut])
+            reader.feed(data[cut:])
+            parsed += 1
+        except MptFormatError:
+            refused += 1
+        except Exception:
+            crashes[traceback.format_exc(limit=3).splitlines()[-1]] += 1
+    return {
+        "target": "eclab_mpt",
+        "inputs": n,
+        "parsed": parsed,
+        "refused": refused,
+        "crashes": sum(crashes.values()),
+        "crash_kinds": dict(crashes),
+        "ok": not crashes,
+    }
+
+
+def fuzz_methodscript(n: int, seed: int) -> dict[str, Any]:
+    mut = Mutator(seed)
+    lines = [
+        "Pda8012345u;ba7F85E36p,14,288",
+        "Pab7F85E36u;ba48D503Dp,14,288",
+        f"Pda{encode_value(3.9)};ba{encode_value(-4.5e-4)};ab{encode_value(3.9)}",
+        "!0004: Line 2, Col 1",
+        "M0007",
+        "*",
+        "e",
+    ]
+    parsed = refused = 0
+    crashes: Counter[str] = Counter()
+    for i in range(n):
+        line = mut.bytes_(lines[i % len(lines)].encode()).decode("latin-1")
+        try:
+            if line.startswith("!"):
+                parse_error(line)
+            elif line.startswith("P"):
+                parse_package(line)
+            else:
+                decode_value(line[:8])
+            parsed += 1
+        except MethodScriptError:
+            refused += 1
+        except Exception:
+            crashes[traceback.format_exc(limit=3).splitlines()[-1]] += 1
+    return {
+        "target": "methodscript",
+        "inputs": n,
+        "parsed": parsed,
+        "refused": refused,
+        "crashes": sum(crashes.values()),
+        "crash_kinds": dict(crashes),
+        "ok": not crashes,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=100_000, help="inputs per target")
+    p.add_argument("--seed", type=int, default=1)
+    a = p.parse_args()
+    ok = True
+    for fuzz in (fuzz_frames, fuzz_eclab, fuzz_methodscript):
+        result = fuzz(a.n, a.seed)
+        print(json.dumps(result), flush=True)
+        ok = ok and result["ok"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

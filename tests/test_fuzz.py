@@ -1,0 +1,31 @@
+"""The fuzzing of bench/fuzz.py, small enough for every test run (the bench runs 10^5 each).
+
+Each target must take every mutated input without crashing; the frame decoder must record
+every input, each malformed one with its error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "fuzz.py"
+
+
+def _fuzz():
+    spec = importlib.util.spec_from_file_location("fuzz", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("target", ["fuzz_frames", "fuzz_eclab", "fuzz_methodscript"])
+def test_mutated_input_is_refused_or_recorded_never_a_crash(target):
+    result = getattr(_fuzz(), target)(3000, seed=7)
+    assert result["ok"], result
+    if target == "fuzz_frames":
+        assert result["recorded"] == 3000 and result["malformed"] > 1000
+    elif "skipped" not in result:
+        assert result["refused"] > 100 and result["parsed"] > 100  # both paths exercised
