@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 MAGIC = b"ORAW"
 _HEADER = struct.Struct("<4sQQqHHI")
@@ -56,7 +56,12 @@ def _nbytes(frame: Any) -> int:
 
 
 class RawLogWriter:
-    """Appends records; used from the store's writer thread only."""
+    """Appends records; used from one thread only (the store's writer, a driver's spool).
+
+    Each record goes to the OS in one scatter write (no user-space buffer), so a killed
+    process loses nothing written, and a write that fails half-way (a full disk) is cut back
+    to the record's start: the log never holds a torn record followed by good ones.
+    """
 
     def __init__(self, run_dir: Path, segment_bytes: int = 256 * 2**20) -> None:
         self.run_dir = run_dir
@@ -64,13 +69,18 @@ class RawLogWriter:
         self.segment_bytes = segment_bytes
         segments = sorted(int(p.stem) for p in (run_dir / RAW_DIR).glob("*.log"))
         self.segment = segments[-1] if segments else 1
-        self._file: BinaryIO = open(segment_path(run_dir, self.segment), "ab")  # noqa: SIM115
-        self.offset = self._file.tell()
+        self._open()
+
+    def _open(self) -> None:
+        self._fd = os.open(
+            segment_path(self.run_dir, self.segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
+        self.offset = os.lseek(self._fd, 0, os.SEEK_END)
 
     def append(
         self, raw_id: int, recv_ns: int, link: str, frames: Sequence[Any]
     ) -> tuple[int, int, int]:
-        """Write one record; return (segment, offset, length)."""
+        """Write one record; return (segment, offset, length). On OSError nothing is kept."""
         sizes = [_nbytes(f) for f in frames]
         link_b = link.encode()
         sizes_b = struct.pack(f"<{len(sizes)}Q", *sizes)
@@ -81,37 +91,46 @@ class RawLogWriter:
         crc = zlib.crc32(link_b, crc)
         for f in frames:
             crc = zlib.crc32(f, crc)
-        f_out = self._file
-        f_out.write(_HEADER.pack(MAGIC, length, raw_id, recv_ns, len(link_b), len(sizes), crc))
-        f_out.write(sizes_b)
-        f_out.write(link_b)
-        for f in frames:
-            f_out.write(f)
+        head = _HEADER.pack(MAGIC, length, raw_id, recv_ns, len(link_b), len(sizes), crc)
+        parts = [memoryview(b).cast("B") for b in (head, sizes_b, link_b, *frames)]
+        try:
+            _write_all(self._fd, parts)
+        except OSError:
+            os.ftruncate(self._fd, self.offset)  # no partial record stays behind
+            raise
         where = (self.segment, self.offset, length)
         self.offset += length
         return where
 
     def flush(self) -> None:
-        """Hand everything written to the OS: a killed process then loses nothing of it."""
-        self._file.flush()
+        """Records are handed to the OS as they are written: nothing waits in this process."""
 
     def truncate(self, segment: int, offset: int) -> None:
         """Cut a torn tail record off (found by ``scan`` after a crash)."""
-        self._file.close()
+        os.close(self._fd)
         with open(segment_path(self.run_dir, segment), "r+b") as f:
             f.truncate(offset)
         self.segment = segment
-        self._file = open(segment_path(self.run_dir, segment), "ab")  # noqa: SIM115
-        self.offset = self._file.tell()
+        self._open()
 
     def _rotate(self) -> None:
-        self._file.close()
+        os.close(self._fd)
         self.segment += 1
-        self._file = open(segment_path(self.run_dir, self.segment), "ab")  # noqa: SIM115
-        self.offset = 0
+        self._open()
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
+
+
+def _write_all(fd: int, parts: list[memoryview]) -> None:
+    """os.writev until every byte is written (a write may take only part of them)."""
+    while parts:
+        n = os.writev(fd, parts[:1024])  # IOV_MAX
+        while parts and n >= len(parts[0]):
+            n -= len(parts[0])
+            parts.pop(0)
+        if parts and n:
+            parts[0] = parts[0][n:]
 
 
 def _parse(buf: bytes, pos: int, segment: int) -> RawRecord:
