@@ -96,11 +96,13 @@ def inspect_json(run_dir: Path) -> dict[str, Any]:
 class Process:
     """A CLI subprocess that is always reaped (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, *args: str, log: Path) -> None:
+    def __init__(self, *args: str, log: Path, netns: str | None = None) -> None:
         self.log = log
         self._logf = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        # ip netns exec execs the command: the pid is the CLI's own, signals reach it
+        prefix = ["ip", "netns", "exec", netns] if netns else []
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "operando.cli", *args],
+            [*prefix, sys.executable, "-m", "operando.cli", *args],
             stdout=self._logf,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -125,8 +127,8 @@ class Process:
 def processes():
     started: list[Process] = []
 
-    def start(*args: str, log: Path) -> Process:
-        proc = Process(*args, log=log)
+    def start(*args: str, log: Path, netns: str | None = None) -> Process:
+        proc = Process(*args, log=log, netns=netns)
         started.append(proc)
         return proc
 
