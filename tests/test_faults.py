@@ -18,6 +18,7 @@ from conftest import (
     driver_endpoints,
     inspect_json,
     live_cell_experiment,
+    monitor_config,
     recorded_events,
     store_count,
     wait_for,
@@ -115,3 +116,57 @@ def test_a_full_disk_raises_an_alarm_and_loses_nothing(tmp_path, small_disk, pro
     # the raw log reads back whole: every indexed message, no damaged record
     logged = sum(1 for _ in iter_raw(run))
     assert logged == store_count(run, "SELECT count(*) FROM raw")
+
+
+def test_a_flooding_publisher_is_slowed_down_never_dropped(tmp_path, processes):
+    """A spectrometer sends 8 KB scans as fast as it can (far beyond 10x any nominal rate)
+    with a small send queue: the monitor records them all; the sender is made to wait."""
+    import numpy as np
+    import zmq.asyncio
+
+    from operando.protocol import XASScan
+    from operando.transport import Publisher
+
+    cfg, path = monitor_config(tmp_path)
+    run = tmp_path / "run"
+    mon = processes("monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "m.log")
+    n = 20_000
+    e = np.linspace(630, 660, 256)
+    arrays = {"energy": e, "I0": np.ones(256), "TEY": e / 600, "TFY": e / 700}  # 8 KB
+
+    async def flood() -> tuple[float, int]:
+        ctx = zmq.asyncio.Context()
+        pub = Publisher(ctx, cfg.source("spectrometer").data, "spectrometer", hwm=50)
+        pub.start()
+        try:
+            assert await pub.wait_for_subscriber(20)
+            await pub.start_series("flood", "spectrometer", {})
+            t0 = time.perf_counter()
+            for i in range(n):
+                h = XASScan(
+                    source="spectrometer",
+                    scan_id=f"f{i}",
+                    t_start_ns=i * 1000,
+                    t_end_ns=i * 1000 + 500,
+                    channels=("I0", "TEY", "TFY"),
+                )
+                await pub.send(h, arrays)
+            elapsed = time.perf_counter() - t0
+            await pub.end_series()
+            return elapsed, pub.seq
+        finally:
+            await pub.close()
+            ctx.destroy(linger=0)
+
+    elapsed, sent = asyncio.run(flood())
+    wait_for(
+        lambda: store_count(run, "SELECT count(*) FROM raw WHERE kind = 'series_end'"),
+        120,
+        what="the flood recorded to its end",
+    )
+    assert mon.stop(signal.SIGINT) == 0
+    assert _all_recorded(run, "spectrometer")
+    spectra = store_count(run, "SELECT count(*) FROM spectra")
+    assert spectra == n, f"{spectra} of {n} scans recorded ({n / elapsed:.0f} sent per s)"
+    s = inspect_json(run)["sources"]["spectrometer"]
+    assert s["lost"] == 0 and s["gaps"] == 0 and s["messages"] >= sent

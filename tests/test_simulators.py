@@ -241,9 +241,12 @@ def test_series_start_is_reannounced_to_late_subscribers(tmp_path, processes):
     assert json.dumps(start.metadata)  # plain data only
 
 
-def test_clock_offset_estimated_by_ping_realigns_a_skewed_potentiostat(tmp_path, processes):
-    """A potentiostat whose clock is 5 s fast: the monitor pings it, finds the offset and applies
-    it to the potentiostat's rows."""
+@pytest.mark.parametrize("skew_s", [5.0, -5.0])
+def test_clock_offset_estimated_by_ping_realigns_a_skewed_potentiostat(
+    tmp_path, processes, skew_s
+):
+    """A potentiostat whose clock is 5 s fast (or slow): the monitor pings it, finds the offset
+    and applies it to the potentiostat's rows."""
     from conftest import endpoints, inspect_json, monitor_config
 
     cfg, mon_path = monitor_config(
@@ -260,7 +263,7 @@ def test_clock_offset_estimated_by_ping_realigns_a_skewed_potentiostat(tmp_path,
         "--speed",
         "1",
         "--clock-skew",
-        "5",
+        str(skew_s),
         "--data",
         ep[2],
         "--command",
@@ -304,10 +307,10 @@ def test_clock_offset_estimated_by_ping_realigns_a_skewed_potentiostat(tmp_path,
 
     conn = open_readonly(run)
     (detail,) = conn.execute("SELECT detail FROM events WHERE kind = 'clock_offset'").fetchone()
-    assert json.loads(detail)["offset_s"] == pytest.approx(-5.0, abs=0.05)
-    # the offset is applied: stored rows sit 5 s behind the potentiostat's own clock
+    assert json.loads(detail)["offset_s"] == pytest.approx(-skew_s, abs=0.05)
+    # the offset is applied: stored rows sit the skew away from the potentiostat's own clock
     (last_row,) = conn.execute("SELECT max(t) FROM potentiostat").fetchone()
     (last_sent,) = conn.execute(
         "SELECT max(t_ns) FROM raw WHERE link = 'potentiostat' AND kind = 'potentiostat_batch'"
     ).fetchone()
-    assert last_row - last_sent * 1e-9 == pytest.approx(-5.0, abs=0.3)
+    assert last_row - last_sent * 1e-9 == pytest.approx(-skew_s, abs=0.3)

@@ -75,6 +75,27 @@ def poisson_sigma(signal: np.ndarray, i0: np.ndarray | None) -> np.ndarray | Non
     return (s / i) * np.sqrt(1.0 / s + 1.0 / i)
 
 
+def is_resting(al: Alignment, rest_current_mA: float) -> bool:
+    return al.mode == MODE_OCV or abs(al.i_mean_mA) < rest_current_mA
+
+
+def rest_voltage(
+    rec: CellRecord, al: Alignment, rest_current_mA: float, max_rows: int = 400
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(seconds since the current stopped, Ewe) up to the end of this spectrum, at most
+    ``max_rows`` rows evenly picked; None unless the cell rests."""
+    since = al.t_since_current_change_s
+    if not is_resting(al, rest_current_mA) or not math.isfinite(since):
+        return None
+    stop = 0.5 * (al.t_start + al.t_end) - since
+    m = (rec.t >= stop) & (rec.t <= al.t_end)
+    n = int(m.sum())
+    if n < 8:
+        return None
+    pick = np.linspace(0, n - 1, min(n, max_rows)).astype(int)
+    return rec.t[m][pick] - stop, rec.ewe[m][pick].copy()
+
+
 class Analyzer:
     def __init__(
         self, cfg: AnalysisConfig, base_dir: Path, submit: Submit, event: Event, publish: Publish
@@ -92,19 +113,27 @@ class Analyzer:
         self.warned: set[tuple[str, str]] = set()
         self.damage = DamageDetector(cfg.damage)
         self.rest: dict[str, list[tuple[float, float, float]]] = {}  # channel -> (t, v, sigma)
+        # channel -> (t since the stop, value, sigma or None, scan duration): what a fit takes
+        self.rest_series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, float]] = {}
+        self.rest_fitted: dict[str, int] = {}  # channel -> points in its latest fit
         self.rest_stop: float | None = None
         self.maps: dict[str, MapAccumulator] = {}
         self.series: dict[tuple[str, str], tuple[np.ndarray, list[np.ndarray]]] = {}
         self.missing_refs: set[str] = set()
         self.counts: dict[str, int] = {"fits": 0, "damage_flags": 0, "relaxation_fits": 0}
-        self.cell_record: Callable[[], CellRecord] | None = None  # the potentiostat history
         self.on_dose: list[Callable[[str, float, float], None]] = []  # spot, scan dose, total
         self.on_damage: list[Callable[[str, str], None]] = []  # spot, test
 
     # -- entry -------------------------------------------------------------------------------
     def on_spectrum(
-        self, s: SpectrumInput, arrays: Mapping[str, np.ndarray], al: Alignment
+        self,
+        s: SpectrumInput,
+        arrays: Mapping[str, np.ndarray],
+        al: Alignment,
+        rest_ewe: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
+        """``rest_ewe``: the cell voltage since the current stopped (``rest_voltage``), read
+        by the caller, which owns the potentiostat record."""
         if not self.cfg.enabled:
             return
         if s.kind == "rixs_rows":
@@ -114,7 +143,7 @@ class Analyzer:
         fits = self._fits(s, arrays)
         if "TEY" in fits and s.spot is not None:
             self._damage(s, arrays, fits["TEY"], al, dose0, dose1)
-        self._relaxation(s, fits, al)
+        self._relaxation(fits, al, rest_ewe)
         self.publish(
             "analysis",
             {
@@ -330,61 +359,86 @@ class Analyzer:
             self.event("damage_flag", None, al.t_end, **msgspec.to_builtins(flag, enc_hook=plain))
 
     # -- relaxation --------------------------------------------------------------------------
-    def _relaxation(self, s: SpectrumInput, fits: dict[str, FitResult], al: Alignment) -> None:
-        """During a rest: fit each channel's valence, and Ewe, against time since the stop."""
-        resting = al.mode == MODE_OCV or abs(al.i_mean_mA) < self.cfg.rest_current_mA
+    def _relaxation(
+        self,
+        fits: dict[str, FitResult],
+        al: Alignment,
+        rest_ewe: tuple[np.ndarray, np.ndarray] | None,
+    ) -> None:
+        """During a rest: fit each channel's valence, and Ewe, against time since the stop.
+
+        Refits follow the data geometrically (when a series has grown by a fifth), not every
+        scan: three models on hundreds of voltage rows per scan kept the monitor busy for
+        seconds at a time. Every point still counts: the rest's last fit, when it ends, uses
+        all of them."""
         since = al.t_since_current_change_s
-        if not resting or not math.isfinite(since):
-            self.rest, self.rest_stop = {}, None
+        if not is_resting(al, self.cfg.rest_current_mA) or not math.isfinite(since):
+            self._end_rest()
             return
         stop = 0.5 * (al.t_start + al.t_end) - since
         if self.rest_stop is None or abs(stop - self.rest_stop) > 1.0:
-            self.rest, self.rest_stop = {}, stop
+            self._end_rest()
+            self.rest_stop = stop
         scan_s = al.t_end - al.t_start
-        series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
         for channel, fit in fits.items():
             pts = self.rest.setdefault(channel, [])
             pts.append((since, fit.average_valence, max(fit.valence_uncertainty, 1e-4)))
             if len(pts) >= self.cfg.relaxation_min_points:
                 t, v, sig = (np.array(c) for c in zip(*pts, strict=True))
-                series[channel] = (t, v, sig)
-        if series and self.cell_record is not None:  # the voltage, from the potentiostat rows
-            rec = self.cell_record()
-            m = (rec.t >= stop) & (rec.t <= al.t_end)
-            if m.sum() >= 8:
-                pick = np.linspace(0, m.sum() - 1, min(int(m.sum()), 400)).astype(int)
-                series["Ewe"] = (rec.t[m][pick] - stop, rec.ewe[m][pick], None)
-        for channel, (t, v, sig) in series.items():
-            try:
-                res = fit_relaxation(t, v, sig, scan_duration_s=0.0 if channel == "Ewe" else scan_s)
-            except ValueError:
-                continue
-            quantity = "Ewe_V" if channel == "Ewe" else "average_valence"
-            self.counts["relaxation_fits"] += 1
-            self.submit(
-                "relaxation",
-                (
-                    stop,
-                    channel,
-                    quantity,
-                    res.best,
-                    res.tau_s,
-                    res.tau_err_s,
-                    int(res.resolved),
-                    res.n_points,
-                    _json.encode(res).decode(),
-                ),
-            )
-            self.publish(
-                "relaxation",
-                {
-                    "rest_start": stop,
-                    "channel": channel,
-                    "quantity": quantity,
-                    "result": msgspec.to_builtins(res, enc_hook=plain),
-                    "points": {"t": t.tolist(), "v": v.tolist()},
-                },
-            )
+                self.rest_series[channel] = (t, v, sig, scan_s)
+        if self.rest_series and rest_ewe is not None:  # the voltage, from the potentiostat
+            self.rest_series["Ewe"] = (rest_ewe[0], rest_ewe[1], None, 0.0)
+        for channel, series in self.rest_series.items():
+            n, last = len(series[0]), self.rest_fitted.get(channel, 0)
+            if n >= max(last + 1, math.ceil(1.2 * last)):
+                self._fit_rest(channel, series)
+
+    def _end_rest(self) -> None:
+        """The rest is over: one last fit of each series with the points no fit has seen."""
+        for channel, series in self.rest_series.items():
+            if len(series[0]) > self.rest_fitted.get(channel, 0):
+                self._fit_rest(channel, series)
+        self.rest, self.rest_series, self.rest_fitted, self.rest_stop = {}, {}, {}, None
+
+    def finish(self) -> None:
+        """End of the run (or of a reprocess): a rest still going gets its last fit."""
+        self._end_rest()
+
+    def _fit_rest(
+        self, channel: str, series: tuple[np.ndarray, np.ndarray, np.ndarray | None, float]
+    ) -> None:
+        t, v, sig, scan_s = series
+        self.rest_fitted[channel] = len(t)
+        try:
+            res = fit_relaxation(t, v, sig, scan_duration_s=scan_s)
+        except ValueError:
+            return
+        quantity = "Ewe_V" if channel == "Ewe" else "average_valence"
+        self.counts["relaxation_fits"] += 1
+        self.submit(
+            "relaxation",
+            (
+                self.rest_stop,
+                channel,
+                quantity,
+                res.best,
+                res.tau_s,
+                res.tau_err_s,
+                int(res.resolved),
+                res.n_points,
+                _json.encode(res).decode(),
+            ),
+        )
+        self.publish(
+            "relaxation",
+            {
+                "rest_start": self.rest_stop,
+                "channel": channel,
+                "quantity": quantity,
+                "result": msgspec.to_builtins(res, enc_hook=plain),
+                "points": {"t": t.tolist(), "v": v.tolist()},
+            },
+        )
 
     # -- RIXS --------------------------------------------------------------------------------
     def _rixs(self, s: SpectrumInput, arrays: Mapping[str, np.ndarray], al: Alignment) -> None:

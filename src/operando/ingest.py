@@ -12,6 +12,7 @@ arriving late for a window already aligned as partial re-aligns that spectrum (r
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -25,7 +26,8 @@ import msgspec
 import numpy as np
 
 from operando.align import Alignment, PotentiostatHistory, _unaligned, align_windows
-from operando.analyze import Analyzer, SpectrumInput
+from operando.analysis_thread import AnalysisThread
+from operando.analyze import Analyzer, SpectrumInput, rest_voltage
 from operando.config import AlignmentConfig, AnalysisConfig, SourceConfig
 from operando.protocol import (
     Ack,
@@ -144,8 +146,8 @@ class Ingest:
             if analysis is not None and analysis.enabled
             else None
         )
-        if self.analyzer is not None:
-            self.analyzer.cell_record = self.history.record
+        # set by the monitor: analysis runs beside the event loop (None: here, in order)
+        self.analysis_thread: AnalysisThread | None = None
         self.orchestrator: Any = None  # set by the monitor: acts on rows, maps, dose, damage
         self.on_event: list[Callable[[str, str | None, dict[str, Any]], None]] = []
         self.cell: dict[str, Any] = {}  # the newest potentiostat row, for status displays
@@ -584,18 +586,25 @@ class Ingest:
     def _analyse(self, p: PendingSpectrum, al: Alignment) -> None:
         if self.analyzer is None or p.analysis is None or p.arrays is None:
             return
+        s, arrays, p.arrays = p.analysis, p.arrays, None
+        rest = rest_voltage(self.history.record(), al, self.analyzer.cfg.rest_current_mA)
+        if self.analysis_thread is not None:
+            self.analysis_thread.put(s, arrays, copy.copy(al), rest)
+            return
         try:
-            self.analyzer.on_spectrum(p.analysis, p.arrays, al)
+            self.analyzer.on_spectrum(s, arrays, al, rest)
         except Exception as e:  # analysis must never stop ingest; say what failed
-            log.exception("analysing spectrum %d failed", p.spectrum_id)
-            self.event(
-                "analysis_error",
-                p.link,
-                p.t_end,
-                spectrum_id=p.spectrum_id,
-                error=f"{type(e).__name__}: {e}",
-            )
-        p.arrays = None
+            log.exception("analysing spectrum %d failed", s.spectrum_id)
+            self.analysis_failed(s, e)
+
+    def analysis_failed(self, s: SpectrumInput, e: Exception) -> None:
+        self.event(
+            "analysis_error",
+            None,
+            None,
+            spectrum_id=s.spectrum_id,
+            error=f"{type(e).__name__}: {e}",
+        )
 
     def _realign_overlapping(self, t0: float, t1: float) -> None:
         redo = [(p, al) for p, al in self.partial if p.t_start <= t1 and p.t_end >= t0]
@@ -640,8 +649,13 @@ class Ingest:
             listener(kind, link, detail)
 
     def finish(self) -> None:
-        """End of input: align what is still waiting, with what there is."""
+        """End of input: align what is still waiting, with what there is; a rest still going
+        gets its last relaxation fit."""
         self.align_due(final=True)
+        if self.analysis_thread is not None:
+            self.analysis_thread.finish()
+        elif self.analyzer is not None:
+            self.analyzer.finish()
 
     # -- status ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -678,6 +692,7 @@ class Ingest:
             "events": dict(self.events),
             "source_time": self.now if math.isfinite(self.now) else None,
             "store_backlog_bytes": self.store.backlog_bytes,
+            "analysis_backlog": self.analysis_thread.backlog if self.analysis_thread else 0,
             "store_error": self.store.last_error,
         }
 

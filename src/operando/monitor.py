@@ -28,6 +28,7 @@ import zmq
 import zmq.asyncio
 
 from operando.alarms import Alarms
+from operando.analysis_thread import AnalysisThread
 from operando.config import ExperimentConfig, SourceConfig
 from operando.ingest import Ingest, restore
 from operando.orchestrate.orchestrator import Orchestrator
@@ -252,6 +253,10 @@ class Monitor:
 
     async def start(self) -> None:
         self._write_monitor_file()
+        if self.ingest.analyzer is not None:  # off the loop: commands and sockets stay prompt
+            self.ingest.analysis_thread = AnalysisThread(
+                self.ingest.analyzer, asyncio.get_running_loop(), self.ingest.analysis_failed
+            )
         for src in self.cfg.sources:
             if src.clock == "ping" and src.command:
                 await self._estimate_clock(src)
@@ -339,6 +344,10 @@ class Monitor:
         await self.orchestrator.close()
         await self.refiller.close()
         self.ingest.finish()
+        if self.ingest.analysis_thread is not None:
+            await asyncio.to_thread(self.ingest.analysis_thread.close)
+            for _ in range(3):  # what the analysis handed back to the loop, run it
+                await asyncio.sleep(0)
         self.state.flush()
         for sub in self.subscribers:
             sub.close()
