@@ -84,11 +84,12 @@ def _dispatcher(port_out: int, result: Path) -> None:
             marks["bytes_ok"] += int(len(doc["data"]["TEY"]) == 256)
         elif name == "stop":
             marks["last"] = time.perf_counter()
-            d.stop()
+            tmp = result.with_suffix(".tmp")
+            tmp.write_text(json.dumps(marks))
+            tmp.rename(result)  # the parent reads it, then ends this process
 
     d.subscribe(on)
     d.start()
-    result.write_text(json.dumps(marks))
 
 
 def bluesky_run(n: int, port: int) -> dict:
@@ -118,7 +119,9 @@ def bluesky_run(n: int, port: int) -> dict:
             engine = subprocess.run(
                 [sys.executable, __file__, "--engine", str(n), str(p_in)], timeout=1200
             )
-            procs[1].wait(timeout=120)
+            deadline = time.monotonic() + 120
+            while not result.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
             marks = json.loads(result.read_text())
         finally:
             for p in procs:

@@ -15,6 +15,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 from conftest import (
+    cli,
     driver_endpoints,
     free_ports,
     inspect_json,
@@ -209,6 +210,10 @@ def test_monitor_and_driver_killed_lose_nothing_the_spool_holds(tmp_path, proces
     conn.close()
     first_session_dt = np.diff(t)
     assert first_session_dt.max() < 5.0, first_session_dt.max()
+    # the raw log alone tells which messages were refills: reprocess finds the same
+    cli("reprocess", str(run))
+    again = inspect_json(run)["sources"]["potentiostat"]
+    assert (again["refilled"], again["lost"]) == (pot["refilled"], 0), again
 
 
 def test_monitor_killed_while_the_driver_runs_gets_the_missed_messages_from_memory(

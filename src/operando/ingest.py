@@ -166,21 +166,23 @@ class Ingest:
         recv_ns = recv_ns or time.time_ns()
         raw_id = self.store.take_raw_id()
         msg, error = self._decode(link, frames)
-        state = self.links.get(link)
-        if msg is not None and state is not None:  # it fills a gap: sent again on request
-            refill = refill or state.tracker.is_missing(msg.header.session, msg.header.seq)
+        refill = refill or self._fills_gap(link, msg)
         self.store.append_raw(raw_id, recv_ns, link, frames, _summary(msg, error, frames), refill)
-        self._refilling = refill
-        try:
-            return self._process(raw_id, recv_ns, link, frames, msg, error)
-        finally:
-            self._refilling = False
+        return self._process(raw_id, recv_ns, link, frames, msg, error, refill)
 
     def process_record(self, rec: RawRecord) -> Message | None:
         """A message already in the raw log (recovery after a crash, reprocess): index, derive."""
         msg, error = self._decode(rec.link, rec.frames)
-        self.store.index_raw(rec, _summary(msg, error, rec.frames))
-        return self._process(rec.raw_id, rec.recv_ns, rec.link, rec.frames, msg, error)
+        refill = self._fills_gap(rec.link, msg)
+        self.store.index_raw(rec, _summary(msg, error, rec.frames), refill)
+        return self._process(rec.raw_id, rec.recv_ns, rec.link, rec.frames, msg, error, refill)
+
+    def _fills_gap(self, link: str, msg: Message | None) -> bool:
+        """Was this message counted missing when it arrived (sent again on request)?"""
+        state = self.links.get(link)
+        if msg is None or state is None:
+            return False
+        return state.tracker.is_missing(msg.header.session, msg.header.seq)
 
     def _decode(self, link: str, frames: Sequence[Any]) -> tuple[Message | None, str | None]:
         if link not in self.links:
@@ -198,8 +200,9 @@ class Ingest:
         frames: Sequence[Any],
         msg: Message | None,
         error: str | None,
+        refill: bool = False,
     ) -> Message | None:
-        self._recv_ns = recv_ns
+        self._recv_ns, self._refilling = recv_ns, refill
         state = self.links.get(link)
         try:
             if msg is None or state is None:
@@ -217,7 +220,7 @@ class Ingest:
                 )
             return msg
         finally:
-            self._recv_ns = 0
+            self._recv_ns, self._refilling = 0, False
 
     def _derive(self, raw_id: int, link: str, state: LinkState, msg: Message) -> None:
         h = msg.header
