@@ -47,8 +47,8 @@ class DriverOptions:
     wait_subscriber_s: float = 10.0
     hwm: int = 10_000
     state_file: str | None = None  # where the driver keeps what must survive a restart
-    replay_messages: int = 100_000  # sent messages kept for a recorder that missed some
-    replay_mb: float = 256.0
+    replay_messages: int = 20_000  # sent messages kept for a recorder that missed some
+    replay_mb: float = 64.0
     spool: str | None = None  # folder: keep sent messages on disk too (survives a restart)
 
     @classmethod
@@ -103,11 +103,11 @@ class DriverOptions:
         g.add_argument(
             "--replay-messages",
             type=int,
-            default=100_000,
+            default=20_000,
             help="sent messages kept in memory for the monitor to ask again (resend)",
         )
         g.add_argument(
-            "--replay-mb", type=float, default=256.0, help="memory bound of those messages, MB"
+            "--replay-mb", type=float, default=64.0, help="memory bound of those messages, MB"
         )
         g.add_argument(
             "--spool",
