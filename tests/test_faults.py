@@ -170,3 +170,32 @@ def test_a_flooding_publisher_is_slowed_down_never_dropped(tmp_path, processes):
     assert spectra == n, f"{spectra} of {n} scans recorded ({n / elapsed:.0f} sent per s)"
     s = inspect_json(run)["sources"]["spectrometer"]
     assert s["lost"] == 0 and s["gaps"] == 0 and s["messages"] >= sent
+
+
+def test_the_raw_log_cuts_a_failed_write_back_and_writes_it_again(small_disk):
+    """On a full disk a flush fails part-way: the file is cut back to where it started, the
+    records wait, and once there is space they land at the offsets they were given."""
+    from operando.rawlog import RawLogWriter, read_record, scan
+
+    filler = small_disk / "filler"
+    free = shutil.disk_usage(small_disk).free
+    filler.write_bytes(b"\0" * (free - 40_000))
+    log = RawLogWriter(small_disk / "run")
+    frames = [b"topic", b"h" * 100, bytes(range(256)) * 40]  # ~10 kB a record
+    written = []
+    for i in range(3):
+        written.append(log.append(i, i, "spectrometer", frames))
+    log.flush()
+    with pytest.raises(OSError):
+        for i in range(3, 10):
+            written.append(log.append(i, i, "spectrometer", frames))
+        log.flush()
+    # nothing torn on disk: the intact records are exactly those flushed before
+    assert [r.raw_id for r in scan(small_disk / "run")] == [0, 1, 2]
+    filler.unlink()
+    log.flush()  # the waiting records, again
+    assert [r.raw_id for r in scan(small_disk / "run")] == list(range(len(written)))
+    for i, where in enumerate(written):
+        rec = read_record(small_disk / "run", *where)
+        assert rec.raw_id == i and [bytes(f) for f in rec.frames] == frames
+    log.close()

@@ -58,10 +58,15 @@ def _nbytes(frame: Any) -> int:
 class RawLogWriter:
     """Appends records; used from one thread only (the store's writer, a driver's spool).
 
-    Each record goes to the OS in one scatter write (no user-space buffer), so a killed
-    process loses nothing written, and a write that fails half-way (a full disk) is cut back
-    to the record's start: the log never holds a torn record followed by good ones.
+    Records wait in ``append`` as buffer views (no copy) and go to the OS together in
+    ``flush``, in scatter writes, with no user-space buffer in between. A flush that fails
+    half-way (a full disk) cuts the file back to where it started and keeps the records, so
+    the next flush writes them again at the same offsets: the log never holds a torn record
+    followed by good ones.
     """
+
+    MAX_PENDING_PARTS = 4096
+    MAX_PENDING_BYTES = 16 * 2**20
 
     def __init__(self, run_dir: Path, segment_bytes: int = 256 * 2**20) -> None:
         self.run_dir = run_dir
@@ -69,41 +74,58 @@ class RawLogWriter:
         self.segment_bytes = segment_bytes
         segments = sorted(int(p.stem) for p in (run_dir / RAW_DIR).glob("*.log"))
         self.segment = segments[-1] if segments else 1
+        self._pending: list[memoryview] = []
+        self._pending_bytes = 0
         self._open()
 
     def _open(self) -> None:
         self._fd = os.open(
             segment_path(self.run_dir, self.segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
         )
-        self.offset = os.lseek(self._fd, 0, os.SEEK_END)
+        self.offset = os.lseek(self._fd, 0, os.SEEK_END)  # where the next record will start
 
     def append(
         self, raw_id: int, recv_ns: int, link: str, frames: Sequence[Any]
     ) -> tuple[int, int, int]:
-        """Write one record; return (segment, offset, length). On OSError nothing is kept."""
+        """Queue one record; return (segment, offset, length) it will have once flushed.
+
+        May flush what waits first (the segment is full, or enough is waiting); on OSError
+        from that, this record was not queued: call again."""
         sizes = [_nbytes(f) for f in frames]
         link_b = link.encode()
         sizes_b = struct.pack(f"<{len(sizes)}Q", *sizes)
         length = _HEADER.size + len(sizes_b) + len(link_b) + sum(sizes)
         if self.offset and self.offset + length > self.segment_bytes:
+            self.flush()
             self._rotate()
+        elif (
+            len(self._pending) > self.MAX_PENDING_PARTS
+            or self._pending_bytes > self.MAX_PENDING_BYTES
+        ):
+            self.flush()
         crc = zlib.crc32(sizes_b)
         crc = zlib.crc32(link_b, crc)
         for f in frames:
             crc = zlib.crc32(f, crc)
         head = _HEADER.pack(MAGIC, length, raw_id, recv_ns, len(link_b), len(sizes), crc)
-        parts = [memoryview(b).cast("B") for b in (head, sizes_b, link_b, *frames)]
-        try:
-            _write_all(self._fd, parts)
-        except OSError:
-            os.ftruncate(self._fd, self.offset)  # no partial record stays behind
-            raise
+        self._pending += [memoryview(b).cast("B") for b in (head, sizes_b, link_b, *frames)]
+        self._pending_bytes += length
         where = (self.segment, self.offset, length)
         self.offset += length
         return where
 
     def flush(self) -> None:
-        """Records are handed to the OS as they are written: nothing waits in this process."""
+        """Hand every queued record to the OS: a killed process then loses nothing of it."""
+        if not self._pending:
+            return
+        start = self.offset - self._pending_bytes
+        try:
+            _write_all(self._fd, list(self._pending))
+        except OSError:
+            os.ftruncate(self._fd, start)  # no partial record stays behind; try again later
+            raise
+        self._pending.clear()
+        self._pending_bytes = 0
 
     def truncate(self, segment: int, offset: int) -> None:
         """Cut a torn tail record off (found by ``scan`` after a crash)."""
@@ -119,7 +141,10 @@ class RawLogWriter:
         self._open()
 
     def close(self) -> None:
-        os.close(self._fd)
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
 
 
 def _write_all(fd: int, parts: list[memoryview]) -> None:

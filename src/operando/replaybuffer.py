@@ -13,6 +13,7 @@ session: it announces that session's last seq, and can resend the tail the monit
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from operando.rawlog import RAW_DIR, RawLogError, RawLogWriter, scan
+
+log = logging.getLogger(__name__)
 
 Frames = list[bytes]
 Ranges = list[list[int]]  # [first, last] inclusive, as the sequence tracker keeps them
@@ -63,6 +66,7 @@ class ReplayBuffer:
         # One thread writes the spool, in order, so the event loop never waits for the disk.
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool")
         self.previous: tuple[str, int] | None = None  # (session, last seq) found in the spool
+        self.spool_error = ""
         if limits.spool is not None:
             limits.spool.mkdir(parents=True, exist_ok=True)
             self.previous = _newest_session(limits.spool)
@@ -89,8 +93,17 @@ class ReplayBuffer:
         spool = self._spool
         assert spool is not None
         segment = spool.segment
-        spool.append(seq, 0, self.session, frames)
-        spool.flush()  # to the OS: a killed driver keeps it
+        try:
+            spool.append(seq, 0, self.session, frames)
+            spool.flush()  # to the OS: a killed driver keeps it
+        except OSError as e:  # the spool's disk: memory still holds the newest messages
+            if not self.spool_error:
+                log.error(
+                    "spool %s: %s (messages stay in memory only until it clears)", spool.run_dir, e
+                )
+            self.spool_error = str(e)
+            return
+        self.spool_error = ""
         if spool.segment != segment:  # rotated: keep the newest four segments
             for old in sorted((spool.run_dir / RAW_DIR).glob("*.log"))[:-4]:
                 old.unlink(missing_ok=True)
