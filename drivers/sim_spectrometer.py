@@ -327,7 +327,9 @@ class SimSpectrometer(Driver):
                 req = self.queue.popleft() if self.queue else None
                 if req is None and self.s.mode == "free" and self.clock.now() >= next_free:
                     req = self._free_request()
-                    next_free += self.s.interval_s
+                    # a beamline that fell behind starts the next scan on time, it does not
+                    # run the missed ones back to back (a burst on one spot after any stall)
+                    next_free = max(next_free + self.s.interval_s, self.clock.now())
                 if req is None:
                     self.wake.clear()
                     wait = max(0.0, self.clock.wall_seconds(next_free - self.clock.now()))

@@ -45,6 +45,7 @@ class Refiller:
         *,
         attempts: int = 5,
         timeout_s: float = 2.0,
+        resend_timeout_s: float = 30.0,
     ) -> None:
         self.ctx = ctx
         self.sources = {s.name: s for s in sources}
@@ -52,6 +53,7 @@ class Refiller:
         self.curve = curve or {}
         self.attempts = attempts
         self.timeout_s = timeout_s
+        self.resend_timeout_s = resend_timeout_s
         self.queue: asyncio.Queue[RefillRequest] = asyncio.Queue()
         self.clients: dict[str, CommandClient] = {}
         self.requested = 0
@@ -95,7 +97,8 @@ class Refiller:
         error = ""
         for attempt in range(self.attempts):
             try:
-                ack = await client.request("resend", args)
+                # a driver reads its spool before it answers: that may take seconds
+                ack = await client.request("resend", args, timeout_s=self.resend_timeout_s)
             except CommandError as e:  # the driver is down or restarting: ask again
                 error = str(e)
                 await asyncio.sleep(min(2.0**attempt, 10.0))

@@ -133,9 +133,15 @@ class Publisher:
             if last < 0:
                 last = max(on_disk, default=first - 1)
             found = {**on_disk, **found}
-        for seq in sorted(found):
-            await self.send_raw(found[seq])
+        # published in the background: the ack goes back at once, however many there are
+        frames = [found[seq] for seq in sorted(found)]
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.create_task(self._resend(frames), name=f"{self.source}-resend"))
         return {"resent": len(found), "unavailable": missing_ranges(found, first, last)}
+
+    async def _resend(self, messages: list[list[bytes]]) -> None:
+        for frames in messages:
+            await self.send_raw(frames)
 
     async def send_raw(self, frames: list[Any]) -> None:
         """Publish frames exactly as given, unstamped (a replay of input recorded as
