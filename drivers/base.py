@@ -48,7 +48,7 @@ class DriverOptions:
     hwm: int = 10_000
     state_file: str | None = None  # where the driver keeps what must survive a restart
     replay_messages: int = 20_000  # sent messages kept for a recorder that missed some
-    replay_mb: float = 64.0
+    replay_mb: float = 32.0
     spool: str | None = None  # folder: keep sent messages on disk too (survives a restart)
 
     @classmethod
@@ -107,7 +107,7 @@ class DriverOptions:
             help="sent messages kept in memory for the monitor to ask again (resend)",
         )
         g.add_argument(
-            "--replay-mb", type=float, default=64.0, help="memory bound of those messages, MB"
+            "--replay-mb", type=float, default=32.0, help="memory bound of those messages, MB"
         )
         g.add_argument(
             "--spool",

@@ -31,9 +31,9 @@ Ranges = list[list[int]]  # [first, last] inclusive, as the sequence tracker kee
 @dataclass(frozen=True, slots=True)
 class ReplayLimits:
     # 20,000 messages: hours of a potentiostat (a batch and a heartbeat a second), a bounded
-    # few tens of MB of driver memory over a week; --spool for more
+    # few tens of MB of driver memory over a week; --spool for more (and for RIXS frames)
     messages: int = 20_000
-    bytes: int = 64 * 2**20
+    bytes: int = 32 * 2**20
     spool: Path | None = None  # a folder: keep sent messages on disk as well
     spool_bytes: int = 2 * 2**30  # per session; the oldest segments are removed beyond it
     spool_sessions: int = 4  # previous sessions kept in the spool
