@@ -170,7 +170,8 @@ class Driver:
         raise NotImplementedError
 
     def status(self) -> dict[str, Any]:
-        return {"series": self.series}
+        replay = self.pub.buffer.status() if self.pub is not None else None
+        return {"series": self.series, "replay": replay}
 
     def state(self) -> dict[str, Any]:
         """What must survive a restart of this process (override)."""

@@ -62,6 +62,8 @@ def test_replay_buffer_bounds_and_spool(tmp_path):
     found, last = buf.from_memory("s1", 0, -1)
     assert sorted(found) == list(range(40, 50)) and last == 49  # the newest ten
     assert found[45] == [bytes(x) for x in frames[45]]
+    st = buf.status()
+    assert (st["in_memory"], st["oldest_in_memory"], st["newest"]) == (10, 40, 49)
     # what memory no longer holds is on disk
     disk = buf.from_spool("s1", 0, 39)
     assert sorted(disk) == list(range(40)) and disk[3][1] == b"header 3"

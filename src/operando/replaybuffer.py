@@ -135,6 +135,18 @@ class ReplayBuffer:
             pass  # a torn tail (the driver was killed mid-write) or a segment just pruned
         return out
 
+    def status(self) -> dict[str, Any]:
+        """What a recorder can still ask for again."""
+        return {
+            "session": self.session,
+            "in_memory": len(self._memory),
+            "memory_MB": round(self._bytes / 2**20, 1),
+            "oldest_in_memory": min(self._memory, default=None),
+            "newest": self.newest,
+            "spool": str(self.limits.spool) if self.limits.spool else None,
+            "spool_error": self.spool_error or None,
+        }
+
     def close(self) -> None:
         self._disk.shutdown(wait=True)
         if self._spool is not None:
