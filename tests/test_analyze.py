@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from operando.drivers.spectra import EDGES, Realism, export_references, references, synthesize_xas
 
 from operando.align import Alignment
@@ -94,3 +95,46 @@ def test_with_references_each_channel_is_fitted(tmp_path):
 def test_poisson_sigma_only_for_counts():
     assert poisson_sigma(np.array([100.0, 400.0]), np.array([1e4, 1e4])) is not None
     assert poisson_sigma(np.array([1.5e-9, 2e-9]), np.array([1e-6, 1e-6])) is None
+
+
+def test_a_rest_is_refitted_as_it_grows_and_its_last_fit_sees_every_point(tmp_path):
+    """Relaxation fits follow the rest geometrically, not every scan; when the rest ends the
+    last fit takes every point, and finds the tau the valence relaxes with."""
+    import msgspec
+
+    from operando.analysis.lcf import FitResult
+    from operando.protocol import MODE_OCV
+
+    out: list = []
+    an = Analyzer(
+        AnalysisConfig(), tmp_path, lambda op, row: out.append((op, row)), print, lambda *a: None
+    )
+    tau, n_scans, period = 600.0, 60, 60.0
+    rng = np.random.default_rng(1)
+    for k in range(n_scans):
+        since = 30.0 + k * period
+        v = 3.3 + 0.2 * np.exp(-since / tau) + rng.normal(0, 0.002)
+        fit = FitResult(
+            fractions={},
+            uncertainties={},
+            average_valence=float(v),
+            valence_uncertainty=0.002,
+            shift_eV=0.0,
+            chi2_red=1.0,
+            scale=1.0,
+            background=(0.0, 0.0),
+            tilt=0.0,
+            fit_range=(0.0, 1.0),
+            n_points=100,
+        )
+        al = msgspec.structs.replace(
+            alignment(1000.0 + since - 0.5, 0.5), mode=MODE_OCV, i_mean_mA=0.0
+        )
+        al = msgspec.structs.replace(al, t_end=al.t_start + 1.0, t_since_current_change_s=since)
+        an._relaxation({"TFY": fit}, al, None)
+    live = [row for op, row in out if op == "relaxation"]
+    assert 3 <= len(live) < n_scans / 3, len(live)  # geometric, not one per scan
+    assert live[-1][7] < n_scans  # the newest points not yet fitted while the rest goes on
+    an.finish()  # the run ends during the rest
+    last = [row for op, row in out if op == "relaxation"][-1]
+    assert last[7] == n_scans and last[4] == pytest.approx(tau, rel=0.1)

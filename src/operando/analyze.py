@@ -115,7 +115,7 @@ class Analyzer:
         self.rest: dict[str, list[tuple[float, float, float]]] = {}  # channel -> (t, v, sigma)
         # channel -> (t since the stop, value, sigma or None, scan duration): what a fit takes
         self.rest_series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, float]] = {}
-        self.rest_fitted: dict[str, int] = {}  # channel -> points in its latest fit
+        self.rest_fitted: dict[str, float] = {}  # channel -> newest time its latest fit saw
         self.rest_stop: float | None = None
         self.maps: dict[str, MapAccumulator] = {}
         self.series: dict[tuple[str, str], tuple[np.ndarray, list[np.ndarray]]] = {}
@@ -367,10 +367,11 @@ class Analyzer:
     ) -> None:
         """During a rest: fit each channel's valence, and Ewe, against time since the stop.
 
-        Refits follow the data geometrically (when a series has grown by a fifth), not every
-        scan: three models on hundreds of voltage rows per scan kept the monitor busy for
-        seconds at a time. Every point still counts: the rest's last fit, when it ends, uses
-        all of them."""
+        Refits follow the rest geometrically (once it has gone on a fifth longer than at the
+        last fit), not every scan: three models on hundreds of voltage rows per scan kept the
+        monitor busy for seconds at a time. Time, not the number of points, because the
+        voltage is a fixed number of rows picked over the rest. Every point still counts: the
+        rest's last fit, when it ends, sees all of them."""
         since = al.t_since_current_change_s
         if not is_resting(al, self.cfg.rest_current_mA) or not math.isfinite(since):
             self._end_rest()
@@ -389,14 +390,14 @@ class Analyzer:
         if self.rest_series and rest_ewe is not None:  # the voltage, from the potentiostat
             self.rest_series["Ewe"] = (rest_ewe[0], rest_ewe[1], None, 0.0)
         for channel, series in self.rest_series.items():
-            n, last = len(series[0]), self.rest_fitted.get(channel, 0)
-            if n >= max(last + 1, math.ceil(1.2 * last)):
+            newest, fitted = float(series[0][-1]), self.rest_fitted.get(channel, -math.inf)
+            if newest > fitted and newest >= 1.2 * fitted:
                 self._fit_rest(channel, series)
 
     def _end_rest(self) -> None:
         """The rest is over: one last fit of each series with the points no fit has seen."""
         for channel, series in self.rest_series.items():
-            if len(series[0]) > self.rest_fitted.get(channel, 0):
+            if float(series[0][-1]) > self.rest_fitted.get(channel, -math.inf):
                 self._fit_rest(channel, series)
         self.rest, self.rest_series, self.rest_fitted, self.rest_stop = {}, {}, {}, None
 
@@ -408,7 +409,7 @@ class Analyzer:
         self, channel: str, series: tuple[np.ndarray, np.ndarray, np.ndarray | None, float]
     ) -> None:
         t, v, sig, scan_s = series
-        self.rest_fitted[channel] = len(t)
+        self.rest_fitted[channel] = float(t[-1])
         try:
             res = fit_relaxation(t, v, sig, scan_duration_s=scan_s)
         except ValueError:
