@@ -75,7 +75,15 @@ def test_spots_stay_within_budget_plus_one_scan(lnmo_run):
     over = [s for s, d in a["dose_Gy_by_spot"].items() if d > 5e8 + 1e8]
     if over:
         alarms = recorded_events(lnmo_run, "alarm")
-        assert len(over) == 1 and any(al["category"] == "spots" for al in alarms), over
+        moves = [(e["new"], e["reason"][:40]) for e in recorded_events(lnmo_run, "spot_change")] + [
+            (x["args"], x["ok"]) for x in recorded_events(lnmo_run, "ack")
+        ]
+        assert len(over) == 1 and any(al["category"] == "spots" for al in alarms), (
+            over,
+            a["dose_Gy_by_spot"],
+            moves,
+            [al["message"] for al in alarms],
+        )
 
 
 @pytest.mark.slow
