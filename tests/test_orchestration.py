@@ -244,3 +244,54 @@ def test_unknown_keys_cannot_command_a_curve_driver(tmp_path, processes):
     asyncio.run(try_acquire())
     again = asyncio.run(ask(client_curve(str(keys / "monitor.key_secret"), server)))
     assert again.result["scans"] == 0 and again.result["queued"] == 0
+
+
+def test_a_move_without_an_ack_keeps_counting_the_old_spot_and_asks_again():
+    """The spectrometer's command socket loses its first ack (a real ROUTER on 127.0.0.1):
+    the orchestrator must not believe the beam moved. The old spot's next dose asks again;
+    the move that is acked is the one that counts."""
+    from operando.config import OrchestrationConfig, SourceConfig
+    from operando.orchestrate.orchestrator import Orchestrator
+    from operando.transport import CommandServer
+
+    async def scenario():
+        ctx = zmq.asyncio.Context()
+        port = endpoint()
+        moves: list[str] = []
+
+        async def move(cmd):
+            moves.append(cmd.args["spot"])
+            return {"spot": cmd.args["spot"]}
+
+        server = CommandServer(ctx, port, "spectrometer", {"move": move}, drop_acks=1)
+        server.start()
+        events: list[tuple[str, dict]] = []
+        orch = Orchestrator(
+            OrchestrationConfig(
+                spots=["A1", "A2", "A3"], dose_budget_Gy=5e8, command_timeout_s=0.3, retries=0
+            ),
+            ctx,
+            None,
+            SourceConfig(name="spectrometer", role="spectrometer", data="x", command=port),
+            lambda kind, link, t, **d: events.append((kind, d)),
+        )
+        try:
+            orch.on_dose("A1", 1e8, 4.5e8)  # the next scan would pass the budget: move
+            assert orch.spot == "A2"
+            await asyncio.wait_for(asyncio.gather(*orch.tasks), 10)
+            # the spectrometer moved or not: without its ack the orchestrator cannot know, so
+            # A1 stays the spot counted
+            assert orch.spot == "A1" and moves == ["A2"]
+            assert [d for k, d in events if k == "spot_change_failed"] == [
+                {"spot": "A2", "stays": "A1", "refused": False}
+            ]
+            orch.on_dose("A1", 1e8, 5.5e8)  # A1's next scan: asked again, and acked
+            await asyncio.wait_for(asyncio.gather(*orch.tasks), 10)
+            assert orch.spot == "A2" and moves == ["A2", "A2"]
+            assert [a["category"] for a in orch.alarms.open()] == ["command"]
+        finally:
+            await orch.close()
+            await server.close()
+            ctx.destroy(linger=0)
+
+    asyncio.run(scenario())
