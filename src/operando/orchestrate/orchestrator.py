@@ -160,23 +160,7 @@ class Orchestrator:
             return
         old, self.spot = self.spot, fresh[0]
         self.event("spot_change", None, None, old=old, new=self.spot, reason=reason)
-        self._spawn(self._move(old, self.spot))
-
-    async def _move(self, old: str | None, new: str) -> None:
-        """Move the beam to ``new``. Until the spectrometer acks, its scans are still on
-        ``old``: a move that got no ack puts ``old`` back as the current spot, so its next dose
-        asks again (a lost move left every further scan on a spent spot). A spot the
-        spectrometer refuses is skipped from then on."""
-        ack = await self._command(self.spec, "move", {"spot": new}, "")
-        if ack is not None and ack.ok:
-            return
-        if ack is not None:  # refused: the next rotation takes another spot
-            self.spent.add(new)
-        if self.spot == new:
-            self.spot = old
-            self.event(
-                "spot_change_failed", None, None, spot=new, stays=old, refused=ack is not None
-            )
+        self._spawn(self._command(self.spec, "move", {"spot": self.spot}, ""))
 
     async def _command(
         self, client: CommandClient | None, action: str, args: dict[str, Any], trigger_id: str
