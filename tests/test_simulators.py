@@ -242,9 +242,7 @@ def test_series_start_is_reannounced_to_late_subscribers(tmp_path, processes):
 
 
 @pytest.mark.parametrize("skew_s", [5.0, -5.0])
-def test_clock_offset_estimated_by_ping_realigns_a_skewed_potentiostat(
-    tmp_path, processes, skew_s
-):
+def test_clock_offset_estimated_by_ping_realigns_a_skewed_potentiostat(tmp_path, processes, skew_s):
     """A potentiostat whose clock is 5 s fast (or slow): the monitor pings it, finds the offset
     and applies it to the potentiostat's rows."""
     from conftest import endpoints, inspect_json, monitor_config
