@@ -33,9 +33,9 @@ class Spectrometer:
 
     name = "spec"
     parent = None
-    hints: dict = {}
 
     def __init__(self) -> None:
+        self.hints: dict = {}
         e = np.linspace(630, 660, 256)
         self.arrays = {"energy": e, "I0": np.ones(256), "TEY": e / 600, "TFY": e / 700}
 
