@@ -44,9 +44,7 @@ class Spectrometer:
         return {k: {"value": v, "timestamp": t} for k, v in self.arrays.items()}
 
     def describe(self) -> dict:
-        return {
-            k: {"source": "bench", "dtype": "array", "shape": [256]} for k in self.arrays
-        }
+        return {k: {"source": "bench", "dtype": "array", "shape": [256]} for k in self.arrays}
 
     def read_configuration(self) -> dict:
         return {}
@@ -110,9 +108,7 @@ def bluesky_run(n: int, port: int) -> dict:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             ),
-            subprocess.Popen(
-                [sys.executable, __file__, "--dispatcher", str(p_out), str(result)]
-            ),
+            subprocess.Popen([sys.executable, __file__, "--dispatcher", str(p_out), str(result)]),
         ]
         try:
             time.sleep(1.5)  # proxy and dispatcher listening
