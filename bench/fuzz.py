@@ -238,6 +238,20 @@ def fuzz_frames(n: int, seed: int) -> dict[str, Any]:
     }
 
 
+def _parser_outcome(
+    target: str, n: int, parsed: int, refused: int, crashes: Counter[str]
+) -> dict[str, Any]:
+    return {
+        "target": target,
+        "inputs": n,
+        "parsed": parsed,
+        "refused": refused,
+        "crashes": sum(crashes.values()),
+        "crash_kinds": dict(crashes),
+        "ok": not crashes,
+    }
+
+
 def fuzz_eclab(n: int, seed: int) -> dict[str, Any]:
     mut = Mutator(seed)
     files = sorted(ECLAB.glob("*.mpt"))
@@ -260,15 +274,7 @@ def fuzz_eclab(n: int, seed: int) -> dict[str, Any]:
             refused += 1
         except Exception:
             crashes[traceback.format_exc(limit=3).splitlines()[-1]] += 1
-    return {
-        "target": "eclab_mpt",
-        "inputs": n,
-        "parsed": parsed,
-        "refused": refused,
-        "crashes": sum(crashes.values()),
-        "crash_kinds": dict(crashes),
-        "ok": not crashes,
-    }
+    return _parser_outcome("eclab_mpt", n, parsed, refused, crashes)
 
 
 def fuzz_methodscript(n: int, seed: int) -> dict[str, Any]:
@@ -298,15 +304,7 @@ def fuzz_methodscript(n: int, seed: int) -> dict[str, Any]:
             refused += 1
         except Exception:
             crashes[traceback.format_exc(limit=3).splitlines()[-1]] += 1
-    return {
-        "target": "methodscript",
-        "inputs": n,
-        "parsed": parsed,
-        "refused": refused,
-        "crashes": sum(crashes.values()),
-        "crash_kinds": dict(crashes),
-        "ok": not crashes,
-    }
+    return _parser_outcome("methodscript", n, parsed, refused, crashes)
 
 
 def main() -> int:

@@ -214,19 +214,46 @@ def driver_endpoints(cfg: ExperimentConfig, name: str) -> list[str]:
     return ["--name", src.name, "--data", src.data, "--command", src.command]
 
 
-def start_live_cell(processes, cfg: ExperimentConfig, path: Path, run: Path, logs: Path) -> None:
-    """A monitor recording to ``run`` and the simulated potentiostat, in real time."""
-    processes("monitor", "--config", str(path), "--run-dir", str(run), log=logs / "mon.log")
-    processes(
+def sim_potentiostat(cfg: ExperimentConfig, path: Path, *extra: str) -> list[str]:
+    """The command line of the experiment's simulated potentiostat on its source's endpoints."""
+    return [
         "driver",
         "sim-potentiostat",
         "--config",
         str(path),
         "--section",
         "potentiostat",
+        *extra,
         *driver_endpoints(cfg, "potentiostat"),
-        log=logs / "pot.log",
-    )
+    ]
+
+
+def start_live_cell(processes, cfg: ExperimentConfig, path: Path, run: Path, logs: Path) -> None:
+    """A monitor recording to ``run`` and the simulated potentiostat, in real time."""
+    processes("monitor", "--config", str(path), "--run-dir", str(run), log=logs / "mon.log")
+    processes(*sim_potentiostat(cfg, path), log=logs / "pot.log")
+
+
+def seqs_by_session(run: Path, link: str) -> dict[str, tuple[int, int]]:
+    """Per session of ``link``: (distinct seqs recorded, highest seq + 1)."""
+    conn = open_readonly(run)
+    try:
+        return {
+            s: (n, top)
+            for s, n, top in conn.execute(
+                "SELECT session, count(DISTINCT seq), max(seq) + 1 FROM raw WHERE link = ? "
+                "AND seq IS NOT NULL AND kind NOT IN ('command', 'ack') GROUP BY session",
+                (link,),
+            )
+        }
+    finally:
+        conn.close()
+
+
+def all_recorded(run: Path, link: str) -> bool:
+    """``link`` has sent something and the run holds every seq of each of its sessions."""
+    sessions = seqs_by_session(run, link)
+    return bool(sessions) and all(n == top for n, top in sessions.values())
 
 
 def store_count(run: Path, sql: str) -> int:

@@ -11,21 +11,21 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from conftest import (
-    driver_endpoints,
+    all_recorded,
     inspect_json,
     live_cell_experiment,
     monitor_config,
     recorded_events,
+    sim_potentiostat,
     store_count,
     wait_for,
 )
 
 from operando.monitor import query_status
-from operando.store import iter_raw, open_readonly
+from operando.store import iter_raw
 
 
 def _status(cfg) -> dict:
@@ -33,19 +33,6 @@ def _status(cfg) -> dict:
         return asyncio.run(query_status(cfg.monitor.command_endpoint, timeout_s=2.0))
     except Exception:
         return {}
-
-
-def _all_recorded(run: Path, link: str) -> bool:
-    conn = open_readonly(run)
-    try:
-        rows = conn.execute(
-            "SELECT count(DISTINCT seq), max(seq) + 1 FROM raw WHERE link = ? "
-            "AND seq IS NOT NULL AND kind NOT IN ('command', 'ack') GROUP BY session",
-            (link,),
-        ).fetchall()
-    finally:
-        conn.close()
-    return bool(rows) and all(n == top for n, top in rows)
 
 
 @pytest.fixture
@@ -74,18 +61,7 @@ def test_a_full_disk_raises_an_alarm_and_loses_nothing(tmp_path, small_disk, pro
     run = small_disk / "run"
     filler = small_disk / "someone-elses-data"
     processes("monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "mon.log")
-    driver = processes(
-        "driver",
-        "sim-potentiostat",
-        "--config",
-        str(path),
-        "--section",
-        "potentiostat",
-        "--speed",
-        "50",
-        *driver_endpoints(cfg, "potentiostat"),
-        log=tmp_path / "pot.log",
-    )
+    driver = processes(*sim_potentiostat(cfg, path, "--speed", "50"), log=tmp_path / "pot.log")
     wait_for(lambda: store_count(run, "SELECT count(*) FROM potentiostat") >= 20, 60, what="rows")
     # another program fills the disk, leaving a few hundred kB
     free = shutil.disk_usage(small_disk).free
@@ -109,7 +85,7 @@ def test_a_full_disk_raises_an_alarm_and_loses_nothing(tmp_path, small_disk, pro
         60,
         what="the end of the series",
     )
-    assert _all_recorded(run, "potentiostat")
+    assert all_recorded(run, "potentiostat")
     s = inspect_json(run)
     assert s["sources"]["potentiostat"]["lost"] == 0
     assert recorded_events(run, "store_error"), "the full disk is in the run's record"
@@ -165,7 +141,7 @@ def test_a_flooding_publisher_is_slowed_down_never_dropped(tmp_path, processes):
         what="the flood recorded to its end",
     )
     assert mon.stop(signal.SIGINT) == 0
-    assert _all_recorded(run, "spectrometer")
+    assert all_recorded(run, "spectrometer")
     spectra = store_count(run, "SELECT count(*) FROM spectra")
     assert spectra == n, f"{spectra} of {n} scans recorded ({n / elapsed:.0f} sent per s)"
     s = inspect_json(run)["sources"]["spectrometer"]

@@ -16,9 +16,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import free_ports, inspect_json, live_cell_experiment, store_count, wait_for
-
-from operando.store import open_readonly
+from conftest import (
+    free_ports,
+    inspect_json,
+    live_cell_experiment,
+    seqs_by_session,
+    store_count,
+    wait_for,
+)
 
 DRIVER_IP, MONITOR_IP = "10.213.0.1", "10.213.0.2"
 
@@ -69,17 +74,6 @@ def _to_hosts(cfg, path: Path):
     return cfg
 
 
-def _sessions(run: Path) -> list[tuple[int, int]]:
-    conn = open_readonly(run)
-    try:
-        return conn.execute(
-            "SELECT count(DISTINCT seq), max(seq) + 1 FROM raw WHERE link = 'potentiostat' "
-            "AND seq IS NOT NULL AND kind NOT IN ('command', 'ack') GROUP BY session"
-        ).fetchall()
-    finally:
-        conn.close()
-
-
 def test_across_a_real_network_a_link_down_and_a_monitor_crash_lose_nothing(
     tmp_path, two_hosts, processes
 ):
@@ -128,12 +122,14 @@ def test_across_a_real_network_a_link_down_and_a_monitor_crash_lose_nothing(
     assert driver.stop(signal.SIGINT) == 0
     wait_for(
         lambda: (
-            all(n == top for n, top in _sessions(run))
+            all(n == top for n, top in seqs_by_session(run, "potentiostat").values())
             and store_count(run, "SELECT count(*) FROM raw WHERE kind = 'series_end'")
         ),
         60,
         what="every message recorded",
-        show=lambda: f"{_sessions(run)}\n{(tmp_path / 'mon2.log').read_text()[-2000:]}",
+        show=lambda: (
+            f"{seqs_by_session(run, 'potentiostat')}\n{(tmp_path / 'mon2.log').read_text()[-2000:]}"
+        ),
     )
     s = inspect_json(run)["sources"]["potentiostat"]
     assert s["lost"] == 0 and s["refilled"] > 0, s  # the restart's gap came back by refill

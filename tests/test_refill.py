@@ -16,11 +16,12 @@ import zmq
 import zmq.asyncio
 from conftest import (
     cli,
-    driver_endpoints,
     free_ports,
     inspect_json,
     live_cell_experiment,
     recorded_events,
+    seqs_by_session,
+    sim_potentiostat,
     store_count,
     wait_for,
 )
@@ -129,22 +130,6 @@ def test_resend_publishes_the_same_bytes_again():
     asyncio.run(scenario())
 
 
-def _every_seq_recorded(run, link: str) -> dict[str, tuple[int, int]]:
-    """Per session of ``link``: (distinct seqs recorded, highest seq + 1)."""
-    conn = open_readonly(run)
-    try:
-        return {
-            s: (n, top)
-            for s, n, top in conn.execute(
-                "SELECT session, count(DISTINCT seq), max(seq) + 1 FROM raw WHERE link = ? "
-                "AND seq IS NOT NULL AND kind NOT IN ('command', 'ack') GROUP BY session",
-                (link,),
-            )
-        }
-    finally:
-        conn.close()
-
-
 def test_monitor_and_driver_killed_lose_nothing_the_spool_holds(tmp_path, processes):
     """SIGKILL the monitor; while it is down the potentiostat goes on publishing to nobody,
     then is SIGKILLed too. Restart both: the driver announces where its killed process
@@ -153,20 +138,15 @@ def test_monitor_and_driver_killed_lose_nothing_the_spool_holds(tmp_path, proces
     run = tmp_path / "run"
     spool = tmp_path / "spool"
     monitor_args = ("monitor", "--config", str(path), "--run-dir", str(run))
-    driver_args = (
-        "driver",
-        "sim-potentiostat",
-        "--config",
-        str(path),
-        "--section",
-        "potentiostat",
+    driver_args = sim_potentiostat(
+        cfg,
+        path,
         "--speed",
         "20",
         "--spool",
         str(spool),
         "--state-file",
         str(tmp_path / "cell.json"),
-        *driver_endpoints(cfg, "potentiostat"),
     )
     rows = "SELECT count(*) FROM potentiostat"
     monitor = processes(*monitor_args, log=tmp_path / "mon1.log")
@@ -198,7 +178,7 @@ def test_monitor_and_driver_killed_lose_nothing_the_spool_holds(tmp_path, proces
         60,
         what="every message of both driver processes recorded",
         show=lambda: (
-            f"{_every_seq_recorded(run, 'potentiostat')}\n"
+            f"{seqs_by_session(run, 'potentiostat')}\n"
             f"{recorded_events(run, 'gap')}\n{recorded_events(run, 'refill')}\n"
             f"{recorded_events(run, 'gap_unrecoverable')}\n{(tmp_path / 'mon2.log').read_text()}"
         ),
@@ -213,7 +193,7 @@ def test_monitor_and_driver_killed_lose_nothing_the_spool_holds(tmp_path, proces
     assert recorded_events(run, "gap_unrecoverable") == []
     tails = [g for g in recorded_events(run, "gap") if g.get("tail")]
     assert tails, "the restarted driver announced its previous session's end"
-    sessions = _every_seq_recorded(run, "potentiostat")
+    sessions = seqs_by_session(run, "potentiostat")
     assert len(sessions) == 2 and all(n == top for n, top in sessions.values()), sessions
     # the refilled rows are in the cell record: no hole in time
     conn = open_readonly(run)
@@ -235,18 +215,7 @@ def test_monitor_killed_while_the_driver_runs_gets_the_missed_messages_from_memo
     run = tmp_path / "run"
     monitor_args = ("monitor", "--config", str(path), "--run-dir", str(run))
     monitor = processes(*monitor_args, log=tmp_path / "mon1.log")
-    driver = processes(
-        "driver",
-        "sim-potentiostat",
-        "--config",
-        str(path),
-        "--section",
-        "potentiostat",
-        "--speed",
-        "20",
-        *driver_endpoints(cfg, "potentiostat"),
-        log=tmp_path / "pot.log",
-    )
+    driver = processes(*sim_potentiostat(cfg, path, "--speed", "20"), log=tmp_path / "pot.log")
     rows = "SELECT count(*) FROM potentiostat"
     wait_for(lambda: store_count(run, rows) >= 40, 60, what="rows before the crash")
     monitor.stop(signal.SIGKILL)
@@ -259,7 +228,7 @@ def test_monitor_killed_while_the_driver_runs_gets_the_missed_messages_from_memo
         30,
         what="the end of the series",
     )
-    sessions = _every_seq_recorded(run, "potentiostat")
+    sessions = seqs_by_session(run, "potentiostat")
     assert len(sessions) == 1 and all(n == top for n, top in sessions.values()), sessions
     pot = inspect_json(run)["sources"]["potentiostat"]
     assert pot["lost"] == 0 and pot["gaps"] == 1 and pot["refilled"] >= 20, pot
