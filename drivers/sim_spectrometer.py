@@ -108,6 +108,9 @@ class SpectrometerSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=T
     spots: SpotGrid = msgspec.field(default_factory=SpotGrid)
     realism: Realism = msgspec.field(default_factory=Realism)
     seed: int = 2
+    # fault injection: the first N moves are acked but the stage stays where it was (a motor
+    # that reports done without moving)
+    stuck_moves: int = 0
 
 
 @dataclass(slots=True)
@@ -214,6 +217,7 @@ class SimSpectrometer(Driver):
         self.cell = CellView()
         self.spots = settings.spots.spots()
         self.spot = next(iter(self.spots))
+        self.stuck_moves = settings.stuck_moves
         self.dose: dict[str, float] = dict.fromkeys(self.spots, 0.0)
         self.queue: deque[Request] = deque()
         self.wake = asyncio.Event()
@@ -280,7 +284,10 @@ class SimSpectrometer(Driver):
         spot = str(cmd.args["spot"])
         if spot not in self.spots:
             raise ValueError(f"unknown spot {spot!r}; have {sorted(self.spots)}")
-        self.spot = spot
+        if self.stuck_moves > 0:
+            self.stuck_moves -= 1
+        else:
+            self.spot = spot
         return {"spot": spot, "dose_Gy": self.dose[spot]}
 
     def status(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from operando.drivers.spectra import EDGES, Realism, export_references, referenc
 from operando.align import Alignment
 from operando.analyze import Analyzer, SpectrumInput, poisson_sigma
 from operando.config import AnalysisConfig
+from operando.doseledger import DoseLedger
 from operando.protocol import MODE_CC
 
 
@@ -37,14 +38,17 @@ def alignment(t: float, soc: float) -> Alignment:
 
 
 def run(cfg: AnalysisConfig, tmp_path, n: int = 9):
+    """n scans through the ledger (as on arrival), then the analyzer (as once aligned)."""
     out: dict[str, list] = {"submit": [], "event": [], "publish": []}
-    an = Analyzer(
-        cfg,
-        tmp_path,
-        lambda op, row: out["submit"].append((op, row)),
-        lambda kind, *a, **kw: out["event"].append((kind, kw)),
-        lambda topic, body: out["publish"].append((topic, body)),
-    )
+
+    def submit(op, row):
+        out["submit"].append((op, row))
+
+    def event(kind, *a, **kw):
+        out["event"].append((kind, kw))
+
+    an = Analyzer(cfg, tmp_path, submit, event, lambda t, body: out["publish"].append((t, body)))
+    ledger = DoseLedger(cfg, submit, event)
     rng = np.random.default_rng(0)
     ed = EDGES["Mn-L"]
     e = ed.axis()
@@ -63,6 +67,7 @@ def run(cfg: AnalysisConfig, tmp_path, n: int = 9):
             exposure_s=105.0,
             extra={"sample_formula": "MnO2", "sample_density_g_cm3": 5.0, "spot_area_mm2": 0.1},
         )
+        s.dose_before_Gy, s.dose_after_Gy = ledger.count(s, e)
         an.on_spectrum(s, {"energy": e, **ch}, alignment(100.0 * k, 0.1 * k))
     return an, out
 

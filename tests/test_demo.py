@@ -60,13 +60,6 @@ def lnmo_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect: in some CI runs, after a damage flag moved the beam off B3 early, B4 "
-    "takes 12 scans (1,184 MGy against 500). The orchestrator counts a spot's doses only while "
-    "it believes the beam is there; a move it misjudges is never corrected from the spots the "
-    "scans report",
-)
 def test_spots_stay_within_budget_plus_one_scan(lnmo_run):
     """Runs before the reprocess below, which rebuilds events without the monitor's alarms."""
     a = inspect_json(lnmo_run)["analysis"]

@@ -105,6 +105,37 @@ triggers = [
     assert after and all(m == 1 for (m,) in after)  # the protocol resumed (CC)
 
 
+@pytest.mark.slow
+def test_a_move_that_did_not_take_is_sent_again(tmp_path):
+    """The stage acks the first move without moving (fault injection): the scans that keep
+    coming from the spent spot make the orchestrator send the move again; no spot takes more
+    than its budget plus the scan in flight and the one that showed the move had not taken."""
+    text = preset_path("lnmo-surface").read_text()
+    spec = 'driver = "sim-spectrometer"'
+    text = text.replace(spec, spec + "\nstuck_moves = 1")
+    cfg = tmp_path / "stuck.toml"
+    cfg.write_text(text)
+    run = tmp_path / "stuck"
+    record_demo(run, 30, "--config", str(cfg), timeout=180)
+    retries = recorded_events(run, "spot_move_retry")
+    changes = recorded_events(run, "spot_change")
+    assert changes and retries, (changes, retries)
+    first = changes[0]
+    assert retries[0]["spot"] == first["old"] and retries[0]["target"] == first["new"]
+    moves = [a for a in recorded_events(run, "ack") if a["action"] == "move"]
+    assert moves[0]["args"] == moves[1]["args"] == {"spot": first["new"]}
+    conn = open_readonly(run)
+    spots = [s for (s,) in conn.execute("SELECT spot_id FROM spectra ORDER BY t_start")]
+    # the beam left the stuck spot for good: no spot is visited twice
+    visits = [k for k, _ in itertools.groupby(spots)]
+    assert len(visits) == len(set(visits)) >= 2, visits
+    budget = 5e8
+    for spot, total, one_scan in conn.execute(
+        "SELECT spot, max(after_Gy), max(dose_Gy) FROM dose GROUP BY spot"
+    ):
+        assert total <= budget + 2 * one_scan, (spot, total)
+
+
 def _monitor_and_sims(tmp_path, processes, spec_extra=()):
     cfg, mon_path = monitor_config(tmp_path, capacity_mAh=None)
     ep = endpoints(cfg)

@@ -1,7 +1,8 @@
-"""Live analysis of each aligned spectrum: valence per channel, dose per spot, damage flags,
-relaxation during rests, RIXS reductions. Wires the pure functions of ``operando.analysis`` to
-a run: keeps the per-run state (doses, detector, rest periods, RIXS maps), writes results to
+"""Live analysis of each aligned spectrum: valence per channel, damage flags, relaxation
+during rests, RIXS reductions. Wires the pure functions of ``operando.analysis`` to a run:
+keeps the per-run state (damage detector, rest periods, RIXS maps), writes results to
 the store and puts them on the state stream. The same object runs live and in reprocess.
+Doses are counted on arrival (``operando.doseledger``); each spectrum brings its own.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import numpy as np
 
 from operando.align import Alignment, CellRecord
 from operando.analysis.damage import DamageDetector, ScanSummary
-from operando.analysis.dose import scan_dose_Gy
 from operando.analysis.lcf import FitError, FitResult, fit_spectrum
 from operando.analysis.normalize import EDGE_WINDOWS, NormalizationError, normalize
 from operando.analysis.references import ReferenceError, References
@@ -49,6 +49,9 @@ class SpectrumInput(msgspec.Struct, kw_only=True):
     map_id: str = ""
     row_offset: int = 0
     rows_total: int = 0
+    # its spot's dose before and after it, counted on arrival (nan: no spot)
+    dose_before_Gy: float = math.nan
+    dose_after_Gy: float = math.nan
 
 
 def signal(
@@ -109,8 +112,6 @@ class Analyzer:
                 self.refs[edge] = References.from_file(p)
             except ReferenceError as e:
                 self.event("analysis_error", None, None, edge=edge, error=str(e))
-        self.dose: dict[str, float] = {}
-        self.warned: set[tuple[str, str]] = set()
         self.damage = DamageDetector(cfg.damage)
         self.rest: dict[str, list[tuple[float, float, float]]] = {}  # channel -> (t, v, sigma)
         # channel -> (t since the stop, value, sigma or None, scan duration): what a fit takes
@@ -121,7 +122,6 @@ class Analyzer:
         self.series: dict[tuple[str, str], tuple[np.ndarray, list[np.ndarray]]] = {}
         self.missing_refs: set[str] = set()
         self.counts: dict[str, int] = {"fits": 0, "damage_flags": 0, "relaxation_fits": 0}
-        self.on_dose: list[Callable[[str, float, float], None]] = []  # spot, scan dose, total
         self.on_damage: list[Callable[[str, str], None]] = []  # spot, test
 
     # -- entry -------------------------------------------------------------------------------
@@ -139,10 +139,9 @@ class Analyzer:
         if s.kind == "rixs_rows":
             self._rixs(s, arrays, al)
             return
-        dose0, dose1 = self._dose(s, arrays["energy"])
         fits = self._fits(s, arrays)
         if "TEY" in fits and s.spot is not None:
-            self._damage(s, arrays, fits["TEY"], al, dose0, dose1)
+            self._damage(s, arrays, fits["TEY"], al)
         self._relaxation(fits, al, rest_ewe)
         self.publish(
             "analysis",
@@ -153,7 +152,7 @@ class Analyzer:
                 "t": 0.5 * (al.t_start + al.t_end),
                 "soc": al.soc,
                 "fits": {c: msgspec.to_builtins(f, enc_hook=plain) for c, f in fits.items()},
-                "dose_Gy": dose1,
+                "dose_Gy": s.dose_after_Gy,
             },
         )
 
@@ -280,39 +279,6 @@ class Analyzer:
             )
             self.publish("series", body)
 
-    # -- dose --------------------------------------------------------------------------------
-    def _dose(self, s: SpectrumInput, energy: np.ndarray) -> tuple[float, float]:
-        if s.spot is None:
-            return math.nan, math.nan
-        before = self.dose.get(s.spot, 0.0)
-        formula = self.cfg.sample_formula or str(s.extra.get("sample_formula", ""))
-        density = self.cfg.sample_density_g_cm3 or float(s.extra.get("sample_density_g_cm3", 0.0))
-        area = self.cfg.spot_area_mm2 or float(s.extra.get("spot_area_mm2", 0.0))
-        if not formula or density <= 0 or area <= 0 or s.flux_ph_s <= 0:
-            return before, before
-        try:
-            d = scan_dose_Gy(s.flux_ph_s, s.exposure_s, energy, formula, density, area)
-        except (ValueError, KeyError) as err:
-            self.event("dose_error", None, None, spectrum_id=s.spectrum_id, error=str(err))
-            return before, before
-        after = before + d
-        self.dose[s.spot] = after
-        for listener in self.on_dose:
-            listener(s.spot, d, after)
-        rate = d / s.exposure_s if s.exposure_s > 0 else math.nan
-        self.submit("dose", (s.spectrum_id, s.spot, d, before, after, rate))
-        budget = self.cfg.dose_budget_Gy
-        if budget > 0:
-            for level, kind in (
-                (budget, "dose_budget_exceeded"),
-                (budget * self.cfg.budget_warning_fraction, "dose_budget_warning"),
-            ):
-                if after >= level and (s.spot, kind) not in self.warned:
-                    self.warned.add((s.spot, kind))
-                    self.event(kind, None, None, spot=s.spot, dose_Gy=after, budget_Gy=budget)
-                    break
-        return before, after
-
     # -- damage ------------------------------------------------------------------------------
     def _damage(
         self,
@@ -320,10 +286,8 @@ class Analyzer:
         arrays: Mapping[str, np.ndarray],
         fit: FitResult,
         al: Alignment,
-        dose0: float,
-        dose1: float,
     ) -> None:
-        if not math.isfinite(dose0):
+        if not math.isfinite(s.dose_before_Gy):
             return
         refs = self.refs[s.edge]
         lowest = (
@@ -341,8 +305,8 @@ class Analyzer:
             spectrum_id=s.spectrum_id,
             spot=s.spot or "",
             edge=s.edge,
-            dose_before_Gy=dose0,
-            dose_after_Gy=dose1,
+            dose_before_Gy=s.dose_before_Gy,
+            dose_after_Gy=s.dose_after_Gy,
             soc=al.soc,
             i_mean_mA=al.i_mean_mA,
             lowest=lowest,
@@ -443,7 +407,6 @@ class Analyzer:
 
     # -- RIXS --------------------------------------------------------------------------------
     def _rixs(self, s: SpectrumInput, arrays: Mapping[str, np.ndarray], al: Alignment) -> None:
-        self._dose(s, np.asarray(arrays["excitation"], float))
         key = s.map_id or s.scan_id
         acc = self.maps.get(key)
         if acc is None:

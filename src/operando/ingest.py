@@ -29,6 +29,7 @@ from operando.align import Alignment, PotentiostatHistory, _unaligned, align_win
 from operando.analysis_thread import AnalysisThread
 from operando.analyze import Analyzer, SpectrumInput, rest_voltage
 from operando.config import AlignmentConfig, AnalysisConfig, SourceConfig
+from operando.doseledger import DoseLedger
 from operando.protocol import (
     Ack,
     Command,
@@ -146,6 +147,8 @@ class Ingest:
             if analysis is not None and analysis.enabled
             else None
         )
+        # doses count on arrival, for the spot rotation (None: analysis is off)
+        self.dose = DoseLedger(analysis, self.store.submit, self.event) if self.analyzer else None
         # set by the monitor: analysis runs beside the event loop (None: here, in order)
         self.analysis_thread: AnalysisThread | None = None
         self.orchestrator: Any = None  # set by the monitor: acts on rows, maps, dose, damage
@@ -463,6 +466,8 @@ class Ingest:
             ),
         )
         self.counts["spectra"] += 1
+        analysis = spectrum_input(sid, h)
+        self._count_dose(analysis, msg.arrays)
         pt = msg.arrays.get("point_t")
         info = {
             "edge": h.edge,
@@ -481,10 +486,15 @@ class Ingest:
                 t1,
                 None if pt is None else pt.astype(np.float64) + offset,
                 info,
-                spectrum_input(sid, h),
+                analysis,
                 msg.arrays if self.analyzer is not None else None,
             )
         )
+
+    def _count_dose(self, s: SpectrumInput, arrays: Mapping[str, np.ndarray]) -> None:
+        if self.dose is not None:
+            energy = arrays["excitation" if s.kind == "rixs_rows" else "energy"]
+            s.dose_before_Gy, s.dose_after_Gy = self.dose.count(s, np.asarray(energy, float))
 
     # -- alignment -------------------------------------------------------------------------
     @property
@@ -762,6 +772,16 @@ def restore(ingest: Ingest, conn: Any, run_dir: Path) -> None:
         "SELECT count(*), coalesce(sum(partial), 0) FROM alignment"
     ).fetchone()
     ingest.counts.update(spectra=n_spectra, aligned=n_aligned, partial=n_partial)
+    if ingest.dose is not None:  # doses continue; the damage history starts afresh
+        for spot, dose in conn.execute("SELECT spot, max(after_Gy) FROM dose GROUP BY spot"):
+            ingest.dose.totals[spot] = dose
+    counted = dict(
+        (sid, (before, after))
+        for sid, before, after in conn.execute(
+            "SELECT spectrum_id, before_Gy, after_Gy FROM dose "
+            "WHERE spectrum_id NOT IN (SELECT spectrum_id FROM alignment)"
+        )
+    )
     waiting = conn.execute(
         "SELECT s.id, s.link, s.scan_id, s.kind, s.t_start, s.t_end, s.edge, s.spot_id, "
         "s.trigger_id, s.channels, s.raw_id FROM spectra s "
@@ -769,6 +789,11 @@ def restore(ingest: Ingest, conn: Any, run_dir: Path) -> None:
     ).fetchall()
     for sid, link, scan_id, kind, t0, t1, edge, spot, trig, chans, raw_id in waiting:
         msg = decode(read_raw(run_dir, raw_id).frames)
+        analysis = spectrum_input(sid, msg.header)  # type: ignore[arg-type]
+        if sid in counted:  # counted before the restart
+            analysis.dose_before_Gy, analysis.dose_after_Gy = counted[sid]
+        else:  # received, but its dose row was not yet written
+            ingest._count_dose(analysis, msg.arrays)
         pt = msg.arrays.get("point_t")
         offset = ingest.links[link].config.clock_offset_s if link in ingest.links else 0.0
         ingest.pending.append(
@@ -787,10 +812,7 @@ def restore(ingest: Ingest, conn: Any, run_dir: Path) -> None:
                     "channels": msgspec.json.decode(chans or "[]"),
                     "raw_id": raw_id,
                 },
-                spectrum_input(sid, msg.header),  # type: ignore[arg-type]
+                analysis,
                 msg.arrays,
             )
         )
-    if ingest.analyzer is not None:  # doses continue; the damage history starts afresh
-        for spot, dose in conn.execute("SELECT spot, max(after_Gy) FROM dose GROUP BY spot"):
-            ingest.analyzer.dose[spot] = dose

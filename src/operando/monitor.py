@@ -177,8 +177,9 @@ class Monitor:
         self.ingest.orchestrator = self.orchestrator
         self.refiller = Refiller(self.ctx, cfg.sources, self.ingest.event, curve)
         self.ingest.on_event.append(self.refiller.on_event)
+        if self.ingest.dose is not None:
+            self.ingest.dose.on_dose.append(self.orchestrator.on_dose)
         if self.ingest.analyzer is not None:
-            self.ingest.analyzer.on_dose.append(self.orchestrator.on_dose)
             self.ingest.analyzer.on_damage.append(self.orchestrator.on_damage)
         self._manual_count = 0
         self._tasks: list[asyncio.Task[Any]] = []

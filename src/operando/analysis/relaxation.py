@@ -115,8 +115,11 @@ def fit_relaxation(
     fits = []
     for name, (f, names) in MODELS.items():
         k = len(names)
-        if n <= k + 1:
+        # the richer models only from two points per parameter: with fewer, AICc rejects
+        # them anyway, after thousands of evaluations chasing a degenerate minimum
+        if n <= k + 1 or (k > 3 and n < 2 * k):
             continue
+
         p0, bounds = starts[name]
         try:
             with warnings.catch_warnings():
@@ -129,7 +132,7 @@ def fit_relaxation(
                     bounds=bounds,
                     sigma=sigma,
                     absolute_sigma=sigma is not None,
-                    maxfev=20000,
+                    maxfev=2000,
                 )
         except (RuntimeError, ValueError):
             continue

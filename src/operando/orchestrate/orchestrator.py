@@ -5,8 +5,11 @@ action: acquire a scan (tagged with the trigger id), a RIXS map with the cell he
 present voltage (hold, map, resume when the map's last row arrives), or a pause. Before each
 acquisition, and after each dose update, the spot policy moves to a fresh spot when the next
 scan would take the present one past its dose budget, or when damage was flagged there; a
-spent spot is never used again. Every command and ack is recorded (audit); a command that is
-refused or never acked raises an ``alarm`` event that stays until acknowledged.
+spent spot is never used again. Doses arrive as scans do, each naming the spot the beam was
+on: scans still coming from a spent spot, beyond the one in flight when the move was sent,
+mean the move did not take, and it is sent again. Every command and ack is recorded (audit);
+a command that is refused or never acked raises an ``alarm`` event that stays until
+acknowledged.
 """
 
 from __future__ import annotations
@@ -64,15 +67,21 @@ class Orchestrator:
         self.spot: str | None = self.spots[0] if self.spots else None
         self.spent: set[str] = set()
         self.last_scan_dose: dict[str, float] = {}
+        self.strays = 0  # scans from a spent spot since the last move was sent
+        self.moving: asyncio.Task[Ack | None] | None = None
         self.holds: dict[str, str] = {}  # map trigger id -> map id being taken while held
         self.tasks: set[asyncio.Task[Any]] = set()
         self.fired = 0
         self.alarms = alarms or Alarms(event)
+        # closed with the monitor: what the analysis says while it drains moves nothing
+        self.closed = False
 
     # -- inputs (called synchronously from ingest) ----------------------------------------------
     def on_message(
         self, link: str, msg: Message, soc: np.ndarray | None, q: np.ndarray | None
     ) -> None:
+        if self.closed:
+            return
         h = msg.header
         if isinstance(h, PotentiostatBatch):
             a = msg.arrays
@@ -103,6 +112,11 @@ class Orchestrator:
 
     def on_dose(self, spot: str, scan_dose_Gy: float, total_Gy: float) -> None:
         self.last_scan_dose[spot] = scan_dose_Gy
+        if self.closed:
+            return
+        if spot in self.spent and spot != self.spot:
+            self._stray(spot, total_Gy)
+            return
         budget = self.cfg.dose_budget_Gy
         if spot == self.spot and budget > 0 and total_Gy + scan_dose_Gy > budget:
             self._rotate(
@@ -110,8 +124,30 @@ class Orchestrator:
                 f"the {budget / 1e6:.2f} MGy budget"
             )
 
+    def _stray(self, spot: str, total_Gy: float) -> None:
+        """A scan from a spent spot: the one in flight at the move is expected; more are not."""
+        self.strays += 1
+        if self.strays < 2 or self.spot is None:
+            return
+        if self.moving is not None and not self.moving.done():
+            return  # the move is still being sent (retries): it answers for itself
+        self.event(
+            "spot_move_retry",
+            None,
+            None,
+            spot=spot,
+            dose_Gy=total_Gy,
+            target=self.spot,
+            scans_since_move=self.strays,
+        )
+        self._move()
+
+    def _move(self) -> None:
+        self.strays = 0
+        self.moving = self._spawn(self._command(self.spec, "move", {"spot": self.spot}, ""))
+
     def on_damage(self, spot: str, test: str) -> None:
-        if self.cfg.rotate_on_damage and spot == self.spot:
+        if self.cfg.rotate_on_damage and spot == self.spot and not self.closed:
             self._rotate(f"damage flagged at spot {spot} ({test})")
 
     # -- actions ---------------------------------------------------------------------------
@@ -160,7 +196,7 @@ class Orchestrator:
             return
         old, self.spot = self.spot, fresh[0]
         self.event("spot_change", None, None, old=old, new=self.spot, reason=reason)
-        self._spawn(self._command(self.spec, "move", {"spot": self.spot}, ""))
+        self._move()
 
     async def _command(
         self, client: CommandClient | None, action: str, args: dict[str, Any], trigger_id: str
@@ -195,10 +231,11 @@ class Orchestrator:
             )
         return ack
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     def status(self) -> dict[str, Any]:
         return {
@@ -210,6 +247,7 @@ class Orchestrator:
         }
 
     async def close(self) -> None:
+        self.closed = True
         for t in list(self.tasks):
             t.cancel()
         for t in list(self.tasks):
