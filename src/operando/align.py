@@ -309,37 +309,43 @@ def align_windows(
         soc_a, soc_m, soc_b = (initial_soc + q / capacity_mAh for q in (qa, qm, qb))
     else:
         soc_a = soc_m = soc_b = np.full(len(a), np.nan)
+    # Python numbers once per column, not a numpy scalar per window and field: this loop
+    # runs for every spectrum received
+    cols = (a, b, ewe_mean, ya, yb, i_mean, qb - qa, qm, soc_m, soc_a, soc_b, since, coverage)
+    rows = zip(*(np.asarray(x, np.float64).tolist() for x in cols), strict=True)
+    mode, step, cycle = (x[at_mid].tolist() for x in (rec.mode, rec.step, rec.cycle))
+    n_rows, ok_all, changed_all = (hi - lo).tolist(), fully.tolist(), changed.tolist()
     out = []
-    for w in range(len(a)):
-        inner = rec.ewe[inner_lo[w] : inner_hi[w]]
-        lo_v, hi_v = min(ya[w], yb[w]), max(ya[w], yb[w])
-        if len(inner):
+    for w, (ta, tb, mean, va, vb, i_m, dq, q_m, s_m, s_a, s_b, since_w, cov) in enumerate(rows):
+        lo_v, hi_v = (va, vb) if va <= vb else (vb, va)
+        if inner_hi[w] > inner_lo[w]:
+            inner = rec.ewe[inner_lo[w] : inner_hi[w]]
             lo_v, hi_v = min(lo_v, float(inner.min())), max(hi_v, float(inner.max()))
         pt = point_ts[w] if point_ts is not None else None
         points = None
         if pt is not None:
             points = np.interp(pt, t, rec.ewe, left=np.nan, right=np.nan).tolist()
-        ok, m = bool(fully[w]), int(at_mid[w])
+        ok = ok_all[w]
         out.append(
             Alignment(
-                t_start=float(a[w]),
-                t_end=float(b[w]),
-                ewe_mean_V=float(ewe_mean[w]),
-                ewe_min_V=float(lo_v),
-                ewe_max_V=float(hi_v),
-                i_mean_mA=float(i_mean[w]),
-                charge_mAh=float(qb[w] - qa[w]),
-                q_mAh=float(qm[w]),
-                soc=float(soc_m[w]),
-                soc_start=float(soc_a[w]),
-                soc_end=float(soc_b[w]),
-                mode=int(rec.mode[m]),
-                step=int(rec.step[m]),
-                cycle=int(rec.cycle[m]),
-                mode_changed=bool(changed[w]),
-                t_since_current_change_s=float(since[w]),
-                n_rows=int(hi[w] - lo[w]),
-                coverage=float(coverage[w]),
+                t_start=ta,
+                t_end=tb,
+                ewe_mean_V=mean,
+                ewe_min_V=lo_v,
+                ewe_max_V=hi_v,
+                i_mean_mA=i_m,
+                charge_mAh=dq,
+                q_mAh=q_m,
+                soc=s_m,
+                soc_start=s_a,
+                soc_end=s_b,
+                mode=mode[w],
+                step=step[w],
+                cycle=cycle[w],
+                mode_changed=changed_all[w],
+                t_since_current_change_s=since_w,
+                n_rows=n_rows[w],
+                coverage=cov,
                 partial=not ok,
                 reason="" if ok else "potentiostat record does not cover the window",
                 ewe_points_V=points,
