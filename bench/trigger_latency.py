@@ -31,7 +31,7 @@ from operando.orchestrate.orchestrator import Orchestrator
 from operando.orchestrate.triggers import TriggerSpec
 from operando.protocol import MODE_CC, Command, PotentiostatBatch
 from operando.store import RunStore
-from operando.transport import CommandServer, Publisher, Subscriber
+from operando.transport import CommandClient, CommandServer, Publisher, Subscriber
 
 
 def _driver(endpoint: str) -> None:
@@ -107,7 +107,12 @@ async def measure(firings: int) -> dict[str, float]:
         pub = Publisher(ctx, data, "potentiostat")
         pub.start()
         await pub.wait_for_subscriber(10)
-        await asyncio.sleep(1.0)  # let the command client connect
+        # The driver process takes a second or two to start here: firings sent before it
+        # answers time its start-up, not the path (two such were the p99 of one run, 1.4 s)
+        probe = CommandClient(ctx, cmd_ep, "bench", timeout_s=1.0, retries=60)
+        await probe.request("acquire", {})
+        await probe.close()
+        await asyncio.sleep(0.5)  # the orchestrator's own client reconnects within 0.1 s
         t, k = 0.0, 0
         while len(latency) < firings and k < firings * 20:
             phase = np.arange(10) + 10 * (k % 6)
