@@ -71,10 +71,13 @@ def long_config(hours: float, workdir: Path) -> Path:
 
 
 def wait_http(url: str, timeout: float = 90.0) -> None:
+    """Until the server answers: on /liveness, which builds no page (every GET of / builds a
+    whole session; on a loaded machine those probes timed out, piled up and kept the server
+    busy for over 90 s)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with urllib.request.urlopen(url + "liveness", timeout=2):
                 return
         except OSError:
             time.sleep(0.5)

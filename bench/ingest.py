@@ -7,7 +7,9 @@ Prints JSON lines:
   (Subscriber -> Ingest: raw record, decode, sequence tracking, derived rows, alignment against
   interleaved potentiostat batches -> SQLite writer thread, committed), in spectra/s, divided
   by ``shared/bench/bare_zmq.py`` (XPUB_NODROP, sync receive) measured in the same invocation.
-  Goal >= 0.5.
+  Goal >= 0.5. Beside it, ``protocol_floor``: the same messages (topic, header and 4 array
+  frames, as the wire protocol has them) received by a bare sync loop that does nothing with
+  them: the ceiling of any receiver of this protocol, against bare_zmq's 2-frame messages.
 - ``rixs_8MB``: RIXS rows with 8 MB counts (2048 x 2048 uint16) through the same path, in MB/s,
   divided by the disk's sequential write rate (write + fsync of the same bytes to a file in the
   same directory). Goal >= 0.8.
@@ -210,6 +212,26 @@ async def _receive_async(kind: str, n: int, port: int, workdir: Path) -> dict[st
     }
 
 
+def protocol_floor(n: int, port: int) -> float:
+    """Messages/s of a sync SUB loop that only receives the benchmark's 8 KB messages."""
+    sender = subprocess.Popen([sys.executable, __file__, "--send", "xas", str(n), str(port), "0"])
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.linger, sock.rcvhwm, sock.rcvtimeo = 0, 1000, 60_000
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    total = n + (n + 99) // 100 + 2  # scans, potentiostat batches, series start and end
+    try:
+        sock.recv_multipart()
+        t0 = time.perf_counter()
+        for _ in range(total - 1):
+            sock.recv_multipart()
+        return (total - 1) / (time.perf_counter() - t0)
+    finally:
+        ctx.destroy(linger=0)
+        sender.wait(timeout=120)
+
+
 def disk_write_rate(workdir: Path, total_bytes: int, fsync: bool = True) -> float:
     """Sequential write (+ fsync) of ``total_bytes`` in 8 MB blocks, MB/s."""
     block = np.random.default_rng(0).integers(0, 255, 8 * 2**20, dtype=np.uint8).tobytes()
@@ -249,6 +271,8 @@ def main() -> None:
             runs.append(_receive("xas", a.n, port, 0.0, Path(d)))
         port += 1
     ours = statistics.median(r["per_s_committed"] for r in runs)
+    floor = statistics.median(protocol_floor(a.n, port + k) for k in range(a.repeat))
+    port += a.repeat
     print(
         json.dumps(
             {
@@ -258,6 +282,9 @@ def main() -> None:
                 "bare_zmq_per_s": base["msgs_per_s"],
                 "ratio": ours / base["msgs_per_s"],
                 "goal": 0.5,
+                "protocol_floor_per_s": floor,
+                "protocol_floor_ratio": floor / base["msgs_per_s"],
+                "ours_vs_protocol_floor": ours / floor,
                 "lost": max(r["lost"] for r in runs),
                 "aligned": min(r["aligned"] for r in runs),
                 "n": a.n,

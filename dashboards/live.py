@@ -544,6 +544,9 @@ def serve(opts: DashboardOptions) -> int:
         show=False,
         start=False,
         title="operando",
+        # /liveness answers without building a page: readiness probes must not each start a
+        # session (on a loaded machine they timed out and piled up, and the page never came)
+        liveness=True,
         **auth,
     )
     print(f"operando dashboard: http://{opts.address}:{opts.port}/", flush=True)

@@ -77,7 +77,8 @@ def test_live_dashboard_updates_alarms_and_reloads_with_history(tmp_path, proces
     )
     url = f"http://127.0.0.1:{port}/"
     # generous: the demo starts four processes at once on two cores
-    wait_for(lambda: _http_ready(url), 120, 0.5, what=f"dashboard at {url}")
+    # on /liveness: a probe of / builds a whole page each time
+    wait_for(lambda: _http_ready(url + "liveness"), 120, 0.5, what=f"dashboard at {url}")
     assert json.loads((run / "demo.json").read_text())["dashboard"] == url
 
     page = browser.new_page(viewport={"width": 1300, "height": 1000})

@@ -148,7 +148,11 @@ class Ingest:
             else None
         )
         # doses count on arrival, for the spot rotation (None: analysis is off)
-        self.dose = DoseLedger(analysis, self.store.submit, self.event) if self.analyzer else None
+        self.dose = (
+            DoseLedger(analysis, self.store.submit, self.event)
+            if analysis is not None and self.analyzer is not None
+            else None
+        )
         # set by the monitor: analysis runs beside the event loop (None: here, in order)
         self.analysis_thread: AnalysisThread | None = None
         self.orchestrator: Any = None  # set by the monitor: acts on rows, maps, dose, damage
