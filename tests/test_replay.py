@@ -43,7 +43,12 @@ def test_a_replayed_run_is_recorded_and_analysed_again_the_same(lfp_run, tmp_pat
     monitor.stop()
     got = _rows(again, spectra)
     assert [r[0] for r in got] == [r[0] for r in recorded]
-    np.testing.assert_allclose([r[1:] for r in got], [r[1:] for r in recorded], rtol=1e-9)
+    np.testing.assert_allclose([r[1] for r in got], [r[1] for r in recorded], rtol=1e-9)  # SOC
+    # A window whose end lies within the cover tolerance (0.2 s) after the last row is aligned
+    # without waiting for the next row, holding the last voltage over that stretch; live and
+    # replayed streams interleave differently, so one run may have had the next row and the
+    # other not. In a CI run that moved one 70 s window's mean Ewe by 6e-8 V.
+    np.testing.assert_allclose([r[2] for r in got], [r[2] for r in recorded], atol=1e-6)
     cell = "SELECT t, ewe, i, q FROM potentiostat ORDER BY t"
     np.testing.assert_array_equal(
         np.array(_rows(again, cell), float), np.array(_rows(lfp_run, cell), float)
