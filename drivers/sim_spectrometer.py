@@ -170,16 +170,25 @@ class CellView:
         return self.t[-1] if self.t else -math.inf
 
     def at(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(soc, y, ewe) at each time, interpolated; held at the ends."""
+        """(soc, y, ewe) at each time, interpolated; before the first row held, after the
+        last carried on by the last current (the cell goes on charging while its rows are
+        late: held, a late stream gave two scans the same state)."""
         if not self.t:
             z = np.full(len(times), self.initial_soc)
             return z, z.copy(), np.full(len(times), np.nan)
         t = np.fromiter(self.t, float)
-        return (
-            np.interp(times, t, np.fromiter(self.soc, float)),
-            np.interp(times, t, np.fromiter(self.y, float)),
-            np.interp(times, t, np.fromiter(self.ewe, float)),
-        )
+        soc = np.interp(times, t, np.fromiter(self.soc, float))
+        y = np.interp(times, t, np.fromiter(self.y, float))
+        beyond = times > t[-1]
+        if beyond.any():
+            dt = times[beyond] - t[-1]
+            ahead = self.soc[-1] + self._i_last * dt / 3600.0 / self.capacity_mAh
+            soc[beyond] = ahead
+            y[beyond] = [
+                lag(self.y[-1], a, d, self.tau_s)
+                for a, d in zip(ahead.tolist(), dt.tolist(), strict=True)
+            ]
+        return soc, y, np.interp(times, t, np.fromiter(self.ewe, float))
 
 
 @cache
@@ -391,7 +400,8 @@ class SimSpectrometer(Driver):
             sock.close(linger=0)
 
     async def _wait_for_cell(self, t_end: float) -> None:
-        """Let the potentiostat stream catch up with the scan's end (bounded, then go on)."""
+        """Let the potentiostat stream catch up with the scan's end (up to 2 s wall; then
+        the cell view carries the state on by the last current)."""
         for _ in range(100):
             if self.cell.covered_until >= t_end:
                 return

@@ -14,6 +14,7 @@ import zmq.asyncio
 from conftest import endpoint
 from operando.drivers.base import DriverOptions
 from operando.drivers.sim_potentiostat import PotentiostatSettings, SimPotentiostat
+from operando.drivers.sim_spectrometer import CellView
 
 from operando.align import PotentiostatHistory
 from operando.protocol import ProtocolError, SeriesStart, XASScan, decode
@@ -170,6 +171,20 @@ def test_triggered_scans_carry_trigger_id_dose_and_damage(tmp_path, processes):
     assert mn2[first] > mn2[first - 1] + 0.01  # photoreduction above the critical dose
     assert status.result["dose_Gy"]["B2"] == 0.0 and fresh.ok  # queued; B2 still fresh
     assert spec.stop(signal.SIGTERM) == 0
+
+
+def test_the_cell_goes_on_charging_past_its_last_row():
+    """A scan that ends after the newest potentiostat row (the stream is late) sees the cell
+    charged on by the last current, not frozen at that row: held, two scans of a CI run came
+    out with the same state of charge while charging."""
+    cell = CellView()
+    cell.start({"capacity_mAh": 1.0, "initial_soc": 0.2}, tau_s=0.0)
+    t = np.arange(0.0, 101.0)
+    cell.add(t, None, np.full(t.size, 3.8), np.full(t.size, 1.0))  # 1 mA into 1 mAh: 1C
+    soc, y, ewe = cell.at(np.array([50.0, 100.0, 460.0]))
+    np.testing.assert_allclose(soc, 0.2 + np.array([50.0, 100.0, 460.0]) / 3600.0)
+    np.testing.assert_allclose(y, soc)  # no lag configured
+    assert ewe[-1] == 3.8  # the voltage is not extrapolated
 
 
 def test_free_running_truth_follows_soc(tmp_path, processes):

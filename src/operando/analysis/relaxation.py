@@ -4,7 +4,8 @@ Models of a quantity y (a valence fraction, or Ewe) against time since the curre
   single:     y_inf + (y0 - y_inf) exp(-t / tau)
   stretched:  y_inf + (y0 - y_inf) exp(-(t / tau)^beta)
   double:     y_inf + a1 exp(-t / tau1) + a2 exp(-t / tau2)
-The one with the lowest AIC (n ln(RSS/n) + 2k, corrected for small n) is reported. A spectrum
+The one with the lowest AIC (n ln(RSS/n) + 2k, corrected for small n) is reported; the
+stretched and double models are tried only with two points per parameter. A spectrum
 takes minutes, so a tau shorter than the scan duration cannot be resolved: the result says so.
 """
 
@@ -119,7 +120,6 @@ def fit_relaxation(
         # them anyway, after thousands of evaluations chasing a degenerate minimum
         if n <= k + 1 or (k > 3 and n < 2 * k):
             continue
-
         p0, bounds = starts[name]
         try:
             with warnings.catch_warnings():
