@@ -108,8 +108,9 @@ triggers = [
 @pytest.mark.slow
 def test_a_move_that_did_not_take_is_sent_again(tmp_path):
     """The stage acks the first move without moving (fault injection): the scans that keep
-    coming from the spent spot make the orchestrator send the move again; no spot takes more
-    than its budget plus the scan in flight and the one that showed the move had not taken."""
+    coming from the spent spot make the orchestrator send the move again, and a person is
+    alarmed. The stuck spot takes at most three scans over its budget: the one in flight at
+    the move, the one that shows it did not take, and the one in flight at the retry."""
     text = preset_path("lnmo-surface").read_text()
     spec = 'driver = "sim-spectrometer"'
     text = text.replace(spec, spec + "\nstuck_moves = 1")
@@ -122,6 +123,8 @@ def test_a_move_that_did_not_take_is_sent_again(tmp_path):
     assert changes and retries, (changes, retries)
     first = changes[0]
     assert retries[0]["spot"] == first["old"] and retries[0]["target"] == first["new"]
+    stage = [a for a in recorded_events(run, "alarm") if a["category"] == "stage"]
+    assert stage and first["old"] in stage[0]["message"]  # a person should look at the stage
     moves = [a for a in recorded_events(run, "ack") if a["action"] == "move"]
     assert moves[0]["args"] == moves[1]["args"] == {"spot": first["new"]}
     conn = open_readonly(run)
@@ -133,7 +136,7 @@ def test_a_move_that_did_not_take_is_sent_again(tmp_path):
     for spot, total, one_scan in conn.execute(
         "SELECT spot, max(after_Gy), max(dose_Gy) FROM dose GROUP BY spot"
     ):
-        assert total <= budget + 2 * one_scan, (spot, total)
+        assert total <= budget + 3 * one_scan, (spot, total)
 
 
 def _monitor_and_sims(tmp_path, processes, spec_extra=()):

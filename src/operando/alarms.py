@@ -2,12 +2,12 @@
 
 An alarm is raised by the orchestrator (a command refused or never acked, no fresh spot left)
 or from an event that means data are at risk (damage flagged, messages lost, a driver silent,
-the store failing). A gap in a source's messages is an alarm only once the monitor could not
-get it sent again (``gap_unrecoverable``). Every alarm, repeat and acknowledgement is an event
-in the run store, so a dashboard opened later, or a monitor restarted, sees the same open
-alarms. A condition that
-repeats while its alarm is open (damage flagged again on the same spot) counts up on that alarm
-instead of burying the operator under copies.
+the store failing, a stage move that did not take). A gap in a source's messages is an alarm
+only once the monitor could not get it sent again (``gap_unrecoverable``). Every alarm, repeat
+and acknowledgement is an event in the run store, so a dashboard opened later, or a monitor
+restarted, sees the same open alarms. A condition that repeats while its alarm is open (damage
+flagged again on the same spot) counts up on that alarm instead of burying the operator under
+copies.
 """
 
 from __future__ import annotations
@@ -43,6 +43,15 @@ FROM_EVENTS: dict[str, tuple[str, str, Callable[[str | None, dict[str, Any]], st
         lambda link, d: f"{link} silent for {d.get('silent_s', 0):.0f} s",
     ),
     "store_error": ("store", "", lambda link, d: f"run store: {d.get('error')}"),
+    # the stage acked a move but the scans still come from the spent spot: check the stage
+    "spot_move_retry": (
+        "stage",
+        "spot",
+        lambda link, d: (
+            f"scans still come from spent spot {d.get('spot')} after a move to "
+            f"{d.get('target')}: the move was sent again; check the sample stage"
+        ),
+    ),
 }
 
 
