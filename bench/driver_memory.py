@@ -31,6 +31,9 @@ from baseline import load_bare_zmq
 
 from operando.config import preset_path
 from operando.monitor import query_status
+from operando.replaybuffer import ReplayLimits
+
+LIMITS = ReplayLimits()  # the drivers' default bounds
 
 
 def rss_mb(pid: int) -> float:
@@ -123,7 +126,7 @@ def _sample(
                 raise RuntimeError(f"{n} exited with {p.returncode}")
             peak[n] = max(peak[n], rss_mb(p.pid))
             last[n] = replay(commands[n])
-            if n not in filled and full(last[n], 20_000, 32.0):
+            if n not in filled and full(last[n], LIMITS.messages, LIMITS.bytes / 2**20):
                 filled[n] = (time.monotonic() - t0, rss_mb(p.pid))
         if (
             len(filled) == len(procs)

@@ -30,6 +30,8 @@ from operando.transport import (
 
 log = logging.getLogger(__name__)
 
+_REPLAY = ReplayLimits()  # the replay buffer's default bounds: one source for both below
+
 
 @dataclass(frozen=True, slots=True)
 class DriverOptions:
@@ -47,8 +49,8 @@ class DriverOptions:
     wait_subscriber_s: float = 10.0
     hwm: int = 10_000
     state_file: str | None = None  # where the driver keeps what must survive a restart
-    replay_messages: int = 20_000  # sent messages kept for a recorder that missed some
-    replay_mb: float = 32.0
+    replay_messages: int = _REPLAY.messages  # sent messages kept for a recorder that missed some
+    replay_mb: float = _REPLAY.bytes / 2**20
     spool: str | None = None  # folder: keep sent messages on disk too (survives a restart)
 
     @classmethod
@@ -103,11 +105,14 @@ class DriverOptions:
         g.add_argument(
             "--replay-messages",
             type=int,
-            default=20_000,
+            default=_REPLAY.messages,
             help="sent messages kept in memory for the monitor to ask again (resend)",
         )
         g.add_argument(
-            "--replay-mb", type=float, default=32.0, help="memory bound of those messages, MB"
+            "--replay-mb",
+            type=float,
+            default=_REPLAY.bytes / 2**20,
+            help="memory bound of those messages, MB",
         )
         g.add_argument(
             "--spool",
