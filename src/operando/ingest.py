@@ -776,16 +776,17 @@ def restore(ingest: Ingest, conn: Any, run_dir: Path) -> None:
         "SELECT count(*), coalesce(sum(partial), 0) FROM alignment"
     ).fetchone()
     ingest.counts.update(spectra=n_spectra, aligned=n_aligned, partial=n_partial)
+    counted: dict[int, tuple[float, float]] = {}  # waiting spectra's doses, before and after
     if ingest.dose is not None:  # doses continue; the damage history starts afresh
         for spot, dose in conn.execute("SELECT spot, max(after_Gy) FROM dose GROUP BY spot"):
             ingest.dose.totals[spot] = dose
-    counted = dict(
-        (sid, (before, after))
-        for sid, before, after in conn.execute(
-            "SELECT spectrum_id, before_Gy, after_Gy FROM dose "
-            "WHERE spectrum_id NOT IN (SELECT spectrum_id FROM alignment)"
-        )
-    )
+        counted = {
+            sid: (before, after)
+            for sid, before, after in conn.execute(
+                "SELECT spectrum_id, before_Gy, after_Gy FROM dose "
+                "WHERE spectrum_id NOT IN (SELECT spectrum_id FROM alignment)"
+            )
+        }
     waiting = conn.execute(
         "SELECT s.id, s.link, s.scan_id, s.kind, s.t_start, s.t_end, s.edge, s.spot_id, "
         "s.trigger_id, s.channels, s.raw_id FROM spectra s "
