@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import zmq
 import zmq.asyncio
@@ -68,8 +69,6 @@ def _sender(kind: str, n: int, port: int, rate: float) -> None:
     messages: list[list[Any]] = []
 
     def add(header, arrays=None):
-        import msgspec
-
         h = msgspec.structs.replace(header, seq=len(messages), session="bench", t_ns=time.time_ns())
         messages.append(encode(h, arrays))
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 from operando.drivers.spectra import EDGES, Realism, export_references, references, synthesize_xas
 
 from operando.align import Alignment
+from operando.analysis.lcf import FitResult
 from operando.analyze import Analyzer, SpectrumInput, poisson_sigma
 from operando.config import AnalysisConfig
 from operando.doseledger import DoseLedger
-from operando.protocol import MODE_CC
+from operando.protocol import MODE_CC, MODE_OCV
 
 
 def alignment(t: float, soc: float) -> Alignment:
@@ -105,11 +107,6 @@ def test_poisson_sigma_only_for_counts():
 def test_a_rest_is_refitted_as_it_grows_and_its_last_fit_sees_every_point(tmp_path):
     """Relaxation fits follow the rest geometrically, not every scan; when the rest ends the
     last fit takes every point, and finds the tau the valence relaxes with."""
-    import msgspec
-
-    from operando.analysis.lcf import FitResult
-    from operando.protocol import MODE_OCV
-
     out: list = []
     an = Analyzer(
         AnalysisConfig(), tmp_path, lambda op, row: out.append((op, row)), print, lambda *a: None
