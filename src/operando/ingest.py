@@ -234,7 +234,7 @@ class Ingest:
         offset = state.config.clock_offset_s
         t_src = h.t_ns * 1e-9 + offset
         state.last_seen_wall = time.monotonic()
-        if isinstance(h, Command | Ack):  # not part of a data stream: audit only
+        if isinstance(h, (Command, Ack)):  # not part of a data stream: audit only
             return
         first_row_t = t_src
         if isinstance(h, PotentiostatBatch) and len(msg.arrays["t"]):
@@ -438,11 +438,11 @@ class Ingest:
         h = msg.header
         assert isinstance(h, XASScan | RIXSRows)
         sid = self.store.take_spectrum_id()
-        kind = kind_of(type(h))
+        kind = msg.kind
         if isinstance(h, XASScan):
-            n_points, channels = len(msg.arrays["energy"]), list(h.channels)
+            n_points, channels = msg.arrays.shape("energy")[0], list(h.channels)
         else:
-            n_points, channels = int(msg.arrays["counts"].size), ["counts"]
+            n_points, channels = math.prod(msg.arrays.shape("counts")), ["counts"]
         spot = h.spot
         t0, t1 = h.t_start_ns * 1e-9 + offset, h.t_end_ns * 1e-9 + offset
         self.store.submit(
@@ -466,12 +466,14 @@ class Ingest:
                 h.trigger_id or None,
                 n_points,
                 _json.encode(channels).decode(),
-                _json.encode(h.extra).decode(),
+                _json.encode(h.extra).decode() if h.extra else "{}",
             ),
         )
         self.counts["spectra"] += 1
-        analysis = spectrum_input(sid, h)
-        self._count_dose(analysis, msg.arrays)
+        analysis = None
+        if self.analyzer is not None:  # what the analysis needs; nothing when it is off
+            analysis = spectrum_input(sid, h)
+            self._count_dose(analysis, msg.arrays)
         pt = msg.arrays.get("point_t")
         info = {
             "edge": h.edge,
@@ -491,7 +493,7 @@ class Ingest:
                 None if pt is None else pt.astype(np.float64) + offset,
                 info,
                 analysis,
-                msg.arrays if self.analyzer is not None else None,
+                msg.arrays if analysis is not None else None,
             )
         )
 

@@ -40,6 +40,9 @@ class Verdict:
     previous_session: str | None = None
 
 
+_IN_ORDER = Verdict(Arrival.IN_ORDER)  # the common case, shared (a Verdict is immutable)
+
+
 @dataclass(slots=True)
 class SequenceTracker:
     """Tracks one source. ``missing`` holds ranges still outstanding, as [first, last] lists."""
@@ -74,7 +77,7 @@ class SequenceTracker:
                 return False
         else:
             return False
-        return any(a <= seq <= b for a, b in ranges)
+        return bool(ranges) and any(a <= seq <= b for a, b in ranges)
 
     def any_missing(self, session: str, first: int, last: int) -> bool:
         """Is any of first..last of ``session`` still missing?"""
@@ -121,7 +124,7 @@ class SequenceTracker:
             return Verdict(Arrival.NEW_SESSION, gap, previous)
         if seq == self.next_seq:
             self.next_seq += 1
-            return Verdict(Arrival.IN_ORDER)
+            return _IN_ORDER
         if seq > self.next_seq:
             gap = Gap(session, self.next_seq, seq - 1)
             self._count_gap(gap)
