@@ -5,7 +5,7 @@
 Prints JSON lines:
 - ``spectra_8KB``: XAS scans of 8 KB (4 channels x 256 float64) through the monitor's path
   (Subscriber -> Ingest: raw record, decode, sequence tracking, derived rows, alignment against
-  interleaved potentiostat batches -> SQLite writer thread, committed), in spectra/s, divided
+  interleaved potentiostat batches -> the store's writer process, committed), in spectra/s, divided
   by ``shared/bench/bare_zmq.py`` (XPUB_NODROP, sync receive) measured in the same invocation.
   Goal >= 0.5. Beside it, ``protocol_floor``: the same messages (topic, header and 4 array
   frames, as the wire protocol has them) received by a bare sync loop that does nothing with
@@ -170,6 +170,7 @@ async def _receive_async(kind: str, n: int, port: int, workdir: Path) -> dict[st
         now = time.time_ns()
         if not marks["first"]:
             marks["first"] = time.perf_counter()
+            marks["cpu"], marks["writer_cpu"] = time.process_time(), _cpu_s(store._proc.pid)
         recv_at[store.next_raw_id] = now
         msg = ingest.receive(link, frames, now)
         if msg is not None and isinstance(msg.header, SeriesEnd):
@@ -189,6 +190,8 @@ async def _receive_async(kind: str, n: int, port: int, workdir: Path) -> dict[st
     received = time.perf_counter()
     await asyncio.to_thread(store.flush, 600)
     committed = time.perf_counter()
+    cpu_us = (time.process_time() - marks["cpu"]) / n * 1e6
+    writer_cpu_us = (_cpu_s(store._proc.pid) - marks["writer_cpu"]) / n * 1e6
     task.cancel()
     sub.close()
     ctx.destroy(linger=0)
@@ -205,10 +208,18 @@ async def _receive_async(kind: str, n: int, port: int, workdir: Path) -> dict[st
         "gaps": src_st["gaps"],
         "per_s_received": n / (received - marks["first"]),
         "per_s_committed": n / (committed - marks["first"]),
+        "cpu_us_per_msg": cpu_us,  # the receiving process, all its threads
+        "writer_cpu_us_per_msg": writer_cpu_us,
         "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
         "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
         "store_bytes": size,
     }
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def protocol_floor(n: int, port: int) -> float:
@@ -284,6 +295,10 @@ def main() -> None:
                 "protocol_floor_per_s": floor,
                 "protocol_floor_ratio": floor / base["msgs_per_s"],
                 "ours_vs_protocol_floor": ours / floor,
+                "monitor_cpu_us_per_scan": statistics.median(r["cpu_us_per_msg"] for r in runs),
+                "writer_cpu_us_per_scan": statistics.median(
+                    r["writer_cpu_us_per_msg"] for r in runs
+                ),
                 "lost": max(r["lost"] for r in runs),
                 "aligned": min(r["aligned"] for r in runs),
                 "n": a.n,

@@ -155,7 +155,7 @@ def test_monitor_and_driver_killed_lose_nothing_the_spool_holds(tmp_path, proces
     monitor.stop(signal.SIGKILL)
     time.sleep(2.0)  # the driver publishes to nobody
     driver.stop(signal.SIGKILL)
-    processes(*monitor_args, log=tmp_path / "mon2.log")
+    monitor = processes(*monitor_args, log=tmp_path / "mon2.log")
     driver = processes(*driver_args, log=tmp_path / "pot2.log")
     wait_for(
         lambda: (
@@ -201,6 +201,10 @@ def test_monitor_and_driver_killed_lose_nothing_the_spool_holds(tmp_path, proces
     conn.close()
     first_session_dt = np.diff(t)
     assert first_session_dt.max() < 5.0, first_session_dt.max()
+    # never two writers on one run: a reprocess waits for no one while the monitor records
+    busy = cli("reprocess", str(run), check=False, timeout=60)
+    assert busy.returncode == 2 and "being recorded by another process" in busy.stderr, busy
+    assert monitor.stop(signal.SIGINT) == 0
     # the raw log alone tells which messages were refills: reprocess finds the same
     cli("reprocess", str(run))
     again = inspect_json(run)["sources"]["potentiostat"]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from operando.protocol import Heartbeat, encode
 from operando.rawlog import RawLogError, scan, segment_path
-from operando.store import RunStore, iter_raw, open_readonly, read_raw
+from operando.store import RunStore, StoreError, iter_raw, open_readonly, read_raw
 
 OK = ("ok", None, "p", "s", 0, "heartbeat", 0)
 
@@ -110,3 +115,90 @@ def test_write_errors_are_retried_not_dropped(tmp_path):
     store.close()
     kinds = [k for (k,) in open_readonly(tmp_path).execute("SELECT kind FROM events")]
     assert kinds == ["x", "y"]
+
+
+def test_the_writer_finishes_what_it_received_after_the_monitor_is_killed(tmp_path):
+    """SIGKILL of the process that owns the store, while its writer is stuck on a locked
+    database with 300 messages received: the writer writes them all once the lock goes (with
+    the killed process), then exits; a store reopened on the run waits for it."""
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[2])\n"
+            "from test_store import killed_with_a_stuck_writer\n"
+            "killed_with_a_stuck_writer(sys.argv[1])\n",
+            str(tmp_path),
+            str(Path(__file__).parent),
+        ],
+        timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL
+    reopened = RunStore(tmp_path)  # waits for the orphaned writer's lock
+    try:
+        (indexed,) = open_readonly(tmp_path).execute("SELECT count(*) FROM raw").fetchone()
+        assert (indexed, reopened.unindexed, reopened.torn) == (303, [], None)
+        assert reopened.take_raw_id() == 304
+    finally:
+        reopened.close()
+
+
+def killed_with_a_stuck_writer(run_dir: str) -> None:
+    store = RunStore(run_dir)
+    fill(store, 3)
+    blocker = sqlite3.connect(store.path)  # holds the write lock: the writer retries
+    blocker.execute("BEGIN EXCLUSIVE")
+    for k in range(300):
+        store.append_raw(store.take_raw_id(), 2000 + k, "p", frames_of(k % 50), OK)
+    deadline = time.monotonic() + 30
+    while store.last_error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.last_error is not None and "locked" in store.last_error
+    time.sleep(2)  # the local pipe hands the writer the rest (300 small messages)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_writer_that_died_is_reported_and_flush_fails(tmp_path):
+    store = RunStore(tmp_path)
+    fill(store, 3)
+    store._proc.kill()  # the writer process dies (a bug, the OOM killer)
+    deadline = time.monotonic() + 15
+    while store.last_error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.last_error is not None and "writer exited" in store.last_error
+    with pytest.raises(StoreError, match="did not commit"):
+        store.flush(timeout=1)
+    store.close()
+
+
+def test_a_run_recorded_by_a_live_process_is_refused_at_once(tmp_path):
+    """Two writers must never share a run: the second is told who holds it, without waiting
+    (a writer whose process was killed is waited for instead, above)."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from operando.store import RunStore\n"
+            "store = RunStore(sys.argv[1])\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.read()\n"
+            "store.close()\n",
+            str(tmp_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        t0 = time.monotonic()
+        with pytest.raises(
+            StoreError, match=f"being recorded by another process .monitor pid {holder.pid}"
+        ):
+            RunStore(tmp_path)
+        assert time.monotonic() - t0 < 5
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+    RunStore(tmp_path).close()  # free again once it has closed

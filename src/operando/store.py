@@ -5,150 +5,62 @@ decoding outcome; SQLite holds an index row per message (where it lies in the lo
 and the header fields that identify it) and the derived tables. Everything in SQLite can be
 rebuilt from the log (``operando reprocess``).
 
-One writer thread does all the I/O, in batches, so the event loop never blocks. Per batch it
-appends the raw records, flushes the log to the OS, then commits the SQLite transaction: a
-committed row never points at a record that is not in the log. Crash bound: a SIGKILL of the
-monitor loses only messages still queued for the writer - at most ``max_batch`` operations, and
-never more than ``backlog_limit_bytes`` of received data, because ingest stops reading its
-sockets (the drivers' lossless publishers then hold their messages) while the backlog is over
-that limit. Records that reached the log but not the index are found and processed when the run
-is reopened; a record torn by the crash is cut off and reported.
+A writer process (``store_writer``) does all the I/O, in batches, so the event loop never
+blocks and never waits for it. Per batch it appends the raw records, flushes the log to the OS,
+then commits the SQLite transaction: a committed row never points at a record that is not in the
+log. Crash bound: a SIGKILL of the monitor loses only what had not yet reached the writer (the
+current loop step's outbox, and what the local pipe still held), never more than
+``backlog_limit_bytes`` of received data, because ingest stops reading its sockets (the drivers'
+lossless publishers then hold their messages) while the backlog is over that limit; what reached
+the writer is written, the writer finishing after the monitor is gone. Records that reached the
+log but not the index are found and processed when the run is reopened; a record torn by the
+crash is cut off and reported.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-import queue
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from operando.rawlog import RawLogError, RawLogWriter, RawRecord, read_record, scan
+import zmq
+
+from operando.rawlog import RawLogError, RawLogWriter, RawRecord, nbytes, read_record, scan
+from operando.schema import (
+    DERIVED_TABLES,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SQL,
+    StoreError,
+    connect,
+    migrate,
+    open_readonly,
+    store_path,
+)
+from operando.store_writer import (
+    BIG_FRAME,
+    FLUSH,
+    RAW,
+    STOP,
+    RunBusy,
+    pack,
+    report_decoder,
+    take_lock,
+)
 
 log = logging.getLogger(__name__)
 
-STORE_FILE = "run.sqlite"
-SCHEMA_VERSION = 3
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS raw (
-    id INTEGER PRIMARY KEY, recv_ns INTEGER NOT NULL, link TEXT NOT NULL,
-    segment INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
-    status TEXT NOT NULL, error TEXT, source TEXT, session TEXT, seq INTEGER, kind TEXT,
-    t_ns INTEGER, refill INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS raw_by_source ON raw (link, session, seq);
-CREATE TABLE IF NOT EXISTS potentiostat (
-    raw_id INTEGER NOT NULL, link TEXT NOT NULL, t REAL NOT NULL, ewe REAL NOT NULL,
-    i REAL NOT NULL, q REAL, mode INTEGER NOT NULL, step INTEGER NOT NULL, cycle INTEGER NOT NULL,
-    soc REAL);
-CREATE INDEX IF NOT EXISTS potentiostat_by_time ON potentiostat (t);
-CREATE TABLE IF NOT EXISTS spectra (
-    id INTEGER PRIMARY KEY, raw_id INTEGER NOT NULL, link TEXT NOT NULL, source TEXT NOT NULL,
-    kind TEXT NOT NULL, scan_id TEXT NOT NULL, series TEXT NOT NULL, edge TEXT NOT NULL,
-    t_start REAL NOT NULL, t_end REAL NOT NULL, spot_id TEXT, spot_x REAL, spot_y REAL,
-    flux REAL, exposure REAL, trigger_id TEXT, n_points INTEGER NOT NULL, channels TEXT,
-    extra TEXT);
-CREATE TABLE IF NOT EXISTS alignment (
-    spectrum_id INTEGER PRIMARY KEY, partial INTEGER NOT NULL, reason TEXT NOT NULL,
-    ewe_mean REAL, soc REAL, i_mean REAL, mode INTEGER, step INTEGER, cycle INTEGER,
-    revision INTEGER NOT NULL DEFAULT 0, doc TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, recv_ns INTEGER NOT NULL, t REAL, kind TEXT NOT NULL,
-    link TEXT, detail TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS events_by_kind ON events (kind);
-CREATE TABLE IF NOT EXISTS analysis (
-    spectrum_id INTEGER NOT NULL, channel TEXT NOT NULL, method TEXT NOT NULL, valence REAL,
-    valence_unc REAL, chi2_red REAL, shift_eV REAL, beta REAL, fractions TEXT NOT NULL,
-    uncertainties TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (spectrum_id, channel));
-CREATE TABLE IF NOT EXISTS dose (
-    spectrum_id INTEGER PRIMARY KEY, spot TEXT NOT NULL, dose_Gy REAL NOT NULL,
-    before_Gy REAL NOT NULL, after_Gy REAL NOT NULL, rate_Gy_s REAL);
-CREATE TABLE IF NOT EXISTS relaxation (
-    rest_start REAL NOT NULL, channel TEXT NOT NULL, quantity TEXT NOT NULL, model TEXT NOT NULL,
-    tau_s REAL, tau_err_s REAL, resolved INTEGER NOT NULL, n_points INTEGER NOT NULL,
-    doc TEXT NOT NULL, PRIMARY KEY (rest_start, channel, quantity));
-CREATE TABLE IF NOT EXISTS series (
-    edge TEXT NOT NULL, channel TEXT NOT NULL, spectra INTEGER NOT NULL, rank INTEGER,
-    components INTEGER, residual REAL, doc TEXT NOT NULL, PRIMARY KEY (edge, channel));
-CREATE TABLE IF NOT EXISTS rixs (
-    map_id TEXT PRIMARY KEY, rows INTEGER NOT NULL, rows_total INTEGER NOT NULL, roi REAL,
-    reference REAL, ratio REAL, soc REAL, doc TEXT NOT NULL);
-"""
-
-# Rebuilt by reprocess (the raw index too: the log is the one source of truth).
-DERIVED_TABLES = (
-    "raw",
-    "potentiostat",
-    "spectra",
-    "alignment",
-    "events",
-    "analysis",
-    "dose",
-    "relaxation",
-    "rixs",
-    "series",
-)
-
-SQL = {
-    "raw": "INSERT OR REPLACE INTO raw VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "potentiostat": "INSERT INTO potentiostat VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "spectrum": "INSERT OR REPLACE INTO spectra VALUES "
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "alignment": "INSERT INTO alignment VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "
-    "ON CONFLICT(spectrum_id) DO UPDATE SET partial = excluded.partial, "
-    "reason = excluded.reason, ewe_mean = excluded.ewe_mean, soc = excluded.soc, "
-    "i_mean = excluded.i_mean, mode = excluded.mode, step = excluded.step, "
-    "cycle = excluded.cycle, revision = alignment.revision + 1, doc = excluded.doc",
-    "event": "INSERT INTO events (recv_ns, t, kind, link, detail) VALUES (?, ?, ?, ?, ?)",
-    "meta": "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-    "analysis": "INSERT OR REPLACE INTO analysis VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "dose": "INSERT OR REPLACE INTO dose VALUES (?, ?, ?, ?, ?, ?)",
-    "relaxation": "INSERT OR REPLACE INTO relaxation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "rixs": "INSERT OR REPLACE INTO rixs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    "series": "INSERT OR REPLACE INTO series VALUES (?, ?, ?, ?, ?, ?, ?)",
-}
-
 # What identifies a message, from its header (None for a malformed one): the index row's tail.
 Summary = tuple[str, str | None, str | None, str | None, int | None, str | None, int | None]
-
-
-class StoreError(RuntimeError):
-    pass
-
-
-def store_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / STORE_FILE
-
-
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    if readonly:
-        if not path.exists():
-            raise StoreError(f"{path.parent}: no run store ({STORE_FILE}) in this directory")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    else:
-        conn = sqlite3.connect(path, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a killed process loses nothing committed; only an OS crash or
-        # power cut can lose the last commits.
-        conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Runs recorded by an older version: add what is new (schema 3: the SOC of each row)."""
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(potentiostat)")}
-    if "soc" not in columns:
-        conn.execute("ALTER TABLE potentiostat ADD COLUMN soc REAL")
-
-
-def open_readonly(run_dir: str | Path) -> sqlite3.Connection:
-    return connect(store_path(run_dir), readonly=True)
 
 
 class RunStore:
@@ -164,15 +76,23 @@ class RunStore:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = store_path(self.run_dir)
-        self.reopened = self.path.exists()
-        conn = connect(self.path)
-        conn.executescript(SCHEMA)
-        _migrate(conn)
-        conn.execute(SQL["meta"], ("schema_version", str(SCHEMA_VERSION)))
-        conn.commit()
-        self._conn = conn
-        self._log = RawLogWriter(self.run_dir)
-        self.unindexed, self.torn = self._recover()
+        # An earlier writer (of a monitor that was killed) may still be finishing this run:
+        # nothing is read before it is done.
+        try:
+            lock = take_lock(self.run_dir, 120.0)
+        except RunBusy as e:
+            raise StoreError(str(e)) from None
+        try:
+            self.reopened = self.path.exists()
+            conn = connect(self.path)
+            conn.executescript(SCHEMA)
+            migrate(conn)
+            conn.execute(SQL["meta"], ("schema_version", str(SCHEMA_VERSION)))
+            conn.commit()
+            self._conn = conn
+            self.unindexed, self.torn = self._recover()
+        finally:
+            os.close(lock)
         last_raw = max(
             [
                 conn.execute("SELECT coalesce(max(id), 0) FROM raw").fetchone()[0],
@@ -184,12 +104,60 @@ class RunStore:
         self.next_spectrum_id = int(row[0]) + 1
         self.max_batch = max_batch
         self.backlog_limit_bytes = backlog_limit_bytes
-        self._queue: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the outbox, the pipe to the writer, the backlog count
+        self._outbox: list[tuple[str, Any, int]] = []
+        self._outbox_bytes = 0
+        self._ship_scheduled = False
         self._backlog_bytes = 0
+        self._flushes: dict[int, threading.Event] = {}
+        self._next_flush = 0
         self.last_error: str | None = None  # e.g. disk full; writes are retried, never dropped
-        self._thread = threading.Thread(target=self._run, name="run-store-writer", daemon=True)
-        self._thread.start()
+        self._start_writer()
+
+    def _start_writer(self) -> None:
+        name = f"@operando-store-{uuid.uuid4().hex}"  # abstract ipc: no file, no network
+        self._ctx = zmq.Context(1)
+        self._reports = self._ctx.socket(zmq.PULL)
+        self._reports.linger, self._reports.rcvtimeo = 0, 200
+        self._reports.bind(f"ipc://{name}-reports")
+        self._pipe = self._ctx.socket(zmq.PUSH)
+        # unbounded (and connected, so sends queue at once): the backlog limit bounds it
+        self._pipe.linger, self._pipe.sndhwm, self._pipe.reconnect_ivl = 60_000, 0, 10
+        self._pipe.connect(f"ipc://{name}-data")
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",  # not -m: the package imports this module before runpy would run it
+                "from operando.store_writer import main; main()",
+                str(self.run_dir),
+                f"ipc://{name}-data",
+                f"ipc://{name}-reports",
+                str(self.max_batch),
+            ],
+            stdin=subprocess.PIPE,  # never written: it closes when this process is gone
+            start_new_session=True,  # a Ctrl-C or a signal to the monitor's group is not for it
+        )
+        # The first flush goes through the same pipe as the data, so once it is reported the
+        # pipe is connected: nothing this store is given waits on a connection being made.
+        self._send([(FLUSH, 0, 0)])
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                first = report_decoder.decode(self._reports.recv())
+                break
+            except zmq.Again:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self._stop_writer()
+                    raise StoreError(
+                        f"{self.run_dir}: the run store's writer did not start "
+                        f"(exit code {self._proc.returncode})"
+                    ) from None
+        assert first.flushed == [0], first
+        self._closing = False
+        self._listener = threading.Thread(
+            target=self._listen, name="run-store-reports", daemon=True
+        )
+        self._listener.start()
 
     def _recover(self) -> tuple[list[RawRecord], str | None]:
         """Records in the log past the last indexed one (a crash came between the two)."""
@@ -203,18 +171,52 @@ class RunStore:
                 found.append(rec)
         except RawLogError as e:
             end = (found[-1].segment, found[-1].offset + found[-1].length) if found else start
-            self._log.truncate(*end)
+            torn = RawLogWriter(self.run_dir)
+            torn.truncate(*end)
+            torn.close()
             log.warning("raw log: %s; cut off at segment %d offset %d", e, *end)
             return found, str(e)
         return found, None
 
     # -- writing ---------------------------------------------------------------------------
     def submit(self, op: str, params: Sequence[Any], nbytes: int = 0) -> None:
-        """Queue one row for table/statement ``op``; never blocks."""
-        if nbytes:
-            with self._lock:
-                self._backlog_bytes += nbytes
-        self._queue.put((op, params, nbytes))
+        """Queue one row for table/statement ``op``; never blocks.
+
+        Rows submitted on the event loop wait in an outbox until the loop's current step
+        ends and then go to the writer together (one hand-over per batch of messages, not
+        per row: the per-row queue cost was a tenth of ingest's). Rows from any other thread
+        go at once, with whatever the outbox holds before them, so the order is kept.
+        """
+        with self._lock:
+            self._outbox.append((op, params, nbytes))
+            self._outbox_bytes += nbytes
+            if self._ship_scheduled:
+                return
+            try:
+                asyncio.get_running_loop().call_soon(self._ship)
+                self._ship_scheduled = True
+                return
+            except RuntimeError:  # not on an event loop: hand over now
+                self._ship_locked()
+
+    def _ship(self) -> None:
+        with self._lock:
+            self._ship_locked()
+
+    def _ship_locked(self) -> None:
+        self._ship_scheduled = False
+        if self._outbox:
+            self._backlog_bytes += self._outbox_bytes
+            self._send(self._outbox)
+            self._outbox, self._outbox_bytes = [], 0
+
+    def _send(self, ops: list[tuple[str, Any, int]]) -> None:
+        parts = pack(ops)
+        for k, part in enumerate(parts):
+            # only large frames without a copy: each one costs pyzmq's release thread the
+            # GIL later, more than copying a few KB now
+            more = zmq.SNDMORE if k < len(parts) - 1 else 0
+            self._pipe.send(part, more, copy=nbytes(part) < BIG_FRAME)
 
     def append_raw(
         self,
@@ -226,8 +228,8 @@ class RunStore:
         refill: bool = False,
     ) -> None:
         """Queue a received message for the raw log and its index row."""
-        nbytes = sum(len(f) if isinstance(f, bytes) else memoryview(f).nbytes for f in frames)
-        self.submit("__raw__", (raw_id, recv_ns, link, frames, summary, refill), nbytes)
+        sizes = [nbytes(f) for f in frames]
+        self.submit(RAW, (raw_id, recv_ns, link, frames, sizes, summary, refill), sum(sizes))
 
     def index_raw(self, rec: RawRecord, summary: Summary, refill: bool = False) -> None:
         """Queue the index row of a record already in the log (recovery, reprocess)."""
@@ -256,89 +258,58 @@ class RunStore:
     def flush(self, timeout: float = 30.0) -> None:
         """Block until everything submitted so far is committed (for shutdown and tests)."""
         done = threading.Event()
-        self._queue.put(("__flush__", done, 0))
+        with self._lock:
+            self._next_flush += 1
+            flush_id = self._next_flush
+            self._flushes[flush_id] = done
+        self.submit(FLUSH, flush_id)  # type: ignore[arg-type]
+        self._ship()
         if not done.wait(timeout):
             raise StoreError(f"run store did not commit within {timeout} s: {self.last_error}")
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(("__stop__", None, 0))
-            self._thread.join(timeout=60)
-        self._log.close()
+        if self._proc.poll() is None:
+            self.submit(STOP, ())
+            self._ship()
+        self._stop_writer()
         self._conn.close()
 
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            batch = [self._queue.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = self._write_batch(batch)
+    def _stop_writer(self) -> None:
+        if self._proc.stdin is not None:  # also says "finish": a writer gone astray exits
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            log.error("run store writer did not stop within 60 s; killing it")
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        finally:
+            self._closing = True
+            listener = getattr(self, "_listener", None)
+            if listener is not None:
+                listener.join(timeout=5)
+            self._ctx.destroy(linger=0)
 
-    def _write_batch(self, batch: list[tuple[str, Any, int]]) -> bool:
-        logged = self._append_to_log(batch)
-        while True:
+    def _listen(self) -> None:
+        """The writer's reports: bytes committed, flushes done, the error it is retrying."""
+        while not self._closing:
             try:
-                self._execute(batch, logged)
-                break
-            except sqlite3.Error as e:  # disk full, I/O error: keep the batch and retry
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.rollback()
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.error("run store write failed, retrying: %s", self.last_error)
-                time.sleep(0.5)
-        self.last_error = None
-        freed = sum(n for _, _, n in batch)
-        if freed:
-            with self._lock:
-                self._backlog_bytes -= freed
-        stop = False
-        for op, arg, _ in batch:
-            if op == "__flush__":
-                arg.set()
-            stop |= op == "__stop__"
-        return stop
-
-    def _append_to_log(self, batch: list[tuple[str, Any, int]]) -> list[tuple[Any, ...]]:
-        rows = []
-        for op, params, _ in batch:
-            if op != "__raw__":
+                report = report_decoder.decode(self._reports.recv())
+            except zmq.Again:
+                code = self._proc.poll()
+                if code is not None and not self._closing:
+                    self.last_error = f"run store writer exited with code {code}"
                 continue
-            raw_id, recv_ns, link, frames, summary, refill = params
-            while True:
-                try:
-                    where = self._log.append(raw_id, recv_ns, link, frames)
-                    break
-                except OSError as e:  # disk full: the message stays queued, ingest pauses
-                    self.last_error = f"raw log: {e}"
-                    log.error("raw log write failed, retrying: %s", e)
-                    time.sleep(0.5)
-            rows.append((raw_id, recv_ns, link, *where, *summary, refill))
-        while True:
-            try:
-                self._log.flush()
-                return rows
-            except OSError as e:
-                self.last_error = f"raw log: {e}"
-                time.sleep(0.5)
-
-    def _execute(self, batch: list[tuple[str, Any, int]], raw_rows: list[tuple[Any, ...]]) -> None:
-        conn = self._conn
-        if raw_rows:
-            conn.executemany(SQL["raw"], raw_rows)
-        groups: dict[str, list[Any]] = {}  # in order of first appearance; order kept within
-        for op, params, _ in batch:
-            if op in SQL:
-                groups.setdefault(op, []).append(params)
-            elif op == "rows":  # a list of rows for one table, e.g. a potentiostat batch
-                table, rows = params
-                groups.setdefault(table, []).extend(rows)
-        for op, rows in groups.items():
-            conn.executemany(SQL[op], rows)
-        conn.commit()
+            except zmq.ZMQError:  # closed under us at shutdown
+                return
+            if report.freed:
+                with self._lock:
+                    self._backlog_bytes -= report.freed
+            self.last_error = report.error
+            for flush_id in report.flushed:
+                self._flushes.pop(flush_id).set()
+            if report.stopped:
+                return
 
     # -- helpers used by ingest and reprocess ------------------------------------------------
     def take_raw_id(self) -> int:
