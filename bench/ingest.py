@@ -177,12 +177,13 @@ async def _receive_async(kind: str, n: int, port: int, workdir: Path) -> dict[st
             marks["last"] = time.perf_counter()
             done.set()
 
-    async def backpressure() -> None:
-        while store.over_backlog:
-            await asyncio.sleep(0.001)
-
     sub = Subscriber(
-        ctx, src.data, "bench", handle, hwm=1000 if kind == "xas" else 16, backpressure=backpressure
+        ctx,
+        src.data,
+        "bench",
+        handle,
+        hwm=1000 if kind == "xas" else 16,
+        hold=lambda: store.over_backlog,
     )
     sub.after_batch = ingest.align_due  # as the monitor does
     task = asyncio.create_task(sub.run())

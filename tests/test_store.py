@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import mmap
 import os
 import signal
 import sqlite3
@@ -14,8 +16,9 @@ import numpy as np
 import pytest
 
 from operando.protocol import Heartbeat, encode
-from operando.rawlog import RawLogError, scan, segment_path
+from operando.rawlog import RawLogError, nbytes, scan, segment_path
 from operando.store import RunStore, StoreError, iter_raw, open_readonly, read_raw
+from operando.store_writer import RAW, RING_TO, Ring, pack, unpack
 
 OK = ("ok", None, "p", "s", 0, "heartbeat", 0)
 
@@ -202,3 +205,54 @@ def test_a_run_recorded_by_a_live_process_is_refused_at_once(tmp_path):
         holder.stdin.close()
         assert holder.wait(timeout=30) == 0
     RunStore(tmp_path).close()  # free again once it has closed
+
+
+def test_large_frames_go_through_the_shared_ring_and_come_back_whole(tmp_path):
+    """8 MB frames (a RIXS image) are copied into the ring once and written from there; one
+    larger than the ring, or with the ring full, takes the pipe. Every byte arrives."""
+    ring = Ring(32 << 20)
+    reader = memoryview(mmap.mmap(ring.fd, 0, prot=mmap.PROT_READ))
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 2**16, (2048, 2048), dtype=np.uint16)
+    huge = rng.integers(0, 255, 40 << 20, dtype=np.uint8)
+    messages = [
+        [b"topic", b"header", image, np.arange(2048.0)],  # into the ring
+        [b"topic", b"header", np.arange(256.0)],  # small: in the joined part
+        [b"topic", b"header", huge],  # larger than the ring: a part of its own
+        *([[b"t", b"h", image]] * 4),  # the ring fills: the fourth takes the pipe
+    ]
+    ops = [
+        (RAW, (k, 0, "link", m, [nbytes(f) for f in m], OK, False), sum(map(nbytes, m)))
+        for k, m in enumerate(messages)
+    ]
+    parts = pack(ops, ring)
+    assert len(parts) == 2 + 2  # the huge frame and the image that found no room
+    back = unpack(parts, reader)
+    assert tuple(back[-1]) == (RING_TO, ring.head, 0)
+    for (_, params, _), sent in zip(back, messages, strict=False):
+        assert [bytes(f) for f in params[3]] == [bytes(memoryview(f).cast("B")) for f in sent]
+    ring.free_to = ring.head  # the writer has written them: the ring takes frames again
+    assert ring.place(image, image.nbytes) >= 0
+    reader.release()
+    ring.close()
+
+
+def test_a_store_records_rixs_images_exactly(tmp_path):
+    """Through the real writer process, on an event loop as the monitor uses it."""
+    image = np.random.default_rng(2).integers(0, 2**16, (2048, 2048), dtype=np.uint16)
+
+    async def record() -> RunStore:
+        store = RunStore(tmp_path)
+        for k in range(20):
+            frames = [b"rixs_rows/x", b"h%d" % k, image]
+            store.append_raw(store.take_raw_id(), k, "spectrometer", frames, OK)
+            await asyncio.sleep(0)
+        await asyncio.to_thread(store.flush, 60)
+        return store
+
+    store = asyncio.run(record())
+    assert store._ring.head >= 20 * image.nbytes  # they went through the ring
+    store.close()
+    for k in range(20):
+        frames = read_raw(tmp_path, k + 1).frames
+        assert bytes(frames[1]) == b"h%d" % k and bytes(frames[2]) == image.tobytes()

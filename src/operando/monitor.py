@@ -240,10 +240,6 @@ class Monitor:
         st["state_dropped"] = self.state.dropped
         return st
 
-    async def _backpressure(self) -> None:
-        while self.store.over_backlog:
-            await asyncio.sleep(0.005)
-
     def _handle(self, link: str, frames: list[bytes]) -> None:
         self.ingest.receive(link, frames)
 
@@ -268,7 +264,7 @@ class Monitor:
                 src.name,
                 self._handle,
                 hwm=src.rcvhwm,
-                backpressure=self._backpressure,
+                hold=lambda: self.store.over_backlog,
             )
             sub.after_batch = self._after_batch
             self.subscribers.append(sub)

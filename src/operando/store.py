@@ -51,6 +51,7 @@ from operando.store_writer import (
     FLUSH,
     RAW,
     STOP,
+    Ring,
     RunBusy,
     pack,
     report_decoder,
@@ -63,6 +64,11 @@ log = logging.getLogger(__name__)
 Summary = tuple[str, str | None, str | None, str | None, int | None, str | None, int | None]
 
 
+# What may wait for the writer before ingest stops reading. Below the ring's size (less a
+# frame or two): large frames in flight then always find room in it.
+BACKLOG_LIMIT_BYTES = 96 * 2**20
+
+
 class RunStore:
     """Owns the run's log and SQLite file; ``submit``/``append_raw`` queue work for the writer."""
 
@@ -71,7 +77,7 @@ class RunStore:
         run_dir: str | Path,
         *,
         max_batch: int = 5000,
-        backlog_limit_bytes: int = 256 * 2**20,
+        backlog_limit_bytes: int = BACKLOG_LIMIT_BYTES,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +130,7 @@ class RunStore:
         # unbounded (and connected, so sends queue at once): the backlog limit bounds it
         self._pipe.linger, self._pipe.sndhwm, self._pipe.reconnect_ivl = 60_000, 0, 10
         self._pipe.connect(f"ipc://{name}-data")
+        self._ring = Ring()
         self._proc = subprocess.Popen(
             [
                 sys.executable,
@@ -133,7 +140,9 @@ class RunStore:
                 f"ipc://{name}-data",
                 f"ipc://{name}-reports",
                 str(self.max_batch),
+                str(self._ring.fd),
             ],
+            pass_fds=(self._ring.fd,),
             stdin=subprocess.PIPE,  # never written: it closes when this process is gone
             start_new_session=True,  # a Ctrl-C or a signal to the monitor's group is not for it
         )
@@ -211,7 +220,7 @@ class RunStore:
             self._outbox, self._outbox_bytes = [], 0
 
     def _send(self, ops: list[tuple[str, Any, int]]) -> None:
-        parts = pack(ops)
+        parts = pack(ops, self._ring)
         for k, part in enumerate(parts):
             # only large frames without a copy: each one costs pyzmq's release thread the
             # GIL later, more than copying a few KB now
@@ -253,7 +262,8 @@ class RunStore:
 
     @property
     def over_backlog(self) -> bool:
-        return self._backlog_bytes > self.backlog_limit_bytes
+        """Received data not yet written (shipped or still in the outbox) is over the limit."""
+        return self._backlog_bytes + self._outbox_bytes > self.backlog_limit_bytes
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until everything submitted so far is committed (for shutdown and tests)."""
@@ -289,6 +299,7 @@ class RunStore:
             if listener is not None:
                 listener.join(timeout=5)
             self._ctx.destroy(linger=0)
+            self._ring.close()
 
     def _listen(self) -> None:
         """The writer's reports: bytes committed, flushes done, the error it is retrying."""
@@ -302,9 +313,10 @@ class RunStore:
                 continue
             except zmq.ZMQError:  # closed under us at shutdown
                 return
-            if report.freed:
+            if report.freed or report.ring_to >= 0:
                 with self._lock:
                     self._backlog_bytes -= report.freed
+                    self._ring.free_to = max(self._ring.free_to, report.ring_to)
             self.last_error = report.error
             for flush_id in report.flushed:
                 self._flushes.pop(flush_id).set()

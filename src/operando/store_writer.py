@@ -7,9 +7,13 @@ Here the writing runs beside the event loop, not between its steps.
 
 The monitor hands it batches over a local ZeroMQ pipe (``PUSH`` -> ``PULL``, abstract ipc
 socket, never a network address): part 0 is MessagePack of the batch's operations; part 1 the
-small frames of the raw messages back to back; then each large frame (a RIXS image) as a part
-of its own, sent without a copy. After each commit the writer says how many bytes it freed,
-which flushes it completed and what error it is retrying (a full disk), on a second pipe.
+small frames of the raw messages back to back; then any large frame that did not fit the ring.
+Large frames (a RIXS image) go through a ring of shared memory instead (an anonymous memfd both
+processes map): one copy into pages that stay resident, and the writer writes them to the log
+from there. Through the pipe, 8 MB frames cost two more copies into fresh memory and committed
+at half the disk's rate. After each commit the writer says how many bytes it freed, how far the
+ring is free, which flushes it completed and what error it is retrying (a full disk), on a
+second pipe.
 
 The writer outlives a monitor killed with SIGKILL just long enough to write what it had
 received: it sees its stdin close, drains its pipe, commits and exits. The run directory's
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
 import signal
 import sqlite3
@@ -40,7 +45,10 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = "writer.lock"
 BIG_FRAME = 1 << 16  # frames this large go as parts of their own, never copied
-FLUSH, STOP, RAW = "__flush__", "__stop__", "__raw__"
+RING_BYTES = 128 << 20  # shared memory for large frames: sixteen 8 MB images in flight
+FLUSH, STOP, RAW, RING_TO = "__flush__", "__stop__", "__raw__", "__ring_to__"
+BATCH_BYTES = 32 << 20
+IN_BLOB, OWN_PART = -1, -2  # where a frame travels, when not in the ring (at an offset >= 0)
 
 Op = tuple[str, Any, int]  # (statement or marker, parameters, bytes of received data)
 
@@ -61,6 +69,7 @@ class Report(msgspec.Struct, omit_defaults=True):
     """What the writer tells the monitor after each batch (or while it retries one)."""
 
     freed: int = 0
+    ring_to: int = -1  # the ring is free up to here (a position counted since the start)
     flushed: list[int] = []
     error: str | None = None
     stopped: bool = False
@@ -70,24 +79,75 @@ report_decoder = msgspec.msgpack.Decoder(Report)
 
 
 # -- the wire between the monitor and its writer ----------------------------------------------
-def pack(ops: Sequence[Op]) -> list[Any]:
-    """A batch as ZeroMQ parts: operations, the small frames joined, each large frame."""
+class Ring:
+    """The monitor's side of the shared ring: places large frames, one after the other.
+
+    Positions count bytes since the start; ``free_to`` (from the writer's reports) is where
+    the oldest frame not yet written begins. A frame never wraps: the ring's tail end is
+    skipped instead. A frame that does not fit goes through the pipe: nothing waits for room.
+    """
+
+    def __init__(self, size: int = RING_BYTES) -> None:
+        self.fd = os.memfd_create("operando-store-ring", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, size)
+        self.size = size
+        self.view = memoryview(mmap.mmap(self.fd, size))
+        self.head = 0  # where the next frame goes
+        self.free_to = 0
+
+    def place(self, frame: Any, nbytes: int) -> int:
+        """Copy ``frame`` in; its offset, or OWN_PART when there is no room."""
+        start = self.head % self.size
+        skip = self.size - start if start + nbytes > self.size else 0
+        if nbytes > self.size or self.head + skip + nbytes - self.free_to > self.size:
+            return OWN_PART
+        start = 0 if skip else start
+        self.view[start : start + nbytes] = memoryview(frame).cast("B")
+        self.head += skip + nbytes
+        return start
+
+    @property
+    def room(self) -> int:
+        return self.size - (self.head - self.free_to)
+
+    def close(self) -> None:
+        self.view.release()
+        os.close(self.fd)
+
+
+def pack(ops: Sequence[Op], ring: Ring | None = None) -> list[Any]:
+    """A batch as ZeroMQ parts: operations, the small frames joined, large frames that did
+    not go into the ring."""
     out, small, big = [], [], []
+    placed = False
     for op, params, n in ops:
         if op == RAW:
             raw_id, recv_ns, link, frames, sizes, summary, refill = params
             if n < BIG_FRAME:  # n: the message's bytes, so every frame is small
                 small += frames
+                where = None
             else:
+                where = []
                 for f, size in zip(frames, sizes, strict=True):
-                    (big if size >= BIG_FRAME else small).append(f)
-            params = (raw_id, recv_ns, link, sizes, summary, refill)
+                    if size < BIG_FRAME:
+                        small.append(f)
+                        where.append(IN_BLOB)
+                        continue
+                    at = ring.place(f, size) if ring is not None else OWN_PART
+                    if at == OWN_PART:
+                        big.append(f)
+                    placed |= at >= 0
+                    where.append(at)
+            params = (raw_id, recv_ns, link, sizes, where, summary, refill)
         out.append((op, params, n))
+    if placed:
+        out.append((RING_TO, ring.head, 0))  # type: ignore[union-attr]
     return [_encoder.encode(out), b"".join(small), *big]
 
 
-def unpack(parts: Sequence[Any]) -> list[Op]:
-    """The inverse of ``pack``: frames come back as views of the received buffers."""
+def unpack(parts: Sequence[Any], ring: memoryview | None = None) -> list[Op]:
+    """The inverse of ``pack``: frames come back as views of the received buffers and of
+    the ring."""
     ops = msgspec.msgpack.decode(memoryview(parts[0]))
     small = memoryview(parts[1]).cast("B")
     big = iter(memoryview(p).cast("B") for p in parts[2:])
@@ -95,14 +155,17 @@ def unpack(parts: Sequence[Any]) -> list[Op]:
     for k, (op, params, n) in enumerate(ops):
         if op != RAW:
             continue
-        raw_id, recv_ns, link, sizes, summary, refill = params
+        raw_id, recv_ns, link, sizes, where, summary, refill = params
         frames = []
-        for size in sizes:
-            if size >= BIG_FRAME:
-                frames.append(next(big))
-            else:
+        for j, size in enumerate(sizes):
+            at = IN_BLOB if where is None else where[j]
+            if at == IN_BLOB:
                 frames.append(small[pos : pos + size])
                 pos += size
+            elif at == OWN_PART:
+                frames.append(next(big))
+            else:
+                frames.append(ring[at : at + size])  # type: ignore[index]
         ops[k] = (op, (raw_id, recv_ns, link, frames, tuple(summary), refill), n)
     return ops
 
@@ -191,8 +254,10 @@ class BatchWriter:
                     self.conn.rollback()
                 self._failed(f"{type(e).__name__}: {e}")
         flushed = [arg for op, arg, _ in batch if op == FLUSH]
+        ring_to = max((arg for op, arg, _ in batch if op == RING_TO), default=-1)
         stop = any(op == STOP for op, _, _ in batch)
-        self.report(Report(freed=sum(n for _, _, n in batch), flushed=flushed, stopped=stop))
+        freed = sum(n for _, _, n in batch)
+        self.report(Report(freed=freed, ring_to=ring_to, flushed=flushed, stopped=stop))
         return stop
 
     def _failed(self, error: str) -> None:
@@ -237,7 +302,8 @@ class BatchWriter:
 
 
 # -- the process -----------------------------------------------------------------------------
-def serve(run_dir: Path, data: str, reports: str, max_batch: int) -> None:
+def serve(run_dir: Path, data: str, reports: str, max_batch: int, ring_fd: int) -> None:
+    ring = memoryview(mmap.mmap(ring_fd, 0, prot=mmap.PROT_READ))
     ctx = zmq.Context(1)
     pull = ctx.socket(zmq.PULL)
     pull.linger, pull.rcvhwm = 0, 0  # unbounded: the monitor bounds what it ships by bytes
@@ -260,11 +326,16 @@ def serve(run_dir: Path, data: str, reports: str, max_batch: int) -> None:
             if pull not in ready and not pull.poll(500):
                 break
             batch: list[Op] = []
-            while len(batch) < max_batch:
+            size = 0
+            # a batch ends at max_batch rows or 32 MB of data: large frames are committed,
+            # and their room in the ring handed back, a few at a time
+            while len(batch) < max_batch and size < BATCH_BYTES:
                 try:
-                    batch += unpack(pull.recv_multipart(zmq.NOBLOCK, copy=False))
+                    ops = unpack(pull.recv_multipart(zmq.NOBLOCK, copy=False), ring)
                 except zmq.Again:
                     break
+                batch += ops
+                size += sum(n for _, _, n in ops)
             if batch:
                 stop = writer.write(batch)
     finally:
@@ -278,8 +349,8 @@ def main() -> None:
     # process itself (the monitor also starts it in a session of its own).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s store-writer %(message)s")
-    run_dir, data, reports, max_batch = sys.argv[1:5]
-    serve(Path(run_dir), data, reports, int(max_batch))
+    run_dir, data, reports, max_batch, ring_fd = sys.argv[1:6]
+    serve(Path(run_dir), data, reports, int(max_batch), int(ring_fd))
 
 
 if __name__ == "__main__":

@@ -226,8 +226,8 @@ class Subscriber:
     """Receives every message from one endpoint and hands the raw frames to ``handler``.
 
     After each asyncio wake-up it drains up to ``drain`` more messages with a synchronous shadow
-    socket, then yields to the loop. ``backpressure`` (if given) is awaited before each read, so
-    a full store stops reading: the lossless publisher then holds its messages.
+    socket, then yields to the loop. While ``hold()`` is true (e.g. a full store) it reads
+    nothing, and stops a drain: the lossless publisher then holds its messages.
     """
 
     def __init__(
@@ -239,7 +239,7 @@ class Subscriber:
         *,
         hwm: int = 10_000,
         drain: int = 500,
-        backpressure: Callable[[], Awaitable[None]] | None = None,
+        hold: Callable[[], bool] | None = None,
     ) -> None:
         self.link = link
         self.handler = handler
@@ -249,19 +249,19 @@ class Subscriber:
         self.sock.connect(endpoint)
         self._shadow = zmq.Socket.shadow(self.sock.underlying)
         self.drain = drain
-        self.backpressure = backpressure
+        self.hold = hold or (lambda: False)
         self.received = 0
         self.after_batch: Callable[[], None] | None = None  # e.g. flush derived state
 
     async def run(self) -> None:
-        handler, link, shadow = self.handler, self.link, self._shadow
+        handler, link, shadow, hold = self.handler, self.link, self._shadow, self.hold
         while True:
-            if self.backpressure is not None:
-                await self.backpressure()
+            while hold():
+                await asyncio.sleep(0.005)
             frames = await self.sock.recv_multipart()
             handler(link, frames)
             n = 1
-            while n < self.drain:
+            while n < self.drain and not hold():
                 try:
                     frames = shadow.recv_multipart(flags=zmq.NOBLOCK)
                 except zmq.Again:
