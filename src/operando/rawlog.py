@@ -87,13 +87,21 @@ class RawLogWriter:
         self.offset = os.lseek(self._fd, 0, os.SEEK_END)  # where the next record will start
 
     def append(
-        self, raw_id: int, recv_ns: int, link: str, frames: Sequence[Any]
+        self,
+        raw_id: int,
+        recv_ns: int,
+        link: str,
+        frames: Sequence[Any],
+        sizes: Sequence[int] | None = None,
     ) -> tuple[int, int, int]:
         """Queue one record; return (segment, offset, length) it will have once flushed.
 
-        May flush what waits first (the segment is full, or enough is waiting); on OSError
-        from that, this record was not queued: call again."""
-        sizes = [nbytes(f) for f in frames]
+        With ``sizes`` (the frames' sizes), ``frames`` may be the frames' bytes in any
+        pieces, e.g. all of them in one buffer. May flush what waits first (the segment is
+        full, or enough is waiting); on OSError from that, this record was not queued: call
+        again."""
+        if sizes is None:
+            sizes = [nbytes(f) for f in frames]
         link_b = link.encode()
         sizes_b = struct.pack(f"<{len(sizes)}Q", *sizes)
         payload = sum(sizes)
@@ -162,8 +170,8 @@ def _write_all(fd: int, parts: list[Any]) -> None:
     i = 0
     while i < len(parts):
         n = os.writev(fd, parts[i : i + 1024])  # IOV_MAX
-        while i < len(parts) and n >= nbytes(parts[i]):
-            n -= nbytes(parts[i])
+        while i < len(parts) and n >= len(parts[i]):  # bytes, or views cast to bytes
+            n -= len(parts[i])
             i += 1
         if i < len(parts) and n:
             parts[i] = memoryview(parts[i]).cast("B")[n:]

@@ -147,7 +147,8 @@ def pack(ops: Sequence[Op], ring: Ring | None = None) -> list[Any]:
 
 def unpack(parts: Sequence[Any], ring: memoryview | None = None) -> list[Op]:
     """The inverse of ``pack``: frames come back as views of the received buffers and of
-    the ring."""
+    the ring, with their sizes; a message of small frames only comes back as one piece that
+    holds them back to back (what the raw log writes: one piece, one CRC)."""
     ops = msgspec.msgpack.decode(memoryview(parts[0]))
     small = memoryview(parts[1]).cast("B")
     big = iter(memoryview(p).cast("B") for p in parts[2:])
@@ -156,17 +157,20 @@ def unpack(parts: Sequence[Any], ring: memoryview | None = None) -> list[Op]:
         if op != RAW:
             continue
         raw_id, recv_ns, link, sizes, where, summary, refill = params
-        frames = []
-        for j, size in enumerate(sizes):
-            at = IN_BLOB if where is None else where[j]
-            if at == IN_BLOB:
-                frames.append(small[pos : pos + size])
-                pos += size
-            elif at == OWN_PART:
-                frames.append(next(big))
-            else:
-                frames.append(ring[at : at + size])  # type: ignore[index]
-        ops[k] = (op, (raw_id, recv_ns, link, frames, tuple(summary), refill), n)
+        if where is None:  # all in the joined part, back to back: one piece for the log
+            frames = [small[pos : pos + n]]
+            pos += n
+        else:
+            frames = []
+            for size, at in zip(sizes, where, strict=True):
+                if at == IN_BLOB:
+                    frames.append(small[pos : pos + size])
+                    pos += size
+                elif at == OWN_PART:
+                    frames.append(next(big))
+                else:
+                    frames.append(ring[at : at + size])  # type: ignore[index]
+        ops[k] = (op, (raw_id, recv_ns, link, frames, sizes, tuple(summary), refill), n)
     return ops
 
 
@@ -270,10 +274,10 @@ class BatchWriter:
         for op, params, _ in batch:
             if op != RAW:
                 continue
-            raw_id, recv_ns, link, frames, summary, refill = params
+            raw_id, recv_ns, link, frames, sizes, summary, refill = params
             while True:
                 try:
-                    where = self.log.append(raw_id, recv_ns, link, frames)
+                    where = self.log.append(raw_id, recv_ns, link, frames, sizes)
                     break
                 except OSError as e:  # disk full: the message stays queued, ingest pauses
                     self._failed(f"raw log: {e}")
