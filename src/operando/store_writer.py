@@ -106,10 +106,6 @@ class Ring:
         self.head += skip + nbytes
         return start
 
-    @property
-    def room(self) -> int:
-        return self.size - (self.head - self.free_to)
-
     def close(self) -> None:
         self.view.release()
         os.close(self.fd)
