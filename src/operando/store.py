@@ -47,7 +47,6 @@ from operando.schema import (
     store_path,
 )
 from operando.store_writer import (
-    BIG_FRAME,
     FLUSH,
     RAW,
     STOP,
@@ -220,12 +219,8 @@ class RunStore:
             self._outbox, self._outbox_bytes = [], 0
 
     def _send(self, ops: list[tuple[str, Any, int]]) -> None:
-        parts = pack(ops, self._ring)
-        for k, part in enumerate(parts):
-            # only large frames without a copy: each one costs pyzmq's release thread the
-            # GIL later, more than copying a few KB now
-            more = zmq.SNDMORE if k < len(parts) - 1 else 0
-            self._pipe.send(part, more, copy=nbytes(part) < BIG_FRAME)
+        # copy=False: pyzmq still copies each part under its copy_threshold (64 KiB)
+        self._pipe.send_multipart(pack(ops, self._ring), copy=False)
 
     def append_raw(
         self,

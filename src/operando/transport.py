@@ -150,10 +150,11 @@ class Publisher:
             await self._send_frames(frames)
 
     async def _send_frames(self, frames: list[Any]) -> None:
-        big = sum(memoryview(f).nbytes for f in frames[2:]) >= 65536
         while True:
             try:
-                await self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=not big)
+                # copy=False: pyzmq copies each frame under its copy_threshold (64 KiB) and
+                # sends larger ones (RIXS images) from their own buffers
+                await self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                 return
             except zmq.Again:  # a subscriber is at its high-water mark: wait, do not drop
                 await self.sock.poll(100, zmq.POLLOUT)
