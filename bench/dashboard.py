@@ -29,7 +29,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -43,10 +42,10 @@ from operando.dashboards.headless import launch, plotted_until
 from playwright.sync_api import sync_playwright
 
 from operando.config import preset_path
-from operando.demo import free_ports
+from operando.demo import cli_command, free_ports
 from operando.store import open_readonly
 
-CLI = [sys.executable, "-m", "operando.cli"]
+CLI = cli_command()
 
 
 def rss_mb(pid: int) -> float | None:

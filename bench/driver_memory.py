@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 from baseline import load_bare_zmq
 
 from operando.config import preset_path
+from operando.demo import cli_command
 from operando.monitor import query_status
 from operando.replaybuffer import ReplayLimits
 
@@ -73,7 +73,7 @@ def main() -> None:
             text = text.replace(old, new)
         cfg.write_text(text)
         common = ["--config", str(cfg), "--speed", str(a.speed), "--wait-subscriber", "0"]
-        op = [sys.executable, "-m", "operando.cli", "driver"]
+        op = cli_command("driver")
         procs = {
             "potentiostat": subprocess.Popen(
                 [*op, "sim-potentiostat", *common, "--data", ep["pd"], "--command", ep["pc"]]

@@ -20,9 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from operando.demo import cli_command
 from operando.store import open_readonly
 
-CLI = [sys.executable, "-m", "operando.cli"]
+CLI = cli_command()
 BUDGET_GY = 5e8  # the preset's [analysis] dose_budget_Gy
 
 

@@ -130,7 +130,8 @@ def _terminate_with_parent() -> None:
         pass  # not Linux: children are still stopped by the demo on any orderly exit
 
 
-def _cli(*args: str) -> list[str]:
+def cli_command(*args: str) -> list[str]:
+    """The command line of ``operando ARGS`` run by this Python (a venv's, in a subprocess)."""
     return [sys.executable, "-m", "operando.cli", *args]
 
 
@@ -154,7 +155,7 @@ class Demo:
         logs = run_dir / "logs"
         self.monitor = Child(
             "monitor",
-            _cli("monitor", "--config", str(self.config_path), "--run-dir", str(run_dir)),
+            cli_command("monitor", "--config", str(self.config_path), "--run-dir", str(run_dir)),
             logs / "monitor.log",
             restart=True,
         )
@@ -170,7 +171,7 @@ class Demo:
             self.dashboard_url = f"http://127.0.0.1:{port}/"
             self.dashboard = Child(
                 "dashboard",
-                _cli(
+                cli_command(
                     "dashboard",
                     "--monitor",
                     self.cfg.monitor.state_endpoint,
@@ -191,7 +192,7 @@ class Demo:
         src = self.cfg.source(name)
         settings: dict[str, Any] = self.cfg.drivers[name]
         driver = str(settings.get("driver", ""))
-        argv = _cli(
+        argv = cli_command(
             "driver",
             driver,
             "--config",
