@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 from operando.protocol import Heartbeat, encode
 from operando.rawlog import RawLogError, nbytes, scan, segment_path
@@ -27,13 +28,14 @@ def frames_of(k: int) -> list[bytes]:
     return [bytes(f) for f in encode(Heartbeat(source="p", seq=k), {"a": np.arange(k + 1.0)})]
 
 
-def fill(store: RunStore, n: int) -> list[list[bytes]]:
+def fill(store: RunStore, n: int, *, flush: bool = True) -> list[list[bytes]]:
     sent = []
     for k in range(n):
         frames = frames_of(k)
         store.append_raw(store.take_raw_id(), 1000 + k, "p", frames, OK)
         sent.append(frames)
-    store.flush()
+    if flush:
+        store.flush()
     return sent
 
 
@@ -107,10 +109,8 @@ def test_write_errors_are_retried_not_dropped(tmp_path):
     blocker = sqlite3.connect(store.path)  # holds the write lock, as a full disk would fail
     blocker.execute("BEGIN EXCLUSIVE")
     store.submit("event", (1, None, "y", None, "{}"))
-    deadline = time.monotonic() + 15
-    while store.last_error is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert store.last_error is not None and "locked" in store.last_error
+    wait_for(lambda: store.last_error, 15, what="the writer to meet the locked database")
+    assert "locked" in store.last_error
     blocker.rollback()
     blocker.close()
     store.flush(timeout=30)
@@ -151,12 +151,9 @@ def killed_with_a_stuck_writer(run_dir: str) -> None:
     fill(store, 3)
     blocker = sqlite3.connect(store.path)  # holds the write lock: the writer retries
     blocker.execute("BEGIN EXCLUSIVE")
-    for k in range(300):
-        store.append_raw(store.take_raw_id(), 2000 + k, "p", frames_of(k % 50), OK)
-    deadline = time.monotonic() + 30
-    while store.last_error is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert store.last_error is not None and "locked" in store.last_error
+    fill(store, 300, flush=False)
+    wait_for(lambda: store.last_error, 30, what="the writer to meet the locked database")
+    assert "locked" in store.last_error
     time.sleep(2)  # the local pipe hands the writer the rest (300 small messages)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -165,10 +162,8 @@ def test_a_writer_that_died_is_reported_and_flush_fails(tmp_path):
     store = RunStore(tmp_path)
     fill(store, 3)
     store._proc.kill()  # the writer process dies (a bug, the OOM killer)
-    deadline = time.monotonic() + 15
-    while store.last_error is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert store.last_error is not None and "writer exited" in store.last_error
+    wait_for(lambda: store.last_error, 15, what="the writer's death to be reported")
+    assert "writer exited" in store.last_error
     with pytest.raises(StoreError, match="did not commit"):
         store.flush(timeout=1)
     store.close()
