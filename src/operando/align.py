@@ -315,6 +315,7 @@ def align_windows(
     rows = zip(*(np.asarray(x, np.float64).tolist() for x in cols), strict=True)
     mode, step, cycle = (x[at_mid].tolist() for x in (rec.mode, rec.step, rec.cycle))
     n_rows, ok_all, changed_all = (hi - lo).tolist(), fully.tolist(), changed.tolist()
+    inner_lo, inner_hi = inner_lo.tolist(), inner_hi.tolist()
     out = []
     for w, (ta, tb, mean, va, vb, i_m, dq, q_m, s_m, s_a, s_b, since_w, cov) in enumerate(rows):
         lo_v, hi_v = (va, vb) if va <= vb else (vb, va)

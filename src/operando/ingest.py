@@ -45,7 +45,7 @@ from operando.protocol import (
     peek_envelope,
     plain,
 )
-from operando.rawlog import RawRecord
+from operando.rawlog import RawRecord, frame_sizes
 from operando.sequence import Arrival, SequenceTracker
 from operando.store import RunStore, Summary, lost_ranges, read_raw
 
@@ -172,9 +172,11 @@ class Ingest:
         """
         recv_ns = recv_ns or time.time_ns()
         raw_id = self.store.take_raw_id()
-        msg, error = self._decode(link, frames)
+        sizes = frame_sizes(frames)
+        msg, error = self._decode(link, frames, sizes)
         refill = refill or self._fills_gap(link, msg)
-        self.store.append_raw(raw_id, recv_ns, link, frames, _summary(msg, error, frames), refill)
+        summary = _summary(msg, error, frames)
+        self.store.append_raw(raw_id, recv_ns, link, frames, summary, refill, sizes)
         return self._process(raw_id, recv_ns, link, frames, msg, error, refill)
 
     def process_record(self, rec: RawRecord) -> Message | None:
@@ -191,11 +193,13 @@ class Ingest:
             return False
         return state.tracker.is_missing(msg.header.session, msg.header.seq)
 
-    def _decode(self, link: str, frames: Sequence[Any]) -> tuple[Message | None, str | None]:
+    def _decode(
+        self, link: str, frames: Sequence[Any], sizes: Sequence[int] | None = None
+    ) -> tuple[Message | None, str | None]:
         if link not in self.links:
             return None, f"message on unknown link {link!r}"
         try:
-            return decode(frames), None
+            return decode(frames, sizes), None
         except ProtocolError as e:
             return None, str(e)
 
@@ -556,8 +560,11 @@ class Ingest:
             point_ts=[p.point_t for p in due],
             cover_tolerance_s=self.cfg.cover_tolerance_s,
         )
+        gaps = self.pstat_gaps
         for p, al, late in zip(due, results, timed_out, strict=True):
-            gap = next((g for g in self.pstat_gaps if g[2] < p.t_end and g[3] > p.t_start), None)
+            gap = None
+            if gaps:  # most batches: none outstanding
+                gap = next((g for g in gaps if g[2] < p.t_end and g[3] > p.t_start), None)
             if gap is not None:
                 al.partial = True
                 al.reason = f"potentiostat messages {gap[0]}-{gap[1]} missing in this window"

@@ -240,7 +240,7 @@ class Monitor:
         st["state_dropped"] = self.state.dropped
         return st
 
-    def _handle(self, link: str, frames: list[bytes]) -> None:
+    def _handle(self, link: str, frames: list[zmq.Frame]) -> None:
         self.ingest.receive(link, frames)
 
     def _after_batch(self) -> None:

@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Literal
 import msgspec
 import numpy as np
 
+from operando.rawlog import frame_sizes
+
 PROTOCOL_VERSION = 1
 
 MODE_CC, MODE_CV, MODE_OCV = 1, 2, 3
@@ -239,8 +241,10 @@ def encode(header: Header, arrays: Mapping[str, np.ndarray] | None = None) -> li
     return [topic_for(header), _encoder.encode(header), *buffers]
 
 
-def decode(frames: Sequence[bytes | memoryview]) -> Message:
-    """Validate and decode a multipart message; raise ProtocolError naming what is wrong."""
+def decode(frames: Sequence[bytes | memoryview], sizes: Sequence[int] | None = None) -> Message:
+    """Validate and decode a multipart message; raise ProtocolError naming what is wrong.
+
+    ``sizes``: the frames' sizes in bytes, when the caller has them already."""
     if len(frames) < 2:
         raise ProtocolError(f"expected [topic, header, *arrays], got {len(frames)} frame(s)")
     raw_header = frames[1]
@@ -260,13 +264,14 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
             "array frame(s) followed"
         )
     layout = _layout(header, kind)
-    for spec, expected, buf in zip(specs, layout.nbytes, frames[2:], strict=True):
-        nbytes = len(buf) if isinstance(buf, bytes) else memoryview(buf).nbytes
-        if nbytes != expected:
-            raise ProtocolError(
-                f"{kind}.arrays[{spec.name!r}]: frame has {nbytes} bytes, shape {spec.shape} of "
-                f"{spec.dtype} needs {expected}"
-            )
+    sizes = frame_sizes(frames)[2:] if sizes is None else list(sizes[2:])
+    if sizes != layout.nbytes:
+        for spec, expected, size in zip(specs, layout.nbytes, sizes, strict=True):
+            if size != expected:
+                raise ProtocolError(
+                    f"{kind}.arrays[{spec.name!r}]: frame has {size} bytes, shape {spec.shape} "
+                    f"of {spec.dtype} needs {expected}"
+                )
     if layout.error:
         raise ProtocolError(layout.error)
     if isinstance(header, SPECTRUM_KINDS) and header.t_end_ns < header.t_start_ns:
@@ -278,7 +283,7 @@ def decode(frames: Sequence[bytes | memoryview]) -> Message:
 class _Layout:
     """What a header's array specs were found to need: each frame's size, or what is wrong."""
 
-    nbytes: tuple[int, ...]
+    nbytes: list[int]  # a list, to compare with the frames' sizes as they come
     index: dict[str, int]  # array name -> frame
     error: str = ""
 
@@ -294,13 +299,13 @@ def _layout(header: Header, kind: str) -> _Layout:
     key = (type(header), header.arrays, channels)
     layout = _LAYOUTS.get(key)
     if layout is None:
-        nbytes = tuple(_frame_nbytes(kind, spec) for spec in header.arrays)
+        sizes = [_frame_nbytes(kind, spec) for spec in header.arrays]
         index = {spec.name: i for i, spec in enumerate(header.arrays)}
         try:
             _check_shapes(header, {spec.name: spec.shape for spec in header.arrays})
-            layout = _Layout(nbytes, index)
+            layout = _Layout(sizes, index)
         except ProtocolError as e:
-            layout = _Layout(nbytes, index, str(e))
+            layout = _Layout(sizes, index, str(e))
         if len(_LAYOUTS) < _MAX_LAYOUTS:
             _LAYOUTS[key] = layout
     return layout

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import zmq
+from isal.isal_zlib import crc32  # zlib's CRC-32, 3x faster (ISA-L, SIMD)
 
 MAGIC = b"ORAW"
 _HEADER = struct.Struct("<4sQQqHHI")
@@ -52,9 +54,20 @@ def segment_path(run_dir: Path, segment: int) -> Path:
     return run_dir / RAW_DIR / f"{segment:06d}.log"
 
 
+_LEN_IS_BYTES = frozenset({bytes, zmq.Frame})  # len() of a memoryview counts items, not bytes
+
+
 def nbytes(frame: Any) -> int:
     """The size of a frame in bytes, whatever buffer holds it."""
-    return len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+    return len(frame) if type(frame) in _LEN_IS_BYTES else memoryview(frame).nbytes
+
+
+def frame_sizes(frames: Sequence[Any]) -> list[int]:
+    """Each frame's size in bytes; for frames as received (bytes, zmq.Frame) without a Python
+    call per frame (this runs for every message received)."""
+    if _LEN_IS_BYTES.issuperset(map(type, frames)):
+        return list(map(len, frames))
+    return [nbytes(f) for f in frames]
 
 
 class RawLogWriter:
@@ -114,19 +127,20 @@ class RawLogWriter:
             or self._pending_bytes > self.MAX_PENDING_BYTES
         ):
             self.flush()
-        if payload < SCATTER_BYTES:
-            # A small record is copied into one buffer: a copy of a few KB costs less than
-            # a view per frame and a CRC call per frame (measured: 8 KB spectra, 4x less).
-            body: list[Any] = [b"".join([sizes_b, link_b, *frames])]
-            crc = zlib.crc32(body[0])
-        else:  # large frames go to the OS from the buffers they arrived in, never copied
-            body = [sizes_b, link_b, *(memoryview(f).cast("B") for f in frames)]
-            crc = 0
-            for b in body:
-                crc = zlib.crc32(b, crc)
+        prefix = sizes_b + link_b
+        if len(frames) > 1 and payload < SCATTER_BYTES:
+            # Several small frames are copied into one buffer: a copy of a few KB costs less
+            # than a view per frame and a CRC call per frame (measured: 8 KB spectra, 4x less).
+            pieces: list[Any] = [b"".join(frames)]
+        else:  # one piece (the store's writer gets a message's small frames so) or large
+            # frames: written from the buffers they arrived in, never copied
+            pieces = [memoryview(f).cast("B") for f in frames]
+        crc = crc32(prefix)
+        for piece in pieces:
+            crc = crc32(piece, crc)
         head = _HEADER.pack(MAGIC, length, raw_id, recv_ns, len(link_b), len(sizes), crc)
-        self._pending.append(head)
-        self._pending += body
+        self._pending.append(head + prefix)
+        self._pending += pieces
         self._pending_bytes += length
         where = (self.segment, self.offset, length)
         self.offset += length
@@ -186,7 +200,7 @@ def _parse(buf: bytes, pos: int, segment: int) -> RawRecord:
     if pos + length > len(buf):
         raise RawLogError(f"segment {segment} offset {pos}: record of {length} bytes cut short")
     view = memoryview(buf)[pos + _HEADER.size : pos + length]
-    if zlib.crc32(view) != crc:
+    if crc32(view) != crc:
         raise RawLogError(f"segment {segment} offset {pos}: CRC mismatch")
     sizes = struct.unpack_from(f"<{nframes}Q", view, 0)
     p = 8 * nframes

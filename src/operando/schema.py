@@ -95,6 +95,15 @@ class StoreError(RuntimeError):
     pass
 
 
+WRITER_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",  # readers (status, the dashboard) never wait for the writer
+    # NORMAL in WAL mode: a killed process loses nothing committed; only an OS crash or power
+    # cut can lose the last commits.
+    "PRAGMA synchronous=NORMAL",
+)
+BUSY_TIMEOUT = "PRAGMA busy_timeout=5000"
+
+
 def store_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / STORE_FILE
 
@@ -106,11 +115,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a killed process loses nothing committed; only an OS crash or
-        # power cut can lose the last commits.
-        conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=5000")
+        for pragma in WRITER_PRAGMAS:
+            conn.execute(pragma)
+    conn.execute(BUSY_TIMEOUT)
     return conn
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import zmq
 
-from operando.rawlog import RawLogError, RawLogWriter, RawRecord, nbytes, read_record, scan
+from operando.rawlog import RawLogError, RawLogWriter, RawRecord, frame_sizes, read_record, scan
 from operando.schema import (
     DERIVED_TABLES,
     SCHEMA,
@@ -230,9 +230,11 @@ class RunStore:
         frames: Sequence[Any],
         summary: Summary,
         refill: bool = False,
+        sizes: list[int] | None = None,
     ) -> None:
-        """Queue a received message for the raw log and its index row."""
-        sizes = [nbytes(f) for f in frames]
+        """Queue a received message for the raw log and its index row (``sizes``: the frames'
+        sizes, when the caller has them)."""
+        sizes = frame_sizes(frames) if sizes is None else sizes
         self.submit(RAW, (raw_id, recv_ns, link, frames, sizes, summary, refill), sum(sizes))
 
     def index_raw(self, rec: RawRecord, summary: Summary, refill: bool = False) -> None:

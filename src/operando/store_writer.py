@@ -28,18 +28,18 @@ import logging
 import mmap
 import os
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import apsw
 import msgspec
 import zmq
 
 from operando.rawlog import RawLogWriter
-from operando.schema import SQL, connect, store_path
+from operando.schema import BUSY_TIMEOUT, SQL, WRITER_PRAGMAS, store_path
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,12 @@ class BatchWriter:
     """
 
     def __init__(self, run_dir: Path, report: Any) -> None:
-        self.conn = connect(store_path(run_dir))
+        # apsw, not the standard sqlite3: it binds rows in about half the time (measured:
+        # 29 -> 17 us a scan for the raw, spectrum and alignment rows of 8 KB spectra). The
+        # file is the same SQLite database that every reader opens with sqlite3.
+        self.conn = apsw.Connection(str(store_path(run_dir)))
+        for pragma in (*WRITER_PRAGMAS, BUSY_TIMEOUT):
+            self.conn.execute(pragma).fetchall()
         self.log = RawLogWriter(run_dir)
         self.report = report
 
@@ -249,9 +254,10 @@ class BatchWriter:
             try:
                 self._execute(batch, logged)
                 break
-            except sqlite3.Error as e:  # disk full, I/O error: keep the batch and retry
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.rollback()
+            except apsw.Error as e:  # disk full, I/O error: keep the batch and retry
+                if not self.conn.getautocommit():  # a transaction is still open
+                    with contextlib.suppress(apsw.Error):
+                        self.conn.execute("ROLLBACK")
                 self._failed(f"{type(e).__name__}: {e}")
         flushed = [arg for op, arg, _ in batch if op == FLUSH]
         ring_to = max((arg for op, arg, _ in batch if op == RING_TO), default=-1)
@@ -287,6 +293,7 @@ class BatchWriter:
 
     def _execute(self, batch: list[Op], raw_rows: list[tuple[Any, ...]]) -> None:
         conn = self.conn
+        conn.execute("BEGIN")
         if raw_rows:
             conn.executemany(SQL["raw"], raw_rows)
         groups: dict[str, list[Any]] = {}  # in order of first appearance; order kept within
@@ -298,7 +305,7 @@ class BatchWriter:
                 groups.setdefault(table, []).extend(rows)
         for op, rows in groups.items():
             conn.executemany(SQL[op], rows)
-        conn.commit()
+        conn.execute("COMMIT")
 
 
 # -- the process -----------------------------------------------------------------------------
