@@ -1,4 +1,4 @@
-"""Fault injection with real processes: a full disk, bursts, a flooding publisher.
+"""Fault injection with real processes: a full disk, a killed store writer, a flooding publisher.
 
 Each test ends with the same accounting: every sequence number a driver sent is in the run's
 raw log (or listed as lost), and the raw log reads back without a damaged record.
@@ -7,10 +7,12 @@ raw log (or listed as lost), and the raw log reads back without a damaged record
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -92,6 +94,51 @@ def test_a_full_disk_raises_an_alarm_and_loses_nothing(tmp_path, small_disk, pro
     # the raw log reads back whole: every indexed message, no damaged record
     logged = sum(1 for _ in iter_raw(run))
     assert logged == store_count(run, "SELECT count(*) FROM raw")
+
+
+def _store_writer_of(monitor_pid: int) -> int:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == monitor_pid and b"operando.store_writer" in cmdline:
+            return int(stat.parent.name)
+    raise AssertionError(f"no store writer process under the monitor (pid {monitor_pid})")
+
+
+def test_a_killed_store_writer_is_restarted_and_loses_nothing(tmp_path, processes):
+    """The run store's writer process is SIGKILLed mid-run (as the OOM killer would): the
+    monitor starts a new one and sends it again what was not committed; the run records the
+    restart, and ends with every message the driver sent recorded exactly once."""
+    cfg, path = live_cell_experiment(tmp_path)
+    run = tmp_path / "run"
+    mon = processes("monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "m.log")
+    driver = processes(*sim_potentiostat(cfg, path, "--speed", "50"), log=tmp_path / "pot.log")
+    count_rows = "SELECT count(*) FROM potentiostat"
+    wait_for(lambda: store_count(run, count_rows) >= 20, 60, what="rows")
+    os.kill(_store_writer_of(mon.p.pid), signal.SIGKILL)
+    status = wait_for(
+        lambda: (s := _status(cfg)).get("store_writer_restarts") == 1 and s, 30, what="a restart"
+    )
+    rows = store_count(run, count_rows)
+    wait_for(lambda: store_count(run, count_rows) > rows, 30, what="rows written after it")
+    assert driver.stop(signal.SIGINT) == 0
+    wait_for(
+        lambda: store_count(run, "SELECT count(*) FROM raw WHERE kind = 'series_end'"),
+        60,
+        what="the end of the series",
+    )
+    assert mon.stop(signal.SIGINT) == 0
+    assert status["store_error"] is None or "restarting" in status["store_error"]
+    assert all_recorded(run, "potentiostat")
+    assert inspect_json(run)["sources"]["potentiostat"]["lost"] == 0
+    (restart,) = recorded_events(run, "store_writer_restarted")
+    assert restart["exit_code"] == -signal.SIGKILL
+    logged = [r.raw_id for r in iter_raw(run)]  # the log holds each message once, in order
+    assert logged == sorted(set(logged))
+    assert len(logged) == store_count(run, "SELECT count(*) FROM raw")
 
 
 def test_a_flooding_publisher_is_slowed_down_never_dropped(tmp_path, processes):

@@ -19,7 +19,7 @@ from conftest import wait_for
 from operando.protocol import Heartbeat, encode
 from operando.rawlog import RawLogError, nbytes, scan, segment_path
 from operando.store import RunStore, StoreError, iter_raw, open_readonly, read_raw
-from operando.store_writer import RAW, RING_TO, Ring, pack, unpack
+from operando.store_writer import BATCH, RAW, RING_TO, BatchWriter, Ring, pack, unpack
 
 OK = ("ok", None, "p", "s", 0, "heartbeat", 0)
 
@@ -158,15 +158,96 @@ def killed_with_a_stuck_writer(run_dir: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_a_writer_that_died_is_reported_and_flush_fails(tmp_path):
+def test_a_writer_that_dies_is_restarted_and_records_everything_once(tmp_path):
+    """The writer is killed (the OOM killer, a bug) with records in the log that it could not
+    commit (the database is locked): the new writer cuts them off, the store sends every
+    batch not reported committed again, and each message is in the run exactly once."""
+    store = RunStore(tmp_path)
+    sent = fill(store, 100)
+    blocker = sqlite3.connect(store.path)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer logs what it gets, then cannot commit
+    sent += fill(store, 200, flush=False)
+    wait_for(lambda: store.last_error, 30, what="the writer to meet the locked database")
+    wait_for(lambda: sum(1 for _ in scan(tmp_path)) > 100, 10, what="records past the commit")
+    dead = store._proc
+    dead.kill()
+    wait_for(lambda: store._proc is not dead, 15, what="a new writer")
+    blocker.rollback()
+    blocker.close()
+    store.flush(60)
+    wait_for(lambda: store.last_error is None, 15, what="the error to clear")
+    assert store.writer_restarts == 1 and store.backlog_bytes == 0
+    store.close()
+    records = list(scan(tmp_path))
+    assert [r.raw_id for r in records] == list(range(1, 301))  # the log: each once, in order
+    assert all(
+        [bytes(f) for f in r.frames] == frames for r, frames in zip(records, sent, strict=True)
+    )
+    conn = open_readonly(tmp_path)
+    assert conn.execute("SELECT count(*), count(DISTINCT id) FROM raw").fetchone() == (300, 300)
+    (detail,) = conn.execute(
+        "SELECT detail FROM events WHERE kind = 'store_writer_restarted'"
+    ).fetchone()
+    assert '"exit_code": -9' in detail
+    conn.close()
+
+
+def test_a_writer_that_dies_again_soon_is_not_restarted(tmp_path):
     store = RunStore(tmp_path)
     fill(store, 3)
-    store._proc.kill()  # the writer process dies (a bug, the OOM killer)
-    wait_for(lambda: store.last_error, 15, what="the writer's death to be reported")
-    assert "writer exited" in store.last_error
+    store._proc.kill()
+    wait_for(lambda: store.writer_restarts == 1, 30, what="the first restart")
+    fill(store, 3)
+    store._proc.kill()  # again, within a minute: what it is given makes it fail
+    wait_for(lambda: "not restarted" in (store.last_error or ""), 15, what="giving up")
+    assert "exited with code -9 again" in store.last_error
     with pytest.raises(StoreError, match="did not commit"):
         store.flush(timeout=1)
     store.close()
+    assert store_rows(tmp_path) == 6
+
+
+def store_rows(run_dir: Path) -> int:
+    conn = open_readonly(run_dir)
+    try:
+        return conn.execute("SELECT count(*) FROM raw").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_restarted_writer_cuts_the_log_and_skips_what_was_committed(tmp_path):
+    """Batch 0 committed; batch 1 logged, never committed: a writer restarted for the same
+    monitor (same token) cuts batch 1 off the log, and batch 0 sent again is not written
+    twice. A writer for another monitor cuts nothing."""
+    RunStore(tmp_path).close()  # the schema
+
+    def batch(number: int, first: int) -> list:
+        ops = []
+        for k in range(first, first + 10):
+            frames = frames_of(k)
+            sizes = [nbytes(f) for f in frames]
+            ops.append((RAW, (k, 0, "p", frames, sizes, OK, False), sum(sizes)))
+        return unpack(pack(ops, None, number))
+
+    def raw_ids() -> list[int]:
+        return [r.raw_id for r in scan(tmp_path)]
+
+    writer = BatchWriter(tmp_path, lambda report: None, "monitor-a")
+    writer.write(writer.fresh(batch(0, 1)))
+    writer._append_to_log(batch(1, 11))  # in the log; the writer dies before its commit
+    writer.close()
+    assert raw_ids() == list(range(1, 21))
+    restarted = BatchWriter(tmp_path, lambda report: None, "monitor-a")
+    assert restarted.committed == 0 and raw_ids() == list(range(1, 11))
+    for number, first in ((0, 1), (1, 11)):  # everything not reported committed, again
+        restarted.write(restarted.fresh(batch(number, first)))
+    restarted._append_to_log(batch(2, 21))  # and dies again before a commit
+    restarted.close()
+    assert raw_ids() == list(range(1, 31)) and store_rows(tmp_path) == 20
+    # A new monitor on this run: its writer cuts nothing (the store indexes what lies past
+    # the index when it opens the run: test_records_past_the_index_are_recovered_...).
+    assert BatchWriter(tmp_path, lambda report: None, "monitor-b").committed == -1
+    assert raw_ids() == list(range(1, 31))
 
 
 def test_a_run_recorded_by_a_live_process_is_refused_at_once(tmp_path):
@@ -222,7 +303,8 @@ def test_large_frames_go_through_the_shared_ring_and_come_back_whole(tmp_path):
     ]
     parts = pack(ops, ring)
     assert len(parts) == 2 + 2  # the huge frame and the image that found no room
-    back = unpack(parts, reader)
+    first, *back = unpack(parts, reader)
+    assert tuple(first) == (BATCH, -1, 0)
     assert tuple(back[-1]) == (RING_TO, ring.head, 0)
     for (_, params, _), sent in zip(back, messages, strict=False):
         pieces, sizes = params[3], params[4]

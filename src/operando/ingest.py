@@ -720,6 +720,7 @@ class Ingest:
             "store_backlog_bytes": self.store.backlog_bytes,
             "analysis_backlog": self.analysis_thread.backlog if self.analysis_thread else 0,
             "store_error": self.store.last_error,
+            "store_writer_restarts": self.store.writer_restarts,
         }
 
 

@@ -167,6 +167,14 @@ class RawLogWriter:
         self.segment = segment
         self._open()
 
+    def cut(self, segment: int, offset: int) -> None:
+        """Drop everything after ``offset`` of ``segment``, later segments too: what a writer
+        that died had written past its last commit (its batches are sent again)."""
+        for path in (self.run_dir / RAW_DIR).glob("*.log"):
+            if int(path.stem) > segment:
+                path.unlink()
+        self.truncate(segment, offset)
+
     def _rotate(self) -> None:
         os.close(self._fd)
         self.segment += 1

@@ -15,12 +15,20 @@ lossless publishers then hold their messages) while the backlog is over that lim
 the writer is written, the writer finishing after the monitor is gone. Records that reached the
 log but not the index are found and processed when the run is reopened; a record torn by the
 crash is cut off and reported.
+
+A writer that dies while the monitor lives (the OOM killer, a bug) is restarted at once, and
+every batch it had not reported committed is sent again (they are kept until then, so what is
+kept is bounded by the same backlog limit). A writer that dies again within
+``WRITER_RESTART_MIN_S`` of its restart is not restarted: ``last_error`` says so, and ingest
+then stops at the backlog limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import os
 import sqlite3
 import subprocess
@@ -28,6 +36,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +59,8 @@ from operando.store_writer import (
     FLUSH,
     RAW,
     STOP,
+    Op,
+    Report,
     Ring,
     RunBusy,
     pack,
@@ -66,6 +77,9 @@ Summary = tuple[str, str | None, str | None, str | None, int | None, str | None,
 # What may wait for the writer before ingest stops reading. Below the ring's size (less a
 # frame or two): large frames in flight then always find room in it.
 BACKLOG_LIMIT_BYTES = 96 * 2**20
+# A writer that dies again this soon after it was restarted fails on what it is given: it is
+# not restarted again (the next restart would only repeat it).
+WRITER_RESTART_MIN_S = 60.0
 
 
 class RunStore:
@@ -110,16 +124,37 @@ class RunStore:
         self.max_batch = max_batch
         self.backlog_limit_bytes = backlog_limit_bytes
         self._lock = threading.Lock()  # the outbox, the pipe to the writer, the backlog count
-        self._outbox: list[tuple[str, Any, int]] = []
+        self._outbox: list[Op] = []
         self._outbox_bytes = 0
         self._ship_scheduled = False
-        self._backlog_bytes = 0
+        # batches sent to the writer and not yet reported committed: (number, ops, bytes)
+        self._shipped: deque[tuple[int, list[Op], int]] = deque()
+        self._next_batch = 0
+        self._backlog_bytes = 0  # received data in the batches above
         self._flushes: dict[int, threading.Event] = {}
         self._next_flush = 0
         self.last_error: str | None = None  # e.g. disk full; writes are retried, never dropped
-        self._start_writer()
+        self._token = uuid.uuid4().hex  # this store's, across restarts of its writer
+        self._ring = Ring()
+        self._restarting = False  # batches wait in _shipped, unsent, while a writer starts
+        self._restart_lock = threading.Lock()  # held through a restart; close waits for it
+        self._stopping = self._closing = False
+        self.writer_restarts = 0
+        self._last_restart = -math.inf
+        self._gave_up = False
+        try:
+            self._spawn_writer()
+        except StoreError:
+            self._ring.close()
+            raise
+        self._listener = threading.Thread(
+            target=self._listen, name="run-store-reports", daemon=True
+        )
+        self._listener.start()
 
-    def _start_writer(self) -> None:
+    def _spawn_writer(self) -> Report:
+        """Start a writer process and connect to it; its first report (after a restart: the
+        batch its predecessor committed last)."""
         name = f"@operando-store-{uuid.uuid4().hex}"  # abstract ipc: no file, no network
         self._ctx = zmq.Context(1)
         self._reports = self._ctx.socket(zmq.PULL)
@@ -129,7 +164,6 @@ class RunStore:
         # unbounded (and connected, so sends queue at once): the backlog limit bounds it
         self._pipe.linger, self._pipe.sndhwm, self._pipe.reconnect_ivl = 60_000, 0, 10
         self._pipe.connect(f"ipc://{name}-data")
-        self._ring = Ring()
         self._proc = subprocess.Popen(
             [
                 sys.executable,
@@ -140,6 +174,7 @@ class RunStore:
                 f"ipc://{name}-reports",
                 str(self.max_batch),
                 str(self._ring.fd),
+                self._token,
             ],
             pass_fds=(self._ring.fd,),
             stdin=subprocess.PIPE,  # never written: it closes when this process is gone
@@ -147,25 +182,26 @@ class RunStore:
         )
         # The first flush goes through the same pipe as the data, so once it is reported the
         # pipe is connected: nothing this store is given waits on a connection being made.
-        self._send([(FLUSH, 0, 0)])
+        # (Batch -1: never written, only answered.)
+        self._pipe.send_multipart(pack([(FLUSH, 0, 0)]), copy=False)
         deadline = time.monotonic() + 120
         while True:
             try:
                 first = report_decoder.decode(self._reports.recv())
-                break
             except zmq.Again:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
-                    self._stop_writer()
+                    self._proc.kill()
+                    self._proc.wait(timeout=10)
+                    self._proc.stdin.close()  # type: ignore[union-attr]
+                    self._ctx.destroy(linger=0)
                     raise StoreError(
                         f"{self.run_dir}: the run store's writer did not start "
                         f"(exit code {self._proc.returncode})"
                     ) from None
-        assert first.flushed == [0], first
-        self._closing = False
-        self._listener = threading.Thread(
-            target=self._listen, name="run-store-reports", daemon=True
-        )
-        self._listener.start()
+                continue
+            if first.flushed == [0]:
+                return first
+            self.last_error = first.error  # what it retries first (a locked database)
 
     def _recover(self) -> tuple[list[RawRecord], str | None]:
         """Records in the log past the last indexed one (a crash came between the two)."""
@@ -214,13 +250,17 @@ class RunStore:
     def _ship_locked(self) -> None:
         self._ship_scheduled = False
         if self._outbox:
+            batch = self._next_batch
+            self._next_batch += 1
+            self._shipped.append((batch, self._outbox, self._outbox_bytes))
             self._backlog_bytes += self._outbox_bytes
-            self._send(self._outbox)
+            if not self._restarting:
+                self._send(batch, self._outbox)
             self._outbox, self._outbox_bytes = [], 0
 
-    def _send(self, ops: list[tuple[str, Any, int]]) -> None:
+    def _send(self, batch: int, ops: list[Op]) -> None:
         # copy=False: pyzmq still copies each part under its copy_threshold (64 KiB)
-        self._pipe.send_multipart(pack(ops, self._ring), copy=False)
+        self._pipe.send_multipart(pack(ops, self._ring, batch), copy=False)
 
     def append_raw(
         self,
@@ -282,43 +322,91 @@ class RunStore:
         self._conn.close()
 
     def _stop_writer(self) -> None:
-        if self._proc.stdin is not None:  # also says "finish": a writer gone astray exits
-            self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            log.error("run store writer did not stop within 60 s; killing it")
-            self._proc.kill()
-            self._proc.wait(timeout=10)
-        finally:
-            self._closing = True
-            listener = getattr(self, "_listener", None)
-            if listener is not None:
-                listener.join(timeout=5)
-            self._ctx.destroy(linger=0)
-            self._ring.close()
+        self._stopping = True  # its exit now is no reason to restart it
+        with self._restart_lock:  # a restart under way finishes first
+            if self._proc.stdin is not None:  # also says "finish": a writer astray exits
+                self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                log.error("run store writer did not stop within 60 s; killing it")
+                self._proc.kill()
+                self._proc.wait(timeout=10)
+            finally:
+                self._closing = True
+                listener = getattr(self, "_listener", None)
+                if listener is not None and listener is not threading.current_thread():
+                    listener.join(timeout=5)
+                self._ctx.destroy(linger=0)
+                self._ring.close()
 
     def _listen(self) -> None:
-        """The writer's reports: bytes committed, flushes done, the error it is retrying."""
+        """The writer's reports: batches committed, flushes done, the error it is retrying;
+        and the writer's death."""
         while not self._closing:
             try:
                 report = report_decoder.decode(self._reports.recv())
             except zmq.Again:
                 code = self._proc.poll()
-                if code is not None and not self._closing:
-                    self.last_error = f"run store writer exited with code {code}"
+                if code is not None and not self._stopping:
+                    self._writer_died(code)
                 continue
             except zmq.ZMQError:  # closed under us at shutdown
                 return
-            if report.freed or report.ring_to >= 0:
-                with self._lock:
-                    self._backlog_bytes -= report.freed
-                    self._ring.free_to = max(self._ring.free_to, report.ring_to)
+            self._committed(report)
             self.last_error = report.error
-            for flush_id in report.flushed:
-                self._flushes.pop(flush_id).set()
+            for flush_id in report.flushed:  # once: a batch sent again may repeat one
+                done = self._flushes.pop(flush_id, None)
+                if done is not None:
+                    done.set()
             if report.stopped:
                 return
+
+    def _committed(self, report: Report) -> None:
+        with self._lock:
+            while self._shipped and self._shipped[0][0] <= report.committed:
+                self._backlog_bytes -= self._shipped.popleft()[2]
+            self._ring.free_to = max(self._ring.free_to, report.ring_to)
+
+    def _writer_died(self, code: int) -> None:
+        """Start a new writer and send it again every batch not reported committed."""
+        if self._gave_up:
+            return
+        died = f"run store writer exited with code {code}"
+        if time.monotonic() - self._last_restart < WRITER_RESTART_MIN_S:
+            self._gave_up = True
+            self.last_error = (
+                f"{died} again, within {WRITER_RESTART_MIN_S:.0f} s of its restart: not "
+                "restarted; stop the monitor and start it again on this run"
+            )
+            log.error("%s", self.last_error)
+            return
+        log.error("%s; restarting it", died)
+        self.last_error = f"{died}; restarting it"
+        with self._restart_lock:
+            if self._stopping:
+                return
+            with self._lock:
+                self._restarting = True
+            self._ctx.destroy(linger=0)
+            try:
+                first = self._spawn_writer()
+            except StoreError as e:
+                self._gave_up, self.last_error = True, str(e)
+                return
+            self._committed(first)
+            # Ingest waits on the lock meanwhile (a few ms per MB sent again): once, at a
+            # writer's death.
+            with self._lock:
+                self._ring.head = self._ring.free_to = 0  # the new writer has read nothing
+                for batch, ops, _ in self._shipped:
+                    self._send(batch, ops)
+                resent = len(self._shipped)
+                self._restarting = False
+        self.writer_restarts += 1
+        self._last_restart = time.monotonic()
+        detail = json.dumps({"exit_code": code, "batches_sent_again": resent})
+        self.submit("event", (time.time_ns(), None, "store_writer_restarted", None, detail))
 
     # -- helpers used by ingest and reprocess ------------------------------------------------
     def take_raw_id(self) -> int:

@@ -11,9 +11,15 @@ small frames of the raw messages back to back; then any large frame that did not
 Large frames (a RIXS image) go through a ring of shared memory instead (an anonymous memfd both
 processes map): one copy into pages that stay resident, and the writer writes them to the log
 from there. Through the pipe, 8 MB frames cost two more copies into fresh memory and committed
-at half the disk's rate. After each commit the writer says how many bytes it freed, how far the
-ring is free, which flushes it completed and what error it is retrying (a full disk), on a
-second pipe.
+at half the disk's rate. After each commit the writer says up to which batch it committed, how
+far the ring is free, which flushes it completed and what error it is retrying (a full disk),
+on a second pipe.
+
+Each commit also records, in the same transaction, the batch and where the raw log then ended,
+under the monitor's token. A writer that dies (the OOM killer, a bug) is restarted by its
+monitor with the same token: it cuts the log back to that end (records of a batch that never
+committed), and the monitor sends every batch not reported committed again; one committed but
+not yet reported is recognised by its number and not written twice.
 
 The writer outlives a monitor killed with SIGKILL just long enough to write what it had
 received: it sees its stdin close, drains its pipe, commits and exits. The run directory's
@@ -47,6 +53,9 @@ LOCK_FILE = "writer.lock"
 BIG_FRAME = 1 << 16  # frames this large go as parts of their own, never copied
 RING_BYTES = 128 << 20  # shared memory for large frames: sixteen 8 MB images in flight
 FLUSH, STOP, RAW, RING_TO = "__flush__", "__stop__", "__raw__", "__ring_to__"
+BATCH = "__batch__"  # first op of each batch the monitor sends: its number
+MARKERS = (FLUSH, STOP, RING_TO, BATCH)  # ops that write nothing
+WRITER_META = "writer"  # meta key: "<token> <batch> <log segment> <log end>" of the last commit
 BATCH_BYTES = 32 << 20
 IN_BLOB, OWN_PART = -1, -2  # where a frame travels, when not in the ring (at an offset >= 0)
 
@@ -68,7 +77,7 @@ _encoder = msgspec.msgpack.Encoder(enc_hook=_plain)
 class Report(msgspec.Struct, omit_defaults=True):
     """What the writer tells the monitor after each batch (or while it retries one)."""
 
-    freed: int = 0
+    committed: int = -1  # every batch up to this number is committed
     ring_to: int = -1  # the ring is free up to here (a position counted since the start)
     flushed: list[int] = []
     error: str | None = None
@@ -111,10 +120,12 @@ class Ring:
         os.close(self.fd)
 
 
-def pack(ops: Sequence[Op], ring: Ring | None = None) -> list[Any]:
-    """A batch as ZeroMQ parts: operations, the small frames joined, large frames that did
-    not go into the ring."""
-    out, small, big = [], [], []
+def pack(ops: Sequence[Op], ring: Ring | None = None, batch: int = -1) -> list[Any]:
+    """Batch number ``batch`` as ZeroMQ parts: operations, the small frames joined, large
+    frames that did not go into the ring."""
+    out: list[Op] = [(BATCH, batch, 0)]
+    small: list[Any] = []
+    big: list[Any] = []
     placed = False
     for op, params, n in ops:
         if op == RAW:
@@ -233,7 +244,7 @@ class BatchWriter:
     disk) are retried with the batch kept, never dropped; ``report`` hears each one.
     """
 
-    def __init__(self, run_dir: Path, report: Any) -> None:
+    def __init__(self, run_dir: Path, report: Any, token: str = "") -> None:
         # apsw, not the standard sqlite3: it binds rows in about half the time (measured:
         # 29 -> 17 us a scan for the raw, spectrum and alignment rows of 8 KB spectra). The
         # file is the same SQLite database that every reader opens with sqlite3.
@@ -242,6 +253,30 @@ class BatchWriter:
             self.conn.execute(pragma).fetchall()
         self.log = RawLogWriter(run_dir)
         self.report = report
+        self.token = token  # the monitor's: the same across restarts of its writer
+        self.committed = self._resume()  # batches up to this number are committed
+
+    def _resume(self) -> int:
+        """Restarted for the same monitor: cut the log back to where the last commit left it
+        and say which batch that was. Otherwise mark where the log ends now."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (WRITER_META,)).fetchone()
+        if row is not None:
+            token, batch, segment, end = row[0].split()
+            if token == self.token:
+                self.log.cut(int(segment), int(end))
+                return int(batch)
+        self.conn.execute(SQL["meta"], (WRITER_META, self._marker(-1)))
+        return -1
+
+    def fresh(self, ops: list[Op]) -> list[Op]:
+        """A batch as received; only its markers when it is committed already (sent again
+        after a restart, its report lost with the writer that committed it)."""
+        if ops[0][1] <= self.committed:
+            return [op for op in ops if op[0] in MARKERS]
+        return ops
+
+    def _marker(self, batch: int) -> str:
+        return f"{self.token} {batch} {self.log.segment} {self.log.offset}"
 
     def close(self) -> None:
         self.log.close()
@@ -250,9 +285,10 @@ class BatchWriter:
     def write(self, batch: list[Op]) -> bool:
         """Write one batch; True when it holds the stop marker."""
         logged = self._append_to_log(batch)
+        last = max((arg for op, arg, _ in batch if op == BATCH), default=self.committed)
         while True:
             try:
-                self._execute(batch, logged)
+                self._execute(batch, logged, last)
                 break
             except apsw.Error as e:  # disk full, I/O error: keep the batch and retry
                 if not self.conn.getautocommit():  # a transaction is still open
@@ -262,8 +298,10 @@ class BatchWriter:
         flushed = [arg for op, arg, _ in batch if op == FLUSH]
         ring_to = max((arg for op, arg, _ in batch if op == RING_TO), default=-1)
         stop = any(op == STOP for op, _, _ in batch)
-        freed = sum(n for _, _, n in batch)
-        self.report(Report(freed=freed, ring_to=ring_to, flushed=flushed, stopped=stop))
+        self.committed = max(self.committed, last)
+        self.report(
+            Report(committed=self.committed, ring_to=ring_to, flushed=flushed, stopped=stop)
+        )
         return stop
 
     def _failed(self, error: str) -> None:
@@ -291,9 +329,11 @@ class BatchWriter:
             except OSError as e:
                 self._failed(f"raw log: {e}")
 
-    def _execute(self, batch: list[Op], raw_rows: list[tuple[Any, ...]]) -> None:
+    def _execute(self, batch: list[Op], raw_rows: list[tuple[Any, ...]], last: int) -> None:
         conn = self.conn
         conn.execute("BEGIN")
+        # in the same transaction: how far this commit goes, in batches and in the log
+        conn.execute(SQL["meta"], (WRITER_META, self._marker(last)))
         if raw_rows:
             conn.executemany(SQL["raw"], raw_rows)
         groups: dict[str, list[Any]] = {}  # in order of first appearance; order kept within
@@ -309,7 +349,7 @@ class BatchWriter:
 
 
 # -- the process -----------------------------------------------------------------------------
-def serve(run_dir: Path, data: str, reports: str, max_batch: int, ring_fd: int) -> None:
+def serve(run_dir: Path, data: str, reports: str, max_batch: int, ring_fd: int, token: str) -> None:
     ring = memoryview(mmap.mmap(ring_fd, 0, prot=mmap.PROT_READ))
     ctx = zmq.Context(1)
     pull = ctx.socket(zmq.PULL)
@@ -320,7 +360,7 @@ def serve(run_dir: Path, data: str, reports: str, max_batch: int, ring_fd: int) 
     out.connect(reports)
     lock = take_lock(run_dir, 120.0)
     _claim(lock)
-    writer = BatchWriter(run_dir, lambda r: out.send(_encoder.encode(r)))
+    writer = BatchWriter(run_dir, lambda r: out.send(_encoder.encode(r)), token)
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
     poller.register(sys.stdin.fileno(), zmq.POLLIN)  # closes when the monitor is gone
@@ -341,6 +381,7 @@ def serve(run_dir: Path, data: str, reports: str, max_batch: int, ring_fd: int) 
                     ops = unpack(pull.recv_multipart(zmq.NOBLOCK, copy=False), ring)
                 except zmq.Again:
                     break
+                ops = writer.fresh(ops)
                 batch += ops
                 size += sum(n for _, _, n in ops)
             if batch:
@@ -356,8 +397,8 @@ def main() -> None:
     # process itself (the monitor also starts it in a session of its own).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s store-writer %(message)s")
-    run_dir, data, reports, max_batch, ring_fd = sys.argv[1:6]
-    serve(Path(run_dir), data, reports, int(max_batch), int(ring_fd))
+    run_dir, data, reports, max_batch, ring_fd, token = sys.argv[1:7]
+    serve(Path(run_dir), data, reports, int(max_batch), int(ring_fd), token)
 
 
 if __name__ == "__main__":
