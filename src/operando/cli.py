@@ -21,9 +21,11 @@ def _monitor(a: argparse.Namespace) -> int:
     from operando.monitor import resolve_run_dir, run_monitor
 
     cfg = load_config(a.config)
-    run_dir = resolve_run_dir(cfg, a.run_dir)
-    print(f"operando monitor: recording to {run_dir}", flush=True)
-    asyncio.run(run_monitor(cfg, run_dir, a.duration))
+
+    def recording(run_dir: Path) -> None:
+        print(f"operando monitor: recording to {run_dir}", flush=True)
+
+    asyncio.run(run_monitor(cfg, resolve_run_dir(cfg, a.run_dir), a.duration, recording))
     return 0
 
 

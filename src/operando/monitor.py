@@ -20,6 +20,7 @@ import os
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -355,9 +356,15 @@ class Monitor:
 
 
 async def run_monitor(
-    cfg: ExperimentConfig, run_dir: str | Path, duration_s: float | None = None
+    cfg: ExperimentConfig,
+    run_dir: str | Path,
+    duration_s: float | None = None,
+    on_start: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Run until SIGINT/SIGTERM (or ``duration_s``), then align what waits and close cleanly."""
+    """Run until SIGINT/SIGTERM (or ``duration_s``), then align what waits and close cleanly.
+
+    ``on_start`` hears the run directory once the monitor records to it (not before: a run
+    that another process records is refused when the store opens)."""
     run_dir = Path(run_dir)
     monitor = Monitor(cfg, run_dir)
     loop = asyncio.get_running_loop()
@@ -365,6 +372,8 @@ async def run_monitor(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, monitor.stopping.set)
     await monitor.start()
+    if on_start is not None:
+        on_start(run_dir)
     try:
         await asyncio.wait_for(monitor.stopping.wait(), duration_s)
     except TimeoutError:
