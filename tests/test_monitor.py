@@ -19,7 +19,7 @@ import zmq.asyncio
 from conftest import cli, inspect_json, monitor_config, recorded_events, store_count, wait_for
 
 from operando.demo import localize
-from operando.monitor import query_status
+from operando.monitor import command_monitor, query_status
 from operando.protocol import MODE_CC, PotentiostatBatch, Spot, XASScan, encode
 from operando.store import open_readonly, read_raw
 from operando.transport import CommandError, Publisher
@@ -296,6 +296,8 @@ def test_monitor_killed_and_restarted_continues_the_run(tmp_path, processes):
 
 
 def test_reprocess_rebuilds_the_same_derived_tables(tmp_path, processes):
+    """... and keeps the monitor's own events (here a command it was sent), which no
+    message holds."""
     cfg, run, mon = start_monitor(tmp_path, processes)
 
     async def scenario():
@@ -305,10 +307,14 @@ def test_reprocess_rebuilds_the_same_derived_tables(tmp_path, processes):
         await inst.spec.sock.send_multipart([b"t", b"\x00"])
         await inst.close()
         await wait_status(cfg, lambda s: s["spectra"]["aligned"] == 5)
+        with pytest.raises(CommandError, match="no open alarm 7"):
+            await command_monitor(cfg.monitor.command_endpoint, "acknowledge", {"alarm": 7})
 
     asyncio.run(scenario())
     assert mon.stop(signal.SIGINT) == 0
     before = inspect_json(run)
+    (command,) = recorded_events(run, "command")
+    assert command["action"] == "acknowledge" and not command["ok"]
     conn = open_readonly(run)
     docs = conn.execute("SELECT doc FROM alignment ORDER BY spectrum_id").fetchall()
     conn.close()
@@ -317,5 +323,6 @@ def test_reprocess_rebuilds_the_same_derived_tables(tmp_path, processes):
     after = inspect_json(run)
     for key in ("spectra", "potentiostat_rows", "sources", "events"):
         assert after[key] == before[key], key
+    assert recorded_events(run, "command") == [command]
     conn = open_readonly(run)
     assert conn.execute("SELECT doc FROM alignment ORDER BY spectrum_id").fetchall() == docs

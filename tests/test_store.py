@@ -335,3 +335,24 @@ def test_a_store_records_rixs_images_exactly(tmp_path):
     for k in range(20):
         frames = read_raw(tmp_path, k + 1).frames
         assert bytes(frames[1]) == b"h%d" % k and bytes(frames[2]) == image.tobytes()
+
+
+def test_a_run_recorded_before_event_origins_keeps_the_monitors_events_on_reprocess(tmp_path):
+    """Schema 3 had no ``origin`` column: the monitor's events are recognised by their kind,
+    and clearing the derived tables (reprocess) keeps them."""
+    old = sqlite3.connect(tmp_path / "run.sqlite")
+    old.execute(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, recv_ns INTEGER NOT NULL, "
+        "t REAL, kind TEXT NOT NULL, link TEXT, detail TEXT NOT NULL)"
+    )
+    for kind in ("trigger", "gap", "spot_change", "malformed"):
+        old.execute("INSERT INTO events (recv_ns, kind, detail) VALUES (1, ?, '{}')", (kind,))
+    old.commit()
+    old.close()
+    store = RunStore(tmp_path)
+    store.clear_derived()
+    store.close()
+    conn = open_readonly(tmp_path)
+    kept = conn.execute("SELECT kind, origin FROM events ORDER BY id").fetchall()
+    conn.close()
+    assert kept == [("trigger", "monitor"), ("spot_change", "monitor")]

@@ -664,11 +664,22 @@ class Ingest:
 
     # -- events ----------------------------------------------------------------------------
     def event(self, kind: str, link: str | None, t: float | int | None, **detail: Any) -> None:
-        """Record an event (gap, malformed, trigger, flag...) and put it on the state stream."""
+        """Record an event derived from the messages (gap, malformed, damage flag...) and put
+        it on the state stream."""
+        self._record_event("ingest", kind, link, t, detail)
+
+    def own_event(self, kind: str, link: str | None, t: float | int | None, **detail: Any) -> None:
+        """Record an event of the monitor's own (a trigger fired, a spot moved, an alarm, a
+        command): reprocess keeps these, it cannot derive them from the messages."""
+        self._record_event("monitor", kind, link, t, detail)
+
+    def _record_event(
+        self, origin: str, kind: str, link: str | None, t: float | int | None, detail: Any
+    ) -> None:
         t_val = None if t is None or not math.isfinite(t) else float(t)
         recv_ns = self._recv_ns or time.time_ns()
         body = _json.encode(detail).decode()
-        self.store.submit("event", (recv_ns, t_val, kind, link, body))
+        self.store.submit("event", (recv_ns, t_val, kind, link, body, origin))
         self.events[kind] += 1
         self.publish("event", {"kind": kind, "link": link, "t": t_val, "detail": detail})
         for listener in self.on_event:

@@ -118,7 +118,7 @@ class Monitor:
             for rec in self.store.unindexed:  # in the log, not yet indexed when it crashed
                 self.ingest.process_record(rec)
             self.ingest.align_due()
-            self.ingest.event(
+            self.ingest.own_event(
                 "monitor_restarted",
                 None,
                 None,
@@ -126,7 +126,7 @@ class Monitor:
                 recovered=len(self.store.unindexed),
                 torn_record=self.store.torn,
             )
-        self.alarms = Alarms(self.ingest.event)
+        self.alarms = Alarms(self.ingest.own_event)
         if self.store.reopened:
             conn = connect(self.store.path, readonly=True)
             try:
@@ -171,12 +171,12 @@ class Monitor:
             self.ctx,
             cfg.potentiostat,
             spectrometers[0] if spectrometers else None,
-            self.ingest.event,
+            self.ingest.own_event,
             curve,
             self.alarms,
         )
         self.ingest.orchestrator = self.orchestrator
-        self.refiller = Refiller(self.ctx, cfg.sources, self.ingest.event, curve)
+        self.refiller = Refiller(self.ctx, cfg.sources, self.ingest.own_event, curve)
         self.ingest.on_event.append(self.refiller.on_event)
         if self.ingest.dose is not None:
             self.ingest.dose.on_dose.append(self.orchestrator.on_dose)
@@ -222,7 +222,7 @@ class Monitor:
 
     def _audit(self, cmd: Any, ack: Any) -> None:
         if cmd.action not in ("status", "ping"):
-            self.ingest.event(
+            self.ingest.own_event(
                 "command",
                 "monitor",
                 None,
@@ -286,13 +286,13 @@ class Monitor:
                 t1 = time.time_ns()
                 offsets.append(((t0 + t1) / 2 - ack.result["t_ns"]) * 1e-9)
         except (CommandError, KeyError) as e:
-            self.ingest.event("clock_estimate_failed", src.name, None, error=str(e))
+            self.ingest.own_event("clock_estimate_failed", src.name, None, error=str(e))
             return
         finally:
             await client.close()
         offset = statistics.median(offsets)
         self.ingest.links[src.name].config.clock_offset_s = offset
-        self.ingest.event(
+        self.ingest.own_event(
             "clock_offset", src.name, None, offset_s=offset, spread_s=max(offsets) - min(offsets)
         )
 
@@ -315,7 +315,7 @@ class Monitor:
             self.ingest.align_due()
             self._watch_silence()
             if self.store.last_error:
-                self.ingest.event("store_error", None, None, error=self.store.last_error)
+                self.ingest.own_event("store_error", None, None, error=self.store.last_error)
             self.state("status", self.status())
             self.state.flush()
 
@@ -327,10 +327,10 @@ class Monitor:
             silent = time.monotonic() - link.last_seen_wall > limit
             if silent and name not in self._silent:
                 self._silent.add(name)
-                self.ingest.event("disconnected", name, None, silent_s=limit)
+                self.ingest.own_event("disconnected", name, None, silent_s=limit)
             elif not silent and name in self._silent:
                 self._silent.discard(name)
-                self.ingest.event("reconnected", name, None)
+                self.ingest.own_event("reconnected", name, None)
 
     async def stop(self) -> None:
         for t in self._tasks:

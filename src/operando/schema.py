@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 STORE_FILE = "run.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS alignment (
     revision INTEGER NOT NULL DEFAULT 0, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, recv_ns INTEGER NOT NULL, t REAL, kind TEXT NOT NULL,
-    link TEXT, detail TEXT NOT NULL);
+    link TEXT, detail TEXT NOT NULL, origin TEXT NOT NULL DEFAULT 'ingest');
 CREATE INDEX IF NOT EXISTS events_by_kind ON events (kind);
 CREATE TABLE IF NOT EXISTS analysis (
     spectrum_id INTEGER NOT NULL, channel TEXT NOT NULL, method TEXT NOT NULL, valence REAL,
@@ -71,6 +71,30 @@ DERIVED_TABLES = (
     "series",
 )
 
+# The monitor's own events (origin 'monitor': a trigger fired, a spot moved, an alarm, a
+# command) happened at the time, not in the messages: reprocess keeps them. The rest (gaps,
+# malformed messages, damage flags ...) it derives again.
+KEPT_ON_REPROCESS = {"events": "origin = 'monitor'"}
+# Kinds the monitor itself records, to mark its events in runs recorded before schema 4.
+MONITOR_EVENT_KINDS = (
+    "ack",
+    "alarm",
+    "alarm_acknowledged",
+    "clock_estimate_failed",
+    "clock_offset",
+    "command",
+    "disconnected",
+    "gap_unrecoverable",
+    "monitor_restarted",
+    "reconnected",
+    "refill",
+    "spot_change",
+    "spot_move_retry",
+    "store_error",
+    "store_writer_restarted",
+    "trigger",
+)
+
 SQL = {
     "raw": "INSERT OR REPLACE INTO raw VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "potentiostat": "INSERT INTO potentiostat VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -81,7 +105,8 @@ SQL = {
     "reason = excluded.reason, ewe_mean = excluded.ewe_mean, soc = excluded.soc, "
     "i_mean = excluded.i_mean, mode = excluded.mode, step = excluded.step, "
     "cycle = excluded.cycle, revision = alignment.revision + 1, doc = excluded.doc",
-    "event": "INSERT INTO events (recv_ns, t, kind, link, detail) VALUES (?, ?, ?, ?, ?)",
+    "event": "INSERT INTO events (recv_ns, t, kind, link, detail, origin) "
+    "VALUES (?, ?, ?, ?, ?, ?)",
     "meta": "INSERT OR REPLACE INTO meta VALUES (?, ?)",
     "analysis": "INSERT OR REPLACE INTO analysis VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "dose": "INSERT OR REPLACE INTO dose VALUES (?, ?, ?, ?, ?, ?)",
@@ -122,10 +147,18 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Runs recorded by an older version: add what is new (schema 3: the SOC of each row)."""
+    """Runs recorded by an older version: add what is new (schema 3: the SOC of each row;
+    schema 4: where each event came from)."""
     columns = {r[1] for r in conn.execute("PRAGMA table_info(potentiostat)")}
     if "soc" not in columns:
         conn.execute("ALTER TABLE potentiostat ADD COLUMN soc REAL")
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    if "origin" not in columns:
+        conn.execute("ALTER TABLE events ADD COLUMN origin TEXT NOT NULL DEFAULT 'ingest'")
+        kinds = ", ".join("?" * len(MONITOR_EVENT_KINDS))
+        conn.execute(
+            f"UPDATE events SET origin = 'monitor' WHERE kind IN ({kinds})", MONITOR_EVENT_KINDS
+        )
 
 
 def open_readonly(run_dir: str | Path) -> sqlite3.Connection:

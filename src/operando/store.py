@@ -46,6 +46,7 @@ import zmq
 from operando.rawlog import RawLogError, RawLogWriter, RawRecord, frame_sizes, read_record, scan
 from operando.schema import (
     DERIVED_TABLES,
+    KEPT_ON_REPROCESS,
     SCHEMA,
     SCHEMA_VERSION,
     SQL,
@@ -406,7 +407,8 @@ class RunStore:
         self.writer_restarts += 1
         self._last_restart = time.monotonic()
         detail = json.dumps({"exit_code": code, "batches_sent_again": resent})
-        self.submit("event", (time.time_ns(), None, "store_writer_restarted", None, detail))
+        event = (time.time_ns(), None, "store_writer_restarted", None, detail, "monitor")
+        self.submit("event", event)
 
     # -- helpers used by ingest and reprocess ------------------------------------------------
     def take_raw_id(self) -> int:
@@ -423,7 +425,8 @@ class RunStore:
         """Empty everything reprocess rebuilds from the raw log."""
         self.flush()
         for table in DERIVED_TABLES:
-            self._conn.execute(f"DELETE FROM {table}")
+            keep = KEPT_ON_REPROCESS.get(table)
+            self._conn.execute(f"DELETE FROM {table}" + (f" WHERE NOT ({keep})" if keep else ""))
         self._conn.commit()
         self.next_spectrum_id = 1
 
