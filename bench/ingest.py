@@ -10,6 +10,9 @@ Prints JSON lines:
   Goal >= 0.5. Beside it, ``protocol_floor``: the same messages (topic, header and 4 array
   frames, as the wire protocol has them) received by a bare sync loop that does nothing with
   them: the ceiling of any receiver of this protocol, against bare_zmq's 2-frame messages.
+  And the CPU (user + system, all threads) the monitor, its store writer and the sender each
+  used per scan over the measured interval; ``cores_busy``: their sum times the rate received,
+  against the machine's ``cores``: how close the run came to using every core.
 - ``rixs_8MB``: RIXS rows with 8 MB counts (2048 x 2048 uint16) through the same path, in MB/s,
   divided by the disk's sequential write rate (write + fsync of the same bytes to a file in the
   same directory). Goal >= 0.8.
@@ -124,13 +127,12 @@ def _sender(kind: str, n: int, port: int, rate: float) -> None:
     add(SeriesEnd(source="bench"))
     sock.recv()  # a subscription
     t_next = time.perf_counter()
+    # Blocking sends, as bare_zmq.py's sender makes them: while the monitor is behind, the
+    # sender waits in libzmq. (It polled with 0.1 ms sleeps before: up to 10,000 wake-ups a
+    # second on the receiver's two cores.)
+    sock.sndtimeo = 120_000
     for k, frames in enumerate(messages):
-        while True:
-            try:
-                sock.send_multipart(frames, copy=kind == "xas")
-                break
-            except zmq.Again:
-                time.sleep(0.0001)
+        sock.send_multipart(frames, copy=kind == "xas")
         if rate and 0 < k < len(messages) - 1:
             t_next += 1.0 / rate
             while time.perf_counter() < t_next:
@@ -145,12 +147,14 @@ def _receive(kind: str, n: int, port: int, rate: float, workdir: Path) -> dict[s
         [sys.executable, __file__, "--send", kind, str(n), str(port), str(rate)]
     )
     try:
-        return asyncio.run(_receive_async(kind, n, port, workdir))
+        return asyncio.run(_receive_async(kind, n, port, workdir, sender.pid))
     finally:
         sender.wait(timeout=120)
 
 
-async def _receive_async(kind: str, n: int, port: int, workdir: Path) -> dict[str, Any]:
+async def _receive_async(
+    kind: str, n: int, port: int, workdir: Path, sender_pid: int
+) -> dict[str, Any]:
     ctx = zmq.asyncio.Context()
     store = RunStore(workdir)
     recv_at: dict[int, int] = {}
@@ -171,10 +175,12 @@ async def _receive_async(kind: str, n: int, port: int, workdir: Path) -> dict[st
         if not marks["first"]:
             marks["first"] = time.perf_counter()
             marks["cpu"], marks["writer_cpu"] = time.process_time(), _cpu_s(store._proc.pid)
+            marks["sender_cpu"] = _cpu_s(sender_pid)
         recv_at[store.next_raw_id] = now
         msg = ingest.receive(link, frames, now)
         if msg is not None and isinstance(msg.header, SeriesEnd):
             marks["last"] = time.perf_counter()
+            marks["sender_cpu"] = _cpu_s(sender_pid) - marks["sender_cpu"]  # it exits soon
             done.set()
 
     sub = Subscriber(
@@ -211,6 +217,7 @@ async def _receive_async(kind: str, n: int, port: int, workdir: Path) -> dict[st
         "per_s_committed": n / (committed - marks["first"]),
         "cpu_us_per_msg": cpu_us,  # the receiving process, all its threads
         "writer_cpu_us_per_msg": writer_cpu_us,
+        "sender_cpu_us_per_msg": marks["sender_cpu"] / n * 1e6,
         "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
         "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
         "store_bytes": size,
@@ -300,6 +307,16 @@ def main() -> None:
                 "writer_cpu_us_per_scan": statistics.median(
                     r["writer_cpu_us_per_msg"] for r in runs
                 ),
+                "sender_cpu_us_per_scan": statistics.median(
+                    r["sender_cpu_us_per_msg"] for r in runs
+                ),
+                "cores_busy": statistics.median(
+                    (r["cpu_us_per_msg"] + r["writer_cpu_us_per_msg"] + r["sender_cpu_us_per_msg"])
+                    * r["per_s_received"]
+                    * 1e-6
+                    for r in runs
+                ),
+                "cores": os.cpu_count(),
                 "lost": max(r["lost"] for r in runs),
                 "aligned": min(r["aligned"] for r in runs),
                 "n": a.n,
