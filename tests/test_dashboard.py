@@ -164,7 +164,7 @@ def test_alarms_from_the_store_open_until_acknowledged(tmp_path):
 
     def event(kind, link, t, **detail):
         recorded.append((kind, detail))
-        store.submit("event", (1, t, kind, link, json.dumps(detail)))
+        store.submit("event", (1, t, kind, link, json.dumps(detail), "monitor"))
 
     alarms = Alarms(event)
     alarms.on_event("damage_flag", None, {"spot": "A1", "test": "repeat", "p_value": 1e-6})

@@ -27,6 +27,7 @@ from conftest import (
 )
 
 from operando.protocol import Heartbeat, XASScan, decode
+from operando.rawlog import headers, segment_path
 from operando.replaybuffer import ReplayBuffer, ReplayLimits
 from operando.sequence import Arrival, SequenceTracker
 from operando.store import lost_ranges, open_readonly
@@ -93,6 +94,28 @@ def test_a_torn_spool_tail_still_gives_the_intact_messages(tmp_path):
     again = ReplayBuffer("s2", ReplayLimits(spool=tmp_path))
     assert again.previous == ("s1", 3)
     assert sorted(again.from_spool("s1", 0, -1)) == [0, 1, 2, 3]
+    again.close()
+
+
+def test_a_refill_from_the_spool_reads_the_records_asked_for_by_their_headers(tmp_path):
+    """Record headers lead to the records asked for: the payloads before them are not read,
+    so a byte flipped in an older record (a bad disk block) does not hide the newer ones."""
+    buf = ReplayBuffer("s1", ReplayLimits(messages=2, spool=tmp_path))
+    for i in range(40):
+        buf.add(i, [b"t", b"h%d" % i, np.full(2_000, i, np.float64)])
+    buf.close()
+    spool = tmp_path / "s1"
+    segment, offset, length, _ = next(h for h in headers(spool) if h[3] == 5)
+    with open(segment_path(spool, segment), "r+b") as f:  # a byte of record 5's array
+        f.seek(offset + length - 100)
+        f.write(b"\xff")
+    again = ReplayBuffer("s2", ReplayLimits(spool=tmp_path))
+    assert again.previous == ("s1", 39)
+    found = again.from_spool("s1", 20, 24)
+    assert sorted(found) == [20, 21, 22, 23, 24] and found[22][1] == b"h22"
+    assert np.frombuffer(found[22][2], np.float64).tolist() == [22.0] * 2_000
+    # asked for, it is found damaged: what came before it is given, and nothing after
+    assert sorted(again.from_spool("s1", 0, 9)) == [0, 1, 2, 3, 4]
     again.close()
 
 

@@ -104,11 +104,11 @@ def test_a_damaged_record_is_named(tmp_path):
 
 def test_write_errors_are_retried_not_dropped(tmp_path):
     store = RunStore(tmp_path)
-    store.submit("event", (0, None, "x", None, "{}"))
+    store.submit("event", (0, None, "x", None, "{}", "ingest"))
     store.flush()
     blocker = sqlite3.connect(store.path)  # holds the write lock, as a full disk would fail
     blocker.execute("BEGIN EXCLUSIVE")
-    store.submit("event", (1, None, "y", None, "{}"))
+    store.submit("event", (1, None, "y", None, "{}", "ingest"))
     wait_for(lambda: store.last_error, 15, what="the writer to meet the locked database")
     assert "locked" in store.last_error
     blocker.rollback()
@@ -190,6 +190,30 @@ def test_a_writer_that_dies_is_restarted_and_records_everything_once(tmp_path):
     ).fetchone()
     assert '"exit_code": -9' in detail
     conn.close()
+
+
+def test_a_writer_killed_among_rixs_images_gets_them_again_through_the_ring(tmp_path):
+    """Large frames travel in the shared ring: after a restart the ring starts afresh and the
+    images not reported committed are placed in it again, whole."""
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 2**16, (1024, 1024), dtype=np.uint16) for _ in range(24)]
+
+    async def record() -> RunStore:
+        store = RunStore(tmp_path)
+        for k, image in enumerate(images):
+            store.append_raw(store.take_raw_id(), k, "spectrometer", [b"r", b"h%d" % k, image], OK)
+            await asyncio.sleep(0)
+            if k == 11:
+                store._proc.kill()  # with images in the ring, some written, some not
+        await asyncio.to_thread(store.flush, 60)
+        return store
+
+    store = asyncio.run(record())
+    assert store.writer_restarts == 1
+    store.close()
+    assert [r.raw_id for r in scan(tmp_path)] == list(range(1, 25))
+    for k, image in enumerate(images):
+        assert bytes(read_raw(tmp_path, k + 1).frames[2]) == image.tobytes()
 
 
 def test_a_writer_that_dies_again_soon_is_not_restarted(tmp_path):

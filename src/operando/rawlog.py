@@ -199,14 +199,22 @@ def _write_all(fd: int, parts: list[Any]) -> None:
             parts[i] = memoryview(parts[i]).cast("B")[n:]
 
 
-def _parse(buf: bytes, pos: int, segment: int) -> RawRecord:
-    if len(buf) - pos < _HEADER.size:
+def _header(buf: bytes, at: int, segment: int, pos: int, end: int) -> tuple[Any, ...]:
+    """The header at ``buf[at:]``, of the record at ``pos`` in a segment (or buffer) that ends
+    at ``end``; RawLogError when it is damaged or its record cut short."""
+    if end - pos < _HEADER.size:
         raise RawLogError(f"segment {segment} offset {pos}: truncated record header")
-    magic, length, raw_id, recv_ns, link_len, nframes, crc = _HEADER.unpack_from(buf, pos)
+    fields = _HEADER.unpack_from(buf, at)
+    magic, length = fields[0], fields[1]
     if magic != MAGIC:
         raise RawLogError(f"segment {segment} offset {pos}: bad magic {magic!r}")
-    if pos + length > len(buf):
+    if pos + length > end:
         raise RawLogError(f"segment {segment} offset {pos}: record of {length} bytes cut short")
+    return fields
+
+
+def _parse(buf: bytes, pos: int, segment: int) -> RawRecord:
+    _, length, raw_id, recv_ns, link_len, nframes, crc = _header(buf, pos, segment, pos, len(buf))
     view = memoryview(buf)[pos + _HEADER.size : pos + length]
     if crc32(view) != crc:
         raise RawLogError(f"segment {segment} offset {pos}: CRC mismatch")
@@ -247,6 +255,23 @@ def scan(run_dir: Path, start: tuple[int, int] = (1, 0)) -> Iterator[RawRecord]:
             rec = _parse(buf, pos, seg)
             yield rec
             pos += rec.length
+
+
+def headers(run_dir: Path) -> Iterator[tuple[int, int, int, int]]:
+    """(segment, offset, length, raw_id) of every record in order, from the headers alone:
+    no payload is read and no CRC checked (``read_record`` checks the records read). To find
+    a few records, or the last one, without reading a spool of RIXS images. Stops at a damaged
+    header or a record cut short, raising RawLogError as ``scan`` does."""
+    for seg in sorted(int(p.stem) for p in (run_dir / RAW_DIR).glob("*.log")):
+        path = segment_path(run_dir, seg)
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            pos = 0
+            while pos < size:
+                f.seek(pos)
+                _, length, raw_id, *_ = _header(f.read(_HEADER.size), 0, seg, pos, size)
+                yield seg, pos, length, raw_id
+                pos += length
 
 
 def log_bytes(run_dir: Path) -> int:

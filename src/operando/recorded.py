@@ -85,8 +85,10 @@ class RecordedRun:
         )
 
     def events(self) -> pd.DataFrame:
+        # by receive time: after a reprocess the monitor's own events keep their ids and the
+        # events derived again come after them
         return pd.read_sql_query(
-            "SELECT id, recv_ns, t, kind, link AS source, detail FROM events ORDER BY id",
+            "SELECT id, recv_ns, t, kind, link AS source, detail FROM events ORDER BY recv_ns, id",
             self.conn,
         )
 

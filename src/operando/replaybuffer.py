@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from operando.rawlog import RAW_DIR, RawLogError, RawLogWriter, scan
+from operando.rawlog import RAW_DIR, RawLogError, RawLogWriter, headers, read_record
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,14 @@ class ReplayBuffer:
         if session == self.session:
             self._disk.submit(lambda: None).result()  # what was queued is written
         out: dict[int, Frames] = {}
-        try:
-            for rec in scan(spool / session):
-                if rec.raw_id >= first and (last < 0 or rec.raw_id <= last):
-                    out[rec.raw_id] = [bytes(f) for f in rec.frames]
+        try:  # by the headers, reading only the records asked for
+            for segment, offset, length, seq in headers(spool / session):
+                if seq < first:
+                    continue
+                if last >= 0 and seq > last:
+                    break  # a session's spool holds its messages in the order sent
+                rec = read_record(spool / session, segment, offset, length)
+                out[seq] = [bytes(f) for f in rec.frames]
         except (RawLogError, FileNotFoundError):
             pass  # a torn tail (the driver was killed mid-write) or a segment just pruned
         return out
@@ -173,8 +177,8 @@ def _newest_session(spool: Path) -> tuple[str, int] | None:
         return None
     last = -1
     try:
-        for rec in scan(sessions[-1]):
-            last = max(last, rec.raw_id)
+        for _, _, _, seq in headers(sessions[-1]):
+            last = max(last, seq)
     except RawLogError:
         pass  # killed mid-write: the intact records before the tear count
     return (sessions[-1].name, last) if last >= 0 else None
