@@ -268,6 +268,16 @@ def test_a_restarted_writer_cuts_the_log_and_skips_what_was_committed(tmp_path):
     restarted._append_to_log(batch(2, 21))  # and dies again before a commit
     restarted.close()
     assert raw_ids() == list(range(1, 31)) and store_rows(tmp_path) == 20
+    third = BatchWriter(tmp_path, lambda report: None, "monitor-a")
+    assert third.committed == 1 and raw_ids() == list(range(1, 21))
+    third.write(third.fresh(batch(0, 1)))  # committed already: the mark stays at 1
+    third.close()
+    assert BatchWriter(tmp_path, lambda report: None, "monitor-a").committed == 1
+    assert store_rows(tmp_path) == 20
+    third = BatchWriter(tmp_path, lambda report: None, "monitor-a")
+    third.write(third.fresh(batch(2, 21)))
+    third.close()
+    assert raw_ids() == list(range(1, 31)) and store_rows(tmp_path) == 30
     # A new monitor on this run: its writer cuts nothing (the store indexes what lies past
     # the index when it opens the run: test_records_past_the_index_are_recovered_...).
     assert BatchWriter(tmp_path, lambda report: None, "monitor-b").committed == -1

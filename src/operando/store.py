@@ -389,6 +389,8 @@ class RunStore:
                 return
             with self._lock:
                 self._restarting = True
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
             self._ctx.destroy(linger=0)
             try:
                 first = self._spawn_writer()

@@ -285,7 +285,8 @@ class BatchWriter:
     def write(self, batch: list[Op]) -> bool:
         """Write one batch; True when it holds the stop marker."""
         logged = self._append_to_log(batch)
-        last = max((arg for op, arg, _ in batch if op == BATCH), default=self.committed)
+        # (a batch sent again that was committed already must not move the mark back)
+        last = max([self.committed, *(arg for op, arg, _ in batch if op == BATCH)])
         while True:
             try:
                 self._execute(batch, logged, last)
