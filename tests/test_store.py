@@ -120,6 +120,28 @@ def test_write_errors_are_retried_not_dropped(tmp_path):
     assert kinds == ["x", "y"]
 
 
+def test_a_row_sqlite_refuses_is_left_out_and_recorded_and_the_rest_written(tmp_path):
+    """A bug upstream hands the writer rows SQLite refuses (a NULL where NOT NULL, a list):
+    the batch is not retried for ever behind them; the other rows are written, and each
+    refused row is recorded as an event with its error."""
+    store = RunStore(tmp_path)
+    fill(store, 3, flush=False)
+    store.submit("event", (1, None, "fine", None, "{}", "ingest"))
+    store.submit("event", (2, None, None, None, "{}", "ingest"))  # kind is NOT NULL
+    store.submit("event", (3, None, "a list", None, [1, 2], "ingest"))
+    store.submit("event", (4, None, "also fine", None, "{}", "ingest"))
+    store.flush(30)
+    assert store.rows_refused == 2 and store.last_error is None
+    assert "TypeError" in store.last_refused
+    store.close()
+    conn = open_readonly(tmp_path)
+    events = conn.execute("SELECT kind, detail FROM events ORDER BY id").fetchall()
+    assert [k for k, _ in events] == ["fine", "store_row_refused", "store_row_refused", "also fine"]
+    assert "NOT NULL constraint failed: events.kind" in events[1][1]
+    assert conn.execute("SELECT count(*) FROM raw").fetchone()[0] == 3
+    conn.close()
+
+
 def test_the_writer_finishes_what_it_received_after_the_monitor_is_killed(tmp_path):
     """SIGKILL of the process that owns the store, while its writer is stuck on a locked
     database with 300 messages received: the writer writes them all once the lock goes (with

@@ -732,6 +732,7 @@ class Ingest:
             "analysis_backlog": self.analysis_thread.backlog if self.analysis_thread else 0,
             "store_error": self.store.last_error,
             "store_writer_restarts": self.store.writer_restarts,
+            "store_rows_refused": self.store.rows_refused,
         }
 
 

@@ -185,6 +185,7 @@ class Monitor:
         self._manual_count = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._silent: set[str] = set()
+        self._rows_refused = 0  # how many the store has refused, as last alarmed
         self.stopping = asyncio.Event()
 
     async def _status(self, cmd: Command) -> dict[str, Any]:
@@ -316,6 +317,10 @@ class Monitor:
             self._watch_silence()
             if self.store.last_error:
                 self.ingest.own_event("store_error", None, None, error=self.store.last_error)
+            if self.store.rows_refused > self._rows_refused:  # a bug: a person should know
+                self._rows_refused = self.store.rows_refused
+                error = f"{self._rows_refused} row(s) refused, the last: {self.store.last_refused}"
+                self.ingest.own_event("store_error", None, None, error=error)
             self.state("status", self.status())
             self.state.flush()
 

@@ -141,6 +141,8 @@ class RunStore:
         self._restart_lock = threading.Lock()  # held through a restart; close waits for it
         self._stopping = self._closing = False
         self.writer_restarts = 0
+        self.rows_refused = 0  # rows SQLite refused (a bug upstream), recorded as events
+        self.last_refused: str | None = None
         self._last_restart = -math.inf
         self._gave_up = False
         try:
@@ -355,6 +357,9 @@ class RunStore:
             except zmq.ZMQError:  # closed under us at shutdown
                 return
             self._committed(report)
+            if report.refused:
+                self.rows_refused += len(report.refused)
+                self.last_refused = report.refused[-1]
             self.last_error = report.error
             for flush_id in report.flushed:  # once: a batch sent again may repeat one
                 done = self._flushes.pop(flush_id, None)

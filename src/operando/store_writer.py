@@ -72,6 +72,23 @@ def _plain(obj: Any) -> Any:
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=_plain)
+_json_encoder = msgspec.json.Encoder(enc_hook=repr)  # a refused row may hold anything
+
+
+def _json(value: Any) -> str:
+    return _json_encoder.encode(value).decode()
+
+
+# What SQLite says of a row itself (a NULL where NOT NULL, a wrong number of values): writing
+# the batch again would fail again, so the row is left out and the rest written. Any other
+# error (a full disk, I/O) passes: the batch is kept and written again.
+ROW_ERRORS = (
+    apsw.ConstraintError,
+    apsw.BindingsError,
+    apsw.MismatchError,
+    apsw.TooBigError,
+    TypeError,  # a value SQLite cannot hold (a list, a dict)
+)
 
 
 class Report(msgspec.Struct, omit_defaults=True):
@@ -82,6 +99,7 @@ class Report(msgspec.Struct, omit_defaults=True):
     flushed: list[int] = []
     error: str | None = None
     stopped: bool = False
+    refused: list[str] = []  # rows SQLite refused and that were left out (a bug upstream)
 
 
 report_decoder = msgspec.msgpack.Decoder(Report)
@@ -287,21 +305,31 @@ class BatchWriter:
         logged = self._append_to_log(batch)
         # (a batch sent again that was committed already must not move the mark back)
         last = max([self.committed, *(arg for op, arg, _ in batch if op == BATCH)])
+        one_by_one = False
         while True:
             try:
-                self._execute(batch, logged, last)
+                refused = self._execute(batch, logged, last, one_by_one)
                 break
-            except apsw.Error as e:  # disk full, I/O error: keep the batch and retry
+            except (apsw.Error, *ROW_ERRORS) as e:
                 if not self.conn.getautocommit():  # a transaction is still open
                     with contextlib.suppress(apsw.Error):
                         self.conn.execute("ROLLBACK")
-                self._failed(f"{type(e).__name__}: {e}")
+                if isinstance(e, ROW_ERRORS) and not one_by_one:
+                    one_by_one = True  # a row SQLite refuses: find it, write the rest
+                    continue
+                self._failed(f"{type(e).__name__}: {e}")  # disk full, I/O: keep, retry
         flushed = [arg for op, arg, _ in batch if op == FLUSH]
         ring_to = max((arg for op, arg, _ in batch if op == RING_TO), default=-1)
         stop = any(op == STOP for op, _, _ in batch)
         self.committed = max(self.committed, last)
         self.report(
-            Report(committed=self.committed, ring_to=ring_to, flushed=flushed, stopped=stop)
+            Report(
+                committed=self.committed,
+                ring_to=ring_to,
+                flushed=flushed,
+                stopped=stop,
+                refused=refused,
+            )
         )
         return stop
 
@@ -330,7 +358,11 @@ class BatchWriter:
             except OSError as e:
                 self._failed(f"raw log: {e}")
 
-    def _execute(self, batch: list[Op], raw_rows: list[tuple[Any, ...]], last: int) -> None:
+    def _execute(
+        self, batch: list[Op], raw_rows: list[tuple[Any, ...]], last: int, one_by_one: bool
+    ) -> list[str]:
+        """One transaction for the batch; what was refused (``one_by_one``: each derived row
+        is written alone, and one that SQLite refuses is left out, recorded as an event)."""
         conn = self.conn
         conn.execute("BEGIN")
         # in the same transaction: how far this commit goes, in batches and in the log
@@ -344,9 +376,21 @@ class BatchWriter:
             elif op == "rows":  # a list of rows for one table, e.g. a potentiostat batch
                 table, rows = params
                 groups.setdefault(table, []).extend(rows)
+        refused: list[str] = []
         for op, rows in groups.items():
-            conn.executemany(SQL[op], rows)
+            if not one_by_one:
+                conn.executemany(SQL[op], rows)
+                continue
+            for row in rows:
+                try:
+                    conn.execute(SQL[op], row)
+                except ROW_ERRORS as e:
+                    refused.append(f"{op} row refused: {type(e).__name__}: {e}")
+                    detail = {"table": op, "error": f"{type(e).__name__}: {e}", "row": row}
+                    event = (time.time_ns(), None, "store_row_refused", None, _json(detail))
+                    conn.execute(SQL["event"], (*event, "ingest"))
         conn.execute("COMMIT")
+        return refused
 
 
 # -- the process -----------------------------------------------------------------------------
