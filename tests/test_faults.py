@@ -7,6 +7,7 @@ raw log (or listed as lost), and the raw log reads back without a damaged record
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -222,3 +223,71 @@ def test_the_raw_log_cuts_a_failed_write_back_and_writes_it_again(small_disk):
         rec = read_record(small_disk / "run", *where)
         assert rec.raw_id == i and [bytes(f) for f in rec.frames] == frames
     log.close()
+
+
+def test_live_analysis_that_falls_behind_skips_spectra_says_so_and_records_them_all(
+    tmp_path, processes
+):
+    """A flood of scans faster than the live analysis (its backlog bounded to 50 kB here):
+    every scan is recorded; those the analysis could not take are counted, an event and an
+    alarm say so while it is behind, and an event says how many once it caught up."""
+    import numpy as np
+    import zmq.asyncio
+
+    from operando.protocol import XASScan
+    from operando.transport import Publisher
+
+    cfg, path = monitor_config(tmp_path)
+    data = json.loads(path.read_text())
+    data["analysis"] = {"live_backlog_MB": 0.05}  # six 8 KB scans
+    path.write_text(json.dumps(data))
+    run = tmp_path / "run"
+    mon = processes("monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "m.log")
+    e = np.linspace(630, 660, 256)
+    arrays = {"energy": e, "I0": np.ones(256), "TEY": e / 600, "TFY": e / 700}
+    n, late = 3000, 3
+
+    async def scans() -> None:
+        ctx = zmq.asyncio.Context()
+        pub = Publisher(ctx, cfg.source("spectrometer").data, "spectrometer", hwm=50)
+        pub.start()
+        try:
+            assert await pub.wait_for_subscriber(20)
+            await pub.start_series("flood", "spectrometer", {})
+            for i in range(n + late):
+                if i == n:  # the analysis catches up before the last few
+                    for _ in range(600):
+                        status = await query_status(cfg.monitor.command_endpoint, 2.0)
+                        if status["analysis_backlog"] == 0 and status["spectra"]["total"] == n:
+                            break
+                        await asyncio.sleep(0.1)
+                h = XASScan(
+                    source="spectrometer",
+                    scan_id=f"f{i}",
+                    t_start_ns=i * 1000,
+                    t_end_ns=i * 1000 + 500,
+                    channels=("I0", "TEY", "TFY"),
+                )
+                await pub.send(h, arrays)
+            await pub.end_series()
+        finally:
+            await pub.close()
+            ctx.destroy(linger=0)
+
+    asyncio.run(scans())
+    wait_for(
+        lambda: store_count(run, "SELECT count(*) FROM alignment") == n + late,
+        120,
+        what="every scan recorded and aligned",
+    )
+    skipped = wait_for(
+        lambda: _status(cfg).get("analysis_skipped_live"), 30, what="the count of skipped"
+    )
+    assert mon.stop(signal.SIGINT) == 0
+    assert store_count(run, "SELECT count(*) FROM spectra") == n + late
+    behind = recorded_events(run, "analysis_behind")
+    caught_up = recorded_events(run, "analysis_caught_up")
+    assert behind and len(caught_up) == len(behind)
+    assert sum(c["skipped"] for c in caught_up) == skipped > 0
+    alarms = [a for a in recorded_events(run, "alarm") if a["category"] == "analysis"]
+    assert alarms and "operando reprocess analyses them" in alarms[0]["message"]

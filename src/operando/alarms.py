@@ -28,6 +28,16 @@ FROM_EVENTS: dict[str, tuple[str, str, Callable[[str | None, dict[str, Any]], st
             f"p = {d.get('p_value', float('nan')):.1e})"
         ),
     ),
+    "analysis_behind": (
+        "analysis",
+        "",
+        lambda link, d: (
+            f"live analysis is behind ({d.get('backlog')} spectra, {d.get('backlog_MB')} MB "
+            f"waiting): from spectrum {d.get('spectrum_id')} on, spectra are recorded but not "
+            "analysed live (no fits, no damage tests) until it catches up; "
+            "operando reprocess analyses them"
+        ),
+    ),
     # A gap alone is not an alarm: the monitor asks the driver to send it again (refill).
     "gap_unrecoverable": (
         "gap",

@@ -38,6 +38,7 @@ class AnalysisThread:
         analyzer: Analyzer,
         loop: asyncio.AbstractEventLoop,
         on_error: Callable[[SpectrumInput, Exception], None],
+        max_bytes: int = 256 << 20,
     ) -> None:
         self.analyzer = analyzer
         self.loop = loop
@@ -48,6 +49,9 @@ class AnalysisThread:
         self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._queued = 0  # written by the loop only
         self._done = 0  # written by the thread only: no shared counter to race on
+        self._queued_bytes = 0  # the same, for the bytes of the spectra's arrays
+        self._done_bytes = 0
+        self.max_bytes = max_bytes
         self._thread = threading.Thread(target=self._run, name="analysis", daemon=True)
         self._thread.start()
 
@@ -62,15 +66,27 @@ class AnalysisThread:
         """Spectra aligned but not yet analysed."""
         return self._queued - self._done
 
+    @property
+    def backlog_bytes(self) -> int:
+        return self._queued_bytes - self._done_bytes
+
     def put(
         self,
         s: SpectrumInput,
         arrays: Mapping[str, np.ndarray],
         al: Alignment,
         rest_ewe: tuple[np.ndarray, np.ndarray] | None,
-    ) -> None:
+    ) -> bool:
+        """Queue a spectrum; False (not queued) when the backlog would pass ``max_bytes``."""
+        nbytes = getattr(arrays, "nbytes", None)
+        if not isinstance(nbytes, int):
+            nbytes = sum(np.asarray(a).nbytes for a in arrays.values())
+        if self.backlog and self.backlog_bytes + nbytes > self.max_bytes:
+            return False
         self._queued += 1
-        self._jobs.put((s, arrays, al, rest_ewe))
+        self._queued_bytes += nbytes
+        self._jobs.put((s, arrays, al, rest_ewe, nbytes))
+        return True
 
     def finish(self) -> None:
         self._jobs.put((_FINISH,))
@@ -85,11 +101,12 @@ class AnalysisThread:
             if job[0] == _FINISH:
                 self.analyzer.finish()
                 continue
-            s, arrays, al, rest_ewe = job
+            s, arrays, al, rest_ewe, nbytes = job
             try:
                 self.analyzer.on_spectrum(s, arrays, al, rest_ewe)
             except Exception as e:  # analysis must never stop: say what failed, go on
                 log.exception("analysing spectrum %d failed", s.spectrum_id)
                 self.on_error(s, e)
             finally:
+                self._done_bytes += nbytes
                 self._done += 1

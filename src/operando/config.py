@@ -80,6 +80,9 @@ class AnalysisConfig(_Section):
     damage: DamageSettings = msgspec.field(default_factory=DamageSettings)
     rest_current_mA: float = 0.005
     relaxation_min_points: int = 5
+    # Spectra waiting for the live analysis hold their arrays (8 MB a RIXS row): past this,
+    # spectra are recorded but not analysed live until it catches up (reprocess analyses them)
+    live_backlog_MB: float = 256.0
 
 
 class OrchestrationConfig(_Section):

@@ -160,6 +160,8 @@ class Ingest:
         self.cell: dict[str, Any] = {}  # the newest potentiostat row, for status displays
         self._recv_ns = 0  # receive time of the message being processed (0: use the wall clock)
         self._refilling = False  # the message being processed fills a gap (sent again)
+        # while live analysis is behind: [first spectrum not analysed live, how many]
+        self._skipped_live: list[int] | None = None
 
     # -- entry points ----------------------------------------------------------------------
     def receive(
@@ -615,13 +617,44 @@ class Ingest:
         s, arrays, p.arrays = p.analysis, p.arrays, None
         rest = rest_voltage(self.history.record(), al, self.analyzer.cfg.rest_current_mA)
         if self.analysis_thread is not None:
-            self.analysis_thread.put(s, arrays, copy.copy(al), rest)
+            queued = self.analysis_thread.put(s, arrays, copy.copy(al), rest)
+            self._analysis_behind(s, behind=not queued)
             return
         try:
             self.analyzer.on_spectrum(s, arrays, al, rest)
         except Exception as e:  # analysis must never stop ingest; say what failed
             log.exception("analysing spectrum %d failed", s.spectrum_id)
             self.analysis_failed(s, e)
+
+    def _analysis_behind(self, s: SpectrumInput, *, behind: bool) -> None:
+        """Live analysis fell behind (its backlog is full): spectra are recorded, not analysed
+        live, until it catches up. One event when that starts, one when it ends."""
+        skipped = self._skipped_live
+        if behind:
+            if skipped is None:
+                self._skipped_live = skipped = [s.spectrum_id, 0]
+                thread = self.analysis_thread
+                assert thread is not None
+                self.event(
+                    "analysis_behind",
+                    None,
+                    None,
+                    spectrum_id=s.spectrum_id,
+                    backlog=thread.backlog,
+                    backlog_MB=round(thread.backlog_bytes / 2**20, 1),
+                )
+            skipped[1] += 1
+            self.counts["analysis_skipped_live"] += 1
+        elif skipped is not None:
+            self._skipped_live = None
+            self.event(
+                "analysis_caught_up",
+                None,
+                None,
+                first=skipped[0],
+                last=s.spectrum_id - 1,
+                skipped=skipped[1],
+            )
 
     def analysis_failed(self, s: SpectrumInput, e: Exception) -> None:
         self.event(
@@ -730,6 +763,7 @@ class Ingest:
             "source_time": self.now if math.isfinite(self.now) else None,
             "store_backlog_bytes": self.store.backlog_bytes,
             "analysis_backlog": self.analysis_thread.backlog if self.analysis_thread else 0,
+            "analysis_skipped_live": self.counts["analysis_skipped_live"],
             "store_error": self.store.last_error,
             "store_writer_restarts": self.store.writer_restarts,
             "store_rows_refused": self.store.rows_refused,

@@ -254,7 +254,10 @@ class Monitor:
         self._write_monitor_file()
         if self.ingest.analyzer is not None:  # off the loop: commands and sockets stay prompt
             self.ingest.analysis_thread = AnalysisThread(
-                self.ingest.analyzer, asyncio.get_running_loop(), self.ingest.analysis_failed
+                self.ingest.analyzer,
+                asyncio.get_running_loop(),
+                self.ingest.analysis_failed,
+                max_bytes=int(self.cfg.analysis.live_backlog_MB * 2**20),
             )
         for src in self.cfg.sources:
             if src.clock == "ping" and src.command:

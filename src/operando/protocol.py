@@ -355,6 +355,11 @@ class LazyArrays(Mapping[str, np.ndarray]):
     def shape(self, name: str) -> tuple[int, ...]:
         return self._specs[self._index[name]].shape
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes the arrays' frames hold."""
+        return sum(frame_sizes(self._frames))
+
 
 def _peek_version(raw_header: bytes | memoryview) -> _Version:
     try:
