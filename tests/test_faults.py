@@ -7,15 +7,19 @@ raw log (or listed as lost), and the raw log reads back without a damaged record
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zmq.asyncio
 from conftest import (
     all_recorded,
     inspect_json,
@@ -28,7 +32,41 @@ from conftest import (
 )
 
 from operando.monitor import query_status
+from operando.protocol import XASScan
 from operando.store import iter_raw
+from operando.transport import Publisher
+
+
+def _flood_scan(i: int) -> XASScan:
+    """Scan ``i`` of a flood: 8 KB of arrays (``FLOOD_ARRAYS``), 0.5 us windows 1 us apart."""
+    return XASScan(
+        source="spectrometer",
+        scan_id=f"f{i}",
+        t_start_ns=i * 1000,
+        t_end_ns=i * 1000 + 500,
+        channels=("I0", "TEY", "TFY"),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _spectrometer(cfg) -> AsyncIterator[Publisher]:
+    """A spectrometer's publisher with a small send queue, its series started; the series
+    ended and the publisher closed after."""
+    ctx = zmq.asyncio.Context()
+    pub = Publisher(ctx, cfg.source("spectrometer").data, "spectrometer", hwm=50)
+    pub.start()
+    try:
+        assert await pub.wait_for_subscriber(20)
+        await pub.start_series("flood", "spectrometer", {})
+        yield pub
+        await pub.end_series()
+    finally:
+        await pub.close()
+        ctx.destroy(linger=0)
+
+
+_E = np.linspace(630, 660, 256)
+FLOOD_ARRAYS = {"energy": _E, "I0": np.ones(256), "TEY": _E / 600, "TFY": _E / 700}  # 8 KB
 
 
 def _status(cfg) -> dict:
@@ -145,42 +183,18 @@ def test_a_killed_store_writer_is_restarted_and_loses_nothing(tmp_path, processe
 def test_a_flooding_publisher_is_slowed_down_never_dropped(tmp_path, processes):
     """A spectrometer sends 8 KB scans as fast as it can (far beyond 10x any nominal rate)
     with a small send queue: the monitor records them all; the sender is made to wait."""
-    import numpy as np
-    import zmq.asyncio
-
-    from operando.protocol import XASScan
-    from operando.transport import Publisher
-
     cfg, path = monitor_config(tmp_path)
     run = tmp_path / "run"
     mon = processes("monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "m.log")
     n = 20_000
-    e = np.linspace(630, 660, 256)
-    arrays = {"energy": e, "I0": np.ones(256), "TEY": e / 600, "TFY": e / 700}  # 8 KB
 
     async def flood() -> tuple[float, int]:
-        ctx = zmq.asyncio.Context()
-        pub = Publisher(ctx, cfg.source("spectrometer").data, "spectrometer", hwm=50)
-        pub.start()
-        try:
-            assert await pub.wait_for_subscriber(20)
-            await pub.start_series("flood", "spectrometer", {})
+        async with _spectrometer(cfg) as pub:
             t0 = time.perf_counter()
             for i in range(n):
-                h = XASScan(
-                    source="spectrometer",
-                    scan_id=f"f{i}",
-                    t_start_ns=i * 1000,
-                    t_end_ns=i * 1000 + 500,
-                    channels=("I0", "TEY", "TFY"),
-                )
-                await pub.send(h, arrays)
+                await pub.send(_flood_scan(i), FLOOD_ARRAYS)
             elapsed = time.perf_counter() - t0
-            await pub.end_series()
-            return elapsed, pub.seq
-        finally:
-            await pub.close()
-            ctx.destroy(linger=0)
+        return elapsed, pub.seq
 
     elapsed, sent = asyncio.run(flood())
     wait_for(
@@ -231,29 +245,16 @@ def test_live_analysis_that_falls_behind_skips_spectra_says_so_and_records_them_
     """A flood of scans faster than the live analysis (its backlog bounded to 50 kB here):
     every scan is recorded; those the analysis could not take are counted, an event and an
     alarm say so while it is behind, and an event says how many once it caught up."""
-    import numpy as np
-    import zmq.asyncio
-
-    from operando.protocol import XASScan
-    from operando.transport import Publisher
-
     cfg, path = monitor_config(tmp_path)
     data = json.loads(path.read_text())
     data["analysis"] = {"live_backlog_MB": 0.05}  # six 8 KB scans
     path.write_text(json.dumps(data))
     run = tmp_path / "run"
     mon = processes("monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "m.log")
-    e = np.linspace(630, 660, 256)
-    arrays = {"energy": e, "I0": np.ones(256), "TEY": e / 600, "TFY": e / 700}
     n, late = 3000, 3
 
     async def scans() -> None:
-        ctx = zmq.asyncio.Context()
-        pub = Publisher(ctx, cfg.source("spectrometer").data, "spectrometer", hwm=50)
-        pub.start()
-        try:
-            assert await pub.wait_for_subscriber(20)
-            await pub.start_series("flood", "spectrometer", {})
+        async with _spectrometer(cfg) as pub:
             for i in range(n + late):
                 if i == n:  # the analysis catches up before the last few
                     for _ in range(600):
@@ -261,18 +262,7 @@ def test_live_analysis_that_falls_behind_skips_spectra_says_so_and_records_them_
                         if status["analysis_backlog"] == 0 and status["spectra"]["total"] == n:
                             break
                         await asyncio.sleep(0.1)
-                h = XASScan(
-                    source="spectrometer",
-                    scan_id=f"f{i}",
-                    t_start_ns=i * 1000,
-                    t_end_ns=i * 1000 + 500,
-                    channels=("I0", "TEY", "TFY"),
-                )
-                await pub.send(h, arrays)
-            await pub.end_series()
-        finally:
-            await pub.close()
-            ctx.destroy(linger=0)
+                await pub.send(_flood_scan(i), FLOOD_ARRAYS)
 
     asyncio.run(scans())
     wait_for(

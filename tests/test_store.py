@@ -386,7 +386,9 @@ def test_a_store_records_rixs_images_exactly(tmp_path):
         return store
 
     store = asyncio.run(record())
-    assert store._ring.head >= 20 * image.nbytes  # they went through the ring
+    # they went through the ring: the first 16 always (128 MiB), the rest as the writer frees
+    # room in time (one that finds none takes the pipe; seen once in a full run)
+    assert store._ring.head >= 16 * image.nbytes
     store.close()
     for k in range(20):
         frames = read_raw(tmp_path, k + 1).frames
