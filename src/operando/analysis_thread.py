@@ -19,13 +19,14 @@ import functools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from operando.align import Alignment
 from operando.analyze import Analyzer, SpectrumInput
+from operando.protocol import LazyArrays
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +74,12 @@ class AnalysisThread:
     def put(
         self,
         s: SpectrumInput,
-        arrays: Mapping[str, np.ndarray],
+        arrays: LazyArrays,
         al: Alignment,
         rest_ewe: tuple[np.ndarray, np.ndarray] | None,
     ) -> bool:
         """Queue a spectrum; False (not queued) when the backlog would pass ``max_bytes``."""
-        nbytes = getattr(arrays, "nbytes", None)
-        if not isinstance(nbytes, int):
-            nbytes = sum(np.asarray(a).nbytes for a in arrays.values())
+        nbytes = arrays.nbytes
         if self.backlog and self.backlog_bytes + nbytes > self.max_bytes:
             return False
         self._queued += 1

@@ -54,6 +54,11 @@ def segment_path(run_dir: Path, segment: int) -> Path:
     return run_dir / RAW_DIR / f"{segment:06d}.log"
 
 
+def segments(run_dir: Path) -> list[int]:
+    """The numbers of the log's segment files, in order."""
+    return sorted(int(p.stem) for p in (run_dir / RAW_DIR).glob("*.log"))
+
+
 _LEN_IS_BYTES = frozenset({bytes, zmq.Frame})  # len() of a memoryview counts items, not bytes
 
 
@@ -87,8 +92,8 @@ class RawLogWriter:
         self.run_dir = run_dir
         (run_dir / RAW_DIR).mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
-        segments = sorted(int(p.stem) for p in (run_dir / RAW_DIR).glob("*.log"))
-        self.segment = segments[-1] if segments else 1
+        found = segments(run_dir)
+        self.segment = found[-1] if found else 1
         self._pending: list[Any] = []
         self._pending_bytes = 0
         self._open()
@@ -170,9 +175,9 @@ class RawLogWriter:
     def cut(self, segment: int, offset: int) -> None:
         """Drop everything after ``offset`` of ``segment``, later segments too: what a writer
         that died had written past its last commit (its batches are sent again)."""
-        for path in (self.run_dir / RAW_DIR).glob("*.log"):
-            if int(path.stem) > segment:
-                path.unlink()
+        for later in segments(self.run_dir):
+            if later > segment:
+                segment_path(self.run_dir, later).unlink()
         self.truncate(segment, offset)
 
     def _rotate(self) -> None:
@@ -247,8 +252,7 @@ def scan(run_dir: Path, start: tuple[int, int] = (1, 0)) -> Iterator[RawRecord]:
     everything before it (a torn tail after a crash is the expected case).
     """
     first_seg, first_off = start
-    segments = sorted(int(p.stem) for p in (run_dir / RAW_DIR).glob("*.log"))
-    for seg in (s for s in segments if s >= first_seg):
+    for seg in (s for s in segments(run_dir) if s >= first_seg):
         buf = segment_path(run_dir, seg).read_bytes()
         pos = first_off if seg == first_seg else 0
         while pos < len(buf):
@@ -262,7 +266,7 @@ def headers(run_dir: Path) -> Iterator[tuple[int, int, int, int]]:
     no payload is read and no CRC checked (``read_record`` checks the records read). To find
     a few records, or the last one, without reading a spool of RIXS images. Stops at a damaged
     header or a record cut short, raising RawLogError as ``scan`` does."""
-    for seg in sorted(int(p.stem) for p in (run_dir / RAW_DIR).glob("*.log")):
+    for seg in segments(run_dir):
         path = segment_path(run_dir, seg)
         size = os.path.getsize(path)
         with open(path, "rb") as f:
