@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import tracemalloc
 
 import numpy as np
 import zmq
@@ -26,12 +27,22 @@ from conftest import (
     wait_for,
 )
 
-from operando.protocol import Heartbeat, XASScan, decode
+from operando import transport
+from operando.protocol import Heartbeat, RIXSRows, XASScan, decode
 from operando.rawlog import headers, segment_path
 from operando.replaybuffer import ReplayBuffer, ReplayLimits
 from operando.sequence import Arrival, SequenceTracker
 from operando.store import lost_ranges, open_readonly
 from operando.transport import Publisher, configure
+
+
+def from_spool(buf: ReplayBuffer, session: str, first: int, last: int) -> dict[int, list[bytes]]:
+    """Every message the spool holds of first..last, read as a refill reads them."""
+    spooled = buf.spool_thread.submit(buf.spooled, session, first, last).result()
+    try:
+        return spooled.read(sorted(spooled.places))
+    finally:
+        spooled.close()
 
 
 def test_a_refill_after_the_source_restarted_fills_the_old_session():
@@ -67,13 +78,13 @@ def test_replay_buffer_bounds_and_spool(tmp_path):
     st = buf.status()
     assert (st["in_memory"], st["oldest_in_memory"], st["newest"]) == (10, 40, 49)
     # what memory no longer holds is on disk
-    disk = buf.from_spool("s1", 0, 39)
+    disk = from_spool(buf, "s1", 0, 39)
     assert sorted(disk) == list(range(40)) and disk[3][1] == b"header 3"
     buf.close()
     # the next process of the driver finds the previous session and its last seq
     again = ReplayBuffer("s2", ReplayLimits(messages=10, spool=tmp_path))
     assert again.previous == ("s1", 49)
-    assert sorted(again.from_spool("s1", 45, -1)) == [45, 46, 47, 48, 49]
+    assert sorted(from_spool(again, "s1", 45, -1)) == [45, 46, 47, 48, 49]
     again.close()
     # a bytes bound evicts too
     small = ReplayBuffer("s3", ReplayLimits(messages=1000, bytes=3 * 900))
@@ -93,7 +104,7 @@ def test_a_torn_spool_tail_still_gives_the_intact_messages(tmp_path):
         f.truncate(segment.stat().st_size - 30)
     again = ReplayBuffer("s2", ReplayLimits(spool=tmp_path))
     assert again.previous == ("s1", 3)
-    assert sorted(again.from_spool("s1", 0, -1)) == [0, 1, 2, 3]
+    assert sorted(from_spool(again, "s1", 0, -1)) == [0, 1, 2, 3]
     again.close()
 
 
@@ -111,12 +122,78 @@ def test_a_refill_from_the_spool_reads_the_records_asked_for_by_their_headers(tm
         f.write(b"\xff")
     again = ReplayBuffer("s2", ReplayLimits(spool=tmp_path))
     assert again.previous == ("s1", 39)
-    found = again.from_spool("s1", 20, 24)
+    found = from_spool(again, "s1", 20, 24)
     assert sorted(found) == [20, 21, 22, 23, 24] and found[22][1] == b"h22"
     assert np.frombuffer(found[22][2], np.float64).tolist() == [22.0] * 2_000
-    # asked for, it is found damaged: what came before it is given, and nothing after
-    assert sorted(again.from_spool("s1", 0, 9)) == [0, 1, 2, 3, 4]
+    # asked for, it is found damaged: it alone is left out (and logged)
+    assert sorted(from_spool(again, "s1", 0, 9)) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
     again.close()
+
+
+def test_segments_found_for_a_refill_stay_readable_when_the_spool_prunes_them(tmp_path):
+    buf = ReplayBuffer("s1", ReplayLimits(messages=1, spool=tmp_path))
+    for i in range(6):
+        buf.add(i, [b"t", b"h%d" % i])
+    spooled = buf.spool_thread.submit(buf.spooled, "s1", 2, 4).result()
+    for segment in (tmp_path / "s1").rglob("*.log"):
+        segment.unlink()  # as the spool's rotation removes its oldest segments
+    assert {seq: f[1] for seq, f in spooled.read([2, 3, 4]).items()} == {
+        2: b"h2",
+        3: b"h3",
+        4: b"h4",
+    }
+    spooled.close()
+    buf.close()
+
+
+def test_a_refill_of_a_large_spool_is_read_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """64 images of 1 MiB, on disk only, asked for again at once: all come back byte for byte
+    and in order, while the driver's process never holds more than a few chunks of them (the
+    whole refill was read into memory before it was sent, once)."""
+    monkeypatch.setattr(transport, "REFILL_CHUNK_BYTES", 4 * 2**20)
+    n, image = 64, (512, 1024)  # uint16 counts: 1 MiB
+    axes = {"excitation": np.linspace(525.0, 540.0, 512), "emission": np.arange(1024.0)}
+
+    async def scenario() -> int:
+        ctx = zmq.asyncio.Context()
+        port = free_ports(1)[0]
+        limits = ReplayLimits(messages=1, bytes=1, spool=tmp_path)
+        pub = Publisher(ctx, f"tcp://127.0.0.1:{port}", "rixs", hwm=4, replay=limits)
+        pub.start()
+        sub = ctx.socket(zmq.SUB)
+        configure(sub, hwm=4)
+        sub.subscribe(b"")
+        sub.connect(f"tcp://127.0.0.1:{port}")
+
+        async def receive(seqs: list[int]) -> None:
+            for seq in seqs:
+                frames = await asyncio.wait_for(sub.recv_multipart(), 10)
+                msg = decode(frames)
+                assert msg.header.seq == seq
+                assert (msg.arrays["counts"] == seq).all()
+
+        try:
+            assert await pub.wait_for_subscriber(10)
+            for i in range(n):
+                h = RIXSRows(source="x", scan_id=f"r{i}", map_id="m", t_start_ns=0, t_end_ns=1)
+                sending = pub.send(h, {**axes, "counts": np.full(image, i, np.uint16)})
+                await asyncio.gather(sending, receive([i]))
+            await asyncio.to_thread(pub.buffer.spool_thread.submit(lambda: None).result)
+            tracemalloc.start()
+            try:
+                result = await pub.resend(pub.session, 0, n - 1)
+                assert result == {"resent": n, "unavailable": []}
+                await receive(list(range(n)))
+                return tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+        finally:
+            sub.close(linger=0)
+            await pub.close()
+            ctx.destroy(linger=0)
+
+    peak = asyncio.run(scenario())
+    assert peak < 24 * 2**20, f"{peak / 2**20:.0f} MiB held during a refill of {n} MiB"
 
 
 def test_resend_publishes_the_same_bytes_again():

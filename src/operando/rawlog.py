@@ -218,11 +218,14 @@ def _header(buf: bytes, at: int, segment: int, pos: int, end: int) -> tuple[Any,
     return fields
 
 
-def _parse(buf: bytes, pos: int, segment: int) -> RawRecord:
-    _, length, raw_id, recv_ns, link_len, nframes, crc = _header(buf, pos, segment, pos, len(buf))
+def _parse(buf: bytes, pos: int, segment: int, base: int = 0) -> RawRecord:
+    """The record at ``buf[pos:]``; ``buf`` starts at offset ``base`` of its segment."""
+    where = base + pos
+    fields = _header(buf, pos, segment, where, base + len(buf))
+    _, length, raw_id, recv_ns, link_len, nframes, crc = fields
     view = memoryview(buf)[pos + _HEADER.size : pos + length]
     if crc32(view) != crc:
-        raise RawLogError(f"segment {segment} offset {pos}: CRC mismatch")
+        raise RawLogError(f"segment {segment} offset {where}: CRC mismatch")
     sizes = struct.unpack_from(f"<{nframes}Q", view, 0)
     p = 8 * nframes
     link = bytes(view[p : p + link_len]).decode()
@@ -231,18 +234,40 @@ def _parse(buf: bytes, pos: int, segment: int) -> RawRecord:
     for n in sizes:
         frames.append(view[p : p + n])
         p += n
-    return RawRecord(raw_id, recv_ns, link, frames, segment, pos, length)
+    return RawRecord(raw_id, recv_ns, link, frames, segment, where, length)
+
+
+class RecordReader:
+    """Reads records at known places, each segment file opened once. A file opened stays
+    readable after it is removed: a driver's spool pruning its oldest segment takes nothing
+    from a refill already reading it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._fds: dict[int, int] = {}
+
+    def open(self, segment: int) -> None:
+        """Open ``segment`` now (FileNotFoundError when it is gone), to read it later."""
+        if segment not in self._fds:
+            self._fds[segment] = os.open(segment_path(self.run_dir, segment), os.O_RDONLY)
+
+    def read(self, segment: int, offset: int, length: int) -> RawRecord:
+        """The record at ``offset`` of ``segment``; RawLogError when it is damaged."""
+        self.open(segment)
+        return _parse(os.pread(self._fds[segment], length, offset), 0, segment, offset)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 def read_record(run_dir: Path, segment: int, offset: int, length: int) -> RawRecord:
-    with open(segment_path(run_dir, segment), "rb") as f:
-        f.seek(offset)
-        buf = f.read(length)
-    return _with_offset(_parse(buf, 0, segment), offset)
-
-
-def _with_offset(r: RawRecord, offset: int) -> RawRecord:
-    return RawRecord(r.raw_id, r.recv_ns, r.link, r.frames, r.segment, offset, r.length)
+    reader = RecordReader(run_dir)
+    try:
+        return reader.read(segment, offset, length)
+    finally:
+        reader.close()
 
 
 def scan(run_dir: Path, start: tuple[int, int] = (1, 0)) -> Iterator[RawRecord]:

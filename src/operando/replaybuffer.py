@@ -15,12 +15,12 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from operando.rawlog import RAW_DIR, RawLogError, RawLogWriter, headers, read_record
+from operando.rawlog import RAW_DIR, RawLogError, RawLogWriter, RecordReader, headers
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def _ranges(seqs: Sequence[int]) -> Ranges:
 class ReplayBuffer:
     """The newest messages of one session (seq -> frames), in memory and optionally on disk.
 
-    Used from the event loop, except ``from_spool``, which reads the disk (run it in a thread).
+    Used from the event loop, except what reads the spool: ``spooled`` and ``Spooled.read``
+    run on ``spool_thread``, the one thread that writes it.
     """
 
     def __init__(self, session: str, limits: ReplayLimits) -> None:
@@ -63,8 +64,9 @@ class ReplayBuffer:
         self._bytes = 0
         self.newest = -1
         self._spool: RawLogWriter | None = None
-        # One thread writes the spool, in order, so the event loop never waits for the disk.
-        self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool")
+        # One thread writes the spool, in order, so the event loop never waits for the disk;
+        # refills read it there too, after every write queued before them.
+        self.spool_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool")
         self.previous: tuple[str, int] | None = None  # (session, last seq) found in the spool
         self.spool_error = ""
         if limits.spool is not None:
@@ -87,7 +89,7 @@ class ReplayBuffer:
             if old is not None:
                 self._bytes -= sum(len(f) for f in old)
         if self._spool is not None:
-            self._disk.submit(self._write, seq, kept)
+            self.spool_thread.submit(self._write, seq, kept)
 
     def _write(self, seq: int, frames: Frames) -> None:
         spool = self._spool
@@ -119,25 +121,25 @@ class ReplayBuffer:
         found = {s: self._memory[s] for s in range(lo, hi + 1) if s in self._memory}
         return found, last
 
-    def from_spool(self, session: str, first: int, last: int) -> dict[int, Frames]:
-        """What the disk holds of first..last (last < 0: to the end). Blocking: in a thread."""
+    def spooled(self, session: str, first: int, last: int) -> Spooled:
+        """Where the disk holds first..last (last < 0: to the end), from the record headers
+        alone, with their segments opened. Blocking: run it on ``spool_thread``, after the
+        writes queued there."""
         spool = self.limits.spool
-        if spool is None or not (spool / session / RAW_DIR).is_dir():
-            return {}
-        if session == self.session:
-            self._disk.submit(lambda: None).result()  # what was queued is written
-        out: dict[int, Frames] = {}
-        try:  # by the headers, reading only the records asked for
-            for segment, offset, length, seq in headers(spool / session):
+        found = Spooled(RecordReader(spool / session) if spool else None)
+        if found.reader is None or not (found.reader.run_dir / RAW_DIR).is_dir():
+            return found
+        try:
+            for segment, offset, length, seq in headers(found.reader.run_dir):
                 if seq < first:
                     continue
                 if last >= 0 and seq > last:
                     break  # a session's spool holds its messages in the order sent
-                rec = read_record(spool / session, segment, offset, length)
-                out[seq] = [bytes(f) for f in rec.frames]
+                found.reader.open(segment)
+                found.places[seq] = (segment, offset, length)
         except (RawLogError, FileNotFoundError):
             pass  # a torn tail (the driver was killed mid-write) or a segment just pruned
-        return out
+        return found
 
     def status(self) -> dict[str, Any]:
         """What a recorder can still ask for again."""
@@ -152,12 +154,40 @@ class ReplayBuffer:
         }
 
     def close(self) -> None:
-        self._disk.shutdown(wait=True)
+        self.spool_thread.shutdown(wait=True)
         if self._spool is not None:
             self._spool.close()
 
 
-def missing_ranges(found: dict[int, Any], first: int, last: int) -> Ranges:
+@dataclass(slots=True)
+class Spooled:
+    """Records of one session found on disk: seq -> (segment, offset, length), and their
+    segments held open until ``read`` has taken what it needs and ``close``."""
+
+    reader: RecordReader | None
+    places: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+
+    def read(self, seqs: Sequence[int]) -> dict[int, Frames]:
+        """The records of ``seqs``, checked; one found damaged (a bad disk block) is left out
+        and logged. Blocking: on the spool thread."""
+        out: dict[int, Frames] = {}
+        if self.reader is None:
+            return out
+        for seq in seqs:
+            try:
+                rec = self.reader.read(*self.places[seq])
+            except RawLogError as e:
+                log.error("spool %s: seq %d not resent: %s", self.reader.run_dir, seq, e)
+                continue
+            out[seq] = [bytes(f) for f in rec.frames]
+        return out
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+
+def missing_ranges(found: Collection[int], first: int, last: int) -> Ranges:
     return _ranges([s for s in range(first, last + 1) if s not in found])
 
 

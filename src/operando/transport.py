@@ -37,11 +37,14 @@ from operando.protocol import (
     decode,
     encode,
 )
-from operando.replaybuffer import ReplayBuffer, ReplayLimits, missing_ranges
+from operando.replaybuffer import Frames, ReplayBuffer, ReplayLimits, Spooled, missing_ranges
 
 log = logging.getLogger(__name__)
 
 LINGER_MS = 500  # how long close() may wait to flush; never forever
+# A refill reads the spool this many bytes at a time while it sends: a driver asked for a whole
+# spool (2 GiB of RIXS images by default) holds a chunk, plus what its socket's HWM queues.
+REFILL_CHUNK_BYTES = 64 * 2**20
 
 
 def new_session() -> str:
@@ -125,23 +128,51 @@ class Publisher:
 
     async def resend(self, session: str, first: int, last: int) -> dict[str, Any]:
         """Publish again, byte for byte, what this source sent as first..last of ``session``
-        (last < 0: up to the newest); say which ranges it no longer holds."""
+        (last < 0: up to the newest); say which ranges it no longer holds.
+
+        Answers once it knows what it holds (the spool's record headers); the messages follow
+        in the background, read from the spool a bounded chunk at a time, so a refill of a
+        whole spool of RIXS images never sits in the driver's memory at once."""
         buf = self.buffer
         found, last = buf.from_memory(session, first, last)
+        spooled = Spooled(None)
         if len(found) < last - first + 1 or last < 0:
-            on_disk = await asyncio.to_thread(buf.from_spool, session, first, last)
+            in_thread = buf.spool_thread.submit(buf.spooled, session, first, last)
+            spooled = await asyncio.wrap_future(in_thread)
             if last < 0:
-                last = max(on_disk, default=first - 1)
-            found = {**on_disk, **found}
-        # published in the background: the ack goes back at once, however many there are
-        frames = [found[seq] for seq in sorted(found)]
+                last = max(spooled.places, default=first - 1)
+        held = found.keys() | spooled.places.keys()
+        seqs = sorted(held)
         self._tasks = [t for t in self._tasks if not t.done()]
-        self._tasks.append(asyncio.create_task(self._resend(frames), name=f"{self.source}-resend"))
-        return {"resent": len(found), "unavailable": missing_ranges(found, first, last)}
+        self._tasks.append(
+            asyncio.create_task(self._resend(seqs, found, spooled), name=f"{self.source}-resend")
+        )
+        return {"resent": len(seqs), "unavailable": missing_ranges(held, first, last)}
 
-    async def _resend(self, messages: list[list[bytes]]) -> None:
-        for frames in messages:
-            await self.send_raw(frames)
+    async def _resend(self, seqs: list[int], found: dict[int, Frames], spooled: Spooled) -> None:
+        try:
+            i = 0
+            while i < len(seqs):
+                if seqs[i] in found:
+                    await self.send_raw(found[seqs[i]])
+                    i += 1
+                    continue
+                chunk, nbytes = [], 0  # the next records from disk, up to the chunk's bytes
+                while i < len(seqs) and seqs[i] not in found:
+                    length = spooled.places[seqs[i]][2]
+                    if chunk and nbytes + length > REFILL_CHUNK_BYTES:
+                        break
+                    chunk.append(seqs[i])
+                    nbytes += length
+                    i += 1
+                reading = self.buffer.spool_thread.submit(spooled.read, chunk)
+                read = await asyncio.wrap_future(reading)
+                for seq in chunk:
+                    if seq in read:
+                        await self.send_raw(read.pop(seq))
+        finally:
+            # closed on the spool thread, after any read still under way there
+            self.buffer.spool_thread.submit(spooled.close)
 
     async def send_raw(self, frames: list[Any]) -> None:
         """Publish frames exactly as given, unstamped (a replay of input recorded as
