@@ -52,6 +52,7 @@ from operando.protocol import (
     XASScan,
     encode,
 )
+from operando.rawlog import frame_sizes
 from operando.store import RunStore
 from operando.transport import Subscriber
 
@@ -142,25 +143,32 @@ def _sender(kind: str, n: int, port: int, rate: float) -> None:
 
 
 # -- receiver: the monitor's own path ---------------------------------------------------------
-def _receive(kind: str, n: int, port: int, rate: float, workdir: Path) -> dict[str, Any]:
+# What the receiving side does with each message: ``full``, the monitor's path; ``record``,
+# only the raw log and its index row (nothing decoded); ``nothing``, our Subscriber alone.
+PATHS = ("full", "record", "nothing")
+
+
+def _receive(
+    kind: str, n: int, port: int, rate: float, workdir: Path, path: str = "full"
+) -> dict[str, Any]:
     sender = subprocess.Popen(
         [sys.executable, __file__, "--send", kind, str(n), str(port), str(rate)]
     )
     try:
-        return asyncio.run(_receive_async(kind, n, port, workdir, sender.pid))
+        return asyncio.run(_receive_async(kind, n, port, workdir, sender.pid, path))
     finally:
         sender.wait(timeout=120)
 
 
 async def _receive_async(
-    kind: str, n: int, port: int, workdir: Path, sender_pid: int
+    kind: str, n: int, port: int, workdir: Path, sender_pid: int, path: str
 ) -> dict[str, Any]:
     ctx = zmq.asyncio.Context()
     store = RunStore(workdir)
     recv_at: dict[int, int] = {}
     latencies: list[float] = []
     done = asyncio.Event()
-    marks = {"first": 0.0, "last": 0.0, "aligned": 0}
+    marks = {"first": 0.0, "last": 0.0, "aligned": 0, "received": 0}
 
     def publish(topic: str, body: dict[str, Any]) -> None:
         if topic == "aligned":
@@ -170,15 +178,26 @@ async def _receive_async(
     src = SourceConfig(name="bench", role="potentiostat", data=f"tcp://127.0.0.1:{port}")
     ingest = Ingest(store, [src], AlignmentConfig(capacity_mAh=1.0, timeout_s=5.0), publish)
 
+    total = _messages(n)
+
     def handle(link: str, frames: list[bytes]) -> None:
         now = time.time_ns()
         if not marks["first"]:
             marks["first"] = time.perf_counter()
             marks["cpu"], marks["writer_cpu"] = time.process_time(), _cpu_s(store._proc.pid)
             marks["sender_cpu"] = _cpu_s(sender_pid)
-        recv_at[store.next_raw_id] = now
-        msg = ingest.receive(link, frames, now)
-        if msg is not None and isinstance(msg.header, SeriesEnd):
+        marks["received"] += 1
+        if path == "full":
+            recv_at[store.next_raw_id] = now
+            msg = ingest.receive(link, frames, now)
+            ended = msg is not None and isinstance(msg.header, SeriesEnd)
+        else:
+            if path == "record":  # an index row with the values a decoded header gives
+                raw_id = store.take_raw_id()
+                summary = ("ok", None, "bench", "bench", raw_id, "xas_scan", now)
+                store.append_raw(raw_id, now, link, frames, summary, False, frame_sizes(frames))
+            ended = marks["received"] == total
+        if ended:
             marks["last"] = time.perf_counter()
             marks["sender_cpu"] = _cpu_s(sender_pid) - marks["sender_cpu"]  # it exits soon
             done.set()
@@ -191,7 +210,8 @@ async def _receive_async(
         hwm=1000 if kind == "xas" else 16,
         hold=lambda: store.over_backlog,
     )
-    sub.after_batch = ingest.align_due  # as the monitor does
+    if path == "full":
+        sub.after_batch = ingest.align_due  # as the monitor does
     task = asyncio.create_task(sub.run())
     await asyncio.wait_for(done.wait(), 600)
     received = time.perf_counter()
@@ -224,6 +244,11 @@ async def _receive_async(
     }
 
 
+def _messages(n: int) -> int:
+    """What the sender sends for ``n`` scans: the scans, potentiostat batches, start and end."""
+    return n + (n + 99) // 100 + 2
+
+
 def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -238,7 +263,7 @@ def protocol_floor(n: int, port: int) -> float:
     sock.linger, sock.rcvhwm, sock.rcvtimeo = 0, 1000, 60_000
     sock.setsockopt(zmq.SUBSCRIBE, b"")
     sock.connect(f"tcp://127.0.0.1:{port}")
-    total = n + (n + 99) // 100 + 2  # scans, potentiostat batches, series start and end
+    total = _messages(n)
     try:
         sock.recv_multipart()
         t0 = time.perf_counter()
@@ -289,6 +314,14 @@ def main() -> None:
             runs.append(_receive("xas", a.n, port, 0.0, Path(d)))
         port += 1
     ours = statistics.median(r["per_s_committed"] for r in runs)
+    floors: dict[str, list[dict[str, Any]]] = {"record": [], "nothing": []}
+    for path, found in floors.items():
+        for _ in range(a.repeat):
+            with tempfile.TemporaryDirectory(dir=a.workdir) as d:
+                found.append(_receive("xas", a.n, port, 0.0, Path(d), path))
+            port += 1
+    record = statistics.median(r["per_s_committed"] for r in floors["record"])
+    receive = statistics.median(r["per_s_committed"] for r in floors["nothing"])
     floor = statistics.median(protocol_floor(a.n, port + k) for k in range(a.repeat))
     port += a.repeat
     print(
@@ -303,6 +336,21 @@ def main() -> None:
                 "protocol_floor_per_s": floor,
                 "protocol_floor_ratio": floor / base["msgs_per_s"],
                 "ours_vs_protocol_floor": ours / floor,
+                # the same Subscriber, doing nothing with what it receives
+                "receive_only_per_s": receive,
+                "receive_only_ratio": receive / base["msgs_per_s"],
+                "receive_only_cpu_us_per_scan": statistics.median(
+                    r["cpu_us_per_msg"] for r in floors["nothing"]
+                ),
+                # raw log and index row committed, nothing decoded, derived or aligned
+                "record_only_per_s": record,
+                "record_only_ratio": record / base["msgs_per_s"],
+                "record_only_monitor_cpu_us_per_scan": statistics.median(
+                    r["cpu_us_per_msg"] for r in floors["record"]
+                ),
+                "record_only_writer_cpu_us_per_scan": statistics.median(
+                    r["writer_cpu_us_per_msg"] for r in floors["record"]
+                ),
                 "monitor_cpu_us_per_scan": statistics.median(r["cpu_us_per_msg"] for r in runs),
                 "writer_cpu_us_per_scan": statistics.median(
                     r["writer_cpu_us_per_msg"] for r in runs
