@@ -84,7 +84,21 @@ class Mutator:
     def value(self) -> Any:
         return self.rng.choice(
             np.array(
-                [None, -1, 2**70, 1.5, "x" * 3, b"\x00", [], {}, [1, "a"], {"k": 1}, True, "nan"],
+                [
+                    None,
+                    -1,
+                    2**63,  # this and the next: integers MessagePack carries, SQLite cannot
+                    2**64 - 1,
+                    1.5,
+                    "x" * 3,
+                    b"\x00",
+                    [],
+                    {},
+                    [1, "a"],
+                    {"k": 1},
+                    True,
+                    "nan",
+                ],
                 dtype=object,
             )
         )

@@ -198,6 +198,11 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
         [b"t", b"\xc1\xc1"],
         [b"t", b'{"json": "not msgpack"}'],
         [b"t", bytes(range(256)), b"x" * 100],
+        # a seq SQLite cannot hold (once it stopped the recording for good)
+        [
+            b"t",
+            msgspec.msgpack.encode({"v": 1, "kind": "heartbeat", "source": "x", "seq": 2**64 - 1}),
+        ],
     ]
 
     async def scenario():
@@ -225,7 +230,7 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
         await wait_status(
             cfg,
             lambda s: (
-                s["sources"]["spectrometer"]["malformed"] == 5 and s["spectra"]["aligned"] == 3
+                s["sources"]["spectrometer"]["malformed"] == 6 and s["spectra"]["aligned"] == 3
             ),
         )
 
@@ -236,12 +241,12 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
         "SELECT id, error FROM raw WHERE status = 'malformed' ORDER BY id"
     ).fetchall()
     junk = [[bytes(f) for f in frames] for frames in junk]
-    assert len(bad) == 5 and all(err for _, err in bad)
+    assert len(bad) == 6 and all(err for _, err in bad)
     assert "t_end_ns" in bad[-1][1]
     kept = [[bytes(f) for f in read_raw(run, rid).frames] for rid, _ in bad]
     assert kept == junk  # exactly as received
     summary = inspect_json(run)
-    assert summary["events"]["malformed"] == 5
+    assert summary["events"]["malformed"] == 6
     spec = summary["sources"]["spectrometer"]
     assert (spec["gaps"], spec["lost"]) == (0, 0)  # the backwards scan was received
 
@@ -253,7 +258,7 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
     processes("monitor", "--config", str(path), "--run-dir", str(again), log=tmp_path / "m2.log")
     cli("replay", str(run), "--speed", "0", "--config", str(path))
     malformed = "SELECT count(*) FROM raw WHERE status = 'malformed'"
-    wait_for(lambda: store_count(again, malformed) == 5, 30, what="the replayed bad input")
+    wait_for(lambda: store_count(again, malformed) == 6, 30, what="the replayed bad input")
     conn = open_readonly(again)
     ids = [r for (r,) in conn.execute("SELECT id FROM raw WHERE status = 'malformed' ORDER BY id")]
     conn.close()

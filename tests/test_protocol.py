@@ -27,6 +27,7 @@ from operando.protocol import (
     XASScan,
     decode,
     encode,
+    peek_envelope,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +119,17 @@ def test_decode_error_names_field_and_reason():
         ProtocolError, match=r"xas_scan: Expected `str`, got `int` - at `\$.scan_id`"
     ):
         decode([b"t", h])
+
+
+@pytest.mark.parametrize("field", ["seq", "t_ns"])
+def test_integers_beyond_64_bits_are_malformed_not_stored(field):
+    """MessagePack carries integers up to 2**64 - 1; SQLite holds signed 64 bits. Such a
+    number is refused here, naming its field, and the message is recorded as malformed
+    (it once reached the store's writer and stopped the recording)."""
+    h = {"v": 1, "kind": "heartbeat", "source": "p", "session": "s", "seq": 1, "t_ns": 1}
+    with pytest.raises(ProtocolError, match=rf"<= 9223372036854775807 - at `\$.{field}`"):
+        decode([b"t", msgspec.msgpack.encode({**h, field: 2**64 - 1})])
+    assert peek_envelope([b"t", msgspec.msgpack.encode({**h, field: 2**63})]) is None
 
 
 def test_missing_required_field_is_named():

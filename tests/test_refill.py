@@ -219,6 +219,9 @@ def test_resend_publishes_the_same_bytes_again():
             assert [decode(f).header.seq for f in again] == [1, 2, 3]
             # beyond what was sent, or of a session never seen: said, not invented
             assert (await pub.resend(pub.session, 3, 9))["unavailable"] == [[5, 9]]
+            # a range as wide as a bad seq can make it is answered from what is held, at once
+            wide = await asyncio.wait_for(pub.resend(pub.session, 4, 2**63 - 1), 5)
+            assert wide == {"resent": 1, "unavailable": [[5, 2**63 - 1]]}
             assert await pub.resend("other", 0, 2) == {"resent": 0, "unavailable": [[0, 2]]}
             await pub.send(Heartbeat(source="x"))  # heartbeats are kept as well
             assert pub.buffer.newest == 5

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operando.sequence import Arrival, SequenceTracker
+from operando.sequence import Arrival, SequenceTracker, missing_ranges
 
 
 def test_in_order_stream_has_no_gaps():
@@ -66,3 +68,15 @@ def test_counts_match_ground_truth(events):
     assert tr.duplicates == len(delivered) - len(unique)
     assert tr.messages == len(delivered)
     assert tr.lost - tr.recovered == len(missing)
+
+
+@given(st.sets(st.integers(-5, 60)), st.integers(-3, 40), st.integers(-3, 50))
+def test_missing_ranges_are_what_is_not_held(held, first, last):
+    expected = [s for s in range(first, last + 1) if s not in held]
+    ranges = missing_ranges(held, first, last)
+    assert [s for a, b in ranges for s in range(a, b + 1)] == expected
+    assert all(b + 1 < a2 for (_, b), (a2, _) in itertools.pairwise(ranges))  # kept apart
+
+
+def test_missing_ranges_of_a_range_as_wide_as_a_bad_seq_makes():
+    assert missing_ranges({3, 4, 9}, 0, 2**63 - 1) == [[0, 2], [5, 8], [10, 2**63 - 1]]

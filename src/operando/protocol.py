@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 import numpy as np
@@ -38,6 +38,10 @@ _DTYPES = {
 ALLOWED_DTYPES = frozenset(_DTYPES)
 MAX_ARRAYS = 64
 
+# What SQLite's INTEGER holds (signed 64 bits): a header with a larger number is malformed here,
+# never a row the store cannot write (a seq of 2**64 - 1 once stopped the recording for good).
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
 
 class ProtocolError(ValueError):
     """A message that does not follow the wire protocol; the text says which field and why."""
@@ -48,7 +52,7 @@ class ArraySpec(msgspec.Struct, array_like=True, frozen=True):
 
     name: str
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[Int64, ...]
 
 
 class Spot(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,11 +64,11 @@ class Spot(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Header(msgspec.Struct, tag_field="kind", kw_only=True, frozen=True):
-    v: int = PROTOCOL_VERSION
+    v: Int64 = PROTOCOL_VERSION
     source: str
     session: str = ""  # one driver process lifetime: seq restarts at 0 with a new session
-    seq: int = 0
-    t_ns: int = 0  # when the source sent it, source clock
+    seq: Int64 = 0
+    t_ns: Int64 = 0  # when the source sent it, source clock
     series: str = ""  # the run/series this message belongs to
     arrays: tuple[ArraySpec, ...] = ()
 
@@ -81,7 +85,7 @@ class SeriesStart(_Header, tag="series_start", frozen=True, kw_only=True):
 
 class SeriesEnd(_Header, tag="series_end", frozen=True, kw_only=True):
     reason: str = "completed"
-    last_seq: int = -1
+    last_seq: Int64 = -1
 
 
 class PotentiostatBatch(_Header, tag="potentiostat_batch", frozen=True, kw_only=True):
@@ -94,8 +98,8 @@ class PotentiostatBatch(_Header, tag="potentiostat_batch", frozen=True, kw_only=
 class _SpectrumHeader(_Header, frozen=True, kw_only=True):
     scan_id: str
     edge: str = ""
-    t_start_ns: int
-    t_end_ns: int
+    t_start_ns: Int64
+    t_end_ns: Int64
     spot: Spot | None = None
     flux_ph_s: float = 0.0
     exposure_s: float = 0.0  # dwell on the spot summed over the scan
@@ -114,8 +118,8 @@ class RIXSRows(_SpectrumHeader, tag="rixs_rows", frozen=True, kw_only=True):
     """Rows of a RIXS map: ``excitation`` (n, eV), ``emission`` (m, eV), ``counts`` (n, m)."""
 
     map_id: str
-    row_offset: int = 0
-    rows_total: int = 0
+    row_offset: Int64 = 0
+    rows_total: Int64 = 0
     required_arrays: ClassVar[tuple[str, ...]] = ("excitation", "emission", "counts")
 
 
@@ -175,8 +179,8 @@ class Envelope(msgspec.Struct, frozen=True):
 
     kind: str
     session: str
-    seq: int
-    t_ns: int = 0
+    seq: Int64
+    t_ns: Int64 = 0
 
 
 _envelope_decoder = msgspec.msgpack.Decoder(Envelope)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import shutil
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ from operando.rawlog import RAW_DIR, RawLogError, RawLogWriter, RecordReader, he
 log = logging.getLogger(__name__)
 
 Frames = list[bytes]
-Ranges = list[list[int]]  # [first, last] inclusive, as the sequence tracker keeps them
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,16 +36,6 @@ class ReplayLimits:
     spool: Path | None = None  # a folder: keep sent messages on disk as well
     spool_bytes: int = 2 * 2**30  # per session; the oldest segments are removed beyond it
     spool_sessions: int = 4  # previous sessions kept in the spool
-
-
-def _ranges(seqs: Sequence[int]) -> Ranges:
-    out: Ranges = []
-    for s in seqs:
-        if out and s == out[-1][1] + 1:
-            out[-1][1] = s
-        else:
-            out.append([s, s])
-    return out
 
 
 class ReplayBuffer:
@@ -185,10 +174,6 @@ class Spooled:
     def close(self) -> None:
         if self.reader is not None:
             self.reader.close()
-
-
-def missing_ranges(found: Collection[int], first: int, last: int) -> Ranges:
-    return _ranges([s for s in range(first, last + 1) if s not in found])
 
 
 def _sessions(spool: Path) -> list[Path]:

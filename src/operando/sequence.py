@@ -8,6 +8,7 @@ duplicate. Pure book-keeping: no sockets, no clocks.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -41,6 +42,20 @@ class Verdict:
 
 
 _IN_ORDER = Verdict(Arrival.IN_ORDER)  # the common case, shared (a Verdict is immutable)
+
+
+def missing_ranges(held: Collection[int], first: int, last: int) -> list[list[int]]:
+    """The [first, last] ranges of first..last not in ``held``; from what is held, never by
+    counting through the range (a bad seq can make one span 2**63 numbers)."""
+    out: list[list[int]] = []
+    expected = first
+    for seq in sorted(s for s in held if first <= s <= last):
+        if seq > expected:
+            out.append([expected, seq - 1])
+        expected = seq + 1
+    if expected <= last:
+        out.append([expected, last])
+    return out
 
 
 @dataclass(slots=True)

@@ -56,6 +56,7 @@ from operando.schema import (
     open_readonly,
     store_path,
 )
+from operando.sequence import missing_ranges
 from operando.store_writer import (
     FLUSH,
     RAW,
@@ -490,11 +491,9 @@ def lost_ranges(conn: sqlite3.Connection, link: str) -> dict[str, list[list[int]
             )
         }
         ranges = out.setdefault(session, [])
-        for seq in range(first, last + 1):
-            if seq in held:
-                continue
-            if ranges and ranges[-1][1] >= seq - 1 and ranges[-1][0] <= seq:
-                ranges[-1][1] = max(ranges[-1][1], seq)
+        for a, b in missing_ranges(held, first, last):
+            if ranges and ranges[-1][1] >= a - 1 and ranges[-1][0] <= a:
+                ranges[-1][1] = max(ranges[-1][1], b)
             else:
-                ranges.append([seq, seq])
+                ranges.append([a, b])
     return out

@@ -88,6 +88,7 @@ ROW_ERRORS = (
     apsw.MismatchError,
     apsw.TooBigError,
     TypeError,  # a value SQLite cannot hold (a list, a dict)
+    OverflowError,  # an integer beyond 64 bits
 )
 
 
@@ -367,9 +368,7 @@ class BatchWriter:
         conn.execute("BEGIN")
         # in the same transaction: how far this commit goes, in batches and in the log
         conn.execute(SQL["meta"], (WRITER_META, self._marker(last)))
-        if raw_rows:
-            conn.executemany(SQL["raw"], raw_rows)
-        groups: dict[str, list[Any]] = {}  # in order of first appearance; order kept within
+        groups: dict[str, list[Any]] = {"raw": raw_rows}  # in order of first appearance
         for op, params, _ in batch:
             if op in SQL:
                 groups.setdefault(op, []).append(params)
@@ -385,12 +384,23 @@ class BatchWriter:
                 try:
                     conn.execute(SQL[op], row)
                 except ROW_ERRORS as e:
-                    refused.append(f"{op} row refused: {type(e).__name__}: {e}")
-                    detail = {"table": op, "error": f"{type(e).__name__}: {e}", "row": row}
+                    error = f"{type(e).__name__}: {e}"
+                    refused.append(f"{op} row refused: {error}")
+                    detail = {"table": op, "error": error, "row": row}
                     event = (time.time_ns(), None, "store_row_refused", None, _json(detail))
                     conn.execute(SQL["event"], (*event, "ingest"))
+                    if op == "raw":  # the message stays indexed, marked with why
+                        conn.execute(SQL["raw"], _unreadable_header(row, error))
         conn.execute("COMMIT")
         return refused
+
+
+def _unreadable_header(row: tuple[Any, ...], error: str) -> tuple[Any, ...]:
+    """A raw index row without what its header said: where the message is in the log, and
+    why its header's values are not in the index (they are still in the message)."""
+    where, refill = row[:6], row[-1]
+    unknown = (None,) * 5  # source, session, seq, kind, t_ns
+    return (*where, "malformed", f"index row refused: {error}", *unknown, refill)
 
 
 # -- the process -----------------------------------------------------------------------------

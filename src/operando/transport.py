@@ -37,7 +37,8 @@ from operando.protocol import (
     decode,
     encode,
 )
-from operando.replaybuffer import Frames, ReplayBuffer, ReplayLimits, Spooled, missing_ranges
+from operando.replaybuffer import Frames, ReplayBuffer, ReplayLimits, Spooled
+from operando.sequence import missing_ranges
 
 log = logging.getLogger(__name__)
 
