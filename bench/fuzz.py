@@ -52,6 +52,9 @@ from operando.store import RunStore, open_readonly
 ECLAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "eclab"
 
 
+SAME_SIZE = ("<f8", "<i8", "<u8", "<c8", "<f4", "<i4", "<u4", "<i2", "<u2", "|i1", "|u1", "|b1")
+
+
 class Mutator:
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
@@ -98,6 +101,8 @@ class Mutator:
                     {"k": 1},
                     True,
                     "nan",
+                    "<c8",  # this and the next: dtypes of the same size as "<f8", not real
+                    "|b1",
                 ],
                 dtype=object,
             )
@@ -116,15 +121,27 @@ class Mutator:
         elif op == 2:
             h[r.bytes(4).hex()] = self.value()
         elif op == 3 and "arrays" in h and h["arrays"]:
-            spec = list(h["arrays"][int(r.integers(0, len(h["arrays"])))])
+            k = int(r.integers(0, len(h["arrays"])))
+            spec = list(h["arrays"][k])
             spec[int(r.integers(0, 3))] = self.value()
-            h["arrays"] = [spec, *h["arrays"][1:]]
+            h["arrays"] = [*h["arrays"][:k], spec, *h["arrays"][k + 1 :]]
         return msgpack.packb(h, use_bin_type=True, default=str)
+
+    def relabel(self, raw: bytes) -> bytes:
+        """An array's dtype swapped for another of the same size: the frame still fits, its
+        values are now complex, boolean, unsigned..."""
+        h = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        k = int(self.rng.integers(0, len(h["arrays"])))
+        spec = list(h["arrays"][k])
+        same_size = [d for d in SAME_SIZE if np.dtype(d).itemsize == np.dtype(spec[1]).itemsize]
+        spec[1] = str(self.rng.choice(same_size))
+        h["arrays"] = [*h["arrays"][:k], spec, *h["arrays"][k + 1 :]]
+        return msgpack.packb(h, use_bin_type=True)
 
     def message(self, frames: list[bytes]) -> list[bytes]:
         r = self.rng
         frames = list(frames)
-        op = int(r.integers(0, 5))
+        op = int(r.integers(0, 7))
         if op == 0:
             i = int(r.integers(0, len(frames)))
             frames[i] = self.bytes_(frames[i])
@@ -138,6 +155,12 @@ class Mutator:
         elif op == 3:  # a frame repeated
             i = int(r.integers(0, len(frames)))
             frames.insert(i, frames[i])
+        elif op == 5 and len(frames) > 2:
+            frames[1] = self.relabel(frames[1])
+        elif op == 4 and len(frames) > 2:  # an array's values not finite (as float64)
+            i = int(r.integers(2, len(frames)))
+            fill = float(r.choice([np.nan, np.inf, -np.inf]))
+            frames[i] = np.full(len(frames[i]) // 8 + 1, fill).tobytes()[: len(frames[i])]
         else:  # an array frame of the wrong length
             if len(frames) > 2:
                 i = int(r.integers(2, len(frames)))
@@ -198,6 +221,11 @@ def valid_messages() -> list[list[bytes]]:
     return [[bytes(memoryview(f)) for f in m] for m in msgs]
 
 
+def next_in_sequence(frames: list[bytes], seq: int) -> list[bytes]:
+    h = msgpack.unpackb(frames[1], raw=False)
+    return [frames[0], msgpack.packb({**h, "seq": seq}, use_bin_type=True), *frames[2:]]
+
+
 def fuzz_frames(n: int, seed: int) -> dict[str, Any]:
     mut = Mutator(seed)
     base = valid_messages()
@@ -210,10 +238,14 @@ def fuzz_frames(n: int, seed: int) -> dict[str, Any]:
             SourceConfig(name="spectrometer", role="spectrometer", data="tcp://127.0.0.1:2"),
         ]
         ingest = Ingest(store, sources, AlignmentConfig(capacity_mAh=1.0))
+        sent = Counter[str]()
         t0 = time.perf_counter()
         for i in range(n):
-            frames = mut.message(base[i % len(base)])
             link = "potentiostat" if i % len(base) == 1 else "spectrometer"
+            # each input the next seq of its link: a repeated seq is a duplicate, and the
+            # monitor derives nothing from a duplicate (the mutated values would go untried)
+            frames = mut.message(next_in_sequence(base[i % len(base)], sent[link]))
+            sent[link] += 1
             try:
                 ingest.receive(link, frames)
                 if i % 1000 == 999:

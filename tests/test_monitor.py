@@ -211,6 +211,20 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
         await inst.run(5)
         for frames in junk:  # straight onto the publisher's socket, bypassing the codec
             await inst.spec.sock.send_multipart(frames)
+        # in sequence, but its energies are complex numbers: recorded malformed
+        complex_energy = XASScan(
+            source="spectrometer",
+            session=inst.spec.session,
+            seq=inst.spec.seq,
+            t_ns=int(inst.t * 1e9),
+            scan_id="complex",
+            t_start_ns=int(inst.t * 1e9),
+            t_end_ns=int(inst.t * 1e9),
+            channels=(),
+        )
+        junk.append(encode(complex_energy, {"energy": np.arange(3.0) + 1j}))
+        await inst.spec.send_raw(junk[-1])
+        inst.spec.seq += 1
         # in sequence, but its window runs backwards: recorded malformed, and not "lost"
         reversed_window = XASScan(
             source="spectrometer",
@@ -230,7 +244,7 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
         await wait_status(
             cfg,
             lambda s: (
-                s["sources"]["spectrometer"]["malformed"] == 6 and s["spectra"]["aligned"] == 3
+                s["sources"]["spectrometer"]["malformed"] == 7 and s["spectra"]["aligned"] == 3
             ),
         )
 
@@ -241,12 +255,13 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
         "SELECT id, error FROM raw WHERE status = 'malformed' ORDER BY id"
     ).fetchall()
     junk = [[bytes(f) for f in frames] for frames in junk]
-    assert len(bad) == 6 and all(err for _, err in bad)
+    assert len(bad) == 7 and all(err for _, err in bad)
     assert "t_end_ns" in bad[-1][1]
+    assert "arrays['energy']: complex128 values, expected real numbers" in bad[-2][1]
     kept = [[bytes(f) for f in read_raw(run, rid).frames] for rid, _ in bad]
     assert kept == junk  # exactly as received
     summary = inspect_json(run)
-    assert summary["events"]["malformed"] == 6
+    assert summary["events"]["malformed"] == 7
     spec = summary["sources"]["spectrometer"]
     assert (spec["gaps"], spec["lost"]) == (0, 0)  # the backwards scan was received
 
@@ -258,7 +273,7 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
     processes("monitor", "--config", str(path), "--run-dir", str(again), log=tmp_path / "m2.log")
     cli("replay", str(run), "--speed", "0", "--config", str(path))
     malformed = "SELECT count(*) FROM raw WHERE status = 'malformed'"
-    wait_for(lambda: store_count(again, malformed) == 6, 30, what="the replayed bad input")
+    wait_for(lambda: store_count(again, malformed) == 7, 30, what="the replayed bad input")
     conn = open_readonly(again)
     ids = [r for (r,) in conn.execute("SELECT id FROM raw WHERE status = 'malformed' ORDER BY id")]
     conn.close()

@@ -180,6 +180,32 @@ def test_object_dtypes_are_refused_both_ways():
         decode([b"t", header, b"\x00" * 8])
 
 
+@pytest.mark.parametrize(
+    ("column", "values", "error"),
+    [
+        ("Ewe", np.full(5, 3.7 + 0j), r"\['Ewe'\]: complex128 values, expected real numbers"),
+        ("mode", np.ones(5, bool), r"\['mode'\]: bool values, expected real numbers"),
+        ("t", np.array([0, 1, np.nan, 3, 4]), r"\['t'\]\[2\]: nan is not a finite number"),
+        ("I", np.array([0, 0, 0, np.inf, 0]), r"\['I'\]\[3\]: inf is not a finite number"),
+        ("Q", np.array([-np.inf, 0, 0, 0, 0]), r"\['Q'\]\[0\]: -inf is not a finite number"),
+    ],
+)
+def test_potentiostat_columns_are_finite_real_numbers(column, values, error):
+    """A NaN or infinity would enter the running integrals the alignment reads and spoil every
+    spectrum after it; a complex or boolean column would be cast silently."""
+    frames = encode(PotentiostatBatch(source="p"), {**batch(5), column: values})
+    with pytest.raises(ProtocolError, match="potentiostat_batch.arrays" + error):
+        decode(frames)
+
+
+def test_spectrum_axes_and_channels_are_real_but_may_be_nan():
+    h, a = xas()
+    with pytest.raises(ProtocolError, match=r"\['TEY'\]: complex128 values"):
+        decode(encode(h, {**a, "TEY": a["TEY"] + 1j}))
+    a["TEY"][3] = np.nan  # a detector's dropout: kept as measured, for the analysis to judge
+    assert np.isnan(decode(encode(h, a)).arrays["TEY"][3])
+
+
 def test_spectrum_window_must_be_ordered():
     h, a = xas()
     with pytest.raises(ProtocolError, match="t_end_ns"):

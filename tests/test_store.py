@@ -131,20 +131,22 @@ def test_a_row_sqlite_refuses_is_left_out_and_recorded_and_the_rest_written(tmp_
     store.submit("event", (3, None, "a list", None, [1, 2], "ingest"))
     store.submit("event", (4, None, "also fine", None, "{}", "ingest"))
     store.submit("event", (2**64 - 1, None, "beyond 64 bits", None, "{}", "ingest"))
+    store.submit("event", (5, None, "complex", None, "{}", 1j))  # cannot even be sent
     # a message whose index values SQLite cannot hold: it stays in the log and indexed
     beyond = ("ok", None, "p", "s", 2**64 - 1, "heartbeat", 1)
     store.append_raw(store.take_raw_id(), 5, "p", frames_of(9), beyond)
     store.flush(30)
-    assert store.rows_refused == 4 and store.last_error is None
+    assert store.rows_refused == 5 and store.last_error is None
     store.close()
     conn = open_readonly(tmp_path)
     events = conn.execute("SELECT kind, detail FROM events ORDER BY id").fetchall()
     kinds = [k for k, _ in events]
     assert [k for k in kinds if k != "store_row_refused"] == ["fine", "also fine"]
     refusals = [d for k, d in events if k == "store_row_refused"]
-    assert len(refusals) == 4
+    assert len(refusals) == 5
+    assert sum("cannot encode complex" in d and "1j" in d for d in refusals) == 1
     assert sum("NOT NULL constraint failed: events.kind" in d for d in refusals) == 1
-    assert sum("TypeError" in d for d in refusals) == 1
+    assert sum("TypeError" in d for d in refusals) == 2  # the list, the complex number
     assert sum("OverflowError" in d for d in refusals) == 2
     rows = conn.execute("SELECT id, status, error, seq FROM raw ORDER BY id").fetchall()
     assert [r[:2] for r in rows] == [(1, "ok"), (2, "ok"), (3, "ok"), (4, "malformed")]

@@ -280,7 +280,10 @@ def decode(frames: Sequence[bytes | memoryview], sizes: Sequence[int] | None = N
         raise ProtocolError(layout.error)
     if isinstance(header, SPECTRUM_KINDS) and header.t_end_ns < header.t_start_ns:
         raise ProtocolError(f"{kind}.t_end_ns: {header.t_end_ns} is before t_start_ns")
-    return Message(header, LazyArrays(specs, frames[2:], layout.index))
+    arrays = LazyArrays(specs, frames[2:], layout.index)
+    if isinstance(header, PotentiostatBatch):
+        _check_finite(kind, arrays)
+    return Message(header, arrays)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +310,7 @@ def _layout(header: Header, kind: str) -> _Layout:
         index = {spec.name: i for i, spec in enumerate(header.arrays)}
         try:
             _check_shapes(header, {spec.name: spec.shape for spec in header.arrays})
+            _check_real(header, kind)
             layout = _Layout(sizes, index)
         except ProtocolError as e:
             layout = _Layout(sizes, index, str(e))
@@ -424,6 +428,36 @@ def _check_shapes(header: _Header, shapes: dict[str, tuple[int, ...]]) -> None:
                 f"(len(excitation), len(emission)) = ({ex[0] if ex else '?'}, "
                 f"{em[0] if em else '?'})"
             )
+
+
+def _check_real(header: _Header, kind: str) -> None:
+    """The arrays a kind names (columns, axes, channels) hold real numbers: a complex or
+    boolean one would be cast silently, or reach the store as values it cannot hold."""
+    named = {*header.required_arrays, *getattr(header, "optional_arrays", ()), "point_t"}
+    if isinstance(header, XASScan):
+        named.update(header.channels)
+    for spec in header.arrays:
+        if spec.name in named and _DTYPES[spec.dtype].kind not in "fiu":
+            raise ProtocolError(
+                f"{kind}.arrays[{spec.name!r}]: {_DTYPES[spec.dtype]} values, "
+                "expected real numbers (float or int)"
+            )
+
+
+# A potentiostat's time, potential, current and charge enter running integrals: one NaN or
+# infinity would spoil every alignment after it. Such a batch is malformed.
+_FINITE_COLUMNS = ("t", "Ewe", "I", "Q")
+
+
+def _check_finite(kind: str, arrays: LazyArrays) -> None:
+    for name in _FINITE_COLUMNS:
+        if name in arrays:
+            bad = ~np.isfinite(arrays[name])
+            if bad.any():
+                row = int(bad.argmax())
+                raise ProtocolError(
+                    f"{kind}.arrays[{name!r}][{row}]: {arrays[name][row]} is not a finite number"
+                )
 
 
 def plain(obj: Any) -> Any:

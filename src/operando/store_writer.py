@@ -54,6 +54,9 @@ BIG_FRAME = 1 << 16  # frames this large go as parts of their own, never copied
 RING_BYTES = 128 << 20  # shared memory for large frames: sixteen 8 MB images in flight
 FLUSH, STOP, RAW, RING_TO = "__flush__", "__stop__", "__raw__", "__ring_to__"
 BATCH = "__batch__"  # first op of each batch the monitor sends: its number
+# in place of a row whose values could not be sent to the writer (a complex number, an
+# object: a bug upstream); the writer records it as refused, as a row SQLite refuses
+UNSENDABLE = "__unsendable__"
 MARKERS = (FLUSH, STOP, RING_TO, BATCH)  # ops that write nothing
 WRITER_META = "writer"  # meta key: "<token> <batch> <log segment> <log end>" of the last commit
 BATCH_BYTES = 32 << 20
@@ -168,7 +171,20 @@ def pack(ops: Sequence[Op], ring: Ring | None = None, batch: int = -1) -> list[A
         out.append((op, params, n))
     if placed:
         out.append((RING_TO, ring.head, 0))  # type: ignore[union-attr]
-    return [_encoder.encode(out), b"".join(small), *big]
+    try:
+        head = _encoder.encode(out)
+    except (TypeError, OverflowError):  # one row cannot be sent: that row is left out
+        head = _encoder.encode([_sendable(op) for op in out])
+    return [head, b"".join(small), *big]
+
+
+def _sendable(op: Op) -> Op:
+    try:
+        _encoder.encode(op)
+        return op
+    except (TypeError, OverflowError) as e:
+        table = op[0] if op[0] != "rows" else op[1][0]
+        return (UNSENDABLE, (table, f"{type(e).__name__}: {e}", repr(op[1])[:2000]), 0)
 
 
 def unpack(parts: Sequence[Any], ring: memoryview | None = None) -> list[Op]:
@@ -376,6 +392,16 @@ class BatchWriter:
                 table, rows = params
                 groups.setdefault(table, []).extend(rows)
         refused: list[str] = []
+
+        def refuse(table: str, error: str, row: Any) -> None:
+            refused.append(f"{table} row refused: {error}")
+            detail = {"table": table, "error": error, "row": row}
+            event = (time.time_ns(), None, "store_row_refused", None, _json(detail))
+            conn.execute(SQL["event"], (*event, "ingest"))
+
+        for op, params, _ in batch:
+            if op == UNSENDABLE:
+                refuse(*params)
         for op, rows in groups.items():
             if not one_by_one:
                 conn.executemany(SQL[op], rows)
@@ -385,10 +411,7 @@ class BatchWriter:
                     conn.execute(SQL[op], row)
                 except ROW_ERRORS as e:
                     error = f"{type(e).__name__}: {e}"
-                    refused.append(f"{op} row refused: {error}")
-                    detail = {"table": op, "error": error, "row": row}
-                    event = (time.time_ns(), None, "store_row_refused", None, _json(detail))
-                    conn.execute(SQL["event"], (*event, "ingest"))
+                    refuse(op, error, row)
                     if op == "raw":  # the message stays indexed, marked with why
                         conn.execute(SQL["raw"], _unreadable_header(row, error))
         conn.execute("COMMIT")
