@@ -185,14 +185,17 @@ def test_object_dtypes_are_refused_both_ways():
     [
         ("Ewe", np.full(5, 3.7 + 0j), r"\['Ewe'\]: complex128 values, expected real numbers"),
         ("mode", np.ones(5, bool), r"\['mode'\]: bool values, expected real numbers"),
-        ("t", np.array([0, 1, np.nan, 3, 4]), r"\['t'\]\[2\]: nan is not a finite number"),
-        ("I", np.array([0, 0, 0, np.inf, 0]), r"\['I'\]\[3\]: inf is not a finite number"),
-        ("Q", np.array([-np.inf, 0, 0, 0, 0]), r"\['Q'\]\[0\]: -inf is not a finite number"),
+        ("t", np.array([0, 1, np.nan, 3, 4]), r"\['t'\]\[2\]: nan is not a measured value"),
+        ("I", np.array([0, 0, 0, np.inf, 0]), r"\['I'\]\[3\]: inf is not a measured value"),
+        ("Q", np.array([-np.inf, 0, 0, 0, 0]), r"\['Q'\]\[0\]: -inf is not a measured"),
+        ("Ewe", np.array([3.7, 1e300, 3.7, 3.7, 3.7]), r"\['Ewe'\]\[1\]: 1e\+300 is not a"),
+        ("t", np.arange(5, dtype=np.int64) + 2**62, r"\['t'\]\[0\]: \d+ is not a measured"),
     ],
 )
 def test_potentiostat_columns_are_finite_real_numbers(column, values, error):
-    """A NaN or infinity would enter the running integrals the alignment reads and spoil every
-    spectrum after it; a complex or boolean column would be cast silently."""
+    """A NaN, an infinity or a number whose products overflow would enter the running
+    integrals the alignment reads and spoil every spectrum after it; a complex or boolean
+    column would be cast silently."""
     frames = encode(PotentiostatBatch(source="p"), {**batch(5), column: values})
     with pytest.raises(ProtocolError, match="potentiostat_batch.arrays" + error):
         decode(frames)

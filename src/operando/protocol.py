@@ -282,7 +282,7 @@ def decode(frames: Sequence[bytes | memoryview], sizes: Sequence[int] | None = N
         raise ProtocolError(f"{kind}.t_end_ns: {header.t_end_ns} is before t_start_ns")
     arrays = LazyArrays(specs, frames[2:], layout.index)
     if isinstance(header, PotentiostatBatch):
-        _check_finite(kind, arrays)
+        _check_measured(kind, arrays)
     return Message(header, arrays)
 
 
@@ -444,19 +444,24 @@ def _check_real(header: _Header, kind: str) -> None:
             )
 
 
-# A potentiostat's time, potential, current and charge enter running integrals: one NaN or
-# infinity would spoil every alignment after it. Such a batch is malformed.
-_FINITE_COLUMNS = ("t", "Ewe", "I", "Q")
+# A potentiostat's time, potential, current and charge enter running integrals: one NaN, one
+# infinity or one number so large that its products overflow would spoil every alignment after
+# it. Such a batch is malformed. (1e15 s, V, mA or mAh is beyond any measurement.)
+_MEASURED_COLUMNS = ("t", "Ewe", "I", "Q")
+MAX_MAGNITUDE = 1e15
 
 
-def _check_finite(kind: str, arrays: LazyArrays) -> None:
-    for name in _FINITE_COLUMNS:
+def _check_measured(kind: str, arrays: LazyArrays) -> None:
+    for name in _MEASURED_COLUMNS:
         if name in arrays:
-            bad = ~np.isfinite(arrays[name])
+            values = arrays[name]
+            with np.errstate(invalid="ignore"):
+                bad = ~(np.abs(values) < MAX_MAGNITUDE)  # NaN compares false: bad as well
             if bad.any():
                 row = int(bad.argmax())
                 raise ProtocolError(
-                    f"{kind}.arrays[{name!r}][{row}]: {arrays[name][row]} is not a finite number"
+                    f"{kind}.arrays[{name!r}][{row}]: {values[row]} is not a measured value "
+                    f"(a finite number of magnitude below {MAX_MAGNITUDE:g})"
                 )
 
 
