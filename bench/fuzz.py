@@ -36,8 +36,9 @@ from operando.drivers.methodscript import (
     parse_error,
     parse_package,
 )
+from operando.drivers.spectra import export_references
 
-from operando.config import AlignmentConfig, SourceConfig
+from operando.config import AlignmentConfig, AnalysisConfig, SourceConfig
 from operando.ingest import Ingest
 from operando.protocol import (
     MODE_CC,
@@ -238,7 +239,16 @@ def fuzz_frames(n: int, seed: int) -> dict[str, Any]:
             SourceConfig(name="potentiostat", role="potentiostat", data="tcp://127.0.0.1:1"),
             SourceConfig(name="spectrometer", role="spectrometer", data="tcp://127.0.0.1:2"),
         ]
-        ingest = Ingest(store, sources, AlignmentConfig(capacity_mAh=1.0))
+        # with the analysis on: mutated spectra reach the fits and the dose ledger too
+        refs = export_references("Mn-L", Path(tmp) / "mn-l.csv")
+        analysis = AnalysisConfig(
+            references={"Mn-L": str(refs)},
+            dose_budget_Gy=5e6,
+            spot_area_mm2=0.01,
+            sample_formula="LiMn2O4",
+            sample_density_g_cm3=4.2,
+        )
+        ingest = Ingest(store, sources, AlignmentConfig(capacity_mAh=1.0), None, analysis, run)
         sent = Counter[str]()
         t0 = time.perf_counter()
         # numbers that overflow in derived state (inf, then NaN in every later alignment) are
@@ -266,8 +276,9 @@ def fuzz_frames(n: int, seed: int) -> dict[str, Any]:
             "SELECT count(*), sum(status = 'malformed'), "
             "sum(status = 'malformed' AND (error IS NULL OR error = '')) FROM raw"
         ).fetchone()
-        derive_errors, align_errors = conn.execute(
-            "SELECT sum(kind = 'derive_error'), sum(kind = 'align_error') FROM events"
+        derive_errors, align_errors, analysis_errors, fits = conn.execute(
+            "SELECT sum(kind = 'derive_error'), sum(kind = 'align_error'), "
+            "sum(kind = 'analysis_error'), (SELECT count(*) FROM analysis) FROM events"
         ).fetchone()
         examples = [
             e for (e,) in conn.execute("SELECT DISTINCT error FROM raw WHERE error IS NOT NULL")
@@ -281,12 +292,16 @@ def fuzz_frames(n: int, seed: int) -> dict[str, Any]:
         "malformed_without_error": without_error,
         "derive_errors": derive_errors,
         "align_errors": align_errors,
+        # an exception in the analysis (a fit that fails says why in a fit_failed event)
+        "analysis_errors": analysis_errors,
+        "fits": fits,
         "crashes": sum(crashes.values()),
         "crash_kinds": dict(crashes),
         "distinct_errors": len(examples),
         "error_examples": sorted(examples, key=len)[:5],
         "inputs_per_s": round(n / elapsed),
-        "ok": recorded == n and not (crashes or derive_errors or align_errors or without_error),
+        "ok": recorded == n
+        and not (crashes or derive_errors or align_errors or analysis_errors or without_error),
     }
 
 

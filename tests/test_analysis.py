@@ -289,8 +289,12 @@ def test_rixs_roi_ratio_follows_the_oxidised_oxygen_feature():
     for j in range(len(ex)):
         growing.add(j, ex[j : j + 1], full[j : j + 1], em)
     assert not growing.complete and growing.reduce().ratio == pytest.approx(high.ratio)
-    with pytest.raises(ValueError, match="emission axis of 10 points differs"):
+    with pytest.raises(ValueError, match=rf"emission axis of 10 points, the map's has {len(em)}"):
         growing.add(len(ex), ex[:1], full[:1, :10], em[:10])
+    shifted = em.copy()
+    shifted[7] += 0.5
+    with pytest.raises(ValueError, match=rf"differs from the map's at point 7: {shifted[7]:g} eV"):
+        growing.add(len(ex), ex[:1], full[:1], shifted)
 
 
 def test_normalisation_follows_larch_conventions_and_names_bad_windows():

@@ -27,5 +27,6 @@ def test_mutated_input_is_refused_or_recorded_never_a_crash(target):
     assert result["ok"], result
     if target == "fuzz_frames":
         assert result["recorded"] == 3000 and result["malformed"] > 1000
+        assert result["fits"] > 0  # mutated spectra reached the analysis
     elif "skipped" not in result:
         assert result["refused"] > 100 and result["parsed"] > 100  # both paths exercised

@@ -60,7 +60,10 @@ def signal(
     """(channel / I0, the raw channel, I0 or None): the I0-normalised signal of a scan."""
     raw = np.asarray(arrays[channel], float)
     i0 = np.asarray(arrays["I0"], float) if "I0" in arrays else None
-    return (raw / i0 if i0 is not None else raw), raw, i0
+    if i0 is None:
+        return raw, raw, None
+    with np.errstate(divide="ignore", invalid="ignore"):  # I0 = 0 (beam off): not usable,
+        return raw / i0, raw, i0  # and the fits leave non-finite points out
 
 
 def poisson_sigma(signal: np.ndarray, i0: np.ndarray | None) -> np.ndarray | None:

@@ -84,10 +84,17 @@ class MapAccumulator:
         self, row_offset: int, excitation: np.ndarray, counts: np.ndarray, emission: np.ndarray
     ) -> None:
         n = len(excitation)
-        if len(emission) != len(self.emission) or not np.allclose(emission, self.emission):
+        rows = f"rows {row_offset}..{row_offset + n - 1}"
+        if len(emission) != len(self.emission):
             raise ValueError(
-                f"rows {row_offset}..{row_offset + n - 1}: emission axis of {len(emission)} "
-                f"points differs from the map's ({len(self.emission)} points)"
+                f"{rows}: emission axis of {len(emission)} points, the map's has "
+                f"{len(self.emission)}"
+            )
+        if not np.allclose(emission, self.emission):
+            k = int(np.argmax(~np.isclose(emission, self.emission)))
+            raise ValueError(
+                f"{rows}: emission axis differs from the map's at point {k}: "
+                f"{emission[k]:g} eV, the map's {self.emission[k]:g} eV"
             )
         end = row_offset + n
         if row_offset < 0 or (self.rows_total and end > self.rows_total):
