@@ -1,15 +1,21 @@
-"""Fuzzing: malformed input into the frame decoder (through the monitor's ingest and a real run
-store), the EC-Lab text reader and the MethodSCRIPT parsers. No crash, every bad message
-recorded with its error.
+"""Fuzzing: malformed input into the frame decoder (through the monitor's ingest, with its
+analysis, and a real run store), the EC-Lab text reader, the MethodSCRIPT parsers, and real
+instrument files damaged. No crash, every bad message recorded with its error.
 
     python bench/fuzz.py [--n 100000] [--seed 1]
 
 Inputs are mutations of valid input (bit flips, truncation, insertion, splices, dropped or
-repeated frames, headers re-encoded with fields of the wrong type or missing, random bytes):
-seeded and reproducible. Prints one JSON line per target:
+repeated frames, headers re-encoded with fields of the wrong type, out of range or missing,
+arrays relabelled as another dtype or filled with NaN and infinities, random bytes): seeded
+and reproducible. Prints one JSON line per target:
 - ``frames``: inputs, recorded (raw log rows; must equal inputs), malformed (each with its
-  error; a mutation may still be a valid message), derive errors (must be 0), crashes (0).
+  error; a mutation may still be a valid message), derive, align and analysis errors (must be
+  0; numeric overflow in them raises), crashes (0).
 - ``eclab_mpt`` / ``methodscript``: inputs, parsed, refused with our error, crashes (must be 0).
+- ``files``: the real files of ``shared/data`` (beamline scan files in column text and HDF5,
+  EC-Lab .mpr) with bytes damaged, read as the drivers read them: read, or refused naming the
+  file (``reader_died``: of those, how many crashed libhdf5 in the reader process); crashes
+  (must be 0).
 Exit status 1 if any target crashed or lost an input.
 """
 
@@ -29,6 +35,8 @@ from typing import Any
 import msgpack
 import numpy as np
 from operando.drivers.eclab import MptFormatError, MptReader
+from operando.drivers.eclab_mpr import read_mpr
+from operando.drivers.isolated_reader import IsolatedReader
 from operando.drivers.methodscript import (
     MethodScriptError,
     decode_value,
@@ -49,9 +57,11 @@ from operando.protocol import (
     XASScan,
     encode,
 )
+from operando.scanfile import ScanFileError
 from operando.store import RunStore, open_readonly
 
 ECLAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "eclab"
+XAS = ECLAB.parent / "xas"
 
 
 SAME_SIZE = ("<f8", "<i8", "<u8", "<c8", "<f4", "<i4", "<u4", "<i2", "<u2", "|i1", "|u1", "|b1")
@@ -60,6 +70,13 @@ SAME_SIZE = ("<f8", "<i8", "<u8", "<c8", "<f4", "<i4", "<u4", "<i2", "<u2", "|i1
 class Mutator:
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
+
+    def overwrite(self, b: bytes) -> bytes:
+        """One to twenty bytes of a binary file overwritten, its length kept."""
+        out = bytearray(b)
+        for _ in range(int(self.rng.integers(1, 21))):
+            out[int(self.rng.integers(0, len(out)))] = int(self.rng.integers(0, 256))
+        return bytes(out)
 
     def bytes_(self, b: bytes) -> bytes:
         """One to three byte-level mutations."""
@@ -374,14 +391,70 @@ def fuzz_methodscript(n: int, seed: int) -> dict[str, Any]:
     return _parser_outcome("methodscript", n, parsed, refused, crashes)
 
 
+def fuzz_files(n: int, seed: int) -> dict[str, Any]:
+    """Real files damaged: beamline scan files (column text, RIXS columns, NeXus and library
+    HDF5) through the scan-file reader, EC-Lab .mpr through galvani. Each is read or refused
+    with a ScanFileError / MptFormatError naming it; anything else would stop the driver."""
+    mut = Mutator(seed)
+    sources = [(p, fmt) for p, fmt in _real_files() if p.exists()]
+    if not sources:
+        return {"target": "files", "skipped": f"no data files under {XAS}", "ok": True}
+    contents = [p.read_bytes() for p, _ in sources]
+    parsed = refused = reader_died = 0
+    crashes: Counter[str] = Counter()
+    reader = IsolatedReader()  # as the scan-files driver reads: libhdf5 may crash on one
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            k = i % len(sources)
+            (src, fmt), data = sources[k], contents[k]
+            # the RIXS reader takes the excitation energy from the file's name
+            path = Path(tmp) / (src.name if fmt == "rixs-columns" else f"input{src.suffix}")
+            # binary files: bytes overwritten in place (an offset table still points home);
+            # text: the byte-level mutations
+            binary = src.suffix in (".h5", ".mpr")
+            path.write_bytes(mut.overwrite(data) if binary else mut.bytes_(data))
+            try:
+                if fmt == "mpr":
+                    read_mpr(path)
+                else:
+                    reader.read(path, fmt, {}, None)
+                parsed += 1
+            except (ScanFileError, MptFormatError) as e:
+                refused += 1
+                reader_died += "reader process died" in str(e)
+            except Exception:
+                crashes[traceback.format_exc(limit=3).splitlines()[-1]] += 1
+    reader.close()
+    return {**_parser_outcome("files", n, parsed, refused, crashes), "reader_died": reader_died}
+
+
+def _real_files() -> list[tuple[Path, str]]:
+    nickelate = XAS / "fabbris2023_nickelate_NiL_OK_cc0"
+    return [
+        (XAS / "ausync_sxr_OK_mit" / "sxr129598.asc", "auto"),
+        (nickelate / "La4Ni3O10_pi_NiLedgeXAS.dat", "auto"),
+        (nickelate / "rixs_La4Ni3O10_pi" / "La4Ni3O10_pi_854.0eV.dat", "rixs-columns"),
+        (XAS / "flexpes_maxiv_CuO_OK_CuL_mit" / "library.h5", "auto"),
+        (XAS / "pynxxas_NXxas_FeK_hardxray_mit" / "Fe_XDIFiles.h5", "auto"),
+        (ECLAB / "yadg_gcpl.issue_149.mpr", "mpr"),
+        (ECLAB / "yadg_ocv.mpr", "mpr"),
+    ]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=100_000, help="inputs per target")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
     ok = True
-    for fuzz in (fuzz_frames, fuzz_eclab, fuzz_methodscript):
-        result = fuzz(a.n, a.seed)
+    # files: a tenth as many (each input is a file written, then read in a worker process)
+    for fuzz, n in (
+        (fuzz_frames, a.n),
+        (fuzz_eclab, a.n),
+        (fuzz_methodscript, a.n),
+        (fuzz_files, a.n // 10),
+    ):
+        result = fuzz(n, a.seed)
         print(json.dumps(result), flush=True)
         ok = ok and result["ok"]
     return 0 if ok else 1

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 from operando.drivers.base import Driver, DriverOptions
-from operando.drivers.scan_formats import FORMATS, RixsRow, Scan, read_scan_file
+from operando.drivers.isolated_reader import IsolatedReader
+from operando.drivers.scan_formats import FORMATS, RixsRow, Scan
 
 from operando.protocol import RIXSRows, Spot, XASScan
 from operando.scanfile import ScanFileError
@@ -87,6 +88,7 @@ class ScanFiles(Driver):
         self.maps: dict[str, tuple[str, np.ndarray, int, int]] = {}
         self.published = 0
         self.errors: dict[str, str] = {}
+        self.reader = IsolatedReader()
 
     def metadata(self) -> dict[str, Any]:
         f = self.files
@@ -108,6 +110,12 @@ class ScanFiles(Driver):
 
     # -- the poll loop -------------------------------------------------------------------------
     async def produce(self) -> None:
+        try:
+            await self._poll()
+        finally:
+            await asyncio.to_thread(self.reader.close)
+
+    async def _poll(self) -> None:
         first = True
         while True:
             listing = await asyncio.to_thread(self._list)
@@ -137,23 +145,22 @@ class ScanFiles(Driver):
         for p in paths:
             if p.name.startswith(".") or p.name.endswith(IGNORED_SUFFIXES):
                 continue
-            try:
-                st = p.stat()
-            except FileNotFoundError:  # removed between listing and stat
-                continue
-            if p.is_file():
-                out.append((st.st_mtime_ns, p.name, p, (st.st_size, st.st_mtime_ns)))
+            sig = _signature(p)
+            if sig is not None and p.is_file():
+                out.append((sig[1], p.name, p, sig))
         return [(p, sig) for _, _, p, sig in sorted(out)]  # oldest first: scans in order
 
     async def _read_and_publish(self, path: Path, w: _Watched, now: float) -> None:
         f = self.files
         try:
-            items = await asyncio.to_thread(read_scan_file, path, f.fmt, f.columns, f.edge)
+            items = await asyncio.to_thread(self.reader.read, path, f.fmt, f.columns, f.edge)
         except ScanFileError as e:
             w.failed = w.signature
             self.errors[path.name] = str(e)
             log.warning("%s", e)
             return
+        if await asyncio.to_thread(_signature, path) != w.signature:
+            return  # written to while it was read: read again once it settles
         if any(
             isinstance(i, Scan) and i.complete is False for i in items
         ) and now - w.changed_at < max(f.settle_s, f.incomplete_after_s):
@@ -237,6 +244,15 @@ class ScanFiles(Driver):
             "counts": np.asarray(row.counts, float)[None, :],
         }
         await self.pub.send(header, arrays)
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """(size, modification time in ns); None when the file is gone."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def column_map(items: list[str], option: str = "--column") -> dict[str, str]:

@@ -84,6 +84,20 @@ def read_scan_file(
     path: Path, fmt: str, columns: Mapping[str, str], edge: str | None = None
 ) -> list[Scan | RixsRow]:
     """Everything one file holds; ScanFileError names the file and what is wrong."""
+    try:
+        return _read(path, fmt, columns, edge)
+    except ScanFileError:
+        raise
+    except Exception as e:
+        # A damaged HDF5 file fails anywhere in h5py's layers (OSError, RuntimeError,
+        # KeyError, ValueError...) or hands back None for a dangling link: one bad file is
+        # refused with what was found, and the watcher reads the next file as usual.
+        raise ScanFileError(f"{path}: unreadable as {fmt} ({type(e).__name__}: {e})") from e
+
+
+def _read(
+    path: Path, fmt: str, columns: Mapping[str, str], edge: str | None
+) -> list[Scan | RixsRow]:
     if fmt == "auto":
         fmt = _sniff(path)
     if fmt == "columns":

@@ -21,6 +21,7 @@ from conftest import (
     store_count,
     wait_for,
 )
+from operando.drivers.isolated_reader import IsolatedReader
 from operando.drivers.scan_formats import RixsRow, Scan, read_scan_file
 
 from operando.protocol import decode
@@ -82,6 +83,28 @@ def test_rixs_rows_take_the_excitation_from_header_or_name():
     assert late.excitation == 870.645  # the header's '# Energy = 870.645 eV'
 
 
+def damaged_library() -> bytes:
+    """The MAX IV library with one byte overwritten: libhdf5 segfaults reading its attributes
+    (found by bench/fuzz.py)."""
+    data = bytearray((XAS / "flexpes_maxiv_CuO_OK_CuL_mit" / "library.h5").read_bytes())
+    data[86593] = 39
+    return bytes(data)
+
+
+@needs_files
+def test_a_file_that_crashes_the_reader_is_refused_and_the_next_is_read(tmp_path):
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(damaged_library())
+    reader = IsolatedReader()
+    try:
+        with pytest.raises(ScanFileError, match=r"damaged.h5: the reader process died .* -11"):
+            reader.read(damaged, "auto", {}, None)
+        scans = reader.read(XAS / "flexpes_maxiv_CuO_OK_CuL_mit" / "library.h5", "auto", {}, None)
+        assert len(scans) == 2  # a new worker, reading as before
+    finally:
+        reader.close()
+
+
 def test_bad_scan_files_say_what_and_where(tmp_path):
     bad = tmp_path / "scan.dat"
     bad.write_text("# Energy TEY\n530 1\n531 oops\n")
@@ -127,7 +150,7 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
         log=tmp_path / "sxr.log",
     )
     # files that name their own columns, and HDF5: no mapping at all
-    processes(
+    scans = processes(
         "driver",
         "scan-files",
         str(xas_dir),
@@ -165,6 +188,7 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
         shutil.copy(NICKELATE / f, xas_dir)
     shutil.copy(XAS / "pynxxas_NXxas_FeK_hardxray_mit" / "Fe_XDIFiles.h5", xas_dir)
     shutil.copy(XAS / "flexpes_maxiv_CuO_OK_CuL_mit" / "library.h5", xas_dir)
+    (xas_dir / "damaged.h5").write_bytes(damaged_library())  # crashes libhdf5
     rixs_files = sorted((NICKELATE / "rixs_La4Ni3O10_pi").glob("*.dat"))
     for f in rixs_files:
         shutil.copy(f, rixs_dir)
@@ -215,6 +239,8 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
 
     # an unreadable file is reported with file and line, and nothing else stops
     assert "broken.asc:3: not a row of numbers" in sxr.output()
+    died = "damaged.h5: the reader process died reading it (exit code -11)"
+    wait_for(lambda: died in scans.output(), 30, what="the damaged file refused")
 
     # a scan file rewritten after it was published comes again as a new revision
     (xas_dir / "La4Ni3O10_pi_OKedgeXAS.dat").write_text(
