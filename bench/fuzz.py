@@ -12,6 +12,8 @@ and reproducible. Prints one JSON line per target:
   error; a mutation may still be a valid message), derive, align and analysis errors (must be
   0; numeric overflow in them raises), crashes (0).
 - ``eclab_mpt`` / ``methodscript``: inputs, parsed, refused with our error, crashes (must be 0).
+- ``bluesky``: documents from a bluesky proxy into its driver (publishing on a real socket):
+  taken or refused (counted, with why); crashes (escaping the driver's handler: must be 0).
 - ``files``: the real files of ``shared/data`` (beamline scan files in column text and HDF5,
   EC-Lab .mpr) with bytes damaged, read as the drivers read them: read, or refused naming the
   file (``reader_died``: of those, how many crashed libhdf5 in the reader process); crashes
@@ -22,7 +24,9 @@ Exit status 1 if any target crashed or lost an input.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -34,6 +38,10 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import zmq
+import zmq.asyncio
+from operando.drivers.base import DriverOptions
+from operando.drivers.bluesky import BlueskyDocuments
 from operando.drivers.eclab import MptFormatError, MptReader
 from operando.drivers.eclab_mpr import read_mpr
 from operando.drivers.isolated_reader import IsolatedReader
@@ -59,6 +67,7 @@ from operando.protocol import (
 )
 from operando.scanfile import ScanFileError
 from operando.store import RunStore, open_readonly
+from operando.transport import Publisher
 
 ECLAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "eclab"
 XAS = ECLAB.parent / "xas"
@@ -391,6 +400,80 @@ def fuzz_methodscript(n: int, seed: int) -> dict[str, Any]:
     return _parser_outcome("methodscript", n, parsed, refused, crashes)
 
 
+def bluesky_messages() -> list[bytes]:
+    """A step scan as a bluesky RemoteDispatcher path carries it: start, descriptor, events,
+    stop, each 'prefix name msgpack'."""
+    energy = np.linspace(630.0, 660.0, 5)
+    docs: list[tuple[str, dict[str, Any]]] = [
+        ("start", {"uid": "r1", "time": 1.8e9, "plan_name": "scan", "edge": "Mn-L"}),
+        (
+            "descriptor",
+            {
+                "uid": "d1",
+                "run_start": "r1",
+                "name": "primary",
+                "time": 1.8e9,
+                "data_keys": {k: {"dtype": "number", "shape": []} for k in ("energy", "tey")},
+            },
+        ),
+    ]
+    for k, e in enumerate(energy):
+        t = 1.8e9 + k
+        docs.append(
+            (
+                "event",
+                {
+                    "uid": f"e{k}",
+                    "descriptor": "d1",
+                    "time": t,
+                    "seq_num": k + 1,
+                    "data": {"energy": float(e), "tey": 0.1 * k},
+                    "timestamps": {"energy": t, "tey": t},
+                },
+            )
+        )
+    docs.append(("stop", {"uid": "s1", "run_start": "r1", "time": 1.8e9 + 6}))
+    return [b"p " + name.encode() + b" " + msgpack.packb(doc) for name, doc in docs]
+
+
+def fuzz_bluesky(n: int, seed: int) -> dict[str, Any]:
+    """Proxy messages into the bluesky driver, publishing on a real socket: each document is
+    taken or refused (counted, with why); nothing escapes to stop the driver."""
+
+    async def run() -> dict[str, Any]:
+        mut = Mutator(seed)
+        base = bluesky_messages()
+        ctx = zmq.asyncio.Context()
+        opts = DriverOptions(name="bluesky", data="", command="")
+        driver = BlueskyDocuments(opts, "tcp://127.0.0.1:1")
+        driver.pub = Publisher(ctx, "tcp://127.0.0.1:*", "bluesky", heartbeat_s=3600)
+        crashes: Counter[str] = Counter()
+        try:
+            for i in range(n):
+                prefix, name, payload = base[i % len(base)].split(b" ", 2)
+                if i % 3 == 0:  # a third arrive intact: runs complete and scans are sent
+                    message = base[i % len(base)]
+                elif i % 3 == 1:
+                    message = mut.bytes_(base[i % len(base)])
+                else:
+                    message = b" ".join((prefix, name, mut.header(payload)))
+                try:
+                    await driver.handle(message)
+                except Exception:
+                    crashes[traceback.format_exc(limit=3).splitlines()[-1]] += 1
+        finally:
+            await driver.pub.close()
+            ctx.destroy(linger=0)
+        refused, taken = driver.counts["refused"], driver.counts["documents"]
+        return {
+            **_parser_outcome("bluesky", n, taken, refused, crashes),
+            "scans_sent": driver.counts["scans"],
+        }
+
+    logging.getLogger("operando.drivers.bluesky").setLevel(logging.CRITICAL)  # refusals, counted
+    return asyncio.run(run())
+
+
 def fuzz_files(n: int, seed: int) -> dict[str, Any]:
     """Real files damaged: beamline scan files (column text, RIXS columns, NeXus and library
     HDF5) through the scan-file reader, EC-Lab .mpr through galvani. Each is read or refused
@@ -452,6 +535,7 @@ def main() -> int:
         (fuzz_frames, a.n),
         (fuzz_eclab, a.n),
         (fuzz_methodscript, a.n),
+        (fuzz_bluesky, a.n),
         (fuzz_files, a.n // 10),
     ):
         result = fuzz(n, a.seed)

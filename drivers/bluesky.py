@@ -64,8 +64,9 @@ def parse_message(message: bytes, serializer: str = "auto") -> tuple[bytes, str,
             doc = json.loads(payload)
         else:
             doc = msgpack.unpackb(payload, raw=False, object_hook=_numpy_hook, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise DocumentError(f"{name}: payload is not {kind}: {e}") from None
+    except (ValueError, TypeError, IndexError) as e:  # msgpack's errors are ValueErrors;
+        # TypeError: a map key it cannot hash, or an array's dtype or shape that is not one
+        raise DocumentError(f"{name}: payload is not {kind}: {type(e).__name__}: {e}") from None
     if not isinstance(doc, dict):
         raise DocumentError(f"{name}: payload is a {type(doc).__name__}, not a document")
     return prefix, name, doc
@@ -155,15 +156,21 @@ class BlueskyDocuments(Driver):
         """One message from the proxy; what cannot be read is refused, counted and logged."""
         try:
             _, name, doc = parse_message(message, self.serializer)
-            try:
-                await self.on_document(name, doc)
-            except (KeyError, TypeError, ValueError) as e:  # a document of the wrong shape
-                raise DocumentError(f"{name}: {type(e).__name__}: {e}") from None
         except DocumentError as e:
-            self.counts["refused"] += 1
-            if str(e) != self.last_refusal:  # once per kind of fault, not per message
-                log.error("bluesky document refused: %s", e)
-            self.last_refusal = str(e)
+            self._refuse(str(e))
+            return
+        try:
+            await self.on_document(name, doc)
+        except Exception as e:
+            # A document of a shape no bluesky plan makes (a field of the wrong type, numbers
+            # beyond 64 bits): refused and counted; the next document is read as usual.
+            self._refuse(f"{name}: {type(e).__name__}: {e}")
+
+    def _refuse(self, why: str) -> None:
+        self.counts["refused"] += 1
+        if why != self.last_refusal:  # once per kind of fault, not per message
+            log.error("bluesky document refused: %s", why)
+        self.last_refusal = why
 
     async def on_document(self, name: str, doc: dict[str, Any]) -> None:
         self.counts["documents"] += 1

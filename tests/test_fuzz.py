@@ -24,7 +24,13 @@ def _fuzz():
 
 @pytest.mark.parametrize(
     ("target", "n"),
-    [("fuzz_frames", 3000), ("fuzz_eclab", 3000), ("fuzz_methodscript", 3000), ("fuzz_files", 700)],
+    [
+        ("fuzz_frames", 3000),
+        ("fuzz_eclab", 3000),
+        ("fuzz_methodscript", 3000),
+        ("fuzz_bluesky", 3000),
+        ("fuzz_files", 700),
+    ],
 )
 def test_mutated_input_is_refused_or_recorded_never_a_crash(target, n):
     result = getattr(_fuzz(), target)(n, seed=7)
@@ -32,5 +38,7 @@ def test_mutated_input_is_refused_or_recorded_never_a_crash(target, n):
     if target == "fuzz_frames":
         assert result["recorded"] == 3000 and result["malformed"] > 1000
         assert result["fits"] > 0  # mutated spectra reached the analysis
+    elif target == "fuzz_bluesky":
+        assert result["refused"] > 100 and result["scans_sent"] > 10  # both paths exercised
     elif "skipped" not in result:
         assert result["refused"] > 100 and result["parsed"] > 100  # both paths exercised
