@@ -60,10 +60,13 @@ def signal(
     """(channel / I0, the raw channel, I0 or None): the I0-normalised signal of a scan."""
     raw = np.asarray(arrays[channel], float)
     i0 = np.asarray(arrays["I0"], float) if "I0" in arrays else None
-    if i0 is None:
-        return raw, raw, None
-    with np.errstate(divide="ignore", invalid="ignore"):  # I0 = 0 (beam off): not usable,
-        return raw / i0, raw, i0  # and the fits leave non-finite points out
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        y = raw / i0 if i0 is not None else raw
+        # A point divided by I0 = 0 (beam off), or of a magnitude no normalised signal has
+        # (a damaged value), is not usable: NaN, which the fits and damage tests leave out
+        # (squared, such a value overflowed them).
+        y = np.where(np.abs(y) < 1e15, y, np.nan)
+    return y, raw, i0
 
 
 def poisson_sigma(signal: np.ndarray, i0: np.ndarray | None) -> np.ndarray | None:

@@ -75,7 +75,10 @@ def fit_spectrum(
     y_all = np.asarray(signal, dtype=np.float64)
     lo, hi = fit_range if fit_range is not None else (e_all.min(), e_all.max())
     lo, hi = float(lo), float(hi)
-    m = (e_all >= lo) & (e_all <= hi) & np.isfinite(y_all)
+    # usable: inside the range, finite, and of a magnitude whose squares cannot overflow
+    # (1e15 is beyond any normalised signal; a damaged value must not spoil the fit)
+    with np.errstate(invalid="ignore"):
+        m = (e_all >= lo) & (e_all <= hi) & (np.abs(y_all) < 1e15)
     if sigma is not None:
         m &= np.isfinite(sigma) & (np.asarray(sigma) > 0)
     k = len(refs.names)
