@@ -211,34 +211,26 @@ def test_malformed_frames_are_stored_marked_and_ingest_goes_on(tmp_path, process
         await inst.run(5)
         for frames in junk:  # straight onto the publisher's socket, bypassing the codec
             await inst.spec.sock.send_multipart(frames)
-        # in sequence, but its energies are complex numbers: recorded malformed
-        complex_energy = XASScan(
-            source="spectrometer",
-            session=inst.spec.session,
-            seq=inst.spec.seq,
-            t_ns=int(inst.t * 1e9),
-            scan_id="complex",
-            t_start_ns=int(inst.t * 1e9),
-            t_end_ns=int(inst.t * 1e9),
-            channels=(),
-        )
-        junk.append(encode(complex_energy, {"energy": np.arange(3.0) + 1j}))
-        await inst.spec.send_raw(junk[-1])
-        inst.spec.seq += 1
-        # in sequence, but its window runs backwards: recorded malformed, and not "lost"
-        reversed_window = XASScan(
-            source="spectrometer",
-            session=inst.spec.session,
-            seq=inst.spec.seq,
-            t_ns=int(inst.t * 1e9),
-            scan_id="backwards",
-            t_start_ns=int(inst.t * 1e9),
-            t_end_ns=int((inst.t - 1) * 1e9),
-            channels=(),
-        )
-        junk.append(encode(reversed_window, {"energy": np.arange(3.0)}))
-        await inst.spec.send_raw(junk[-1])
-        inst.spec.seq += 1
+
+        async def in_sequence(scan_id: str, window_s: float, energy: np.ndarray) -> None:
+            t_ns = int(inst.t * 1e9)
+            bad = XASScan(
+                source="spectrometer",
+                session=inst.spec.session,
+                seq=inst.spec.seq,
+                t_ns=t_ns,
+                scan_id=scan_id,
+                t_start_ns=t_ns,
+                t_end_ns=t_ns + int(window_s * 1e9),
+                channels=(),
+            )
+            junk.append(encode(bad, {"energy": energy}))
+            await inst.spec.send_raw(junk[-1])
+            inst.spec.seq += 1
+
+        # in sequence, but malformed: recorded so, and not "lost"
+        await in_sequence("complex", 0.0, np.arange(3.0) + 1j)  # energies complex numbers
+        await in_sequence("backwards", -1.0, np.arange(3.0))  # its window runs backwards
         await inst.run(10)
         await inst.close()
         await wait_status(
