@@ -183,12 +183,12 @@ class Mutator:
         elif op == 3:  # a frame repeated
             i = int(r.integers(0, len(frames)))
             frames.insert(i, frames[i])
-        elif op == 5 and len(frames) > 2:
-            frames[1] = self.relabel(frames[1])
         elif op == 4 and len(frames) > 2:  # an array's values not finite (as float64)
             i = int(r.integers(2, len(frames)))
             fill = float(r.choice([np.nan, np.inf, -np.inf]))
             frames[i] = np.full(len(frames[i]) // 8 + 1, fill).tobytes()[: len(frames[i])]
+        elif op == 5 and len(frames) > 2:
+            frames[1] = self.relabel(frames[1])
         else:  # an array frame of the wrong length
             if len(frames) > 2:
                 i = int(r.integers(2, len(frames)))

@@ -18,7 +18,7 @@ import numpy as np
 
 from operando.align import Alignment, CellRecord
 from operando.analysis.damage import DamageDetector, ScanSummary
-from operando.analysis.lcf import FitError, FitResult, fit_spectrum
+from operando.analysis.lcf import MAX_SIGNAL, FitError, FitResult, fit_spectrum
 from operando.analysis.normalize import EDGE_WINDOWS, NormalizationError, normalize
 from operando.analysis.references import ReferenceError, References
 from operando.analysis.relaxation import fit_relaxation
@@ -65,7 +65,7 @@ def signal(
         # A point divided by I0 = 0 (beam off), or of a magnitude no normalised signal has
         # (a damaged value), is not usable: NaN, which the fits and damage tests leave out
         # (squared, such a value overflowed them).
-        y = np.where(np.abs(y) < 1e15, y, np.nan)
+        y = np.where(np.abs(y) < MAX_SIGNAL, y, np.nan)
     return y, raw, i0
 
 

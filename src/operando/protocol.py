@@ -455,8 +455,7 @@ def _check_measured(kind: str, arrays: LazyArrays) -> None:
     for name in _MEASURED_COLUMNS:
         if name in arrays:
             values = arrays[name]
-            with np.errstate(invalid="ignore"):
-                bad = ~(np.abs(values) < MAX_MAGNITUDE)  # NaN compares false: bad as well
+            bad = ~(np.abs(values) < MAX_MAGNITUDE)  # NaN compares false: bad as well
             if bad.any():
                 row = int(bad.argmax())
                 raise ProtocolError(

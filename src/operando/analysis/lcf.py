@@ -51,6 +51,10 @@ class FitResult(msgspec.Struct, kw_only=True):
     weighted: bool = False  # chi2_red is against given noise (True) or the scatter (False)
 
 
+# Beyond any normalised signal: a value this large is damaged, and would spoil a fit.
+MAX_SIGNAL = 1e15
+
+
 def _solve(a: np.ndarray, y: np.ndarray, n_pos: int) -> np.ndarray:
     """Least squares with the first ``n_pos`` coefficients >= 0 and the rest free."""
     free = a[:, n_pos:]
@@ -75,10 +79,9 @@ def fit_spectrum(
     y_all = np.asarray(signal, dtype=np.float64)
     lo, hi = fit_range if fit_range is not None else (e_all.min(), e_all.max())
     lo, hi = float(lo), float(hi)
-    # usable: inside the range, finite, and of a magnitude whose squares cannot overflow
-    # (1e15 is beyond any normalised signal; a damaged value must not spoil the fit)
-    with np.errstate(invalid="ignore"):
-        m = (e_all >= lo) & (e_all <= hi) & (np.abs(y_all) < 1e15)
+    # usable: inside the range, finite (NaN compares false), of a magnitude whose squares
+    # cannot overflow
+    m = (e_all >= lo) & (e_all <= hi) & (np.abs(y_all) < MAX_SIGNAL)
     if sigma is not None:
         m &= np.isfinite(sigma) & (np.asarray(sigma) > 0)
     k = len(refs.names)
