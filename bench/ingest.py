@@ -10,6 +10,9 @@ Prints JSON lines:
   Goal >= 0.5. Beside it, ``protocol_floor``: the same messages (topic, header and 4 array
   frames, as the wire protocol has them) received by a bare sync loop that does nothing with
   them: the ceiling of any receiver of this protocol, against bare_zmq's 2-frame messages.
+  ``ideal_recorder``: the cheapest Python loop we could write that decodes, logs and indexes
+  each message (nothing derived or aligned); ``ideal_aligned``: the same, aligning each scan
+  too: the ceiling of any decode + record + align path in Python on this machine.
   And the CPU (user + system, all threads) the monitor, its store writer and the sender each
   used per scan over the measured interval; ``cores_busy``: their sum times the rate received,
   against the machine's ``cores``: how close the run came to using every core.
@@ -25,13 +28,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,7 @@ import zmq
 import zmq.asyncio
 from baseline import load_bare_zmq
 
+from operando.align import PotentiostatHistory, align_windows
 from operando.config import AlignmentConfig, SourceConfig
 from operando.ingest import Ingest
 from operando.protocol import (
@@ -50,9 +57,11 @@ from operando.protocol import (
     SeriesEnd,
     SeriesStart,
     XASScan,
+    decode,
     encode,
 )
 from operando.rawlog import frame_sizes
+from operando.schema import SCHEMA, SQL, connect
 from operando.store import RunStore
 from operando.transport import Subscriber
 
@@ -275,6 +284,80 @@ def protocol_floor(n: int, port: int) -> float:
         sender.wait(timeout=120)
 
 
+def ideal_path(n: int, port: int, workdir: Path, align: bool) -> float:
+    """Messages/s of the cheapest recorder of these messages we could write in Python: one
+    process, one thread, a sync SUB loop that drains what has arrived, decodes each message
+    (``protocol.decode``), appends it to a log file (a CRC and a length before it, one
+    ``writev`` per drain) and commits its index row (the run store's schema and statement)
+    once per drain. With ``align``, also what alignment needs at the least: potentiostat rows
+    into a ``PotentiostatHistory``, and the scans it covers aligned together once per drain
+    (``align_windows``), their alignment rows committed with the rest. No sequence tracking,
+    spectrum or potentiostat rows, events, state stream, command socket, crash recovery or
+    writer process. What it reaches bounds what the monitor's path can reach on this machine
+    (measured beside it: ``recv_multipart(copy=False)`` and a writer thread were both slower).
+    """
+    sender = subprocess.Popen([sys.executable, __file__, "--send", "xas", str(n), str(port), "0"])
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.linger, sock.rcvhwm, sock.rcvtimeo = 0, 1000, 60_000
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    conn = connect(workdir / "ideal.sqlite")
+    conn.executescript(SCHEMA)
+    log_fd = os.open(workdir / "ideal.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    history = PotentiostatHistory(current_step_mA=0.01, retain_s=3600.0)
+    pending: list[tuple[int, float, float]] = []  # scan: raw id, window start and end
+    total, received, offset, t0, n_aligned = _messages(n), 0, 0, 0.0, 0
+    try:
+        while received < total:
+            drained = [sock.recv_multipart()]
+            with contextlib.suppress(zmq.Again):
+                while len(drained) < 500:
+                    drained.append(sock.recv_multipart(zmq.NOBLOCK))
+            t0 = t0 or time.perf_counter()
+            now, pieces, rows = time.time_ns(), [], []
+            for frames in drained:
+                msg = decode(frames)
+                h = msg.header
+                body = b"".join(frames)
+                prefix = struct.pack("<IQ", zlib.crc32(body), len(body))
+                pieces += (prefix, body)
+                length = len(prefix) + len(body)
+                row = (received, now, "bench", 1, offset, length, "ok", None, h.source)
+                rows.append((*row, h.session, h.seq, msg.kind, h.t_ns, 0))
+                if align and isinstance(h, PotentiostatBatch):
+                    a = msg.arrays
+                    history.extend(a["t"], a["Ewe"], a["I"], a["mode"], a["step"], a["cycle"])
+                elif align and isinstance(h, XASScan):
+                    pending.append((received, h.t_start_ns * 1e-9, h.t_end_ns * 1e-9))
+                offset, received = offset + length, received + 1
+            due = [p for p in pending if p[2] <= history.watermark or received == total]
+            aligned = []
+            if due:
+                pending = pending[len(due) :]
+                windows = align_windows(
+                    history.record(), [p[1] for p in due], [p[2] for p in due], capacity_mAh=1.0
+                )
+                for (raw_id, _, _), al in zip(due, windows, strict=True):
+                    doc = msgspec.json.encode(al).decode()
+                    numbers = (al.ewe_mean_V, al.soc, al.i_mean_mA, al.mode, al.step, al.cycle)
+                    aligned.append((raw_id, int(al.partial), al.reason, *numbers, doc))
+            os.writev(log_fd, pieces)
+            with conn:
+                conn.executemany(SQL["raw"], rows)
+                conn.executemany(SQL["alignment"], aligned)
+            n_aligned += len(aligned)
+        rate = (total - 1) / (time.perf_counter() - t0)
+        if align and n_aligned != n:  # a floor that aligned nothing would flatter the path
+            raise RuntimeError(f"ideal path aligned {n_aligned} of {n} scans")
+        return rate
+    finally:
+        os.close(log_fd)
+        conn.close()
+        ctx.destroy(linger=0)
+        sender.wait(timeout=120)
+
+
 def disk_write_rate(workdir: Path, total_bytes: int, fsync: bool = True) -> float:
     """Sequential write (+ fsync) of ``total_bytes`` in 8 MB blocks, MB/s."""
     block = np.random.default_rng(0).integers(0, 255, 8 * 2**20, dtype=np.uint8).tobytes()
@@ -324,6 +407,13 @@ def main() -> None:
     receive = statistics.median(r["per_s_committed"] for r in floors["nothing"])
     floor = statistics.median(protocol_floor(a.n, port + k) for k in range(a.repeat))
     port += a.repeat
+    ideal: dict[bool, list[float]] = {False: [], True: []}
+    for align, found in ideal.items():
+        for _ in range(a.repeat):
+            with tempfile.TemporaryDirectory(dir=a.workdir) as d:
+                found.append(ideal_path(a.n, port, Path(d), align))
+            port += 1
+    ideal_rate, ideal_aligned = (statistics.median(ideal[k]) for k in (False, True))
     print(
         json.dumps(
             {
@@ -336,6 +426,12 @@ def main() -> None:
                 "protocol_floor_per_s": floor,
                 "protocol_floor_ratio": floor / base["msgs_per_s"],
                 "ours_vs_protocol_floor": ours / floor,
+                # the cheapest Python loop that decodes, logs and indexes (nothing derived)
+                "ideal_recorder_per_s": ideal_rate,
+                "ideal_recorder_ratio": ideal_rate / base["msgs_per_s"],
+                # the same, aligning the scans as well: the floor of decode + record + align
+                "ideal_aligned_per_s": ideal_aligned,
+                "ideal_aligned_ratio": ideal_aligned / base["msgs_per_s"],
                 # the same Subscriber, doing nothing with what it receives
                 "receive_only_per_s": receive,
                 "receive_only_ratio": receive / base["msgs_per_s"],
