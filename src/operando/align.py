@@ -229,10 +229,18 @@ class PotentiostatHistory:
         )
 
 
-def _integral(t: np.ndarray, y: np.ndarray, cum: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Integral of the interpolant of (t, y) up to each x, from the running trapezoid ``cum``."""
-    j = np.clip(np.searchsorted(t, x, side="right") - 1, 0, len(t) - 1)
-    return cum[j] + (x - t[j]) * 0.5 * (y[j] + np.interp(x, t, y))
+def _integral(
+    t: np.ndarray, y: np.ndarray, cum: np.ndarray, x: np.ndarray, j: np.ndarray, y_x: np.ndarray
+) -> np.ndarray:
+    """Integral of the interpolant of (t, y) up to each x, from the running trapezoid ``cum``
+    (``j``: the row at or before each x, clamped to the record; ``y_x``: y interpolated at x)."""
+    return cum[j] + (x - t[j]) * 0.5 * (y[j] + y_x)
+
+
+def _row_before(after: np.ndarray, n: int) -> np.ndarray:
+    """The row at or before each time, from ``searchsorted(side='right')``, clamped to the
+    record (min/max: np.clip's Python wrapper cost more than the arithmetic here)."""
+    return np.minimum(np.maximum(after - 1, 0), n - 1)
 
 
 def align_window(
@@ -278,21 +286,20 @@ def align_windows(
     mid = 0.5 * (a + b)
     span = b - a
     safe = np.where(span > 0, span, 1.0)
-    ya, yb = np.interp(a, t, rec.ewe), np.interp(b, t, rec.ewe)
-    ewe_mean = np.where(
-        span > 0,
-        (_integral(t, rec.ewe, rec.cum_ewe, b) - _integral(t, rec.ewe, rec.cum_ewe, a)) / safe,
-        ya,
-    )
-    i_mean = np.where(
-        span > 0,
-        (_integral(t, rec.i, rec.cum_i, b) - _integral(t, rec.i, rec.cum_i, a)) / safe,
-        np.interp(a, t, rec.i),
-    )
-    qa, qm, qb = np.interp(a, t, rec.q), np.interp(mid, t, rec.q), np.interp(b, t, rec.q)
+    # Each search and interpolation once, shared by the means and the window's rows: a live
+    # batch is often one window, and then these calls are the cost.
     lo, hi = np.searchsorted(t, a, side="left"), np.searchsorted(t, b, side="right")
     inner_lo, inner_hi = np.searchsorted(t, a, side="right"), np.searchsorted(t, b, side="left")
-    at_mid = np.clip(np.searchsorted(t, mid, side="right") - 1, 0, n - 1)
+    ja, jb = _row_before(inner_lo, n), _row_before(hi, n)
+    at_mid = _row_before(np.searchsorted(t, mid, side="right"), n)
+    ya, yb = np.interp(a, t, rec.ewe), np.interp(b, t, rec.ewe)
+    ia, ib = np.interp(a, t, rec.i), np.interp(b, t, rec.i)
+    ewe_int = _integral(t, rec.ewe, rec.cum_ewe, b, jb, yb)
+    ewe_int -= _integral(t, rec.ewe, rec.cum_ewe, a, ja, ya)
+    ewe_mean = np.where(span > 0, ewe_int / safe, ya)
+    i_int = _integral(t, rec.i, rec.cum_i, b, jb, ib) - _integral(t, rec.i, rec.cum_i, a, ja, ia)
+    i_mean = np.where(span > 0, i_int / safe, ia)
+    qa, qm, qb = np.interp(a, t, rec.q), np.interp(mid, t, rec.q), np.interp(b, t, rec.q)
     changed = (hi - lo > 1) & (
         rec.regime[np.maximum(hi - 1, 0)] != rec.regime[np.minimum(lo, n - 1)]
     )
