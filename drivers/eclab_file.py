@@ -168,11 +168,19 @@ class EclabFile(Driver):
 
     async def _publish(self, part: dict[str, np.ndarray]) -> None:
         assert self.pub is not None
-        arrays = {k: part[k] for k in ("t", "Ewe", "I", "mode", "step", "cycle")}
-        if self.charge and not np.all(np.isnan(part["Q"])):
-            arrays["Q"] = part["Q"]
+        arrays = batch_arrays(part, self.charge)
         await self.pub.send(PotentiostatBatch(source=self.opts.name), arrays)
         self.rows_published += len(part["t"])
+
+
+def batch_arrays(part: dict[str, np.ndarray], charge: bool) -> dict[str, np.ndarray]:
+    """A batch's arrays; EC-Lab's charge only where every row has one. The monitor refuses a
+    batch with a NaN in Q (one unmeasured value is not a charge), and counts coulombs from the
+    current for a batch without Q, so a partly missing column loses nothing."""
+    arrays = {k: part[k] for k in ("t", "Ewe", "I", "mode", "step", "cycle")}
+    if charge and np.all(np.isfinite(part["Q"])):
+        arrays["Q"] = part["Q"]
+    return arrays
 
 
 def _batches(rows: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:

@@ -27,6 +27,7 @@ from operando.drivers.methodscript import (
     CURRENT,
     POTENTIALS,
     MethodScriptError,
+    Package,
     constant_current_script,
     open_circuit_script,
     parse_error,
@@ -34,7 +35,7 @@ from operando.drivers.methodscript import (
     potential_hold_script,
 )
 
-from operando.protocol import MODE_CC, MODE_CV, MODE_OCV, PotentiostatBatch
+from operando.protocol import MAX_MAGNITUDE, MODE_CC, MODE_CV, MODE_OCV, PotentiostatBatch
 
 log = logging.getLogger(__name__)
 
@@ -176,17 +177,12 @@ class PalmSens(Driver):
             elif line.startswith("P"):
                 try:
                     package = parse_package(line)
+                    k += 1  # a package read is a sampling interval, whatever its values
+                    v, i_mA = potential_and_current(package, line)
                 except MethodScriptError as e:
                     self.counts["bad_lines"] += 1
                     log.warning("%s", e)
                     continue
-                k += 1
-                v = next((package.values[p] for p in POTENTIALS if p in package.values), None)
-                if v is None:
-                    self.counts["bad_lines"] += 1
-                    log.warning("data package without a potential: %r", line[:60])
-                    continue
-                i_mA = package.values.get(CURRENT, 0.0) * 1e3
                 rows.append((loop_start + k * self.interval_s, v, i_mA))
                 self.counts["packages"] += 1
                 if len(rows) >= BATCH_ROWS:
@@ -216,6 +212,20 @@ class PalmSens(Driver):
                 "cycle": np.full(n, cycle, np.int32),
             },
         )
+
+
+def potential_and_current(package: Package, line: str) -> tuple[float, float]:
+    """A data package's potential (V) and current (mA, 0 without one). A value the monitor
+    would refuse (MethodSCRIPT encodes up to ~1e26) is refused here with its package: sent,
+    it would make the whole batch of rows malformed."""
+    v = next((package.values[p] for p in POTENTIALS if p in package.values), None)
+    if v is None:
+        raise MethodScriptError(f"data package without a potential: {line[:60]!r}")
+    i_mA = package.values.get(CURRENT, 0.0) * 1e3
+    for name, x in (("potential", v), ("current (mA)", i_mA)):
+        if not abs(x) < MAX_MAGNITUDE:
+            raise MethodScriptError(f"data package {line[:60]!r}: {name} {x:g} is not measured")
+    return v, i_mA
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from conftest import SHARED, cli, wait_for
 from operando.drivers.eclab import MptFormatError, MptReader
+from operando.drivers.eclab_file import batch_arrays
 
 from operando.config import load_config, preset_path
 from operando.demo import localize
+from operando.protocol import PotentiostatBatch, decode, encode
 from operando.store import open_readonly
 
 ECLAB = SHARED / "data" / "eclab"
@@ -62,6 +64,22 @@ def test_real_exports_parse_the_same_in_any_pieces(name, rows, technique, has_cu
 
 
 @needs_files
+def test_a_batch_sends_the_charge_only_where_every_row_has_one():
+    """A partly missing Q column (a damaged .mpr) must not make the batch malformed: the
+    monitor refuses a NaN in Q, and counts coulombs for a batch without it."""
+    t = np.arange(3.0)
+    part = {"t": t, "Ewe": t + 3.7, "I": t * 0 + 0.1, "Q": np.array([0.0, np.nan, 0.2])}
+    part |= {"mode": np.ones(3, np.int8), "step": np.zeros(3, np.int32)}
+    part["cycle"] = np.zeros(3, np.int32)
+    for q, charge, sent in (([0.0, np.nan, 0.2], True, False), ([0.0, 0.1, 0.2], True, True)):
+        part["Q"] = np.array(q)
+        arrays = batch_arrays(part, charge)
+        assert ("Q" in arrays) is sent
+        decoded = decode(encode(PotentiostatBatch(source="eclab", session="s"), arrays))
+        assert ("Q" in decoded.arrays) is sent  # the monitor takes the batch
+    assert "Q" not in batch_arrays(part, charge=False)
+
+
 def test_decimal_commas_and_charge_in_coulombs_are_read_as_numbers():
     _, gcpl = read_all(ECLAB / "yadg_gcpl.issue_149.mpt")  # "3,4228721E+000"
     assert gcpl["Ewe"][0] == pytest.approx(3.4228721)

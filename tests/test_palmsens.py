@@ -20,7 +20,7 @@ from operando.drivers.methodscript import (
     parse_error,
     parse_package,
 )
-from operando.drivers.palmsens import parse_step
+from operando.drivers.palmsens import parse_step, potential_and_current
 
 from operando.config import load_config, preset_path
 from operando.demo import localize
@@ -172,3 +172,16 @@ def test_driver_runs_the_protocol_through_a_monitor(processes, tmp_path):
 def test_a_status_word_that_is_not_hex_is_refused_with_the_package():
     with pytest.raises(MethodScriptError, match="status '1x9' of ba is not hexadecimal"):
         parse_package("Pda8012345u;ba7F85E36p,1x9,288")
+
+
+def test_a_package_the_monitor_would_refuse_is_refused_alone():
+    """MethodSCRIPT encodes values up to ~1e26; one beyond what the monitor takes would make
+    the whole batch malformed, so the driver refuses that package (a bad line) instead."""
+    line = "Pda8012345m;ba7F85E36p"
+    assert potential_and_current(parse_package(line), line) == pytest.approx((74.565, -5.0017e-4))
+    huge = "Pda8012345E;ba7F85E36p"  # 74565 x 1e18 V
+    with pytest.raises(MethodScriptError, match="potential 7.4565e.22 is not measured"):
+        potential_and_current(parse_package(huge), huge)
+    no_potential = "Pba7F85E36p"
+    with pytest.raises(MethodScriptError, match="without a potential"):
+        potential_and_current(parse_package(no_potential), no_potential)
