@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,24 +265,31 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def protocol_floor(n: int, port: int) -> float:
-    """Messages/s of a sync SUB loop that only receives the benchmark's 8 KB messages."""
+@contextlib.contextmanager
+def _sender_and_sub(n: int, port: int) -> Iterator[zmq.Socket]:
+    """A sender process of ``n`` 8 KB scans and a sync SUB socket on it; both gone after."""
     sender = subprocess.Popen([sys.executable, __file__, "--send", "xas", str(n), str(port), "0"])
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
     sock.linger, sock.rcvhwm, sock.rcvtimeo = 0, 1000, 60_000
     sock.setsockopt(zmq.SUBSCRIBE, b"")
     sock.connect(f"tcp://127.0.0.1:{port}")
-    total = _messages(n)
     try:
+        yield sock
+    finally:
+        ctx.destroy(linger=0)
+        sender.wait(timeout=120)
+
+
+def protocol_floor(n: int, port: int) -> float:
+    """Messages/s of a sync SUB loop that only receives the benchmark's 8 KB messages."""
+    total = _messages(n)
+    with _sender_and_sub(n, port) as sock:
         sock.recv_multipart()
         t0 = time.perf_counter()
         for _ in range(total - 1):
             sock.recv_multipart()
         return (total - 1) / (time.perf_counter() - t0)
-    finally:
-        ctx.destroy(linger=0)
-        sender.wait(timeout=120)
 
 
 def ideal_path(n: int, port: int, workdir: Path, align: bool) -> float:
@@ -296,12 +304,11 @@ def ideal_path(n: int, port: int, workdir: Path, align: bool) -> float:
     writer process. What it reaches bounds what the monitor's path can reach on this machine
     (measured beside it: ``recv_multipart(copy=False)`` and a writer thread were both slower).
     """
-    sender = subprocess.Popen([sys.executable, __file__, "--send", "xas", str(n), str(port), "0"])
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    sock.linger, sock.rcvhwm, sock.rcvtimeo = 0, 1000, 60_000
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(f"tcp://127.0.0.1:{port}")
+    with _sender_and_sub(n, port) as sock:
+        return _ideal_loop(sock, n, workdir, align)
+
+
+def _ideal_loop(sock: zmq.Socket, n: int, workdir: Path, align: bool) -> float:
     conn = connect(workdir / "ideal.sqlite")
     conn.executescript(SCHEMA)
     log_fd = os.open(workdir / "ideal.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -354,8 +361,6 @@ def ideal_path(n: int, port: int, workdir: Path, align: bool) -> float:
     finally:
         os.close(log_fd)
         conn.close()
-        ctx.destroy(linger=0)
-        sender.wait(timeout=120)
 
 
 def disk_write_rate(workdir: Path, total_bytes: int, fsync: bool = True) -> float:
