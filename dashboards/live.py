@@ -412,6 +412,19 @@ def alarm_html(a: dict[str, Any]) -> str:
     )
 
 
+def spot_text(requested: str | None, spectra: pd.DataFrame) -> str:
+    """Where the beam is: the spot of the newest scan, and the spot the orchestrator asked
+    for when that differs (a move in flight, or a stage that acked a move and did not make
+    it: the header must not say the beam is on a fresh spot while the spent one is dosed)."""
+    with_spot = spectra[spectra["spot"].notna()] if "spot" in spectra else spectra.iloc[:0]
+    if not len(with_spot):
+        return str(requested or "-")
+    latest = str(with_spot.loc[with_spot["spectrum_id"].idxmax(), "spot"])
+    if requested is None or str(requested) == latest:
+        return latest
+    return f"{latest} (latest scan; {requested} requested)"
+
+
 def header_html(snap: Snapshot, feed: StateFeed, redraw_ms: float = 0.0) -> str:
     st = snap.status
     sp = snap.spectra
@@ -456,7 +469,7 @@ def header_html(snap: Snapshot, feed: StateFeed, redraw_ms: float = 0.0) -> str:
         f' (<span class="op-partial">{partial}</span> partial) - latest '
         f'<span id="op-latest" class="op-latest" data-spectrum-id="{latest}">{latest}</span>'
         f" - Ewe {_fmt(ewe, '.3f', ' V')} - SOC {_fmt(soc, '.3f')}"
-        f" - spot {html.escape(str(orch.get('spot') or '-'))}"
+        f" - spot {html.escape(spot_text(orch.get('spot'), sp))}"
         f' - alarms <span class="op-alarm-count">{len(snap.alarms)}</span>'
         f" - state batches missed {feed.missed}"
         f' - redraw <span class="op-redraw">{redraw_ms:.0f}</span> ms'

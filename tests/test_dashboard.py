@@ -11,9 +11,11 @@ from pathlib import Path
 
 import holoviews as hv
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import cli
 from operando.dashboards import plots
+from operando.dashboards.live import spot_text
 from operando.dashboards.view import CellTrace, RunView, rest_periods
 
 from operando.alarms import Alarms
@@ -212,3 +214,20 @@ def test_alarm_messages_are_finite_for_missing_fields():
     alarms = Alarms(lambda kind, link, t, **d: seen.append(d))
     alarms.on_event("disconnected", "spectrometer", {})
     assert seen[0]["message"] == "spectrometer silent for 0 s"
+    alarms.on_event("spot_move_retry", None, {"spot": "A1", "target": "A2"})
+    assert seen[1]["message"].startswith("scans still come from spent spot A1 after a move")
+    # how far past its budget the stuck spot is, counting up on the same alarm
+    alarms.on_event("spot_move_retry", None, {"spot": "A1", "target": "A2", "dose_Gy": 3.16e9})
+    assert "spent spot A1 (3160 MGy so far) after a move to A2" in seen[2]["message"]
+    assert seen[2]["count"] == 2
+
+
+def test_the_header_says_where_the_beam_is_not_only_where_it_was_sent():
+    """A stage that acks a move and stays put: the newest scans still come from the spent
+    spot, and the header must say so beside the spot the orchestrator asked for."""
+    spectra = pd.DataFrame({"spectrum_id": [1, 2, 3], "spot": ["A1", "A1", None]})
+    assert spot_text("A2", spectra) == "A1 (latest scan; A2 requested)"
+    assert spot_text("A1", spectra) == "A1"
+    assert spot_text(None, spectra) == "A1"
+    assert spot_text("A2", pd.DataFrame()) == "A2"  # no scan yet
+    assert spot_text(None, pd.DataFrame({"spectrum_id": [1], "spot": [None]})) == "-"

@@ -18,6 +18,12 @@ from typing import Any
 
 Event = Callable[..., None]
 
+
+def _dose(d: dict[str, Any]) -> str:
+    dose = d.get("dose_Gy")
+    return f" ({dose / 1e6:.0f} MGy so far)" if isinstance(dose, int | float) else ""
+
+
 # event kind -> (alarm category, what makes two occurrences the same condition, message)
 FROM_EVENTS: dict[str, tuple[str, str, Callable[[str | None, dict[str, Any]], str]]] = {
     "damage_flag": (
@@ -58,7 +64,7 @@ FROM_EVENTS: dict[str, tuple[str, str, Callable[[str | None, dict[str, Any]], st
         "stage",
         "spot",
         lambda link, d: (
-            f"scans still come from spent spot {d.get('spot')} after a move to "
+            f"scans still come from spent spot {d.get('spot')}{_dose(d)} after a move to "
             f"{d.get('target')}: the move was sent again; check the sample stage"
         ),
     ),
