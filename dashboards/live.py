@@ -110,7 +110,7 @@ class Session:
             "fractions": _pipe((snap.fits, None)),
             "latest": _pipe(snap.latest),
             "relaxation": _pipe(snap.relaxation),
-            "dose": _pipe((snap.dose, snap.budget_Gy)),
+            "dose": _pipe((snap.dose, snap.budget_Gy, snap.spots)),
             "rixs": _pipe(snap.rixs_latest),
             "rixs_maps": _pipe(snap.rixs_maps),
         }
@@ -177,7 +177,7 @@ class Session:
             lambda data: plots.relaxation_plot(data, "Ewe"), streams=[p["relaxation"]]
         )
         bars = hv.DynamicMap(lambda data: plots.dose_bars(*data), streams=[p["dose"]])
-        spots = hv.DynamicMap(lambda data: plots.spot_map(data[0]), streams=[p["dose"]])
+        spots = hv.DynamicMap(lambda data: plots.spot_map(data[0], data[2]), streams=[p["dose"]])
         rixs = hv.DynamicMap(lambda data: plots.rixs_map(data), streams=[p["rixs"]])
         ratio = hv.DynamicMap(lambda data: plots.rixs_ratio(data), streams=[p["rixs_maps"]])
         size = {"width": 560, "height": 300}
@@ -313,7 +313,7 @@ class Session:
                 p["relaxation"].send(snap.relaxation)
 
         def dose(snap: Snapshot) -> None:
-            p["dose"].send((snap.dose, snap.budget_Gy))
+            p["dose"].send((snap.dose, snap.budget_Gy, snap.spots))
             self.damage.object = damage_html(snap)
 
         def rixs(snap: Snapshot) -> None:

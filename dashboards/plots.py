@@ -214,14 +214,33 @@ def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
     return hv.Overlay(items).opts(title="relaxation: " + "; ".join(taus), legend_position="right")
 
 
-def dose_bars(dose: pd.DataFrame, budget_Gy: float) -> hv.Overlay:
-    """Cumulative dose per spot against the budget."""
-    per_spot = (
-        dose.groupby("spot")["total_Gy"].max().reset_index()
-        if len(dose)
-        else pd.DataFrame({"spot": [], "total_Gy": []})
-    )
-    per_spot["dose"] = per_spot["total_Gy"] / 1e6
+def _per_spot(dose: pd.DataFrame, spots: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per spot: where it is and its cumulative dose (MGy); spots known but never
+    measured (the fresh ones left) at 0, after the dosed ones in the order they were used."""
+    if len(dose):
+        dosed = dose.groupby("spot", sort=False).agg(
+            x_mm=("x_mm", "last"), y_mm=("y_mm", "last"), total_Gy=("total_Gy", "max")
+        )
+    else:
+        dosed = pd.DataFrame({"x_mm": [], "y_mm": [], "total_Gy": []}, index=pd.Index([]))
+    dosed.index.name = "spot"
+    if spots is not None and len(spots):
+        known = spots.set_index("spot")
+        fresh = known.loc[~known.index.isin(dosed.index), ["x_mm", "y_mm"]].assign(total_Gy=0.0)
+        # the grid's coordinates where a scan did not say where it was
+        for c in ("x_mm", "y_mm"):
+            dosed[c] = dosed[c].fillna(known[c].reindex(dosed.index))
+        dosed = pd.concat([dosed, fresh])
+    out = dosed.reset_index()
+    out["dose"] = out["total_Gy"] / 1e6
+    return out
+
+
+def dose_bars(
+    dose: pd.DataFrame, budget_Gy: float, spots: pd.DataFrame | None = None
+) -> hv.Overlay:
+    """Cumulative dose per spot against the budget (fresh spots at 0)."""
+    per_spot = _per_spot(dose, spots)
     bars = hv.Bars(per_spot, hv.Dimension("spot"), DOSE).opts(
         color=PALETTE[0], tools=["hover"], title="cumulative dose per spot"
     )
@@ -230,16 +249,9 @@ def dose_bars(dose: pd.DataFrame, budget_Gy: float) -> hv.Overlay:
     return bars * hv.HLine(0).opts(alpha=0)
 
 
-def spot_map(dose: pd.DataFrame) -> hv.Points:
-    """Where each spot is on the sample, coloured by its dose."""
-    if len(dose):
-        last = dose.groupby("spot").agg(
-            x_mm=("x_mm", "last"), y_mm=("y_mm", "last"), total_Gy=("total_Gy", "max")
-        )
-        data = last.reset_index().dropna(subset=["x_mm", "y_mm"])
-        data["dose"] = data["total_Gy"] / 1e6
-    else:
-        data = pd.DataFrame({"x_mm": [], "y_mm": [], "dose": [], "spot": []})
+def spot_map(dose: pd.DataFrame, spots: pd.DataFrame | None = None) -> hv.Points:
+    """Where each spot is on the sample, coloured by its dose (fresh spots at 0)."""
+    data = _per_spot(dose, spots).dropna(subset=["x_mm", "y_mm"])
     x = hv.Dimension("x_mm", label="x", unit="mm")
     y = hv.Dimension("y_mm", label="y", unit="mm")
     return hv.Points(data, [x, y], [DOSE, "spot"]).opts(

@@ -104,6 +104,9 @@ class Snapshot:
     spectra: pd.DataFrame = field(default_factory=pd.DataFrame)
     fits: pd.DataFrame = field(default_factory=pd.DataFrame)
     dose: pd.DataFrame = field(default_factory=pd.DataFrame)
+    spots: pd.DataFrame = field(  # every spot known: name, x and y (mm)
+        default_factory=lambda: pd.DataFrame(columns=["spot", "x_mm", "y_mm"])
+    )
     damage: pd.DataFrame = field(default_factory=pd.DataFrame)
     triggers: pd.DataFrame = field(default_factory=pd.DataFrame)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -150,6 +153,10 @@ class RunView:
         self.partial: set[int] = set()
         self.fits: dict[tuple[int, str], dict[str, Any]] = {}
         self.dose: dict[int, dict[str, Any]] = {}
+        # every spot known, dosed or not: the experiment's list, then the spectrometer's
+        # announced grid (name -> x, y in mm; NaN where only the name is known)
+        configured = self.cfg.orchestration.spots if self.cfg else []
+        self.spots: dict[str, tuple[float, float]] = {k: (math.nan, math.nan) for k in configured}
         self.damage: list[dict[str, Any]] = []
         self.triggers: list[dict[str, Any]] = []
         self.events: deque[dict[str, Any]] = deque(maxlen=event_log)
@@ -415,6 +422,17 @@ class RunView:
             )
         return bool(rows)
 
+    def _announced_spots(self, spots: Any) -> None:
+        """A spectrometer's spot grid from its series metadata: ``{name: [x_mm, y_mm]}``."""
+        if not isinstance(spots, dict):
+            return
+        for name, where in spots.items():
+            try:
+                x, y = (float(v) for v in where)
+            except (TypeError, ValueError):  # a driver's metadata is not ours to trust
+                x = y = math.nan
+            self.spots[str(name)] = (x, y)
+
     def _read_events(self, conn: sqlite3.Connection) -> bool:
         rows = self._rows(
             conn,
@@ -448,6 +466,8 @@ class RunView:
                 )
             elif kind == "trigger":
                 self.triggers.append({"t": t, "trigger": d.get("trigger_id", "")})
+            elif kind == "series_start":
+                self._announced_spots((d.get("metadata") or {}).get("spots"))
         return bool(rows)
 
     def _read_relaxation(self, conn: sqlite3.Connection) -> bool:
@@ -587,6 +607,11 @@ class RunView:
             dose=pd.DataFrame([self.dose[k] for k in sorted(self.dose)])
             if changed("dose")
             else old.dose,
+            spots=pd.DataFrame(
+                [(k, x, y) for k, (x, y) in self.spots.items()], columns=["spot", "x_mm", "y_mm"]
+            )
+            if events or not old.version
+            else old.spots,
             damage=pd.DataFrame(self.damage) if events else old.damage,
             triggers=pd.DataFrame(self.triggers) if events else old.triggers,
             events=list(self.events) if events else old.events,

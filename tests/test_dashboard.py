@@ -52,6 +52,14 @@ def test_view_holds_what_the_store_holds(lfp_run, lfp_view):
     mid = 0.5 * (s.spectra["t_start"] + s.spectra["t_end"])
     trace = np.interp(mid, s.cell["t"], s.cell["soc"])
     assert np.max(np.abs(trace - s.spectra["soc"])) < 0.01
+    # every spot the spectrometer announced, measured or not, where it said it is
+    announced = json.loads(
+        open_readonly(lfp_run)
+        .execute("SELECT detail FROM events WHERE kind = 'series_start' AND link = 'spectrometer'")
+        .fetchone()[0]
+    )["metadata"]["spots"]
+    assert {k: [x, y] for k, x, y in s.spots.itertuples(index=False)} == announced
+    assert set(s.dose["spot"]) < set(announced)  # the run leaves fresh spots
     # nothing new: no new picture
     version = s.version
     assert not lfp_view.refresh()
@@ -120,7 +128,8 @@ def test_every_plot_renders_with_units(lfp_view):
     assert fig.yaxis[0].axis_label == "Ewe (V)"
     assert hv.render(plots.cell_curve(s.cell, "I")).yaxis[0].axis_label == "I (mA)"
     assert "eV" in hv.render(plots.spectrum_plot(s.latest)).xaxis[0].axis_label
-    assert hv.render(plots.dose_bars(s.dose, 5e8)).yaxis[0].axis_label == "dose (MGy)"
+    bars = hv.render(plots.dose_bars(s.dose, 5e8, s.spots))
+    assert bars.yaxis[0].axis_label == "dose (MGy)"
     rel = hv.render(plots.relaxation_plot(s.relaxation, "valence"))
     assert "tau" in rel.title.text and rel.xaxis[0].axis_label.endswith("(s)")
     for element in (
@@ -129,12 +138,35 @@ def test_every_plot_renders_with_units(lfp_view):
         plots.valence_plot(s.fits, "soc"),
         plots.spectrum_plot(s.latest, "residual"),
         plots.heatmap_plot(s.heatmaps[("Fe-L", "TEY")], "Fe-L", "TEY"),
-        plots.spot_map(s.dose),
+        plots.spot_map(s.dose, s.spots),
         plots.rixs_map(None),
         plots.rixs_ratio(s.rixs_maps),
         plots.relaxation_plot(None, "Ewe"),
     ):
         hv.render(element)
+
+
+def test_fresh_spots_show_at_zero_dose_beside_the_used_ones():
+    """The operator must see which spots are left: every spot known is drawn, the ones never
+    measured at 0 dose, after the used ones in the order they were used."""
+    dose = pd.DataFrame(
+        {
+            "spot": ["B1", "B1", "A1"],
+            "total_Gy": [1e8, 2e8, 5e7],
+            "x_mm": [0.0, 0.0, None],  # a scan that did not say where it was
+            "y_mm": [0.5, 0.5, None],
+        }
+    )
+    grid = pd.DataFrame({"spot": ["A1", "A2", "B1"], "x_mm": [0.0, 0.5, 0.0]})
+    grid["y_mm"] = [0.0, 0.0, 0.5]
+    bars = plots.dose_bars(dose, 5e8, grid).get(0).data
+    assert list(bars["spot"]) == ["B1", "A1", "A2"]
+    assert list(bars["dose"]) == [200.0, 50.0, 0.0]
+    points = plots.spot_map(dose, grid).data.set_index("spot")
+    assert points.loc["A1", ["x_mm", "y_mm"]].tolist() == [0.0, 0.0]  # from the grid
+    assert points.loc["A2", "dose"] == 0.0 and len(points) == 3
+    assert list(plots.dose_bars(dose, 5e8).get(0).data["spot"]) == ["B1", "A1"]  # no grid
+    assert len(plots.spot_map(pd.DataFrame(), grid).data) == 3  # nothing measured yet
 
 
 def test_rest_periods_are_the_open_circuit_stretches():
