@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from operando.drivers.spectra import EDGES, Realism, export_references, references, synthesize_xas
 
-from operando.align import Alignment
+from operando.align import Alignment, PotentiostatHistory, align_windows
 from operando.analysis.lcf import FitResult
-from operando.analyze import Analyzer, SpectrumInput, poisson_sigma
+from operando.analysis.relaxation import fit_relaxation
+from operando.analyze import Analyzer, SpectrumInput, poisson_sigma, rest_voltage
 from operando.config import AnalysisConfig
 from operando.doseledger import DoseLedger
 from operando.protocol import MODE_CC, MODE_OCV
@@ -140,3 +141,28 @@ def test_a_rest_is_refitted_as_it_grows_and_its_last_fit_sees_every_point(tmp_pa
     an.finish()  # the run ends during the rest
     last = [row for op, row in out if op == "relaxation"][-1]
     assert last[7] == n_scans and last[4] == pytest.approx(tau, rel=0.1)
+
+
+def test_the_rest_voltage_stops_where_the_next_current_step_starts():
+    """The last spectrum of a rest is counted at rest by its middle, but its window runs into
+    the discharge that follows: those rows are not relaxation. Seen in the lnmo-surface demo:
+    they pulled the rest's last Ewe fit to a straight line (tau 183,600 +- 27,848,649 s)."""
+    t = np.arange(0.0, 3000.0)
+    rest = (t >= 1000) & (t < 2800)
+    ewe = np.where(t < 1000, 4.5 + 3e-4 * t, 4.88 + 0.012 * np.exp(-(t - 1000) / 120.0))
+    ewe = np.where(t >= 2800, 4.88 - 1e-3 * (t - 2800), ewe)
+    ewe += np.random.default_rng(3).normal(0, 1e-4, t.size)  # 0.1 mV of noise
+    history = PotentiostatHistory()
+    history.extend(
+        t,
+        ewe,
+        np.where(rest, 0.0, np.where(t < 1000, 0.3, -0.3)),
+        np.where(rest, MODE_OCV, MODE_CC).astype(np.int8),
+        np.where(t < 1000, 0, np.where(rest, 1, 2)).astype(np.int32),
+        np.zeros(t.size, np.int32),
+    )
+    rec = history.record()
+    (al,) = align_windows(rec, [2700.0], [2860.0], capacity_mAh=None)  # middle at 2780: rest
+    since, volts = rest_voltage(rec, al, rest_current_mA=0.01)
+    assert since[0] == 0.0 and since[-1] == 1799.0  # the rest's rows, none of the discharge's
+    assert fit_relaxation(since, volts).tau_s == pytest.approx(120.0, rel=0.05)

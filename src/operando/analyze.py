@@ -91,18 +91,26 @@ def is_resting(al: Alignment, rest_current_mA: float) -> bool:
 def rest_voltage(
     rec: CellRecord, al: Alignment, rest_current_mA: float, max_rows: int = 400
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """(seconds since the current stopped, Ewe) up to the end of this spectrum, at most
-    ``max_rows`` rows evenly picked; None unless the cell rests."""
+    """(seconds since the current stopped, Ewe) up to the end of this spectrum or of the
+    rest, whichever comes first, at most ``max_rows`` rows evenly picked; None unless the
+    cell rests.
+
+    A spectrum counts as taken at rest by its window's middle, so the last one of a rest can
+    end after the next current step began: its rows are not the relaxation (they made the
+    rest's last Ewe fit a straight line through the discharge's first volts)."""
     since = al.t_since_current_change_s
     if not is_resting(al, rest_current_mA) or not math.isfinite(since):
         return None
     stop = 0.5 * (al.t_start + al.t_end) - since
-    m = (rec.t >= stop) & (rec.t <= al.t_end)
-    n = int(m.sum())
+    rows = np.flatnonzero((rec.t >= stop) & (rec.t <= al.t_end))
+    at_rest = (rec.mode[rows] == MODE_OCV) | (np.abs(rec.i[rows]) < rest_current_mA)
+    if not at_rest.all():
+        rows = rows[: int(np.argmin(at_rest))]  # up to the first row with a current again
+    n = len(rows)
     if n < 8:
         return None
-    pick = np.linspace(0, n - 1, min(n, max_rows)).astype(int)
-    return rec.t[m][pick] - stop, rec.ewe[m][pick].copy()
+    rows = rows[np.linspace(0, n - 1, min(n, max_rows)).astype(int)]
+    return rec.t[rows] - stop, rec.ewe[rows].copy()
 
 
 class Analyzer:
