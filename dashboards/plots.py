@@ -206,12 +206,15 @@ def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
                 color=colour, line_dash="dashed"
             )
         )
+        # one line a channel: the note's first clause (why not resolved); the rest of it
+        # (which model, what tau) is in the run store and `operando inspect`
+        why = (c["note"] or "not resolved").split(": ")[0]
         taus.append(
-            f"{channel} tau {c['tau_s']:.0f} +- {c['tau_err_s']:.0f} s ({c['model']})"
+            f"{channel}: tau {c['tau_s']:.0f} +- {c['tau_err_s']:.0f} s ({c['model']})"
             if c["resolved"]
-            else f"{channel}: {c['note'] or 'not resolved'}"
+            else f"{channel}: {why}"
         )
-    return hv.Overlay(items).opts(title="relaxation: " + "; ".join(taus), legend_position="right")
+    return hv.Overlay(items).opts(title="\n".join(taus), legend_position="right")
 
 
 def _per_spot(dose: pd.DataFrame, spots: pd.DataFrame | None) -> pd.DataFrame:

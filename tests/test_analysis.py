@@ -185,6 +185,20 @@ def test_relaxation_says_when_tau_is_unresolved():
     assert not res.resolved and "not resolved" in res.note
 
 
+def test_relaxation_says_when_the_rest_does_not_determine_tau():
+    """A drift with no visible decay: every model's tau runs to the fit's bound (a straight
+    line), which must not be reported as a time constant."""
+    t = np.linspace(0, 1800, 400)
+    y = 4.9 - 1e-5 * t + np.random.default_rng(2).normal(0, 1e-4, t.size)
+    res = fit_relaxation(t, y)
+    assert not res.resolved, (res.best, res.tau_s, res.tau_err_s)
+    assert res.note.startswith("tau not determined by 1800 s of rest")
+    # a decay the rest does show is still found, with its drift-free tail
+    y = 4.88 + 0.012 * np.exp(-t / 120.0) + np.random.default_rng(2).normal(0, 1e-4, t.size)
+    res = fit_relaxation(t, y)
+    assert res.resolved and res.tau_s == pytest.approx(120.0, rel=0.05)
+
+
 def test_rest_periods_follow_current_steps():
     t = np.arange(0, 100.0)
     i = np.where((t < 30) | ((t >= 60) & (t < 80)), 1.0, 0.0)

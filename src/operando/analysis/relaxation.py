@@ -4,7 +4,10 @@ Models of a quantity y (a valence fraction, or Ewe) against time since the curre
   single:     y_inf + (y0 - y_inf) exp(-t / tau)
   stretched:  y_inf + (y0 - y_inf) exp(-(t / tau)^beta)
   double:     y_inf + a1 exp(-t / tau1) + a2 exp(-t / tau2)
-The one with the lowest AIC (n ln(RSS/n) + 2k, corrected for small n) is reported; the
+The one with the lowest AIC (n ln(RSS/n) + 2k, corrected for small n) among those the data
+determine is reported (no tau over three times the rest or uncertain by more than itself, no
+double component of insignificant amplitude); when none is, the result says tau is not
+determined. The
 stretched and double models are tried only with two points per parameter. A spectrum
 takes minutes, so a tau shorter than the scan duration cannot be resolved: the result says so.
 """
@@ -75,6 +78,11 @@ class RelaxationResult(msgspec.Struct):
     note: str = ""
 
 
+TAU_BOUND = 100.0  # the longest tau fitted, in spans of the rest: beyond, a straight line
+# The longest tau a rest determines, in spans of it: a slower decay has not yet bent the
+# curve (a third of its amplitude gone by the end at most) and a straight line fits as well.
+TAU_SEEN = 3.0
+
 MODELS: dict[str, tuple[Callable[..., np.ndarray], tuple[str, ...]]] = {
     "single": (_single, ("y_inf", "y0", "tau")),
     "stretched": (_stretched, ("y_inf", "y0", "tau", "beta")),
@@ -100,16 +108,19 @@ def fit_relaxation(
     y0, yl = float(y[np.argmin(t)]), float(y[np.argmax(t)])
     amp = y0 - yl
     starts = {
-        "single": ([yl, y0, span / 3], ([-np.inf, -np.inf, 1e-3], [np.inf, np.inf, 100 * span])),
+        "single": (
+            [yl, y0, span / 3],
+            ([-np.inf, -np.inf, 1e-3], [np.inf, np.inf, TAU_BOUND * span]),
+        ),
         "stretched": (
             [yl, y0, span / 3, 0.8],
-            ([-np.inf, -np.inf, 1e-3, 0.2], [np.inf, np.inf, 100 * span, 1.5]),
+            ([-np.inf, -np.inf, 1e-3, 0.2], [np.inf, np.inf, TAU_BOUND * span, 1.5]),
         ),
         "double": (
             [yl, amp / 2, span / 20, amp / 2, span / 3],
             (
                 [-np.inf, -np.inf, 1e-3, -np.inf, 1e-3],
-                [np.inf, np.inf, 100 * span, np.inf, 100 * span],
+                [np.inf, np.inf, TAU_BOUND * span, np.inf, TAU_BOUND * span],
             ),
         ),
     }
@@ -156,16 +167,38 @@ def fit_relaxation(
         )
     if not fits:
         raise ValueError("no relaxation model converged")
-    best = min(fits, key=lambda m: m.aic)
+    # AICc picks among the fits the data determine; a time constant at the fit's bound or
+    # known to no better than itself, or a double's component of no significant amplitude,
+    # says nothing about the rest (seen: a tau of 183,600 +- 27,848,649 s, a straight line)
+    why = {m.model: _undetermined(m, span) for m in fits}
+    determined = [m for m in fits if not why[m.model]]
+    best = min(determined or fits, key=lambda m: m.aic)
     if best.model == "double":
         slow = "tau1" if best.params["tau1"] > best.params["tau2"] else "tau2"
         tau, tau_err = best.params[slow], best.errors[slow]
     else:
         tau, tau_err = best.params["tau"], best.errors["tau"]
-    resolved = tau > scan_duration_s
-    note = (
-        ""
-        if resolved
-        else (f"tau {tau:.0f} s is shorter than one scan ({scan_duration_s:.0f} s): not resolved")
-    )
+    resolved = bool(determined) and tau > scan_duration_s
+    if not determined:
+        note = f"tau not determined by {span:.0f} s of rest: {why[best.model]}"
+    elif not resolved:
+        note = f"tau {tau:.0f} s is shorter than one scan ({scan_duration_s:.0f} s): not resolved"
+    else:
+        note = ""
     return RelaxationResult(best.model, tau, tau_err, fits, n, resolved, note)
+
+
+def _undetermined(fit: ModelFit, span: float) -> str:
+    """Why the data do not determine this fit's time constants ('' when they do)."""
+    for name in ("tau", "tau1", "tau2"):
+        if name not in fit.params:
+            continue
+        tau, err = fit.params[name], fit.errors[name]
+        if tau > TAU_SEEN * span:
+            return f"{fit.model} {name} {tau:.0f} s, over {TAU_SEEN:g} times the rest"
+        if not err <= tau:  # NaN too
+            return f"{fit.model} {name} {tau:.3g} +- {err:.3g} s"
+    for name in ("a1", "a2"):
+        if name in fit.params and not abs(fit.params[name]) > fit.errors[name]:
+            return f"{fit.model} amplitude {name} {fit.params[name]:.3g} +- {fit.errors[name]:.3g}"
+    return ""
