@@ -81,6 +81,11 @@ def check_exposure(opts: DashboardOptions) -> None:
         raise DashboardError(f"--password-file {opts.password_file}: no such file")
 
 
+def _edges(snap: Snapshot) -> list[str]:
+    """The edges fitted so far, for the fractions' edge selector."""
+    return sorted(snap.fits["edge"].unique()) if len(snap.fits) else []
+
+
 def _pipe(data: Any) -> Pipe:
     return Pipe(data=data)
 
@@ -102,12 +107,18 @@ class Session:
         self.redraw_ms = 0.0  # the last redraw's server time, shown in the header
         self.version = -1
         snap = feed.view.snapshot
+        # the edge whose fractions are drawn, chosen before the first paint: a page drawn
+        # before its first update (seconds, on a busy server) showed no fractions at all
+        edges = _edges(snap)
+        self.edge = pn.widgets.Select(
+            name="fractions of edge", options=edges, value=edges[0] if edges else None, width=160
+        )
         self.pipes = {
             "cell": _pipe(snap.cell),
             "marks": _pipe((snap.rests, snap.spectra, snap.triggers)),
             "fits": _pipe(snap.fits),
             "fits_soc": _pipe(snap.fits),
-            "fractions": _pipe((snap.fits, None)),
+            "fractions": _pipe((snap.fits, self.edge.value)),
             "latest": _pipe(snap.latest),
             "relaxation": _pipe(snap.relaxation),
             "dose": _pipe((snap.dose, snap.budget_Gy, snap.spots)),
@@ -115,7 +126,6 @@ class Session:
             "rixs_maps": _pipe(snap.rixs_maps),
         }
         self.heat_pipes: dict[tuple[str, str], Pipe] = {}
-        self.edge = pn.widgets.Select(name="fractions of edge", options=[], width=160)
         self.edge.param.watch(lambda e: self._send_fractions(), "value")
         self.header = pn.pane.HTML("", sizing_mode="stretch_width")
         self.alarms = pn.pane.HTML("", sizing_mode="stretch_width")
@@ -296,7 +306,7 @@ class Session:
 
         def time_fits(snap: Snapshot) -> None:
             p["fits"].send(snap.fits)
-            edges = sorted(snap.fits["edge"].unique()) if len(snap.fits) else []
+            edges = _edges(snap)
             if edges != self.edge.options:
                 self.edge.options = edges
                 if self.edge.value not in edges and edges:

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from conftest import cli
 from operando.dashboards import plots
-from operando.dashboards.live import spot_text
-from operando.dashboards.view import CellTrace, RunView, rest_periods
+from operando.dashboards.live import DashboardOptions, Session, spot_text
+from operando.dashboards.view import CellTrace, RunView, StateFeed, rest_periods
 
 from operando.alarms import Alarms
 from operando.store import RunStore, open_readonly
@@ -167,6 +167,17 @@ def test_fresh_spots_show_at_zero_dose_beside_the_used_ones():
     assert points.loc["A2", "dose"] == 0.0 and len(points) == 3
     assert list(plots.dose_bars(dose, 5e8).get(0).data["spot"]) == ["B1", "A1"]  # no grid
     assert len(plots.spot_map(pd.DataFrame(), grid).data) == 3  # nothing measured yet
+
+
+@pytest.mark.slow
+def test_a_new_page_draws_an_edges_fractions_before_its_first_update(lfp_run, lfp_view):
+    """A page drawn before its first update (seconds, on a busy server) showed empty
+    fraction plots titled with no edge: the edge is now chosen when the page is built."""
+    hv.extension("bokeh")
+    session = Session(StateFeed(lfp_view, None), DashboardOptions(run_dir=lfp_run))
+    assert session.edge.options == ["Fe-L"] and session.edge.value == "Fe-L"
+    fits, edge = session.pipes["fractions"].data
+    assert edge == "Fe-L" and len(fits) == len(lfp_view.snapshot.fits)
 
 
 def test_rest_periods_are_the_open_circuit_stretches():
