@@ -116,7 +116,10 @@ def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
     if not items:
         items = [hv.Scatter(pd.DataFrame({xdim.name: [], "valence": []}), xdim, VALENCE)]
     against = "time" if x == "t" else "SOC"
-    return hv.Overlay(items).opts(title=f"average oxidation state vs {against}")
+    # the legend beside the plot: inside, it hid the newest points (top right)
+    return hv.Overlay(items).opts(
+        title=f"average oxidation state vs {against}", legend_position="right"
+    )
 
 
 def spectrum_plot(latest: Any, part: str = "fit") -> hv.Overlay:
@@ -194,11 +197,15 @@ def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
             title=f"relaxation ({quantity}): no rest period fitted yet"
         )
     items, taus = [], []
+    edges = sorted({k.split()[0] for k in channels if " " in k})
     for channel, c in channels.items():
-        colour = CHANNEL_COLOUR.get(channel, PALETTE[4])
+        # "Mn-L TEY": the channel's colour, the edge's marker (two edges rest together)
+        edge, _, name = channel.rpartition(" ")
+        colour = CHANNEL_COLOUR.get(name, PALETTE[4])
+        marker = MARKERS[edges.index(edge) % len(MARKERS)] if edge in edges else MARKERS[0]
         items.append(
             hv.Scatter((c["t"], c["v"]), tdim, ydim, label=channel).opts(
-                color=colour, size=4, tools=["hover"]
+                marker=marker, color=colour, size=4, tools=["hover"]
             )
         )
         items.append(

@@ -528,11 +528,12 @@ class RunView:
             if channel == "Ewe":
                 m = (c[:, 0] >= rest) & (c[:, 0] < end)
                 t, v = c[m, 0] - rest, c[m, 1]
-            else:
+            else:  # "Mn-L TEY" (a run recorded before series had their edge: "TEY")
+                edge, _, name = channel.rpartition(" ")
                 f = [
                     x
                     for x in self.fits.values()
-                    if x["channel"] == channel and rest <= x["t"] < end
+                    if x["channel"] == name and edge in ("", x["edge"]) and rest <= x["t"] < end
                 ]
                 t = np.array([x["t"] - rest for x in f])
                 v = np.array([x["valence"] for x in f])

@@ -105,6 +105,29 @@ def test_poisson_sigma_only_for_counts():
     assert poisson_sigma(np.array([1.5e-9, 2e-9]), np.array([1e-6, 1e-6])) is None
 
 
+def valence(v: float) -> FitResult:
+    """A channel's fit result that says only its average valence."""
+    return FitResult(
+        fractions={},
+        uncertainties={},
+        average_valence=float(v),
+        valence_uncertainty=0.002,
+        shift_eV=0.0,
+        chi2_red=1.0,
+        scale=1.0,
+        background=(0.0, 0.0),
+        tilt=0.0,
+        fit_range=(0.0, 1.0),
+        n_points=100,
+    )
+
+
+def resting(stop: float, since: float) -> Alignment:
+    """A one-second scan ``since`` seconds into a rest that began at ``stop``."""
+    al = msgspec.structs.replace(alignment(stop + since - 0.5, 0.5), mode=MODE_OCV, i_mean_mA=0.0)
+    return msgspec.structs.replace(al, t_end=al.t_start + 1.0, t_since_current_change_s=since)
+
+
 def test_a_rest_is_refitted_as_it_grows_and_its_last_fit_sees_every_point(tmp_path):
     """Relaxation fits follow the rest geometrically, not every scan; when the rest ends the
     last fit takes every point, and finds the tau the valence relaxes with."""
@@ -117,24 +140,7 @@ def test_a_rest_is_refitted_as_it_grows_and_its_last_fit_sees_every_point(tmp_pa
     for k in range(n_scans):
         since = 30.0 + k * period
         v = 3.3 + 0.2 * np.exp(-since / tau) + rng.normal(0, 0.002)
-        fit = FitResult(
-            fractions={},
-            uncertainties={},
-            average_valence=float(v),
-            valence_uncertainty=0.002,
-            shift_eV=0.0,
-            chi2_red=1.0,
-            scale=1.0,
-            background=(0.0, 0.0),
-            tilt=0.0,
-            fit_range=(0.0, 1.0),
-            n_points=100,
-        )
-        al = msgspec.structs.replace(
-            alignment(1000.0 + since - 0.5, 0.5), mode=MODE_OCV, i_mean_mA=0.0
-        )
-        al = msgspec.structs.replace(al, t_end=al.t_start + 1.0, t_since_current_change_s=since)
-        an._relaxation({"TFY": fit}, al, None)
+        an._relaxation({"TFY": valence(v)}, resting(1000.0, since), None)
     live = [row for op, row in out if op == "relaxation"]
     assert 3 <= len(live) < n_scans / 3, len(live)  # geometric, not one per scan
     assert live[-1][7] < n_scans  # the newest points not yet fitted while the rest goes on
@@ -166,3 +172,30 @@ def test_the_rest_voltage_stops_where_the_next_current_step_starts():
     since, volts = rest_voltage(rec, al, rest_current_mA=0.01)
     assert since[0] == 0.0 and since[-1] == 1799.0  # the rest's rows, none of the discharge's
     assert fit_relaxation(since, volts).tau_s == pytest.approx(120.0, rel=0.05)
+
+
+def test_each_edge_relaxes_on_its_own_and_the_voltage_without_waiting_for_scans(tmp_path):
+    """Two edges measured in turn during a rest are two series (their valences mixed made
+    one meaningless curve), and the cell voltage is fitted from its own rows even when the
+    rest is too short for five scans of any edge (the peo-nmc demo's 10 min rest had none)."""
+    out: list = []
+    an = Analyzer(
+        AnalysisConfig(), tmp_path, lambda op, row: out.append((op, row)), print, lambda *a: None
+    )
+    rows = np.arange(0.0, 300.0)
+    an._relaxation({"TEY": valence(3.7)}, resting(1000.0, 299.0), (rows, 4 + np.exp(-rows / 60)))
+    assert [row[1] for op, row in out if op == "relaxation"] == ["Ewe"]
+    tau = 600.0
+    for k in range(20):
+        since = 300.0 + 60.0 * k
+        edge, v = ("Mn-L", 3.7 + 0.1 * np.exp(-since / tau))
+        if k % 2:
+            edge, v = ("Ni-L", 2.5 - 0.2 * np.exp(-since / tau))
+        an._relaxation({"TEY": valence(v)}, resting(1000.0, since), None, edge)
+    an.finish()
+    last = {row[1]: row for op, row in out if op == "relaxation"}
+    assert set(last) == {"Ewe", "Mn-L TEY", "Ni-L TEY"}
+    for series, y_inf in (("Mn-L TEY", 3.7), ("Ni-L TEY", 2.5)):
+        result = msgspec.json.decode(last[series][8])
+        best = next(f for f in result["fits"] if f["model"] == result["best"])
+        assert last[series][7] == 10 and best["params"]["y_inf"] == pytest.approx(y_inf, abs=0.01)

@@ -91,7 +91,7 @@ def test_latest_spectrum_model_is_the_recorded_fit(lfp_run, lfp_view):
 def test_relaxation_panel_shows_the_fitted_rest(lfp_view):
     rel = lfp_view.snapshot.relaxation
     assert rel is not None
-    tfy = rel["channels"]["TFY"]
+    tfy = rel["channels"]["Fe-L TFY"]
     assert tfy["resolved"] and tfy["tau_s"] == pytest.approx(600.0, rel=0.10)
     # the drawn curve goes through the drawn points
     fit_at_points = np.interp(tfy["t"], tfy["fit_t"], tfy["fit_v"])

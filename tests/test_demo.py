@@ -168,7 +168,8 @@ def test_killed_simulator_is_restarted_and_the_monitor_shows_it(tmp_path, proces
 @pytest.mark.slow
 def test_lfp_relaxation_preset_recovers_tau_live(lfp_run):
     """Live: Fe valence (TFY, bulk) after the current stops relaxes with the model's tau."""
-    relax = [r for r in inspect_json(lfp_run)["analysis"]["relaxation"] if r["channel"] == "TFY"]
+    relax = inspect_json(lfp_run)["analysis"]["relaxation"]
+    relax = [r for r in relax if r["channel"] == "Fe-L TFY"]
     assert relax, "no relaxation fit during the rest"
     best = max(relax, key=lambda r: r["n_points"])
     assert best["n_points"] >= 20 and best["resolved"]

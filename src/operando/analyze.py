@@ -156,7 +156,7 @@ class Analyzer:
         fits = self._fits(s, arrays)
         if "TEY" in fits and s.spot is not None:
             self._damage(s, arrays, fits["TEY"], al)
-        self._relaxation(fits, al, rest_ewe)
+        self._relaxation(fits, al, rest_ewe, s.edge)
         self.publish(
             "analysis",
             {
@@ -342,8 +342,12 @@ class Analyzer:
         fits: dict[str, FitResult],
         al: Alignment,
         rest_ewe: tuple[np.ndarray, np.ndarray] | None,
+        edge: str = "",
     ) -> None:
-        """During a rest: fit each channel's valence, and Ewe, against time since the stop.
+        """During a rest: fit each edge's and channel's valence ("Mn-L TEY"), and Ewe, against
+        time since the stop. Each edge is a series of its own: Mn and Ni valences measured in
+        turn are not one quantity. Ewe is fitted from its own rows whatever the spectra do
+        (a rest too short for five scans still has hundreds of voltage rows).
 
         Refits follow the rest geometrically (once it has gone on a fifth longer than at the
         last fit), not every scan: three models on hundreds of voltage rows per scan kept the
@@ -360,12 +364,13 @@ class Analyzer:
             self.rest_stop = stop
         scan_s = al.t_end - al.t_start
         for channel, fit in fits.items():
-            pts = self.rest.setdefault(channel, [])
+            series = f"{edge} {channel}" if edge else channel
+            pts = self.rest.setdefault(series, [])
             pts.append((since, fit.average_valence, max(fit.valence_uncertainty, 1e-4)))
             if len(pts) >= self.cfg.relaxation_min_points:
                 t, v, sig = (np.array(c) for c in zip(*pts, strict=True))
-                self.rest_series[channel] = (t, v, sig, scan_s)
-        if self.rest_series and rest_ewe is not None:  # the voltage, from the potentiostat
+                self.rest_series[series] = (t, v, sig, scan_s)
+        if rest_ewe is not None:  # the voltage, from the potentiostat
             self.rest_series["Ewe"] = (rest_ewe[0], rest_ewe[1], None, 0.0)
         for channel, series in self.rest_series.items():
             newest, fitted = float(series[0][-1]), self.rest_fitted.get(channel, -math.inf)
