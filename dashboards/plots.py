@@ -197,7 +197,7 @@ def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
             title=f"relaxation ({quantity}): no rest period fitted yet"
         )
     items, taus = [], []
-    edges = sorted({k.split()[0] for k in channels if " " in k})
+    edges = sorted({k.rpartition(" ")[0] for k in channels} - {""})
     for channel, c in channels.items():
         # "Mn-L TEY": the channel's colour, the edge's marker (two edges rest together)
         edge, _, name = channel.rpartition(" ")

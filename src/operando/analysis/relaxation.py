@@ -7,9 +7,9 @@ Models of a quantity y (a valence fraction, or Ewe) against time since the curre
 The one with the lowest AIC (n ln(RSS/n) + 2k, corrected for small n) among those the data
 determine is reported (no tau over three times the rest or uncertain by more than itself, no
 double component of insignificant amplitude); when none is, the result says tau is not
-determined. The
-stretched and double models are tried only with two points per parameter. A spectrum
-takes minutes, so a tau shorter than the scan duration cannot be resolved: the result says so.
+determined. The stretched and double models are tried only with two points per parameter. A
+spectrum takes minutes, so a tau shorter than the scan duration cannot be resolved: the result
+says so.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def fit_relaxation(
         )
     if not fits:
         raise ValueError("no relaxation model converged")
-    # AICc picks among the fits the data determine; a time constant at the fit's bound or
+    # AICc picks among the fits the data determine; a time constant far beyond the rest or
     # known to no better than itself, or a double's component of no significant amplitude,
     # says nothing about the rest (seen: a tau of 183,600 +- 27,848,649 s, a straight line)
     why = {m.model: _undetermined(m, span) for m in fits}
