@@ -88,8 +88,13 @@ def test_damage_preset_flags_damage_and_survives_reprocess(lnmo_run):
     assert before["events"]["spot_change"] >= 1  # the orchestrator moved on at the budget
     flags = recorded_events(run, "damage_flag")
     conn = open_readonly(run)
-    # only scans that reach the 300 MGy critical dose (~99 MGy per scan: dose at start > 200)
-    assert all(f["p_value"] < 1e-3 and f["dose_Gy"] > 2e8 for f in flags)
+    assert all(f["p_value"] < 1e-3 for f in flags)
+    # Damage is in the scans that reach the 300 MGy critical dose (~99 MGy a scan: a dose at
+    # the start over 200). Each test's false-alarm probability is 1e-3 a comparison, over a
+    # few dozen comparisons a run: one flag before is chance (seen once: a repeat test at 197
+    # MGy, p 3e-4, on scans whose simulated truth was identical); two would be a bias.
+    early = [f for f in flags if f["dose_Gy"] <= 2e8]
+    assert any(f["dose_Gy"] > 2e8 for f in flags) and len(early) <= 1, early
     fits = conn.execute(
         "SELECT spectrum_id, channel, fractions FROM analysis ORDER BY 1, 2"
     ).fetchall()
