@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import statistics
 import struct
@@ -338,7 +339,8 @@ def _ideal_loop(sock: zmq.Socket, n: int, workdir: Path, align: bool) -> float:
                 elif align and isinstance(h, XASScan):
                     pending.append((received, h.t_start_ns * 1e-9, h.t_end_ns * 1e-9))
                 offset, received = offset + length, received + 1
-            due = [p for p in pending if p[2] <= history.watermark or received == total]
+            mark = history.watermark if received < total else math.inf  # the end: all due
+            due = [p for p in pending if p[2] <= mark]
             aligned = []
             if due:
                 pending = pending[len(due) :]

@@ -14,6 +14,8 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 
+from operando.analysis.relaxation import split_series
+
 # Okabe & Ito (2008), as bokeh.palettes.Colorblind8, black last
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
 CHANNEL_COLOUR = {"TEY": PALETTE[0], "TFY": PALETTE[1], "PFY": PALETTE[2], "Ewe": PALETTE[3]}
@@ -197,10 +199,10 @@ def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
             title=f"relaxation ({quantity}): no rest period fitted yet"
         )
     items, taus = [], []
-    edges = sorted({k.rpartition(" ")[0] for k in channels} - {""})
+    edges = sorted({split_series(k)[0] for k in channels} - {""})
     for channel, c in channels.items():
         # "Mn-L TEY": the channel's colour, the edge's marker (two edges rest together)
-        edge, _, name = channel.rpartition(" ")
+        edge, name = split_series(channel)
         colour = CHANNEL_COLOUR.get(name, PALETTE[4])
         marker = MARKERS[edges.index(edge) % len(MARKERS)] if edge in edges else MARKERS[0]
         items.append(

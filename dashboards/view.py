@@ -35,7 +35,7 @@ import zmq
 from operando.analysis.lcf import FitResult, model_curve
 from operando.analysis.normalize import EDGE_WINDOWS, NormalizationError, normalize
 from operando.analysis.references import ReferenceError, References
-from operando.analysis.relaxation import ModelFit, RelaxationResult, evaluate
+from operando.analysis.relaxation import ModelFit, RelaxationResult, evaluate, split_series
 from operando.analysis.rixs import MapAccumulator
 from operando.analyze import signal
 from operando.config import ConfigError, ExperimentConfig
@@ -529,7 +529,7 @@ class RunView:
                 m = (c[:, 0] >= rest) & (c[:, 0] < end)
                 t, v = c[m, 0] - rest, c[m, 1]
             else:  # "Mn-L TEY" (a run recorded before series had their edge: "TEY")
-                edge, _, name = channel.rpartition(" ")
+                edge, name = split_series(channel)
                 f = [
                     x
                     for x in self.fits.values()

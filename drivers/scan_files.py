@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ class ScanFiles(Driver):
             if p.name.startswith(".") or p.name.endswith(IGNORED_SUFFIXES):
                 continue
             sig = _signature(p)
-            if sig is not None and p.is_file():
+            if sig is not None:
                 out.append((sig[1], p.name, p, sig))
         return [(p, sig) for _, _, p, sig in sorted(out)]  # oldest first: scans in order
 
@@ -247,12 +248,13 @@ class ScanFiles(Driver):
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
-    """(size, modification time in ns); None when the file is gone."""
+    """(size, modification time in ns) of a file; None when it is gone or not a file (one
+    stat: the listing runs every poll)."""
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
 def column_map(items: list[str], option: str = "--column") -> dict[str, str]:

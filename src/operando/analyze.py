@@ -21,7 +21,7 @@ from operando.analysis.damage import DamageDetector, ScanSummary
 from operando.analysis.lcf import MAX_SIGNAL, FitError, FitResult, fit_spectrum
 from operando.analysis.normalize import EDGE_WINDOWS, NormalizationError, normalize
 from operando.analysis.references import ReferenceError, References
-from operando.analysis.relaxation import fit_relaxation
+from operando.analysis.relaxation import fit_relaxation, series_name
 from operando.analysis.rixs import MapAccumulator
 from operando.analysis.series import mcr_als, svd_rank
 from operando.config import AnalysisConfig
@@ -84,8 +84,13 @@ def poisson_sigma(signal: np.ndarray, i0: np.ndarray | None) -> np.ndarray | Non
     return (s / i) * np.sqrt(1.0 / s + 1.0 / i)
 
 
+def at_rest(mode: Any, i_mA: Any, rest_current_mA: float) -> Any:
+    """Open circuit, or a current below the rest threshold: of one scan, or of each row."""
+    return (mode == MODE_OCV) | (np.abs(i_mA) < rest_current_mA)
+
+
 def is_resting(al: Alignment, rest_current_mA: float) -> bool:
-    return al.mode == MODE_OCV or abs(al.i_mean_mA) < rest_current_mA
+    return bool(at_rest(al.mode, al.i_mean_mA, rest_current_mA))
 
 
 def rest_voltage(
@@ -103,9 +108,9 @@ def rest_voltage(
         return None
     stop = 0.5 * (al.t_start + al.t_end) - since
     rows = np.flatnonzero((rec.t >= stop) & (rec.t <= al.t_end))
-    at_rest = (rec.mode[rows] == MODE_OCV) | (np.abs(rec.i[rows]) < rest_current_mA)
-    if not at_rest.all():
-        rows = rows[: int(np.argmin(at_rest))]  # up to the first row with a current again
+    resting = at_rest(rec.mode[rows], rec.i[rows], rest_current_mA)
+    if not resting.all():
+        rows = rows[: int(np.argmin(resting))]  # up to the first row with a current again
     n = len(rows)
     if n < 8:
         return None
@@ -364,7 +369,7 @@ class Analyzer:
             self.rest_stop = stop
         scan_s = al.t_end - al.t_start
         for channel, fit in fits.items():
-            series = f"{edge} {channel}" if edge else channel
+            series = series_name(edge, channel)
             pts = self.rest.setdefault(series, [])
             pts.append((since, fit.average_valence, max(fit.valence_uncertainty, 1e-4)))
             if len(pts) >= self.cfg.relaxation_min_points:

@@ -90,6 +90,18 @@ MODELS: dict[str, tuple[Callable[..., np.ndarray], tuple[str, ...]]] = {
 }
 
 
+def series_name(edge: str, channel: str) -> str:
+    """What a rest's valence series is called: "Mn-L TEY" (an edge's channel), "Ewe"."""
+    return f"{edge} {channel}" if edge else channel
+
+
+def split_series(name: str) -> tuple[str, str]:
+    """(edge, channel) of a series name; no edge for "Ewe", or for a run recorded before
+    series named their edge ("TEY")."""
+    edge, _, channel = name.rpartition(" ")
+    return edge, channel
+
+
 def evaluate(fit: ModelFit, t: np.ndarray) -> np.ndarray:
     """A fitted model at ``t`` (seconds since the current stopped)."""
     func, names = MODELS[fit.model]
