@@ -4,7 +4,7 @@
 
 Prints JSON lines: the median time per fit of
 - ``nnls_sum_to_one``: scipy nnls on the L3 fit range with a heavily weighted sum-to-one row
-  (the baseline DESIGN.md quotes at ~0.07 ms, no background, scale, drift or shift);
+  (the baseline docs/decisions/0005 quotes at ~0.07 ms, no background, scale, drift or shift);
 - ``fit_linear``: our TEY fit (background, scale, multiplicative drift, energy shift,
   uncertainties), with its ratio to the baseline; target <= 0.2 ms;
 - ``fit_self_absorption``: our TFY fit with the saturation parameter (least squares).
@@ -19,7 +19,7 @@ import statistics
 import time
 
 import numpy as np
-from operando.drivers.spectra import EDGES, Realism, references, synthesize_xas
+from operando.drivers.sim.spectra import EDGES, Realism, references, synthesize_xas
 from scipy.optimize import nnls
 
 from operando.analysis.lcf import fit_spectrum

@@ -52,7 +52,7 @@ from operando.drivers.methodscript import (
     parse_error,
     parse_package,
 )
-from operando.drivers.spectra import export_references
+from operando.drivers.sim.spectra import export_references
 
 from operando.config import AlignmentConfig, AnalysisConfig, SourceConfig
 from operando.ingest import Ingest

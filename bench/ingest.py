@@ -63,8 +63,8 @@ from operando.protocol import (
     encode,
 )
 from operando.rawlog import frame_sizes
-from operando.schema import SCHEMA, SQL, connect
 from operando.store import RunStore
+from operando.store.schema import SCHEMA, SQL, connect
 from operando.transport import Subscriber
 
 T0 = 1.8e9
@@ -182,7 +182,7 @@ async def _receive_async(
     marks = {"first": 0.0, "last": 0.0, "aligned": 0, "received": 0}
 
     def publish(topic: str, body: dict[str, Any]) -> None:
-        if topic == "aligned":
+        if topic == "alignment" and body["revision"] == 0:
             latencies.append((time.time_ns() - recv_at.pop(body["raw_id"])) * 1e-6)
             marks["aligned"] += 1
 
@@ -195,7 +195,7 @@ async def _receive_async(
         now = time.time_ns()
         if not marks["first"]:
             marks["first"] = time.perf_counter()
-            marks["cpu"], marks["writer_cpu"] = time.process_time(), _cpu_s(store._proc.pid)
+            marks["cpu"], marks["writer_cpu"] = time.process_time(), _cpu_s(store.writer_pid)
             marks["sender_cpu"] = _cpu_s(sender_pid)
         marks["received"] += 1
         if path == "full":
@@ -229,7 +229,7 @@ async def _receive_async(
     await asyncio.to_thread(store.flush, 600)
     committed = time.perf_counter()
     cpu_us = (time.process_time() - marks["cpu"]) / n * 1e6
-    writer_cpu_us = (_cpu_s(store._proc.pid) - marks["writer_cpu"]) / n * 1e6
+    writer_cpu_us = (_cpu_s(store.writer_pid) - marks["writer_cpu"]) / n * 1e6
     task.cancel()
     sub.close()
     ctx.destroy(linger=0)

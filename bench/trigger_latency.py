@@ -24,11 +24,10 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from operando.config import AlignmentConfig, OrchestrationConfig, SourceConfig
+from operando.config import AlignmentConfig, OrchestrationConfig, SourceConfig, TriggerSpec
 from operando.demo import free_ports
 from operando.ingest import Ingest
 from operando.orchestrate.orchestrator import Orchestrator
-from operando.orchestrate.triggers import TriggerSpec
 from operando.protocol import MODE_CC, Command, PotentiostatBatch
 from operando.store import RunStore
 from operando.transport import CommandClient, CommandServer, Publisher, Subscriber
@@ -86,7 +85,6 @@ async def measure(firings: int) -> dict[str, float]:
         store = RunStore(Path(d))
         src = SourceConfig(name="potentiostat", role="potentiostat", data=data)
         spec = SourceConfig(name="spectrometer", role="spectrometer", data="", command=cmd_ep)
-        ingest = Ingest(store, [src], AlignmentConfig(capacity_mAh=1.0))
         orch = Orchestrator(
             OrchestrationConfig(
                 triggers=[TriggerSpec(id="x", target=3.8, direction="either", debounce=3)]
@@ -96,7 +94,7 @@ async def measure(firings: int) -> dict[str, float]:
             spec,
             event,
         )
-        ingest.orchestrator = orch
+        ingest = Ingest(store, [src], AlignmentConfig(capacity_mAh=1.0), orchestrator=orch)
 
         def handle(link, frames):
             state["arrived"] = time.perf_counter()

@@ -246,7 +246,8 @@ class Session:
             return pn.pane.HTML(
                 "<small>read-only view (start with <code>--command</code> for controls)</small>"
             )
-        edges = sorted({*self.feed.view.snapshot.spectra.get("edge", pd.Series([])).dropna()})
+        spectra = self.feed.view.snapshot.spectra
+        edges = sorted({*spectra["edge"].dropna()}) if "edge" in spectra else []
         edge = pn.widgets.Select(name="edge", options=edges or ["Mn-L"], width=120)
         acquire = pn.widgets.Button(name="Acquire spectrum", button_type="primary", width=160)
         hold = pn.widgets.Button(name="Hold cell", width=110)
@@ -426,10 +427,10 @@ def spot_text(requested: str | None, spectra: pd.DataFrame) -> str:
     """Where the beam is: the spot of the newest scan, and the spot the orchestrator asked
     for when that differs (a move in flight, or a stage that acked a move and did not make
     it: the header must not say the beam is on a fresh spot while the spent one is dosed)."""
-    with_spot = spectra[spectra["spot"].notna()] if "spot" in spectra else spectra.iloc[:0]
+    with_spot = spectra.loc[spectra["spot"].notna()] if "spot" in spectra else spectra.iloc[:0]
     if not len(with_spot):
         return str(requested or "-")
-    latest = str(with_spot.loc[with_spot["spectrum_id"].idxmax(), "spot"])
+    latest = str(with_spot.sort_values("spectrum_id")["spot"].iloc[-1])
     if requested is None or str(requested) == latest:
         return latest
     return f"{latest} (latest scan; {requested} requested)"
@@ -492,11 +493,11 @@ def damage_html(snap: Snapshot) -> str:
     if not len(d):
         return "<p>No damage flagged.</p>"
     rows = "".join(
-        f"<tr><td>{r.spectrum_id}</td><td>{html.escape(str(r.spot))}</td>"
-        f"<td>{html.escape(str(r.test))}</td><td>{_fmt(r.p_value, '.1e')}</td>"
-        f"<td>{_fmt(r.statistic, '.2f')}</td><td>{_fmt(r.dose_MGy, '.2f')}</td>"
-        f"<td>{html.escape(r.evidence)}</td></tr>"
-        for r in d.tail(50).itertuples()
+        f"<tr><td>{r['spectrum_id']}</td><td>{html.escape(str(r['spot']))}</td>"
+        f"<td>{html.escape(str(r['test']))}</td><td>{_fmt(r['p_value'], '.1e')}</td>"
+        f"<td>{_fmt(r['statistic'], '.2f')}</td><td>{_fmt(r['dose_MGy'], '.2f')}</td>"
+        f"<td>{html.escape(r['evidence'])}</td></tr>"
+        for r in d.tail(50).to_dict("records")
     )
     return (
         f'<p class="op-damage">{len(d)} damage flags (newest 50)</p><table><tr><th>spectrum</th>'
@@ -559,7 +560,7 @@ def serve(opts: DashboardOptions) -> int:
             "basic_auth": opts.password_file.read_text().strip(),
             "cookie_secret": secrets.token_hex(32),
         }
-    server = pn.serve(
+    server: Any = pn.serve(  # a bokeh Server (threaded=False): panel declares a union
         {"/": app},
         port=opts.port,
         address=opts.address,

@@ -8,7 +8,7 @@ hover on every data element. Times are UTC datetimes, so all time plots share on
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import holoviews as hv
 import numpy as np
@@ -34,6 +34,16 @@ INTENSITY = hv.Dimension("intensity", label="signal / I0")
 DOSE = hv.Dimension("dose", label="dose", unit="MGy")
 
 
+E = TypeVar("E", bound=hv.core.Dimensioned)
+
+
+def styled(element: E, **options: Any) -> E:
+    """``element.opts(**options)``, typed: HoloViews styles the element in place and returns
+    it, but declares what it returns as optional."""
+    element.opts(**options)
+    return element
+
+
 def as_time(t: Any) -> Any:
     """Seconds since the epoch -> datetime64 (what the time axes show)."""
     return pd.to_datetime(np.asarray(t, float), unit="s", utc=False)
@@ -45,34 +55,51 @@ def cell_curve(cell: pd.DataFrame, y: str) -> hv.Curve:
     dim = {"Ewe": EWE, "I": CURRENT, "soc": SOC}[y]
     colour = {"Ewe": PALETTE[0], "I": PALETTE[3], "soc": PALETTE[2]}[y]
     data = cell if len(cell) else pd.DataFrame({"time": as_time([]), y: []})
-    return hv.Curve(data, T, dim).opts(color=colour, tools=["hover"], line_width=1.5)
+    return styled(hv.Curve(data, T, dim), color=colour, tools=["hover"], line_width=1.5)
 
 
 def marks(
     rests: list[tuple[float, float]], spectra: pd.DataFrame, triggers: pd.DataFrame
 ) -> hv.Overlay:
     """What happened when: rest periods shaded, spectrum windows as bands, triggers as lines."""
-    rest = hv.VSpans(
-        pd.DataFrame({"x0": as_time([r[0] for r in rests]), "x1": as_time([r[1] for r in rests])}),
-        kdims=["x0", "x1"],
-        label="rest",
-    ).opts(color=REST_SHADE, alpha=0.2, line_alpha=0)
-    xas = spectra[spectra["kind"] == "xas_scan"] if len(spectra) else spectra
-    windows = hv.VSpans(
-        pd.DataFrame(
-            {
-                "x0": as_time(xas["t_start"] if len(xas) else []),
-                "x1": as_time(xas["t_end"] if len(xas) else []),
-            }
+    rest = styled(
+        hv.VSpans(
+            pd.DataFrame(
+                {"x0": as_time([r[0] for r in rests]), "x1": as_time([r[1] for r in rests])}
+            ),
+            kdims=["x0", "x1"],
+            label="rest",
         ),
-        kdims=["x0", "x1"],
-        label="spectrum",
-    ).opts(color=SPECTRUM_SPAN, alpha=0.15, line_alpha=0)
-    fired = hv.VLines(
-        pd.DataFrame({"x": as_time(triggers["t"].dropna() if len(triggers) else [])}),
-        kdims=["x"],
-        label="trigger",
-    ).opts(color=PALETTE[5], line_dash="dashed", line_width=1.5)
+        color=REST_SHADE,
+        alpha=0.2,
+        line_alpha=0,
+    )
+    xas = spectra[spectra["kind"] == "xas_scan"] if len(spectra) else spectra
+    windows = styled(
+        hv.VSpans(
+            pd.DataFrame(
+                {
+                    "x0": as_time(xas["t_start"] if len(xas) else []),
+                    "x1": as_time(xas["t_end"] if len(xas) else []),
+                }
+            ),
+            kdims=["x0", "x1"],
+            label="spectrum",
+        ),
+        color=SPECTRUM_SPAN,
+        alpha=0.15,
+        line_alpha=0,
+    )
+    fired = styled(
+        hv.VLines(
+            pd.DataFrame({"x": as_time(triggers["t"].dropna() if len(triggers) else [])}),
+            kdims=["x"],
+            label="trigger",
+        ),
+        color=PALETTE[5],
+        line_dash="dashed",
+        line_width=1.5,
+    )
     return rest * windows * fired
 
 
@@ -81,20 +108,20 @@ def fraction_plot(fits: pd.DataFrame, channel: str, edge: str | None) -> hv.Over
     title = {"TEY": "surface (TEY)", "TFY": "bulk (TFY)"}.get(channel, channel)
     title = f"{edge or ''} fractions, {title}"
     items: list[Any] = []
-    f = fits[(fits["channel"] == channel) & (fits["edge"] == edge)] if len(fits) else fits
-    names = [c[2:] for c in f.columns if c.startswith("f:") and f[c].notna().any()]
+    f = fits.loc[(fits["channel"] == channel) & (fits["edge"] == edge)] if len(fits) else fits
+    names = [c[2:] for c in f.columns if c.startswith("f:") and bool(f[c].notna().any())]
     for i, name in enumerate(names):
         colour = PALETTE[i % len(PALETTE)]
         data = pd.DataFrame(
             {"time": as_time(f["t"]), "fraction": f[f"f:{name}"], "err": f[f"u:{name}"]}
         )
         items.append(
-            hv.Spread(data, T, [FRACTION, "err"]).opts(color=colour, alpha=0.25, line_alpha=0)
+            styled(hv.Spread(data, T, [FRACTION, "err"]), color=colour, alpha=0.25, line_alpha=0)
         )
-        items.append(hv.Curve(data, T, FRACTION, label=name).opts(color=colour, tools=["hover"]))
+        items.append(styled(hv.Curve(data, T, FRACTION, label=name), color=colour, tools=["hover"]))
     if not items:
         items = [hv.Curve(pd.DataFrame({"time": as_time([]), "fraction": []}), T, FRACTION)]
-    return hv.Overlay(items).opts(title=title, legend_position="right")
+    return styled(hv.Overlay(items), title=title, legend_position="right")
 
 
 def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
@@ -102,25 +129,30 @@ def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
     xdim = T if x == "t" else SOC
     items: list[Any] = []
     groups = fits.groupby(["edge", "channel"]) if len(fits) else []
-    for (edge, channel), f in groups:
+    for key, f in groups:
+        edge, channel = cast(tuple[str, str], key)
         colour = CHANNEL_COLOUR.get(channel, PALETTE[4])
         marker = MARKERS[sorted(fits["edge"].unique()).index(edge) % len(MARKERS)]
         xs = as_time(f["t"]) if x == "t" else f["soc"].to_numpy()
         data = pd.DataFrame(
             {xdim.name: xs, "valence": f["valence"], "err": f["valence_unc"]}
         ).sort_values(xdim.name)
-        items.append(hv.ErrorBars(data, xdim, [VALENCE, "err"]).opts(color=colour, alpha=0.5))
+        items.append(styled(hv.ErrorBars(data, xdim, [VALENCE, "err"]), color=colour, alpha=0.5))
         items.append(
-            hv.Scatter(data, xdim, VALENCE, label=f"{edge} {channel}").opts(
-                color=colour, size=6, marker=marker, tools=["hover"]
+            styled(
+                hv.Scatter(data, xdim, VALENCE, label=f"{edge} {channel}"),
+                color=colour,
+                size=6,
+                marker=marker,
+                tools=["hover"],
             )
         )
     if not items:
         items = [hv.Scatter(pd.DataFrame({xdim.name: [], "valence": []}), xdim, VALENCE)]
     against = "time" if x == "t" else "SOC"
     # the legend beside the plot: inside, it hid the newest points (top right)
-    return hv.Overlay(items).opts(
-        title=f"average oxidation state vs {against}", legend_position="right"
+    return styled(
+        hv.Overlay(items), title=f"average oxidation state vs {against}", legend_position="right"
     )
 
 
@@ -128,7 +160,9 @@ def spectrum_plot(latest: Any, part: str = "fit") -> hv.Overlay:
     """The newest analysed spectrum of each channel: data and fitted model (``part='fit'``),
     or the residual data - model (``part='residual'``)."""
     if latest is None:
-        return hv.Overlay([hv.Curve([], ENERGY, INTENSITY)]).opts(title="latest spectrum: none yet")
+        return styled(
+            hv.Overlay([hv.Curve([], ENERGY, INTENSITY)]), title="latest spectrum: none yet"
+        )
     items = []
     for channel, c in latest.channels.items():
         colour = CHANNEL_COLOUR.get(channel, PALETTE[4])
@@ -142,19 +176,26 @@ def spectrum_plot(latest: Any, part: str = "fit") -> hv.Overlay:
         )
         if part == "fit":
             items.append(
-                hv.Scatter(data, ENERGY, INTENSITY, label=f"{channel} data").opts(
-                    color=colour, size=3, tools=["hover"]
+                styled(
+                    hv.Scatter(data, ENERGY, INTENSITY, label=f"{channel} data"),
+                    color=colour,
+                    size=3,
+                    tools=["hover"],
                 )
             )
             items.append(
-                hv.Curve(data, ENERGY, ("model", "signal / I0"), label=f"{channel} fit").opts(
-                    color="#000000", line_width=1
+                styled(
+                    hv.Curve(data, ENERGY, ("model", "signal / I0"), label=f"{channel} fit"),
+                    color="#000000",
+                    line_width=1,
                 )
             )
         else:
             items.append(
-                hv.Curve(data, ENERGY, ("residual", "data - fit"), label=channel).opts(
-                    color=colour, tools=["hover"]
+                styled(
+                    hv.Curve(data, ENERGY, ("residual", "data - fit"), label=channel),
+                    color=colour,
+                    tools=["hover"],
                 )
             )
     soc = "" if latest.soc is None or not math.isfinite(latest.soc) else f", SOC {latest.soc:.3f}"
@@ -163,7 +204,7 @@ def spectrum_plot(latest: Any, part: str = "fit") -> hv.Overlay:
         if part == "fit"
         else f"spectrum {latest.spectrum_id}: residual"
     )
-    return hv.Overlay(items).opts(title=title, legend_position="right")
+    return styled(hv.Overlay(items), title=title, legend_position="right")
 
 
 def heatmap_plot(
@@ -172,16 +213,21 @@ def heatmap_plot(
     """Normalised spectra of one edge and channel, stacked by SOC."""
     title = f"normalised {edge} {channel} vs SOC"
     if item is None:
-        return hv.QuadMesh(([0.0, 1.0], [0.0, 1.0], np.zeros((2, 2))), [ENERGY, SOC]).opts(
-            title=f"{title}: waiting for spectra"
+        return styled(
+            hv.QuadMesh(([0.0, 1.0], [0.0, 1.0], np.zeros((2, 2))), [ENERGY, SOC]),
+            title=f"{title}: waiting for spectra",
         )
     soc, grid, z = item
     # cell edges from centres, so SOC values that repeat or bunch up still draw
     soc_e = np.unique(soc)
     z_rows = np.vstack([np.nanmean(z[soc == s], axis=0) for s in soc_e])
-    return hv.QuadMesh(
-        (grid, soc_e, z_rows), [ENERGY, SOC], hv.Dimension("mu", label="normalised")
-    ).opts(cmap="cividis", colorbar=True, tools=["hover"], title=title)
+    return styled(
+        hv.QuadMesh((grid, soc_e, z_rows), [ENERGY, SOC], hv.Dimension("mu", label="normalised")),
+        cmap="cividis",
+        colorbar=True,
+        tools=["hover"],
+        title=title,
+    )
 
 
 def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
@@ -195,8 +241,9 @@ def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
         if (k == "Ewe") == (quantity == "Ewe")
     }
     if not channels:
-        return hv.Overlay([hv.Curve([], tdim, ydim)]).opts(
-            title=f"relaxation ({quantity}): no rest period fitted yet"
+        return styled(
+            hv.Overlay([hv.Curve([], tdim, ydim)]),
+            title=f"relaxation ({quantity}): no rest period fitted yet",
         )
     items, taus = [], []
     edges = sorted({split_series(k)[0] for k in channels} - {""})
@@ -206,13 +253,19 @@ def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
         colour = CHANNEL_COLOUR.get(name, PALETTE[4])
         marker = MARKERS[edges.index(edge) % len(MARKERS)] if edge in edges else MARKERS[0]
         items.append(
-            hv.Scatter((c["t"], c["v"]), tdim, ydim, label=channel).opts(
-                marker=marker, color=colour, size=4, tools=["hover"]
+            styled(
+                hv.Scatter((c["t"], c["v"]), tdim, ydim, label=channel),
+                marker=marker,
+                color=colour,
+                size=4,
+                tools=["hover"],
             )
         )
         items.append(
-            hv.Curve((c["fit_t"], c["fit_v"]), tdim, ydim, label=f"{channel} fit").opts(
-                color=colour, line_dash="dashed"
+            styled(
+                hv.Curve((c["fit_t"], c["fit_v"]), tdim, ydim, label=f"{channel} fit"),
+                color=colour,
+                line_dash="dashed",
             )
         )
         # one line a channel: the note's first clause (why not resolved); the rest of it
@@ -223,15 +276,17 @@ def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
             if c["resolved"]
             else f"{channel}: {why}"
         )
-    return hv.Overlay(items).opts(title="\n".join(taus), legend_position="right")
+    return styled(hv.Overlay(items), title="\n".join(taus), legend_position="right")
 
 
 def _per_spot(dose: pd.DataFrame, spots: pd.DataFrame | None) -> pd.DataFrame:
     """One row per spot: where it is and its cumulative dose (MGy); spots known but never
     measured (the fresh ones left) at 0, after the dosed ones in the order they were used."""
     if len(dose):
-        dosed = dose.groupby("spot", sort=False).agg(
-            x_mm=("x_mm", "last"), y_mm=("y_mm", "last"), total_Gy=("total_Gy", "max")
+        dosed = pd.DataFrame(
+            dose.groupby("spot", sort=False).agg(
+                x_mm=("x_mm", "last"), y_mm=("y_mm", "last"), total_Gy=("total_Gy", "max")
+            )
         )
     else:
         dosed = pd.DataFrame({"x_mm": [], "y_mm": [], "total_Gy": []}, index=pd.Index([]))
@@ -253,12 +308,15 @@ def dose_bars(
 ) -> hv.Overlay:
     """Cumulative dose per spot against the budget (fresh spots at 0)."""
     per_spot = _per_spot(dose, spots)
-    bars = hv.Bars(per_spot, hv.Dimension("spot"), DOSE).opts(
-        color=PALETTE[0], tools=["hover"], title="cumulative dose per spot"
+    bars = styled(
+        hv.Bars(per_spot, hv.Dimension("spot"), DOSE),
+        color=PALETTE[0],
+        tools=["hover"],
+        title="cumulative dose per spot",
     )
     if budget_Gy > 0:
-        return bars * hv.HLine(budget_Gy / 1e6).opts(color=PALETTE[3], line_dash="dashed")
-    return bars * hv.HLine(0).opts(alpha=0)
+        return bars * styled(hv.HLine(budget_Gy / 1e6), color=PALETTE[3], line_dash="dashed")
+    return bars * styled(hv.HLine(0), alpha=0)
 
 
 def spot_map(dose: pd.DataFrame, spots: pd.DataFrame | None = None) -> hv.Points:
@@ -266,8 +324,14 @@ def spot_map(dose: pd.DataFrame, spots: pd.DataFrame | None = None) -> hv.Points
     data = _per_spot(dose, spots).dropna(subset=["x_mm", "y_mm"])
     x = hv.Dimension("x_mm", label="x", unit="mm")
     y = hv.Dimension("y_mm", label="y", unit="mm")
-    return hv.Points(data, [x, y], [DOSE, "spot"]).opts(
-        color="dose", cmap="cividis", size=14, colorbar=True, tools=["hover"], title="spot map"
+    return styled(
+        hv.Points(data, [x, y], [DOSE, "spot"]),
+        color="dose",
+        cmap="cividis",
+        size=14,
+        colorbar=True,
+        tools=["hover"],
+        title="spot map",
     )
 
 
@@ -276,17 +340,19 @@ def rixs_map(latest: dict[str, Any] | None) -> hv.QuadMesh:
     ex_dim = hv.Dimension("excitation", label="excitation energy", unit="eV")
     em_dim = hv.Dimension("emission", label="emission energy", unit="eV")
     if latest is None or latest["rows"] < 2:
-        return hv.QuadMesh(([0.0, 1.0], [0.0, 1.0], np.zeros((2, 2))), [em_dim, ex_dim]).opts(
-            title="RIXS map: waiting for rows"
+        return styled(
+            hv.QuadMesh(([0.0, 1.0], [0.0, 1.0], np.zeros((2, 2))), [em_dim, ex_dim]),
+            title="RIXS map: waiting for rows",
         )
     ex = latest["excitation"]
     filled = np.isfinite(ex)
     order = np.argsort(ex[filled])
-    return hv.QuadMesh(
-        (latest["emission"], ex[filled][order], latest["counts"][filled][order]),
-        [em_dim, ex_dim],
-        hv.Dimension("counts"),
-    ).opts(
+    return styled(
+        hv.QuadMesh(
+            (latest["emission"], ex[filled][order], latest["counts"][filled][order]),
+            [em_dim, ex_dim],
+            hv.Dimension("counts"),
+        ),
         cmap="cividis",
         colorbar=True,
         tools=["hover"],
@@ -297,10 +363,14 @@ def rixs_map(latest: dict[str, Any] | None) -> hv.QuadMesh:
 def rixs_ratio(maps: pd.DataFrame) -> hv.Scatter:
     """The ROI ratio of each RIXS map against the SOC it was taken at."""
     data = (
-        maps[["soc", "ratio", "map_id"]].dropna(subset=["soc"])
+        maps.loc[:, ["soc", "ratio", "map_id"]].dropna(subset=["soc"])
         if len(maps)
         else pd.DataFrame({"soc": [], "ratio": [], "map_id": []})
     )
-    return hv.Scatter(data, SOC, [hv.Dimension("ratio", label="ROI ratio"), "map_id"]).opts(
-        color=PALETTE[5], size=8, tools=["hover"], title="RIXS ROI ratio vs SOC"
+    return styled(
+        hv.Scatter(data, SOC, [hv.Dimension("ratio", label="ROI ratio"), "map_id"]),
+        color=PALETTE[5],
+        size=8,
+        tools=["hover"],
+        title="RIXS ROI ratio vs SOC",
     )

@@ -18,7 +18,6 @@ import ctypes
 import json
 import logging
 import math
-import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -36,18 +35,20 @@ from operando.analysis.lcf import FitResult, model_curve
 from operando.analysis.normalize import EDGE_WINDOWS, NormalizationError, normalize
 from operando.analysis.references import ReferenceError, References
 from operando.analysis.relaxation import ModelFit, RelaxationResult, evaluate, split_series
+from operando.analysis.rest import RestCriterion
 from operando.analysis.rixs import MapAccumulator
-from operando.analyze import signal
+from operando.analysis.signal import signal
 from operando.config import ConfigError, ExperimentConfig
-from operando.protocol import MODE_OCV, ProtocolError, StateUpdate, decode
+from operando.protocol import ProtocolError, StateUpdate, decode
 from operando.rawlog import RawLogError, read_record
-from operando.run import load_run_config
-from operando.store import StoreError, connect, store_path
+from operando.store.follow import CELL_COLUMNS, RunFollower
+from operando.store.reader import load_run_config
+from operando.store.schema import StoreError
 
 log = logging.getLogger(__name__)
 
-CELL_COLUMNS = ("t", "Ewe", "I", "soc", "mode")
 CELL_CHUNK = 100_000  # rows per query
+SPOT_COLUMNS = ("spot", "x_mm", "y_mm")
 
 
 class CellTrace:
@@ -72,16 +73,9 @@ class CellTrace:
 
     def frame(self) -> pd.DataFrame:
         """The trace with a ``time`` column of datetimes (what the time axes show)."""
-        out = pd.DataFrame(self.data, columns=list(CELL_COLUMNS))
+        out = pd.DataFrame(self.data, columns=pd.Index(CELL_COLUMNS))
         out["time"] = pd.to_datetime(out["t"], unit="s")
         return out
-
-
-def rest_periods(t: np.ndarray, mode: np.ndarray) -> list[tuple[float, float]]:
-    """Open-circuit stretches of the cell trace, (start, end) in seconds."""
-    rest = (np.asarray(mode) == MODE_OCV).astype(np.int8)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], rest, [0]])))
-    return [(float(t[a]), float(t[b - 1])) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 @dataclass
@@ -99,13 +93,13 @@ class Snapshot:
 
     version: int = 0
     parts: dict[str, int] = field(default_factory=dict)
-    cell: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CELL_COLUMNS)))
+    cell: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=pd.Index(CELL_COLUMNS)))
     rests: list[tuple[float, float]] = field(default_factory=list)
     spectra: pd.DataFrame = field(default_factory=pd.DataFrame)
     fits: pd.DataFrame = field(default_factory=pd.DataFrame)
     dose: pd.DataFrame = field(default_factory=pd.DataFrame)
     spots: pd.DataFrame = field(  # every spot known: name, x and y (mm)
-        default_factory=lambda: pd.DataFrame(columns=["spot", "x_mm", "y_mm"])
+        default_factory=lambda: pd.DataFrame(columns=pd.Index(SPOT_COLUMNS))
     )
     damage: pd.DataFrame = field(default_factory=pd.DataFrame)
     triggers: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -146,9 +140,11 @@ class RunView:
         pstat = self.cfg.potentiostat if self.cfg else None
         self.pstat_link = pstat.name if pstat else None
         self.refs = self._references()
+        # the run's one rest criterion: the shading is the rest the relaxation was fitted over
+        self.rest = self.cfg.analysis.rest if self.cfg else RestCriterion()
         self.cell = CellTrace(cell_capacity)
         self.heatmap_spectra = heatmap_spectra
-        self.marks: Counter[str] = Counter()  # table -> last rowid read
+        self.follow = RunFollower(self.run_dir)  # the store, read as it grows
         self.spectra: dict[int, dict[str, Any]] = {}
         self.partial: set[int] = set()
         self.fits: dict[tuple[int, str], dict[str, Any]] = {}
@@ -169,7 +165,6 @@ class RunView:
         self.latest: LatestSpectrum | None = None
         self.parts: Counter[str] = Counter()
         self.snapshot = Snapshot()
-        self._conn: sqlite3.Connection | None = None
 
     # -- setup -------------------------------------------------------------------------------
     def _config(self) -> ExperimentConfig | None:
@@ -188,24 +183,14 @@ class RunView:
                 log.warning("references for %s: %s (fits drawn without a model)", edge, e)
         return refs
 
-    def _db(self) -> sqlite3.Connection | None:
-        if self._conn is None:
-            if not store_path(self.run_dir).exists():
-                return None  # the monitor has not created it yet
-            self._conn = connect(store_path(self.run_dir), readonly=True)
-        return self._conn
-
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.follow.close()
 
     # -- reading -----------------------------------------------------------------------------
     def refresh(self, status: dict[str, Any] | None = None, connected: bool = False) -> bool:
         """Read what is new in the store; publish a new snapshot if anything changed."""
-        conn = self._db()
         changed: set[str] = set()
-        if conn is not None:
+        if self.follow.ready:
             try:
                 for part, read in (
                     ("cell", self._read_cell),
@@ -216,10 +201,10 @@ class RunView:
                     ("relaxation", self._read_relaxation),
                     ("rixs", self._read_rixs),
                 ):
-                    if read(conn):
+                    if read():
                         changed.add(part)
-            except sqlite3.OperationalError as e:  # e.g. the schema is being created
-                log.warning("reading the run store: %s", e)
+            except StoreError as e:  # e.g. the schema is being created
+                log.warning("%s", e)
         if status is not None or connected != self.snapshot.monitor_connected:
             changed.add("status")
         for part in changed:
@@ -228,54 +213,22 @@ class RunView:
             self._publish(status if status is not None else self.snapshot.status, connected)
         return bool(changed)
 
-    def _rows(
-        self, conn: sqlite3.Connection, table: str, sql: str, *params: Any
-    ) -> list[tuple[Any, ...]]:
-        """Rows past the watermark of ``table``; ``sql`` selects rowid first."""
-        rows = conn.execute(sql, (self.marks[table], *params)).fetchall()
-        if rows:
-            self.marks[table] = max(r[0] for r in rows)
-        return rows
-
-    def _read_cell(self, conn: sqlite3.Connection) -> bool:
-        """New potentiostat rows, 100,000 per query, each query one text value.
-
-        Row by row, sqlite3 takes the GIL back for every row: while the server thread was busy
-        drawing a page, reading a 72 h history that way took over 15 s; as one value it takes
-        ~0.1 s. (SQLite's printf keeps 16 significant digits: sub-microsecond times, enough
-        for a display.)"""
+    def _read_cell(self) -> bool:
+        """New potentiostat rows, ``CELL_CHUNK`` a query."""
         got = False
-        while True:
-            last, n, text = conn.execute(
-                "SELECT max(r), count(*), group_concat(v, ',') FROM (SELECT rowid AS r, "
-                "printf('%.17g,%.17g,%.17g,%s,%d', t, ewe, i, coalesce(soc, 'nan'), mode) "
-                "AS v FROM potentiostat WHERE rowid > ? AND (link = ? OR ? IS NULL) "
-                "ORDER BY rowid LIMIT ?)",
-                (self.marks["potentiostat"], self.pstat_link, self.pstat_link, CELL_CHUNK),
-            ).fetchone()
-            if not n:
-                return got
-            self.marks["potentiostat"] = last
-            values = np.array(text.split(","), dtype=np.float64)
-            self.cell.extend(values.reshape(-1, len(CELL_COLUMNS)))
+        while (rows := self.follow.cell_rows(self.pstat_link, CELL_CHUNK)) is not None:
+            self.cell.extend(rows)
             got = True
-            if n < CELL_CHUNK:
-                return got
+            if len(rows) < CELL_CHUNK:
+                break
+        return got
 
-    def _read_spectra(self, conn: sqlite3.Connection) -> bool:
-        again = ",".join(str(i) for i in sorted(self.partial)) or "-1"
-        rows = self._rows(
-            conn,
-            "alignment",
-            "SELECT a.rowid, s.id, s.raw_id, s.link, s.kind, s.edge, s.t_start, s.t_end, "
-            "s.spot_id, s.spot_x, s.spot_y, s.trigger_id, a.partial, a.reason, a.soc, "
-            "a.ewe_mean, a.i_mean, a.revision FROM alignment a JOIN spectra s ON s.id = "
-            f"a.spectrum_id WHERE a.rowid > ? OR a.spectrum_id IN ({again}) ORDER BY a.rowid",
-        )
+    def _read_spectra(self) -> bool:
+        rows = self.follow.alignments(again=self.partial)
         changed = False
         for r in rows:
             sid = r[1]
-            doc = dict(
+            doc: dict[str, Any] = dict(
                 zip(
                     (
                         "spectrum_id",
@@ -310,15 +263,8 @@ class RunView:
                 self._add_rixs_rows(doc)
         return changed
 
-    def _read_fits(self, conn: sqlite3.Connection) -> bool:
-        rows = self._rows(
-            conn,
-            "analysis",
-            "SELECT a.rowid, a.spectrum_id, a.channel, a.valence, a.valence_unc, a.chi2_red, "
-            "a.fractions, a.uncertainties, a.doc, s.edge, s.t_start, s.t_end, al.soc, s.raw_id "
-            "FROM analysis a JOIN spectra s ON s.id = a.spectrum_id LEFT JOIN alignment al "
-            "ON al.spectrum_id = a.spectrum_id WHERE a.rowid > ? ORDER BY a.rowid",
-        )
+    def _read_fits(self) -> bool:
+        rows = self.follow.fits()
         for r in rows:
             sid, channel = r[1], r[2]
             self.fits[(sid, channel)] = {
@@ -337,20 +283,13 @@ class RunView:
             newest = max(rows, key=lambda r: r[1])
             if self.latest is None or newest[1] >= self.latest.spectrum_id:
                 # every channel of it, also those read in an earlier refresh
-                same = conn.execute(
-                    "SELECT rowid, spectrum_id, channel, doc FROM analysis WHERE spectrum_id = ?",
-                    (newest[1],),
-                ).fetchall()
+                same = self.follow.fits_of(newest[1])
                 self._latest_spectrum(newest[1], newest[9], newest[12], newest[13], same)
             self._normalise_new({r[1]: (r[9], r[12], r[13]) for r in rows})
         return bool(rows)
 
     def _decode_raw(self, raw_id: int) -> Any:
-        conn = self._db()
-        assert conn is not None
-        row = conn.execute(
-            "SELECT segment, offset, length FROM raw WHERE id = ?", (raw_id,)
-        ).fetchone()
+        row = self.follow.raw_location(raw_id)
         if row is None:
             return None
         try:
@@ -404,14 +343,8 @@ class RunView:
                 )
                 buf.append((float(soc), energy, norm))
 
-    def _read_dose(self, conn: sqlite3.Connection) -> bool:
-        rows = self._rows(
-            conn,
-            "dose",
-            "SELECT d.rowid, d.spectrum_id, d.spot, d.dose_Gy, d.after_Gy, s.t_end, s.spot_x, "
-            "s.spot_y FROM dose d JOIN spectra s ON s.id = d.spectrum_id WHERE d.rowid > ? "
-            "ORDER BY d.rowid",
-        )
+    def _read_dose(self) -> bool:
+        rows = self.follow.doses()
         for r in rows:
             self.dose[r[1]] = dict(
                 zip(
@@ -433,12 +366,8 @@ class RunView:
                 x = y = math.nan
             self.spots[str(name)] = (x, y)
 
-    def _read_events(self, conn: sqlite3.Connection) -> bool:
-        rows = self._rows(
-            conn,
-            "events",
-            "SELECT id, recv_ns, t, kind, link, detail FROM events WHERE id > ? ORDER BY id",
-        )
+    def _read_events(self) -> bool:
+        rows = self.follow.events()
         for _id, recv_ns, t, kind, link, detail in rows:
             d = json.loads(detail)
             self.event_counts[kind] += 1
@@ -470,12 +399,8 @@ class RunView:
                 self._announced_spots((d.get("metadata") or {}).get("spots"))
         return bool(rows)
 
-    def _read_relaxation(self, conn: sqlite3.Connection) -> bool:
-        rows = self._rows(
-            conn,
-            "relaxation",
-            "SELECT rowid, rest_start, channel, quantity, doc FROM relaxation WHERE rowid > ?",
-        )
+    def _read_relaxation(self) -> bool:
+        rows = self.follow.relaxation()
         for _rid, rest_start, channel, quantity, doc in rows:
             self.relaxation[(rest_start, channel)] = {
                 "rest_start": rest_start,
@@ -485,12 +410,8 @@ class RunView:
             }
         return bool(rows)
 
-    def _read_rixs(self, conn: sqlite3.Connection) -> bool:
-        rows = self._rows(
-            conn,
-            "rixs",
-            "SELECT rowid, map_id, rows, rows_total, roi, ratio, soc FROM rixs WHERE rowid > ?",
-        )
+    def _read_rixs(self) -> bool:
+        rows = self.follow.rixs()
         for r in rows:
             self.rixs_maps[r[1]] = dict(
                 zip(("map_id", "rows", "rows_total", "roi", "ratio", "soc"), r[1:], strict=True)
@@ -518,7 +439,7 @@ class RunView:
             return None
         rest = max(k[0] for k in self.relaxation)
         c = self.cell.data
-        moving = (c[:, 0] > rest + 1.0) & (c[:, 4] != MODE_OCV)  # current flows again
+        moving = (c[:, 0] > rest + 1.0) & ~self.rest(c[:, 4], c[:, 2])  # current flows again
         end = float(c[moving, 0].min()) if moving.any() else math.inf
         out: dict[str, Any] = {"rest_start": rest, "rest_end": end, "channels": {}}
         for (start, channel), item in self.relaxation.items():
@@ -592,15 +513,13 @@ class RunView:
             return fits.sort_values("t", kind="stable") if len(fits) else fits
 
         budget = self.cfg.analysis.dose_budget_Gy if self.cfg else 0.0
-        if self.cfg and self.cfg.orchestration.dose_budget_Gy > 0:
-            budget = self.cfg.orchestration.dose_budget_Gy
         cell = changed("cell")
         events = changed("events")
         self.snapshot = Snapshot(
             version=old.version + 1,
             parts=dict(self.parts),
             cell=self.cell.frame() if cell else old.cell,
-            rests=rest_periods(self.cell.data[:, 0], self.cell.data[:, 4]) if cell else old.rests,
+            rests=self.rest.periods(*self.cell.data[:, [0, 4, 2]].T) if cell else old.rests,
             spectra=pd.DataFrame([self.spectra[k] for k in sorted(self.spectra)])
             if changed("spectra")
             else old.spectra,
@@ -609,7 +528,7 @@ class RunView:
             if changed("dose")
             else old.dose,
             spots=pd.DataFrame(
-                [(k, x, y) for k, (x, y) in self.spots.items()], columns=["spot", "x_mm", "y_mm"]
+                [(k, x, y) for k, (x, y) in self.spots.items()], columns=pd.Index(SPOT_COLUMNS)
             )
             if events or not old.version
             else old.spots,
@@ -726,7 +645,7 @@ class StateFeed:
                 connected = time.monotonic() - self.last_state < self.silence_s
                 try:
                     self.view.refresh(status, connected)
-                except (StoreError, OSError, sqlite3.DatabaseError) as e:
+                except (StoreError, OSError) as e:
                     log.warning("refreshing the dashboard: %s", e)
                 last_refresh = time.monotonic()
                 for listener in self.on_refresh:

@@ -155,7 +155,7 @@ class MptReader:
 
     def _arrays(self, rows: list[list[float]]) -> dict[str, np.ndarray]:
         a = np.array(rows, dtype=np.float64).reshape(-1, len(COLUMNS))
-        out = {q: a[:, k] for k, q in enumerate(COLUMNS)}
+        out: dict[str, np.ndarray] = {q: a[:, k] for k, q in enumerate(COLUMNS)}
         out["I"] = np.nan_to_num(out["I"], nan=0.0)  # no current column: open circuit
         modes = np.nan_to_num(out["mode"], nan=3).astype(int)
         out["mode"] = np.array([MODES.get(m, MODE_OCV) for m in modes], dtype=np.int8)

@@ -12,11 +12,11 @@ from types import ModuleType
 
 DRIVERS: dict[str, tuple[str, str]] = {
     "sim-potentiostat": (
-        "operando.drivers.sim_potentiostat",
+        "operando.drivers.sim.sim_potentiostat",
         "simulated potentiostat driving a cell model (protocol from TOML)",
     ),
     "sim-spectrometer": (
-        "operando.drivers.sim_spectrometer",
+        "operando.drivers.sim.sim_spectrometer",
         "simulated soft X-ray spectrometer (XAS TEY/TFY, RIXS) on the same cell",
     ),
     "eclab": (

@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-Event = Callable[..., None]
+from operando.events import EventKind, Recorder
 
 
 def _dose(d: dict[str, Any]) -> str:
@@ -25,8 +25,8 @@ def _dose(d: dict[str, Any]) -> str:
 
 
 # event kind -> (alarm category, what makes two occurrences the same condition, message)
-FROM_EVENTS: dict[str, tuple[str, str, Callable[[str | None, dict[str, Any]], str]]] = {
-    "damage_flag": (
+FROM_EVENTS: dict[EventKind, tuple[str, str, Callable[[str | None, dict[str, Any]], str]]] = {
+    EventKind.DAMAGE_FLAG: (
         "damage",
         "spot",
         lambda link, d: (
@@ -34,7 +34,7 @@ FROM_EVENTS: dict[str, tuple[str, str, Callable[[str | None, dict[str, Any]], st
             f"p = {d.get('p_value', float('nan')):.1e})"
         ),
     ),
-    "analysis_behind": (
+    EventKind.ANALYSIS_BEHIND: (
         "analysis",
         "",
         lambda link, d: (
@@ -45,7 +45,7 @@ FROM_EVENTS: dict[str, tuple[str, str, Callable[[str | None, dict[str, Any]], st
         ),
     ),
     # A gap alone is not an alarm: the monitor asks the driver to send it again (refill).
-    "gap_unrecoverable": (
+    EventKind.GAP_UNRECOVERABLE: (
         "gap",
         "link",
         lambda link, d: (
@@ -53,14 +53,14 @@ FROM_EVENTS: dict[str, tuple[str, str, Callable[[str | None, dict[str, Any]], st
             f"{d.get('reason')}"
         ),
     ),
-    "disconnected": (
+    EventKind.DISCONNECTED: (
         "disconnected",
         "link",
         lambda link, d: f"{link} silent for {d.get('silent_s', 0):.0f} s",
     ),
-    "store_error": ("store", "", lambda link, d: f"run store: {d.get('error')}"),
+    EventKind.STORE_ERROR: ("store", "", lambda link, d: f"run store: {d.get('error')}"),
     # the stage acked a move but the scans still come from the spent spot: check the stage
-    "spot_move_retry": (
+    EventKind.SPOT_MOVE_RETRY: (
         "stage",
         "spot",
         lambda link, d: (
@@ -72,7 +72,7 @@ FROM_EVENTS: dict[str, tuple[str, str, Callable[[str | None, dict[str, Any]], st
 
 
 class Alarms:
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: Recorder) -> None:
         self.event = event
         self.items: list[dict[str, Any]] = []
 
@@ -81,7 +81,7 @@ class Alarms:
             if not a["acknowledged"] and a["category"] == category and key and a["key"] == key:
                 a["count"] += 1
                 a["message"] = message
-                self.event("alarm", None, None, **a)
+                self.event(EventKind.ALARM, None, None, **a)
                 return a
         alarm = {
             "id": len(self.items) + 1,
@@ -93,10 +93,10 @@ class Alarms:
             **detail,
         }
         self.items.append(alarm)
-        self.event("alarm", None, None, **alarm)
+        self.event(EventKind.ALARM, None, None, **alarm)
         return alarm
 
-    def on_event(self, kind: str, link: str | None, detail: dict[str, Any]) -> None:
+    def on_event(self, kind: EventKind, link: str | None, detail: dict[str, Any]) -> None:
         rule = FROM_EVENTS.get(kind)
         if rule is None:
             return
@@ -108,7 +108,7 @@ class Alarms:
         for a in self.items:
             if a["id"] == alarm_id and not a["acknowledged"]:
                 a["acknowledged"] = True
-                self.event("alarm_acknowledged", None, None, id=alarm_id)
+                self.event(EventKind.ALARM_ACKNOWLEDGED, None, None, id=alarm_id)
                 return True
         return False
 
@@ -120,8 +120,8 @@ class Alarms:
         by_id: dict[int, dict[str, Any]] = {}
         for kind, detail in events:
             d = json.loads(detail)
-            if kind == "alarm":
+            if kind == EventKind.ALARM:
                 by_id[int(d["id"])] = d
-            elif kind == "alarm_acknowledged" and int(d["id"]) in by_id:
+            elif kind == EventKind.ALARM_ACKNOWLEDGED and int(d["id"]) in by_id:
                 by_id[int(d["id"])]["acknowledged"] = True
         self.items = [by_id[k] for k in sorted(by_id)]

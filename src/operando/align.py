@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import msgspec
 import numpy as np
@@ -32,6 +33,17 @@ _DTYPES = {
     "own_q": np.bool_,
     "regime": np.int64,
 }
+
+
+class Partial(StrEnum):
+    """Why an alignment is partial: what realignment and the displays decide on (the
+    ``reason`` beside it is for people)."""
+
+    NO = ""
+    NOT_COVERED = "not_covered"  # the potentiostat record does not span the window (yet)
+    GAP = "gap"  # potentiostat messages missing in the window
+    NO_POTENTIOSTAT = "no_potentiostat"  # none configured, or no rows at all
+    ERROR = "error"  # aligning failed (a bug): stored unaligned, with why
 
 
 class Alignment(msgspec.Struct, kw_only=True):
@@ -56,7 +68,9 @@ class Alignment(msgspec.Struct, kw_only=True):
     n_rows: int  # potentiostat samples inside the window
     coverage: float  # fraction of the window the potentiostat record spans
     partial: bool
-    reason: str = ""  # why partial: timeout, gap, no potentiostat
+    reason: str = ""  # why partial, for people: timeout, gap, no potentiostat
+    cause: Partial = Partial.NO
+    timed_out: bool = False  # aligned before the record covered it: alignment.timeout_s passed
     ewe_points_V: list[float] | None = None  # Ewe at each point time, when point times exist
 
 
@@ -117,7 +131,7 @@ class PotentiostatHistory:
         late = self._n > 0 and float(t[0]) < self.watermark
         new = {"t": t, "ewe": ewe, "i": i, "mode": mode, "step": step, "cycle": cycle}
         own = q is not None and bool(np.all(np.isfinite(q)))
-        new["q"] = q if own else np.full(len(t), np.nan)
+        new["q"] = q if q is not None and own else np.full(len(t), np.nan)
         new["own_q"] = np.full(len(t), own)
         for col in ("cum_ewe", "cum_i", "regime"):  # computed below, from the rows before
             new[col] = np.zeros(len(t))
@@ -148,7 +162,9 @@ class PotentiostatHistory:
     def _merge(self, new: dict[str, np.ndarray]) -> None:
         merged = {c: np.concatenate([self._cols[c][: self._n], new[c]]) for c in _COLUMNS}
         order = np.argsort(merged["t"], kind="stable")
-        merged["q"][~merged["own_q"]] = np.nan  # coulomb-count again across the inserted rows
+        merged["q"][~merged["own_q"].astype(bool)] = (
+            np.nan
+        )  # coulomb-count again across the inserted rows
         self._n = 0
         self._changes = []
         self._append({c: a[order] for c, a in merged.items()})
@@ -278,7 +294,7 @@ def align_windows(
     """Align many acquisition windows at once (vectorised: a live batch costs one pass)."""
     if len(rec.t) == 0:
         return [
-            _unaligned(float(a), float(b), "no potentiostat data")
+            unaligned(float(a), float(b), "no potentiostat data")
             for a, b in zip(t_start, t_end, strict=True)
         ]
     t, n = rec.t, len(rec.t)
@@ -356,13 +372,17 @@ def align_windows(
                 coverage=cov,
                 partial=not ok,
                 reason="" if ok else "potentiostat record does not cover the window",
+                cause=Partial.NO if ok else Partial.NOT_COVERED,
                 ewe_points_V=points,
             )
         )
     return out
 
 
-def _unaligned(t_start: float, t_end: float, reason: str) -> Alignment:
+def unaligned(
+    t_start: float, t_end: float, reason: str, cause: Partial = Partial.NO_POTENTIOSTAT
+) -> Alignment:
+    """A spectrum aligned with nothing (partial, with why)."""
     nan = math.nan
     return Alignment(
         t_start=t_start,
@@ -385,4 +405,5 @@ def _unaligned(t_start: float, t_end: float, reason: str) -> Alignment:
         coverage=0.0,
         partial=True,
         reason=reason,
+        cause=cause,
     )

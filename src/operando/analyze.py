@@ -16,21 +16,26 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from operando.align import Alignment, CellRecord
+from operando.align import Alignment
 from operando.analysis.damage import DamageDetector, ScanSummary
-from operando.analysis.lcf import MAX_SIGNAL, FitError, FitResult, fit_spectrum
+from operando.analysis.lcf import FitError, FitResult
 from operando.analysis.normalize import EDGE_WINDOWS, NormalizationError, normalize
 from operando.analysis.references import ReferenceError, References
 from operando.analysis.relaxation import fit_relaxation, series_name
+from operando.analysis.rest import RestCriterion
 from operando.analysis.rixs import MapAccumulator
 from operando.analysis.series import mcr_als, svd_rank
+from operando.analysis.signal import poisson_sigma, signal
+from operando.analysis.valence import fit_scan
 from operando.config import AnalysisConfig
-from operando.protocol import MODE_OCV, plain
+from operando.events import EventKind, Recorder
+from operando.protocol import plain
+from operando.store.rows import AnalysisRow, RelaxationRow, RixsRow, Row, SeriesRow
 
 log = logging.getLogger(__name__)
 
-Submit = Callable[[str, tuple[Any, ...]], None]
-Event = Callable[..., None]
+Put = Callable[[Row], None]  # the run store's, for one typed row
+# a table changed (the state stream's notices): its name, and what of it changed
 Publish = Callable[[str, dict[str, Any]], None]
 _json = msgspec.json.Encoder(enc_hook=plain)
 
@@ -54,84 +59,21 @@ class SpectrumInput(msgspec.Struct, kw_only=True):
     dose_after_Gy: float = math.nan
 
 
-def signal(
-    arrays: Mapping[str, np.ndarray], channel: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(channel / I0, the raw channel, I0 or None): the I0-normalised signal of a scan."""
-    raw = np.asarray(arrays[channel], float)
-    i0 = np.asarray(arrays["I0"], float) if "I0" in arrays else None
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        y = raw / i0 if i0 is not None else raw
-        # A point divided by I0 = 0 (beam off), or of a magnitude no normalised signal has
-        # (a damaged value), is not usable: NaN, which the fits and damage tests leave out
-        # (squared, such a value overflowed them).
-        y = np.where(np.abs(y) < MAX_SIGNAL, y, np.nan)
-    return y, raw, i0
-
-
-def poisson_sigma(signal: np.ndarray, i0: np.ndarray | None) -> np.ndarray | None:
-    """Counting noise of signal/I0 when both are counts (non-negative integers), else None."""
-
-    def counts(a: np.ndarray) -> bool:
-        return bool(np.all(a >= 0) and np.all(a == np.round(a)))
-
-    if not counts(signal) or (i0 is not None and not counts(i0)):
-        return None
-    s = np.maximum(signal, 1.0)
-    if i0 is None:
-        return np.sqrt(s)
-    i = np.maximum(i0, 1.0)
-    return (s / i) * np.sqrt(1.0 / s + 1.0 / i)
-
-
-def at_rest(mode: Any, i_mA: Any, rest_current_mA: float) -> Any:
-    """Open circuit, or a current below the rest threshold: of one scan, or of each row."""
-    return (mode == MODE_OCV) | (np.abs(i_mA) < rest_current_mA)
-
-
-def is_resting(al: Alignment, rest_current_mA: float) -> bool:
-    return bool(at_rest(al.mode, al.i_mean_mA, rest_current_mA))
-
-
-def rest_voltage(
-    rec: CellRecord, al: Alignment, rest_current_mA: float, max_rows: int = 400
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(seconds since the current stopped, Ewe) up to the end of this spectrum or of the
-    rest, whichever comes first, at most ``max_rows`` rows evenly picked; None unless the
-    cell rests.
-
-    A spectrum counts as taken at rest by its window's middle, so the last one of a rest can
-    end after the next current step began: its rows are not the relaxation (they made the
-    rest's last Ewe fit a straight line through the discharge's first volts)."""
-    since = al.t_since_current_change_s
-    if not is_resting(al, rest_current_mA) or not math.isfinite(since):
-        return None
-    stop = 0.5 * (al.t_start + al.t_end) - since
-    rows = np.flatnonzero((rec.t >= stop) & (rec.t <= al.t_end))
-    resting = at_rest(rec.mode[rows], rec.i[rows], rest_current_mA)
-    if not resting.all():
-        rows = rows[: int(np.argmin(resting))]  # up to the first row with a current again
-    n = len(rows)
-    if n < 8:
-        return None
-    rows = rows[np.linspace(0, n - 1, min(n, max_rows)).astype(int)]
-    return rec.t[rows] - stop, rec.ewe[rows].copy()
-
-
 class Analyzer:
     def __init__(
-        self, cfg: AnalysisConfig, base_dir: Path, submit: Submit, event: Event, publish: Publish
+        self, cfg: AnalysisConfig, base_dir: Path, put: Put, event: Recorder, publish: Publish
     ) -> None:
         self.cfg = cfg
-        self.submit, self.event, self.publish = submit, event, publish
+        self.put, self.event, self.publish = put, event, publish
         self.refs: dict[str, References] = {}
         for edge, path in cfg.references.items():
             p = Path(path) if Path(path).is_absolute() else base_dir / path
             try:
                 self.refs[edge] = References.from_file(p)
             except ReferenceError as e:
-                self.event("analysis_error", None, None, edge=edge, error=str(e))
-        self.damage = DamageDetector(cfg.damage)
+                self.event(EventKind.ANALYSIS_ERROR, None, None, edge=edge, error=str(e))
+        self.rest_criterion = RestCriterion(current_mA=cfg.rest_current_mA)
+        self.damage = DamageDetector(cfg.damage, self.rest_criterion)
         self.rest: dict[str, list[tuple[float, float, float]]] = {}  # channel -> (t, v, sigma)
         # channel -> (t since the stop, value, sigma or None, scan duration): what a fit takes
         self.rest_series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, float]] = {}
@@ -162,18 +104,8 @@ class Analyzer:
         if "TEY" in fits and s.spot is not None:
             self._damage(s, arrays, fits["TEY"], al)
         self._relaxation(fits, al, rest_ewe, s.edge)
-        self.publish(
-            "analysis",
-            {
-                "spectrum_id": s.spectrum_id,
-                "edge": s.edge,
-                "spot": s.spot,
-                "t": 0.5 * (al.t_start + al.t_end),
-                "soc": al.soc,
-                "fits": {c: msgspec.to_builtins(f, enc_hook=plain) for c, f in fits.items()},
-                "dose_Gy": s.dose_after_Gy,
-            },
-        )
+        if fits:
+            self.publish("analysis", {"spectrum_id": s.spectrum_id, "channels": sorted(fits)})
 
     # -- valence -----------------------------------------------------------------------------
     def _fits(self, s: SpectrumInput, arrays: Mapping[str, np.ndarray]) -> dict[str, FitResult]:
@@ -182,7 +114,7 @@ class Analyzer:
             if s.edge not in self.missing_refs:
                 self.missing_refs.add(s.edge)
                 self.event(
-                    "analysis_skipped",
+                    EventKind.ANALYSIS_SKIPPED,
                     None,
                     None,
                     edge=s.edge,
@@ -192,26 +124,22 @@ class Analyzer:
                 )
             self._series(s, arrays)
             return {}
-        e = np.asarray(arrays["energy"], float)
         out = {}
         for channel in self.cfg.channels:
             if channel not in arrays:
                 continue
-            y, raw, i0 = signal(arrays, channel)
-            sa = channel in self.cfg.self_absorption
-            default = EDGE_WINDOWS[s.edge].fit_range if s.edge in EDGE_WINDOWS else None
-            rng = self.cfg.fit_ranges.get(s.edge, None if sa else default)
-            if rng is not None:
-                rng = (max(rng[0], e.min(), refs.energy[0]), min(rng[1], e.max(), refs.energy[-1]))
-            else:
-                rng = (max(e.min(), refs.energy[0]), min(e.max(), refs.energy[-1]))
             try:
-                fit = fit_spectrum(
-                    e, y, refs, fit_range=rng, sigma=poisson_sigma(raw, i0), self_absorption=sa
+                fit = fit_scan(
+                    arrays,
+                    channel,
+                    refs,
+                    edge=s.edge,
+                    fit_range=self.cfg.fit_ranges.get(s.edge),
+                    self_absorption=channel in self.cfg.self_absorption,
                 )
             except (FitError, ValueError, np.linalg.LinAlgError) as err:
                 self.event(
-                    "fit_failed",
+                    EventKind.FIT_FAILED,
                     None,
                     None,
                     spectrum_id=s.spectrum_id,
@@ -221,9 +149,8 @@ class Analyzer:
                 continue
             out[channel] = fit
             self.counts["fits"] += 1
-            self.submit(
-                "analysis",
-                (
+            self.put(
+                AnalysisRow(
                     s.spectrum_id,
                     channel,
                     fit.method,
@@ -235,7 +162,7 @@ class Analyzer:
                     _json.encode(fit.fractions).decode(),
                     _json.encode(fit.uncertainties).decode(),
                     _json.encode(fit).decode(),
-                ),
+                )
             )
         return out
 
@@ -254,7 +181,7 @@ class Analyzer:
                 norm = normalize(e, y, s.edge)
             except NormalizationError as err:
                 self.event(
-                    "series_skipped",
+                    EventKind.SERIES_SKIPPED,
                     None,
                     None,
                     spectrum_id=s.spectrum_id,
@@ -273,7 +200,7 @@ class Analyzer:
                 mcr = mcr_als(d, k)
             except Exception as err:  # pyMCR can fail on degenerate series; say so
                 self.event(
-                    "series_failed",
+                    EventKind.SERIES_FAILED,
                     None,
                     None,
                     edge=s.edge,
@@ -292,11 +219,12 @@ class Analyzer:
                 "warning": mcr.warning,
                 "latest_concentrations": mcr.concentrations[-1].tolist(),
             }
-            self.submit(
-                "series",
-                (s.edge, channel, len(rows), rank, k, mcr.residual, _json.encode(body).decode()),
+            self.put(
+                SeriesRow(
+                    s.edge, channel, len(rows), rank, k, mcr.residual, _json.encode(body).decode()
+                )
             )
-            self.publish("series", body)
+            self.publish("series", {"edge": s.edge, "channel": channel})
 
     # -- damage ------------------------------------------------------------------------------
     def _damage(
@@ -328,6 +256,7 @@ class Analyzer:
             dose_after_Gy=s.dose_after_Gy,
             soc=al.soc,
             i_mean_mA=al.i_mean_mA,
+            mode=al.mode,
             lowest=lowest,
             lowest_fraction=fit.fractions[lowest],
             lowest_uncertainty=fit.uncertainties[lowest],
@@ -339,7 +268,9 @@ class Analyzer:
             self.counts["damage_flags"] += 1
             for listener in self.on_damage:
                 listener(flag.spot, flag.test)
-            self.event("damage_flag", None, al.t_end, **msgspec.to_builtins(flag, enc_hook=plain))
+            self.event(
+                EventKind.DAMAGE_FLAG, None, al.t_end, **msgspec.to_builtins(flag, enc_hook=plain)
+            )
 
     # -- relaxation --------------------------------------------------------------------------
     def _relaxation(
@@ -360,7 +291,7 @@ class Analyzer:
         voltage is a fixed number of rows picked over the rest. Every point still counts: the
         rest's last fit, when it ends, sees all of them."""
         since = al.t_since_current_change_s
-        if not is_resting(al, self.cfg.rest_current_mA) or not math.isfinite(since):
+        if not self.rest_criterion.spectrum(al) or not math.isfinite(since):
             self._end_rest()
             return
         stop = 0.5 * (al.t_start + al.t_end) - since
@@ -404,9 +335,8 @@ class Analyzer:
             return
         quantity = "Ewe_V" if channel == "Ewe" else "average_valence"
         self.counts["relaxation_fits"] += 1
-        self.submit(
-            "relaxation",
-            (
+        self.put(
+            RelaxationRow(
                 self.rest_stop,
                 channel,
                 quantity,
@@ -416,18 +346,9 @@ class Analyzer:
                 int(res.resolved),
                 res.n_points,
                 _json.encode(res).decode(),
-            ),
+            )
         )
-        self.publish(
-            "relaxation",
-            {
-                "rest_start": self.rest_stop,
-                "channel": channel,
-                "quantity": quantity,
-                "result": msgspec.to_builtins(res, enc_hook=plain),
-                "points": {"t": t.tolist(), "v": v.tolist()},
-            },
-        )
+        self.publish("relaxation", {"rest_start": self.rest_stop, "series": channel})
 
     # -- RIXS --------------------------------------------------------------------------------
     def _rixs(self, s: SpectrumInput, arrays: Mapping[str, np.ndarray], al: Alignment) -> None:
@@ -439,12 +360,11 @@ class Analyzer:
         try:
             acc.add(s.row_offset, arrays["excitation"], arrays["counts"], arrays["emission"])
         except ValueError as err:
-            self.event("rixs_error", None, None, map_id=key, error=str(err))
+            self.event(EventKind.RIXS_ERROR, None, None, map_id=key, error=str(err))
             return
         red = acc.reduce()
-        self.submit(
-            "rixs",
-            (
+        self.put(
+            RixsRow(
                 key,
                 red.rows,
                 s.rows_total,
@@ -453,21 +373,8 @@ class Analyzer:
                 red.ratio,
                 al.soc,
                 _json.encode(red).decode(),
-            ),
+            )
         )
-        self.publish(
-            "rixs",
-            {
-                "map_id": key,
-                "rows": red.rows,
-                "rows_total": s.rows_total,
-                "ratio": red.ratio,
-                "soc": al.soc,
-                "row": {
-                    "excitation": np.asarray(arrays["excitation"]).tolist(),
-                    "offset": s.row_offset,
-                },
-            },
-        )
+        self.publish("rixs", {"map_id": key, "rows": red.rows})
         if acc.complete:
             del self.maps[key]

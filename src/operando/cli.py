@@ -39,7 +39,7 @@ def _driver(a: argparse.Namespace) -> int:
 
 
 def _inspect(a: argparse.Namespace) -> int:
-    from operando.summary import format_summary, summarize
+    from operando.store.summary import format_summary, summarize
 
     s = summarize(a.run_dir)
     print(json.dumps(s, indent=None if a.json else 2) if a.json else format_summary(s))
@@ -71,9 +71,11 @@ def _progress_bar(what: str):  # type: ignore[no-untyped-def]
 
 
 def _export(a: argparse.Namespace) -> int:
+    from operando.store.files import STORE_FILE, is_run_dir, nexus_path
+
     run_dir = Path(a.run_dir)
-    if not (run_dir / "run.sqlite").exists():
-        raise FileNotFoundError(f"{run_dir}: no run store (run.sqlite): is this a run directory?")
+    if not is_run_dir(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no run store ({STORE_FILE}): is this a run directory?")
     bar, progress = _progress_bar(f"exporting {run_dir.name} ({a.format})")
     if a.format == "tiled":
         from operando.export.tiled import TiledExportError, export_tiled
@@ -92,7 +94,7 @@ def _export(a: argparse.Namespace) -> int:
     if a.format == "nexus":
         from operando.export.nexus import export_nexus
 
-        out = out or run_dir / f"{run_dir.name}.nxs"
+        out = out or nexus_path(run_dir)
         with bar:
             export_nexus(run_dir, out, progress)
         print(f"wrote {out}")
@@ -125,7 +127,7 @@ def _replay(a: argparse.Namespace) -> int:
 
 
 def _instrument(a: argparse.Namespace) -> int:
-    from operando.drivers.palmsens_sim import run_simulator
+    from operando.drivers.sim.palmsens_sim import run_simulator
 
     host, _, port = a.listen.rpartition(":")
     asyncio.run(run_simulator(host or "127.0.0.1", int(port), a.cell, a.speed, a.soc))
@@ -135,12 +137,12 @@ def _instrument(a: argparse.Namespace) -> int:
 def _monitor_endpoint(a: argparse.Namespace) -> str:
     """--monitor ENDPOINT, or the one the monitor wrote into --run-dir (demo: free ports)."""
     if a.run_dir:
-        from operando.monitor import MONITOR_FILE
+        from operando.store.files import MONITOR_FILE, read_monitor_file
 
-        path = Path(a.run_dir) / MONITOR_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no monitor has run in this directory")
-        return str(json.loads(path.read_text())["command_endpoint"])
+        info = read_monitor_file(Path(a.run_dir))
+        if info is None:
+            raise FileNotFoundError(f"{Path(a.run_dir) / MONITOR_FILE}: no monitor has run here")
+        return str(info["command_endpoint"])
     return str(a.monitor)
 
 
@@ -173,13 +175,12 @@ def _demo(a: argparse.Namespace) -> int:
 
 def _dashboard(a: argparse.Namespace) -> int:
     from operando.dashboards.live import DashboardError, DashboardOptions, serve
-    from operando.monitor import MONITOR_FILE
+    from operando.store.files import read_monitor_file
 
     run_dir = Path(a.run_dir)
     state, command = a.monitor, a.command
-    info_path = run_dir / MONITOR_FILE
-    if info_path.exists() and (state is None or (a.controls and command is None)):
-        info = json.loads(info_path.read_text())
+    info = read_monitor_file(run_dir)
+    if info is not None and (state is None or (a.controls and command is None)):
         state = state or info["state_endpoint"]
         command = command or (info["command_endpoint"] if a.controls else None)
     opts = DashboardOptions(
@@ -215,7 +216,7 @@ def _fit(a: argparse.Namespace) -> int:
 
 
 def _references(a: argparse.Namespace) -> int:
-    from operando.drivers.spectra import EDGES, export_references
+    from operando.drivers.sim.spectra import EDGES, export_references
 
     edges = [a.edge] if a.edge else list(EDGES)
     out = Path(a.out)
@@ -241,7 +242,7 @@ def _trigger(a: argparse.Namespace) -> int:
     args = {
         k: v for k, v in (("edge", a.edge), ("spot", a.spot), ("alarm", a.alarm)) if v is not None
     }
-    action = {"acknowledge": "acknowledge"}.get(a.action, a.action)
+    action = str(a.action)
     result = asyncio.run(command_monitor(_monitor_endpoint(a), action, args, a.timeout))
     print(json.dumps(result, indent=2))
     return 0
@@ -311,7 +312,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("instrument", help="a simulated instrument that speaks a vendor protocol")
     p.add_argument("kind", choices=["palmsens-sim"])
     p.add_argument("--listen", default="127.0.0.1:4001", help="HOST:PORT to listen on")
-    p.add_argument("--cell", default="peo-nmc", help="cell model preset (drivers/cell.py)")
+    p.add_argument("--cell", default="peo-nmc", help="cell model preset (drivers/sim/cell.py)")
     p.add_argument("--speed", type=float, default=1.0, help="cell seconds per wall second")
     p.add_argument("--soc", type=float, default=0.1, help="state of charge at start")
     p.set_defaults(func=_instrument)

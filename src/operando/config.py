@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from operando.orchestrate.triggers import TriggerSpec
+from operando.analysis.damage import DamageSettings
+from operando.analysis.rest import RestCriterion
 
 
 class ConfigError(ValueError):
@@ -22,6 +23,26 @@ class ConfigError(ValueError):
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
+
+
+# What a trigger does and when (``[[orchestration.triggers]]``; operando.orchestrate.triggers
+# detects the crossings).
+class Action(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    type: Literal["acquire", "rixs_map", "pause"] = "acquire"
+    edge: str = ""
+    spot: str = ""  # empty: the orchestrator's current spot
+
+
+class TriggerSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    id: str
+    quantity: Literal["voltage", "soc", "charge", "rest_time"] = "voltage"
+    target: float
+    direction: Literal["charge", "discharge", "either"] = "either"
+    hysteresis: float = 0.02  # in the quantity's unit (V, SOC, mAh, s)
+    tolerance: float = 0.001  # 'reached' when the running mean is within this of the target
+    debounce: int = 5  # samples in the running mean
+    repeat: Literal["per_cycle", "once"] = "per_cycle"
+    action: Action = msgspec.field(default_factory=Action)
 
 
 class RunConfig(_Section):
@@ -56,16 +77,6 @@ class SourceConfig(_Section):
     rcvhwm: int = 10_000
 
 
-class DamageSettings(_Section):
-    """Beam-damage tests (operando.analysis.damage)."""
-
-    alpha: float = 1e-3
-    rest_current_mA: float = 0.005  # |I| below this is 'no current'
-    soc_tolerance: float = 0.005  # SOC change allowed between 'constant state' scans
-    slope_window: int = 6  # recent scans in the dose-slope regression
-    systematic: float = 0.01  # added in quadrature to fit uncertainties (fresh-spot test)
-
-
 class AnalysisConfig(_Section):
     enabled: bool = True
     channels: list[str] = msgspec.field(default_factory=lambda: ["TEY", "TFY"])
@@ -75,20 +86,27 @@ class AnalysisConfig(_Section):
     sample_formula: str = ""  # default: from each scan's metadata
     sample_density_g_cm3: float = 0.0
     spot_area_mm2: float = 0.0
-    dose_budget_Gy: float = 0.0  # per spot; 0: no budget
+    # per spot; 0: no budget. The one home of the budget: the dose warnings, the spot
+    # rotation and the dashboard's budget line all read it here.
+    dose_budget_Gy: float = 0.0
     budget_warning_fraction: float = 0.8
     damage: DamageSettings = msgspec.field(default_factory=DamageSettings)
+    # The run's one rest criterion: open circuit, or |I| below this. Relaxation, the damage
+    # tests, rest_time triggers and the dashboard's rest shading all use it.
     rest_current_mA: float = 0.005
     relaxation_min_points: int = 5
     # Spectra waiting for the live analysis hold their arrays (8 MB a RIXS row): past this,
     # spectra are recorded but not analysed live until it catches up (reprocess analyses them)
     live_backlog_MB: float = 256.0
 
+    @property
+    def rest(self) -> RestCriterion:
+        return RestCriterion(current_mA=self.rest_current_mA)
+
 
 class OrchestrationConfig(_Section):
     triggers: list[TriggerSpec] = msgspec.field(default_factory=list)
     spots: list[str] = msgspec.field(default_factory=list)  # default: the spectrometer's
-    dose_budget_Gy: float = 0.0  # per spot; 0: take [analysis] dose_budget_Gy
     rotate_on_damage: bool = True
     command_timeout_s: float = 2.0
     retries: int = 2
@@ -119,6 +137,7 @@ class ExperimentConfig(_Section):
 
 
 def parse_config(data: dict[str, Any], where: str = "config") -> ExperimentConfig:
+    _one_dose_budget(data, where)
     try:
         cfg = msgspec.convert(data, ExperimentConfig)
     except msgspec.ValidationError as e:
@@ -132,6 +151,28 @@ def parse_config(data: dict[str, Any], where: str = "config") -> ExperimentConfi
     if cap is not None and cap <= 0:
         raise ConfigError(f"{where}: alignment.capacity_mAh: must be > 0, got {cap}")
     return cfg
+
+
+def _one_dose_budget(data: dict[str, Any], where: str) -> None:
+    """The dose budget has one home, ``[analysis] dose_budget_Gy``. Earlier files could also
+    set it under ``[orchestration]``: with only that set, spots rotated but no budget warning
+    fired; with both set differently, rotation and warnings disagreed. Such a file is refused,
+    naming both places, rather than read one way or the other."""
+    orch = data.get("orchestration")
+    if not isinstance(orch, dict) or "dose_budget_Gy" not in orch:
+        return
+    theirs = orch["dose_budget_Gy"]
+    analysis = data.get("analysis")
+    ours = analysis.get("dose_budget_Gy") if isinstance(analysis, dict) else None
+    if ours is not None:
+        raise ConfigError(
+            f"{where}: the dose budget is set twice, analysis.dose_budget_Gy = {ours} and "
+            f"orchestration.dose_budget_Gy = {theirs}: keep one, under [analysis]"
+        )
+    raise ConfigError(
+        f"{where}: orchestration.dose_budget_Gy: the dose budget lives in [analysis] "
+        f"(analysis.dose_budget_Gy = {theirs}), which the warnings and the spot rotation both read"
+    )
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from operando.config import ExperimentConfig, load_config, preset_path
+from operando.store.files import DEMO_FILE, LOGS_DIR, REFERENCES_DIR
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,10 @@ def localize(cfg: ExperimentConfig) -> ExperimentConfig:
 def with_simulator_references(cfg: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
     """The simulated spectrometer's reference spectra, exported into the run for the analysis
     (the monitor reads files, as it would a beamline's measured references)."""
-    from operando.drivers.spectra import EDGES, export_references
+    from operando.drivers.sim.spectra import EDGES, export_references
 
     refs = dict(cfg.analysis.references)
-    folder = run_dir / "references"
+    folder = run_dir / REFERENCES_DIR
     folder.mkdir(exist_ok=True)
     for edge in EDGES:
         if edge not in refs:
@@ -152,7 +153,7 @@ class Demo:
         self.t0_ns = time.time_ns()
         self.config_path = run_dir / "demo-config.json"
         self.config_path.write_bytes(msgspec.json.format(msgspec.json.encode(self.cfg)))
-        logs = run_dir / "logs"
+        logs = run_dir / LOGS_DIR
         self.monitor = Child(
             "monitor",
             cli_command("monitor", "--config", str(self.config_path), "--run-dir", str(run_dir)),
@@ -245,7 +246,7 @@ class Demo:
             "speed": self.speed,
             "t0_ns": self.t0_ns,
         }
-        (self.run_dir / "demo.json").write_text(json.dumps(info, indent=2))
+        (self.run_dir / DEMO_FILE).write_text(json.dumps(info, indent=2))
 
     async def _wait_for_monitor(self, timeout: float = 30.0) -> None:
         from operando.monitor import query_status

@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from operando.analysis.dose import scan_dose_Gy
 from operando.analyze import SpectrumInput
 from operando.config import AnalysisConfig
+from operando.events import EventKind, Recorder
+from operando.store.rows import DoseRow
 
-Submit = Callable[[str, tuple[Any, ...]], None]
-Event = Callable[..., None]
+Put = Callable[[DoseRow], None]
 DoseListener = Callable[[str, float, float], None]  # spot, this scan's dose, spot total after
 
 
 class DoseLedger:
-    def __init__(self, cfg: AnalysisConfig, submit: Submit, event: Event) -> None:
+    def __init__(self, cfg: AnalysisConfig, put: Put, event: Recorder) -> None:
         self.cfg = cfg
-        self.submit, self.event = submit, event
+        self.put, self.event = put, event
         self.totals: dict[str, float] = {}  # spot -> Gy so far
         self.warned: set[tuple[str, str]] = set()
         self.on_dose: list[DoseListener] = []
@@ -51,12 +51,12 @@ class DoseLedger:
         try:
             d = scan_dose_Gy(s.flux_ph_s, s.exposure_s, energy_eV, formula, density, area)
         except (ValueError, KeyError) as err:
-            self.event("dose_error", None, None, spectrum_id=s.spectrum_id, error=str(err))
+            self.event(EventKind.DOSE_ERROR, None, None, spectrum_id=s.spectrum_id, error=str(err))
             return before, before
         after = before + d
         self.totals[s.spot] = after
         rate = d / s.exposure_s if s.exposure_s > 0 else math.nan
-        self.submit("dose", (s.spectrum_id, s.spot, d, before, after, rate))
+        self.put(DoseRow(s.spectrum_id, s.spot, d, before, after, rate))
         for listener in self.on_dose:
             listener(s.spot, d, after)
         self._warn(s.spot, after)
@@ -67,8 +67,8 @@ class DoseLedger:
         if budget <= 0:
             return
         for level, kind in (
-            (budget, "dose_budget_exceeded"),
-            (budget * self.cfg.budget_warning_fraction, "dose_budget_warning"),
+            (budget, EventKind.DOSE_BUDGET_EXCEEDED),
+            (budget * self.cfg.budget_warning_fraction, EventKind.DOSE_BUDGET_WARNING),
         ):
             if total >= level and (spot, kind) not in self.warned:
                 self.warned.add((spot, kind))

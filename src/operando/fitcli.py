@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import numpy as np
 
-from operando.analysis.lcf import FitError, fit_spectrum
-from operando.analysis.normalize import EDGE_WINDOWS
+from operando.analysis.lcf import FitError
 from operando.analysis.references import References
-from operando.analyze import poisson_sigma
+from operando.analysis.valence import fit_scan
 from operando.protocol import plain
 from operando.scanfile import ScanFileError, pick, read_columns
 
@@ -31,7 +29,6 @@ def fit_files(
     as_json: bool,
 ) -> int:
     refs = References.from_file(references)
-    default_range = EDGE_WINDOWS[edge].fit_range if edge in EDGE_WINDOWS else None
     failures = 0
     for f in files:
         try:
@@ -39,7 +36,8 @@ def fit_files(
                 Path(f),
                 refs,
                 channel,
-                fit_range or (None if self_absorption else default_range),
+                edge or "",
+                fit_range,
                 self_absorption,
                 energy_col,
                 i0_col,
@@ -73,6 +71,7 @@ def _fit_one(
     path: Path,
     refs: References,
     channel: str,
+    edge: str,
     fit_range: tuple[float, float] | None,
     self_absorption: bool,
     energy_col: str | None,
@@ -87,20 +86,11 @@ def _fit_one(
             raise ScanFileError(f"{path}: no column {channel!r} (columns: {names})")
         isig = 1
     ii0 = pick(names, i0_col, ("i0", "izero"))
-    e = data[:, ie]
-    raw = data[:, isig]
-    i0 = data[:, ii0] if ii0 is not None and ii0 != isig else None
-    order = np.argsort(e)
-    e, raw = e[order], raw[order]
-    i0 = None if i0 is None else i0[order]
-    y = raw / i0 if i0 is not None else raw
-    fit = fit_spectrum(
-        e,
-        y,
-        refs,
-        fit_range=fit_range,
-        sigma=poisson_sigma(raw, i0),
-        self_absorption=self_absorption,
+    arrays = {"energy": data[:, ie], channel: data[:, isig]}
+    if ii0 is not None and ii0 != isig:
+        arrays["I0"] = data[:, ii0]
+    fit = fit_scan(
+        arrays, channel, refs, edge=edge, fit_range=fit_range, self_absorption=self_absorption
     )
     out = msgspec.to_builtins(fit, enc_hook=plain)
     return {"file": str(path), "channel": names[isig], **out}

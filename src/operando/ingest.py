@@ -1,13 +1,9 @@
-"""Ingest: record -> decode -> track sequence -> derive -> align, for one run. No sockets here.
+"""Ingest: record -> decode -> track sequence -> derive -> route, for one run. No sockets here.
 
 The monitor feeds it frames from its subscriptions; ``operando reprocess`` feeds it the raw
-table. Both therefore derive exactly the same tables from the same messages.
-
-Watermark: a spectrum is aligned once the potentiostat's data are known complete past its
-window end (newest row, or a heartbeat with no gap outstanding, or the end of the potentiostat's
-series). If that has not happened when the newest source time seen from any source passes
-``t_end + timeout_s``, it is aligned with what there is and marked partial. Potentiostat data
-arriving late for a window already aligned as partial re-aligns that spectrum (revision + 1).
+log. Both therefore derive exactly the same tables from the same messages. What it derives goes
+to its collaborators, each given at construction: the run store (typed rows), the event log,
+the aligner (``alignment``), the live analysis and the orchestrator.
 """
 
 from __future__ import annotations
@@ -16,20 +12,23 @@ import copy
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
 
-from operando.align import Alignment, PotentiostatHistory, _unaligned, align_windows
+from operando.align import Alignment, PotentiostatHistory
+from operando.alignment import MALFORMED_BATCH, Aligner, PendingSpectrum, PotentiostatGap
+from operando.analysis.rest import rest_voltage
 from operando.analysis_thread import AnalysisThread
-from operando.analyze import Analyzer, SpectrumInput, rest_voltage
+from operando.analyze import Analyzer, SpectrumInput
 from operando.config import AlignmentConfig, AnalysisConfig, SourceConfig
 from operando.doseledger import DoseLedger
+from operando.events import EventKind, EventLog
 from operando.protocol import (
     Ack,
     Command,
@@ -47,11 +46,22 @@ from operando.protocol import (
 )
 from operando.rawlog import RawRecord, frame_sizes
 from operando.sequence import Arrival, SequenceTracker
-from operando.store import RunStore, Summary, lost_ranges, read_raw
+from operando.store.rows import PotentiostatRow, SpectrumRow
+from operando.store.writer import RunStore, Summary
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, dict[str, Any]], None]
+
+
+class Orchestration(Protocol):
+    """What ingest tells the orchestrator (``orchestrate.Orchestrator``)."""
+
+    def on_message(
+        self, link: str, msg: Message, soc: np.ndarray | None, q: np.ndarray | None
+    ) -> None: ...
+
+    def on_spots(self, spots: list[str]) -> None: ...
 
 
 _json = msgspec.json.Encoder(enc_hook=plain)
@@ -73,9 +83,6 @@ def spectrum_input(spectrum_id: int, h: XASScan | RIXSRows) -> SpectrumInput:
     )
 
 
-MALFORMED_BATCH = "(malformed)"  # in place of a session: potentiostat rows that never decoded
-
-
 def _summary(msg: Message | None, error: str | None, frames: Sequence[Any]) -> Summary:
     """The raw index row's identification of a message: from its header, or its error (and
     where it sat in its stream, when the header still says)."""
@@ -89,22 +96,12 @@ def _summary(msg: Message | None, error: str | None, frames: Sequence[Any]) -> S
 
 
 @dataclass(slots=True)
-class PendingSpectrum:
-    spectrum_id: int
-    link: str
-    scan_id: str
-    kind: str
-    t_start: float  # reference clock, s
-    t_end: float
-    point_t: np.ndarray | None
-    info: dict[str, Any]
-    analysis: SpectrumInput | None = None  # what the analyzer needs, once aligned
-    arrays: Mapping[str, np.ndarray] | None = None  # dropped after analysis
-
-
-@dataclass(slots=True)
 class LinkState:
     config: SourceConfig
+    # added to the source's timestamps: configured, or measured at start (ping). The link's
+    # own, never written back into the shared configuration (reprocess reads the measured
+    # one back from the run's clock_offset event).
+    clock_offset_s: float = 0.0
     tracker: SequenceTracker = field(default_factory=SequenceTracker)
     malformed: int = 0
     late: int = 0
@@ -127,41 +124,62 @@ class Ingest:
         publish: Publish | None = None,
         analysis: AnalysisConfig | None = None,
         base_dir: Path | None = None,
+        *,
+        events: EventLog | None = None,
+        orchestrator: Orchestration | None = None,
     ) -> None:
+        """``events``: the run's event log (default: one writing to ``store`` and
+        ``publish``); ``orchestrator``: what acts on rows, maps, doses and damage (None:
+        nothing acts, as in reprocess)."""
         self.store = store
         self.cfg = alignment
         self.publish: Publish = publish or (lambda topic, body: None)
-        self.links = {s.name: LinkState(s) for s in sources}
+        self.events = events or EventLog(store, self.publish)
+        self.orchestrator = orchestrator
+        self.links = {s.name: LinkState(s, s.clock_offset_s) for s in sources}
         self.pstat_link = next((s.name for s in sources if s.role == "potentiostat"), None)
         self.history = PotentiostatHistory(alignment.current_step_mA, alignment.retain_s)
-        self.pending: list[PendingSpectrum] = []
-        self.partial: deque[tuple[PendingSpectrum, Alignment]] = deque(maxlen=2000)
-        # potentiostat messages missing: first, last, t0, t1, session
-        self.pstat_gaps: list[tuple[int, int, float, float, str]] = []
-        self.capacity_mAh = alignment.capacity_mAh
+        self.aligner = Aligner(
+            alignment,
+            self.history,
+            self.pstat_link is not None,
+            store.put,
+            self.events,
+            self._aligned,
+        )
         self.now = -math.inf  # newest source time seen from any source (reference clock)
         self.counts: Counter[str] = Counter()
-        self.events: Counter[str] = Counter()
+        derived = self.events.derived
         self.analyzer = (
-            Analyzer(analysis, base_dir or Path.cwd(), self.store.submit, self.event, self.publish)
+            Analyzer(analysis, base_dir or Path.cwd(), store.put, derived, self.publish)
             if analysis is not None and analysis.enabled
             else None
         )
         # doses count on arrival, for the spot rotation (None: analysis is off)
         self.dose = (
-            DoseLedger(analysis, self.store.submit, self.event)
+            DoseLedger(analysis, store.put, derived)
             if analysis is not None and self.analyzer is not None
             else None
         )
-        # set by the monitor: analysis runs beside the event loop (None: here, in order)
+        # set by the monitor once its loop runs: analysis beside it (None: here, in order)
         self.analysis_thread: AnalysisThread | None = None
-        self.orchestrator: Any = None  # set by the monitor: acts on rows, maps, dose, damage
-        self.on_event: list[Callable[[str, str | None, dict[str, Any]], None]] = []
         self.cell: dict[str, Any] = {}  # the newest potentiostat row, for status displays
-        self._recv_ns = 0  # receive time of the message being processed (0: use the wall clock)
         self._refilling = False  # the message being processed fills a gap (sent again)
         # while live analysis is behind: [first spectrum not analysed live, how many]
         self._skipped_live: list[int] | None = None
+
+    @property
+    def pending(self) -> list[PendingSpectrum]:
+        return self.aligner.pending
+
+    @property
+    def capacity_mAh(self) -> float | None:
+        return self.aligner.capacity_mAh
+
+    def set_clock_offset(self, link: str, offset_s: float) -> None:
+        """The link's clock offset from now on (measured by ping, or read back from the run)."""
+        if link in self.links:
+            self.links[link].clock_offset_s = offset_s
 
     # -- entry points ----------------------------------------------------------------------
     def receive(
@@ -215,11 +233,11 @@ class Ingest:
         error: str | None,
         refill: bool = False,
     ) -> Message | None:
-        self._recv_ns, self._refilling = recv_ns, refill
+        self.events.recv_ns, self._refilling = recv_ns, refill
         state = self.links.get(link)
         try:
             if msg is None or state is None:
-                self.event("malformed", link, None, raw_id=raw_id, error=error)
+                self.events.derived(EventKind.MALFORMED, link, None, raw_id=raw_id, error=error)
                 if state is not None:
                     state.malformed += 1
                     self._track_malformed(raw_id, link, state, frames)
@@ -228,16 +246,20 @@ class Ingest:
                 self._derive(raw_id, link, state, msg)
             except Exception as e:  # a bug must not stop ingest: keep the message, say why
                 log.exception("deriving %s message %d failed", link, raw_id)
-                self.event(
-                    "derive_error", link, None, raw_id=raw_id, error=f"{type(e).__name__}: {e}"
+                self.events.derived(
+                    EventKind.DERIVE_ERROR,
+                    link,
+                    None,
+                    raw_id=raw_id,
+                    error=f"{type(e).__name__}: {e}",
                 )
             return msg
         finally:
-            self._recv_ns, self._refilling = 0, False
+            self.events.recv_ns, self._refilling = 0, False
 
     def _derive(self, raw_id: int, link: str, state: LinkState, msg: Message) -> None:
         h = msg.header
-        offset = state.config.clock_offset_s
+        offset = state.clock_offset_s
         t_src = h.t_ns * 1e-9 + offset
         state.last_seen_wall = time.monotonic()
         if isinstance(h, (Command, Ack)):  # not part of a data stream: audit only
@@ -260,7 +282,9 @@ class Ingest:
             self._series_start(link, state, h, t_src)
         elif isinstance(h, SeriesEnd):
             state.series_ended = True
-            self.event("series_end", link, t_src, series=h.series, reason=h.reason)
+            if link == self.pstat_link:
+                self.aligner.potentiostat_ended = True
+            self.events.derived(EventKind.SERIES_END, link, t_src, series=h.series, reason=h.reason)
 
     def _track_malformed(
         self, raw_id: int, link: str, state: LinkState, frames: Sequence[Any]
@@ -273,10 +297,10 @@ class Ingest:
         env = peek_envelope(frames)
         if env is None or env.kind in ("command", "ack") or not env.session or env.seq < 0:
             return
-        t = env.t_ns * 1e-9 + state.config.clock_offset_s if env.t_ns > 0 else state.last_message_t
+        t = env.t_ns * 1e-9 + state.clock_offset_s if env.t_ns > 0 else state.last_message_t
         watermark = self.history.watermark
         if self._track(raw_id, link, state, env.session, env.seq, t, t) and link == self.pstat_link:
-            self.pstat_gaps.append((env.seq, env.seq, watermark, t, MALFORMED_BATCH))
+            self.aligner.missing(PotentiostatGap(env.seq, env.seq, watermark, t, MALFORMED_BATCH))
 
     def _track(
         self,
@@ -292,11 +316,13 @@ class Ingest:
         False for a duplicate (already recorded: nothing to derive)."""
         verdict = state.tracker.observe(session, seq)
         if verdict.arrival is Arrival.DUPLICATE:
-            self.event("duplicate", link, t_src, raw_id=raw_id, session=session, seq=seq)
+            self.events.derived(
+                EventKind.DUPLICATE, link, t_src, raw_id=raw_id, session=session, seq=seq
+            )
             return False
         if verdict.arrival is Arrival.NEW_SESSION and verdict.previous_session is not None:
-            self.event(
-                "source_restarted",
+            self.events.derived(
+                EventKind.SOURCE_RESTARTED,
                 link,
                 t_src,
                 session=session,
@@ -304,8 +330,8 @@ class Ingest:
             )
         if verdict.gap is not None:
             g = verdict.gap
-            self.event(
-                "gap",
+            self.events.derived(
+                EventKind.GAP,
                 link,
                 t_src,
                 session=g.session,
@@ -318,14 +344,14 @@ class Ingest:
             if link == self.pstat_link:
                 # The rows lost lie between the newest row held and the first row (or the
                 # clock) of the message that revealed the gap.
-                self.pstat_gaps.append(
-                    (g.first, g.last, self.history.watermark, first_row_t, g.session)
+                self.aligner.missing(
+                    PotentiostatGap(g.first, g.last, self.history.watermark, first_row_t, g.session)
                 )
         if verdict.arrival is Arrival.OUT_OF_ORDER:
             if not self._refilling:  # a refill is asked for: the "refill" event says it
-                self.event("out_of_order", link, t_src, session=session, seq=seq)
+                self.events.derived(EventKind.OUT_OF_ORDER, link, t_src, session=session, seq=seq)
             if link == self.pstat_link:
-                self._forget_filled_gaps(state.tracker)
+                self.aligner.forget_filled_gaps(state.tracker)
         else:
             state.last_message_t = t_src
         return True
@@ -334,15 +360,15 @@ class Ingest:
     def _series_start(self, link: str, state: LinkState, h: SeriesStart, t: float) -> None:
         if h.reannounce and h.series == state.series:
             return  # a re-announce for late joiners: nothing new
-        state.series, state.series_ended, state.metadata = h.series, False, dict(h.metadata)
+        self.series_metadata(link, h.series, h.metadata)
         previous = h.metadata.get("previous_session")
         if isinstance(previous, dict):  # a restarted driver says where its last process ended
             gap = state.tracker.expect(
                 str(previous.get("session", "")), int(previous.get("last_seq", -1))
             )
             if gap is not None:
-                self.event(
-                    "gap",
+                self.events.derived(
+                    EventKind.GAP,
                     link,
                     t,
                     session=gap.session,
@@ -354,19 +380,31 @@ class Ingest:
                     tail=True,
                 )
                 if link == self.pstat_link:
-                    self.pstat_gaps.append(
-                        (gap.first, gap.last, self.history.watermark, t, gap.session)
+                    self.aligner.missing(
+                        PotentiostatGap(gap.first, gap.last, self.history.watermark, t, gap.session)
                     )
-        if link == self.pstat_link and self.cfg.capacity_mAh is None:
-            cap = h.metadata.get("capacity_mAh")
-            if isinstance(cap, int | float) and cap > 0:
-                self.capacity_mAh = float(cap)
-        self.event(
-            "series_start", link, t, series=h.series, instrument=h.instrument, metadata=h.metadata
+        self.events.derived(
+            EventKind.SERIES_START,
+            link,
+            t,
+            series=h.series,
+            instrument=h.instrument,
+            metadata=h.metadata,
         )
         spots = h.metadata.get("spots")
         if self.orchestrator is not None and isinstance(spots, dict):
             self.orchestrator.on_spots(sorted(spots))
+
+    def series_metadata(self, link: str, series: str, metadata: Mapping[str, Any]) -> None:
+        """A source's series started (or, on restore, had started): what it says of itself.
+        The potentiostat's announced capacity counts unless the experiment sets one."""
+        state = self.links[link]
+        state.series, state.series_ended, state.metadata = series, False, dict(metadata)
+        if link == self.pstat_link:
+            self.aligner.potentiostat_ended = False
+            cap = metadata.get("capacity_mAh")
+            if self.cfg.capacity_mAh is None and isinstance(cap, int | float) and cap > 0:
+                self.aligner.capacity_mAh = float(cap)
 
     def _potentiostat(
         self, raw_id: int, link: str, state: LinkState, msg: Message, offset: float
@@ -382,36 +420,43 @@ class Ingest:
                 q_rows = self.history.record().q[-len(t) :]
                 soc = self._soc(q_rows)
         rows = list(
-            zip(
-                [raw_id] * len(t),
-                [link] * len(t),
-                t.tolist(),
-                a["Ewe"].tolist(),
-                a["I"].tolist(),
-                q.tolist() if q is not None else [None] * len(t),
-                a["mode"].tolist(),
-                a["step"].tolist(),
-                a["cycle"].tolist(),
-                soc,
-                strict=True,
+            map(
+                PotentiostatRow._make,
+                zip(
+                    [raw_id] * len(t),
+                    [link] * len(t),
+                    t.tolist(),
+                    a["Ewe"].tolist(),
+                    a["I"].tolist(),
+                    q.tolist() if q is not None else [None] * len(t),
+                    a["mode"].tolist(),
+                    a["step"].tolist(),
+                    a["cycle"].tolist(),
+                    soc,
+                    strict=True,
+                ),
             )
         )
-        self.store.submit("rows", ("potentiostat", rows))
+        self.store.put_rows(rows)
         self.counts["potentiostat_rows"] += len(t)
         if link != self.pstat_link:
             return
         t_lo, t_hi = (float(t[0]), float(t[-1])) if len(t) else (0.0, -1.0)
-        covers_partial = any(p.t_start <= t_hi and p.t_end >= t_lo for p, _ in self.partial)
-        if len(t) and (late or covers_partial):  # rows for windows already aligned
+        if len(t) and (late or self.aligner.covers_partial(t_lo, t_hi)):  # already aligned
             state.late += 1
-            self.event(
-                "late", link, float(t[-1]), t_first=float(t[0]), t_last=float(t[-1]), rows=len(t)
+            self.events.derived(
+                EventKind.LATE,
+                link,
+                float(t[-1]),
+                t_first=float(t[0]),
+                t_last=float(t[-1]),
+                rows=len(t),
             )
-            self._realign_overlapping(float(t[0]), float(t[-1]))
+            self.aligner.realign_overlapping(float(t[0]), float(t[-1]))
         if len(t) and not late:
             # a spectrum that timed out before the record reached its end is covered now by
             # rows that lie after it (the row past its end closes the window)
-            self._realign_ended(mark_before, t_hi)
+            self.aligner.realign_ended(mark_before, t_hi)
         if len(t):
             self.cell = {
                 "t": float(t[-1]),
@@ -422,23 +467,15 @@ class Ingest:
                 "step": int(a["step"][-1]),
                 "cycle": int(a["cycle"][-1]),
             }
-            self.publish(
-                "potentiostat",
-                {
-                    "t": t.tolist(),
-                    "Ewe": a["Ewe"].tolist(),
-                    "I": a["I"].tolist(),
-                    "soc": soc,
-                    "mode": a["mode"].tolist(),
-                },
-            )
+            self.publish("potentiostat", {"rows": len(t), "t_last": float(t[-1])})
             if self.orchestrator is not None and not late:  # triggers look at fresh rows only
                 self.orchestrator.on_message(link, msg, np.asarray(soc), q_rows)
 
     def _soc(self, q: np.ndarray) -> list[float]:
-        if not self.capacity_mAh:
+        capacity = self.aligner.capacity_mAh
+        if not capacity:
             return [math.nan] * len(q)
-        return (self.cfg.initial_soc + q / self.capacity_mAh).tolist()
+        return (self.cfg.initial_soc + q / capacity).tolist()
 
     def _spectrum(self, raw_id: int, link: str, msg: Message, offset: float) -> None:
         h = msg.header
@@ -451,9 +488,8 @@ class Ingest:
             n_points, channels = math.prod(msg.arrays.shape("counts")), ["counts"]
         spot = h.spot
         t0, t1 = h.t_start_ns * 1e-9 + offset, h.t_end_ns * 1e-9 + offset
-        self.store.submit(
-            "spectrum",
-            (
+        self.store.put(
+            SpectrumRow(
                 sid,
                 raw_id,
                 link,
@@ -473,13 +509,13 @@ class Ingest:
                 n_points,
                 _json.encode(channels).decode(),
                 _json.encode(h.extra).decode() if h.extra else "{}",
-            ),
+            )
         )
         self.counts["spectra"] += 1
         analysis = None
         if self.analyzer is not None:  # what the analysis needs; nothing when it is off
             analysis = spectrum_input(sid, h)
-            self._count_dose(analysis, msg.arrays)
+            self.count_dose(analysis, msg.arrays)
         pt = msg.arrays.get("point_t")
         info = {
             "edge": h.edge,
@@ -488,7 +524,7 @@ class Ingest:
             "channels": channels,
             "raw_id": raw_id,
         }
-        self.pending.append(
+        self.aligner.add(
             PendingSpectrum(
                 sid,
                 link,
@@ -503,119 +539,30 @@ class Ingest:
             )
         )
 
-    def _count_dose(self, s: SpectrumInput, arrays: Mapping[str, np.ndarray]) -> None:
+    def count_dose(self, s: SpectrumInput, arrays: Mapping[str, np.ndarray]) -> None:
         if self.dose is not None:
             energy = arrays["excitation" if s.kind == "rixs_rows" else "energy"]
             s.dose_before_Gy, s.dose_after_Gy = self.dose.count(s, np.asarray(energy, float))
 
     # -- alignment -------------------------------------------------------------------------
-    @property
-    def pstat_watermark(self) -> float:
-        if self.pstat_link is None:
-            return math.inf
-        if self.links[self.pstat_link].series_ended:
-            return math.inf
-        # Only rows cover a window: a heartbeat at H does not mean the rows up to H were sent
-        # (a potentiostat samples every few seconds), and a window aligned on it lacked its
-        # last row. A quiet potentiostat makes spectra wait for its next row or the timeout.
-        return self.history.watermark
-
     def align_due(self, *, final: bool = False) -> int:
-        """Align every pending spectrum whose window is covered or timed out (all: ``final``).
+        """Align every pending spectrum whose window is covered or timed out (all: ``final``)."""
+        return self.aligner.align_due(self.now, final=final)
 
-        Called once per received batch, not per message: the due windows are aligned together
-        in one vectorised pass.
-        """
-        if not self.pending:
-            return 0
-        mark, deadline = self.pstat_watermark, self.now - self.cfg.timeout_s
-        due = [p for p in self.pending if final or p.t_end <= mark or p.t_end <= deadline]
-        if not due:
-            return 0
-        done = {p.spectrum_id for p in due}
-        self.pending = [p for p in self.pending if p.spectrum_id not in done]
-        self._align(due, timed_out=[p.t_end > mark for p in due])
-        return len(due)
-
-    def _align(
-        self, due: list[PendingSpectrum], *, timed_out: list[bool], revision: int = 0
-    ) -> list[Alignment]:
-        try:
-            results = self._alignments(due, timed_out)
-        except Exception as e:  # never lose a spectrum to a bug: store it unaligned, say why
-            log.exception("aligning %d spectra failed", len(due))
-            error = f"{type(e).__name__}: {e}"
-            results = [_unaligned(p.t_start, p.t_end, f"alignment failed: {error}") for p in due]
-            for p in due:
-                self.event("align_error", p.link, p.t_end, spectrum_id=p.spectrum_id, error=error)
-        return [self._record_alignment(p, al, revision) for p, al in zip(due, results, strict=True)]
-
-    def _alignments(self, due: list[PendingSpectrum], timed_out: list[bool]) -> list[Alignment]:
-        if self.pstat_link is None:
-            return [_unaligned(p.t_start, p.t_end, "no potentiostat configured") for p in due]
-        results = align_windows(
-            self.history.record(),
-            [p.t_start for p in due],
-            [p.t_end for p in due],
-            capacity_mAh=self.capacity_mAh,
-            initial_soc=self.cfg.initial_soc,
-            point_ts=[p.point_t for p in due],
-            cover_tolerance_s=self.cfg.cover_tolerance_s,
-        )
-        gaps = self.pstat_gaps
-        for p, al, late in zip(due, results, timed_out, strict=True):
-            gap = None
-            if gaps:  # most batches: none outstanding
-                gap = next((g for g in gaps if g[2] < p.t_end and g[3] > p.t_start), None)
-            if gap is not None:
-                al.partial = True
-                al.reason = f"potentiostat messages {gap[0]}-{gap[1]} missing in this window"
-            elif al.partial and late:
-                al.reason = f"timed out after {self.cfg.timeout_s} s: " + al.reason
-        return results
-
-    def _record_alignment(self, p: PendingSpectrum, al: Alignment, revision: int) -> Alignment:
-        if al.partial:
-            self.partial.append((p, al))
-        doc = _json.encode(al).decode()
-        self.store.submit(
-            "alignment",
-            (
-                p.spectrum_id,
-                int(al.partial),
-                al.reason,
-                al.ewe_mean_V,
-                al.soc,
-                al.i_mean_mA,
-                al.mode,
-                al.step,
-                al.cycle,
-                doc,
-            ),
-        )
+    def _aligned(self, p: PendingSpectrum, al: Alignment, revision: int) -> None:
+        """A spectrum aligned (or realigned): on the state stream; analysed the first time."""
         if revision == 0:
-            self.counts["aligned"] += 1
-            self.counts["partial"] += al.partial
             self._analyse(p, al)
         self.publish(
-            "aligned",
-            {
-                "spectrum_id": p.spectrum_id,
-                "link": p.link,
-                "scan_id": p.scan_id,
-                "kind": p.kind,
-                "revision": revision,
-                **p.info,
-                "alignment": msgspec.to_builtins(al, enc_hook=plain),
-            },
+            "alignment",
+            {"spectrum_id": p.spectrum_id, "raw_id": p.info["raw_id"], "revision": revision},
         )
-        return al
 
     def _analyse(self, p: PendingSpectrum, al: Alignment) -> None:
         if self.analyzer is None or p.analysis is None or p.arrays is None:
             return
         s, arrays, p.arrays = p.analysis, p.arrays, None
-        rest = rest_voltage(self.history.record(), al, self.analyzer.cfg.rest_current_mA)
+        rest = rest_voltage(self.history.record(), al, self.analyzer.rest_criterion)
         if self.analysis_thread is not None:
             queued = self.analysis_thread.put(s, arrays, copy.copy(al), rest)
             self._analysis_behind(s, behind=not queued)
@@ -635,8 +582,8 @@ class Ingest:
                 self._skipped_live = skipped = [s.spectrum_id, 0]
                 thread = self.analysis_thread
                 assert thread is not None
-                self.event(
-                    "analysis_behind",
+                self.events.derived(
+                    EventKind.ANALYSIS_BEHIND,
                     None,
                     None,
                     spectrum_id=s.spectrum_id,
@@ -647,8 +594,8 @@ class Ingest:
             self.counts["analysis_skipped_live"] += 1
         elif skipped is not None:
             self._skipped_live = None
-            self.event(
-                "analysis_caught_up",
+            self.events.derived(
+                EventKind.ANALYSIS_CAUGHT_UP,
                 None,
                 None,
                 first=skipped[0],
@@ -657,66 +604,13 @@ class Ingest:
             )
 
     def analysis_failed(self, s: SpectrumInput, e: Exception) -> None:
-        self.event(
-            "analysis_error",
+        self.events.derived(
+            EventKind.ANALYSIS_ERROR,
             None,
             None,
             spectrum_id=s.spectrum_id,
             error=f"{type(e).__name__}: {e}",
         )
-
-    def _realign_overlapping(self, t0: float, t1: float) -> None:
-        redo = [(p, al) for p, al in self.partial if p.t_start <= t1 and p.t_end >= t0]
-        for p, old in redo:
-            self.partial.remove((p, old))
-        if not redo:
-            return
-        fresh = self._align([p for p, _ in redo], timed_out=[False] * len(redo), revision=1)
-        self.counts["partial"] -= sum(not new.partial for new in fresh)
-
-    def _realign_ended(self, mark_before: float, mark_now: float) -> None:
-        ended = [
-            (p, al)
-            for p, al in self.partial
-            if mark_before < p.t_end <= mark_now and al.reason.endswith("does not cover the window")
-        ]
-        for p, _ in ended:
-            self._realign_overlapping(p.t_start, p.t_end)
-
-    def _forget_filled_gaps(self, tracker: SequenceTracker) -> None:
-        before = len(self.pstat_gaps)
-        self.pstat_gaps = [
-            g
-            for g in self.pstat_gaps
-            if g[4] == MALFORMED_BATCH or tracker.any_missing(g[4], g[0], g[1])
-        ]
-        if len(self.pstat_gaps) != before:
-            filled = [(p, al) for p, al in self.partial if al.reason.startswith("potentiostat")]
-            for p, _ in filled:
-                self._realign_overlapping(p.t_start, p.t_end)
-
-    # -- events ----------------------------------------------------------------------------
-    def event(self, kind: str, link: str | None, t: float | int | None, **detail: Any) -> None:
-        """Record an event derived from the messages (gap, malformed, damage flag...) and put
-        it on the state stream."""
-        self._record_event("ingest", kind, link, t, detail)
-
-    def own_event(self, kind: str, link: str | None, t: float | int | None, **detail: Any) -> None:
-        """Record an event of the monitor's own (a trigger fired, a spot moved, an alarm, a
-        command): reprocess keeps these, it cannot derive them from the messages."""
-        self._record_event("monitor", kind, link, t, detail)
-
-    def _record_event(
-        self, origin: str, kind: str, link: str | None, t: float | int | None, detail: Any
-    ) -> None:
-        t_val = None if t is None or not math.isfinite(t) else float(t)
-        recv_ns = self._recv_ns or time.time_ns()
-        body = _json.encode(detail).decode()
-        self.store.submit("event", (recv_ns, t_val, kind, link, body, origin))
-        self.events[kind] += 1
-        self.publish("event", {"kind": kind, "link": link, "t": t_val, "detail": detail})
-        for listener in self.on_event:
-            listener(kind, link, detail)
 
     def finish(self) -> None:
         """End of input: align what is still waiting, with what there is; a rest still going
@@ -753,13 +647,13 @@ class Ingest:
             "sources": sources,
             "spectra": {
                 "total": self.counts["spectra"],
-                "aligned": self.counts["aligned"],
-                "partial": self.counts["partial"],
+                "aligned": self.aligner.counts["aligned"],
+                "partial": self.aligner.counts["partial"],
                 "pending": len(self.pending),
             },
             "potentiostat_rows": self.counts["potentiostat_rows"],
             "cell": self.cell,
-            "events": dict(self.events),
+            "events": {str(k): n for k, n in self.events.counts.items()},
             "source_time": self.now if math.isfinite(self.now) else None,
             "store_backlog_bytes": self.store.backlog_bytes,
             "analysis_backlog": self.analysis_thread.backlog if self.analysis_thread else 0,
@@ -768,112 +662,3 @@ class Ingest:
             "store_writer_restarts": self.store.writer_restarts,
             "store_rows_refused": self.store.rows_refused,
         }
-
-
-def restore(ingest: Ingest, conn: Any, run_dir: Path) -> None:
-    """Continue a run recorded earlier (the monitor was restarted on the same run directory).
-
-    Sequence trackers resume each source's last session, the potentiostat history is rebuilt
-    from the recorded rows (so coulomb counting continues), counters are reloaded, and spectra
-    that were recorded but never aligned wait again.
-    """
-    stream = "seq IS NOT NULL AND kind NOT IN ('command', 'ack')"
-    for link, session, seq in conn.execute(
-        f"SELECT r.link, r.session, (SELECT max(seq) FROM raw WHERE link = r.link AND "
-        f"session = r.session AND {stream}) FROM raw r WHERE r.id IN "
-        f"(SELECT max(id) FROM raw WHERE {stream} GROUP BY link)"
-    ):
-        if link in ingest.links:
-            # what was still missing when the monitor stopped: a refill can still fill it
-            lost = lost_ranges(conn, link)
-            tracker = ingest.links[link].tracker
-            for past, last in conn.execute(
-                f"SELECT session, max(seq) FROM raw WHERE link = ? AND session != ? AND {stream} "
-                "GROUP BY session ORDER BY max(id)",
-                (link, session),
-            ):
-                ranges = lost.get(past, [])
-                tracker.past[past] = (max([last, *(b for _, b in ranges)]) + 1, ranges)
-            tracker.resume(session, seq, lost.get(session, []))
-    for link, n in conn.execute(f"SELECT link, count(*) FROM raw WHERE {stream} GROUP BY link"):
-        if link in ingest.links:
-            ingest.links[link].tracker.messages = n
-    for link, kind, n in conn.execute(
-        "SELECT link, kind, count(*) FROM events GROUP BY link, kind"
-    ):
-        ingest.events[kind] += n
-        state = ingest.links.get(link)
-        if state is not None and kind == "gap":
-            state.tracker.gaps = n
-        elif state is not None and kind in ("malformed", "late"):
-            setattr(state, kind, n)
-    if ingest.pstat_link is not None:
-        cur = conn.execute(
-            "SELECT t, ewe, i, q, mode, step, cycle FROM potentiostat WHERE link = ? "
-            "ORDER BY rowid",
-            (ingest.pstat_link,),
-        )
-        while rows := cur.fetchmany(100_000):
-            a = np.array(rows, dtype=np.float64)
-            q = None if np.isnan(a[:, 3]).any() else a[:, 3]
-            ingest.history.extend(
-                a[:, 0],
-                a[:, 1],
-                a[:, 2],
-                a[:, 4].astype(np.int8),
-                a[:, 5].astype(np.int32),
-                a[:, 6].astype(np.int32),
-                q,
-            )
-    (n_rows,) = conn.execute("SELECT count(*) FROM potentiostat").fetchone()
-    ingest.counts["potentiostat_rows"] = n_rows
-    (n_spectra,) = conn.execute("SELECT count(*) FROM spectra").fetchone()
-    (n_aligned, n_partial) = conn.execute(
-        "SELECT count(*), coalesce(sum(partial), 0) FROM alignment"
-    ).fetchone()
-    ingest.counts.update(spectra=n_spectra, aligned=n_aligned, partial=n_partial)
-    counted: dict[int, tuple[float, float]] = {}  # waiting spectra's doses, before and after
-    if ingest.dose is not None:  # doses continue; the damage history starts afresh
-        for spot, dose in conn.execute("SELECT spot, max(after_Gy) FROM dose GROUP BY spot"):
-            ingest.dose.totals[spot] = dose
-        counted = {
-            sid: (before, after)
-            for sid, before, after in conn.execute(
-                "SELECT spectrum_id, before_Gy, after_Gy FROM dose "
-                "WHERE spectrum_id NOT IN (SELECT spectrum_id FROM alignment)"
-            )
-        }
-    waiting = conn.execute(
-        "SELECT s.id, s.link, s.scan_id, s.kind, s.t_start, s.t_end, s.edge, s.spot_id, "
-        "s.trigger_id, s.channels, s.raw_id FROM spectra s "
-        "WHERE s.id NOT IN (SELECT spectrum_id FROM alignment)"
-    ).fetchall()
-    for sid, link, scan_id, kind, t0, t1, edge, spot, trig, chans, raw_id in waiting:
-        msg = decode(read_raw(run_dir, raw_id).frames)
-        analysis = spectrum_input(sid, msg.header)  # type: ignore[arg-type]
-        if sid in counted:  # counted before the restart
-            analysis.dose_before_Gy, analysis.dose_after_Gy = counted[sid]
-        else:  # received, but its dose row was not yet written
-            ingest._count_dose(analysis, msg.arrays)
-        pt = msg.arrays.get("point_t")
-        offset = ingest.links[link].config.clock_offset_s if link in ingest.links else 0.0
-        ingest.pending.append(
-            PendingSpectrum(
-                sid,
-                link,
-                scan_id,
-                kind,
-                t0,
-                t1,
-                None if pt is None else pt.astype(np.float64) + offset,
-                {
-                    "edge": edge,
-                    "spot": spot,
-                    "trigger_id": trig or "",
-                    "channels": msgspec.json.decode(chans or "[]"),
-                    "raw_id": raw_id,
-                },
-                analysis,
-                msg.arrays,
-            )
-        )

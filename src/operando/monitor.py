@@ -1,11 +1,13 @@
-"""The monitor service: subscribe to the instruments, record, align, publish derived state.
+"""The monitor service: subscribe to the instruments, record, align, publish the run's state.
 
 The only module that knows every other one. One asyncio process:
 - one ``Subscriber`` per configured source feeds ``Ingest`` (record -> decode -> align);
-- derived state goes out on a PUB socket for dashboards, in batches, and is dropped (never
-  blocking ingest) for a dashboard too slow to keep up: state messages are numbered, so a
-  dashboard sees what it missed and reloads from the run store;
-- a command socket answers status queries;
+- the state stream (a PUB socket) carries the monitor's status and "these tables changed"
+  notices (``{"topic": "alignment", "spectrum_id": 12, ...}``), never the data: a dashboard
+  reads the data from the run store (``store.follow``), so what it shows is what was recorded.
+  Notices go out in batches and are dropped (never blocking ingest) for a dashboard too slow
+  to keep up: state messages are numbered, so a dashboard sees what it missed and reads again;
+- a command socket answers status queries and manual actions;
 - a periodic task aligns spectra whose timeout passed, watches for silent sources and
   publishes status.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -24,20 +25,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import zmq
 import zmq.asyncio
 
 from operando.alarms import Alarms
 from operando.analysis_thread import AnalysisThread
-from operando.config import ExperimentConfig, SourceConfig
-from operando.ingest import Ingest, restore
+from operando.config import Action, ExperimentConfig, SourceConfig
+from operando.events import EventKind, EventLog
+from operando.ingest import Ingest
 from operando.orchestrate.orchestrator import Orchestrator
-from operando.orchestrate.triggers import Action
 from operando.protocol import Command, StateUpdate, encode
 from operando.refill import Refiller
-from operando.run import save_run_config
-from operando.store import RunStore, connect
+from operando.restore import restore
+from operando.store.files import write_monitor_file
+from operando.store.reader import Run
+from operando.store.writer import RunStore, save_run_config
 from operando.transport import (
     CommandClient,
     CommandError,
@@ -50,8 +52,6 @@ from operando.transport import (
 
 log = logging.getLogger(__name__)
 
-MONITOR_FILE = "monitor.json"  # endpoints of the monitor running on this run directory
-
 
 def resolve_run_dir(cfg: ExperimentConfig, run_dir: str | Path | None) -> Path:
     if run_dir is not None:
@@ -61,7 +61,8 @@ def resolve_run_dir(cfg: ExperimentConfig, run_dir: str | Path | None) -> Path:
 
 
 class StatePublisher:
-    """Batches state updates and publishes them without ever blocking ingest."""
+    """Batches status and table-changed notices and publishes them without ever blocking
+    ingest."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, hwm: int = 2000) -> None:
         self.sock = ctx.socket(zmq.PUB)
@@ -106,39 +107,45 @@ class Monitor:
         self.store = RunStore(self.run_dir)
         save_run_config(self.run_dir, cfg)
         self.state = StatePublisher(self.ctx, cfg.monitor.state_endpoint)
+        # one event log for the run: store, state stream, and the services that react to it
+        self.events = EventLog(self.store, self.state)
+        self.alarms = Alarms(self.events.own)
+        orch_cfg = cfg.orchestration
+        spectrometers = [s for s in cfg.sources if s.role == "spectrometer"]
+        curve = {
+            s.name: client_curve(orch_cfg.client_secret, s.command_key)
+            for s in cfg.sources
+            if s.command_key
+        }
+        self.orchestrator = Orchestrator(
+            orch_cfg,
+            self.ctx,
+            cfg.potentiostat,
+            spectrometers[0] if spectrometers else None,
+            self.events.own,
+            curve,
+            self.alarms,
+            dose_budget_Gy=cfg.analysis.dose_budget_Gy,
+            rest=cfg.analysis.rest,
+        )
+        self.refiller = Refiller(self.ctx, cfg.sources, self.events.own, curve)
         self.ingest = Ingest(
-            self.store, cfg.sources, cfg.alignment, self.state, cfg.analysis, self.run_dir
+            self.store,
+            cfg.sources,
+            cfg.alignment,
+            self.state,
+            cfg.analysis,
+            self.run_dir,
+            events=self.events,
+            orchestrator=self.orchestrator,
         )
         if self.store.reopened:
-            conn = connect(self.store.path, readonly=True)
-            try:
-                restore(self.ingest, conn, self.run_dir)
-            finally:
-                conn.close()
-            for rec in self.store.unindexed:  # in the log, not yet indexed when it crashed
-                self.ingest.process_record(rec)
-            self.ingest.align_due()
-            self.ingest.own_event(
-                "monitor_restarted",
-                None,
-                None,
-                pid=os.getpid(),
-                recovered=len(self.store.unindexed),
-                torn_record=self.store.torn,
-            )
-        self.alarms = Alarms(self.ingest.own_event)
-        if self.store.reopened:
-            conn = connect(self.store.path, readonly=True)
-            try:
-                self.alarms.restore(
-                    conn.execute(
-                        "SELECT kind, detail FROM events WHERE kind IN "
-                        "('alarm', 'alarm_acknowledged') ORDER BY id"
-                    )
-                )
-            finally:
-                conn.close()
-        self.ingest.on_event.append(self.alarms.on_event)
+            self._restore()
+        self.events.listeners += [self.alarms.on_event, self.refiller.on_event]
+        if self.ingest.dose is not None:
+            self.ingest.dose.on_dose.append(self.orchestrator.on_dose)
+        if self.ingest.analyzer is not None:
+            self.ingest.analyzer.on_damage.append(self.orchestrator.on_damage)
         self.subscribers: list[Subscriber] = []
         self.commands = CommandServer(
             self.ctx,
@@ -157,36 +164,33 @@ class Monitor:
             },
         )
         self.commands.on_command = self._audit
-        orch_cfg = cfg.orchestration
-        if orch_cfg.dose_budget_Gy <= 0:
-            orch_cfg = msgspec.structs.replace(orch_cfg, dose_budget_Gy=cfg.analysis.dose_budget_Gy)
-        spectrometers = [s for s in cfg.sources if s.role == "spectrometer"]
-        curve = {
-            s.name: client_curve(orch_cfg.client_secret, s.command_key)
-            for s in cfg.sources
-            if s.command_key
-        }
-        self.orchestrator = Orchestrator(
-            orch_cfg,
-            self.ctx,
-            cfg.potentiostat,
-            spectrometers[0] if spectrometers else None,
-            self.ingest.own_event,
-            curve,
-            self.alarms,
-        )
-        self.ingest.orchestrator = self.orchestrator
-        self.refiller = Refiller(self.ctx, cfg.sources, self.ingest.own_event, curve)
-        self.ingest.on_event.append(self.refiller.on_event)
-        if self.ingest.dose is not None:
-            self.ingest.dose.on_dose.append(self.orchestrator.on_dose)
-        if self.ingest.analyzer is not None:
-            self.ingest.analyzer.on_damage.append(self.orchestrator.on_damage)
         self._manual_count = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._silent: set[str] = set()
         self._rows_refused = 0  # how many the store has refused, as last alarmed
         self.stopping = asyncio.Event()
+
+    def _restore(self) -> None:
+        """The run was recorded before (a restarted monitor): continue it. What was recorded
+        is derived again but not acted on (no trigger fires twice, no alarm is raised again:
+        the recorded ones are restored)."""
+        self.orchestrator.closed = True
+        with Run(self.run_dir) as run:
+            restore(self.ingest, run)
+        for rec in self.store.unindexed:  # in the log, not yet indexed when it crashed
+            self.ingest.process_record(rec)
+        self.ingest.align_due()
+        self.orchestrator.closed = False
+        self.events.own(
+            EventKind.MONITOR_RESTARTED,
+            None,
+            None,
+            pid=os.getpid(),
+            recovered=len(self.store.unindexed),
+            torn_record=self.store.torn,
+        )
+        with Run(self.run_dir) as run:
+            self.alarms.restore(run.alarm_events())
 
     async def _status(self, cmd: Command) -> dict[str, Any]:
         return self.status()
@@ -208,7 +212,7 @@ class Monitor:
             ack = await orch.act(action, tid)
         else:
             client = orch.spec if cmd.action == "move" else orch.pstat
-            ack = await orch._command(client, cmd.action, dict(cmd.args), tid)
+            ack = await orch.command(client, cmd.action, dict(cmd.args), tid)
         if ack is None:
             raise RuntimeError(f"{cmd.action}: the driver did not answer (see alarms)")
         if not ack.ok:
@@ -223,8 +227,8 @@ class Monitor:
 
     def _audit(self, cmd: Any, ack: Any) -> None:
         if cmd.action not in ("status", "ping"):
-            self.ingest.own_event(
-                "command",
+            self.events.own(
+                EventKind.COMMAND,
                 "monitor",
                 None,
                 id=cmd.id,
@@ -290,14 +294,18 @@ class Monitor:
                 t1 = time.time_ns()
                 offsets.append(((t0 + t1) / 2 - ack.result["t_ns"]) * 1e-9)
         except (CommandError, KeyError) as e:
-            self.ingest.own_event("clock_estimate_failed", src.name, None, error=str(e))
+            self.events.own(EventKind.CLOCK_ESTIMATE_FAILED, src.name, None, error=str(e))
             return
         finally:
             await client.close()
         offset = statistics.median(offsets)
-        self.ingest.links[src.name].config.clock_offset_s = offset
-        self.ingest.own_event(
-            "clock_offset", src.name, None, offset_s=offset, spread_s=max(offsets) - min(offsets)
+        self.ingest.set_clock_offset(src.name, offset)  # recorded below: reprocess reads it
+        self.events.own(
+            EventKind.CLOCK_OFFSET,
+            src.name,
+            None,
+            offset_s=offset,
+            spread_s=max(offsets) - min(offsets),
         )
 
     def _write_monitor_file(self) -> None:
@@ -310,7 +318,7 @@ class Monitor:
                 for s in self.cfg.sources
             },
         }
-        (self.run_dir / MONITOR_FILE).write_text(json.dumps(info, indent=2))
+        write_monitor_file(self.run_dir, info)
 
     async def _tick(self) -> None:
         interval = self.cfg.monitor.status_interval_s
@@ -319,11 +327,11 @@ class Monitor:
             self.ingest.align_due()
             self._watch_silence()
             if self.store.last_error:
-                self.ingest.own_event("store_error", None, None, error=self.store.last_error)
+                self.events.own(EventKind.STORE_ERROR, None, None, error=self.store.last_error)
             if self.store.rows_refused > self._rows_refused:  # a bug: a person should know
                 self._rows_refused = self.store.rows_refused
                 error = f"{self._rows_refused} row(s) refused, the last: {self.store.last_refused}"
-                self.ingest.own_event("store_error", None, None, error=error)
+                self.events.own(EventKind.STORE_ERROR, None, None, error=error)
             self.state("status", self.status())
             self.state.flush()
 
@@ -335,10 +343,10 @@ class Monitor:
             silent = time.monotonic() - link.last_seen_wall > limit
             if silent and name not in self._silent:
                 self._silent.add(name)
-                self.ingest.own_event("disconnected", name, None, silent_s=limit)
+                self.events.own(EventKind.DISCONNECTED, name, None, silent_s=limit)
             elif not silent and name in self._silent:
                 self._silent.discard(name)
-                self.ingest.own_event("reconnected", name, None)
+                self.events.own(EventKind.RECONNECTED, name, None)
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -204,7 +204,7 @@ class Message:
     """A decoded message: the validated header and its arrays (read-only views of the frames)."""
 
     header: Header
-    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
+    arrays: LazyArrays
 
     @property
     def kind(self) -> str:

@@ -13,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import zmq.asyncio
 
 from operando.config import SourceConfig
+from operando.events import EventKind, Recorder
 from operando.transport import CommandClient, CommandError
 
 log = logging.getLogger(__name__)
-
-Event = Callable[..., None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +39,7 @@ class Refiller:
         self,
         ctx: zmq.asyncio.Context,
         sources: Sequence[SourceConfig],
-        event: Event,
+        event: Recorder,
         curve: dict[str, dict[str, bytes]] | None = None,
         *,
         attempts: int = 5,
@@ -60,8 +59,8 @@ class Refiller:
         self.resent = 0
         self.unrecoverable = 0
 
-    def on_event(self, kind: str, link: str | None, detail: dict[str, Any]) -> None:
-        if kind == "gap" and link in self.sources:
+    def on_event(self, kind: EventKind, link: str | None, detail: dict[str, Any]) -> None:
+        if kind == EventKind.GAP and link in self.sources:
             self.queue.put_nowait(
                 RefillRequest(
                     link, str(detail["session"]), int(detail["first"]), int(detail["last"])
@@ -110,7 +109,7 @@ class Refiller:
             unavailable = [list(r) for r in ack.result.get("unavailable", [])]
             self.resent += resent
             self.event(
-                "refill",
+                EventKind.REFILL,
                 req.link,
                 None,
                 session=req.session,
@@ -127,7 +126,7 @@ class Refiller:
     def _unrecoverable(self, req: RefillRequest, first: int, last: int, reason: str) -> None:
         self.unrecoverable += last - first + 1
         self.event(
-            "gap_unrecoverable",
+            EventKind.GAP_UNRECOVERABLE,
             req.link,
             None,
             session=req.session,

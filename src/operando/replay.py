@@ -30,8 +30,7 @@ from operando.protocol import (
     StateUpdate,
     decode,
 )
-from operando.run import load_run_config
-from operando.store import iter_raw, open_readonly
+from operando.store.reader import Run, iter_raw, load_run_config
 from operando.transport import Publisher
 
 log = logging.getLogger(__name__)
@@ -56,13 +55,8 @@ class Replay:
         self.sent: dict[str, int] = {}
 
     def _recorded(self) -> tuple[list[str], int]:
-        conn = open_readonly(self.run_dir)
-        try:
-            links = [r[0] for r in conn.execute("SELECT DISTINCT link FROM raw ORDER BY link")]
-            (total,) = conn.execute("SELECT count(*) FROM raw").fetchone()
-            return links, int(total)
-        finally:
-            conn.close()
+        with Run(self.run_dir) as run:
+            return run.links(), run.raw_count()
 
     async def run(self, progress: Progress | None = None) -> dict[str, int]:
         links, total = self._recorded()

@@ -2,7 +2,8 @@
 
 The same ``Ingest`` the live monitor uses runs over the raw table in the order received, so the
 derived tables are what live ingest would have produced with every message on time (spectra
-that timed out live may now be fully aligned: nothing waits on a clock here).
+that timed out live may now be fully aligned: nothing waits on a clock here). Run-time facts
+the messages do not carry are read back from the run: the clock offsets the monitor measured.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 
 from operando.config import ExperimentConfig
 from operando.ingest import Ingest
-from operando.run import load_run_config
-from operando.store import RunStore, connect, iter_raw, store_path
+from operando.store.reader import Run, iter_raw, load_run_config
+from operando.store.writer import RunStore
 
 
 def reprocess(
@@ -24,9 +25,12 @@ def reprocess(
     cfg: ExperimentConfig = load_run_config(run_dir)
     store = RunStore(run_dir)
     try:
+        with Run(run_dir) as run:
+            total, offsets = run.raw_count() + len(store.unindexed), run.clock_offsets()
         store.clear_derived()
-        total = len(store.unindexed) + _count(run_dir)
         ingest = Ingest(store, cfg.sources, cfg.alignment, analysis=cfg.analysis, base_dir=run_dir)
+        for link, offset in offsets.items():  # measured live (ping): the same source times
+            ingest.set_clock_offset(link, offset)
         for n, rec in enumerate(iter_raw(run_dir), 1):
             ingest.process_record(rec)
             if n % 500 == 0:  # as the monitor does after each received batch
@@ -38,11 +42,3 @@ def reprocess(
         return ingest.status()
     finally:
         store.close()
-
-
-def _count(run_dir: Path) -> int:
-    conn = connect(store_path(run_dir), readonly=True)
-    try:
-        return int(conn.execute("SELECT count(*) FROM raw").fetchone()[0])
-    finally:
-        conn.close()

@@ -1,6 +1,6 @@
 """ZeroMQ transport (asyncio): a lossless publisher, a draining subscriber, a command channel.
 
-Measured facts this rests on (DESIGN.md): plain PUB drops silently under load; XPUB with
+Measured facts this rests on (docs/decisions/0002): plain PUB drops silently under load; XPUB with
 ``XPUB_NODROP`` is lossless at PUSH-like rates, and under asyncio ``send`` raises ``zmq.Again``
 at the high-water mark instead of waiting, so we wait for POLLOUT and retry. Each small message
 costs ~20-30 us of asyncio overhead, so the subscriber drains whatever else is queued with a
@@ -90,7 +90,7 @@ class Publisher:
         self.sock.setsockopt(zmq.XPUB_NODROP, 1)
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.sock.bind(endpoint)
-        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.subscribers = 0
         self._subscribed = asyncio.Event()
         self._series_start: SeriesStart | None = None
@@ -189,7 +189,8 @@ class Publisher:
                 await self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
                 return
             except zmq.Again:  # a subscriber is at its high-water mark: wait, do not drop
-                await self.sock.poll(100, zmq.POLLOUT)
+                # pyzmq's _future.pyi leaves out poll's flags (the code has them)
+                await self.sock.poll(100, zmq.POLLOUT)  # pyright: ignore[reportCallIssue]
 
     async def start_series(self, series: str, instrument: str, metadata: dict[str, Any]) -> None:
         self.series = series
@@ -353,7 +354,7 @@ class CommandServer:
             self.sock.curve_publickey, self.sock.curve_secretkey = curve
         self.sock.bind(endpoint)
         self.drop_acks = drop_acks  # fault injection: acks that are lost (tests, benches)
-        self.endpoint = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.source = source
         self.handlers = dict(handlers)
         self.clock = clock

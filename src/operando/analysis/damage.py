@@ -15,12 +15,23 @@ A flag carries its evidence: the test, statistic, p-value, slope where there is 
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from typing import Any
 
 import msgspec
 import numpy as np
 from scipy import stats
 
-from operando.config import DamageSettings
+from operando.analysis.rest import RestCriterion
+
+
+class DamageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The tests' own settings (``[analysis.damage]``); 'at rest' is the run's one
+    ``RestCriterion``, not a threshold of their own."""
+
+    alpha: float = 1e-3
+    soc_tolerance: float = 0.005  # SOC change allowed between 'constant state' scans
+    slope_window: int = 6  # recent scans in the dose-slope regression
+    systematic: float = 0.01  # added in quadrature to fit uncertainties (fresh-spot test)
 
 
 class ScanSummary(msgspec.Struct, kw_only=True):
@@ -31,6 +42,7 @@ class ScanSummary(msgspec.Struct, kw_only=True):
     dose_after_Gy: float
     soc: float
     i_mean_mA: float
+    mode: int = -1  # the alignment's control mode (-1: not known)
     lowest: str  # name of the lowest valence
     lowest_fraction: float
     lowest_uncertainty: float
@@ -50,8 +62,11 @@ class DamageFlag(msgspec.Struct, kw_only=True):
 
 
 class DamageDetector:
-    def __init__(self, settings: DamageSettings | None = None) -> None:
+    def __init__(
+        self, settings: DamageSettings | None = None, rest: RestCriterion | None = None
+    ) -> None:
         self.s = settings or DamageSettings()
+        self.rest = rest or RestCriterion()
         self.history: dict[tuple[str, str], deque[ScanSummary]] = defaultdict(
             lambda: deque(maxlen=max(self.s.slope_window, 2))
         )
@@ -59,8 +74,8 @@ class DamageDetector:
 
     def _constant(self, a: ScanSummary, b: ScanSummary) -> bool:
         return (
-            abs(a.i_mean_mA) < self.s.rest_current_mA
-            and abs(b.i_mean_mA) < self.s.rest_current_mA
+            bool(self.rest(a.mode, a.i_mean_mA))
+            and bool(self.rest(b.mode, b.i_mean_mA))
             and abs(a.soc - b.soc) <= self.s.soc_tolerance
         )
 
@@ -117,10 +132,11 @@ class DamageDetector:
         f = np.array([r.lowest_fraction for r in run])
         if np.ptp(dose) <= 0:
             return None
-        res = stats.linregress(dose, f)
-        if not np.isfinite(res.stderr) or res.stderr == 0:
+        res: Any = stats.linregress(dose, f)  # scipy's result type is not declared
+        slope, stderr = float(res.slope), float(res.stderr)
+        if not np.isfinite(stderr) or stderr == 0:
             return None
-        t = res.slope / res.stderr
+        t = slope / stderr
         p = float(stats.t.sf(t, len(run) - 2))
         if p >= self.s.alpha:
             return None
@@ -131,7 +147,7 @@ class DamageDetector:
             statistic=float(t),
             p_value=p,
             dose_Gy=scan.dose_before_Gy,
-            detail={"slope_per_MGy": float(res.slope * 1e6), "scans": float(len(run))},
+            detail={"slope_per_MGy": float(slope * 1e6), "scans": float(len(run))},
         )
 
     def _fresh(self, scan: ScanSummary) -> DamageFlag | None:

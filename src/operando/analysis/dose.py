@@ -1,4 +1,4 @@
-"""Radiation dose at the sample surface, per spot: D = N E mu / (rho A) (DESIGN.md).
+"""Radiation dose at the sample surface, per spot: D = N E mu / (rho A) (docs/decisions/0008).
 
 N photons of energy E on area A; mu the linear absorption coefficient of the sample (from
 xraydb for its formula and density), rho its density. For a scan the sum runs over its points

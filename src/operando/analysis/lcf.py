@@ -2,7 +2,8 @@
 
 Soft X-ray pre-edges are short and backgrounds sloped, and I0 division leaves a few-percent
 drift, so a fixed normalisation followed by NNLS errs by ~0.02-0.09 in the fractions
-(DESIGN.md). Instead the background and scale are fitted together with the weights:
+(docs/decisions/0005). Instead the background and scale are fitted
+together with the weights:
 
     y(E) = sum_v c_v ref_v(E - shift) * (1 + t x) + b0 + b1 x,   c_v >= 0,   x in [-1, 1]
 
@@ -28,6 +29,7 @@ import numpy as np
 from scipy.optimize import least_squares, nnls
 
 from operando.analysis.references import References
+from operando.analysis.signal import MAX_SIGNAL
 
 
 class FitError(ValueError):
@@ -49,10 +51,6 @@ class FitResult(msgspec.Struct, kw_only=True):
     n_points: int
     method: str = "linear"
     weighted: bool = False  # chi2_red is against given noise (True) or the scatter (False)
-
-
-# Beyond any normalised signal: a value this large is damaged, and would spoil a fit.
-MAX_SIGNAL = 1e15
 
 
 def _solve(a: np.ndarray, y: np.ndarray, n_pos: int) -> np.ndarray:

@@ -23,31 +23,6 @@ import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
 
-class RestPeriod(msgspec.Struct, frozen=True):
-    t_stop: float  # when |I| fell below the threshold
-    t_end: float  # last sample still at rest (or the end of the record)
-
-
-def rest_periods(
-    t: np.ndarray, current_mA: np.ndarray, threshold_mA: float, min_duration_s: float = 0.0
-) -> list[RestPeriod]:
-    """Intervals with |I| below ``threshold_mA`` that follow a current step."""
-    rest = np.abs(np.asarray(current_mA)) < threshold_mA
-    out = []
-    k, n = 1, len(t)
-    while k < n:
-        if rest[k] and not rest[k - 1]:
-            j = k
-            while j + 1 < n and rest[j + 1]:
-                j += 1
-            if t[j] - t[k] >= min_duration_s:
-                out.append(RestPeriod(float(t[k]), float(t[j])))
-            k = j + 1
-        else:
-            k += 1
-    return out
-
-
 def _single(t, y_inf, y0, tau):
     return y_inf + (y0 - y_inf) * np.exp(-t / tau)
 

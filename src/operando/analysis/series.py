@@ -8,6 +8,7 @@ known references where there are any, and read the components as hypotheses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 from pymcr.constraints import ConstraintNonneg, ConstraintNorm
@@ -63,14 +64,14 @@ def mcr_als(
         seed = d[picks]
     mcr = McrAR(
         max_iter=max_iter,
-        c_regr=NNLS(),
-        st_regr=NNLS(),
+        c_regr=cast(Any, NNLS()),  # pymcr declares its regressors as OLS only
+        st_regr=cast(Any, NNLS()),
         tol_increase=2.0,
         c_constraints=[ConstraintNonneg(), ConstraintNorm()],
         st_constraints=[ConstraintNonneg()],
     )
     mcr.fit(d, ST=np.asarray(seed, float), verbose=False)
-    fit = mcr.C_opt_ @ mcr.ST_opt_
-    return MCRResult(
-        mcr.C_opt_, mcr.ST_opt_, int(mcr.n_iter), float(np.linalg.norm(d - fit) / np.linalg.norm(d))
-    )
+    c, st, n_iter = mcr.C_opt_, mcr.ST_opt_, mcr.n_iter
+    assert c is not None and st is not None and n_iter is not None  # set by fit
+    fit = c @ st
+    return MCRResult(c, st, int(n_iter), float(np.linalg.norm(d - fit) / np.linalg.norm(d)))

@@ -27,7 +27,7 @@ import numpy as np
 from operando import __version__
 from operando.export import Progress
 from operando.export.nexus import nexus_name
-from operando.recorded import RecordedRun, RecordedSpectrum
+from operando.store.reader import RecordedSpectrum, Run
 
 Document = tuple[str, dict[str, Any]]
 SERIALIZERS = ("jsonl", "msgpack")
@@ -62,7 +62,7 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def run_documents(run: RecordedRun, progress: Progress | None = None) -> Iterator[Document]:
+def run_documents(run: Run, progress: Progress | None = None) -> Iterator[Document]:
     import event_model
 
     t0, t1 = run.time_range()
@@ -85,7 +85,7 @@ def run_documents(run: RecordedRun, progress: Progress | None = None) -> Iterato
     yield "stop", dict(bundle.compose_stop(time=t1))
 
 
-def _electrochemistry(bundle: Any, run: RecordedRun) -> Iterator[Document]:
+def _electrochemistry(bundle: Any, run: Run) -> Iterator[Document]:
     df = run.potentiostat()
     if df.empty:
         return
@@ -114,14 +114,12 @@ def _electrochemistry(bundle: Any, run: RecordedRun) -> Iterator[Document]:
         yield "event_page", dict(page)
 
 
-def _group_spectra(
-    run: RecordedRun, progress: Progress | None
-) -> dict[str, list[RecordedSpectrum]]:
+def _group_spectra(run: Run, progress: Progress | None) -> dict[str, list[RecordedSpectrum]]:
     """Spectra by stream: scans of one edge and shape, or the rows of one RIXS map."""
     total = run.count_spectra()
     shapes: dict[tuple[Any, ...], str] = {}
     streams: dict[str, list[RecordedSpectrum]] = {}
-    for n, s in enumerate(run.spectra(), 1):
+    for n, s in enumerate(run.iter_spectra(), 1):
         if s.kind == "rixs_rows":
             shape: tuple[Any, ...] = ("rixs", s.map_id or s.scan_id)
             base = nexus_name(f"rixs_{s.map_id or s.scan_id}")
@@ -197,7 +195,7 @@ def write_documents(
     out = Path(out)
     counts: dict[str, int] = {}
     enc = msgspec.json.Encoder() if serializer == "jsonl" else msgspec.msgpack.Encoder()
-    with RecordedRun(run_dir) as run, open(out, "wb") as f:
+    with Run(run_dir) as run, open(out, "wb") as f:
         for name, doc in run_documents(run, progress):
             counts[name] = counts.get(name, 0) + 1
             f.write(enc.encode([name, doc]))

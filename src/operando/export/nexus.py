@@ -33,9 +33,9 @@ import msgspec
 import numpy as np
 
 from operando import __version__
-from operando.analyze import signal
+from operando.analysis.signal import signal
 from operando.export import Progress
-from operando.recorded import RecordedRun, RecordedSpectrum
+from operando.store.reader import RecordedSpectrum, Run
 
 _STR = "utf-8"
 
@@ -77,7 +77,7 @@ def export_nexus(run_dir: str | Path, out: str | Path, progress: Progress | None
     import h5py
 
     out = Path(out)
-    with RecordedRun(run_dir) as run, h5py.File(out, "w") as f:
+    with Run(run_dir) as run, h5py.File(out, "w") as f:
         t0, t1 = run.time_range()
         f.attrs.update(
             NX_class="NXroot",
@@ -114,12 +114,12 @@ def export_nexus(run_dir: str | Path, out: str | Path, progress: Progress | None
 
 
 def collect_spectra(
-    run: RecordedRun, progress: Progress | None
+    run: Run, progress: Progress | None
 ) -> tuple[dict[tuple[str, str], list[RecordedSpectrum]], dict[str, list[RecordedSpectrum]]]:
     total = run.count_spectra()
     xas: dict[tuple[str, str], list[RecordedSpectrum]] = {}
     rixs: dict[str, list[RecordedSpectrum]] = {}
-    for n, s in enumerate(run.spectra(), 1):
+    for n, s in enumerate(run.iter_spectra(), 1):
         if s.kind == "rixs_rows":
             rixs.setdefault(s.map_id or s.scan_id, []).append(s)
         else:
@@ -131,7 +131,7 @@ def collect_spectra(
     return xas, rixs
 
 
-def _write_electrochemistry(entry: Any, run: RecordedRun, t0: float) -> None:
+def _write_electrochemistry(entry: Any, run: Run, t0: float) -> None:
     df = run.potentiostat()
     g = _group(entry, "electrochemistry", "NXdata", signal="Ewe", axes="time")
     _field(g, "time", df["t"].to_numpy() - t0, "s", start=_iso(t0))
@@ -258,7 +258,7 @@ def _write_rixs(entry: Any, name: str, rows: list[RecordedSpectrum], t0: float) 
     _field(g, "soc", [_num((s.alignment or {}).get("soc")) for s in rows])
 
 
-def _write_events(entry: Any, run: RecordedRun, t0: float) -> None:
+def _write_events(entry: Any, run: Run, t0: float) -> None:
     ev = run.events()
     g = _group(entry, "events", "NXcollection")
     _field(g, "id", ev["id"].to_numpy())

@@ -21,7 +21,7 @@ import pandas as pd
 from operando import __version__
 from operando.export import Progress
 from operando.export.nexus import collect_spectra, nexus_name, stack_channel
-from operando.recorded import RecordedRun
+from operando.store.reader import Run
 
 TILED_MISSING = "writing to Tiled needs the tiled client: pip install 'operando[tiled]'"
 
@@ -39,7 +39,7 @@ def export_tiled(
     except ImportError:
         raise TiledExportError(TILED_MISSING) from None
     client = from_uri(uri, api_key=api_key or os.environ.get("TILED_API_KEY"))
-    with RecordedRun(run_dir) as run:
+    with Run(run_dir) as run:
         if run.name in client:
             raise TiledExportError(f"{uri}: a run named {run.name!r} is already there")
         t0, t1 = run.time_range()

@@ -17,21 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import zmq.asyncio
 
 from operando.alarms import Alarms
-from operando.config import OrchestrationConfig, SourceConfig
-from operando.orchestrate.triggers import Action, Firing, TriggerEngine, firing_detail
+from operando.analysis.rest import RestCriterion
+from operando.config import Action, OrchestrationConfig, SourceConfig
+from operando.events import EventKind, Recorder
+from operando.orchestrate.triggers import Firing, TriggerEngine, firing_detail
 from operando.protocol import Ack, Message, PotentiostatBatch, RIXSRows
 from operando.transport import CommandClient, CommandError
 
 log = logging.getLogger(__name__)
-
-Event = Callable[..., None]
 
 
 class Orchestrator:
@@ -41,13 +40,19 @@ class Orchestrator:
         ctx: zmq.asyncio.Context,
         potentiostat: SourceConfig | None,
         spectrometer: SourceConfig | None,
-        event: Event,
+        event: Recorder,
         curve: dict[str, dict[str, bytes]] | None = None,
         alarms: Alarms | None = None,
+        *,
+        dose_budget_Gy: float = 0.0,
+        rest: RestCriterion | None = None,
     ) -> None:
+        """``dose_budget_Gy``: per spot, the run's one budget (``[analysis]``; 0: none);
+        ``rest``: the run's rest criterion, for ``rest_time`` triggers."""
         self.cfg = cfg
         self.event = event
-        self.engine = TriggerEngine(list(cfg.triggers))
+        self.dose_budget_Gy = dose_budget_Gy
+        self.engine = TriggerEngine(list(cfg.triggers), rest)
         curve = curve or {}
 
         def client(src: SourceConfig | None) -> CommandClient | None:
@@ -102,7 +107,7 @@ class Orchestrator:
             and h.row_offset + len(msg.arrays["excitation"]) >= h.rows_total
         ):
             self.holds.pop(h.trigger_id)
-            self._spawn(self._command(self.pstat, "resume", {}, h.trigger_id))
+            self._spawn(self.command(self.pstat, "resume", {}, h.trigger_id))
 
     def on_spots(self, spots: list[str]) -> None:
         """The spectrometer announced its spots (series metadata) and none were configured."""
@@ -117,7 +122,7 @@ class Orchestrator:
         if spot in self.spent and spot != self.spot:
             self._stray(spot, total_Gy)
             return
-        budget = self.cfg.dose_budget_Gy
+        budget = self.dose_budget_Gy
         if spot == self.spot and budget > 0 and total_Gy + scan_dose_Gy > budget:
             self._rotate(
                 f"spot {spot} at {total_Gy / 1e6:.2f} MGy: the next scan would pass "
@@ -132,7 +137,7 @@ class Orchestrator:
         if self.moving is not None and not self.moving.done():
             return  # the move is still being sent (retries): it answers for itself
         self.event(
-            "spot_move_retry",
+            EventKind.SPOT_MOVE_RETRY,
             None,
             None,
             spot=spot,
@@ -144,7 +149,7 @@ class Orchestrator:
 
     def _move(self) -> None:
         self.strays = 0
-        self.moving = self._spawn(self._command(self.spec, "move", {"spot": self.spot}, ""))
+        self.moving = self._spawn(self.command(self.spec, "move", {"spot": self.spot}, ""))
 
     def on_damage(self, spot: str, test: str) -> None:
         if self.cfg.rotate_on_damage and spot == self.spot and not self.closed:
@@ -154,19 +159,19 @@ class Orchestrator:
     def _fire(self, f: Firing) -> None:
         self.fired += 1
         tid = f"{f.trigger_id}-c{f.cycle}"
-        self.event("trigger", None, f.t, **firing_detail(f), trigger_run_id=tid)
+        self.event(EventKind.TRIGGER, None, f.t, **firing_detail(f), trigger_run_id=tid)
         self._spawn(self.act(f.action, tid))
 
     async def act(self, action: Action, trigger_id: str) -> Ack | None:
         """Carry out one action (also used by manual commands); returns the driver's ack."""
         if action.type == "pause":
-            return await self._command(self.pstat, "pause", {}, trigger_id)
+            return await self.command(self.pstat, "pause", {}, trigger_id)
         if action.type == "rixs_map":
-            held = await self._command(self.pstat, "hold", {}, trigger_id)
+            held = await self.command(self.pstat, "hold", {}, trigger_id)
             if held is None or not held.ok:
                 return held
             self.holds[trigger_id] = trigger_id
-            ack = await self._command(
+            ack = await self.command(
                 self.spec,
                 "acquire",
                 {"mode": "rixs", "trigger_id": trigger_id, **self._spot_arg(action)},
@@ -174,10 +179,10 @@ class Orchestrator:
             )
             if ack is None or not ack.ok:  # no map coming: do not leave the cell held
                 self.holds.pop(trigger_id, None)
-                await self._command(self.pstat, "resume", {}, trigger_id)
+                await self.command(self.pstat, "resume", {}, trigger_id)
             return ack
         args = {"edge": action.edge, "trigger_id": trigger_id, **self._spot_arg(action)}
-        return await self._command(self.spec, "acquire", args, trigger_id)
+        return await self.command(self.spec, "acquire", args, trigger_id)
 
     def _spot_arg(self, action: Action) -> dict[str, str]:
         spot = action.spot or self.spot
@@ -195,12 +200,13 @@ class Orchestrator:
             )
             return
         old, self.spot = self.spot, fresh[0]
-        self.event("spot_change", None, None, old=old, new=self.spot, reason=reason)
+        self.event(EventKind.SPOT_CHANGE, None, None, old=old, new=self.spot, reason=reason)
         self._move()
 
-    async def _command(
+    async def command(
         self, client: CommandClient | None, action: str, args: dict[str, Any], trigger_id: str
     ) -> Ack | None:
+        """Send one command to a driver, audited; a refusal or no answer raises an alarm."""
         if client is None:
             self.alarms.raise_(
                 "command", f"{action}: no command endpoint configured for its driver"
@@ -212,7 +218,7 @@ class Orchestrator:
             self.alarms.raise_("command", str(e), trigger_id=trigger_id)
             return None
         self.event(
-            "ack",
+            EventKind.ACK,
             None,
             None,
             action=action,

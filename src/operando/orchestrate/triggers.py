@@ -7,7 +7,7 @@ firing the trigger re-arms only once that mean has gone back past ``target -/+ h
 so a noisy 10 Hz signal crossing 4.2 V - or held at 4.2 V by a CV step - fires once. With
 ``per_cycle`` it fires at most once per cycle; with ``once``, once in the run. A trigger whose
 quantity starts beyond the target waits for a real crossing. SOC, charge passed and time in
-rest work the same way. Pure: rows in, firings out.
+rest (the run's one ``RestCriterion``) work the same way. Pure: rows in, firings out.
 """
 
 from __future__ import annotations
@@ -15,30 +15,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import numpy as np
 
-from operando.protocol import MODE_OCV
-
-
-class Action(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    type: Literal["acquire", "rixs_map", "pause"] = "acquire"
-    edge: str = ""
-    spot: str = ""  # empty: the orchestrator's current spot
-
-
-class TriggerSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    id: str
-    quantity: Literal["voltage", "soc", "charge", "rest_time"] = "voltage"
-    target: float
-    direction: Literal["charge", "discharge", "either"] = "either"
-    hysteresis: float = 0.02  # in the quantity's unit (V, SOC, mAh, s)
-    tolerance: float = 0.001  # 'reached' when the running mean is within this of the target
-    debounce: int = 5  # samples in the running mean
-    repeat: Literal["per_cycle", "once"] = "per_cycle"
-    action: Action = msgspec.field(default_factory=Action)
+from operando.analysis.rest import RestCriterion
+from operando.config import Action, TriggerSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +43,13 @@ class _State:
 
 
 class TriggerEngine:
-    def __init__(self, specs: list[TriggerSpec]) -> None:
+    def __init__(self, specs: list[TriggerSpec], rest: RestCriterion | None = None) -> None:
         ids = [s.id for s in specs]
         if len(set(ids)) != len(ids):
             raise ValueError(f"trigger ids must be unique, got {ids}")
         self.specs = specs
         self.state = {s.id: _State() for s in specs}
+        self.rest = rest or RestCriterion()  # when 'time in rest' counts
         self.rest_start: float | None = None
 
     def feed(self, rows: dict[str, np.ndarray]) -> list[Firing]:
@@ -74,8 +58,9 @@ class TriggerEngine:
         mode, cycle = rows["mode"], rows["cycle"]
         soc, q = rows.get("soc"), rows.get("q")
         out: list[Firing] = []
+        resting = self.rest(mode, cur)
         for k in range(len(t)):
-            if mode[k] == MODE_OCV:
+            if resting[k]:
                 if self.rest_start is None:
                     self.rest_start = float(t[k])
             else:

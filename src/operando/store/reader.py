@@ -1,0 +1,453 @@
+"""A recorded run, read back: the one read-only reader of a run directory.
+
+``Run`` is what a notebook, the dashboard, the exports, ``inspect``, restore, replay and
+reprocess read a run through. It takes no lock and never writes, so it reads a run that a
+monitor is recording (SQLite in WAL mode: each query sees the rows committed when it began)
+as well as a finished one. Tables come back as pandas DataFrames; a spectrum's arrays come
+from the raw log, their one source.
+
+    >>> import operando
+    >>> run = operando.open_run("runs/peo-nmc-20261204T0900Z")
+    >>> run.fits().query("channel == 'TEY'")[["spectrum_id", "valence", "valence_unc"]]
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pandas as pd
+
+from operando.config import ConfigError, ExperimentConfig, parse_config
+from operando.protocol import ProtocolError, decode
+from operando.rawlog import RawRecord, read_record, scan
+from operando.sequence import missing_ranges
+from operando.store.files import CONFIG_FILE
+from operando.store.schema import StoreError, open_readonly
+
+
+def load_run_config(run_dir: str | Path) -> ExperimentConfig:
+    """The experiment configuration a run was recorded with (``config.json``)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory?")
+    return parse_config(msgspec.json.decode(path.read_bytes()), str(path))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedSpectrum:
+    """One spectrum (an XAS scan or RIXS rows) as the run recorded and analysed it."""
+
+    id: int
+    kind: str  # xas_scan | rixs_rows
+    source: str
+    scan_id: str
+    edge: str
+    t_start: float
+    t_end: float
+    spot: str | None
+    channels: list[str]
+    extra: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    alignment: dict[str, Any] | None  # the alignment document (None: never aligned)
+    fits: dict[str, dict[str, Any]] = field(default_factory=dict)  # channel -> fit document
+    dose: dict[str, float] | None = None
+    map_id: str = ""
+    row_offset: int = 0
+
+
+class Run:
+    """A run directory, read-only: its tables as DataFrames, its spectra with their arrays."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise StoreError(f"{self.run_dir}: no such run directory")
+        self.conn: sqlite3.Connection = open_readonly(self.run_dir)
+        self._config: ExperimentConfig | None = None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Run {self.name}: {self.count_spectra()} spectra>"
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def config(self) -> ExperimentConfig:
+        """The experiment configuration the run was recorded with."""
+        if self._config is None:
+            self._config = load_run_config(self.run_dir)
+        return self._config
+
+    def _frame(self, sql: str, params: tuple[Any, ...] = ()) -> pd.DataFrame:
+        return pd.read_sql_query(sql, self.conn, params=list(params))
+
+    # -- the notebook's tables ---------------------------------------------------------------
+    def potentiostat(self) -> pd.DataFrame:
+        """Every potentiostat row in time order: t (epoch s), Ewe (V), I (mA), Q (mAh), soc,
+        mode, step, cycle, source."""
+        return self._frame(
+            "SELECT t, ewe AS Ewe, i AS I, q AS Q, soc, mode, step, cycle, link AS source "
+            "FROM potentiostat ORDER BY t"
+        )
+
+    def spectra(self) -> pd.DataFrame:
+        """One row a spectrum: what it is (kind, edge, spot, window) and its alignment with
+        the cell (Ewe, I, soc over its window; partial and why) and its spot's dose."""
+        return self._frame(
+            "SELECT s.id AS spectrum_id, s.kind, s.source, s.scan_id, s.edge, s.t_start, "
+            "s.t_end, s.spot_id AS spot, s.spot_x AS x_mm, s.spot_y AS y_mm, s.flux, "
+            "s.exposure, s.trigger_id, s.n_points, a.ewe_mean AS Ewe, a.i_mean AS I, a.soc, "
+            "a.mode, a.step, a.cycle, a.partial, a.reason, a.revision, d.dose_Gy, "
+            "d.after_Gy AS spot_dose_Gy FROM spectra s "
+            "LEFT JOIN alignment a ON a.spectrum_id = s.id "
+            "LEFT JOIN dose d ON d.spectrum_id = s.id ORDER BY s.id"
+        )
+
+    def fits(self) -> pd.DataFrame:
+        """One row a fitted spectrum and channel: average valence with its 1-sigma, chi2_red,
+        energy shift, self-absorption beta, and each valence's fraction (``f:NAME``) and
+        1-sigma (``u:NAME``), with the spectrum's edge, mid time and SOC."""
+        df = self._frame(
+            "SELECT a.spectrum_id, a.channel, s.edge, (s.t_start + s.t_end) / 2 AS t, al.soc, "
+            "a.method, a.valence, a.valence_unc, a.chi2_red, a.shift_eV, a.beta, "
+            "a.fractions, a.uncertainties FROM analysis a JOIN spectra s ON s.id = a.spectrum_id "
+            "LEFT JOIN alignment al ON al.spectrum_id = a.spectrum_id "
+            "ORDER BY a.spectrum_id, a.channel"
+        )
+        for column, prefix in (("fractions", "f:"), ("uncertainties", "u:")):
+            values = pd.DataFrame([json.loads(v) for v in df.pop(column)], index=df.index)
+            df = df.join(values.add_prefix(prefix))
+        return df
+
+    def dose(self) -> pd.DataFrame:
+        """One row a dosed spectrum: its spot, the dose it deposited and the spot's totals
+        before and after it (Gy), the dose rate, and when it ended."""
+        return self._frame(
+            "SELECT d.spectrum_id, d.spot, d.dose_Gy, d.before_Gy, d.after_Gy, d.rate_Gy_s, "
+            "s.t_end FROM dose d JOIN spectra s ON s.id = d.spectrum_id ORDER BY d.spectrum_id"
+        )
+
+    def events(self) -> pd.DataFrame:
+        """Every event in the order recorded (by receive time: after a reprocess the
+        monitor's own events keep their ids and the events derived again come after them);
+        ``detail`` is the event's JSON text."""
+        return self._frame(
+            "SELECT id, recv_ns, t, kind, link AS source, origin, detail FROM events "
+            "ORDER BY recv_ns, id"
+        )
+
+    def relaxation(self) -> pd.DataFrame:
+        """One row a rest period, series (``Ewe`` or e.g. ``Mn-L TEY``) and fit: the model AIC
+        chose, tau with its 1-sigma, whether the rest resolved it, and the fit's note."""
+        df = self._frame(
+            "SELECT rest_start, channel AS series, quantity, model, tau_s, tau_err_s, resolved, "
+            "n_points, doc FROM relaxation ORDER BY rest_start, channel"
+        )
+        df["note"] = [json.loads(d).get("note", "") for d in df.pop("doc")]
+        df["resolved"] = df["resolved"].astype(bool)
+        return df
+
+    def rixs(self) -> pd.DataFrame:
+        """One row a RIXS map: rows received of its total, ROI and reference sums, their
+        ratio, and the SOC of its newest rows."""
+        return self._frame(
+            "SELECT map_id, rows, rows_total, roi, reference, ratio, soc FROM rixs ORDER BY rowid"
+        )
+
+    def spectrum(self, spectrum_id: int) -> RecordedSpectrum:
+        """One spectrum with its arrays (from the raw log), alignment, fits and dose."""
+        found = next(self.iter_spectra(spectrum_id), None)
+        if found is None:
+            raise StoreError(f"{self.run_dir}: no spectrum {spectrum_id}")
+        return found
+
+    def summary(self) -> dict[str, Any]:
+        """What ``operando inspect`` prints: sources, loss, spectra, fits, dose, relaxation."""
+        from operando.store.summary import summary_of
+
+        return summary_of(self.conn, self.run_dir)
+
+    # -- for exports -------------------------------------------------------------------------
+    def count_spectra(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM spectra").fetchone()[0])
+
+    def time_range(self) -> tuple[float, float]:
+        """First and last time the run knows of (potentiostat rows and spectra), epoch s."""
+        lo, hi = self.conn.execute(
+            "SELECT min(t), max(t) FROM (SELECT min(t) t FROM potentiostat UNION ALL "
+            "SELECT max(t) FROM potentiostat UNION ALL SELECT min(t_start) FROM spectra "
+            "UNION ALL SELECT max(t_end) FROM spectra)"
+        ).fetchone()
+        if lo is None:
+            (recv,) = self.conn.execute("SELECT min(recv_ns) FROM raw").fetchone()
+            lo = hi = (recv or 0) / 1e9
+        return float(lo), float(hi)
+
+    def iter_spectra(self, only: int | None = None) -> Iterator[RecordedSpectrum]:
+        """Every spectrum (or the one with id ``only``) in id order, with its arrays."""
+        where, params = ("WHERE s.id = ?", (only,)) if only is not None else ("", ())
+        fits: dict[int, dict[str, dict[str, Any]]] = {}
+        for sid, channel, doc in self.conn.execute(
+            "SELECT spectrum_id, channel, doc FROM analysis"
+            + (" WHERE spectrum_id = ?" if only is not None else ""),
+            params,
+        ):
+            fits.setdefault(sid, {})[channel] = json.loads(doc)
+        doses = {
+            r[0]: {"dose_Gy": r[1], "before_Gy": r[2], "after_Gy": r[3]}
+            for r in self.conn.execute(
+                "SELECT spectrum_id, dose_Gy, before_Gy, after_Gy FROM dose"
+                + (" WHERE spectrum_id = ?" if only is not None else ""),
+                params,
+            )
+        }
+        rows = self.conn.execute(
+            "SELECT s.id, s.kind, s.source, s.scan_id, s.edge, s.t_start, s.t_end, s.spot_id, "
+            "s.channels, s.extra, a.doc, r.segment, r.offset, r.length "
+            "FROM spectra s JOIN raw r ON r.id = s.raw_id "
+            f"LEFT JOIN alignment a ON a.spectrum_id = s.id {where} ORDER BY s.id",
+            params,
+        ).fetchall()
+        for sid, kind, source, scan_id, edge, t0, t1, spot, chans, extra, al, seg, off, n in rows:
+            rec = read_record(self.run_dir, seg, off, n)
+            try:
+                msg = decode(rec.frames)
+            except ProtocolError:  # indexed as a spectrum, so it decoded once: a changed log
+                continue
+            h = msg.header
+            yield RecordedSpectrum(
+                id=sid,
+                kind=kind,
+                source=source,
+                scan_id=scan_id,
+                edge=edge,
+                t_start=t0,
+                t_end=t1,
+                spot=spot,
+                channels=json.loads(chans) if chans else [],
+                extra=json.loads(extra) if extra else {},
+                arrays={k: np.array(v) for k, v in msg.arrays.items()},
+                alignment=json.loads(al) if al else None,
+                fits=fits.get(sid, {}),
+                dose=doses.get(sid),
+                map_id=getattr(h, "map_id", ""),
+                row_offset=getattr(h, "row_offset", 0),
+            )
+
+    # -- for replay, reprocess and the raw log -----------------------------------------------
+    def raw_location(self, raw_id: int) -> tuple[int, int, int] | None:
+        """(segment, offset, length) of a recorded message in the raw log."""
+        row = self.conn.execute(
+            "SELECT segment, offset, length FROM raw WHERE id = ?", (raw_id,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+    def raw_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM raw").fetchone()[0])
+
+    def links(self) -> list[str]:
+        """The links (configured sources) the run recorded messages on."""
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT link FROM raw ORDER BY link")]
+
+    def clock_offsets(self) -> dict[str, float]:
+        """Per link, the clock offset the monitor measured (``clock = "ping"``), the newest:
+        a run-time fact reprocess and restore apply as the live monitor did."""
+        out: dict[str, float] = {}
+        for link, detail in self.conn.execute(
+            "SELECT link, detail FROM events WHERE kind = 'clock_offset' ORDER BY id"
+        ):
+            offset = json.loads(detail).get("offset_s")
+            if isinstance(offset, int | float):
+                out[link] = float(offset)
+        return out
+
+    def alarm_events(self) -> list[tuple[str, str]]:
+        """(kind, detail) of every alarm raised and acknowledged, in order."""
+        return self.conn.execute(
+            "SELECT kind, detail FROM events WHERE kind IN ('alarm', 'alarm_acknowledged') "
+            "ORDER BY id"
+        ).fetchall()
+
+    def lost_ranges(self, link: str) -> dict[str, list[list[int]]]:
+        return lost_ranges(self.conn, link)
+
+    # -- for restore (a monitor restarted on this run directory) ------------------------------
+    def stream_heads(self) -> list[tuple[str, str, int]]:
+        """Per link: its newest session and the highest seq recorded in it."""
+        return self.conn.execute(
+            f"SELECT r.link, r.session, (SELECT max(seq) FROM raw WHERE link = r.link AND "
+            f"session = r.session AND {_IN_STREAM}) FROM raw r WHERE r.id IN "
+            f"(SELECT max(id) FROM raw WHERE {_IN_STREAM} GROUP BY link)"
+        ).fetchall()
+
+    def past_sessions(self, link: str, current: str) -> list[tuple[str, int]]:
+        """The link's earlier sessions with the highest seq of each, oldest first."""
+        return self.conn.execute(
+            f"SELECT session, max(seq) FROM raw WHERE link = ? AND session != ? AND {_IN_STREAM} "
+            "GROUP BY session ORDER BY max(id)",
+            (link, current),
+        ).fetchall()
+
+    def stream_messages(self) -> dict[str, int]:
+        """Per link, how many stream messages (not commands or acks) were recorded."""
+        return dict(
+            self.conn.execute(f"SELECT link, count(*) FROM raw WHERE {_IN_STREAM} GROUP BY link")
+        )
+
+    def event_counts(self) -> list[tuple[str | None, str, int]]:
+        """(link, kind, how many) of every event."""
+        return self.conn.execute(
+            "SELECT link, kind, count(*) FROM events GROUP BY link, kind"
+        ).fetchall()
+
+    def last_series_start(self, link: str) -> dict[str, Any] | None:
+        """The newest ``series_start`` event's detail on ``link`` (series, metadata)."""
+        row = self.conn.execute(
+            "SELECT detail FROM events WHERE kind = 'series_start' AND link = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (link,),
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def potentiostat_chunks(self, link: str, size: int = 100_000) -> Iterator[np.ndarray]:
+        """The link's potentiostat rows in the order recorded, as float arrays of columns
+        t, Ewe, I, Q (NaN: none), mode, step, cycle."""
+        cur = self.conn.execute(
+            "SELECT t, ewe, i, q, mode, step, cycle FROM potentiostat WHERE link = ? "
+            "ORDER BY rowid",
+            (link,),
+        )
+        while rows := cur.fetchmany(size):
+            yield np.array(rows, dtype=np.float64)
+
+    def counts(self) -> dict[str, int]:
+        """How many potentiostat rows, spectra, aligned and partial spectra the run holds."""
+        (rows,) = self.conn.execute("SELECT count(*) FROM potentiostat").fetchone()
+        (spectra,) = self.conn.execute("SELECT count(*) FROM spectra").fetchone()
+        aligned, partial = self.conn.execute(
+            "SELECT count(*), coalesce(sum(partial), 0) FROM alignment"
+        ).fetchone()
+        return {
+            "potentiostat_rows": rows,
+            "spectra": spectra,
+            "aligned": aligned,
+            "partial": partial,
+        }
+
+    def spot_doses(self) -> dict[str, float]:
+        """Each spot's total dose so far (Gy)."""
+        return dict(self.conn.execute("SELECT spot, max(after_Gy) FROM dose GROUP BY spot"))
+
+    def unaligned(self) -> list[UnalignedSpectrum]:
+        """Spectra recorded but not yet aligned (the monitor stopped first), with the dose
+        counted for each when it arrived (None: not yet written)."""
+        rows = self.conn.execute(
+            "SELECT s.id, s.link, s.scan_id, s.kind, s.t_start, s.t_end, s.edge, s.spot_id, "
+            "s.trigger_id, s.channels, s.raw_id, d.before_Gy, d.after_Gy FROM spectra s "
+            "LEFT JOIN dose d ON d.spectrum_id = s.id "
+            "WHERE s.id NOT IN (SELECT spectrum_id FROM alignment) ORDER BY s.id"
+        ).fetchall()
+        return [
+            UnalignedSpectrum(
+                *r[:9],
+                channels=json.loads(r[9] or "[]"),
+                raw_id=r[10],
+                dose=None if r[11] is None else (r[11], r[12]),
+            )
+            for r in rows
+        ]
+
+
+class UnalignedSpectrum(msgspec.Struct, frozen=True):
+    spectrum_id: int
+    link: str
+    scan_id: str
+    kind: str
+    t_start: float
+    t_end: float
+    edge: str
+    spot: str | None
+    trigger_id: str | None
+    channels: list[str]
+    raw_id: int
+    dose: tuple[float, float] | None  # the spot's (before, after) as counted on arrival
+
+
+def open_run(run_dir: str | Path) -> Run:
+    """Open a recorded (or recording) run for reading: ``operando.open_run(path)``."""
+    return Run(run_dir)
+
+
+_IN_STREAM = "seq IS NOT NULL AND kind NOT IN ('command', 'ack')"
+
+
+def read_raw(run_dir: str | Path, raw_id: int) -> RawRecord:
+    """One recorded message by id, exactly as received."""
+    with Run(run_dir) as run:
+        row = run.raw_location(raw_id)
+    if row is None:
+        raise StoreError(f"{run_dir}: no raw message {raw_id}")
+    return read_record(Path(run_dir), *row)
+
+
+def iter_raw(run_dir: str | Path) -> Iterator[RawRecord]:
+    """Every recorded message in the order received (the raw log, start to end)."""
+    return scan(Path(run_dir))
+
+
+_STREAM = "link = ? AND session IS NOT NULL AND seq IS NOT NULL AND kind NOT IN ('command', 'ack')"
+
+
+def lost_ranges(conn: sqlite3.Connection, link: str) -> dict[str, list[list[int]]]:
+    """Per session of ``link``, the sequence numbers the run does not hold, as [first, last]
+    ranges: holes below the highest seq recorded, and the tails a restarted driver said its
+    previous process had sent (``gap`` events marked ``tail``) that never arrived."""
+    out: dict[str, list[list[int]]] = {}
+    for session, first, last in conn.execute(
+        f"SELECT session, 0, min(seq) - 1 FROM raw WHERE {_STREAM} GROUP BY session "
+        "HAVING min(seq) > 0 "
+        "UNION ALL "
+        "SELECT session, prev + 1, seq - 1 FROM (SELECT session, seq, lag(seq) OVER "
+        f"(PARTITION BY session ORDER BY seq) AS prev FROM raw WHERE {_STREAM}) "
+        "WHERE seq > prev + 1 ORDER BY 1, 2",
+        (link, link),
+    ):
+        out.setdefault(session, []).append([first, last])
+    for session, first, last in conn.execute(
+        "SELECT json_extract(detail, '$.session'), json_extract(detail, '$.first'), "
+        "json_extract(detail, '$.last') FROM events WHERE kind = 'gap' AND link = ? "
+        "AND json_extract(detail, '$.tail')",
+        (link,),
+    ):
+        held = {
+            s
+            for (s,) in conn.execute(
+                f"SELECT DISTINCT seq FROM raw WHERE {_STREAM} AND session = ? "
+                "AND seq BETWEEN ? AND ?",
+                (link, session, first, last),
+            )
+        }
+        ranges = out.setdefault(session, [])
+        for a, b in missing_ranges(held, first, last):
+            if ranges and ranges[-1][1] >= a - 1 and ranges[-1][0] <= a:
+                ranges[-1][1] = max(ranges[-1][1], b)
+            else:
+                ranges.append([a, b])
+    return out

@@ -1,0 +1,153 @@
+"""What a run directory holds, in one JSON-able summary (``operando inspect``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from operando.rawlog import log_bytes
+from operando.store.reader import Run, lost_ranges
+
+
+def summarize(run_dir: str | Path) -> dict[str, Any]:
+    with Run(run_dir) as run:
+        return run.summary()
+
+
+def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
+    sources: dict[str, dict[str, Any]] = {}
+    for link, n, malformed, refilled in conn.execute(
+        "SELECT link, count(*), sum(status = 'malformed'), sum(refill) FROM raw GROUP BY link"
+    ):
+        sources[link] = {
+            "messages": n,
+            "malformed": malformed,
+            "refilled": refilled,
+            "gaps": 0,
+            "lost": 0,
+            "duplicates": 0,
+            "out_of_order": 0,
+            "late": 0,
+            "restarts": 0,
+        }
+    per_link_events = {
+        "gap": "gaps",
+        "out_of_order": "out_of_order",
+        "late": "late",
+        "source_restarted": "restarts",
+        "duplicate": "duplicates",
+    }
+    for link, kind, n in conn.execute(
+        "SELECT link, kind, count(*) FROM events GROUP BY link, kind"
+    ):
+        if link in sources and kind in per_link_events:
+            sources[link][per_link_events[kind]] = n
+    for link, src in sources.items():
+        # what the run does not hold at the end: gaps refilled since no longer count
+        lost = lost_ranges(conn, link)
+        src["lost"] = sum(b - a + 1 for ranges in lost.values() for a, b in ranges)
+        src["lost_ranges"] = {session: ranges for session, ranges in lost.items() if ranges}
+    events = dict(conn.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
+    (total,) = conn.execute("SELECT count(*) FROM spectra").fetchone()
+    aligned, partial, soc_min, soc_max = conn.execute(
+        "SELECT count(*), coalesce(sum(partial), 0), min(soc), max(soc) FROM alignment"
+    ).fetchone()
+    by_kind = dict(conn.execute("SELECT kind, count(*) FROM spectra GROUP BY kind").fetchall())
+    (rows,) = conn.execute("SELECT count(*) FROM potentiostat").fetchone()
+    t_first, t_last = conn.execute(
+        "SELECT min(t_ns), max(t_ns) FROM raw WHERE status = 'ok' AND kind NOT IN "
+        "('command', 'ack')"
+    ).fetchone()
+    ewe_min, ewe_max = conn.execute("SELECT min(ewe), max(ewe) FROM potentiostat").fetchone()
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    fits = dict(conn.execute("SELECT channel, count(*) FROM analysis GROUP BY channel"))
+    (analysed,) = conn.execute("SELECT count(DISTINCT spectrum_id) FROM analysis").fetchone()
+    doses = dict(conn.execute("SELECT spot, max(after_Gy) FROM dose GROUP BY spot"))
+    flags = dict(
+        conn.execute(
+            "SELECT json_extract(detail, '$.test'), count(*) FROM events "
+            "WHERE kind = 'damage_flag' GROUP BY 1"
+        )
+    )
+    relax = conn.execute(
+        "SELECT channel, model, tau_s, tau_err_s, resolved, n_points FROM "
+        "relaxation ORDER BY rest_start, channel"
+    ).fetchall()
+    (maps,) = conn.execute("SELECT count(*) FROM rixs").fetchone()
+    series = [
+        dict(zip(("edge", "channel", "spectra", "rank", "components", "residual"), r, strict=True))
+        for r in conn.execute(
+            "SELECT edge, channel, spectra, rank, components, residual "
+            "FROM series ORDER BY edge, channel"
+        )
+    ]
+    return {
+        "run_dir": str(run_dir),
+        "sources": sources,
+        "spectra": {
+            "total": total,
+            "aligned": aligned,
+            "partial": partial,
+            "unaligned": total - aligned,
+            "by_kind": by_kind,
+        },
+        "potentiostat_rows": rows,
+        "events": events,
+        "t_first": None if t_first is None else t_first * 1e-9,
+        "t_last": None if t_last is None else t_last * 1e-9,
+        "soc": {"min": soc_min, "max": soc_max},
+        "ewe_V": {"min": ewe_min, "max": ewe_max},
+        "raw_log_bytes": log_bytes(run_dir),
+        "analysis": {
+            "spectra_analysed": analysed,
+            "fits": fits,
+            "damage_flags": flags,
+            "damage_flags_total": sum(flags.values()),
+            "dose_Gy_by_spot": doses,
+            "relaxation": [
+                dict(
+                    zip(
+                        ("channel", "model", "tau_s", "tau_err_s", "resolved", "n_points"),
+                        r,
+                        strict=True,
+                    )
+                )
+                for r in relax
+            ],
+            "rixs_maps": maps,
+            "series": series,
+        },
+        "meta": meta,
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [f"run {s['run_dir']}"]
+    for name, src in s["sources"].items():
+        lines.append(
+            f"  {name:<14} {src['messages']:>8} messages  {src['gaps']} gaps "
+            f"({src['refilled'] or 0} refilled, {src['lost']} lost)"
+            f"  {src['malformed']} malformed  {src['duplicates']} duplicates  {src['late']} late"
+        )
+        for session, ranges in src.get("lost_ranges", {}).items():
+            shown = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in ranges[:20])
+            more = f" and {len(ranges) - 20} more ranges" if len(ranges) > 20 else ""
+            lines.append(f"    lost from session {session}: seq {shown}{more}")
+    sp = s["spectra"]
+    lines.append(f"  spectra: {sp['total']} ({sp['aligned']} aligned, {sp['partial']} partial)")
+    lines.append(f"  potentiostat rows: {s['potentiostat_rows']}")
+    if s["soc"]["min"] is not None:
+        lines.append(f"  SOC at spectra: {s['soc']['min']:.3f} .. {s['soc']['max']:.3f}")
+    a = s["analysis"]
+    lines.append(
+        f"  analysed spectra: {a['spectra_analysed']}  fits {a['fits']}  damage flags "
+        f"{a['damage_flags_total']}  RIXS maps {a['rixs_maps']}"
+    )
+    if a["dose_Gy_by_spot"]:
+        lines.append(
+            "  dose by spot (MGy): "
+            + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in sorted(a["dose_Gy_by_spot"].items()))
+        )
+    lines.append("  events: " + json.dumps(s["events"]))
+    return "\n".join(lines)

@@ -1,0 +1,269 @@
+"""The dashboard's data side: what it reads from a recorded run, and the plots built from it.
+
+Runs recorded by the real demo (monitor + simulators); the truths are the run store itself and
+the simulator's models (LFP bulk tau 600 s). The browser side is in test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import cli
+from operando.dashboards import plots
+from operando.dashboards.live import DashboardOptions, Session, spot_text
+from operando.dashboards.view import CellTrace, RunView, StateFeed
+
+from operando.alarms import Alarms
+from operando.store import RunStore, open_readonly
+
+
+@pytest.fixture(scope="module")
+def lfp_view(lfp_run):
+    view = RunView(lfp_run)
+    assert view.refresh()
+    yield view
+    view.close()
+
+
+def _count(run: Path, sql: str) -> int:
+    conn = open_readonly(run)
+    try:
+        return conn.execute(sql).fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_view_holds_what_the_store_holds(lfp_run, lfp_view):
+    s = lfp_view.snapshot
+    assert len(s.spectra) == _count(lfp_run, "SELECT count(*) FROM alignment")
+    assert len(s.fits) == _count(lfp_run, "SELECT count(*) FROM analysis")
+    assert len(s.cell) == _count(lfp_run, "SELECT count(*) FROM potentiostat")
+    assert len(s.dose) == _count(lfp_run, "SELECT count(*) FROM dose")
+    assert s.event_counts == dict(
+        open_readonly(lfp_run).execute("SELECT kind, count(*) FROM events GROUP BY kind")
+    )
+    # the SOC trace drawn is the SOC the alignment gave each spectrum
+    mid = 0.5 * (s.spectra["t_start"] + s.spectra["t_end"])
+    trace = np.interp(mid, s.cell["t"], s.cell["soc"])
+    assert np.max(np.abs(trace - s.spectra["soc"])) < 0.01
+    # every spot the spectrometer announced, measured or not, where it said it is
+    announced = json.loads(
+        open_readonly(lfp_run)
+        .execute("SELECT detail FROM events WHERE kind = 'series_start' AND link = 'spectrometer'")
+        .fetchone()[0]
+    )["metadata"]["spots"]
+    assert {k: [x, y] for k, x, y in s.spots.itertuples(index=False)} == announced
+    assert set(s.dose["spot"]) < set(announced)  # the run leaves fresh spots
+    # nothing new: no new picture
+    version = s.version
+    assert not lfp_view.refresh()
+    assert lfp_view.snapshot.version == version
+
+
+@pytest.mark.slow
+def test_latest_spectrum_model_is_the_recorded_fit(lfp_run, lfp_view):
+    latest = lfp_view.snapshot.latest
+    assert latest is not None and latest.edge == "Fe-L"
+    conn = open_readonly(lfp_run)
+    for channel, c in latest.channels.items():
+        (doc,) = conn.execute(
+            "SELECT doc FROM analysis WHERE spectrum_id = ? AND channel = ?",
+            (latest.spectrum_id, channel),
+        ).fetchone()
+        fit = json.loads(doc)
+        inside = np.isfinite(c["model"])
+        lo, hi = fit["fit_range"]
+        assert inside.sum() == np.count_nonzero((c["energy"] >= lo) & (c["energy"] <= hi))
+        # the residual drawn has the scatter the fit reported (chi2 ~ 1 on Poisson counts)
+        r = c["residual"][inside]
+        y = c["data"][inside]
+        assert np.sqrt(np.mean(r**2)) < 0.05 * np.ptp(y), channel
+    conn.close()
+
+
+@pytest.mark.slow
+def test_relaxation_panel_shows_the_fitted_rest(lfp_view):
+    rel = lfp_view.snapshot.relaxation
+    assert rel is not None
+    tfy = rel["channels"]["Fe-L TFY"]
+    assert tfy["resolved"] and tfy["tau_s"] == pytest.approx(600.0, rel=0.10)
+    # the drawn curve goes through the drawn points
+    fit_at_points = np.interp(tfy["t"], tfy["fit_t"], tfy["fit_v"])
+    assert np.sqrt(np.mean((fit_at_points - tfy["v"]) ** 2)) < 0.1 * np.ptp(tfy["v"])
+    assert "Ewe" in rel["channels"]
+
+
+@pytest.mark.slow
+def test_heatmap_holds_edge_step_normalised_spectra(lfp_view):
+    soc, grid, z = lfp_view.snapshot.heatmaps[("Fe-L", "TFY")]
+    assert np.all(np.diff(soc) >= 0) and z.shape == (len(soc), len(grid))
+    post = grid > grid.max() - 5
+    assert np.nanmedian(z[:, post]) == pytest.approx(1.0, abs=0.15)
+
+
+@pytest.mark.slow
+def test_rixs_map_fills_from_the_recorded_rows(lirich_run):
+    view = RunView(lirich_run)
+    view.refresh()
+    m = view.snapshot.rixs_latest
+    assert m is not None and m["rows"] >= 2
+    conn = open_readonly(lirich_run)
+    (rows,) = conn.execute("SELECT rows FROM rixs WHERE map_id = ?", (m["map_id"],)).fetchone()
+    assert m["rows"] == rows
+    assert len(view.snapshot.rixs_maps) == _count(lirich_run, "SELECT count(*) FROM rixs")
+    view.close()
+
+
+@pytest.mark.slow
+def test_every_plot_renders_with_units(lfp_view):
+    hv.extension("bokeh")
+    s = lfp_view.snapshot
+    fig = hv.render(plots.cell_curve(s.cell, "Ewe"))
+    assert fig.yaxis[0].axis_label == "Ewe (V)"
+    assert hv.render(plots.cell_curve(s.cell, "I")).yaxis[0].axis_label == "I (mA)"
+    assert "eV" in hv.render(plots.spectrum_plot(s.latest)).xaxis[0].axis_label
+    bars = hv.render(plots.dose_bars(s.dose, 5e8, s.spots))
+    assert bars.yaxis[0].axis_label == "dose (MGy)"
+    rel = hv.render(plots.relaxation_plot(s.relaxation, "valence"))
+    assert "tau" in rel.title.text and rel.xaxis[0].axis_label.endswith("(s)")
+    for element in (
+        plots.marks(s.rests, s.spectra, s.triggers),
+        plots.fraction_plot(s.fits, "TFY", "Fe-L"),
+        plots.valence_plot(s.fits, "soc"),
+        plots.spectrum_plot(s.latest, "residual"),
+        plots.heatmap_plot(s.heatmaps[("Fe-L", "TEY")], "Fe-L", "TEY"),
+        plots.spot_map(s.dose, s.spots),
+        plots.rixs_map(None),
+        plots.rixs_ratio(s.rixs_maps),
+        plots.relaxation_plot(None, "Ewe"),
+    ):
+        hv.render(element)
+
+
+def test_fresh_spots_show_at_zero_dose_beside_the_used_ones():
+    """The operator must see which spots are left: every spot known is drawn, the ones never
+    measured at 0 dose, after the used ones in the order they were used."""
+    dose = pd.DataFrame(
+        {
+            "spot": ["B1", "B1", "A1"],
+            "total_Gy": [1e8, 2e8, 5e7],
+            "x_mm": [0.0, 0.0, None],  # a scan that did not say where it was
+            "y_mm": [0.5, 0.5, None],
+        }
+    )
+    grid = pd.DataFrame({"spot": ["A1", "A2", "B1"], "x_mm": [0.0, 0.5, 0.0]})
+    grid["y_mm"] = [0.0, 0.0, 0.5]
+    bars = plots.dose_bars(dose, 5e8, grid).get(0).data
+    assert list(bars["spot"]) == ["B1", "A1", "A2"]
+    assert list(bars["dose"]) == [200.0, 50.0, 0.0]
+    points = plots.spot_map(dose, grid).data.set_index("spot")
+    assert points.loc["A1", ["x_mm", "y_mm"]].tolist() == [0.0, 0.0]  # from the grid
+    assert points.loc["A2", "dose"] == 0.0 and len(points) == 3
+    assert list(plots.dose_bars(dose, 5e8).get(0).data["spot"]) == ["B1", "A1"]  # no grid
+    assert len(plots.spot_map(pd.DataFrame(), grid).data) == 3  # nothing measured yet
+
+
+@pytest.mark.slow
+def test_a_new_page_draws_an_edges_fractions_before_its_first_update(lfp_run, lfp_view):
+    """A page drawn before its first update (seconds, on a busy server) showed empty
+    fraction plots titled with no edge: the edge is now chosen when the page is built."""
+    hv.extension("bokeh")
+    session = Session(StateFeed(lfp_view, None), DashboardOptions(run_dir=lfp_run))
+    assert session.edge.options == ["Fe-L"] and session.edge.value == "Fe-L"
+    fits, edge = session.pipes["fractions"].data
+    assert edge == "Fe-L" and len(fits) == len(lfp_view.snapshot.fits)
+
+
+def test_cell_trace_stays_bounded_and_keeps_recent_rows_whole():
+    trace = CellTrace(capacity=1000)
+    t = np.arange(100_000.0)
+    for chunk in np.array_split(t, 97):
+        trace.extend(np.column_stack([chunk, chunk, chunk, chunk, chunk]))
+    assert len(trace.data) <= 1000
+    assert trace.data[0, 0] == 0.0 and trace.data[-1, 0] == t[-1]
+    assert np.all(np.diff(trace.data[:, 0]) > 0)
+    tail = trace.data[-400:, 0]
+    assert np.all(np.diff(tail) == 1.0)  # the newest rows at full resolution
+    late = np.array([[50_000.5, 1, 1, 1, 1]])
+    trace.extend(late)
+    assert np.all(np.diff(trace.data[:, 0]) > 0)
+
+
+def test_alarms_from_the_store_open_until_acknowledged(tmp_path):
+    """Alarms come from the run's events, so every dashboard (and a restarted monitor) agrees."""
+    store = RunStore(tmp_path)
+    recorded: list[tuple[str, dict]] = []
+
+    def event(kind, link, t, **detail):
+        recorded.append((kind, detail))
+        store.submit("event", (1, t, kind, link, json.dumps(detail), "monitor"))
+
+    alarms = Alarms(event)
+    alarms.on_event("damage_flag", None, {"spot": "A1", "test": "repeat", "p_value": 1e-6})
+    alarms.on_event("damage_flag", None, {"spot": "A1", "test": "dose_slope", "p_value": 1e-5})
+    alarms.on_event(
+        "gap_unrecoverable",
+        "potentiostat",
+        {"count": 2, "first": 8, "last": 9, "reason": "no longer held by the driver"},
+    )
+    alarms.on_event("series_start", "potentiostat", {})  # not an alarm
+    store.flush()
+    view = RunView(tmp_path)
+    view.refresh()
+    got = {a["category"]: a for a in view.snapshot.alarms}
+    assert set(got) == {"damage", "gap"}
+    assert got["damage"]["count"] == 2 and "dose_slope" in got["damage"]["message"]
+    assert "seq 8-9" in got["gap"]["message"]
+    assert alarms.acknowledge(got["damage"]["id"])
+    assert not alarms.acknowledge(got["damage"]["id"])  # only once
+    store.flush()
+    view.refresh()
+    assert [a["category"] for a in view.snapshot.alarms] == ["gap"]
+    # a restarted monitor rebuilds the same open alarms from the events
+    again = Alarms(event)
+    conn = open_readonly(tmp_path)
+    again.restore(conn.execute("SELECT kind, detail FROM events ORDER BY id"))
+    assert [a["category"] for a in again.open()] == ["gap"]
+    assert again.raise_("spots", "none left", key="x")["id"] == 3  # ids continue
+    conn.close()
+    view.close()
+    store.close()
+
+
+def test_dashboard_refuses_a_network_address_without_authentication(tmp_path):
+    proc = cli(
+        "dashboard", "--run-dir", str(tmp_path), "--address", "0.0.0.0", timeout=60, check=False
+    )
+    assert proc.returncode == 2
+    assert "--address 0.0.0.0 exposes the dashboard" in proc.stderr
+    assert "--password-file" in proc.stderr
+
+
+def test_alarm_messages_are_finite_for_missing_fields():
+    seen = []
+    alarms = Alarms(lambda kind, link, t, **d: seen.append(d))
+    alarms.on_event("disconnected", "spectrometer", {})
+    assert seen[0]["message"] == "spectrometer silent for 0 s"
+    alarms.on_event("spot_move_retry", None, {"spot": "A1", "target": "A2"})
+    assert seen[1]["message"].startswith("scans still come from spent spot A1 after a move")
+    # how far past its budget the stuck spot is, counting up on the same alarm
+    alarms.on_event("spot_move_retry", None, {"spot": "A1", "target": "A2", "dose_Gy": 3.16e9})
+    assert "spent spot A1 (3160 MGy so far) after a move to A2" in seen[2]["message"]
+    assert seen[2]["count"] == 2
+
+
+def test_the_header_says_where_the_beam_is_not_only_where_it_was_sent():
+    """A stage that acks a move and stays put: the newest scans still come from the spent
+    spot, and the header must say so beside the spot the orchestrator asked for."""
+    spectra = pd.DataFrame({"spectrum_id": [1, 2, 3], "spot": ["A1", "A1", None]})
+    assert spot_text("A2", spectra) == "A1 (latest scan; A2 requested)"
+    assert spot_text("A1", spectra) == "A1"
+    assert spot_text(None, spectra) == "A1"
+    assert spot_text("A2", pd.DataFrame()) == "A2"  # no scan yet
+    assert spot_text(None, pd.DataFrame({"spectrum_id": [1], "spot": [None]})) == "-"
