@@ -41,7 +41,7 @@ from operando.analysis.signal import signal
 from operando.config import ConfigError, ExperimentConfig
 from operando.protocol import ProtocolError, StateUpdate, decode
 from operando.rawlog import RawLogError, read_record
-from operando.store.follow import CELL_COLUMNS, RunFollower
+from operando.store.follow import CELL_COLUMNS, ChannelFit, RunFollower
 from operando.store.reader import load_run_config
 from operando.store.schema import StoreError
 
@@ -227,32 +227,9 @@ class RunView:
         rows = self.follow.alignments(again=self.partial)
         changed = False
         for r in rows:
-            sid = r[1]
-            doc: dict[str, Any] = dict(
-                zip(
-                    (
-                        "spectrum_id",
-                        "raw_id",
-                        "link",
-                        "kind",
-                        "edge",
-                        "t_start",
-                        "t_end",
-                        "spot",
-                        "x_mm",
-                        "y_mm",
-                        "trigger_id",
-                        "partial",
-                        "reason",
-                        "soc",
-                        "Ewe",
-                        "I",
-                        "revision",
-                    ),
-                    r[1:],
-                    strict=True,
-                )
-            )
+            sid = r.spectrum_id
+            doc: dict[str, Any] = r._asdict()
+            del doc["rowid"]
             if self.spectra.get(sid) == doc:
                 continue
             new = sid not in self.spectra
@@ -266,26 +243,28 @@ class RunView:
     def _read_fits(self) -> bool:
         rows = self.follow.fits()
         for r in rows:
-            sid, channel = r[1], r[2]
+            sid, channel = r.spectrum_id, r.channel
             self.fits[(sid, channel)] = {
                 "spectrum_id": sid,
                 "channel": channel,
-                "edge": r[9],
-                "t": 0.5 * (r[10] + r[11]),
-                "soc": math.nan if r[12] is None else r[12],
-                "valence": math.nan if r[3] is None else r[3],
-                "valence_unc": math.nan if r[4] is None else r[4],
-                "chi2_red": r[5],
-                **_fraction_columns("f:", json.loads(r[6])),
-                **_fraction_columns("u:", json.loads(r[7])),
+                "edge": r.edge,
+                "t": 0.5 * (r.t_start + r.t_end),
+                "soc": math.nan if r.soc is None else r.soc,
+                "valence": math.nan if r.valence is None else r.valence,
+                "valence_unc": math.nan if r.valence_unc is None else r.valence_unc,
+                "chi2_red": r.chi2_red,
+                **_fraction_columns("f:", json.loads(r.fractions)),
+                **_fraction_columns("u:", json.loads(r.uncertainties)),
             }
         if rows:
-            newest = max(rows, key=lambda r: r[1])
-            if self.latest is None or newest[1] >= self.latest.spectrum_id:
+            newest = max(rows, key=lambda r: r.spectrum_id)
+            if self.latest is None or newest.spectrum_id >= self.latest.spectrum_id:
                 # every channel of it, also those read in an earlier refresh
-                same = self.follow.fits_of(newest[1])
-                self._latest_spectrum(newest[1], newest[9], newest[12], newest[13], same)
-            self._normalise_new({r[1]: (r[9], r[12], r[13]) for r in rows})
+                same = self.follow.fits_of(newest.spectrum_id)
+                self._latest_spectrum(
+                    newest.spectrum_id, newest.edge, newest.soc, newest.raw_id, same
+                )
+            self._normalise_new({r.spectrum_id: (r.edge, r.soc, r.raw_id) for r in rows})
         return bool(rows)
 
     def _decode_raw(self, raw_id: int) -> Any:
@@ -299,7 +278,7 @@ class RunView:
             return None
 
     def _latest_spectrum(
-        self, sid: int, edge: str, soc: float | None, raw_id: int, rows: list[tuple[Any, ...]]
+        self, sid: int, edge: str, soc: float | None, raw_id: int, rows: list[ChannelFit]
     ) -> None:
         msg = self._decode_raw(raw_id)
         if msg is None:
@@ -308,13 +287,13 @@ class RunView:
         refs = self.refs.get(edge)
         channels = {}
         for r in rows:
-            channel = r[2]
+            channel = r.channel
             if channel not in msg.arrays:
                 continue
             y, _, _ = signal(msg.arrays, channel)
             model = np.full_like(y, np.nan)
             if refs is not None:
-                fit = msgspec.json.decode(r[3], type=FitResult)
+                fit = msgspec.json.decode(r.doc, type=FitResult)
                 lo, hi = fit.fit_range  # the model is drawn only where it was fitted
                 inside = (energy >= lo) & (energy <= hi)
                 model[inside] = model_curve(energy[inside], refs, fit)
@@ -346,13 +325,7 @@ class RunView:
     def _read_dose(self) -> bool:
         rows = self.follow.doses()
         for r in rows:
-            self.dose[r[1]] = dict(
-                zip(
-                    ("spectrum_id", "spot", "scan_Gy", "total_Gy", "t", "x_mm", "y_mm"),
-                    r[1:],
-                    strict=True,
-                )
-            )
+            self.dose[r.spectrum_id] = {k: v for k, v in r._asdict().items() if k != "rowid"}
         return bool(rows)
 
     def _announced_spots(self, spots: Any) -> None:
@@ -413,9 +386,7 @@ class RunView:
     def _read_rixs(self) -> bool:
         rows = self.follow.rixs()
         for r in rows:
-            self.rixs_maps[r[1]] = dict(
-                zip(("map_id", "rows", "rows_total", "roi", "ratio", "soc"), r[1:], strict=True)
-            )
+            self.rixs_maps[r.map_id] = {k: v for k, v in r._asdict().items() if k != "rowid"}
         return bool(rows)
 
     def _add_rixs_rows(self, doc: dict[str, Any]) -> None:

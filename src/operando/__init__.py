@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from operando.lazy import exports
 
 if TYPE_CHECKING:  # what an editor and pyright see; at run time each loads on first use
     from operando.align import Alignment, PotentiostatHistory, align_window
@@ -60,8 +61,4 @@ __all__ = [
 assert sorted(__all__) == sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'operando' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = exports(__name__, _EXPORTS)

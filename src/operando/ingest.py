@@ -45,7 +45,7 @@ from operando.protocol import (
     plain,
 )
 from operando.rawlog import RawRecord, frame_sizes
-from operando.sequence import Arrival, SequenceTracker
+from operando.sequence import Arrival, Gap, SequenceTracker
 from operando.store.rows import PotentiostatRow, SpectrumRow
 from operando.store.writer import RunStore, Summary
 
@@ -329,24 +329,7 @@ class Ingest:
                 previous_session=verdict.previous_session,
             )
         if verdict.gap is not None:
-            g = verdict.gap
-            self.events.derived(
-                EventKind.GAP,
-                link,
-                t_src,
-                session=g.session,
-                first=g.first,
-                last=g.last,
-                count=g.count,
-                t_before=state.last_message_t,
-                t_after=t_src,
-            )
-            if link == self.pstat_link:
-                # The rows lost lie between the newest row held and the first row (or the
-                # clock) of the message that revealed the gap.
-                self.aligner.missing(
-                    PotentiostatGap(g.first, g.last, self.history.watermark, first_row_t, g.session)
-                )
+            self._gap(link, verdict.gap, state.last_message_t, t_src, first_row_t)
         if verdict.arrival is Arrival.OUT_OF_ORDER:
             if not self._refilling:  # a refill is asked for: the "refill" event says it
                 self.events.derived(EventKind.OUT_OF_ORDER, link, t_src, session=session, seq=seq)
@@ -355,6 +338,36 @@ class Ingest:
         else:
             state.last_message_t = t_src
         return True
+
+    def _gap(
+        self,
+        link: str,
+        g: Gap,
+        t_before: float | None,
+        t_after: float,
+        first_row_t: float,
+        *,
+        tail: bool = False,
+    ) -> None:
+        """Messages missing on ``link``: an event (the refiller asks for them); for the
+        potentiostat, its rows are missing from the record between the newest row held and
+        the first row (or the clock) of the message that revealed the gap."""
+        detail: dict[str, Any] = {"tail": True} if tail else {}
+        self.events.derived(
+            EventKind.GAP,
+            link,
+            t_after,
+            session=g.session,
+            first=g.first,
+            last=g.last,
+            count=g.count,
+            t_before=t_before,
+            t_after=t_after,
+            **detail,
+        )
+        if link == self.pstat_link:
+            mark = self.history.watermark
+            self.aligner.missing(PotentiostatGap(g.first, g.last, mark, first_row_t, g.session))
 
     # -- kinds -----------------------------------------------------------------------------
     def _series_start(self, link: str, state: LinkState, h: SeriesStart, t: float) -> None:
@@ -366,23 +379,8 @@ class Ingest:
             gap = state.tracker.expect(
                 str(previous.get("session", "")), int(previous.get("last_seq", -1))
             )
-            if gap is not None:
-                self.events.derived(
-                    EventKind.GAP,
-                    link,
-                    t,
-                    session=gap.session,
-                    first=gap.first,
-                    last=gap.last,
-                    count=gap.count,
-                    t_before=None,
-                    t_after=t,
-                    tail=True,
-                )
-                if link == self.pstat_link:
-                    self.aligner.missing(
-                        PotentiostatGap(gap.first, gap.last, self.history.watermark, t, gap.session)
-                    )
+            if gap is not None:  # the tail its last process sent to nobody
+                self._gap(link, gap, None, t, t, tail=True)
         self.events.derived(
             EventKind.SERIES_START,
             link,

@@ -15,8 +15,9 @@ package and must not pay for pandas.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from operando.lazy import exports
 
 if TYPE_CHECKING:  # what an editor and pyright see; at run time each loads on first use
     from operando.store.reader import (
@@ -63,8 +64,4 @@ __all__ = [
 assert sorted(__all__) == sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'operando.store' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = exports(__name__, _EXPORTS)

@@ -2,7 +2,7 @@
 
 The dashboard reads a run being recorded this way: one read-only connection (WAL: it never
 waits for the writer), a watermark per table (the last rowid read), and each query returns
-only what is new. The rows come back as tuples in the order the queries name their columns.
+only what is new, as typed rows (``rowid`` first: the watermark).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,96 @@ from operando.store.schema import StoreError, open_readonly
 
 # columns of ``cell_rows``: what the dashboard draws of the potentiostat record
 CELL_COLUMNS = ("t", "Ewe", "I", "soc", "mode")
+
+
+class AlignedSpectrum(NamedTuple):
+    rowid: int
+    spectrum_id: int
+    raw_id: int
+    link: str
+    kind: str
+    edge: str
+    t_start: float
+    t_end: float
+    spot: str | None
+    x_mm: float | None
+    y_mm: float | None
+    trigger_id: str | None
+    partial: int
+    reason: str
+    soc: float | None
+    Ewe: float | None
+    I: float | None  # noqa: E741 - the current, as the cell's columns name it
+    revision: int
+
+
+class FittedSpectrum(NamedTuple):
+    rowid: int
+    spectrum_id: int
+    channel: str
+    valence: float | None
+    valence_unc: float | None
+    chi2_red: float | None
+    fractions: str  # JSON
+    uncertainties: str  # JSON
+    doc: str  # the whole fit, JSON
+    edge: str
+    t_start: float
+    t_end: float
+    soc: float | None
+    raw_id: int
+
+
+class ChannelFit(NamedTuple):
+    rowid: int
+    spectrum_id: int
+    channel: str
+    doc: str
+
+
+class SpotDose(NamedTuple):
+    rowid: int
+    spectrum_id: int
+    spot: str
+    scan_Gy: float
+    total_Gy: float
+    t: float
+    x_mm: float | None
+    y_mm: float | None
+
+
+class EventEntry(NamedTuple):
+    id: int
+    recv_ns: int
+    t: float | None
+    kind: str
+    link: str | None
+    detail: str  # JSON
+
+
+class RelaxationEntry(NamedTuple):
+    rowid: int
+    rest_start: float
+    channel: str
+    quantity: str
+    doc: str
+
+
+class RixsEntry(NamedTuple):
+    rowid: int
+    map_id: str
+    rows: int
+    rows_total: int
+    roi: float | None
+    ratio: float | None
+    soc: float | None
+
+
+R = TypeVar("R", bound=tuple)
+
+
+def _typed(row_type: type[R], rows: list[tuple[Any, ...]]) -> list[R]:
+    return [row_type(*r) for r in rows]
 
 
 class RunFollower:
@@ -80,65 +170,82 @@ class RunFollower:
         self.marks["potentiostat"] = int(last)
         return np.array(text.split(","), dtype=np.float64).reshape(-1, len(CELL_COLUMNS))
 
-    def alignments(self, again: Iterable[int]) -> list[tuple[Any, ...]]:
+    def alignments(self, again: Iterable[int]) -> list[AlignedSpectrum]:
         """New alignments, and those of spectra ``again`` (partial ones, which may be
-        realigned): rowid, spectrum_id, raw_id, link, kind, edge, t_start, t_end, spot, x_mm,
-        y_mm, trigger_id, partial, reason, soc, Ewe, I, revision."""
+        realigned)."""
         ids = ",".join(str(int(i)) for i in sorted(again)) or "-1"
-        return self._new(
-            "alignment",
-            "SELECT a.rowid, s.id, s.raw_id, s.link, s.kind, s.edge, s.t_start, s.t_end, "
-            "s.spot_id, s.spot_x, s.spot_y, s.trigger_id, a.partial, a.reason, a.soc, "
-            "a.ewe_mean, a.i_mean, a.revision FROM alignment a JOIN spectra s ON s.id = "
-            f"a.spectrum_id WHERE a.rowid > ? OR a.spectrum_id IN ({ids}) ORDER BY a.rowid",
+        return _typed(
+            AlignedSpectrum,
+            self._new(
+                "alignment",
+                "SELECT a.rowid, s.id, s.raw_id, s.link, s.kind, s.edge, s.t_start, s.t_end, "
+                "s.spot_id, s.spot_x, s.spot_y, s.trigger_id, a.partial, a.reason, a.soc, "
+                "a.ewe_mean, a.i_mean, a.revision FROM alignment a JOIN spectra s ON s.id = "
+                f"a.spectrum_id WHERE a.rowid > ? OR a.spectrum_id IN ({ids}) ORDER BY a.rowid",
+            ),
         )
 
-    def fits(self) -> list[tuple[Any, ...]]:
-        """New fits: rowid, spectrum_id, channel, valence, valence_unc, chi2_red, fractions,
-        uncertainties, doc, edge, t_start, t_end, soc, raw_id."""
-        return self._new(
-            "analysis",
-            "SELECT a.rowid, a.spectrum_id, a.channel, a.valence, a.valence_unc, a.chi2_red, "
-            "a.fractions, a.uncertainties, a.doc, s.edge, s.t_start, s.t_end, al.soc, s.raw_id "
-            "FROM analysis a JOIN spectra s ON s.id = a.spectrum_id LEFT JOIN alignment al "
-            "ON al.spectrum_id = a.spectrum_id WHERE a.rowid > ? ORDER BY a.rowid",
+    def fits(self) -> list[FittedSpectrum]:
+        """New fits, with their spectrum's edge, window, SOC and raw message."""
+        return _typed(
+            FittedSpectrum,
+            self._new(
+                "analysis",
+                "SELECT a.rowid, a.spectrum_id, a.channel, a.valence, a.valence_unc, a.chi2_red, "
+                "a.fractions, a.uncertainties, a.doc, s.edge, s.t_start, s.t_end, al.soc, s.raw_id "
+                "FROM analysis a JOIN spectra s ON s.id = a.spectrum_id LEFT JOIN alignment al "
+                "ON al.spectrum_id = a.spectrum_id WHERE a.rowid > ? ORDER BY a.rowid",
+            ),
         )
 
-    def fits_of(self, spectrum_id: int) -> list[tuple[Any, ...]]:
-        """Every channel's fit of one spectrum: rowid, spectrum_id, channel, doc."""
-        return self._query(
-            "SELECT rowid, spectrum_id, channel, doc FROM analysis WHERE spectrum_id = ?",
-            (spectrum_id,),
+    def fits_of(self, spectrum_id: int) -> list[ChannelFit]:
+        """Every channel's fit of one spectrum."""
+        return _typed(
+            ChannelFit,
+            self._query(
+                "SELECT rowid, spectrum_id, channel, doc FROM analysis WHERE spectrum_id = ?",
+                (spectrum_id,),
+            ),
         )
 
-    def doses(self) -> list[tuple[Any, ...]]:
-        """New doses: rowid, spectrum_id, spot, dose_Gy, spot total after, t_end, x, y."""
-        return self._new(
-            "dose",
-            "SELECT d.rowid, d.spectrum_id, d.spot, d.dose_Gy, d.after_Gy, s.t_end, s.spot_x, "
-            "s.spot_y FROM dose d JOIN spectra s ON s.id = d.spectrum_id WHERE d.rowid > ? "
-            "ORDER BY d.rowid",
+    def doses(self) -> list[SpotDose]:
+        """New doses: each scan's, its spot's total after it, when and where."""
+        return _typed(
+            SpotDose,
+            self._new(
+                "dose",
+                "SELECT d.rowid, d.spectrum_id, d.spot, d.dose_Gy, d.after_Gy, s.t_end, s.spot_x, "
+                "s.spot_y FROM dose d JOIN spectra s ON s.id = d.spectrum_id WHERE d.rowid > ? "
+                "ORDER BY d.rowid",
+            ),
         )
 
-    def events(self) -> list[tuple[Any, ...]]:
-        """New events: id, recv_ns, t, kind, link, detail (JSON)."""
-        return self._new(
-            "events",
-            "SELECT id, recv_ns, t, kind, link, detail FROM events WHERE id > ? ORDER BY id",
+    def events(self) -> list[EventEntry]:
+        return _typed(
+            EventEntry,
+            self._new(
+                "events",
+                "SELECT id, recv_ns, t, kind, link, detail FROM events WHERE id > ? ORDER BY id",
+            ),
         )
 
-    def relaxation(self) -> list[tuple[Any, ...]]:
-        """New relaxation fits: rowid, rest_start, channel, quantity, doc."""
-        return self._new(
-            "relaxation",
-            "SELECT rowid, rest_start, channel, quantity, doc FROM relaxation WHERE rowid > ?",
+    def relaxation(self) -> list[RelaxationEntry]:
+        return _typed(
+            RelaxationEntry,
+            self._new(
+                "relaxation",
+                "SELECT rowid, rest_start, channel, quantity, doc FROM relaxation WHERE rowid > ?",
+            ),
         )
 
-    def rixs(self) -> list[tuple[Any, ...]]:
-        """New RIXS map reductions: rowid, map_id, rows, rows_total, roi, ratio, soc."""
-        return self._new(
-            "rixs",
-            "SELECT rowid, map_id, rows, rows_total, roi, ratio, soc FROM rixs WHERE rowid > ?",
+    def rixs(self) -> list[RixsEntry]:
+        """New RIXS map reductions."""
+        return _typed(
+            RixsEntry,
+            self._new(
+                "rixs",
+                "SELECT rowid, map_id, rows, rows_total, roi, ratio, soc FROM rixs WHERE rowid > ?",
+            ),
         )
 
     def raw_location(self, raw_id: int) -> tuple[int, int, int] | None:
