@@ -16,8 +16,9 @@ Fluorescence (TFY) of a concentrated sample saturates: I ~ mu (1 + beta) / (mu +
 normalised to a unit edge step. ``self_absorption=True`` fits beta as well (scipy
 least_squares from the linear fit's answer); references must then be edge-step normalised.
 
-Uncertainties come from the linearised model's covariance at the solution (scaled by the
-reduced chi-square when that exceeds 1), propagated to the fractions.
+Uncertainties come from the linearised model's covariance at the solution, propagated to the
+fractions: in the units of the given counting noise (scaled by the reduced chi-square when that
+exceeds 1), or, with no noise given, scaled by the residual scatter (``weighted`` says which).
 """
 
 from __future__ import annotations
@@ -170,7 +171,11 @@ def _result(
         cov = np.linalg.pinv(j.T @ j)
     except np.linalg.LinAlgError:
         cov = np.full((j.shape[1], j.shape[1]), np.nan)
-    cov_all[np.ix_(keep, keep)] = cov * max(chi2_red, 1.0)
+    # Given noise (counts): the covariance is in its units, widened when the fit is worse
+    # than that noise. No noise given (currents, or I0 not in counts): the residual scatter
+    # is the only noise estimate, so the covariance scales with it; kept at 1 it assumed
+    # unit noise per point and reported sigmas ~1000 times the real errors.
+    cov_all[np.ix_(keep, keep)] = cov * (max(chi2_red, 1.0) if weighted else chi2_red)
     cov_c = cov_all[:k, :k]
     total = float(c.sum())
     fr = c / total
