@@ -15,7 +15,7 @@ from operando.alignment import PendingSpectrum
 from operando.events import EventKind
 from operando.ingest import Ingest, spectrum_input
 from operando.protocol import decode
-from operando.store.reader import Run, read_raw
+from operando.store.reader import Run
 
 
 def restore(ingest: Ingest, run: Run) -> None:
@@ -76,7 +76,7 @@ def _potentiostat(ingest: Ingest, run: Run) -> None:
 
 def _waiting_spectra(ingest: Ingest, run: Run) -> None:
     for w in run.unaligned():
-        msg = decode(read_raw(run.run_dir, w.raw_id).frames)
+        msg = decode(run.raw_message(w.raw_id).frames)  # one open run, not one per spectrum
         analysis = spectrum_input(w.spectrum_id, msg.header)  # type: ignore[arg-type]
         if w.dose is not None:  # counted before the restart
             analysis.dose_before_Gy, analysis.dose_after_Gy = w.dose

@@ -154,17 +154,16 @@ class RunFollower:
         while the server thread was busy drawing a page, reading a 72 h history that way took
         over 15 s; as one value it takes ~0.1 s. (SQLite's printf keeps 16 significant digits:
         sub-microsecond times, enough for a display.)"""
-        (last, n, text) = (
-            self._query(
-                "SELECT max(r), count(*), group_concat(v, ',') FROM (SELECT rowid AS r, "
-                "printf('%.17g,%.17g,%.17g,%s,%d', t, ewe, i, coalesce(soc, 'nan'), mode) "
-                "AS v FROM potentiostat WHERE rowid > ? AND (link = ? OR ? IS NULL) "
-                "ORDER BY rowid LIMIT ?)",
-                (self.marks["potentiostat"], link, link, chunk),
-            )[0]
-            if self.ready
-            else (None, 0, None)
+        rows = self._query(
+            "SELECT max(r), count(*), group_concat(v, ',') FROM (SELECT rowid AS r, "
+            "printf('%.17g,%.17g,%.17g,%s,%d', t, ewe, i, coalesce(soc, 'nan'), mode) "
+            "AS v FROM potentiostat WHERE rowid > ? AND (link = ? OR ? IS NULL) "
+            "ORDER BY rowid LIMIT ?)",
+            (self.marks["potentiostat"], link, link, chunk),
         )
+        if not rows:  # no store yet
+            return None
+        last, n, text = rows[0]
         if not n or last is None or text is None:
             return None
         self.marks["potentiostat"] = int(last)

@@ -259,6 +259,13 @@ class Run:
         ).fetchone()
         return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
+    def raw_message(self, raw_id: int) -> RawRecord:
+        """One recorded message by id, exactly as received (on this open run)."""
+        where = self.raw_location(raw_id)
+        if where is None:
+            raise StoreError(f"{self.run_dir}: no raw message {raw_id}")
+        return read_record(self.run_dir, *where)
+
     def raw_count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM raw").fetchone()[0])
 
@@ -401,10 +408,7 @@ _IN_STREAM = "seq IS NOT NULL AND kind NOT IN ('command', 'ack')"
 def read_raw(run_dir: str | Path, raw_id: int) -> RawRecord:
     """One recorded message by id, exactly as received."""
     with Run(run_dir) as run:
-        row = run.raw_location(raw_id)
-    if row is None:
-        raise StoreError(f"{run_dir}: no raw message {raw_id}")
-    return read_record(Path(run_dir), *row)
+        return run.raw_message(raw_id)
 
 
 def iter_raw(run_dir: str | Path) -> Iterator[RawRecord]:
