@@ -105,6 +105,8 @@ class RunStore:
             raise StoreError(str(e)) from None
         try:
             self.reopened = self.path.exists()
+            if not self.reopened:
+                _create_store(self.path)
             conn = connect(self.path)
             conn.executescript(SCHEMA)
             migrate(conn)
@@ -452,6 +454,21 @@ class RunStore:
             self._conn.execute(f"DELETE FROM {table}" + (f" WHERE NOT ({keep})" if keep else ""))
         self._conn.commit()
         self.next_spectrum_id = 1
+
+
+def _create_store(path: Path) -> None:
+    """Make a new run store whole before it appears under its name: a reader that finds
+    ``run.sqlite`` (a notebook polling for it) always finds its tables."""
+    partial = path.with_name(path.name + ".new")
+    partial.unlink(missing_ok=True)
+    conn = connect(partial)
+    try:
+        conn.executescript(SCHEMA)
+        conn.execute(SQL["meta"], ("schema_version", str(SCHEMA_VERSION)))
+        conn.commit()
+    finally:
+        conn.close()  # the last connection closing folds the WAL back into the file
+    os.replace(partial, path)
 
 
 def save_run_config(run_dir: Path, cfg: ExperimentConfig) -> None:
