@@ -134,6 +134,7 @@ class Session:
         self.message = pn.pane.HTML("", sizing_mode="stretch_width")
         self.heatmaps = pn.Column(sizing_mode="stretch_width")
         self.damage = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.fit_quality = pn.pane.HTML(fit_quality_html(snap), sizing_mode="stretch_width")
         self.events = pn.pane.HTML("", sizing_mode="stretch_width")
         self.stale: set[str] = set()
         self.layout = self._layout()
@@ -200,6 +201,7 @@ class Session:
                 "Spectra",
                 pn.Column(
                     _pane(latest, width=760, height=280),
+                    self.fit_quality,
                     _pane(resid, width=760, height=160),
                     _pane(vs_soc, **size),
                     self.heatmaps,
@@ -317,6 +319,7 @@ class Session:
         def spectra_tab(snap: Snapshot) -> None:
             p["fits_soc"].send(snap.fits)
             p["latest"].send(snap.latest)
+            self.fit_quality.object = fit_quality_html(snap)
             self._heatmaps(snap)
 
         def relaxation(snap: Snapshot) -> None:
@@ -504,6 +507,30 @@ def damage_html(snap: Snapshot) -> str:
         "<th>spot</th><th>test</th><th>p</th><th>statistic</th><th>dose (MGy)</th>"
         "<th>evidence</th></tr>"
         f"{rows}</table>"
+    )
+
+
+QUALITY_COLOUR = {"good": "#1a7f37", "check": "#9a6700", "poor": "#cf222e"}
+
+
+def fit_quality_html(snap: Snapshot) -> str:
+    """The newest spectrum's fits: each channel's verdict and every reason behind it, and how
+    many of the run's fits were judged poor."""
+    latest = snap.latest
+    if latest is None or not latest.quality:
+        return '<div class="op-fit-quality">no fit yet</div>'
+    items = "".join(
+        f'<li data-channel="{html.escape(c)}" data-quality="{html.escape(q)}">'
+        f'<b style="color:{QUALITY_COLOUR.get(q, "#57606a")}">{html.escape(c)} {html.escape(q)}'
+        f"</b>{': ' + html.escape('; '.join(notes)) if notes else ''}</li>"
+        for c, (q, notes) in sorted(latest.quality.items())
+    )
+    fits = snap.fits
+    poor = int((fits["quality"] == "poor").sum()) if "quality" in fits else 0
+    tally = f"{poor} of {len(fits)} fits in this run judged poor" if len(fits) else ""
+    return (
+        f'<div class="op-fit-quality">spectrum {latest.spectrum_id} fits:<ul>{items}</ul>'
+        f'<span class="op-poor-fits" data-count="{poor}">{tally}</span></div>'
     )
 
 

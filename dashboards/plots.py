@@ -125,7 +125,10 @@ def fraction_plot(fits: pd.DataFrame, channel: str, edge: str | None) -> hv.Over
 
 
 def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
-    """Average oxidation state per channel, against time (``x='t'``) or SOC (``x='soc'``)."""
+    """Average oxidation state per channel, against time (``x='t'``) or SOC (``x='soc'``).
+
+    A fit judged poor (the references do not describe the spectrum, a parameter at its limit)
+    is drawn hollow and grey, apart from the others: seen, but not read as a valence."""
     xdim = T if x == "t" else SOC
     items: list[Any] = []
     groups = fits.groupby(["edge", "channel"]) if len(fits) else []
@@ -135,18 +138,42 @@ def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
         marker = MARKERS[sorted(fits["edge"].unique()).index(edge) % len(MARKERS)]
         xs = as_time(f["t"]) if x == "t" else f["soc"].to_numpy()
         data = pd.DataFrame(
-            {xdim.name: xs, "valence": f["valence"], "err": f["valence_unc"]}
+            {
+                xdim.name: xs,
+                "valence": f["valence"].to_numpy(),
+                "err": f["valence_unc"].to_numpy(),
+                "quality": f["quality"].to_numpy(),
+                "flags": f["flags"].to_numpy(),
+            }
         ).sort_values(xdim.name)
-        items.append(styled(hv.ErrorBars(data, xdim, [VALENCE, "err"]), color=colour, alpha=0.5))
+        poor = data["quality"] == "poor"
+        trusted = data[~poor]
+        items.append(styled(hv.ErrorBars(trusted, xdim, [VALENCE, "err"]), color=colour, alpha=0.5))
         items.append(
             styled(
-                hv.Scatter(data, xdim, VALENCE, label=f"{edge} {channel}"),
+                hv.Scatter(trusted, xdim, [VALENCE, "quality", "flags"], label=f"{edge} {channel}"),
                 color=colour,
                 size=6,
                 marker=marker,
                 tools=["hover"],
             )
         )
+        if poor.any():
+            items.append(
+                styled(
+                    hv.Scatter(
+                        data[poor],
+                        xdim,
+                        [VALENCE, "quality", "flags"],
+                        label=f"{edge} {channel} poor fit",
+                    ),
+                    color="#888888",
+                    fill_alpha=0.0,
+                    size=7,
+                    marker=marker,
+                    tools=["hover"],
+                )
+            )
     if not items:
         items = [hv.Scatter(pd.DataFrame({xdim.name: [], "valence": []}), xdim, VALENCE)]
     against = "time" if x == "t" else "SOC"
@@ -204,6 +231,8 @@ def spectrum_plot(latest: Any, part: str = "fit") -> hv.Overlay:
         if part == "fit"
         else f"spectrum {latest.spectrum_id}: residual"
     )
+    if part == "fit" and latest.quality:
+        title += " - " + ", ".join(f"{c} {q}" for c, (q, _) in sorted(latest.quality.items()))
     return styled(hv.Overlay(items), title=title, legend_position="right")
 
 

@@ -84,6 +84,8 @@ class LatestSpectrum:
     edge: str
     soc: float | None
     channels: dict[str, dict[str, np.ndarray]]  # channel -> energy, data, model, residual
+    # channel -> the fit's quality ("good", "check", "poor") and why (FitResult.notes)
+    quality: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -253,6 +255,8 @@ class RunView:
                 "valence": math.nan if r.valence is None else r.valence,
                 "valence_unc": math.nan if r.valence_unc is None else r.valence_unc,
                 "chi2_red": r.chi2_red,
+                "quality": r.quality,
+                "flags": "; ".join(json.loads(r.flags)),
                 **_fraction_columns("f:", json.loads(r.fractions)),
                 **_fraction_columns("u:", json.loads(r.uncertainties)),
             }
@@ -286,19 +290,23 @@ class RunView:
         energy = np.asarray(msg.arrays["energy"], float)
         refs = self.refs.get(edge)
         channels = {}
+        quality = {}
         for r in rows:
             channel = r.channel
             if channel not in msg.arrays:
                 continue
             y, _, _ = signal(msg.arrays, channel)
             model = np.full_like(y, np.nan)
+            fit = msgspec.json.decode(r.doc, type=FitResult)
+            # a fit recorded before fits were judged has no verdict: say so, not "good"
+            judged = "quality" in json.loads(r.doc)
+            quality[channel] = (fit.quality if judged else "unjudged", fit.notes)
             if refs is not None:
-                fit = msgspec.json.decode(r.doc, type=FitResult)
                 lo, hi = fit.fit_range  # the model is drawn only where it was fitted
                 inside = (energy >= lo) & (energy <= hi)
                 model[inside] = model_curve(energy[inside], refs, fit)
             channels[channel] = {"energy": energy, "data": y, "model": model, "residual": y - model}
-        self.latest = LatestSpectrum(sid, edge, soc, channels)
+        self.latest = LatestSpectrum(sid, edge, soc, channels, quality)
 
     def _normalise_new(self, spectra: dict[int, tuple[str, float | None, int]]) -> None:
         """Edge-step normalised spectra of the newest scans, for the heatmap against SOC."""

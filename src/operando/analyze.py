@@ -133,7 +133,6 @@ class Analyzer:
                     arrays,
                     channel,
                     refs,
-                    edge=s.edge,
                     fit_range=self.cfg.fit_ranges.get(s.edge),
                     self_absorption=channel in self.cfg.self_absorption,
                 )
@@ -162,6 +161,8 @@ class Analyzer:
                     _json.encode(fit.fractions).decode(),
                     _json.encode(fit.uncertainties).decode(),
                     _json.encode(fit).decode(),
+                    fit.quality,
+                    _json.encode(fit.notes).decode(),
                 )
             )
         return out

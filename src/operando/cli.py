@@ -200,19 +200,31 @@ def _dashboard(a: argparse.Namespace) -> int:
 
 
 def _fit(a: argparse.Namespace) -> int:
-    from operando.fitcli import fit_files
+    from operando.analysis.valence import FLUORESCENCE
+    from operando.fitcli import FitInputError, fit_files
 
-    return fit_files(
-        a.files,
-        a.references,
-        channel=a.channel,
-        edge=a.edge,
-        fit_range=tuple(a.fit_range) if a.fit_range else None,
-        self_absorption=a.self_absorption,
-        energy_col=a.energy_col,
-        i0_col=a.i0_col,
-        as_json=a.json,
-    )
+    channels = a.channel or None
+    sa: list[str]
+    if a.self_absorption is None:  # default: the fluorescence channels, as the monitor does
+        sa = list(FLUORESCENCE)
+    elif a.self_absorption == "all":
+        sa = list(channels or ()) or ["*"]
+    else:
+        sa = [c for c in a.self_absorption.split(",") if c and c != "none"]
+    try:
+        return fit_files(
+            a.files,
+            a.references,
+            channels=channels,
+            fit_range=tuple(a.fit_range) if a.fit_range else None,
+            self_absorption=sa,
+            energy_col=a.energy_col,
+            i0_col=a.i0_col,
+            as_json=a.json,
+        )
+    except FitInputError as e:
+        print(f"operando fit: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _references(a: argparse.Namespace) -> int:
@@ -371,13 +383,25 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="valence fractions of scan files (the live analysis)")
     p.add_argument("files", nargs="+", help="column text files: energy, signal[, I0]")
     p.add_argument("--references", required=True, help="CSV or NPZ: energy + one column each")
-    p.add_argument("--channel", default="TEY", help="signal column name or number (TEY)")
-    p.add_argument("--edge", default=None, help="edge for the default fit range, e.g. Mn-L")
-    p.add_argument("--fit-range", nargs=2, type=float, metavar=("LO", "HI"))
+    p.add_argument(
+        "--channel",
+        action="append",
+        help="signal column to fit, name or number; repeat for more (default: every "
+        "TEY/TFY/PFY/FY/iPFY column in the file)",
+    )
+    p.add_argument(
+        "--fit-range",
+        nargs=2,
+        type=float,
+        metavar=("LO", "HI"),
+        help="eV (default: all that the scan and the references both cover)",
+    )
     p.add_argument(
         "--self-absorption",
-        action="store_true",
-        help="fit TFY saturation (references must be edge-step normalised)",
+        metavar="CHANNELS",
+        help="channels fitted with thick-sample saturation, comma-separated, 'all' or 'none' "
+        "(default: the fluorescence channels TFY,PFY,FY,iPFY; references must be "
+        "edge-step normalised)",
     )
     p.add_argument("--energy-col", help="energy column name or number (default: first)")
     p.add_argument("--i0-col", help="I0 column name or number (default: one named I0)")

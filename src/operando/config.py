@@ -15,6 +15,7 @@ import msgspec
 
 from operando.analysis.damage import DamageSettings
 from operando.analysis.rest import RestCriterion
+from operando.analysis.valence import FLUORESCENCE
 
 
 class ConfigError(ValueError):
@@ -80,7 +81,8 @@ class SourceConfig(_Section):
 class AnalysisConfig(_Section):
     enabled: bool = True
     channels: list[str] = msgspec.field(default_factory=lambda: ["TEY", "TFY"])
-    self_absorption: list[str] = msgspec.field(default_factory=lambda: ["TFY"])
+    # channels fitted with the self-absorption model (default: every fluorescence channel)
+    self_absorption: list[str] = msgspec.field(default_factory=lambda: list(FLUORESCENCE))
     references: dict[str, str] = msgspec.field(default_factory=dict)  # edge -> CSV/NPZ file
     fit_ranges: dict[str, tuple[float, float]] = msgspec.field(default_factory=dict)
     sample_formula: str = ""  # default: from each scan's metadata

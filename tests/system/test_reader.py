@@ -105,7 +105,6 @@ def test_fit_scan_is_the_fit_the_monitor_made(lfp_run):
         s.arrays,
         channel,
         refs,
-        edge=s.edge,
         fit_range=cfg.analysis.fit_ranges.get(s.edge),
         self_absorption=channel in cfg.analysis.self_absorption,
     )

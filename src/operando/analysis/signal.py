@@ -29,15 +29,22 @@ def signal(
 
 
 def poisson_sigma(signal: np.ndarray, i0: np.ndarray | None) -> np.ndarray | None:
-    """Counting noise of signal/I0 when both are counts (non-negative integers), else None."""
+    """Counting noise of signal/I0 when the signal is counts (non-negative integers), else
+    None. An I0 in counts adds its own; an I0 that is not counts (a monitor current, arbitrary
+    units) is taken as exact: a monitor is far quieter than the signal it normalises, and
+    the fit's chi2_red against this noise shows when that is not so."""
 
     def counts(a: np.ndarray) -> bool:
-        return bool(np.all(a >= 0) and np.all(a == np.round(a)))
+        finite = a[np.isfinite(a)]
+        return bool(len(finite) and np.all(finite >= 0) and np.all(finite == np.round(finite)))
 
-    if not counts(signal) or (i0 is not None and not counts(i0)):
+    if not counts(signal):
         return None
     s = np.maximum(signal, 1.0)
     if i0 is None:
         return np.sqrt(s)
-    i = np.maximum(i0, 1.0)
+    i = np.where(i0 > 0, i0, np.nan)
+    if not counts(i0):
+        return np.sqrt(s) / i
+    i = np.maximum(i, 1.0)
     return (s / i) * np.sqrt(1.0 / s + 1.0 / i)

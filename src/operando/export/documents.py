@@ -158,10 +158,12 @@ def _spectrum_stream(bundle: Any, name: str, spectra: list[RecordedSpectrum]) ->
             c = nexus_name(channel)
             fit_keys[f"valence_{c}"] = (channel, "average_valence", None)
             fit_keys[f"valence_uncertainty_{c}"] = (channel, "valence_uncertainty", None)
+            fit_keys[f"fit_quality_{c}"] = (channel, "quality", None)
+            fit_keys[f"fit_flags_{c}"] = (channel, "notes", None)
             for comp in fit.get("fractions", {}):
                 fit_keys[nexus_name(f"fraction_{c}_{comp}")] = (channel, "fractions", comp)
-    for k in fit_keys:
-        keys[k] = _key("number", "operando.analysis")
+    for k, (_, field, _) in fit_keys.items():
+        keys[k] = _key("string" if field in ("quality", "notes") else "number", "operando.analysis")
     d = bundle.compose_descriptor(name=name, data_keys=keys, time=first.t_start)
     yield "descriptor", dict(d.descriptor_doc)
     for s in spectra:
@@ -180,7 +182,12 @@ def _spectrum_stream(bundle: Any, name: str, spectra: list[RecordedSpectrum]) ->
             data[k] = s.arrays.get(a)
         for k, (channel, field, comp) in fit_keys.items():
             fit = s.fits.get(channel, {})
-            data[k] = fit.get(field, {}).get(comp) if comp else fit.get(field)
+            if field == "notes":  # why the quality is not good, one phrase each
+                data[k] = "; ".join(fit.get("notes", ())) if fit else None
+            elif field == "quality":  # "unjudged": fitted before fits were judged
+                data[k] = fit.get("quality", "unjudged") if fit else None
+            else:
+                data[k] = fit.get(field, {}).get(comp) if comp else fit.get(field)
         data = {k: _clean(v) for k, v in data.items()}
         ev = d.compose_event(data=data, timestamps=dict.fromkeys(data, s.t_end), time=s.t_end)
         yield "event", dict(ev)

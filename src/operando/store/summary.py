@@ -62,6 +62,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
     ewe_min, ewe_max = conn.execute("SELECT min(ewe), max(ewe) FROM potentiostat").fetchone()
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     fits = dict(conn.execute("SELECT channel, count(*) FROM analysis GROUP BY channel"))
+    fit_quality = dict(conn.execute("SELECT quality, count(*) FROM analysis GROUP BY quality"))
     (analysed,) = conn.execute("SELECT count(DISTINCT spectrum_id) FROM analysis").fetchone()
     doses = dict(conn.execute("SELECT spot, max(after_Gy) FROM dose GROUP BY spot"))
     flags = dict(
@@ -102,6 +103,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
         "analysis": {
             "spectra_analysed": analysed,
             "fits": fits,
+            "fit_quality": fit_quality,
             "damage_flags": flags,
             "damage_flags_total": sum(flags.values()),
             "dose_Gy_by_spot": doses,
@@ -144,6 +146,13 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  analysed spectra: {a['spectra_analysed']}  fits {a['fits']}  damage flags "
         f"{a['damage_flags_total']}  RIXS maps {a['rixs_maps']}"
     )
+    if a["fit_quality"]:
+        q = a["fit_quality"]
+        lines.append(
+            "  fit quality: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(q.items(), key=lambda kv: -kv[1]))
+            + ("  (poor: do not act on these; see Run.fits() flags)" if q.get("poor") else "")
+        )
     if a["dose_Gy_by_spot"]:
         lines.append(
             "  dose by spot (MGy): "
