@@ -143,7 +143,7 @@ def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
                 "valence": f["valence"].to_numpy(),
                 "err": f["valence_unc"].to_numpy(),
                 "quality": f["quality"].to_numpy(),
-                "flags": f["flags"].to_numpy(),
+                "notes": f["notes"].to_numpy(),
             }
         ).sort_values(xdim.name)
         poor = data["quality"] == "poor"
@@ -151,7 +151,7 @@ def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
         items.append(styled(hv.ErrorBars(trusted, xdim, [VALENCE, "err"]), color=colour, alpha=0.5))
         items.append(
             styled(
-                hv.Scatter(trusted, xdim, [VALENCE, "quality", "flags"], label=f"{edge} {channel}"),
+                hv.Scatter(trusted, xdim, [VALENCE, "quality", "notes"], label=f"{edge} {channel}"),
                 color=colour,
                 size=6,
                 marker=marker,
@@ -164,7 +164,7 @@ def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
                     hv.Scatter(
                         data[poor],
                         xdim,
-                        [VALENCE, "quality", "flags"],
+                        [VALENCE, "quality", "notes"],
                         label=f"{edge} {channel} poor fit",
                     ),
                     color="#888888",

@@ -256,7 +256,7 @@ class RunView:
                 "valence_unc": math.nan if r.valence_unc is None else r.valence_unc,
                 "chi2_red": r.chi2_red,
                 "quality": r.quality,
-                "flags": "; ".join(json.loads(r.flags)),
+                "notes": "; ".join(json.loads(r.notes)),
                 **_fraction_columns("f:", json.loads(r.fractions)),
                 **_fraction_columns("u:", json.loads(r.uncertainties)),
             }

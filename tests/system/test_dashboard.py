@@ -71,6 +71,13 @@ def test_latest_spectrum_model_is_the_recorded_fit(lfp_run, lfp_view):
     latest = lfp_view.snapshot.latest
     assert latest is not None and latest.edge == "Fe-L"
     conn = open_readonly(lfp_run)
+    stored = dict(
+        conn.execute(
+            "SELECT channel, quality FROM analysis WHERE spectrum_id = ?", (latest.spectrum_id,)
+        ).fetchall()
+    )
+    assert {c: q for c, (q, _) in latest.quality.items()} == stored
+    assert set(stored.values()) <= {"good", "check", "poor"}
     for channel, c in latest.channels.items():
         (doc,) = conn.execute(
             "SELECT doc FROM analysis WHERE spectrum_id = ? AND channel = ?",

@@ -181,6 +181,21 @@ def test_finished_run_opens_in_a_dashboard_and_basic_auth_guards_it(
     (n,) = open_readonly(lfp_run).execute("SELECT count(*) FROM alignment").fetchone()
     wait_for(lambda: _spectra(page) == n, 30, 0.5, what="the full history")
     assert "monitor not connected" in page.locator(".op-header").inner_text()
+    # the newest spectrum's fits, each channel with its verdict as the store has it
+    page.get_by_text("Spectra", exact=True).click()
+    verdicts = page.locator(".op-fit-quality li")
+    verdicts.first.wait_for(timeout=30_000)
+    conn = open_readonly(lfp_run)
+    newest = conn.execute("SELECT max(spectrum_id) FROM analysis").fetchone()[0]
+    stored = dict(
+        conn.execute("SELECT channel, quality FROM analysis WHERE spectrum_id = ?", (newest,))
+    )
+    shown = {
+        verdicts.nth(i).get_attribute("data-channel"): verdicts.nth(i).get_attribute("data-quality")
+        for i in range(verdicts.count())
+    }
+    assert shown == stored
+    _shot(page, "dashboard-finished-lfp-spectra")
     page.get_by_text("Relaxation", exact=True).click()
     page.wait_for_timeout(2000)  # Bokeh draws titles into its canvas: look at the screenshot
     _shot(page, "dashboard-finished-lfp-relaxation")

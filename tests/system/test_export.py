@@ -38,7 +38,7 @@ def test_nexus_holds_the_run_as_recorded_and_analysed(lfp_run, tmp_path):
     assert ec.nxaxes[0].nxname == "time" and ec.time.attrs["units"] == "s"
     fits = _store(
         lfp_run,
-        "SELECT s.edge, a.channel, s.raw_id, a.valence FROM analysis a "
+        "SELECT s.edge, a.channel, s.raw_id, a.valence, a.quality, a.notes FROM analysis a "
         "JOIN spectra s ON s.id = a.spectrum_id ORDER BY s.id",
     )
     assert fits, "the LFP demo fits Fe L spectra"
@@ -49,6 +49,10 @@ def test_nexus_holds_the_run_as_recorded_and_analysed(lfp_run, tmp_path):
         assert [a.nxname for a in g.nxaxes] == ["spectrum", "energy"]
         assert g.mu.shape == (len(mine), len(g.energy))
         np.testing.assert_allclose(g.valence.nxvalue, [f[3] for f in mine])
+        # each fit's verdict and its reasons beside its numbers
+        assert list(g.fit_quality.nxvalue) == [f[4] for f in mine]
+        assert set(g.fit_quality.nxvalue) <= {"good", "check", "poor"}
+        assert list(g.fit_notes.nxvalue) == ["; ".join(json.loads(f[5])) for f in mine]
         # the signal is the recorded channel over the recorded I0, spectrum by spectrum
         msg = decode(read_raw(lfp_run, mine[-1][2]).frames)
         np.testing.assert_allclose(g.mu.nxvalue[-1], msg.arrays[channel] / msg.arrays["I0"])
@@ -84,6 +88,15 @@ def test_documents_are_valid_event_model_and_hold_every_spectrum(lirich_run, tmp
                 descriptors[d["descriptor"]], 0
             ) + len(d["seq_num"])
     assert stop["num_events"] == per_stream
+    # the fits' verdicts travel with their numbers
+    fitted = [
+        d["data"]
+        for n, d in docs
+        if n == "event" and any(k.startswith("fit_quality_") for k in d["data"])
+    ]
+    assert fitted
+    assert {d.get("fit_quality_TEY") for d in fitted} <= {"good", "check", "poor", None}
+    assert all(isinstance(d.get("fit_notes_TEY", ""), str | None) for d in fitted)
     ((rows,),) = _store(lirich_run, "SELECT count(*) FROM potentiostat")
     assert per_stream.pop("electrochemistry") == rows
     by_kind = dict(_store(lirich_run, "SELECT kind, count(*) FROM spectra GROUP BY kind"))
@@ -183,6 +196,7 @@ def test_tiled_holds_the_run(lirich_run, tiled_server):
     np.testing.assert_allclose(g["mu"].read()[-1], msg.arrays["TEY"] / msg.arrays["I0"])
     table = g["spectra"].read()
     assert table["scan_id"].iloc[-1] == msg.header.scan_id and not table["partial"].any()
+    assert set(table["fit_quality"]) <= {"good", "check", "poor", ""}
     maps = dict(_store(lirich_run, "SELECT map_id, rows FROM rixs"))
     for map_id, n in maps.items():
         assert node[f"rixs_{map_id}".replace("-", "_")]["counts"].read().shape[0] == n

@@ -31,6 +31,11 @@ def test_a_finished_run_reads_as_dataframes(lfp_run):
     u = fits.filter(like="u:").dropna(axis=1, how="all")
     assert len(f.columns) >= 2 and len(u.columns) == len(f.columns)
     assert np.allclose(f.sum(axis=1), 1.0, atol=1e-6)
+    # and its verdict: judged live, counted by inspect
+    assert set(fits["quality"]) <= {"good", "check", "poor"}
+    assert all(isinstance(notes, list) for notes in fits["notes"])
+    assert (fits["quality"] == "good").sum() > len(fits) / 2  # the simulator's own spectra
+    assert summary["analysis"]["fit_quality"] == fits["quality"].value_counts().to_dict()
     assert (spectra["soc"].dropna().between(-0.05, 1.05)).all()
     assert set(dose["spectrum_id"]) <= set(spectra["spectrum_id"])
     assert "series_start" in set(events["kind"])

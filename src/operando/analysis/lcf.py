@@ -28,7 +28,6 @@ from typing import Any, NamedTuple, cast
 
 import msgspec
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from scipy.optimize import least_squares, nnls
 
 from operando.analysis.references import References
@@ -191,13 +190,17 @@ def _glitches(e: np.ndarray, resid: np.ndarray) -> np.ndarray:
     h0, h1 = np.diff(e)[:-1], np.diff(e)[1:]
     a = h1 / (h0 + h1)
     d = resid[1:-1] - (a * resid[:-2] + (1 - a) * resid[2:])
-    half = min(GLITCH_WINDOW // 2, (len(d) - 1) // 2)
-    padded = np.pad(np.abs(d), half, mode="reflect")
-    local = np.median(sliding_window_view(padded, 2 * half + 1), axis=1)
-    spread = 1.4826 * np.maximum(local, 0.5 * float(np.median(np.abs(d))))
-    if not np.all(spread > 0):
+    size = np.abs(d)
+    floor = 0.5 * float(np.median(size))  # no local spread below half the scan's
+    if not floor > 0:
         return out
-    score = np.abs(d) / spread
+    score = size / (1.4826 * floor)
+    # the local spread only where a spike is possible at all (a sliding median over every
+    # point cost a third of the whole fit)
+    half = GLITCH_WINDOW // 2
+    for i in np.flatnonzero(score > GLITCH_SCORE):
+        local = float(np.median(size[max(i - half, 0) : i + half + 1]))
+        score[i] = size[i] / (1.4826 * max(local, floor))
     # a spike at i also moves the departures of i-1 and i+1, by about half and the other way;
     # a shape the model misses moves several points alike: a spike stands out of its
     # neighbours' scores

@@ -159,7 +159,7 @@ def _spectrum_stream(bundle: Any, name: str, spectra: list[RecordedSpectrum]) ->
             fit_keys[f"valence_{c}"] = (channel, "average_valence", None)
             fit_keys[f"valence_uncertainty_{c}"] = (channel, "valence_uncertainty", None)
             fit_keys[f"fit_quality_{c}"] = (channel, "quality", None)
-            fit_keys[f"fit_flags_{c}"] = (channel, "notes", None)
+            fit_keys[f"fit_notes_{c}"] = (channel, "notes", None)
             for comp in fit.get("fractions", {}):
                 fit_keys[nexus_name(f"fraction_{c}_{comp}")] = (channel, "fractions", comp)
     for k, (_, field, _) in fit_keys.items():

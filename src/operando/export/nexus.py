@@ -12,7 +12,7 @@ Layout (one NXentry, every group with its NX_class; the default plot is the firs
                                    energy) padded with NaN
           per spectrum: scan_id, time, t_start, t_end, Ewe_mean, I_mean, soc, cycle, mode,
           partial, spot, dose_Gy, valence, valence_uncertainty, chi2_red, fit_quality,
-          fit_flags,
+          fit_notes,
           fraction_<component>
       rixs_<map>/ (NXdata)         counts (excitation, emission), excitation, emission
       events/ (NXcollection)       id, t, kind, source, detail (JSON)
@@ -209,7 +209,7 @@ def stack_channel(spectra: list[RecordedSpectrum], channel: str, t0: float) -> C
         # what the numbers cannot say: "good", "check" or "poor", and why ("" unfitted;
         # "unjudged": fitted before fits were judged)
         table["fit_quality"] = ([f.get("quality", "unjudged") if f else "" for f in fits], None)
-        table["fit_flags"] = (["; ".join(f.get("notes", ())) for f in fits], None)
+        table["fit_notes"] = (["; ".join(f.get("notes", ())) for f in fits], None)
         for c in sorted({c for f in fits for c in f.get("fractions", {})}):
             key = nexus_name(f"fraction_{c}")
             table[key] = ([_num(f.get("fractions", {}).get(c)) for f in fits], None)

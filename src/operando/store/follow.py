@@ -51,7 +51,7 @@ class FittedSpectrum(NamedTuple):
     valence_unc: float | None
     chi2_red: float | None
     quality: str  # "good", "check", "poor" ("unjudged": recorded before fits were judged)
-    flags: str  # JSON list
+    notes: str  # JSON list
     fractions: str  # JSON
     uncertainties: str  # JSON
     doc: str  # the whole fit, JSON
@@ -193,7 +193,7 @@ class RunFollower:
             self._new(
                 "analysis",
                 "SELECT a.rowid, a.spectrum_id, a.channel, a.valence, a.valence_unc, a.chi2_red, "
-                "a.quality, a.flags, a.fractions, a.uncertainties, a.doc, s.edge, s.t_start, "
+                "a.quality, a.notes, a.fractions, a.uncertainties, a.doc, s.edge, s.t_start, "
                 "s.t_end, al.soc, s.raw_id "
                 "FROM analysis a JOIN spectra s ON s.id = a.spectrum_id LEFT JOIN alignment al "
                 "ON al.spectrum_id = a.spectrum_id WHERE a.rowid > ? ORDER BY a.rowid",

@@ -123,13 +123,13 @@ class Run:
     def fits(self) -> pd.DataFrame:
         """One row a fitted spectrum and channel: average valence with its 1-sigma, chi2_red,
         energy shift, self-absorption beta, the fit's ``quality`` ("good", "check", "poor")
-        and ``flags`` (why not good: parameters at a bound, a poor fit, glitches), and each
+        and ``notes`` (why not good: parameters at a bound, a poor fit, glitches), and each
         valence's fraction (``f:NAME``) and 1-sigma (``u:NAME``), with the spectrum's edge,
         mid time and SOC."""
         df = self._frame(
             "SELECT a.spectrum_id, a.channel, s.edge, (s.t_start + s.t_end) / 2 AS t, al.soc, "
             "a.method, a.valence, a.valence_unc, a.chi2_red, a.shift_eV, a.beta, a.quality, "
-            "a.flags, a.fractions, a.uncertainties FROM analysis a "
+            "a.notes, a.fractions, a.uncertainties FROM analysis a "
             "JOIN spectra s ON s.id = a.spectrum_id "
             "LEFT JOIN alignment al ON al.spectrum_id = a.spectrum_id "
             "ORDER BY a.spectrum_id, a.channel"
@@ -137,7 +137,7 @@ class Run:
         for column, prefix in (("fractions", "f:"), ("uncertainties", "u:")):
             values = pd.DataFrame([json.loads(v) for v in df.pop(column)], index=df.index)
             df = df.join(values.add_prefix(prefix))
-        df["flags"] = [json.loads(v) for v in df["flags"]]
+        df["notes"] = [json.loads(v) for v in df["notes"]]
         return df
 
     def dose(self) -> pd.DataFrame:

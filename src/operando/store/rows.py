@@ -80,7 +80,7 @@ class AnalysisRow(NamedTuple):
     uncertainties: str  # JSON object
     doc: str  # the whole fit, JSON
     quality: str  # "good", "check" or "poor" (lcf.FitResult.quality)
-    flags: str  # JSON list: why the quality is not good (FitResult.notes), bounds included
+    notes: str  # JSON list: why the quality is not good (FitResult.notes), bounds included
 
 
 class DoseRow(NamedTuple):

@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS analysis (
     spectrum_id INTEGER NOT NULL, channel TEXT NOT NULL, method TEXT NOT NULL, valence REAL,
     valence_unc REAL, chi2_red REAL, shift_eV REAL, beta REAL, fractions TEXT NOT NULL,
     uncertainties TEXT NOT NULL, doc TEXT NOT NULL, quality TEXT NOT NULL DEFAULT 'unjudged',
-    flags TEXT NOT NULL DEFAULT '[]', PRIMARY KEY (spectrum_id, channel));
+    notes TEXT NOT NULL DEFAULT '[]', PRIMARY KEY (spectrum_id, channel));
 CREATE TABLE IF NOT EXISTS dose (
     spectrum_id INTEGER PRIMARY KEY, spot TEXT NOT NULL, dose_Gy REAL NOT NULL,
     before_Gy REAL NOT NULL, after_Gy REAL NOT NULL, rate_Gy_s REAL);
@@ -160,7 +160,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Runs recorded by an older version: add what is new (schema 3: the SOC of each row;
-    schema 4: where each event came from; schema 5: each fit's quality and flags, 'unjudged'
+    schema 4: where each event came from; schema 5: each fit's quality and notes, 'unjudged'
     until ``operando reprocess`` fits it again)."""
     columns = {r[1] for r in conn.execute("PRAGMA table_info(potentiostat)")}
     if "soc" not in columns:
@@ -176,7 +176,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     columns = {r[1] for r in conn.execute("PRAGMA table_info(analysis)")}
     if "quality" not in columns:
         conn.execute("ALTER TABLE analysis ADD COLUMN quality TEXT NOT NULL DEFAULT 'unjudged'")
-        conn.execute("ALTER TABLE analysis ADD COLUMN flags TEXT NOT NULL DEFAULT '[]'")
+        conn.execute("ALTER TABLE analysis ADD COLUMN notes TEXT NOT NULL DEFAULT '[]'")
 
 
 def open_readonly(run_dir: str | Path) -> sqlite3.Connection:

@@ -151,7 +151,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(
             "  fit quality: "
             + ", ".join(f"{n} {k}" for k, n in sorted(q.items(), key=lambda kv: -kv[1]))
-            + ("  (poor: do not act on these; see Run.fits() flags)" if q.get("poor") else "")
+            + ("  (poor: do not act on these; see Run.fits() notes)" if q.get("poor") else "")
         )
     if a["dose_Gy_by_spot"]:
         lines.append(
