@@ -98,6 +98,14 @@ def parse_header(text: str, source: str = "mpt") -> MptHeader:
     return header
 
 
+def current_sampling(names: list[str]) -> str:
+    """How the current the driver sends was sampled: ``I/mA`` is a reading at each row
+    ("instant"); ``<I>/mA``, or (binary files without a current) the current made from the
+    charge passed per row, is the mean over the interval ending at the row
+    ("interval_average")."""
+    return "instant" if "I/mA" in names else "interval_average"
+
+
 def _number(text: str) -> float:
     return float(text.replace(",", "."))
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from operando.drivers.base import Driver, DriverOptions
-from operando.drivers.eclab import MptFormatError, MptHeader, MptReader
+from operando.drivers.eclab import MptFormatError, MptHeader, MptReader, current_sampling
 from operando.drivers.eclab_mpr import read_mpr
 
 from operando.protocol import PotentiostatBatch
@@ -90,6 +90,8 @@ class EclabFile(Driver):
             "technique": self.header.technique,
             "acquisition_start": self.header.start.isoformat() if self.header.start else None,
             "columns": self.header.names,
+            # for the monitor's coulomb counting when no charge column is sent
+            "current_sampling": current_sampling(self.header.names),
         }
         if self.capacity_mAh:
             meta["capacity_mAh"] = self.capacity_mAh

@@ -34,6 +34,15 @@ FROM_EVENTS: dict[EventKind, tuple[str, str, Callable[[str | None, dict[str, Any
             f"p = {d.get('p_value', float('nan')):.1e})"
         ),
     ),
+    EventKind.SOC_OUT_OF_RANGE: (
+        "soc calibration",
+        "link",
+        lambda link, d: (
+            f"SOC {d.get('soc', float('nan')):.3f} is outside 0..1: likely {d.get('likely')}; "
+            f"capacity {d.get('capacity_mAh')} mAh (from {d.get('capacity_from') or '?'}), "
+            f"starting SOC {d.get('initial_soc')} ({d.get('initial_soc_from')})"
+        ),
+    ),
     EventKind.ANALYSIS_BEHIND: (
         "analysis",
         "",

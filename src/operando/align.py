@@ -8,7 +8,8 @@ irregularly (EC-Lab records on dE/dt triggers, so rests are sparse).
 
 State of charge: ``soc(t) = initial_soc + q(t) / capacity``, with q the charge passed in mAh,
 positive on charge (EC-Lab convention): the potentiostat's own ``Q`` column when it sends one,
-otherwise coulomb counting (trapezoidal integral of I over t).
+otherwise coulomb counting: the trapezoid of I over t, or I times each interval when the
+potentiostat says its current is the average over the interval ending at each row.
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ class PotentiostatHistory:
     def __init__(self, current_step_mA: float = 0.01, retain_s: float = 6 * 3600.0) -> None:
         self.current_step_mA = current_step_mA
         self.retain_s = retain_s
+        # how the current column was sampled, for coulomb counting: "instant" (a reading at
+        # each row: the trapezoid) or "interval_average" (the mean over the interval ending at
+        # each row, as EC-Lab's <I>/mA: I times the interval). The potentiostat says which.
+        self.current_sampling = "instant"
         self._n = 0
         self._cols = {c: np.empty(1024, dtype=_DTYPES.get(c, np.float64)) for c in _COLUMNS}
         self._changes: list[float] = []
@@ -194,7 +199,11 @@ class PotentiostatHistory:
             if k0 == 0:
                 q[0], k0 = 0.0, 1
             if k0 < k1:
-                dq = 0.5 * (i[k0:k1] + i[k0 - 1 : k1 - 1]) * (t[k0:k1] - t[k0 - 1 : k1 - 1])
+                dt = t[k0:k1] - t[k0 - 1 : k1 - 1]
+                if self.current_sampling == "interval_average":
+                    dq = i[k0:k1] * dt
+                else:
+                    dq = 0.5 * (i[k0:k1] + i[k0 - 1 : k1 - 1]) * dt
                 q[k0:k1] = q[k0 - 1] + np.cumsum(dq) / 3600.0
 
     def _fill_running(self) -> None:

@@ -79,6 +79,10 @@ class Aligner:
         self.has_potentiostat = has_potentiostat
         self.put, self.events, self.on_aligned = put, events, on_aligned
         self.capacity_mAh = cfg.capacity_mAh
+        self.capacity_from = "configuration" if cfg.capacity_mAh is not None else ""
+        # the SOC at the start of the charge count, and what said so
+        self.initial_soc = cfg.initial_soc if cfg.initial_soc is not None else 0.0
+        self.initial_soc_from = "configuration" if cfg.initial_soc is not None else "assumed"
         self.potentiostat_ended = False  # its series ended: its record is complete
         self.pending: list[PendingSpectrum] = []
         self.partial: deque[tuple[PendingSpectrum, Alignment]] = deque(maxlen=2000)
@@ -146,7 +150,7 @@ class Aligner:
             [p.t_start for p in due],
             [p.t_end for p in due],
             capacity_mAh=self.capacity_mAh,
-            initial_soc=self.cfg.initial_soc,
+            initial_soc=self.initial_soc,
             point_ts=[p.point_t for p in due],
             cover_tolerance_s=self.cfg.cover_tolerance_s,
         )

@@ -61,7 +61,9 @@ class MonitorConfig(_Section):
 class AlignmentConfig(_Section):
     timeout_s: float = 30.0  # source time a spectrum waits for the potentiostat to cover it
     capacity_mAh: float | None = None  # None: take it from the potentiostat's series metadata
-    initial_soc: float = 0.0
+    # the SOC when the potentiostat's charge count starts; None: what the potentiostat's series
+    # says of the cell (``initial_soc``), else 0 (and the run's events say it was assumed)
+    initial_soc: float | None = None
     current_step_mA: float = 0.01  # a jump in current larger than this is a 'current change'
     cover_tolerance_s: float = 0.2  # slack when deciding that rows cover a window
     retain_s: float = 6 * 3600.0  # potentiostat history kept in memory for alignment

@@ -53,6 +53,7 @@ class EventKind(StrEnum):
     DOSE_ERROR = "dose_error"
     DOSE_BUDGET_WARNING = "dose_budget_warning"
     DOSE_BUDGET_EXCEEDED = "dose_budget_exceeded"
+    SOC_OUT_OF_RANGE = "soc_out_of_range"
     RIXS_ERROR = "rixs_error"
     # the monitor's own
     ACK = "ack"

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import msgspec
 import numpy as np
@@ -65,6 +65,12 @@ class Orchestration(Protocol):
 
 
 _json = msgspec.json.Encoder(enc_hook=plain)
+# a SOC outside this is a calibration error (capacity or starting SOC), not a cell state
+SOC_RANGE = (-0.02, 1.02)
+
+
+def _number(v: object) -> TypeGuard[float | int]:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def spectrum_input(spectrum_id: int, h: XASScan | RIXSRows) -> SpectrumInput:
@@ -139,6 +145,7 @@ class Ingest:
         self.links = {s.name: LinkState(s, s.clock_offset_s) for s in sources}
         self.pstat_link = next((s.name for s in sources if s.role == "potentiostat"), None)
         self.history = PotentiostatHistory(alignment.current_step_mA, alignment.retain_s)
+        self.soc_out_of_range = False  # said once a potentiostat series
         self.aligner = Aligner(
             alignment,
             self.history,
@@ -395,14 +402,22 @@ class Ingest:
 
     def series_metadata(self, link: str, series: str, metadata: Mapping[str, Any]) -> None:
         """A source's series started (or, on restore, had started): what it says of itself.
-        The potentiostat's announced capacity counts unless the experiment sets one."""
+        The potentiostat's announced capacity and starting SOC count unless the experiment
+        sets them; so does how it samples its current (for coulomb counting)."""
         state = self.links[link]
         state.series, state.series_ended, state.metadata = series, False, dict(metadata)
         if link == self.pstat_link:
-            self.aligner.potentiostat_ended = False
+            al = self.aligner
+            al.potentiostat_ended = False
+            self.soc_out_of_range = False
             cap = metadata.get("capacity_mAh")
-            if self.cfg.capacity_mAh is None and isinstance(cap, int | float) and cap > 0:
-                self.aligner.capacity_mAh = float(cap)
+            if self.cfg.capacity_mAh is None and _number(cap) and cap > 0:
+                al.capacity_mAh, al.capacity_from = float(cap), f"potentiostat {link}"
+            soc0 = metadata.get("initial_soc")
+            if self.cfg.initial_soc is None and _number(soc0) and -0.05 <= soc0 <= 1.05:
+                al.initial_soc, al.initial_soc_from = float(soc0), f"potentiostat {link}"
+            if metadata.get("current_sampling") in ("instant", "interval_average"):
+                self.history.current_sampling = str(metadata["current_sampling"])
 
     def _potentiostat(
         self, raw_id: int, link: str, state: LinkState, msg: Message, offset: float
@@ -416,7 +431,7 @@ class Ingest:
             late = self.history.extend(t, a["Ewe"], a["I"], a["mode"], a["step"], a["cycle"], q)
             if len(t) and not late:  # late rows merge into the history: no tail to read
                 q_rows = self.history.record().q[-len(t) :]
-                soc = self._soc(q_rows)
+                soc = self._soc(q_rows, t)
         rows = list(
             map(
                 PotentiostatRow._make,
@@ -469,11 +484,37 @@ class Ingest:
             if self.orchestrator is not None and not late:  # triggers look at fresh rows only
                 self.orchestrator.on_message(link, msg, np.asarray(soc), q_rows)
 
-    def _soc(self, q: np.ndarray) -> list[float]:
-        capacity = self.aligner.capacity_mAh
-        if not capacity:
+    def _soc(self, q: np.ndarray, t: np.ndarray) -> list[float]:
+        al = self.aligner
+        if not al.capacity_mAh:
             return [math.nan] * len(q)
-        return (self.cfg.initial_soc + q / capacity).tolist()
+        soc = al.initial_soc + q / al.capacity_mAh
+        outside = np.flatnonzero((soc < SOC_RANGE[0]) | (soc > SOC_RANGE[1]))
+        if len(outside) and not self.soc_out_of_range:
+            # once a series: the SOC plot would be empty or the trigger never reached; the
+            # cause is a number the operator can change
+            self.soc_out_of_range = True
+            k = int(outside[0])
+            self.events.derived(
+                EventKind.SOC_OUT_OF_RANGE,
+                self.pstat_link,
+                float(t[k]),
+                soc=float(soc[k]),
+                q_mAh=float(q[k]),
+                capacity_mAh=al.capacity_mAh,
+                capacity_from=al.capacity_from,
+                initial_soc=al.initial_soc,
+                initial_soc_from=al.initial_soc_from,
+                likely=(
+                    f"the starting SOC (the cell did not start at {al.initial_soc:g}: set "
+                    "[alignment] initial_soc) or the capacity (it holds more than "
+                    f"{al.capacity_mAh:g} mAh: set [alignment] capacity_mAh)"
+                    if soc[k] < SOC_RANGE[0]
+                    else f"the capacity (the cell holds more than {al.capacity_mAh:g} mAh: set "
+                    "[alignment] capacity_mAh) or the starting SOC ([alignment] initial_soc)"
+                ),
+            )
+        return soc.tolist()
 
     def _spectrum(self, raw_id: int, link: str, msg: Message, offset: float) -> None:
         h = msg.header

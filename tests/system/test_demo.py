@@ -8,9 +8,13 @@ import os
 import signal
 import sqlite3
 
+import msgspec
 import pytest
 from conftest import cli, inspect_json, pid_alive, record_demo, recorded_events, wait_for
+from operando.drivers.sim.cell import PRESETS
 
+import operando
+from operando.config import load_config, preset_path
 from operando.store import open_readonly
 
 
@@ -196,3 +200,36 @@ def test_lirich_rixs_maps_fill_and_the_oxidised_oxygen_ratio_rises(lirich_run):
         "WHERE s.kind = 'rixs_rows'"
     ).fetchone()[0]
     assert rixs_dose == s["spectra"]["by_kind"]["rixs_rows"]
+
+
+@pytest.mark.slow
+def test_soc_starts_where_the_cell_is_and_a_wrong_capacity_is_an_alarm(tmp_path):
+    """na-mno2's cell starts half charged: the monitor assumed 0 and drew SOC -0.5 .. 0.5 (an
+    empty SOC plot). Now the potentiostat's own start counts; and an experiment file whose
+    capacity is 4x too small gives one "soc calibration" alarm naming the capacity and the
+    start, not a plot with nothing in it."""
+    run = tmp_path / "na"
+    record_demo(run, 20, "--preset", "na-mno2", timeout=180)
+    with operando.open_run(run) as r:
+        soc, kinds = r.potentiostat()["soc"], set(r.events()["kind"])
+    assert soc.iloc[0] == pytest.approx(0.5, abs=0.01)
+    # it discharges first: counted from 0 this went to -0.45
+    assert soc.between(-0.02, 1.02).all() and soc.min() < 0.1
+    assert "soc_out_of_range" not in kinds
+
+    cfg = load_config(preset_path("na-mno2"))
+    true_capacity = PRESETS["na-mno2"].capacity_mAh
+    alignment = msgspec.structs.replace(cfg.alignment, capacity_mAh=true_capacity / 4)
+    wrong = tmp_path / "wrong-capacity.json"
+    wrong.write_bytes(msgspec.json.encode(msgspec.structs.replace(cfg, alignment=alignment)))
+    run = tmp_path / "wrong"
+    record_demo(run, 20, "--config", str(wrong), timeout=180)
+    with operando.open_run(run) as r:
+        events = r.events()
+    (detail,) = events.query("kind == 'soc_out_of_range'")["detail"]
+    detail = json.loads(detail)
+    assert detail["capacity_from"] == "configuration" and "capacity" in detail["likely"]
+    assert detail["initial_soc_from"] == "potentiostat potentiostat"
+    alarms = [json.loads(d) for d in events.query("kind == 'alarm'")["detail"]]
+    assert [a["category"] for a in alarms] == ["soc calibration"]
+    assert "capacity" in alarms[0]["message"]
