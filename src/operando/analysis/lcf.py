@@ -2,23 +2,25 @@
 
 Soft X-ray pre-edges are short and backgrounds sloped, and I0 division leaves a few-percent
 drift, so a fixed normalisation followed by NNLS errs by ~0.02-0.09 in the fractions
-(docs/decisions/0005). Instead the background and scale are fitted
-together with the weights:
+(docs/decisions/0005). Instead the background, scale and drift are fitted with the weights:
 
-    y(E) = sum_v c_v ref_v(E - shift) * (1 + t x) + b0 + b1 x,   c_v >= 0,   x in [-1, 1]
+    y(E) = sum_v c_v ref_v(E - shift) * (1 + t x + q (x^2 - 1/3)) + b0 + b1 x,
+    c_v >= 0,   x in [-1, 1] over the fit range
 
 The fractions are c_v / sum(c) (non-negative, summing to one); sum(c) is the edge-step scale.
-The multiplicative drift ``t`` enters linearly through the previous iterate's mixture, and the
-energy shift by Gauss-Newton on the references' derivative, so a fit is a handful of NNLS
-solves (non-negative weights, free-sign background via split columns).
+The shift is found on a grid over +-max_shift (each grid shift solved exactly), then refined
+by Gauss-Newton on the references' derivative; the drift enters linearly through the previous
+iterate's mixture, so a fit is a batched solve and a handful of NNLS solves.
 
 Fluorescence (TFY) of a concentrated sample saturates: I ~ mu (1 + beta) / (mu + beta) with mu
 normalised to a unit edge step. ``self_absorption=True`` fits beta as well (scipy
-least_squares from the linear fit's answer); references must then be edge-step normalised.
+least_squares with an analytic Jacobian, from the linear fit's answer); references must then
+be edge-step normalised, which is checked.
 
-Uncertainties come from the linearised model's covariance at the solution, propagated to the
-fractions: in the units of the given counting noise (scaled by the reduced chi-square when that
-exceeds 1), or, with no noise given, scaled by the residual scatter (``weighted`` says which).
+Uncertainties are in units of the noise the result names (``noise``): the given counting noise
+(widened when chi2_red exceeds 1), or the data's point-to-point scatter (sandwich covariance);
+both widened for a correlated residual. Every result is judged (``quality``, ``notes``,
+``at_bound``), and isolated detector spikes are left out and named (``left_out_eV``).
 """
 
 from __future__ import annotations
