@@ -43,6 +43,14 @@ FROM_EVENTS: dict[EventKind, tuple[str, str, Callable[[str | None, dict[str, Any
             f"starting SOC {d.get('initial_soc')} ({d.get('initial_soc_from')})"
         ),
     ),
+    EventKind.DERIVE_ERROR: (
+        "not derived",
+        "link",
+        lambda link, d: (
+            f"{link}: message {d.get('raw_id')} was recorded but its rows could not be derived "
+            f"({d.get('error')}); it is kept in the raw log"
+        ),
+    ),
     EventKind.ANALYSIS_BEHIND: (
         "analysis",
         "",

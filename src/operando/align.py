@@ -147,7 +147,10 @@ class PotentiostatHistory:
         self._fill_charge()
         self._fill_running()
         self._changes_array = None
-        self._trim()
+        # never the rows just added: a batch spanning more than retain_s (EC-Lab's GCPL logs a
+        # row every 120 s, 500 rows a batch: 16 h) lost its oldest rows' charge and SOC, and
+        # the batch was not recorded at all
+        self._trim(keep=len(t))
         return late
 
     def _append(self, new: dict[str, np.ndarray]) -> None:
@@ -222,10 +225,12 @@ class PotentiostatHistory:
         switched = (np.diff(c["step"][k0 - 1 : n]) != 0) | (np.diff(c["mode"][k0 - 1 : n]) != 0)
         c["regime"][k0:n] = c["regime"][k0 - 1] + np.cumsum(switched)
 
-    def _trim(self) -> None:
+    def _trim(self, keep: int = 0) -> None:
+        """Drop rows older than ``retain_s`` before the newest, but never the last ``keep``."""
         if self._n < 4096:
             return
         cut = int(np.searchsorted(self._cols["t"][: self._n], self.watermark - self.retain_s))
+        cut = min(cut, self._n - keep)
         if cut < self._n // 2:  # trim in large steps so the copy is amortised
             return
         for a in self._cols.values():

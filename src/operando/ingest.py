@@ -111,6 +111,7 @@ class LinkState:
     tracker: SequenceTracker = field(default_factory=SequenceTracker)
     malformed: int = 0
     late: int = 0
+    not_derived: int = 0  # recorded, but its rows could not be derived (derive_error)
     last_t: float = -math.inf  # newest source time seen (reference clock)
     last_seen_wall: float = 0.0
     last_message_t: float = -math.inf  # t_ns of the previous message, for gap time ranges
@@ -253,6 +254,7 @@ class Ingest:
                 self._derive(raw_id, link, state, msg)
             except Exception as e:  # a bug must not stop ingest: keep the message, say why
                 log.exception("deriving %s message %d failed", link, raw_id)
+                state.not_derived += 1
                 self.events.derived(
                     EventKind.DERIVE_ERROR,
                     link,
@@ -431,6 +433,9 @@ class Ingest:
             late = self.history.extend(t, a["Ewe"], a["I"], a["mode"], a["step"], a["cycle"], q)
             if len(t) and not late:  # late rows merge into the history: no tail to read
                 q_rows = self.history.record().q[-len(t) :]
+                if np.any(np.diff(t) < 0):  # the history holds them sorted: back to arrival order
+                    order = np.argsort(t, kind="stable")
+                    q_rows = q_rows[np.argsort(order, kind="stable")]
                 soc = self._soc(q_rows, t)
         rows = list(
             map(
@@ -678,6 +683,7 @@ class Ingest:
                 "out_of_order": tr.out_of_order,
                 "late": s.late,
                 "malformed": s.malformed,
+                "not_derived": s.not_derived,
                 "restarts": tr.restarts,
                 "series": s.series,
                 "silent_s": now_wall - s.last_seen_wall if s.last_seen_wall else None,

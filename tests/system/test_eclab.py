@@ -197,6 +197,50 @@ def test_monitor_soc_from_the_current_matches_eclab_charge(
     assert cell["t"].iloc[0] > 1.0e9  # absolute: the header's acquisition start + time/s
 
 
+def sparse_gcpl(path: Path, rows: int, every_s: float) -> np.ndarray:
+    """An EC-Lab GCPL export logging a row every ``every_s``: the driver's batches of rows
+    then span far longer than the monitor's 6 h potentiostat history. Returns the times."""
+    t = np.arange(rows) * every_s
+    i = np.where((t // 36000) % 2 == 0, 0.1, -0.1)  # 10 h charge, 10 h discharge
+    q = np.concatenate([[0.0], np.cumsum(i[1:] * np.diff(t)) / 3600.0])
+    ewe = 3.5 + 0.5 * np.sin(t / 36000.0)
+    head = [
+        "EC-Lab ASCII FILE",
+        "Nb header lines : 6",
+        "",
+        "Galvanostatic Cycling with Potential Limitation",
+        "Acquisition started on : 01/04/2021 10:00:00.000",
+        "mode\ttime/s\tEwe/V\t<I>/mA\t(Q-Qo)/mA.h\tcycle number",
+    ]
+    body = [
+        f"1\t{a:.1f}\t{b:.5f}\t{c:.4f}\t{d:.6f}\t{int(a // 72000)}"
+        for a, b, c, d in zip(t, ewe, i, q, strict=True)
+    ]
+    path.write_text("\n".join(head + body) + "\n", encoding="latin-1")
+    return t
+
+
+@pytest.mark.slow
+def test_sparse_rows_in_long_batches_are_all_derived(tmp_path, processes):
+    """12,000 rows, one every 120 s: each 500-row batch spans 16.7 h. Before, the 6 h history
+    trimmed a batch's own rows and 1,000 rows never reached the potentiostat table while
+    inspect said lost 0; now every row is derived, and inspect says "0 not derived"."""
+    path = tmp_path / "sparse_gcpl.mpt"
+    t = sparse_gcpl(path, 12_000, 120.0)
+    run, driver = _start(tmp_path, processes, [str(path), "--speed", "0"], 1.0)
+    assert driver.p.wait(120) == 0, driver.output()
+    wait_for(lambda: _rows(run) == len(t), 60, what="every row derived")
+    s = json.loads(cli("inspect", str(run), "--json").stdout)
+    src = s["sources"]["potentiostat"]
+    assert src["not_derived"] == 0 and src["lost"] == 0
+    assert "derive_error" not in s["events"]
+    with operando.open_run(run) as r:
+        cell = r.potentiostat()
+    np.testing.assert_allclose(cell["t"] - cell["t"].iloc[0], t)
+    assert cell["soc"].notna().all()
+    assert "0 not derived" in cli("inspect", str(run)).stdout
+
+
 @needs_files
 @pytest.mark.slow
 def test_follows_a_growing_file_and_a_replaced_one(tmp_path, processes):

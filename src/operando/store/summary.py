@@ -30,6 +30,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
             "out_of_order": 0,
             "late": 0,
             "restarts": 0,
+            "not_derived": 0,
         }
     per_link_events = {
         "gap": "gaps",
@@ -37,6 +38,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
         "late": "late",
         "source_restarted": "restarts",
         "duplicate": "duplicates",
+        "derive_error": "not_derived",
     }
     for link, kind, n in conn.execute(
         "SELECT link, kind, count(*) FROM events GROUP BY link, kind"
@@ -131,7 +133,13 @@ def format_summary(s: dict[str, Any]) -> str:
             f"  {name:<14} {src['messages']:>8} messages  {src['gaps']} gaps "
             f"({src['refilled'] or 0} refilled, {src['lost']} lost)"
             f"  {src['malformed']} malformed  {src['duplicates']} duplicates  {src['late']} late"
+            f"  {src['not_derived']} not derived"
         )
+        if src["not_derived"]:
+            lines.append(
+                f"    {src['not_derived']} recorded messages gave no derived rows (kept in the raw "
+                "log; the derive_error events say why; operando reprocess derives them again)"
+            )
         for session, ranges in src.get("lost_ranges", {}).items():
             shown = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in ranges[:20])
             more = f" and {len(ranges) - 20} more ranges" if len(ranges) > 20 else ""
