@@ -174,6 +174,10 @@ class Driver:
     async def produce(self) -> None:
         raise NotImplementedError
 
+    async def prepare(self) -> None:
+        """Wait for what the series' metadata needs (a file to appear): the sockets are up,
+        so status and ping are answered meanwhile; stopping ends the wait (override)."""
+
     def status(self) -> dict[str, Any]:
         replay = self.pub.buffer.status() if self.pub is not None else None
         return {"series": self.series, "replay": replay}
@@ -263,6 +267,16 @@ class Driver:
                     self.opts.name,
                     self.opts.wait_subscriber_s,
                 )
+            preparing = asyncio.create_task(self.prepare(), name=f"{self.opts.name}-prepare")
+            stop = asyncio.create_task(self.finished.wait())
+            await asyncio.wait({preparing, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not preparing.done():  # stopped before there was anything to publish
+                preparing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await preparing
+                return 0
+            preparing.result()  # a failure to prepare is the driver's failure
             self.series = f"{self.opts.name}-{uuid.uuid4().hex[:8]}"
             meta = {**self.metadata(), "resumed": self.resumed}
             if self.pub.buffer.previous is not None:  # what the killed process sent last

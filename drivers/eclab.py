@@ -30,8 +30,17 @@ class MptFormatError(ConfigError):
 # our quantity -> EC-Lab column names it may have (first found wins), and the factor to our unit
 COLUMNS: dict[str, tuple[tuple[str, float], ...]] = {
     "t": (("time/s", 1.0),),
-    "Ewe": (("Ewe/V", 1.0), ("<Ewe>/V", 1.0), ("Ecell/V", 1.0), ("<Ecell>/V", 1.0)),
-    "I": (("I/mA", 1.0), ("<I>/mA", 1.0)),
+    # the spellings EC-Lab writes (galvani's column table; EC-Lab 11.50's OCV export has
+    # <Ewe/V>)
+    "Ewe": (
+        ("Ewe/V", 1.0),
+        ("<Ewe>/V", 1.0),
+        ("<Ewe/V>", 1.0),
+        ("Ecell/V", 1.0),
+        ("<Ecell>/V", 1.0),
+        ("<Ecell/V>", 1.0),
+    ),
+    "I": (("I/mA", 1.0), ("<I>/mA", 1.0), ("<I/mA>", 1.0)),
     "Q": (("(Q-Qo)/mA.h", 1.0), ("(Q-Qo)/C", 1.0 / 3.6)),  # 1 mA.h = 3.6 C
     "mode": (("mode", 1.0),),
     "step": (("Ns", 1.0),),
@@ -148,6 +157,14 @@ class MptReader:
             except (ValueError, IndexError) as e:
                 raise MptFormatError(f"{self.source}: line {self.line_no}: {e}") from e
         return self._arrays(rows)
+
+    def pending_is_row(self) -> bool:
+        """The text after the last newline holds a whole row (every column's field)."""
+        if self.header is None or not self._pending.strip():
+            return False
+        fields = self._pending.decode("latin-1").rstrip("\r").split("\t")
+        needed = max(index for index, _ in self.header.where.values()) + 1
+        return len(fields) >= needed and all(f.strip() for f in fields[:needed])
 
     def _value(self, fields: list[str], quantity: str) -> float:
         assert self.header is not None

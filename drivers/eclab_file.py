@@ -52,6 +52,7 @@ class EclabFile(Driver):
         poll_s: float = 0.2,
         capacity_mAh: float | None = None,
         charge: bool = True,
+        settle_s: float = 30.0,
     ) -> None:
         # --speed is the replay's (file seconds per wall second; 0: at once); the driver's own
         # clock (heartbeats) is the real one
@@ -67,22 +68,46 @@ class EclabFile(Driver):
                     "blocks. Follow the .mpt export, or replay the finished .mpr"
                 )
             start, names, self.binary = read_mpr(path)
-            self.header = MptHeader(0, names, start, "EC-Lab binary file (.mpr)")
+            self._header: MptHeader | None = MptHeader(0, names, start, "EC-Lab binary file (.mpr)")
         else:
-            self.header = self._read_header()
+            self._header = self._read_header()
+            if self._header is None and not follow:
+                raise MptFormatError(
+                    f"{path}: no such file"
+                    if not path.exists()
+                    else f"{path}: the header is not complete (start with --follow to wait)"
+                )
+        self.settle_s = settle_s
         self.rows_published = 0
         self.files_read = 1
 
-    def _read_header(self) -> MptHeader:
+    @property
+    def header(self) -> MptHeader:
+        assert self._header is not None, "prepare() waits for the header"
+        return self._header
+
+    def _read_header(self) -> MptHeader | None:
+        """The export's header, or None while the file is missing or its header incomplete
+        (EC-Lab creates the file when the technique starts and writes the header first)."""
         reader = MptReader(str(self.path))
         try:
             with open(self.path, "rb") as f:
                 reader.feed(f.read(64 * 1024))
         except FileNotFoundError:
-            raise MptFormatError(f"{self.path}: no such file") from None
-        if reader.header is None:
-            raise MptFormatError(f"{self.path}: the header is not complete yet")
+            return None
         return reader.header
+
+    async def prepare(self) -> None:
+        """--follow, started before EC-Lab: wait for the file and its whole header."""
+        said = False
+        while self._header is None:
+            if not said:
+                log.warning(
+                    "%s: waiting for %s", self.path, "its header" if self.path.exists() else "it"
+                )
+                said = True
+            await asyncio.sleep(self.poll_s)
+            self._header = self._read_header()
 
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -111,6 +136,7 @@ class EclabFile(Driver):
         reader = MptReader(str(self.path))
         f = open(self.path, "rb")  # noqa: SIM115 - reopened on rotation, closed in finally
         inode = os.fstat(f.fileno()).st_ino
+        grew = asyncio.get_running_loop().time()
         t_first: float | None = None
         wall_first = 0.0
         try:
@@ -128,9 +154,17 @@ class EclabFile(Driver):
                     else:
                         await self._send(rows)
                 if chunk:
+                    grew = asyncio.get_running_loop().time()
                     continue
                 if at_end:
                     return  # the whole file is out
+                if (
+                    asyncio.get_running_loop().time() - grew >= self.settle_s
+                    and reader.pending_is_row()
+                ):
+                    # EC-Lab ends a finished file without a newline: a last row that has sat
+                    # unchanged for settle_s is complete
+                    await self._send(self._absolute(reader, reader.feed(b"\n")))
                 await asyncio.sleep(self.poll_s)
                 if self._rotated(f, inode):
                     log.warning("%s: replaced or cut short: reading it again", self.path)
@@ -201,6 +235,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="hours the EC-Lab PC's clock is ahead of UTC (default: this machine's zone)",
     )
     p.add_argument("--poll", type=float, default=0.2, help="--follow: seconds between reads")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=30.0,
+        help="--follow: seconds a last line without its newline must sit unchanged to count "
+        "as a row (EC-Lab ends a finished file without one; default 30)",
+    )
     p.add_argument("--capacity", type=float, help="cell capacity in mAh (for the SOC)")
     p.add_argument(
         "--no-charge",
@@ -219,4 +260,5 @@ def from_args(a: argparse.Namespace, opts: DriverOptions) -> EclabFile:
         poll_s=a.poll,
         capacity_mAh=a.capacity,
         charge=not a.no_charge,
+        settle_s=a.settle,
     )

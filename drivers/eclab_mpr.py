@@ -38,7 +38,10 @@ def read_mpr(path: Path) -> tuple[dt.datetime | None, list[str], dict[str, np.nd
     except FileNotFoundError:
         raise MptFormatError(f"{path}: no such file") from None
     except Exception as e:  # galvani raises bare ValueError/NotImplementedError on odd files
-        raise MptFormatError(f"{path}: galvani cannot read it: {type(e).__name__}: {e}") from None
+        raise MptFormatError(
+            f"{path}: galvani cannot read it ({type(e).__name__}: {' '.join(str(e).split())}); "
+            "export it from EC-Lab as text (.mpt) and give that file"
+        ) from None
     data = mpr.data
     names = list(data.dtype.names or ())
     if len(data) == 0:

@@ -11,13 +11,14 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import msgspec
 import numpy as np
 import pytest
 from conftest import SHARED, cli, wait_for
-from operando.drivers.eclab import MptFormatError, MptReader
+from operando.drivers.eclab import MptFormatError, MptReader, current_sampling
 from operando.drivers.eclab_file import batch_arrays
 from operando.drivers.eclab_mpr import read_mpr
 
@@ -249,7 +250,8 @@ def test_follows_a_growing_file_and_a_replaced_one(tmp_path, processes):
     live = tmp_path / "live.mpt"
     cut = data.index(b"\n", len(data) // 3) + 20  # mid-line: a partial last line
     live.write_bytes(data[:cut])
-    run, driver = _start(tmp_path, processes, [str(live), "--follow", "--poll", "0.05"], 1.0)
+    args = [str(live), "--follow", "--poll", "0.05", "--settle", "600"]
+    run, driver = _start(tmp_path, processes, args, 1.0)
     _, first = read_all(src)
     wait_for(lambda: _rows(run) > 0, 30, what="the first rows")
     with open(live, "ab") as f:  # EC-Lab goes on writing, in odd pieces
@@ -288,6 +290,48 @@ def test_mpr_replayed_through_the_monitor(tmp_path, processes):
     np.testing.assert_allclose(got[:, 0], truth["I"], rtol=1e-6, atol=1e-12)  # rebuilt current
     follow = cli("driver", "eclab", str(name), "--follow", check=False)
     assert follow.returncode == 2 and "--follow reads text exports (.mpt)" in follow.stderr
+
+
+@needs_files
+@pytest.mark.slow
+def test_follow_waits_for_ec_lab_and_publishes_its_last_unterminated_row(tmp_path, processes):
+    """A scientist starts the driver first: it waited for nothing and exited 2 ("no such
+    file", "the header is not complete yet"). Now it waits for the file and its whole header;
+    and the last row of a finished export, which EC-Lab ends without a newline, is published
+    once it has sat unchanged for --settle s (2549 of 2550 rows reached the run before)."""
+    src = ECLAB / "yadg_gcpl.issue_149.mpt"
+    data = src.read_bytes().rstrip(b"\r\n")  # as EC-Lab leaves a finished file
+    live = tmp_path / "cell7_C01.mpt"
+    args = [str(live), "--follow", "--poll", "0.05", "--settle", "1"]
+    run, driver = _start(tmp_path, processes, args, 1.0)
+    time.sleep(1.0)
+    assert driver.p.poll() is None, driver.output()  # waiting, not refused
+    header_end = data.index(b"mode\t")  # the column line is the header's last
+    live.write_bytes(data[:header_end])  # EC-Lab has begun the header
+    time.sleep(0.5)
+    assert driver.p.poll() is None, driver.output()
+    with open(live, "ab") as f:
+        f.write(data[header_end:])
+    _, truth = read_all(src)
+    wait_for(lambda: _rows(run) == len(truth["t"]), 30, what="every row, the last one too")
+    assert driver.stop(signal.SIGINT) == 0
+    with operando.open_run(run) as r:
+        np.testing.assert_allclose(r.potentiostat()["Ewe"], truth["Ewe"])
+    assert "waiting for" in driver.output()
+
+
+def test_column_spellings_ec_lab_writes_are_read():
+    """EC-Lab 11.50's OCV export names its potential <Ewe/V>: it was refused (no column for
+    ['Ewe'])."""
+    text = (
+        b"EC-Lab ASCII FILE\nNb header lines : 3\nmode\ttime/s\t<Ewe/V>\t<I/mA>\n"
+        b"3\t0.0\t3,25\t0\n3\t60.0\t3,26\t0\n"
+    )
+    reader = MptReader("ocv.mpt")
+    rows = reader.feed(text)
+    np.testing.assert_allclose(rows["Ewe"], [3.25, 3.26])
+    assert reader.header is not None
+    assert current_sampling(reader.header.names) == "interval_average"
 
 
 def test_driver_refuses_what_it_cannot_read_with_the_reason(tmp_path):
