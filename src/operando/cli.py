@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -149,8 +150,33 @@ def _monitor_endpoint(a: argparse.Namespace) -> str:
 def _status(a: argparse.Namespace) -> int:
     from operando.monitor import query_status
 
-    print(json.dumps(asyncio.run(query_status(_monitor_endpoint(a), a.timeout)), indent=2))
+    endpoint = _monitor_endpoint(a)
+    try:
+        status = asyncio.run(query_status(endpoint, a.timeout))
+    except CommandError:
+        if not a.run_dir:
+            raise
+        print(f"operando status: {_no_monitor(Path(a.run_dir), endpoint)}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2))
     return 0
+
+
+def _no_monitor(run_dir: Path, endpoint: str) -> str:
+    """What to say of a run whose monitor does not answer: when it last recorded."""
+    from operando.store import open_run
+
+    try:
+        with open_run(run_dir) as run:
+            last = run.summary()["last_received"]
+    except StoreError:
+        last = None
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(last)) if last is not None else ""
+    when = f"its newest message arrived at {stamp} UTC" if stamp else "it holds no message"
+    return (
+        f"no monitor is running for {run_dir} (nothing answers on {endpoint}); {when}; "
+        f"'operando inspect {run_dir}' describes what it holds"
+    )
 
 
 def _demo(a: argparse.Namespace) -> int:
@@ -178,6 +204,9 @@ def _dashboard(a: argparse.Namespace) -> int:
     from operando.store.files import read_monitor_file
 
     run_dir = Path(a.run_dir)
+    if not run_dir.is_dir():
+        print(f"operando dashboard: error: {run_dir}: no such run directory", file=sys.stderr)
+        return 2
     state, command = a.monitor, a.command
     info = read_monitor_file(run_dir)
     if info is not None and (state is None or (a.controls and command is None)):
@@ -242,8 +271,19 @@ def _references(a: argparse.Namespace) -> int:
 def _keys(a: argparse.Namespace) -> int:
     import zmq.auth
 
-    Path(a.dir).mkdir(parents=True, exist_ok=True)
+    folder = Path(a.dir)
+    pair = (folder / f"{a.name}.key", folder / f"{a.name}.key_secret")
+    existing = [p for p in pair if p.exists()]
+    if existing and not a.force:
+        print(
+            f"operando keys: error: {existing[0]} exists: a new key pair would lock out every "
+            "side that trusts the old one (--force to replace it)",
+            file=sys.stderr,
+        )
+        return 2
+    folder.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(a.dir, a.name)
+    Path(secret).chmod(0o600)  # the secret: readable by its owner alone
     print(f"public key (give to the other side): {public}\nsecret key (keep): {secret}")
     return 0
 
@@ -418,6 +458,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("action", choices=["generate"])
     p.add_argument("dir", help="folder for NAME.key (public) and NAME.key_secret")
     p.add_argument("--name", default="operando")
+    p.add_argument("--force", action="store_true", help="replace an existing pair of this name")
     p.set_defaults(func=_keys)
 
     p = sub.add_parser("trigger", help="manual actions on a running experiment (audited)")

@@ -51,6 +51,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
         src["lost"] = sum(b - a + 1 for ranges in lost.values() for a, b in ranges)
         src["lost_ranges"] = {session: ranges for session, ranges in lost.items() if ranges}
     events = dict(conn.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
+    (last_received,) = conn.execute("SELECT max(recv_ns) FROM raw").fetchone()
     (total,) = conn.execute("SELECT count(*) FROM spectra").fetchone()
     aligned, partial, soc_min, soc_max = conn.execute(
         "SELECT count(*), coalesce(sum(partial), 0), min(soc), max(soc) FROM alignment"
@@ -99,6 +100,8 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
         "events": events,
         "t_first": None if t_first is None else t_first * 1e-9,
         "t_last": None if t_last is None else t_last * 1e-9,
+        # wall clock of this machine when the newest message arrived
+        "last_received": None if last_received is None else last_received * 1e-9,
         "soc": {"min": soc_min, "max": soc_max},
         "ewe_V": {"min": ewe_min, "max": ewe_max},
         "raw_log_bytes": log_bytes(run_dir),
