@@ -62,6 +62,7 @@ class EventKind(StrEnum):
     CLOCK_ESTIMATE_FAILED = "clock_estimate_failed"
     CLOCK_OFFSET = "clock_offset"
     COMMAND = "command"
+    DRY_RUN = "dry_run"  # the orchestration of a replayed run commands nothing
     DISCONNECTED = "disconnected"
     GAP_UNRECOVERABLE = "gap_unrecoverable"
     MONITOR_RESTARTED = "monitor_restarted"

@@ -63,6 +63,8 @@ class Orchestration(Protocol):
 
     def on_spots(self, spots: list[str]) -> None: ...
 
+    def on_replay(self, link: str, replayed_from: str) -> None: ...
+
 
 _json = msgspec.json.Encoder(enc_hook=plain)
 # a SOC outside this is a calibration error (capacity or starting SOC), not a cell state
@@ -408,6 +410,9 @@ class Ingest:
         sets them; so does how it samples its current (for coulomb counting)."""
         state = self.links[link]
         state.series, state.series_ended, state.metadata = series, False, dict(metadata)
+        replayed_from = metadata.get("replayed_from")
+        if replayed_from and self.orchestrator is not None:
+            self.orchestrator.on_replay(link, str(replayed_from))
         if link == self.pstat_link:
             al = self.aligner
             al.potentiostat_ended = False

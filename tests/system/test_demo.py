@@ -15,6 +15,7 @@ from operando.drivers.sim.cell import PRESETS
 
 import operando
 from operando.config import load_config, preset_path
+from operando.demo import localize
 from operando.store import open_readonly
 
 
@@ -131,6 +132,45 @@ def _rows(run) -> int:
     try:
         return open_readonly(run).execute("SELECT count(*) FROM potentiostat").fetchone()[0]
     except (sqlite3.Error, Exception):
+        return 0
+
+
+@pytest.mark.slow
+def test_a_replayed_run_commands_no_instrument(lnmo_run, tmp_path, processes):
+    """Replayed at speed 0 into a fresh monitor, the damage preset's run sent a spot move to
+    the original run's spectrometer. Now the first replayed series makes the orchestration a
+    dry run: every command it decides is recorded as not sent, and none reaches an endpoint
+    (nothing listens on the replay's command ports: a sent command would time out and alarm)."""
+    assert recorded_events(lnmo_run, "ack"), "the live run commanded its instruments"
+    cfg = localize(load_config(lnmo_run / "config.json"))
+    path = tmp_path / "experiment.json"
+    path.write_bytes(msgspec.json.encode(cfg))
+    again = tmp_path / "again"
+    monitor = processes(
+        "monitor", "--config", str(path), "--run-dir", str(again), log=tmp_path / "mon.log"
+    )
+    cli("replay", str(lnmo_run), "--speed", "0", "--config", str(path), timeout=300)
+    with operando.open_run(lnmo_run) as r:
+        n_spectra = len(r.spectra())
+    wait_for(lambda: _spectra(again) == n_spectra, 120, what="every spectrum")
+    monitor.stop()
+    with operando.open_run(again) as r:
+        events = r.events()
+    details = {
+        kind: [json.loads(d) for d in events.query("kind == @kind")["detail"]]
+        for kind in ("dry_run", "ack", "alarm")
+    }
+    assert len(details["dry_run"]) == 1
+    assert details["dry_run"][0]["replayed_from"] == str(lnmo_run)
+    assert details["ack"] and all(a["dry_run"] for a in details["ack"])
+    assert not [a for a in details["alarm"] if a["category"] == "command"]
+
+
+def _spectra(run) -> int:
+    try:
+        with operando.open_run(run) as r:
+            return len(r.spectra())
+    except operando.store.StoreError:  # not created yet
         return 0
 
 

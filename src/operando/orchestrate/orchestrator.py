@@ -80,6 +80,9 @@ class Orchestrator:
         self.alarms = alarms or Alarms(event)
         # closed with the monitor: what the analysis says while it drains moves nothing
         self.closed = False
+        # a replayed run's instruments are not ours to command: from its first replayed
+        # series on, commands are recorded as what would have been sent, never sent
+        self.dry_run_from: str | None = None
 
     # -- inputs (called synchronously from ingest) ----------------------------------------------
     def on_message(
@@ -109,6 +112,18 @@ class Orchestrator:
             self.holds.pop(h.trigger_id)
             self._spawn(self.command(self.pstat, "resume", {}, h.trigger_id))
 
+    def on_replay(self, link: str, replayed_from: str) -> None:
+        """A source replays a recorded run: orchestration becomes a dry run, for good."""
+        if self.dry_run_from is None:
+            self.dry_run_from = replayed_from
+            self.event(
+                EventKind.DRY_RUN,
+                link,
+                None,
+                replayed_from=replayed_from,
+                reason="a replayed run: commands are recorded, never sent to an instrument",
+            )
+
     def on_spots(self, spots: list[str]) -> None:
         """The spectrometer announced its spots (series metadata) and none were configured."""
         if not self.spots and spots:
@@ -130,8 +145,11 @@ class Orchestrator:
             )
 
     def _stray(self, spot: str, total_Gy: float) -> None:
-        """A scan from a spent spot: the one in flight at the move is expected; more are not."""
+        """A scan from a spent spot: the one in flight at the move is expected; more are not.
+        A replayed spectrometer goes where the recorded run went: nothing to retry."""
         self.strays += 1
+        if self.dry_run_from is not None:
+            return
         if self.strays < 2 or self.spot is None:
             return
         if self.moving is not None and not self.moving.done():
@@ -206,7 +224,24 @@ class Orchestrator:
     async def command(
         self, client: CommandClient | None, action: str, args: dict[str, Any], trigger_id: str
     ) -> Ack | None:
-        """Send one command to a driver, audited; a refusal or no answer raises an alarm."""
+        """Send one command to a driver, audited; a refusal or no answer raises an alarm.
+        In a dry run (a replayed run) nothing is sent: the command is recorded, as acked."""
+        if self.dry_run_from is not None:
+            ack = Ack(id="dry-run", source="monitor", result={"dry_run": True})
+            self.event(
+                EventKind.ACK,
+                None,
+                None,
+                action=action,
+                args=args,
+                ok=True,
+                error="",
+                result=ack.result,
+                trigger_id=trigger_id,
+                endpoint=None if client is None else client.endpoint,
+                dry_run=True,
+            )
+            return ack
         if client is None:
             self.alarms.raise_(
                 "command", f"{action}: no command endpoint configured for its driver"
