@@ -466,13 +466,14 @@ def header_html(snap: Snapshot, feed: StateFeed, redraw_ms: float = 0.0) -> str:
             f"<td>{html.escape(name)}</td><td>{s.get('role', '')}</td>"
             f"<td>{s.get('messages', 0)}</td><td>{_fmt(snap.rates.get(name), '.1f')}</td>"
             f"<td>{s.get('gaps', 0)} ({s.get('lost', 0)} lost)</td><td>{s.get('malformed', 0)}</td>"
-            f"<td>{s.get('not_derived', 0)}</td>"
+            f"<td>{s.get('not_derived', 0)}</td><td>{s.get('refused', 0)}</td>"
             f"<td>{s.get('late', 0)}</td><td>{s.get('restarts', 0)}</td>"
             f"<td>{_fmt(silent, '.1f', ' s')}</td></tr>"
         )
     sources = (
         '<table class="op-sources" style="font-size:90%"><tr><th>source</th><th>role</th>'
         "<th>messages</th><th>msg/s</th><th>gaps</th><th>malformed</th><th>not derived</th>"
+        "<th>refused</th>"
         "<th>late</th>"
         "<th>restarts</th><th>silent</th></tr>" + "".join(rows) + "</table>"
         if rows

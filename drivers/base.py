@@ -18,7 +18,7 @@ import msgspec
 import zmq.asyncio
 
 from operando.clock import ExperimentClock
-from operando.protocol import Command
+from operando.protocol import Command, Refused
 from operando.replaybuffer import ReplayLimits
 from operando.transport import (
     CommandHandler,
@@ -173,6 +173,12 @@ class Driver:
 
     async def produce(self) -> None:
         raise NotImplementedError
+
+    async def refuse(self, what: str, why: str) -> None:
+        """Tell the run what this driver could not turn into data, and why: the monitor
+        records, counts and shows it (the driver's log alone reached nobody)."""
+        if self.pub is not None:
+            await self.pub.send(Refused(source=self.opts.name, what=what, why=why))
 
     async def prepare(self) -> None:
         """Wait for what the series' metadata needs (a file to appear): the sockets are up,

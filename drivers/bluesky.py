@@ -106,6 +106,7 @@ class _Run:
     times: list[float] = dataclasses.field(default_factory=list)
     points: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     scans: int = 0
+    refused: bool = False  # said once a run: its events carry no energy to make spectra of
 
 
 class BlueskyDocuments(Driver):
@@ -157,20 +158,30 @@ class BlueskyDocuments(Driver):
         try:
             _, name, doc = parse_message(message, self.serializer)
         except DocumentError as e:
-            self._refuse(str(e))
+            await self._refuse("a bluesky document", str(e))
             return
         try:
             await self.on_document(name, doc)
         except Exception as e:
             # A document of a shape no bluesky plan makes (a field of the wrong type, numbers
             # beyond 64 bits): refused and counted; the next document is read as usual.
-            self._refuse(f"{name}: {type(e).__name__}: {e}")
+            await self._refuse(f"a bluesky {name} document", f"{type(e).__name__}: {e}")
 
-    def _refuse(self, why: str) -> None:
+    async def _refuse(self, what: str, why: str) -> None:
         self.counts["refused"] += 1
         if why != self.last_refusal:  # once per kind of fault, not per message
-            log.error("bluesky document refused: %s", why)
+            log.error("%s refused: %s", what, why)
         self.last_refusal = why
+        await self.refuse(what, why)
+
+    async def _no_spectrum(self, run: _Run, data: dict[str, Any], why: str) -> None:
+        """A run whose events make no spectrum (a count plan, no energy field): said once."""
+        if run.refused:
+            return
+        run.refused = True
+        s = run.start
+        what = f"bluesky run {s.get('scan_id', '')} ({s.get('plan_name', '?')}, {s['uid'][:8]})"
+        await self._refuse(what, f"{why} (fields: {sorted(data)})")
 
     async def on_document(self, name: str, doc: dict[str, Any]) -> None:
         self.counts["documents"] += 1
@@ -202,6 +213,7 @@ class BlueskyDocuments(Driver):
             return
         energy_key = self._energy_key(data)
         if energy_key is None:
+            await self._no_spectrum(run, data, self._no_energy())
             return
         if np.ndim(data[energy_key]) == 1:  # a fly scan: this event is a whole spectrum
             n = len(data[energy_key])
@@ -216,6 +228,11 @@ class BlueskyDocuments(Driver):
             run.times.append(t)
             run.points.append(data)
 
+    def _no_energy(self) -> str:
+        if self.energy_field:
+            return f"no {self.energy_field!r} field (--energy-field) in its events"
+        return "no energy field in its events (name one with --energy-field)"
+
     def _energy_key(self, data: dict[str, Any]) -> str | None:
         if self.energy_field:
             return self.energy_field if self.energy_field in data else None
@@ -227,7 +244,11 @@ class BlueskyDocuments(Driver):
 
     async def _send_step_scan(self, run: _Run, stop: dict[str, Any]) -> None:
         energy_key = self._energy_key(run.points[0])
-        if energy_key is None or len(run.points) < 2:
+        if energy_key is None:
+            await self._no_spectrum(run, run.points[0], self._no_energy())
+            return
+        if len(run.points) < 2:
+            await self._no_spectrum(run, run.points[0], "one point is not a spectrum")
             return
         keys = [
             k

@@ -159,6 +159,7 @@ class ScanFiles(Driver):
             w.failed = w.signature
             self.errors[path.name] = str(e)
             log.warning("%s", e)
+            await self.refuse(f"scan file {path.name}", str(e))
             return
         if await asyncio.to_thread(_signature, path) != w.signature:
             return  # written to while it was read: read again once it settles

@@ -40,6 +40,7 @@ class EventKind(StrEnum):
     SERIES_START = "series_start"
     SERIES_END = "series_end"
     DERIVE_ERROR = "derive_error"
+    DRIVER_REFUSED = "driver_refused"  # a driver refused input: what and why
     ALIGN_ERROR = "align_error"
     # from the analysis
     ANALYSIS_ERROR = "analysis_error"

@@ -35,6 +35,7 @@ from operando.protocol import (
     Message,
     PotentiostatBatch,
     ProtocolError,
+    Refused,
     RIXSRows,
     SeriesEnd,
     SeriesStart,
@@ -114,6 +115,7 @@ class LinkState:
     malformed: int = 0
     late: int = 0
     not_derived: int = 0  # recorded, but its rows could not be derived (derive_error)
+    refused: int = 0  # inputs the driver refused (its Refused messages)
     last_t: float = -math.inf  # newest source time seen (reference clock)
     last_seen_wall: float = 0.0
     last_message_t: float = -math.inf  # t_ns of the previous message, for gap time ranges
@@ -291,6 +293,9 @@ class Ingest:
                 self.orchestrator.on_message(link, msg, None, None)
         elif isinstance(h, SeriesStart):
             self._series_start(link, state, h, t_src)
+        elif isinstance(h, Refused):
+            state.refused += 1
+            self.events.derived(EventKind.DRIVER_REFUSED, link, t_src, what=h.what, why=h.why)
         elif isinstance(h, SeriesEnd):
             state.series_ended = True
             if link == self.pstat_link:
@@ -689,6 +694,7 @@ class Ingest:
                 "late": s.late,
                 "malformed": s.malformed,
                 "not_derived": s.not_derived,
+                "refused": s.refused,
                 "restarts": tr.restarts,
                 "series": s.series,
                 "silent_s": now_wall - s.last_seen_wall if s.last_seen_wall else None,

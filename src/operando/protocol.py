@@ -142,6 +142,14 @@ class Heartbeat(_Header, tag="heartbeat", frozen=True, kw_only=True):
     state: str = "running"
 
 
+class Refused(_Header, tag="refused", frozen=True, kw_only=True):
+    """A driver could not turn something it was given into data (a bluesky document, a scan
+    file, a line): what and why, so the run holds every refusal, not only the driver's log."""
+
+    what: str
+    why: str
+
+
 class StateUpdate(_Header, tag="state", frozen=True, kw_only=True):
     """The monitor's derived state for dashboards (topic: aligned, potentiostat, status, event)."""
 
@@ -158,6 +166,7 @@ Header = (
     | Command
     | Ack
     | Heartbeat
+    | Refused
     | StateUpdate
 )
 SPECTRUM_KINDS = (XASScan, RIXSRows)

@@ -23,8 +23,16 @@ from conftest import (
 )
 from operando.drivers.bluesky import DocumentError, parse_message
 
+import operando
 from operando.protocol import decode
 from operando.store import open_readonly, read_raw
+
+
+def refused(run) -> list[tuple[str, str]]:
+    """(what, why) of each refusal the driver sent the run."""
+    with operando.open_run(run) as r:
+        ev = r.events().query("kind == 'driver_refused'")
+    return [(d["what"], d["why"]) for d in map(json.loads, ev["detail"])]
 
 
 def _mn_l(e: float, centre: float) -> float:
@@ -144,6 +152,15 @@ def test_runengine_scans_through_a_proxy_reach_the_monitor(tmp_path, processes):
         assert (
             "never unpickles" in driver.output() and "serializer=msgpack.packb" in driver.output()
         )
+        # a count plan (no energy): no spectrum, and the run says so, as it says each pickle
+        token = RE.subscribe(publishers[0])
+        RE(count([tey, i0], num=3))
+        RE.unsubscribe(token)
+        wait_for(lambda: any("count" in w for w, _ in refused(run)), 30, what="count refused")
+        whys = [why for what, why in refused(run) if "(count," in what]
+        assert len(whys) == 1 and "no energy field in its events" in whys[0]
+        pickles = [why for what, why in refused(run) if what.startswith("a bluesky document")]
+        assert pickles and all("serializer=msgpack.packb" in why for why in pickles)
         for pub in (*publishers, arrays):
             pub.close()
     finally:

@@ -7,6 +7,7 @@ RIXS series); tests that need them skip with the reason when ../shared is absent
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
@@ -24,6 +25,7 @@ from conftest import (
 from operando.drivers.isolated_reader import IsolatedReader
 from operando.drivers.scan_formats import RixsRow, Scan, read_scan_file
 
+import operando
 from operando.protocol import decode
 from operando.scanfile import ScanFileError, read_column_text
 from operando.store import open_readonly, read_raw
@@ -126,6 +128,17 @@ def test_bad_scan_files_say_what_and_where(tmp_path):
 
 @needs_files
 @pytest.mark.slow
+def refusals(run) -> list[tuple[str, str, str]]:
+    """(source, what, why) of every refusal the drivers sent the run."""
+    try:
+        with operando.open_run(run) as r:
+            ev = r.events().query("kind == 'driver_refused'")
+    except operando.store.StoreError:
+        return []
+    details = [json.loads(d) for d in ev["detail"]]
+    return [(s, d["what"], d["why"]) for s, d in zip(ev["source"], details, strict=True)]
+
+
 def test_scan_files_through_the_monitor(tmp_path, processes):
     LOGS = ("mon.log", "pot.log", "sxr.log", "scans.log", "rixs.log")
     cfg, path = live_cell_experiment(tmp_path, "spectrometer", "scans", "rixs")
@@ -241,6 +254,13 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
     assert "broken.asc:3: not a row of numbers" in sxr.output()
     died = "damaged.h5: the reader process died reading it (exit code -11)"
     wait_for(lambda: died in scans.output(), 30, what="the damaged file refused")
+    # and the run holds both refusals, per source, not only the drivers' logs
+    wait_for(lambda: len(refusals(run)) == 2, 30, what="the refusals in the run")
+    got = {(link, what): why for link, what, why in refusals(run)}
+    assert "not a row of numbers" in got["spectrometer", "scan file broken.asc"]
+    assert "the reader process died reading it" in got["scans", "scan file damaged.h5"]
+    sources = json.loads(cli("inspect", str(run), "--json").stdout)["sources"]
+    assert sources["spectrometer"]["refused"] == 1 and sources["scans"]["refused"] == 1
 
     # a scan file rewritten after it was published comes again as a new revision
     (xas_dir / "La4Ni3O10_pi_OKedgeXAS.dat").write_text(

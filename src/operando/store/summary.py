@@ -31,6 +31,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
             "late": 0,
             "restarts": 0,
             "not_derived": 0,
+            "refused": 0,
         }
     per_link_events = {
         "gap": "gaps",
@@ -39,6 +40,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
         "source_restarted": "restarts",
         "duplicate": "duplicates",
         "derive_error": "not_derived",
+        "driver_refused": "refused",
     }
     for link, kind, n in conn.execute(
         "SELECT link, kind, count(*) FROM events GROUP BY link, kind"
@@ -136,7 +138,7 @@ def format_summary(s: dict[str, Any]) -> str:
             f"  {name:<14} {src['messages']:>8} messages  {src['gaps']} gaps "
             f"({src['refilled'] or 0} refilled, {src['lost']} lost)"
             f"  {src['malformed']} malformed  {src['duplicates']} duplicates  {src['late']} late"
-            f"  {src['not_derived']} not derived"
+            f"  {src['not_derived']} not derived  {src['refused']} refused by the driver"
         )
         if src["not_derived"]:
             lines.append(
