@@ -66,7 +66,7 @@ from operando.protocol import (
     encode,
 )
 from operando.scanfile import ScanFileError
-from operando.store import RunStore, open_readonly
+from operando.store import Run, RunStore, open_readonly
 from operando.transport import Publisher
 
 ECLAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "eclab"
@@ -331,6 +331,109 @@ def fuzz_frames(n: int, seed: int) -> dict[str, Any]:
     }
 
 
+def fuzz_sparse_batches(n: int, seed: int) -> dict[str, Any]:
+    """Potentiostat batches of every shape a real instrument sends: 1 to 2,000 rows, a row
+    every 0.1 s to 20 min (a batch up to days long, far beyond the 6 h history), pauses
+    between batches, an occasional batch out of time order. Every row must be derived (in the
+    potentiostat table, with its SOC), none counted as not derived."""
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        store = RunStore(run)
+        sources = [SourceConfig(name="potentiostat", role="potentiostat", data="tcp://127.0.0.1:1")]
+        ingest = Ingest(store, sources, AlignmentConfig(capacity_mAh=1e6), None, None, run)
+        t_next, rows_sent, crashes = 1.8e9, 0, Counter[str]()
+        t0 = time.perf_counter()
+        for seq in range(n):
+            k = int(rng.choice([1, 5, 50, 500, 2000], p=[0.2, 0.3, 0.3, 0.15, 0.05]))
+            step = float(rng.choice([0.1, 1.0, 120.0, 1200.0]))
+            t = t_next + np.cumsum(rng.uniform(0.5, 1.5, k) * step)
+            if rng.random() < 0.02:  # out of time order within the batch
+                t = rng.permutation(t)
+            t_next = float(t.max()) + float(rng.choice([0.0, 60.0, 36_000.0]))
+            frames = encode(
+                PotentiostatBatch(
+                    source="potentiostat", session="f", seq=seq, t_ns=int(t_next * 1e9)
+                ),
+                {
+                    "t": t,
+                    "Ewe": rng.uniform(3.0, 4.2, k),
+                    "I": rng.choice([0.0, 0.5, -0.5], k),
+                    "mode": np.full(k, MODE_CC, np.int8),
+                    "step": np.zeros(k, np.int32),
+                    "cycle": np.zeros(k, np.int32),
+                },
+            )
+            try:
+                ingest.receive("potentiostat", [bytes(memoryview(f)) for f in frames])
+            except Exception:
+                crashes[traceback.format_exc(limit=3).splitlines()[-1]] += 1
+            rows_sent += k
+        ingest.finish()
+        store.flush()
+        store.close()
+        elapsed = time.perf_counter() - t0
+        with Run(run) as r:
+            cell = r.potentiostat()
+            not_derived = r.summary()["sources"]["potentiostat"]["not_derived"]
+    return {
+        "target": "sparse_batches",
+        "inputs": n,
+        "rows_sent": rows_sent,
+        "rows_derived": len(cell),
+        "rows_without_soc": int(cell["soc"].isna().sum()),
+        "not_derived": not_derived,
+        "crashes": sum(crashes.values()),
+        "crash_kinds": dict(crashes),
+        "inputs_per_s": round(n / elapsed),
+        "ok": len(cell) == rows_sent
+        and not_derived == 0
+        and not crashes
+        and not cell["soc"].isna().any(),
+    }
+
+
+def fuzz_follow_chunks(n: int, seed: int) -> dict[str, Any]:
+    """Each real EC-Lab export fed as --follow reads it: in chunks of any size, cut anywhere
+    (mid-line, mid-number, mid-header), and ended without its newline as EC-Lab leaves it.
+    The rows must be exactly those of reading it whole."""
+    rng = np.random.default_rng(seed)
+    files = sorted(ECLAB.glob("*.mpt"))
+    if not files:
+        return {"target": "follow_chunks", "skipped": f"no .mpt files in {ECLAB}", "ok": True}
+    whole = {}
+    for f in files:
+        r = MptReader(f.name)
+        whole[f] = r.feed(f.read_bytes() + b"\n")
+    differ, crashes = 0, Counter[str]()
+    for i in range(n):
+        f = files[i % len(files)]
+        data = f.read_bytes().rstrip(b"\r\n")
+        reader = MptReader(f.name)
+        parts, at = [], 0
+        try:
+            while at < len(data):
+                size = int(rng.choice([1, 7, 100, 4096, 65536]))
+                parts.append(reader.feed(data[at : at + size]))
+                at += size
+            assert reader.pending_is_row()  # --settle publishes it
+            parts.append(reader.feed(b"\n"))
+            got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            if any(not np.array_equal(got[k], whole[f][k], equal_nan=True) for k in got):
+                differ += 1
+        except Exception:
+            crashes[traceback.format_exc(limit=3).splitlines()[-1]] += 1
+    return {
+        "target": "follow_chunks",
+        "inputs": n,
+        "files": len(files),
+        "differ": differ,
+        "crashes": sum(crashes.values()),
+        "crash_kinds": dict(crashes),
+        "ok": not differ and not crashes,
+    }
+
+
 def _parser_outcome(
     target: str, n: int, parsed: int, refused: int, crashes: Counter[str]
 ) -> dict[str, Any]:
@@ -537,6 +640,9 @@ def main() -> int:
         (fuzz_methodscript, a.n),
         (fuzz_bluesky, a.n),
         (fuzz_files, a.n // 10),
+        # whole batches and whole files: a hundredth as many
+        (fuzz_sparse_batches, a.n // 100),
+        (fuzz_follow_chunks, a.n // 100),
     ):
         result = fuzz(n, a.seed)
         print(json.dumps(result), flush=True)

@@ -30,6 +30,8 @@ def _fuzz():
         ("fuzz_methodscript", 3000),
         ("fuzz_bluesky", 3000),
         ("fuzz_files", 700),
+        ("fuzz_sparse_batches", 300),
+        ("fuzz_follow_chunks", 60),
     ],
 )
 def test_mutated_input_is_refused_or_recorded_never_a_crash(target, n):
@@ -40,5 +42,7 @@ def test_mutated_input_is_refused_or_recorded_never_a_crash(target, n):
         assert result["fits"] > 0  # mutated spectra reached the analysis
     elif target == "fuzz_bluesky":
         assert result["refused"] > 100 and result["scans_sent"] > 10  # both paths exercised
+    elif target in ("fuzz_sparse_batches", "fuzz_follow_chunks"):
+        assert result.get("rows_sent", 1) > 0  # every row derived, every chunking the same
     elif "skipped" not in result:
         assert result["refused"] > 100 and result["parsed"] > 100  # both paths exercised
