@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ class DriverOptions:
     replay_messages: int = _REPLAY.messages  # sent messages kept for a recorder that missed some
     replay_mb: float = _REPLAY.bytes / 2**20
     spool: str | None = None  # folder: keep sent messages on disk too (survives a restart)
+    # who this is, announced in every series: a monitor of another experiment refuses it
+    experiment: str = ""  # the experiment it publishes for
+    kind: str = ""  # the driver (operando driver KIND)
 
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser, default_name: str) -> None:
@@ -115,6 +119,12 @@ class DriverOptions:
             help="memory bound of those messages, MB",
         )
         g.add_argument(
+            "--experiment",
+            default="",
+            help="the experiment this driver publishes for (its file's name): a monitor "
+            "recording another experiment refuses its stream",
+        )
+        g.add_argument(
             "--spool",
             default=None,
             help="folder where sent messages are also kept on disk: a restarted driver can "
@@ -138,6 +148,8 @@ class DriverOptions:
             replay_messages=a.replay_messages,
             replay_mb=a.replay_mb,
             spool=a.spool,
+            experiment=a.experiment,
+            kind=str(getattr(a, "driver_name", "") or ""),
         )
 
 
@@ -173,6 +185,15 @@ class Driver:
 
     async def produce(self) -> None:
         raise NotImplementedError
+
+    def identity(self) -> dict[str, str]:
+        """Who publishes: the monitor pins a link to one source and refuses another's stream
+        (a second experiment's driver on the same ports is not a restart of this one)."""
+        return {
+            "driver": self.opts.kind or type(self).__name__,
+            "host": socket.gethostname(),
+            "experiment": self.opts.experiment,
+        }
 
     async def refuse(self, what: str, why: str) -> None:
         """Tell the run what this driver could not turn into data, and why: the monitor
@@ -284,7 +305,7 @@ class Driver:
                 return 0
             preparing.result()  # a failure to prepare is the driver's failure
             self.series = f"{self.opts.name}-{uuid.uuid4().hex[:8]}"
-            meta = {**self.metadata(), "resumed": self.resumed}
+            meta = {**self.metadata(), "resumed": self.resumed, "identity": self.identity()}
             if self.pub.buffer.previous is not None:  # what the killed process sent last
                 session, last_seq = self.pub.buffer.previous
                 meta["previous_session"] = {"session": session, "last_seq": last_seq}

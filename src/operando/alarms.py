@@ -43,6 +43,14 @@ FROM_EVENTS: dict[EventKind, tuple[str, str, Callable[[str | None, dict[str, Any
             f"starting SOC {d.get('initial_soc')} ({d.get('initial_soc_from')})"
         ),
     ),
+    EventKind.STRANGER_REFUSED: (
+        "stranger",
+        "link",
+        lambda link, d: (
+            f"{link}: a stream from another source was refused ({d.get('why')}): recorded, "
+            "not taken as data; check the ports in the experiment file"
+        ),
+    ),
     EventKind.DERIVE_ERROR: (
         "not derived",
         "link",

@@ -78,6 +78,8 @@ class SourceConfig(_Section):
     clock: Literal["configured", "ping"] = "configured"  # ping: estimate the offset at start
     command_key: str = ""  # the driver's public key file: talk CURVE to its command socket
     rcvhwm: int = 10_000
+    # the driver expected on this link (e.g. "eclab"); empty: whichever speaks first is pinned
+    driver: str = ""
 
 
 class AnalysisConfig(_Section):

@@ -212,6 +212,8 @@ class Demo:
             str(self.t0_ns),
             "--state-file",
             str(self.run_dir / "sim-state" / f"{name}.json"),
+            "--experiment",
+            self.cfg.name,
         )
         if driver == "sim-spectrometer":
             pstat = self.cfg.potentiostat

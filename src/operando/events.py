@@ -41,6 +41,7 @@ class EventKind(StrEnum):
     SERIES_END = "series_end"
     DERIVE_ERROR = "derive_error"
     DRIVER_REFUSED = "driver_refused"  # a driver refused input: what and why
+    STRANGER_REFUSED = "stranger_refused"  # another source's stream on a link: not recorded as data
     ALIGN_ERROR = "align_error"
     # from the analysis
     ANALYSIS_ERROR = "analysis_error"

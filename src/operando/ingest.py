@@ -116,6 +116,11 @@ class LinkState:
     late: int = 0
     not_derived: int = 0  # recorded, but its rows could not be derived (derive_error)
     refused: int = 0  # inputs the driver refused (its Refused messages)
+    # who speaks on this link (driver, host), pinned at first sight; sessions of any other
+    # source are refused: recorded, never derived, never taken as a restart
+    identity: tuple[str, str] | None = None
+    strangers: set[str] = field(default_factory=set)
+    stranger_messages: int = 0
     last_t: float = -math.inf  # newest source time seen (reference clock)
     last_seen_wall: float = 0.0
     last_message_t: float = -math.inf  # t_ns of the previous message, for gap time ranges
@@ -138,11 +143,14 @@ class Ingest:
         *,
         events: EventLog | None = None,
         orchestrator: Orchestration | None = None,
+        experiment: str = "",
     ) -> None:
         """``events``: the run's event log (default: one writing to ``store`` and
         ``publish``); ``orchestrator``: what acts on rows, maps, doses and damage (None:
-        nothing acts, as in reprocess)."""
+        nothing acts, as in reprocess); ``experiment``: the run's experiment name, against
+        which each source's announced identity is checked."""
         self.store = store
+        self.experiment = experiment
         self.cfg = alignment
         self.publish: Publish = publish or (lambda topic, body: None)
         self.events = events or EventLog(store, self.publish)
@@ -277,6 +285,9 @@ class Ingest:
         state.last_seen_wall = time.monotonic()
         if isinstance(h, (Command, Ack)):  # not part of a data stream: audit only
             return
+        if h.session in state.strangers or self._refuse_stranger(link, state, h, t_src):
+            state.stranger_messages += 1
+            return
         first_row_t = t_src
         if isinstance(h, PotentiostatBatch) and len(msg.arrays["t"]):
             first_row_t = float(msg.arrays["t"][0]) + offset
@@ -302,6 +313,40 @@ class Ingest:
                 self.aligner.potentiostat_ended = True
             self.events.derived(EventKind.SERIES_END, link, t_src, series=h.series, reason=h.reason)
 
+    def _refuse_stranger(self, link: str, state: LinkState, h: Any, t: float) -> bool:
+        """A series start from a source that is not this link's: refuse its session."""
+        if not isinstance(h, SeriesStart):  # re-announces too: a stranger met mid-series
+            return False
+        ident = h.metadata.get("identity")
+        ident = ident if isinstance(ident, dict) else {}
+        driver, host = str(ident.get("driver", "")), str(ident.get("host", ""))
+        experiment = str(ident.get("experiment", ""))
+        why = ""
+        if experiment and self.experiment and experiment != self.experiment:
+            why = f"it publishes for experiment {experiment!r}, this run is {self.experiment!r}"
+        elif state.config.driver and driver and driver != state.config.driver:
+            why = f"a {driver} driver, where the experiment file names {state.config.driver}"
+        elif driver and state.identity is not None and (driver, host) != state.identity:
+            why = (
+                f"{driver} on {host}, where this link's source is "
+                f"{state.identity[0]} on {state.identity[1]}"
+            )
+        if not why:
+            if driver and state.identity is None:
+                state.identity = (driver, host)
+            return False
+        state.strangers.add(h.session)
+        self.events.derived(
+            EventKind.STRANGER_REFUSED,
+            link,
+            t,
+            session=h.session,
+            series=h.series,
+            identity=ident,
+            why=why,
+        )
+        return True
+
     def _track_malformed(
         self, raw_id: int, link: str, state: LinkState, frames: Sequence[Any]
     ) -> None:
@@ -312,6 +357,8 @@ class Ingest:
         same: spectra over its time are marked partial, as for a gap that is never filled."""
         env = peek_envelope(frames)
         if env is None or env.kind in ("command", "ack") or not env.session or env.seq < 0:
+            return
+        if env.session in state.strangers:
             return
         t = env.t_ns * 1e-9 + state.clock_offset_s if env.t_ns > 0 else state.last_message_t
         watermark = self.history.watermark
@@ -695,6 +742,7 @@ class Ingest:
                 "malformed": s.malformed,
                 "not_derived": s.not_derived,
                 "refused": s.refused,
+                "stranger_messages": s.stranger_messages,
                 "restarts": tr.restarts,
                 "series": s.series,
                 "silent_s": now_wall - s.last_seen_wall if s.last_seen_wall else None,

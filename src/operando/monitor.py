@@ -138,6 +138,7 @@ class Monitor:
             self.run_dir,
             events=self.events,
             orchestrator=self.orchestrator,
+            experiment=cfg.name,
         )
         if self.store.reopened:
             self._restore()

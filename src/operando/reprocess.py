@@ -28,7 +28,14 @@ def reprocess(
         with Run(run_dir) as run:
             total, offsets = run.raw_count() + len(store.unindexed), run.clock_offsets()
         store.clear_derived()
-        ingest = Ingest(store, cfg.sources, cfg.alignment, analysis=cfg.analysis, base_dir=run_dir)
+        ingest = Ingest(
+            store,
+            cfg.sources,
+            cfg.alignment,
+            analysis=cfg.analysis,
+            base_dir=run_dir,
+            experiment=cfg.name,
+        )
         for link, offset in offsets.items():  # measured live (ping): the same source times
             ingest.set_clock_offset(link, offset)
         for n, rec in enumerate(iter_raw(run_dir), 1):

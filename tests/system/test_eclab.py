@@ -334,6 +334,58 @@ def test_column_spellings_ec_lab_writes_are_read():
     assert current_sampling(reader.header.names) == "interval_average"
 
 
+@needs_files
+@pytest.mark.slow
+def test_another_experiments_stream_is_refused_not_taken_for_a_restart(tmp_path, processes):
+    """A monitor on the shipped example's ports while another experiment's EC-Lab driver
+    publishes there recorded that stream as a source_restarted. Now each series says who it is
+    (driver, host, experiment): a stream for another experiment is recorded but refused (no
+    rows, nothing lost, an alarm), and this experiment's own driver is taken as usual."""
+    name = ECLAB / "yadg_cp.mpt"
+    run, stranger = _start(
+        tmp_path, processes, [str(name), "--speed", "0", "--experiment", "beamtime-of-others"], 1.0
+    )
+    assert stranger.p.wait(60) == 0, stranger.output()
+    cfg = load_config(tmp_path / "experiment.json")
+    wait_for(lambda: "stranger_refused" in _kinds(run), 30, what="the stranger refused")
+    assert _rows(run) == 0
+    src = cfg.source("potentiostat")
+    ours = processes(
+        "driver",
+        "eclab",
+        str(name),
+        "--speed",
+        "0",
+        "--experiment",
+        cfg.name,
+        "--data",
+        src.data,
+        "--command",
+        src.command,
+        log=tmp_path / "ours.log",
+    )
+    assert ours.p.wait(60) == 0, ours.output()
+    _, truth = read_all(name)
+    wait_for(lambda: _rows(run) == len(truth["t"]), 30, what="our own rows")
+    s = json.loads(cli("inspect", str(run), "--json").stdout)
+    pstat = s["sources"]["potentiostat"]
+    assert pstat["stranger_messages"] > 0 and pstat["lost"] == 0 and pstat["restarts"] == 0
+    with operando.open_run(run) as r:
+        events = r.events()
+    (why,) = [json.loads(d)["why"] for d in events.query("kind == 'stranger_refused'")["detail"]]
+    assert "beamtime-of-others" in why and cfg.name in why
+    alarms = [json.loads(d)["category"] for d in events.query("kind == 'alarm'")["detail"]]
+    assert alarms.count("stranger") == 1  # (and a SOC calibration one: a discharge from 0)
+
+
+def _kinds(run: Path) -> set[str]:
+    try:
+        with operando.open_run(run) as r:
+            return set(r.events()["kind"])
+    except operando.store.StoreError:
+        return set()
+
+
 def test_driver_refuses_what_it_cannot_read_with_the_reason(tmp_path):
     missing = cli("driver", "eclab", str(tmp_path / "none.mpt"), check=False)
     assert missing.returncode == 2 and "none.mpt: no such file" in missing.stderr

@@ -438,6 +438,13 @@ def lost_ranges(conn: sqlite3.Connection, link: str) -> dict[str, list[list[int]
         (link, link),
     ):
         out.setdefault(session, []).append([first, last])
+    # another source's stream refused on this link is not this link's to lose
+    for (stranger,) in conn.execute(
+        "SELECT json_extract(detail, '$.session') FROM events "
+        "WHERE kind = 'stranger_refused' AND link = ?",
+        (link,),
+    ):
+        out.pop(stranger, None)
     for session, first, last in conn.execute(
         "SELECT json_extract(detail, '$.session'), json_extract(detail, '$.first'), "
         "json_extract(detail, '$.last') FROM events WHERE kind = 'gap' AND link = ? "

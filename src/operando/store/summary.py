@@ -32,6 +32,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
             "restarts": 0,
             "not_derived": 0,
             "refused": 0,
+            "stranger_messages": 0,
         }
     per_link_events = {
         "gap": "gaps",
@@ -47,6 +48,16 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
     ):
         if link in sources and kind in per_link_events:
             sources[link][per_link_events[kind]] = n
+    # another source's stream on a link: its messages are recorded, never derived
+    for link, session in conn.execute(
+        "SELECT link, json_extract(detail, '$.session') FROM events "
+        "WHERE kind = 'stranger_refused'"
+    ).fetchall():
+        if link in sources:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM raw WHERE link = ? AND session = ?", (link, session)
+            ).fetchone()
+            sources[link]["stranger_messages"] += n
     for link, src in sources.items():
         # what the run does not hold at the end: gaps refilled since no longer count
         lost = lost_ranges(conn, link)
@@ -140,6 +151,11 @@ def format_summary(s: dict[str, Any]) -> str:
             f"  {src['malformed']} malformed  {src['duplicates']} duplicates  {src['late']} late"
             f"  {src['not_derived']} not derived  {src['refused']} refused by the driver"
         )
+        if src["stranger_messages"]:
+            lines.append(
+                f"    {src['stranger_messages']} messages from another source on this link were "
+                "refused (recorded, not derived): see the stranger_refused events"
+            )
         if src["not_derived"]:
             lines.append(
                 f"    {src['not_derived']} recorded messages gave no derived rows (kept in the raw "
