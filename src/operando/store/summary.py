@@ -50,8 +50,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
             sources[link][per_link_events[kind]] = n
     # another source's stream on a link: its messages are recorded, never derived
     for link, session in conn.execute(
-        "SELECT link, json_extract(detail, '$.session') FROM events "
-        "WHERE kind = 'stranger_refused'"
+        "SELECT link, json_extract(detail, '$.session') FROM events WHERE kind = 'stranger_refused'"
     ).fetchall():
         if link in sources:
             (n,) = conn.execute(
