@@ -186,6 +186,20 @@ class Driver:
     async def produce(self) -> None:
         raise NotImplementedError
 
+    async def _say_progress(self, every_s: float = 10.0) -> None:
+        """At -v: what has been published, every ``every_s`` while it grows."""
+        said = -1
+        while True:
+            await asyncio.sleep(every_s)
+            if self.pub is not None and self.pub.seq != said:
+                said = self.pub.seq
+                log.info(
+                    "%s: %d messages published, %d subscriber(s)",
+                    self.opts.name,
+                    said,
+                    self.pub.subscribers,
+                )
+
     def identity(self) -> dict[str, str]:
         """Who publishes: the monitor pins a link to one source and refuses another's stream
         (a second experiment's driver on the same ports is not a restart of this one)."""
@@ -310,6 +324,15 @@ class Driver:
                 session, last_seq = self.pub.buffer.previous
                 meta["previous_session"] = {"session": session, "last_seq": last_seq}
             await self.pub.start_series(self.series, self.instrument, meta)
+            log.info(
+                "%s: publishing %s series %s on %s (commands on %s)",
+                self.opts.name,
+                self.instrument,
+                self.series,
+                self.opts.data,
+                self.opts.command,
+            )
+            progress = asyncio.create_task(self._say_progress(), name=f"{self.opts.name}-progress")
             producer = asyncio.create_task(self.produce(), name=f"{self.opts.name}-produce")
             stop = asyncio.create_task(self.finished.wait())
             done, _ = await asyncio.wait({producer, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -321,7 +344,11 @@ class Driver:
                 with contextlib.suppress(asyncio.CancelledError):
                     await producer
             stop.cancel()
+            progress.cancel()
             await self.pub.end_series(reason)
+            log.info(
+                "%s: series ended (%s) after %d messages", self.opts.name, reason, self.pub.seq
+            )
         finally:
             await self.commands.close()
             await self.pub.close()

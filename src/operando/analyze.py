@@ -83,6 +83,7 @@ class Analyzer:
         self.series: dict[tuple[str, str], tuple[np.ndarray, list[np.ndarray]]] = {}
         self.missing_refs: set[str] = set()
         self.counts: dict[str, int] = {"fits": 0, "damage_flags": 0, "relaxation_fits": 0}
+        self.latest_valence: dict[str, dict[str, Any]] = {}
         self.on_damage: list[Callable[[str, str], None]] = []  # spot, test
 
     # -- entry -------------------------------------------------------------------------------
@@ -148,6 +149,17 @@ class Analyzer:
                 continue
             out[channel] = fit
             self.counts["fits"] += 1
+            # the newest valence of each edge and channel, for status lines (a dict replaced
+            # whole: read from the event loop while this thread writes)
+            self.latest_valence = {
+                **self.latest_valence,
+                f"{s.edge} {channel}": {
+                    "spectrum_id": s.spectrum_id,
+                    "valence": fit.average_valence,
+                    "valence_unc": fit.valence_uncertainty,
+                    "quality": fit.quality,
+                },
+            }
             self.put(
                 AnalysisRow(
                     s.spectrum_id,

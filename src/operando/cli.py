@@ -1,4 +1,5 @@
-"""The ``operando`` command line."""
+"""The operando command line: record, align, analyse and show an operando battery experiment
+at a soft X-ray beamline, and look at recorded runs."""
 
 from __future__ import annotations
 
@@ -158,7 +159,12 @@ def _status(a: argparse.Namespace) -> int:
             raise
         print(f"operando status: {_no_monitor(Path(a.run_dir), endpoint)}", file=sys.stderr)
         return 1
-    print(json.dumps(status, indent=2))
+    if a.json:
+        print(json.dumps(status, indent=2))
+    else:
+        from operando.statusview import format_status
+
+        print(format_status(status))
     return 0
 
 
@@ -321,6 +327,28 @@ def _add_driver_parsers(
     p.set_defaults(func=_driver)
 
 
+class _Help(argparse.HelpFormatter):
+    """Each option's default in its help, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text.lower()
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _with_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _Help
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its subparsers here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for child in action.choices.values():
+                _with_defaults(child)
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="operando", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -476,9 +504,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="ask a running monitor for its status")
     p.add_argument("--monitor", default="tcp://127.0.0.1:5601", help="monitor command endpoint")
     p.add_argument("--run-dir", help="find the monitor of this run (its monitor.json)")
-    p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for its answer")
+    p.add_argument("--json", action="store_true", help="the monitor's answer as JSON")
     p.set_defaults(func=_status)
 
+    _with_defaults(ap)
     return ap
 
 

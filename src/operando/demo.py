@@ -381,10 +381,22 @@ async def _progress(demo: Demo) -> None:
                 )
             sp, cell = st["spectra"], st.get("cell") or {}
             ewe, soc = cell.get("Ewe_V"), cell.get("soc")
-            table.caption = (
-                f"spectra {sp['total']} ({sp['aligned']} aligned, {sp['partial']} partial, "
-                f"{sp['pending']} waiting)\nEwe {'-' if ewe is None else f'{ewe:.3f} V'}   "
-                f"SOC {'-' if soc is None else f'{soc:.3f}'}\nrun {demo.run_dir}"
+            valence = "   ".join(
+                f"{k} {v['valence']:.3f}±{v['valence_unc']:.3f} ({v['quality']})"
+                for k, v in sorted((st.get("valence") or {}).items())
+            )
+            alarms = (st.get("orchestration") or {}).get("alarms") or []
+            said = [f"ALARM #{a['id']} [{a['category']}] {a['message']}" for a in alarms[-3:]]
+            table.caption = "\n".join(
+                [
+                    f"spectra {sp['total']} ({sp['aligned']} aligned, {sp['partial']} partial, "
+                    f"{sp['pending']} waiting)",
+                    f"Ewe {'-' if ewe is None else f'{ewe:.3f} V'}   "
+                    f"SOC {'-' if soc is None else f'{soc:.3f}'}",
+                    f"valence {valence or '- (no fit yet)'}",
+                    *(said or ["no open alarms"]),
+                    f"run {demo.run_dir}",
+                ]
             )
             live.update(table)
 

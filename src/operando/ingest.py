@@ -762,6 +762,7 @@ class Ingest:
             "store_backlog_bytes": self.store.backlog_bytes,
             "analysis_backlog": self.analysis_thread.backlog if self.analysis_thread else 0,
             "analysis_skipped_live": self.counts["analysis_skipped_live"],
+            "valence": self.analyzer.latest_valence if self.analyzer is not None else {},
             "store_error": self.store.last_error,
             "store_writer_restarts": self.store.writer_restarts,
             "store_rows_refused": self.store.rows_refused,

@@ -30,6 +30,10 @@ def test_demo_headless_acceptance(tmp_path):
         assert (src["gaps"], src["lost"], src["malformed"]) == (0, 0, 0), name
     sp = s["spectra"]
     assert sp["total"] > 20 and sp["aligned"] == sp["total"] and sp["partial"] == 0
+    # when, and how it ended: every series closed, nothing left open
+    assert s["sources_not_closed"] == [] and s["open_alarms"] == []
+    text = cli("inspect", str(run)).stdout
+    assert "ended cleanly" in text and "no open alarms" in text and " UTC to " in text
     # 2 h of experiment at 1C: charge to 4.2 V, CV, rest and most of the discharge
     assert s["soc"]["min"] < 0.05 and s["soc"]["max"] > 0.6
     assert s["ewe_V"]["min"] > 2.95 and s["ewe_V"]["max"] < 4.25

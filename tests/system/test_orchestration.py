@@ -193,10 +193,17 @@ def test_lost_ack_is_retried_without_a_second_scan(tmp_path, processes):
     tid = json.loads(out)["trigger_id"]
     refused = cli("trigger", "acquire", "--edge", "Xx-L", "--monitor", ep[1], check=False)
     assert refused.returncode == 2 and "unknown edge 'Xx-L'" in refused.stderr
-    alarms = json.loads(cli("status", "--monitor", ep[1]).stdout)["orchestration"]["alarms"]
+    status = json.loads(cli("status", "--monitor", ep[1], "--json").stdout)
+    alarms = status["orchestration"]["alarms"]
     assert [a["category"] for a in alarms] == ["command"] and "Xx-L" in alarms[0]["message"]
+    # for people: the mode named, the time as UTC, the alarm spelled out
+    readable = cli("status", "--monitor", ep[1]).stdout
+    assert "OPEN ALARMS (1):" in readable and "[command]" in readable and "Xx-L" in readable
+    assert " UTC" in readable and "not holding the cell" in readable
     cli("trigger", "acknowledge", "--alarm", str(alarms[0]["id"]), "--monitor", ep[1])
-    assert json.loads(cli("status", "--monitor", ep[1]).stdout)["orchestration"]["alarms"] == []
+    status = json.loads(cli("status", "--monitor", ep[1], "--json").stdout)
+    assert status["orchestration"]["alarms"] == []
+    assert "no open alarms" in cli("status", "--monitor", ep[1]).stdout
     time.sleep(8)  # the scan: 351 points x 0.02 s at 60x
     assert mon.stop(signal.SIGINT) == 0
     s = inspect_json(run)

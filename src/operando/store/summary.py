@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,25 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
         src["lost"] = sum(b - a + 1 for ranges in lost.values() for a, b in ranges)
         src["lost_ranges"] = {session: ranges for session, ranges in lost.items() if ranges}
     events = dict(conn.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
+    # a clean end: each source's last series was closed (a killed driver or monitor leaves it
+    # open)
+    unclosed = [
+        link
+        for (link,) in conn.execute(
+            "SELECT link FROM events WHERE kind IN ('series_start', 'series_end') "
+            "GROUP BY link HAVING max(CASE WHEN kind = 'series_start' THEN id END) > "
+            "coalesce(max(CASE WHEN kind = 'series_end' THEN id END), 0)"
+        )
+    ]
+    alarms: dict[int, dict[str, Any]] = {}
+    for kind, detail in conn.execute(
+        "SELECT kind, detail FROM events WHERE kind IN ('alarm', 'alarm_acknowledged') ORDER BY id"
+    ):
+        d = json.loads(detail)
+        if kind == "alarm":
+            alarms[int(d["id"])] = d
+        elif int(d.get("id", -1)) in alarms:
+            alarms.pop(int(d["id"]))
     (last_received,) = conn.execute("SELECT max(recv_ns) FROM raw").fetchone()
     (total,) = conn.execute("SELECT count(*) FROM spectra").fetchone()
     aligned, partial, soc_min, soc_max = conn.execute(
@@ -112,6 +132,10 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
         "events": events,
         "t_first": None if t_first is None else t_first * 1e-9,
         "t_last": None if t_last is None else t_last * 1e-9,
+        "sources_not_closed": unclosed,
+        "open_alarms": [
+            {k: a.get(k) for k in ("id", "category", "message", "count")} for a in alarms.values()
+        ],
         # wall clock of this machine when the newest message arrived
         "last_received": None if last_received is None else last_received * 1e-9,
         "soc": {"min": soc_min, "max": soc_max},
@@ -141,6 +165,10 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
 def format_summary(s: dict[str, Any]) -> str:
     lines = [f"run {s['run_dir']}"]
     for name, src in s["sources"].items():
@@ -164,6 +192,20 @@ def format_summary(s: dict[str, Any]) -> str:
             shown = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in ranges[:20])
             more = f" and {len(ranges) - 20} more ranges" if len(ranges) > 20 else ""
             lines.append(f"    lost from session {session}: seq {shown}{more}")
+    if s["t_first"] is not None:
+        span = s["t_last"] - s["t_first"]
+        ending = (
+            "ended cleanly (every source closed its series)"
+            if not s["sources_not_closed"]
+            else "ended UNCLEANLY: no series end from "
+            + ", ".join(s["sources_not_closed"])
+            + " (stopped without closing it, or still recording)"
+        )
+        lines.append(
+            f"  recorded {_utc(s['t_first'])} to {_utc(s['t_last'])} "
+            f"({int(span // 3600)}:{int(span % 3600 // 60):02d}:{int(span % 60):02d} of source "
+            f"time); {ending}"
+        )
     sp = s["spectra"]
     lines.append(f"  spectra: {sp['total']} ({sp['aligned']} aligned, {sp['partial']} partial)")
     lines.append(f"  potentiostat rows: {s['potentiostat_rows']}")
@@ -186,5 +228,10 @@ def format_summary(s: dict[str, Any]) -> str:
             "  dose by spot (MGy): "
             + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in sorted(a["dose_Gy_by_spot"].items()))
         )
+    if s["open_alarms"]:
+        lines.append(f"  OPEN ALARMS ({len(s['open_alarms'])}):")
+        lines += [f"    #{a['id']} [{a['category']}] {a['message']}" for a in s["open_alarms"]]
+    else:
+        lines.append("  no open alarms")
     lines.append("  events: " + json.dumps(s["events"]))
     return "\n".join(lines)
