@@ -295,3 +295,23 @@ def lirich_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("lirich") / "run"
     record_demo(run, 45, "--preset", "lirich-rixs")
     return run
+
+
+def replay_into_new_monitor(recorded: Path, tmp_path: Path, processes: Any) -> tuple[Path, Any]:
+    """A fresh monitor with the recorded run's experiment on free ports, and ``operando replay
+    --speed 0`` of the run into it. Returns the new run directory and the monitor process."""
+    import msgspec
+
+    from operando.config import load_config
+    from operando.demo import localize
+
+    cfg = localize(load_config(recorded / "config.json"))
+    path = tmp_path / "experiment.json"
+    path.write_bytes(msgspec.json.encode(cfg))
+    again = tmp_path / "again"
+    monitor = processes(
+        "monitor", "--config", str(path), "--run-dir", str(again), log=tmp_path / "mon.log"
+    )
+    out = cli("replay", str(recorded), "--speed", "0", "--config", str(path), timeout=300)
+    assert "potentiostat: " in out.stdout and "spectrometer: " in out.stdout, out.stdout
+    return again, monitor

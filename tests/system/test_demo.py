@@ -10,12 +10,19 @@ import sqlite3
 
 import msgspec
 import pytest
-from conftest import cli, inspect_json, pid_alive, record_demo, recorded_events, wait_for
+from conftest import (
+    cli,
+    inspect_json,
+    pid_alive,
+    record_demo,
+    recorded_events,
+    replay_into_new_monitor,
+    wait_for,
+)
 from operando.drivers.sim.cell import PRESETS
 
 import operando
 from operando.config import load_config, preset_path
-from operando.demo import localize
 from operando.store import open_readonly
 
 
@@ -146,14 +153,7 @@ def test_a_replayed_run_commands_no_instrument(lnmo_run, tmp_path, processes):
     dry run: every command it decides is recorded as not sent, and none reaches an endpoint
     (nothing listens on the replay's command ports: a sent command would time out and alarm)."""
     assert recorded_events(lnmo_run, "ack"), "the live run commanded its instruments"
-    cfg = localize(load_config(lnmo_run / "config.json"))
-    path = tmp_path / "experiment.json"
-    path.write_bytes(msgspec.json.encode(cfg))
-    again = tmp_path / "again"
-    monitor = processes(
-        "monitor", "--config", str(path), "--run-dir", str(again), log=tmp_path / "mon.log"
-    )
-    cli("replay", str(lnmo_run), "--speed", "0", "--config", str(path), timeout=300)
+    again, monitor = replay_into_new_monitor(lnmo_run, tmp_path, processes)
     with operando.open_run(lnmo_run) as r:
         n_spectra = len(r.spectra())
     wait_for(lambda: _spectra(again) == n_spectra, 120, what="every spectrum")

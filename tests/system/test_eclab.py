@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from conftest import SHARED, cli, wait_for
+from conftest import SHARED, cli, driver_endpoints, wait_for
 from operando.drivers.eclab import MptFormatError, MptReader, current_sampling
 from operando.drivers.eclab_file import batch_arrays
 from operando.drivers.eclab_mpr import read_mpr
@@ -349,7 +349,6 @@ def test_another_experiments_stream_is_refused_not_taken_for_a_restart(tmp_path,
     cfg = load_config(tmp_path / "experiment.json")
     wait_for(lambda: "stranger_refused" in _kinds(run), 30, what="the stranger refused")
     assert _rows(run) == 0
-    src = cfg.source("potentiostat")
     ours = processes(
         "driver",
         "eclab",
@@ -358,10 +357,7 @@ def test_another_experiments_stream_is_refused_not_taken_for_a_restart(tmp_path,
         "0",
         "--experiment",
         cfg.name,
-        "--data",
-        src.data,
-        "--command",
-        src.command,
+        *driver_endpoints(cfg, "potentiostat"),
         log=tmp_path / "ours.log",
     )
     assert ours.p.wait(60) == 0, ours.output()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import msgspec
 import numpy as np
 import pytest
-from conftest import cli, wait_for
+from conftest import replay_into_new_monitor, wait_for
 
-from operando.config import load_config
-from operando.demo import localize
 from operando.store import open_readonly
 
 
@@ -25,15 +22,7 @@ def _rows(run, sql):
 
 @pytest.mark.slow
 def test_a_replayed_run_is_recorded_and_analysed_again_the_same(lfp_run, tmp_path, processes):
-    cfg = localize(load_config(lfp_run / "config.json"))
-    path = tmp_path / "experiment.json"
-    path.write_bytes(msgspec.json.encode(cfg))
-    again = tmp_path / "again"
-    monitor = processes(
-        "monitor", "--config", str(path), "--run-dir", str(again), log=tmp_path / "mon.log"
-    )
-    out = cli("replay", str(lfp_run), "--speed", "0", "--config", str(path), timeout=180)
-    assert "potentiostat: " in out.stdout and "spectrometer: " in out.stdout, out.stdout
+    again, monitor = replay_into_new_monitor(lfp_run, tmp_path, processes)
     spectra = (
         "SELECT s.scan_id, a.soc, a.ewe_mean FROM spectra s "
         "JOIN alignment a ON a.spectrum_id = s.id ORDER BY s.id"

@@ -226,21 +226,10 @@ class Orchestrator:
     ) -> Ack | None:
         """Send one command to a driver, audited; a refusal or no answer raises an alarm.
         In a dry run (a replayed run) nothing is sent: the command is recorded, as acked."""
+        endpoint = None if client is None else client.endpoint
         if self.dry_run_from is not None:
             ack = Ack(id="dry-run", source="monitor", result={"dry_run": True})
-            self.event(
-                EventKind.ACK,
-                None,
-                None,
-                action=action,
-                args=args,
-                ok=True,
-                error="",
-                result=ack.result,
-                trigger_id=trigger_id,
-                endpoint=None if client is None else client.endpoint,
-                dry_run=True,
-            )
+            self._record_ack(action, args, ack, trigger_id, endpoint, dry_run=True)
             return ack
         if client is None:
             self.alarms.raise_(
@@ -252,6 +241,24 @@ class Orchestrator:
         except CommandError as e:
             self.alarms.raise_("command", str(e), trigger_id=trigger_id)
             return None
+        self._record_ack(action, args, ack, trigger_id, endpoint)
+        if not ack.ok:
+            self.alarms.raise_(
+                "command",
+                f"{action} refused by {client.endpoint}: {ack.error}",
+                trigger_id=trigger_id,
+            )
+        return ack
+
+    def _record_ack(
+        self,
+        action: str,
+        args: dict[str, Any],
+        ack: Ack,
+        trigger_id: str,
+        endpoint: str | None,
+        **extra: Any,
+    ) -> None:
         self.event(
             EventKind.ACK,
             None,
@@ -262,15 +269,9 @@ class Orchestrator:
             error=ack.error,
             result=ack.result,
             trigger_id=trigger_id,
-            endpoint=client.endpoint,
+            endpoint=endpoint,
+            **extra,
         )
-        if not ack.ok:
-            self.alarms.raise_(
-                "command",
-                f"{action} refused by {client.endpoint}: {ack.error}",
-                trigger_id=trigger_id,
-            )
-        return ack
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
