@@ -298,9 +298,8 @@ class RunView:
             y, _, _ = signal(msg.arrays, channel)
             model = np.full_like(y, np.nan)
             fit = msgspec.json.decode(r.doc, type=FitResult)
-            # a fit recorded before fits were judged has no verdict: say so, not "good"
-            judged = "quality" in json.loads(r.doc)
-            quality[channel] = (fit.quality if judged else "unjudged", fit.notes)
+            # the stored verdict: "unjudged" for a fit recorded before fits were judged
+            quality[channel] = (r.quality, tuple(json.loads(r.notes)))
             if refs is not None:
                 lo, hi = fit.fit_range  # the model is drawn only where it was fitted
                 inside = (energy >= lo) & (energy <= hi)

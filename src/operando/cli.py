@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -170,6 +169,7 @@ def _status(a: argparse.Namespace) -> int:
 
 def _no_monitor(run_dir: Path, endpoint: str) -> str:
     """What to say of a run whose monitor does not answer: when it last recorded."""
+    from operando.clock import utc_text
     from operando.store import open_run
 
     try:
@@ -177,8 +177,11 @@ def _no_monitor(run_dir: Path, endpoint: str) -> str:
             last = run.summary()["last_received"]
     except StoreError:
         last = None
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(last)) if last is not None else ""
-    when = f"its newest message arrived at {stamp} UTC" if stamp else "it holds no message"
+    when = (
+        f"its newest message arrived at {utc_text(last)}"
+        if last is not None
+        else "it holds no message"
+    )
     return (
         f"no monitor is running for {run_dir} (nothing answers on {endpoint}); {when}; "
         f"'operando inspect {run_dir}' describes what it holds"

@@ -35,3 +35,8 @@ class ExperimentClock:
     def wall_seconds(self, experiment_seconds: float) -> float:
         """How long to sleep for ``experiment_seconds`` of experiment time to pass."""
         return experiment_seconds / self.speed
+
+
+def utc_text(t: float) -> str:
+    """Seconds since the epoch as people read them: ``2026-12-04 12:24:19 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))

@@ -7,16 +7,14 @@ health, the spot and what the orchestrator holds, and the open alarms.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from operando.clock import utc_text
 from operando.protocol import MODE_NAMES
 
 
 def _utc(t: float | None) -> str:
-    if t is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+    return "-" if t is None else utc_text(t)
 
 
 def _num(v: Any, fmt: str, unit: str = "") -> str:

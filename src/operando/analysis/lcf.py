@@ -93,13 +93,19 @@ def point_scatter(e: np.ndarray, y: np.ndarray) -> float:
     points, which the median absolute deviation ignores)."""
     if len(y) < 5:
         return float("nan")
-    h0, h1 = np.diff(e)[:-1], np.diff(e)[1:]
-    a = h1 / (h0 + h1)  # weight of the left neighbour in the line through both
-    d = y[1:-1] - (a * y[:-2] + (1 - a) * y[2:])
+    d, a = _departure(e, y)
     # d = noise_i - a noise_(i-1) - (1 - a) noise_(i+1): variance (1 + a^2 + (1-a)^2) sigma^2
     var_factor = 1.0 + a**2 + (1 - a) ** 2
     z = d / np.sqrt(var_factor)
     return float(1.4826 * np.median(np.abs(z - np.median(z))))
+
+
+def _departure(e: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each inner point's departure from the line through its two neighbours, and the
+    weight ``a`` of the left neighbour in that line (uneven grids included)."""
+    h0, h1 = np.diff(e)[:-1], np.diff(e)[1:]
+    a = h1 / (h0 + h1)
+    return y[1:-1] - (a * y[:-2] + (1 - a) * y[2:]), a
 
 
 def _coarse_shift(
@@ -189,10 +195,7 @@ def _glitches(e: np.ndarray, resid: np.ndarray) -> np.ndarray:
     out = np.zeros(n, dtype=bool)
     if n < 7:
         return out
-    h0, h1 = np.diff(e)[:-1], np.diff(e)[1:]
-    a = h1 / (h0 + h1)
-    d = resid[1:-1] - (a * resid[:-2] + (1 - a) * resid[2:])
-    size = np.abs(d)
+    size = np.abs(_departure(e, resid)[0])
     floor = 0.5 * float(np.median(size))  # no local spread below half the scan's
     if not floor > 0:
         return out

@@ -67,6 +67,8 @@ class ChannelFit(NamedTuple):
     spectrum_id: int
     channel: str
     doc: str
+    quality: str  # "good", "check", "poor" ("unjudged": recorded before fits were judged)
+    notes: str  # JSON list
 
 
 class SpotDose(NamedTuple):
@@ -205,7 +207,8 @@ class RunFollower:
         return _typed(
             ChannelFit,
             self._query(
-                "SELECT rowid, spectrum_id, channel, doc FROM analysis WHERE spectrum_id = ?",
+                "SELECT rowid, spectrum_id, channel, doc, quality, notes FROM analysis "
+                "WHERE spectrum_id = ?",
                 (spectrum_id,),
             ),
         )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
+from operando.clock import utc_text
 from operando.rawlog import log_bytes
 from operando.store.reader import Run, lost_ranges
 
@@ -165,10 +165,6 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def _utc(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
-
-
 def format_summary(s: dict[str, Any]) -> str:
     lines = [f"run {s['run_dir']}"]
     for name, src in s["sources"].items():
@@ -202,7 +198,7 @@ def format_summary(s: dict[str, Any]) -> str:
             + " (stopped without closing it, or still recording)"
         )
         lines.append(
-            f"  recorded {_utc(s['t_first'])} to {_utc(s['t_last'])} "
+            f"  recorded {utc_text(s['t_first'])} to {utc_text(s['t_last'])} "
             f"({int(span // 3600)}:{int(span % 3600 // 60):02d}:{int(span % 60):02d} of source "
             f"time); {ending}"
         )
