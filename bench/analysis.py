@@ -15,6 +15,11 @@ Each line has the median time of
   background, drift, uncertainties, glitch check, quality);
 - ``self_absorption_ms``: the same on TFY with the saturation model;
 and their ratios to ``nnls_ms``. Issue #19's targets: linear <= 20x, self-absorption <= 100x.
+
+The shift search keeps the shifted references of the last few energy axes
+(``References.on_shifted``): a beamline scans an edge on one programmed axis. ``axes`` says how
+many distinct axes a set has (the simulator one; the validation sets 16, its uneven grids),
+so how much of that reuse a line includes.
 """
 
 from __future__ import annotations
@@ -38,13 +43,22 @@ VALIDATION = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "v
 Scan = dict[str, np.ndarray]
 
 
-def median_ms(fn: Callable[[Scan], Any], scans: Sequence[Scan]) -> float:
-    times = []
-    for s in scans:
-        t0 = time.perf_counter()
-        fn(s)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+def blocks_ms(fns: dict[str, Callable[[Scan], Any]], scans: Sequence[Scan]) -> dict[str, float]:
+    """Median time of each function over the scans. Each function runs over all scans in
+    one block (a bare NNLS timed between fits runs on cold caches and looks twice as slow:
+    a flattering baseline), the blocks alternate ``ROUNDS`` times and each scan keeps its
+    fastest round: a slow spell of a shared machine then does not skew the ratio."""
+    best = {name: [float("inf")] * len(scans) for name in fns}
+    for _ in range(ROUNDS):
+        for name, fn in fns.items():
+            for i, s in enumerate(scans):
+                t0 = time.perf_counter()
+                fn(s)
+                best[name][i] = min(best[name][i], time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1e3 for name, t in best.items()}
+
+
+ROUNDS = 3
 
 
 def bare_nnls(refs: References) -> Callable[[Scan], Any]:
@@ -59,18 +73,28 @@ def bare_nnls(refs: References) -> Callable[[Scan], Any]:
 
 
 def measure(name: str, refs: References, tey: list[Scan], tfy: list[Scan]) -> dict[str, Any]:
-    base = median_ms(bare_nnls(refs), tey)
-    lin = median_ms(lambda s: fit_scan(s, "TEY", refs), tey)
-    sa = median_ms(lambda s: fit_scan(s, "TFY", refs, self_absorption=True), tfy)
+    channel = "TEY" if "TEY" in tey[0] else "TFY"
+    ms = blocks_ms({"nnls": bare_nnls(refs), "linear": lambda s: fit_scan(s, channel, refs)}, tey)
+    base, lin = ms["nnls"], ms["linear"]
+    sa_ms = blocks_ms(
+        {
+            "nnls": bare_nnls(refs),
+            "self_absorption": lambda s: fit_scan(s, "TFY", refs, self_absorption=True),
+        },
+        tfy,
+    )
+    sa = sa_ms["self_absorption"]
     return {
         "bench": name,
         "points": int(np.median([len(s["energy"]) for s in tey])),
+        "axes": len({s["energy"].tobytes() for s in [*tey, *tfy]}),
         "nnls_ms": base,
         "linear_ms": lin,
         "linear_ratio": lin / base,
         "linear_target_ratio": 20,
         "self_absorption_ms": sa,
-        "self_absorption_ratio": sa / base,
+        # against the bare NNLS timed beside it, on the same (TFY) scans
+        "self_absorption_ratio": sa / sa_ms["nnls"],
         "self_absorption_target_ratio": 100,
     }
 

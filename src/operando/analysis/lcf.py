@@ -80,6 +80,14 @@ class FitResult(msgspec.Struct, kw_only=True):
 
 def _solve(a: np.ndarray, y: np.ndarray, n_pos: int) -> np.ndarray:
     """Least squares with the first ``n_pos`` coefficients >= 0 and the rest free."""
+    # The unconstrained optimum, when it meets the constraints, is the constrained one: the
+    # normal equations cost a third of an NNLS, and most iterations end here.
+    try:
+        coef = np.linalg.solve(a.T @ a, a.T @ y)
+    except np.linalg.LinAlgError:
+        coef = np.full(a.shape[1], -1.0)
+    if np.all(coef[:n_pos] >= 0):
+        return coef
     free = a[:, n_pos:]
     split = np.hstack([a[:, :n_pos], free, -free])
     coef, _ = nnls(split, y, maxiter=50 * split.shape[1])
@@ -97,7 +105,17 @@ def point_scatter(e: np.ndarray, y: np.ndarray) -> float:
     # d = noise_i - a noise_(i-1) - (1 - a) noise_(i+1): variance (1 + a^2 + (1-a)^2) sigma^2
     var_factor = 1.0 + a**2 + (1 - a) ** 2
     z = d / np.sqrt(var_factor)
-    return float(1.4826 * np.median(np.abs(z - np.median(z))))
+    return 1.4826 * _median(np.abs(z - _median(z)))
+
+
+def _median(a: np.ndarray) -> float:
+    """np.median of finite values, by partition (np.median's own overhead was a third of
+    the glitch check)."""
+    h = len(a) // 2
+    if len(a) % 2:
+        return float(np.partition(a, h)[h])
+    part = np.partition(a, [h - 1, h])
+    return float(0.5 * (part[h - 1] + part[h]))
 
 
 def _departure(e: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,32 +142,45 @@ def _coarse_shift(
     if n_steps == 0:
         return 0.0, max_shift
     shifts = SHIFT_GRID_EV * np.arange(-n_steps, n_steps + 1)
-    r = _interp_shifted(refs, e, shifts)  # (n_shift, n, k)
-    n_s, n = r.shape[:2]
-    a = np.empty((n_s, n, k + 3))
-    a[..., :k] = r
-    a[..., k] = 1.0
-    a[..., k + 1] = x
-    a[..., k + 2] = r.mean(axis=2) * x
-    a *= w[None, :, None]
+    r = refs.on_shifted(e, shifts)  # (n_shift, k, n)
+    n_s, n = len(shifts), len(e)
+    # columns along the last axis of a (shift, column, point) array: the normal equations
+    # are then one contiguous batched product (the other layout cost twice the whole search)
+    a = np.empty((n_s, k + 3, n))
+    a[:, :k] = r
+    a[:, k] = 1.0
+    a[:, k + 1] = x
+    a[:, k + 2] = r.mean(axis=1) * x
+    a *= w
     yw = y * w
-    at = a.transpose(0, 2, 1)
-    g = at @ a  # (s, p, p)
-    h = at @ yw  # (s, p)
+    yy = float(yw @ yw)
+    g = a @ a.transpose(0, 2, 1)  # (s, p, p)
+    h = a @ yw  # (s, p)
     p = k + 3
-    eye = np.eye(p)
-    g += 1e-12 * (np.trace(g, axis1=1, axis2=2) / p)[:, None, None] * eye
+    g += 1e-12 * (np.trace(g, axis1=1, axis2=2) / p)[:, None, None] * np.eye(p)
     try:
         c = np.linalg.solve(g, h[..., None])[..., 0]
     except np.linalg.LinAlgError:
         return 0.0, max_shift
-    rss = float(yw @ yw) - np.einsum("sp,sp->s", c, h)
+    rss = yy - np.einsum("sp,sp->s", c, h)
+    # Where a weight came out negative the constrained residual is needed; the unconstrained
+    # one is a lower bound of it, so a shift whose bound already loses to a feasible shift
+    # cannot win (it is solved only if it is the winner's neighbour, for the parabola).
     bad = np.any(c[:, :k] < 0, axis=1)
-    if bad.any():
+    best_feasible = float(rss[~bad].min()) if (~bad).any() else np.inf
+    todo = bad & (rss < best_feasible)
+    exact = ~bad
+    while todo.any():
         if k <= 5:
-            rss[bad] = _rss_on_supports(g[bad], h[bad], k, float(yw @ yw))
+            rss[todo] = _rss_on_supports(g[todo], h[todo], k, yy)
         else:  # many references: one NNLS for each such shift
-            rss[bad] = [float(np.sum((a_s @ _solve(a_s, yw, k) - yw) ** 2)) for a_s in a[bad]]
+            at = a[todo].transpose(0, 2, 1)
+            rss[todo] = [float(np.sum((a_s @ _solve(a_s, yw, k) - yw) ** 2)) for a_s in at]
+        exact |= todo
+        i = int(np.argmin(rss))
+        todo = np.zeros_like(bad)
+        todo[max(i - 1, 0) : i + 2] = True
+        todo &= ~exact
     if not np.isfinite(rss).any():
         return 0.0, max_shift
     i = int(np.argmin(rss))
@@ -179,12 +210,6 @@ def _rss_on_supports(g: np.ndarray, h: np.ndarray, k: int, yy: float) -> np.ndar
     return np.where(feasible, rss, np.inf).min(axis=1)
 
 
-def _interp_shifted(refs: References, e: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """The references at e - s for every s: (len(shifts), len(e), k)."""
-    pts = (e[None, :] - shifts[:, None]).ravel()
-    return refs.on(pts, 0.0).reshape(len(shifts), len(e), -1)
-
-
 def _glitches(e: np.ndarray, resid: np.ndarray) -> np.ndarray:
     """Isolated points far off their neighbours' residual (detector spikes): a boolean mask.
 
@@ -196,7 +221,7 @@ def _glitches(e: np.ndarray, resid: np.ndarray) -> np.ndarray:
     if n < 7:
         return out
     size = np.abs(_departure(e, resid)[0])
-    floor = 0.5 * float(np.median(size))  # no local spread below half the scan's
+    floor = 0.5 * _median(size)  # no local spread below half the scan's
     if not floor > 0:
         return out
     score = size / (1.4826 * floor)
@@ -204,7 +229,7 @@ def _glitches(e: np.ndarray, resid: np.ndarray) -> np.ndarray:
     # point cost a third of the whole fit)
     half = GLITCH_WINDOW // 2
     for i in np.flatnonzero(score > GLITCH_SCORE):
-        local = float(np.median(size[max(i - half, 0) : i + half + 1]))
+        local = _median(size[max(i - half, 0) : i + half + 1])
         score[i] = size[i] / (1.4826 * max(local, floor))
     # a spike at i also moves the departures of i-1 and i+1, by about half and the other way;
     # a shape the model misses moves several points alike: a spike stands out of its
@@ -215,7 +240,7 @@ def _glitches(e: np.ndarray, resid: np.ndarray) -> np.ndarray:
     peak &= np.maximum(left, right) < ISOLATED * score + 2.0
     out[1:-1] = peak
     # the end points have one neighbour: against the robust spread of the residual itself
-    r_spread = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    r_spread = 1.4826 * _median(np.abs(resid - _median(resid)))
     for i, j in ((0, 1), (n - 1, n - 2)):
         if r_spread > 0 and abs(resid[i] - resid[j]) > 2 * GLITCH_SCORE * r_spread:
             out[i] = True
@@ -267,8 +292,7 @@ def fit_spectrum(
     left_out: list[float] = []
     shift, within = _coarse_shift(e, y, 1.0 / s, _unit_x(e, (lo, hi)), refs, max_shift_eV)
     for _ in range(MAX_GLITCH_ROUNDS + 1):
-        linear = _fit_linear(e, y, s, refs, shift, within, max_shift_eV, (lo, hi), noise)
-        resid = (model_curve(e, refs, linear) - y) / s
+        linear, resid = _fit_linear(e, y, s, refs, shift, within, max_shift_eV, (lo, hi), noise)
         spikes = _glitches(e, resid)
         if not spikes.any() or len(e) - spikes.sum() < k + 6:
             break
@@ -323,27 +347,42 @@ def _fit_linear(
     max_shift: float,
     fit_range: tuple[float, float],
     noise: str,
-) -> FitResult:
+) -> tuple[FitResult, np.ndarray]:
     """Refine from the coarse shift: Gauss-Newton on the shift (kept within ``within`` eV
-    of it), the weights, background and drift linear at each step."""
+    of it), the weights, background and drift linear at each step. Also the residual in
+    units of the noise."""
     k = len(refs.names)
     w = 1.0 / s
+    yw = y * w
     x = _unit_x(e, fit_range)
-    x2 = x * x - 1.0 / 3.0
+    wx, x2 = w * x, x * x - 1.0 / 3.0
     lo_s, hi_s = max(shift - within, -max_shift), min(shift + within, max_shift)
-    one = np.ones_like(e)
+
+    def design(r: np.ndarray, dr: np.ndarray, c: np.ndarray | None, drift: bool) -> np.ndarray:
+        """The weighted columns: references, offset, slope, [drift of the mixture ``c``
+        times x and (x^2 - 1/3)], [d model / d shift]; filled in place (stacking the
+        columns anew each iteration cost a fifth of the fit)."""
+        m = k + 2 + (2 * drift if c is not None else 0) + (c is not None)
+        a = np.empty((len(w), m))
+        np.multiply(r, w[:, None], out=a[:, :k])
+        a[:, k], a[:, k + 1] = w, wx
+        if c is not None:
+            if drift:
+                wmix = a[:, :k] @ c  # the mixture, weighted
+                a[:, k + 2], a[:, k + 3] = x * wmix, x2 * wmix
+            a[:, -1] = -(dr @ c) * w
+        return a
+
     # the first mixture without the drift: the drift columns are the previous mixture times
     # x, and from a guessed mixture they could carry the whole spectrum with no weight at all
     r, dr = refs.on_with_derivative(e, shift)
-    coef = _solve(np.column_stack([r, one, x]) * w[:, None], y * w, k)
-    c = coef[:k]
+    c = _solve(design(r, dr, None, False), yw, k)[:k]
     if not np.any(c > 0):
         raise FitError("no positive combination of the references fits this spectrum")
     drift = True
     for _ in range(5):
         mix = r @ c
-        cols = [r, one, x, x * mix, x2 * mix] if drift else [r, one, x]
-        coef = _solve(np.column_stack([*cols, -(dr @ c)]) * w[:, None], y * w, k)
+        coef = _solve(design(r, dr, c, drift), yw, k)
         if drift and not _drift_plausible(coef, k, r, mix):
             drift = False  # a drift this large is not I0: fit the weights without it
             continue
@@ -355,21 +394,21 @@ def _fit_linear(
         if abs(step) < 2e-3:  # far below the 0.1 eV scan step
             break
     mix = r @ c
-    cols = [r, one, x, x * mix, x2 * mix] if drift else [r, one, x]
-    a = np.column_stack(cols)
-    coef = _solve(a * w[:, None], y * w, k)
+    jac = design(r, dr, c, drift)
+    coef = _solve(jac[:, :-1], yw, k)
     if drift and not _drift_plausible(coef, k, r, mix):
-        drift, a = False, np.column_stack([r, one, x])
-        coef = _solve(a * w[:, None], y * w, k)
+        drift, jac = False, design(r, dr, c, False)
+        coef = _solve(jac[:, :-1], yw, k)
+    a = jac[:, :-1]
     c, (b0, b1) = coef[:k], coef[k : k + 2]
     tilt_c, curv_c = coef[k + 2 :] if drift else (0.0, 0.0)
     total = float(c.sum())
     if total <= 0:
         raise FitError("no positive combination of the references fits this spectrum")
-    resid = (a @ coef - y) * w
-    jac = np.column_stack([a, -(dr @ c)]) * w[:, None]
+    resid = a @ coef - yw
+    jac[:, -1] = -(dr @ c) * w  # the shift's column at the final weights
     per_unit = float(mix.sum() / (r @ c).sum())
-    return _result(
+    fit = _result(
         refs,
         c,
         jac,
@@ -384,6 +423,7 @@ def _fit_linear(
         fit_range=fit_range,
         noise=noise,
     )
+    return fit, resid
 
 
 MAX_DRIFT = 0.5  # relative: I0 normalisation leaves a few percent, never half the signal
@@ -430,10 +470,19 @@ def _result(
     chi2_red = float(resid @ resid / dof)
     rho = _lag1(resid)
     correlated = (1.0 + max(rho, 0.0)) / (1.0 - min(max(rho, 0.0), 0.9))
+    jtj = jac.T @ jac
+    inv = np.full_like(jtj, np.nan)
     try:
-        inv = np.linalg.pinv(jac.T @ jac)
+        if beta is None:  # the linear model's columns are independent: an inverse
+            inv = np.linalg.inv(jtj)
+        ok = beta is None and bool(np.all(np.diag(inv) > 0))
+        if not ok:
+            # the self-absorption Jacobian is singular along the weights' common scale (the
+            # model reads c / sum(c)), and near-twin references nearly so: an inverse
+            # returns noise there, the pseudo-inverse leaves that direction out
+            inv = np.linalg.pinv(jtj)
     except np.linalg.LinAlgError:
-        inv = np.full((jac.shape[1], jac.shape[1]), np.nan)
+        pass
     if noise == "counting noise":
         cov = inv * max(chi2_red, 1.0) * correlated
     else:
@@ -602,8 +651,15 @@ def _fit_self_absorbed(
     x2 = x * x - 1.0 / 3.0
     pin = np.concatenate([np.full(k, 1e3), np.zeros(7)])  # the row that pins sum(c) = 1
 
+    last: list[tuple[bytes, _Saturated]] = []
+
     def parts(p: np.ndarray) -> _Saturated:
-        c, (s, b0, b1, t, q, lnb, shift) = p[:k], p[k:]
+        # least_squares asks for the Jacobian at the point whose residual it has just had:
+        # the model's pieces are kept for that one point (half the evaluations)
+        key = p.tobytes()
+        if last and last[0][0] == key:
+            return last[0][1]
+        c, (s, b0, b1, t, q, lnb, shift) = p[:k].copy(), p[k:]
         r, dr = refs.on_with_derivative(e, shift)
         total = max(float(c.sum()), 1e-12)
         mu = r @ c / total
@@ -612,7 +668,8 @@ def _fit_self_absorbed(
         sat = mu * (1.0 + beta) / (mp + beta)
         drift = 1.0 + t * x + q * x2
         model = s * sat * drift + b0 + b1 * x
-        return _Saturated(c, r, dr, total, mu, mp, beta, sat, drift, model)
+        last[:] = [(key, _Saturated(c, r, dr, total, mu, mp, beta, sat, drift, model))]
+        return last[0][1]
 
     def residuals(p: np.ndarray) -> np.ndarray:
         # The last row pins sum(c) = 1: fractions are c, the scale is s.

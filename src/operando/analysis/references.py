@@ -17,6 +17,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 _OXIDATION = re.compile(r"(\d+)\s*\+?\s*$")
+SHIFTED_AXES_KEPT = 8  # energy axes whose shifted references are kept (a few edges at once)
 
 
 class ReferenceError(ValueError):
@@ -73,18 +74,44 @@ class References:
     def _values(self) -> np.ndarray:
         return np.ascontiguousarray(self._table[2][:, : len(self.names)])
 
-    @property
+    @cached_property
     def oxidation(self) -> np.ndarray:
         """Oxidation state of each reference, from its name (``Mn3+`` -> 3); NaN if none."""
         out = []
         for name in self.names:
             m = _OXIDATION.search(name.replace("+", " +"))
             out.append(float(m.group(1)) if m else np.nan)
-        return np.asarray(out)
+        states = np.asarray(out)
+        states.flags.writeable = False  # read by every fit: computed once, shared
+        return states
 
     def on(self, energy: np.ndarray, shift: float = 0.0) -> np.ndarray:
         """The references at ``energy - shift`` (a spectrum shifted by +shift eV), (n, k)."""
         return self._at(energy, shift, with_slope=False)
+
+    def on_shifted(self, energy: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+        """The references at ``energy - s`` for every s in ``shifts``, a row per reference:
+        (shifts, k, n), read-only.
+
+        Kept for the last few energy axes: a beamline scans an edge on one programmed
+        axis all week, and the shift search reads the same grid of shifts each time."""
+        e = np.asarray(energy, float)
+        s = np.asarray(shifts, float)
+        key = (e.tobytes(), s.tobytes())
+        cache = self._shifted_cache
+        hit = cache.pop(key, None)
+        if hit is None:
+            pts = (e[None, :] - s[:, None]).ravel()
+            hit = self.on(pts).reshape(len(s), len(e), -1).transpose(0, 2, 1).copy()
+            hit.flags.writeable = False
+            if len(cache) >= SHIFTED_AXES_KEPT:
+                cache.pop(next(iter(cache)))  # the least recently used
+        cache[key] = hit  # (re)inserted last: the most recently used
+        return hit
+
+    @cached_property
+    def _shifted_cache(self) -> dict[tuple[bytes, bytes], np.ndarray]:
+        return {}
 
     def on_with_derivative(
         self, energy: np.ndarray, shift: float = 0.0
