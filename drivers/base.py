@@ -18,7 +18,9 @@ from typing import Any
 import msgspec
 import zmq.asyncio
 
+from operando.argtypes import non_negative, positive
 from operando.clock import ExperimentClock
+from operando.config import ConfigError
 from operando.protocol import Command, Refused
 from operando.replaybuffer import ReplayLimits
 from operando.transport import (
@@ -65,7 +67,7 @@ class DriverOptions:
         g.add_argument("--command", default="tcp://127.0.0.1:5556", help="command endpoint to bind")
         g.add_argument(
             "--speed",
-            type=float,
+            type=non_negative,
             default=1.0,
             help="experiment seconds per wall second (simulators)",
         )
@@ -77,7 +79,7 @@ class DriverOptions:
         )
         g.add_argument(
             "--wait-subscriber",
-            type=float,
+            type=non_negative,
             default=10.0,
             help="seconds to wait for a subscriber before the series starts",
         )
@@ -114,7 +116,7 @@ class DriverOptions:
         )
         g.add_argument(
             "--replay-mb",
-            type=float,
+            type=positive,
             default=_REPLAY.bytes / 2**20,
             help="memory bound of those messages, MB",
         )
@@ -160,6 +162,11 @@ class Driver:
 
     def __init__(self, opts: DriverOptions) -> None:
         self.opts = opts
+        if opts.speed <= 0:  # file replays take 0 as "at once" and run their clock at 1
+            raise ConfigError(
+                f"--speed {opts.speed:g}: this driver keeps an experiment clock; give a speed "
+                "above 0 (experiment seconds per wall second)"
+            )
         self.clock = ExperimentClock(
             opts.speed, opts.t0_ns or time.time_ns(), int(opts.clock_skew_s * 1e9)
         )

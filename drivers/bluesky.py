@@ -126,6 +126,10 @@ class BlueskyDocuments(Driver):
         spot: str | None = None,
     ) -> None:
         super().__init__(dataclasses.replace(opts, speed=1.0))  # documents carry real times
+        # a mistyped --proxy is refused now, not after the wait for a subscriber
+        with zmq.Context() as ctx, ctx.socket(zmq.SUB) as probe:
+            probe.setsockopt(zmq.LINGER, 0)
+            probe.connect(proxy)
         self.proxy, self.prefix, self.serializer = proxy, prefix, serializer
         self.stream, self.energy_field, self.edge, self.spot = stream, energy_field, edge, spot
         self.rename = {theirs: ours for ours, theirs in (channels or {}).items()}

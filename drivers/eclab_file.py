@@ -30,6 +30,7 @@ from operando.drivers.base import Driver, DriverOptions
 from operando.drivers.eclab import MptFormatError, MptHeader, MptReader, current_sampling
 from operando.drivers.eclab_mpr import read_mpr
 
+from operando.argtypes import non_negative, positive
 from operando.protocol import PotentiostatBatch
 
 log = logging.getLogger(__name__)
@@ -234,15 +235,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="hours the EC-Lab PC's clock is ahead of UTC (default: this machine's zone)",
     )
-    p.add_argument("--poll", type=float, default=0.2, help="--follow: seconds between reads")
+    p.add_argument("--poll", type=positive, default=0.2, help="--follow: seconds between reads")
     p.add_argument(
         "--settle",
-        type=float,
+        type=non_negative,
         default=30.0,
         help="--follow: seconds a last line without its newline must sit unchanged to count "
         "as a row (EC-Lab ends a finished file without one; default 30)",
     )
-    p.add_argument("--capacity", type=float, help="cell capacity in mAh (for the SOC)")
+    p.add_argument("--capacity", type=positive, help="cell capacity in mAh (for the SOC)")
     p.add_argument(
         "--no-charge",
         action="store_true",

@@ -35,6 +35,7 @@ from operando.drivers.methodscript import (
     potential_hold_script,
 )
 
+from operando.argtypes import positive
 from operando.protocol import MAX_MAGNITUDE, MODE_CC, MODE_CV, MODE_OCV, PotentiostatBatch
 
 log = logging.getLogger(__name__)
@@ -238,9 +239,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         help="cc:I_mA:SECONDS:VMIN:VMAX | cv:VOLTS:SECONDS | ocv:SECONDS (repeat, in order)",
     )
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between data packages")
+    p.add_argument("--interval", type=positive, default=1.0, help="seconds between data packages")
     p.add_argument("--repeat", type=int, default=1, help="run the steps this many times")
-    p.add_argument("--capacity", type=float, help="cell capacity in mAh (for the SOC)")
+    p.add_argument("--capacity", type=positive, help="cell capacity in mAh (for the SOC)")
 
 
 def from_args(a: argparse.Namespace, opts: DriverOptions) -> PalmSens:

@@ -34,6 +34,7 @@ from operando.drivers.base import Driver, DriverOptions
 from operando.drivers.isolated_reader import IsolatedReader
 from operando.drivers.scan_formats import FORMATS, RixsRow, Scan
 
+from operando.argtypes import non_negative, positive
 from operando.protocol import RIXSRows, Spot, XASScan
 from operando.scanfile import ScanFileError
 
@@ -284,21 +285,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge", help="edge of every scan, e.g. Ni-L (default: from the file/energy)")
     p.add_argument("--recursive", action="store_true", help="watch sub-folders too")
     p.add_argument("--skip-existing", action="store_true", help="only files that appear later")
-    p.add_argument("--poll", type=float, default=0.5, help="seconds between directory scans")
-    p.add_argument("--settle", type=float, default=1.0, help="seconds unchanged before reading")
+    p.add_argument("--poll", type=positive, default=0.5, help="seconds between directory scans")
+    p.add_argument(
+        "--settle", type=non_negative, default=1.0, help="seconds unchanged before reading"
+    )
     p.add_argument(
         "--incomplete-after",
-        type=float,
+        type=positive,
         default=60.0,
         help="publish a scan the file says is incomplete after this many unchanged seconds",
     )
     p.add_argument("--times", choices=["file", "header"], default="file", help="see above")
-    p.add_argument("--scan-seconds", type=float, default=0.0, help="scan length when unknown")
+    p.add_argument(
+        "--scan-seconds", type=non_negative, default=0.0, help="scan length when unknown"
+    )
     p.add_argument(
         "--utc-offset", type=float, default=None, help="hours the file's clock is ahead of UTC"
     )
     p.add_argument("--spot", help="sample spot id of these scans (for dose book-keeping)")
-    p.add_argument("--flux", type=float, default=0.0, help="photons/s on the sample (for dose)")
+    p.add_argument(
+        "--flux", type=non_negative, default=0.0, help="photons/s on the sample (for dose)"
+    )
 
 
 def from_args(a: argparse.Namespace, opts: DriverOptions) -> ScanFiles:

@@ -8,13 +8,16 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import zmq
+
+from operando.argtypes import fraction, non_negative, positive
 from operando.config import ConfigError
 from operando.scanfile import ScanFileError
 from operando.store import StoreError
-from operando.transport import CommandError
+from operando.transport import CommandError, EndpointInUse
 
 
 def _monitor(a: argparse.Namespace) -> int:
@@ -128,11 +131,21 @@ def _replay(a: argparse.Namespace) -> int:
 
 
 def _instrument(a: argparse.Namespace) -> int:
+    from operando.drivers.sim.cell import PRESETS
     from operando.drivers.sim.palmsens_sim import run_simulator
 
+    _one_of("--cell", a.cell, PRESETS)
     host, _, port = a.listen.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen {a.listen!r}: expected HOST:PORT, e.g. 127.0.0.1:4001")
     asyncio.run(run_simulator(host or "127.0.0.1", int(port), a.cell, a.speed, a.soc))
     return 0
+
+
+def _one_of(option: str, value: str, known: Iterable[str]) -> None:
+    """Refuse a name the program does not know, listing the ones it does."""
+    if value not in known:
+        raise ConfigError(f"{option} {value!r}: unknown; choose one of {', '.join(sorted(known))}")
 
 
 def _monitor_endpoint(a: argparse.Namespace) -> str:
@@ -210,12 +223,17 @@ def _demo(a: argparse.Namespace) -> int:
 
 def _dashboard(a: argparse.Namespace) -> int:
     from operando.dashboards.live import DashboardError, DashboardOptions, serve
-    from operando.store.files import read_monitor_file
+    from operando.store import open_readonly
+    from operando.store.files import read_monitor_file, store_path
 
     run_dir = Path(a.run_dir)
     if not run_dir.is_dir():
         print(f"operando dashboard: error: {run_dir}: no such run directory", file=sys.stderr)
         return 2
+    if store_path(run_dir).exists():
+        # a run store that cannot be read is refused now, not warned about every second; a
+        # directory whose store the monitor has not created yet is served and waited for
+        open_readonly(run_dir).close()
     state, command = a.monitor, a.command
     info = read_monitor_file(run_dir)
     if info is not None and (state is None or (a.controls and command is None)):
@@ -268,6 +286,8 @@ def _fit(a: argparse.Namespace) -> int:
 def _references(a: argparse.Namespace) -> int:
     from operando.drivers.sim.spectra import EDGES, export_references
 
+    if a.edge:
+        _one_of("--edge", a.edge, EDGES)
     edges = [a.edge] if a.edge else list(EDGES)
     out = Path(a.out)
     for edge in edges:
@@ -360,7 +380,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("monitor", help="record, align and analyse a live experiment")
     p.add_argument("--config", required=True, help="experiment TOML (see configs/)")
     p.add_argument("--run-dir", help="run directory (default: from [run] in the config)")
-    p.add_argument("--duration", type=float, default=None, help="stop after S wall seconds")
+    p.add_argument("--duration", type=positive, default=None, help="stop after S wall seconds")
     p.set_defaults(func=_monitor)
 
     from operando.config import demo_presets
@@ -375,12 +395,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config", help="an experiment TOML instead of a preset")
     p.add_argument(
         "--duration",
-        type=float,
+        type=positive,
         default=None,
         help="stop after S wall seconds (default: run until Ctrl-C)",
     )
     p.add_argument(
-        "--speed", type=float, default=60.0, help="experiment seconds per wall second (default 60)"
+        "--speed",
+        type=positive,
+        default=60.0,
+        help="experiment seconds per wall second (default 60)",
     )
     p.add_argument("--run-dir", help="run directory (default: runs/<preset>-<time>)")
     p.add_argument("--headless", action="store_true", help="no live terminal display")
@@ -396,8 +419,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["palmsens-sim"])
     p.add_argument("--listen", default="127.0.0.1:4001", help="HOST:PORT to listen on")
     p.add_argument("--cell", default="peo-nmc", help="cell model preset (drivers/sim/cell.py)")
-    p.add_argument("--speed", type=float, default=1.0, help="cell seconds per wall second")
-    p.add_argument("--soc", type=float, default=0.1, help="state of charge at start")
+    p.add_argument("--speed", type=positive, default=1.0, help="cell seconds per wall second")
+    p.add_argument("--soc", type=fraction, default=0.1, help="state of charge at start")
     p.set_defaults(func=_instrument)
 
     p = sub.add_parser("dashboard", help="live Panel dashboard of a run (history + live)")
@@ -411,7 +434,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5006)
-    p.add_argument("--render-hz", type=float, default=2.0, help="redraws per second per browser")
+    p.add_argument("--render-hz", type=positive, default=2.0, help="redraws per second per browser")
     p.add_argument("--password-file", help="Panel basic auth (required off loopback)")
     p.set_defaults(func=_dashboard)
 
@@ -441,13 +464,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="publish a recorded run again (for a monitor, dashboard)")
     p.add_argument("run_dir")
     p.add_argument(
-        "--speed", type=float, default=1.0, help="times real time (default 1; 0: at once)"
+        "--speed", type=non_negative, default=1.0, help="times real time (default 1; 0: at once)"
     )
     p.add_argument(
         "--config", help="experiment file whose source endpoints to publish on (default: the run's)"
     )
     p.add_argument(
-        "--wait-subscriber", type=float, default=10.0, help="seconds to wait for a recorder"
+        "--wait-subscriber",
+        type=non_negative,
+        default=10.0,
+        help="seconds to wait for a recorder",
     )
     p.set_defaults(func=_replay)
 
@@ -501,18 +527,24 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--alarm", type=int, help="alarm id (acknowledge)")
     p.add_argument("--monitor", default="tcp://127.0.0.1:5601", help="monitor command endpoint")
     p.add_argument("--run-dir", help="find the monitor of this run (its monitor.json)")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=positive, default=10.0, help="seconds to wait for the ack")
     p.set_defaults(func=_trigger)
 
     p = sub.add_parser("status", help="ask a running monitor for its status")
     p.add_argument("--monitor", default="tcp://127.0.0.1:5601", help="monitor command endpoint")
     p.add_argument("--run-dir", help="find the monitor of this run (its monitor.json)")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for its answer")
+    p.add_argument("--timeout", type=positive, default=2.0, help="seconds to wait for its answer")
     p.add_argument("--json", action="store_true", help="the monitor's answer as JSON")
     p.set_defaults(func=_status)
 
     _with_defaults(ap)
     return ap
+
+
+def _addr_in(message: str) -> str | None:
+    """The endpoint pyzmq names in a bind or connect error ("... (addr='x')")."""
+    _, sep, tail = message.partition("(addr='")
+    return tail.split("'", 1)[0] if sep else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -524,8 +556,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(a.func(a) or 0)
-    except (ConfigError, ScanFileError, StoreError, KeyError, FileNotFoundError, CommandError) as e:
+    except (
+        ConfigError,
+        ScanFileError,
+        StoreError,
+        KeyError,
+        FileNotFoundError,
+        CommandError,
+        EndpointInUse,
+    ) as e:
         print(f"operando: error: {e}", file=sys.stderr)
+        return 2
+    except zmq.ZMQError as e:
+        addr = getattr(e, "addr", None) or _addr_in(str(e))
+        if addr is None:  # not an endpoint the user gave: a fault, with its traceback
+            raise
+        print(
+            f"operando: error: endpoint {addr!r}: {str(e).split(' (addr=')[0]} "
+            f"(an endpoint looks like tcp://127.0.0.1:5555 or ipc:///tmp/name)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -45,6 +45,7 @@ from operando.transport import (
     CommandError,
     CommandServer,
     Subscriber,
+    bind,
     client_curve,
     configure,
     new_session,
@@ -67,7 +68,7 @@ class StatePublisher:
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, hwm: int = 2000) -> None:
         self.sock = ctx.socket(zmq.PUB)
         configure(self.sock, hwm=hwm)
-        self.sock.bind(endpoint)
+        bind(self.sock, endpoint)
         self._sync = zmq.Socket.shadow(self.sock.underlying)
         self.session = new_session()
         self.seq = 0

@@ -45,6 +45,17 @@ def _sequences(ingest: Ingest, run: Run) -> None:
     for link, n in run.stream_messages().items():
         if link in ingest.links:
             ingest.links[link].tracker.messages = n
+    # a stranger refused before the restart stays refused, and is still counted; the source
+    # each link met first stays its source (else the next to announce itself would be)
+    for link, sessions in run.stranger_sessions().items():
+        if link in ingest.links:
+            ingest.links[link].strangers.update(sessions)
+            ingest.links[link].stranger_messages = sum(sessions.values())
+    for link, state in ingest.links.items():
+        start = run.last_series_start(link) or {}
+        ident = (start.get("metadata") or {}).get("identity")
+        if isinstance(ident, dict) and ident.get("driver"):
+            state.identity = (str(ident["driver"]), str(ident.get("host", "")))
     for link, kind, n in run.event_counts():
         ingest.events.counts[kind] += n
         state = ingest.links.get(link) if link is not None else None

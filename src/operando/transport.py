@@ -52,6 +52,44 @@ def new_session() -> str:
     return uuid.uuid4().hex[:12]
 
 
+class EndpointInUse(RuntimeError):
+    """An endpoint this process must bind is bound by another: another driver or monitor,
+    perhaps another experiment's on the same machine."""
+
+
+def bind(sock: zmq.Socket, endpoint: str) -> None:
+    """``sock.bind``, and when the port is taken a one-line error naming who holds it (two
+    experiments on one machine must not share a port: the second one's driver would fail
+    deep in a traceback, or worse, a monitor would record the first one's stream)."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as e:
+        if e.errno != zmq.EADDRINUSE:
+            raise
+        raise EndpointInUse(
+            f"{endpoint} is already in use{_holder(endpoint)}: another driver or monitor, "
+            f"perhaps another experiment's, is bound there; stop it or choose another port"
+        ) from None
+
+
+def _holder(endpoint: str) -> str:
+    """' by pid N (command line)' for the process listening on a tcp endpoint's port, when
+    the system tells (another user's process may be hidden): else ''."""
+    import psutil  # only on this error path
+
+    try:
+        port = int(endpoint.rsplit(":", 1)[1])
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+                if conn.pid is None:
+                    return ""
+                cmd = " ".join(" ".join(psutil.Process(conn.pid).cmdline()).split())[:120]
+                return f" by pid {conn.pid} ({cmd})"
+    except (ValueError, IndexError, psutil.Error, OSError):
+        pass
+    return ""
+
+
 def configure(sock: zmq.Socket, *, hwm: int | None = None) -> None:
     sock.linger = LINGER_MS
     if hwm is not None:
@@ -89,7 +127,7 @@ class Publisher:
         configure(self.sock, hwm=hwm)
         self.sock.setsockopt(zmq.XPUB_NODROP, 1)
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self.sock.bind(endpoint)
+        bind(self.sock, endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.subscribers = 0
         self._subscribed = asyncio.Event()
@@ -352,7 +390,7 @@ class CommandServer:
         if curve is not None:  # (public, secret): encrypted, and only allowed clients (ZAP)
             self.sock.curve_server = True
             self.sock.curve_publickey, self.sock.curve_secretkey = curve
-        self.sock.bind(endpoint)
+        bind(self.sock, endpoint)
         self.drop_acks = drop_acks  # fault injection: acks that are lost (tests, benches)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.source = source

@@ -61,7 +61,8 @@ def test_a_document_of_the_wrong_shape_is_refused_not_fatal():
     from operando.drivers.base import DriverOptions
     from operando.drivers.bluesky import BlueskyDocuments
 
-    driver = BlueskyDocuments(DriverOptions("s", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"), "x")
+    opts = DriverOptions("s", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2")
+    driver = BlueskyDocuments(opts, "tcp://127.0.0.1:3")
 
     def send(name: str, doc: dict) -> None:
         asyncio.run(driver.handle(b" ".join([b"", name.encode(), msgpack.packb(doc)])))

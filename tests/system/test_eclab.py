@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from conftest import SHARED, cli, driver_endpoints, wait_for
+from conftest import SHARED, cli, driver_endpoints, inspect_json, wait_for
 from operando.drivers.eclab import MptFormatError, MptReader, current_sampling
 from operando.drivers.eclab_file import batch_arrays
 from operando.drivers.eclab_mpr import read_mpr
@@ -372,6 +372,66 @@ def test_another_experiments_stream_is_refused_not_taken_for_a_restart(tmp_path,
     assert "beamtime-of-others" in why and cfg.name in why
     alarms = [json.loads(d)["category"] for d in events.query("kind == 'alarm'")["detail"]]
     assert alarms.count("stranger") == 1  # (and a SOC calibration one: a discharge from 0)
+
+
+@needs_files
+@pytest.mark.slow
+def test_a_restarted_monitor_keeps_the_stranger_out_and_its_own_source_on(tmp_path, processes):
+    """The newest session on the link was a refused stranger's when the monitor restarted:
+    the link still continues its own source's session, the stranger stays refused, and the
+    counts go on from where they were (before, the stranger's session became the link's)."""
+    name = ECLAB / "yadg_cp.mpt"
+    cfg = localize(load_config(preset_path("eclab-potentiostat")))
+    path = tmp_path / "experiment.json"
+    path.write_bytes(msgspec.json.encode(cfg))
+    run = tmp_path / "run"
+
+    def monitor(log: str):
+        args = ("monitor", "--config", str(path), "--run-dir", str(run))
+        return processes(*args, log=tmp_path / log)
+
+    def driver(experiment: str, log: str):
+        return processes(
+            "driver", "eclab", str(name), "--speed", "0", "--experiment", experiment,
+            *driver_endpoints(cfg, "potentiostat"), log=tmp_path / log,
+        )  # fmt: skip
+
+    first = monitor("mon1.log")
+    ours = driver(cfg.name, "ours.log")
+    assert ours.p.wait(60) == 0, ours.output()
+    _, truth = read_all(name)
+    wait_for(lambda: _rows(run) == len(truth["t"]), 30, what="our own rows")
+    stranger = driver("beamtime-of-others", "stranger.log")
+    assert stranger.p.wait(60) == 0, stranger.output()
+    wait_for(lambda: "stranger_refused" in _kinds(run), 30, what="the stranger refused")
+    wait_for(
+        lambda: inspect_json(run)["sources"]["potentiostat"]["stranger_messages"] >= 3,
+        30,
+        what="the stranger's series recorded",
+    )
+    assert first.stop() == 0
+    recorded = inspect_json(run)["sources"]["potentiostat"]
+    conn = open_readonly(run)
+    try:
+        first_message = "SELECT session FROM raw WHERE link = 'potentiostat' ORDER BY id LIMIT 1"
+        (own,) = conn.execute(first_message).fetchone()
+        (own_messages,) = conn.execute(
+            "SELECT count(*) FROM raw WHERE session = ? AND seq IS NOT NULL", (own,)
+        ).fetchone()
+    finally:
+        conn.close()
+
+    monitor("mon2.log")
+
+    def status():
+        proc = cli("status", "--run-dir", str(run), "--json", "--timeout", "1", check=False)
+        return json.loads(proc.stdout)["sources"]["potentiostat"] if proc.returncode == 0 else None
+
+    pstat = wait_for(status, 30, what="the restarted monitor's status")
+    assert pstat["session"] == own
+    assert pstat["stranger_messages"] == recorded["stranger_messages"] > 0
+    assert pstat["messages"] == own_messages
+    assert pstat["restarts"] == 0 and pstat["lost"] == 0
 
 
 def _kinds(run: Path) -> set[str]:

@@ -8,6 +8,7 @@ exports its references in this format (``operando references export``).
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -157,9 +158,15 @@ class References:
             raise ReferenceError(f"{path}: not a readable text table ({e})") from None
         names = [h.strip() for h in re.split(r"[,\t;]|\s{2,}", header) if h.strip()]
         try:
-            data = np.loadtxt(path, delimiter="," if "," in header else None, skiprows=1, ndmin=2)
+            with warnings.catch_warnings():  # an empty table is this error, not a warning
+                warnings.simplefilter("ignore", UserWarning)
+                data = np.loadtxt(
+                    path, delimiter="," if "," in header else None, skiprows=1, ndmin=2
+                )
         except ValueError as e:
             raise ReferenceError(f"{path}: not a numeric table after the header: {e}") from None
+        if data.size == 0:
+            raise ReferenceError(f"{path}: no rows after the header line")
         if data.shape[1] != len(names):
             raise ReferenceError(
                 f"{path}: header names {len(names)} columns ({names}) but the "

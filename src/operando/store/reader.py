@@ -301,26 +301,40 @@ class Run:
 
     # -- for restore (a monitor restarted on this run directory) ------------------------------
     def stream_heads(self) -> list[tuple[str, str, int]]:
-        """Per link: its newest session and the highest seq recorded in it."""
+        """Per link: its newest own session and the highest seq recorded in it (a refused
+        stranger's session, even the newest, is not the link's to continue)."""
         return self.conn.execute(
             f"SELECT r.link, r.session, (SELECT max(seq) FROM raw WHERE link = r.link AND "
             f"session = r.session AND {_IN_STREAM}) FROM raw r WHERE r.id IN "
-            f"(SELECT max(id) FROM raw WHERE {_IN_STREAM} GROUP BY link)"
+            f"(SELECT max(id) FROM raw WHERE {_OWN_STREAM} GROUP BY link)"
         ).fetchall()
 
     def past_sessions(self, link: str, current: str) -> list[tuple[str, int]]:
-        """The link's earlier sessions with the highest seq of each, oldest first."""
+        """The link's earlier own sessions with the highest seq of each, oldest first."""
         return self.conn.execute(
-            f"SELECT session, max(seq) FROM raw WHERE link = ? AND session != ? AND {_IN_STREAM} "
-            "GROUP BY session ORDER BY max(id)",
+            f"SELECT session, max(seq) FROM raw WHERE link = ? AND session != ? AND "
+            f"{_OWN_STREAM} GROUP BY session ORDER BY max(id)",
             (link, current),
         ).fetchall()
 
     def stream_messages(self) -> dict[str, int]:
-        """Per link, how many stream messages (not commands or acks) were recorded."""
+        """Per link, how many of its own stream messages (not commands, acks or a refused
+        stranger's) were recorded."""
         return dict(
-            self.conn.execute(f"SELECT link, count(*) FROM raw WHERE {_IN_STREAM} GROUP BY link")
+            self.conn.execute(f"SELECT link, count(*) FROM raw WHERE {_OWN_STREAM} GROUP BY link")
         )
+
+    def stranger_sessions(self) -> dict[str, dict[str, int]]:
+        """Per link: each refused stranger's session and how many of its messages were
+        recorded (never derived)."""
+        out: dict[str, dict[str, int]] = {}
+        for link, session, n in self.conn.execute(
+            "SELECT e.link, e.session, (SELECT count(*) FROM raw WHERE raw.link = e.link AND "
+            "raw.session = e.session) FROM (SELECT link, json_extract(detail, '$.session') AS "
+            "session FROM events WHERE kind = 'stranger_refused') e"
+        ):
+            out.setdefault(link, {})[session] = n
+        return out
 
     def event_counts(self) -> list[tuple[str | None, str, int]]:
         """(link, kind, how many) of every event."""
@@ -407,6 +421,11 @@ def open_run(run_dir: str | Path) -> Run:
 
 
 _IN_STREAM = "seq IS NOT NULL AND kind NOT IN ('command', 'ack')"
+# the link's own stream: without the sessions refused as another source's
+_OWN_STREAM = (
+    f"{_IN_STREAM} AND session NOT IN (SELECT json_extract(detail, '$.session') FROM events "
+    "WHERE kind = 'stranger_refused' AND events.link = raw.link)"
+)
 
 
 def read_raw(run_dir: str | Path, raw_id: int) -> RawRecord:

@@ -150,6 +150,15 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         if not path.exists():
             raise StoreError(f"{path.parent}: no run store ({STORE_FILE}) in this directory")
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        # a damaged or foreign file fails here, once, with its name, not in a later query
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise StoreError(f"{path}: not a run store ({e})") from None
+        if "potentiostat" not in tables:
+            conn.close()
+            raise StoreError(f"{path}: not a run store (it has no potentiostat table)")
     else:
         conn = sqlite3.connect(path, check_same_thread=False)
         for pragma in WRITER_PRAGMAS:
