@@ -455,7 +455,7 @@ def fuzz_eclab(n: int, seed: int) -> dict[str, Any]:
         return {"target": "eclab_mpt", "skipped": f"no .mpt files in {ECLAB}", "ok": True}
     # the head of each real file (header and first rows): what the reader meets first
     heads = [f.read_bytes()[:20000] for f in files]
-    parsed = refused = 0
+    parsed = refused = lines_refused = 0
     crashes: Counter[str] = Counter()
     for i in range(n):
         data = mut.bytes_(heads[i % len(heads)])
@@ -466,11 +466,15 @@ def fuzz_eclab(n: int, seed: int) -> dict[str, Any]:
             reader.feed(data[:cut])
             reader.feed(data[cut:])
             parsed += 1
+            lines_refused += len(reader.take_refused())  # left out and named, not fatal
         except MptFormatError:
             refused += 1
         except Exception:
             crashes[traceback.format_exc(limit=3).splitlines()[-1]] += 1
-    return _parser_outcome("eclab_mpt", n, parsed, refused, crashes)
+    return {
+        **_parser_outcome("eclab_mpt", n, parsed, refused, crashes),
+        "lines_refused": lines_refused,
+    }
 
 
 def fuzz_methodscript(n: int, seed: int) -> dict[str, Any]:

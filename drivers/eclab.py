@@ -120,7 +120,11 @@ def _number(text: str) -> float:
 
 
 class MptReader:
-    """Rows of an export from its bytes, fed in any pieces; a partial last line waits."""
+    """Rows of an export from its bytes, fed in any pieces; a partial last line waits.
+
+    A header that is not EC-Lab's raises ``MptFormatError`` (the wrong file). A data line
+    that cannot be read is left out and kept in ``refused`` with its line number and why: one
+    damaged row of a week-long file must not stop the driver, nor vanish unsaid."""
 
     def __init__(self, source: str = "mpt") -> None:
         self.source = source
@@ -128,6 +132,12 @@ class MptReader:
         self._pending = b""
         self._head: list[bytes] = []
         self.line_no = 0  # lines consumed, for error messages
+        self.refused: list[tuple[int, str]] = []  # (line number, why) since last taken
+
+    def take_refused(self) -> list[tuple[int, str]]:
+        """The data lines left out since the last call (the driver reports each)."""
+        out, self.refused = self.refused, []
+        return out
 
     def feed(self, data: bytes) -> dict[str, np.ndarray]:
         """Complete rows in ``data`` (and what waited before it), as arrays in our units."""
@@ -155,7 +165,7 @@ class MptReader:
             try:
                 rows.append([self._value(fields, q) for q in COLUMNS])
             except (ValueError, IndexError) as e:
-                raise MptFormatError(f"{self.source}: line {self.line_no}: {e}") from e
+                self.refused.append((self.line_no, str(e)))
         return self._arrays(rows)
 
     def pending_is_row(self) -> bool:

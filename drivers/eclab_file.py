@@ -145,7 +145,7 @@ class EclabFile(Driver):
                 chunk = await asyncio.to_thread(f.read, CHUNK_BYTES)
                 at_end = not chunk and not self.follow
                 # a finished file's last line may lack its newline: end it
-                rows = self._absolute(reader, reader.feed(chunk or (b"\n" if at_end else b"")))
+                rows = await self._rows(reader, chunk or (b"\n" if at_end else b""))
                 if len(rows["t"]):
                     if not self.follow and self.replay_speed > 0:
                         if t_first is None:
@@ -165,12 +165,12 @@ class EclabFile(Driver):
                 ):
                     # EC-Lab ends a finished file without a newline: a last row that has sat
                     # unchanged for settle_s is complete
-                    await self._send(self._absolute(reader, reader.feed(b"\n")))
+                    await self._send(await self._rows(reader, b"\n"))
                 await asyncio.sleep(self.poll_s)
                 if self._rotated(f, inode):
                     log.warning("%s: replaced or cut short: reading it again", self.path)
                     # the old file's last line is complete now
-                    await self._send(self._absolute(reader, reader.feed(b"\n")))
+                    await self._send(await self._rows(reader, b"\n"))
                     f.close()
                     f = open(self.path, "rb")  # noqa: SIM115
                     inode, reader = os.fstat(f.fileno()).st_ino, MptReader(str(self.path))
@@ -185,8 +185,13 @@ class EclabFile(Driver):
             return False  # being replaced: wait for the new file
         return st.st_ino != inode or st.st_size < f.tell()
 
-    def _absolute(self, reader: MptReader, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Row times as seconds since the epoch: the header's acquisition start + time/s."""
+    async def _rows(self, reader: MptReader, data: bytes) -> dict[str, np.ndarray]:
+        """The complete rows in ``data``, times as seconds since the epoch (the header's
+        acquisition start + time/s); each line that cannot be read is refused to the run."""
+        rows = reader.feed(data)
+        for line, why in reader.take_refused():
+            log.warning("%s: line %d left out: %s", self.path, line, why)
+            await self.refuse(f"{self.path.name} line {line}", why)
         if len(rows["t"]) and reader.header is not None:
             rows["t"] = rows["t"] + reader.header.epoch(self.tz)
         return rows

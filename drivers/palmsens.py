@@ -183,6 +183,7 @@ class PalmSens(Driver):
                 except MethodScriptError as e:
                     self.counts["bad_lines"] += 1
                     log.warning("%s", e)
+                    await self.refuse("MethodSCRIPT data package", str(e))
                     continue
                 rows.append((loop_start + k * self.interval_s, v, i_mA))
                 self.counts["packages"] += 1
@@ -192,6 +193,7 @@ class PalmSens(Driver):
             elif line not in ("e", "*"):
                 self.counts["bad_lines"] += 1
                 log.warning("not a MethodSCRIPT line: %r", line[:60])
+                await self.refuse("instrument line", f"not a MethodSCRIPT line: {line[:60]!r}")
         await self._publish(rows, step, number, cycle)
 
     async def _publish(

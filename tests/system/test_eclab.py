@@ -113,17 +113,24 @@ def test_binary_mpr_gives_the_rows_of_its_text_export(name):
 def test_bad_exports_say_what_and_where(tmp_path):
     with pytest.raises(MptFormatError, match="line 1 is not 'EC-Lab ASCII FILE'"):
         MptReader("x.mpt").feed(b"time/s\tEwe/V\n1\t2\n3\t4\n")
-    head = b"EC-Lab ASCII FILE\nNb header lines : 3\nmode\ttime/s\tEwe/V\n"
-    with pytest.raises(MptFormatError, match=r"line 5: could not convert"):
-        MptReader("x.mpt").feed(head + b"1\t0,0\t3,1\n1\t1,0\tnot-a-number\n")
     with pytest.raises(MptFormatError, match=r"no column for \['Ewe'\]"):
         MptReader("x.mpt").feed(b"EC-Lab ASCII FILE\nNb header lines : 3\nmode\ttime/s\tI/mA\n")
+    # a data line that cannot be read is left out and named, the rows around it kept
+    head = b"EC-Lab ASCII FILE\nNb header lines : 3\nmode\ttime/s\tEwe/V\n"
+    reader = MptReader("x.mpt")
+    rows = reader.feed(head + b"1\t0,0\t3,1\n1\t1,0\tnot-a-number\n1\t2,0\t3,2\n")
+    np.testing.assert_allclose(rows["Ewe"], [3.1, 3.2])
+    ((line, why),) = reader.take_refused()
+    assert line == 5 and "could not convert" in why
+    assert reader.take_refused() == []
     # found by bench/fuzz.py: an infinite voltage, a cycle number beyond int32
-    with pytest.raises(MptFormatError, match=r"line 4: Ewe/V = 'inf' is not a value EC-Lab"):
-        MptReader("x.mpt").feed(head + b"1\t0,0\tinf\n")
+    reader = MptReader("x.mpt")
+    assert len(reader.feed(head + b"1\t0,0\tinf\n")["t"]) == 0
+    assert reader.take_refused() == [(4, "Ewe/V = 'inf' is not a value EC-Lab writes")]
     head_cycle = b"EC-Lab ASCII FILE\nNb header lines : 3\ntime/s\tEwe/V\tcycle number\n"
-    with pytest.raises(MptFormatError, match=r"line 4: cycle number = '1e12'"):
-        MptReader("x.mpt").feed(head_cycle + b"0\t3,1\t1e12\n")
+    reader = MptReader("x.mpt")
+    reader.feed(head_cycle + b"0\t3,1\t1e12\n")
+    assert reader.take_refused()[0][1].startswith("cycle number = '1e12'")
 
 
 def _start(tmp_path, processes, driver_args, capacity):
@@ -432,6 +439,35 @@ def test_a_restarted_monitor_keeps_the_stranger_out_and_its_own_source_on(tmp_pa
     assert pstat["stranger_messages"] == recorded["stranger_messages"] > 0
     assert pstat["messages"] == own_messages
     assert pstat["restarts"] == 0 and pstat["lost"] == 0
+
+
+@needs_files
+@pytest.mark.slow
+def test_a_damaged_row_is_refused_to_the_run_and_the_rest_recorded(tmp_path, processes):
+    """One unreadable row (a disk hiccup, an editor) stopped the driver with the rest of the
+    file unpublished. Now that row is left out and refused to the run with its line number:
+    counted by inspect, every other row recorded."""
+    text = (ECLAB / "yadg_cp.mpt").read_bytes().split(b"\n")
+    n_header = int(text[1].decode("latin-1").split(":")[1])
+    damaged = n_header + 5  # 0-based index of a data line; line numbers count from 1
+    names = text[n_header - 1].split(b"\t")
+    fields = text[damaged].split(b"\t")
+    fields[names.index(b"<Ewe>/V")] = b"#VALUE!"  # no number
+    text[damaged] = b"\t".join(fields)
+    path = tmp_path / "damaged.mpt"
+    path.write_bytes(b"\n".join(text))
+    run, driver = _start(tmp_path, processes, [str(path), "--speed", "0"], 1.0)
+    assert driver.p.wait(60) == 0, driver.output()
+    _, truth = read_all(ECLAB / "yadg_cp.mpt")
+    wait_for(lambda: _rows(run) == len(truth["t"]) - 1, 30, what="every other row")
+    wait_for(
+        lambda: inspect_json(run)["sources"]["potentiostat"]["refused"] == 1, 30, what="refusal"
+    )
+    with operando.open_run(run) as r:
+        events = r.events()
+    (detail,) = [json.loads(d) for d in events.query("kind == 'driver_refused'")["detail"]]
+    assert detail["what"] == f"damaged.mpt line {damaged + 1}", detail
+    assert "#VALUE!" in detail["why"]
 
 
 def _kinds(run: Path) -> set[str]:
