@@ -90,10 +90,15 @@ def _pipe(data: Any) -> Pipe:
     return Pipe(data=data)
 
 
-def _pane(plot: Any, **size: Any) -> pn.pane.HoloViews:
-    """A plot that rescales to new data (framewise) and keeps its own axes (not linked to other
-    panes: an energy axis of Ni L is not one of Mn L)."""
-    return pn.pane.HoloViews(plot.opts(framewise=True, **size), linked_axes=False)
+def _pane(plot: Any, height: int) -> pn.pane.HoloViews:
+    """A plot that rescales to new data (framewise), keeps its own axes (not linked to other
+    panes: an energy axis of Ni L is not one of Mn L) and stretches to the window's width
+    (fixed sizes left half of a 1600 px screen empty)."""
+    return pn.pane.HoloViews(
+        plot.opts(framewise=True, responsive=True, height=height, min_width=360),
+        linked_axes=False,
+        sizing_mode="stretch_width",
+    )
 
 
 class Session:
@@ -121,7 +126,7 @@ class Session:
             "fractions": _pipe((snap.fits, self.edge.value)),
             "latest": _pipe(snap.latest),
             "relaxation": _pipe(snap.relaxation),
-            "dose": _pipe((snap.dose, snap.budget_Gy, snap.spots)),
+            "dose": _pipe((snap.dose, snap.budget_Gy, snap.spots, beam_spot(snap.spectra))),
             "rixs": _pipe(snap.rixs_latest),
             "rixs_maps": _pipe(snap.rixs_maps),
         }
@@ -137,6 +142,7 @@ class Session:
         self.fit_quality = pn.pane.HTML(fit_quality_html(snap), sizing_mode="stretch_width")
         self.events = pn.pane.HTML("", sizing_mode="stretch_width")
         self.stale: set[str] = set()
+        self.rixs_sent = snap.rixs_latest
         self.layout = self._layout()
         self.steps = self._steps()
         self.tabs.param.watch(self._tab_opened, "active")
@@ -144,7 +150,8 @@ class Session:
     # -- layout ------------------------------------------------------------------------------
     def _time_plots(self) -> hv.Layout:
         p = self.pipes
-        width = {"width": 560, "height": 220, "framewise": True}
+        # each plot half the window wide (two columns), whatever the screen
+        width = {"responsive": True, "height": 240, "min_width": 360, "framewise": True}
         marks = hv.DynamicMap(lambda data: plots.marks(*data), streams=[p["marks"]])
 
         def series(y: str) -> Any:
@@ -188,51 +195,64 @@ class Session:
             lambda data: plots.relaxation_plot(data, "Ewe"), streams=[p["relaxation"]]
         )
         bars = hv.DynamicMap(lambda data: plots.dose_bars(*data), streams=[p["dose"]])
-        spots = hv.DynamicMap(lambda data: plots.spot_map(data[0], data[2]), streams=[p["dose"]])
+        spots = hv.DynamicMap(
+            lambda data: plots.spot_map(data[0], data[2], data[3]), streams=[p["dose"]]
+        )
         rixs = hv.DynamicMap(lambda data: plots.rixs_map(data), streams=[p["rixs"]])
         ratio = hv.DynamicMap(lambda data: plots.rixs_ratio(data), streams=[p["rixs_maps"]])
-        size = {"width": 560, "height": 300}
         self.tabs = tabs = pn.Tabs(
             (
                 "Electrochemistry & valence",
-                pn.Column(self.edge, pn.pane.HoloViews(self._time_plots(), linked_axes=False)),
+                pn.Column(
+                    self.edge,
+                    pn.pane.HoloViews(
+                        self._time_plots(), linked_axes=False, sizing_mode="stretch_width"
+                    ),
+                    sizing_mode="stretch_width",
+                ),
             ),
             (
                 "Spectra",
                 pn.Column(
-                    _pane(latest, width=760, height=280),
+                    _pane(latest, height=320),
                     self.fit_quality,
-                    _pane(resid, width=760, height=160),
-                    _pane(vs_soc, **size),
+                    _pane(resid, height=180),
+                    _pane(vs_soc, height=300),
                     self.heatmaps,
+                    sizing_mode="stretch_width",
                 ),
             ),
             (
                 "Relaxation",
                 pn.Row(
-                    _pane(relax_v, width=560, height=320),
-                    _pane(relax_e, width=560, height=320),
+                    _pane(relax_v, height=360),
+                    _pane(relax_e, height=360),
+                    sizing_mode="stretch_width",
                 ),
             ),
             (
                 "Dose & damage",
                 pn.Column(
                     pn.Row(
-                        _pane(bars, **size),
-                        _pane(spots, **size),
+                        _pane(bars, height=320),
+                        _pane(spots, height=320),
+                        sizing_mode="stretch_width",
                     ),
                     self.damage,
+                    sizing_mode="stretch_width",
                 ),
             ),
             (
                 "RIXS",
                 pn.Row(
-                    _pane(rixs, **size),
-                    _pane(ratio, **size),
+                    _pane(rixs, height=360),
+                    _pane(ratio, height=360),
+                    sizing_mode="stretch_width",
                 ),
             ),
             ("Events", self.events),
             dynamic=True,  # only the open tab is drawn: a page loads in a fraction
+            sizing_mode="stretch_width",
         )
         return pn.Column(
             self.header,
@@ -327,12 +347,18 @@ class Session:
                 p["relaxation"].send(snap.relaxation)
 
         def dose(snap: Snapshot) -> None:
-            p["dose"].send((snap.dose, snap.budget_Gy, snap.spots))
+            p["dose"].send((snap.dose, snap.budget_Gy, snap.spots, beam_spot(snap.spectra)))
             self.damage.object = damage_html(snap)
 
+        def rixs_due(snap: Snapshot) -> bool:
+            return snap.rixs_latest is not self.rixs_sent or self._changed(snap, "rixs")
+
         def rixs(snap: Snapshot) -> None:
+            # only when RIXS rows or maps came: every spectrum redrew both plots before (and
+            # the browser logged a Bokeh error for each)
             p["rixs"].send(snap.rixs_latest)
             p["rixs_maps"].send(snap.rixs_maps)
+            self.rixs_sent = snap.rixs_latest
 
         def events(snap: Snapshot) -> None:
             self.events.object = events_html(snap)
@@ -347,7 +373,7 @@ class Session:
             ("spectra", 1, parts("fits"), spectra_tab),
             ("relaxation", 2, parts("relaxation", "fits", "cell"), relaxation),
             ("dose", 3, parts("dose", "events"), dose),
-            ("rixs", 4, parts("spectra", "rixs"), rixs),
+            ("rixs", 4, rixs_due, rixs),
             ("events", 5, parts("events"), events),
             ("alarms", None, parts("events", "status"), self._alarms),
         ]
@@ -384,7 +410,7 @@ class Session:
                 dm = hv.DynamicMap(
                     lambda data, key=key: plots.heatmap_plot(data, *key), streams=[pipe]
                 )
-                self.heatmaps.append(_pane(dm, width=700, height=300))
+                self.heatmaps.append(_pane(dm, height=300))
             else:
                 self.heat_pipes[key].send(item)
 
@@ -430,13 +456,20 @@ def spot_text(requested: str | None, spectra: pd.DataFrame) -> str:
     """Where the beam is: the spot of the newest scan, and the spot the orchestrator asked
     for when that differs (a move in flight, or a stage that acked a move and did not make
     it: the header must not say the beam is on a fresh spot while the spent one is dosed)."""
-    with_spot = spectra.loc[spectra["spot"].notna()] if "spot" in spectra else spectra.iloc[:0]
-    if not len(with_spot):
+    latest = beam_spot(spectra)
+    if latest is None:
         return str(requested or "-")
-    latest = str(with_spot.sort_values("spectrum_id")["spot"].iloc[-1])
     if requested is None or str(requested) == latest:
         return latest
     return f"{latest} (latest scan; {requested} requested)"
+
+
+def beam_spot(spectra: pd.DataFrame) -> str | None:
+    """The spot the newest scan came from (where the beam is), None before any."""
+    with_spot = spectra.loc[spectra["spot"].notna()] if "spot" in spectra else spectra.iloc[:0]
+    if not len(with_spot):
+        return None
+    return str(with_spot.sort_values("spectrum_id")["spot"].iloc[-1])
 
 
 def header_html(snap: Snapshot, feed: StateFeed, redraw_ms: float = 0.0) -> str:

@@ -333,35 +333,72 @@ def _per_spot(dose: pd.DataFrame, spots: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def dose_bars(
-    dose: pd.DataFrame, budget_Gy: float, spots: pd.DataFrame | None = None
+    dose: pd.DataFrame,
+    budget_Gy: float,
+    spots: pd.DataFrame | None = None,
+    current: str | None = None,
 ) -> hv.Overlay:
-    """Cumulative dose per spot against the budget (fresh spots at 0)."""
+    """Cumulative dose per spot against the budget (fresh spots at 0); the title says how many
+    scans like the last one the spot under the beam (``current``) has left."""
     per_spot = _per_spot(dose, spots)
     bars = styled(
         hv.Bars(per_spot, hv.Dimension("spot"), DOSE),
         color=PALETTE[0],
         tools=["hover"],
-        title="cumulative dose per spot",
+        title=f"cumulative dose per spot{scans_left_text(dose, budget_Gy, current)}",
     )
     if budget_Gy > 0:
         return bars * styled(hv.HLine(budget_Gy / 1e6), color=PALETTE[3], line_dash="dashed")
     return bars * styled(hv.HLine(0), alpha=0)
 
 
-def spot_map(dose: pd.DataFrame, spots: pd.DataFrame | None = None) -> hv.Points:
-    """Where each spot is on the sample, coloured by its dose (fresh spots at 0)."""
+def scans_left_text(dose: pd.DataFrame, budget_Gy: float, spot: str | None) -> str:
+    """': spot B3 412 of 500 MGy, 3 scans left' (scans like its last one before the budget);
+    '' without a spot, a budget or a scan there."""
+    if spot is None or budget_Gy <= 0 or not len(dose):
+        return ""
+    here = dose[dose["spot"] == spot]
+    if not len(here):
+        return f": spot {spot} fresh, budget {budget_Gy / 1e6:.4g} MGy"
+    total, last = float(here["total_Gy"].max()), float(here["scan_Gy"].iloc[-1])
+    left = max(int((budget_Gy - total) // last), 0) if last > 0 else 0
+    return (
+        f": spot {spot} {total / 1e6:.4g} of {budget_Gy / 1e6:.4g} MGy, "
+        f"{left} scan{'s' if left != 1 else ''} left"
+    )
+
+
+def spot_map(
+    dose: pd.DataFrame, spots: pd.DataFrame | None = None, current: str | None = None
+) -> hv.Overlay:
+    """Where each spot is on the sample, named and coloured by its dose (fresh spots at 0),
+    the spot under the beam (``current``: the newest scan's) ringed."""
     data = _per_spot(dose, spots).dropna(subset=["x_mm", "y_mm"])
     x = hv.Dimension("x_mm", label="x", unit="mm")
     y = hv.Dimension("y_mm", label="y", unit="mm")
-    return styled(
+    points = styled(
         hv.Points(data, [x, y], [DOSE, "spot"]),
         color="dose",
         cmap="cividis",
         size=14,
         colorbar=True,
         tools=["hover"],
-        title="spot map",
+        padding=0.15,  # room for the top row's names
+        title=f"spot map: beam on {current}" if current else "spot map",
     )
+    # names above the points: an offset in data units, a fraction of the grid's height
+    span = float(np.ptp(data["y_mm"])) if len(data) else 0.0
+    labels = hv.Labels(data, [x, y], "spot").opts(
+        text_font_size="8pt", text_baseline="bottom", yoffset=0.06 * (span or 1.0)
+    )
+    beam = styled(
+        hv.Points(data[data["spot"] == current], [x, y], [DOSE, "spot"]),
+        size=26,
+        fill_alpha=0.0,
+        line_color=PALETTE[3],
+        line_width=3,
+    )
+    return points * labels * beam
 
 
 def rixs_map(latest: dict[str, Any] | None) -> hv.QuadMesh:
@@ -369,9 +406,10 @@ def rixs_map(latest: dict[str, Any] | None) -> hv.QuadMesh:
     ex_dim = hv.Dimension("excitation", label="excitation energy", unit="eV")
     em_dim = hv.Dimension("emission", label="emission energy", unit="eV")
     if latest is None or latest["rows"] < 2:
+        # empty (NaN, drawn transparent), not a solid box that looks like a map of zeros
         return styled(
-            hv.QuadMesh(([0.0, 1.0], [0.0, 1.0], np.zeros((2, 2))), [em_dim, ex_dim]),
-            title="RIXS map: waiting for rows",
+            hv.QuadMesh(([0.0, 1.0], [0.0, 1.0], np.full((2, 2), np.nan)), [em_dim, ex_dim]),
+            title="RIXS map: no rows yet" if latest is None else "RIXS map: waiting for rows",
         )
     ex = latest["excitation"]
     filled = np.isfinite(ex)

@@ -163,6 +163,7 @@ class RunView:
         self.relaxation: dict[tuple[float, str], dict[str, Any]] = {}
         self.rixs_maps: dict[str, dict[str, Any]] = {}
         self.rixs_acc: tuple[str, MapAccumulator] | None = None
+        self.rixs_rows_added = False  # since the last picture: redraw the map only then
         self.normalised: dict[tuple[str, str], deque[tuple[float, np.ndarray, np.ndarray]]] = {}
         self.latest: LatestSpectrum | None = None
         self.parts: Counter[str] = Counter()
@@ -405,6 +406,7 @@ class RunView:
         key = h.map_id or h.scan_id
         if self.rixs_acc is None or self.rixs_acc[0] != key:
             self.rixs_acc = (key, MapAccumulator(h.rows_total, a["emission"]))
+        self.rixs_rows_added = True
         try:
             self.rixs_acc[1].add(h.row_offset, a["excitation"], a["counts"], a["emission"])
         except ValueError as e:
@@ -523,13 +525,15 @@ class RunView:
             rixs_maps=pd.DataFrame(list(self.rixs_maps.values()))
             if changed("rixs")
             else old.rixs_maps,
-            rixs_latest=self._rixs_latest() if changed("spectra") else old.rixs_latest,
+            # a new object only when rows came: the page redraws the map when it changes
+            rixs_latest=self._rixs_latest() if self.rixs_rows_added else old.rixs_latest,
             status=status,
             rates=_rates(old, status),
             monitor_connected=connected,
             budget_Gy=budget,
             refreshed_at=time.time(),
         )
+        self.rixs_rows_added = False
 
 
 def _rates(old: Snapshot, status: dict[str, Any]) -> dict[str, float]:

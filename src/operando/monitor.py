@@ -179,6 +179,7 @@ class Monitor:
         self.orchestrator.closed = True
         with Run(self.run_dir) as run:
             restore(self.ingest, run)
+            self.orchestrator.resume_spots(run.spot_changes())
         for rec in self.store.unindexed:  # in the log, not yet indexed when it crashed
             self.ingest.process_record(rec)
         self.ingest.align_due()

@@ -169,11 +169,30 @@ def test_fresh_spots_show_at_zero_dose_beside_the_used_ones():
     bars = plots.dose_bars(dose, 5e8, grid).get(0).data
     assert list(bars["spot"]) == ["B1", "A1", "A2"]
     assert list(bars["dose"]) == [200.0, 50.0, 0.0]
-    points = plots.spot_map(dose, grid).data.set_index("spot")
+    points = plots.spot_map(dose, grid).get(0).data.set_index("spot")
     assert points.loc["A1", ["x_mm", "y_mm"]].tolist() == [0.0, 0.0]  # from the grid
     assert points.loc["A2", "dose"] == 0.0 and len(points) == 3
     assert list(plots.dose_bars(dose, 5e8).get(0).data["spot"]) == ["B1", "A1"]  # no grid
-    assert len(plots.spot_map(pd.DataFrame(), grid).data) == 3  # nothing measured yet
+    assert len(plots.spot_map(pd.DataFrame(), grid).get(0).data) == 3  # nothing measured yet
+
+
+def test_the_spot_map_names_every_spot_and_rings_the_one_under_the_beam():
+    hv.extension("bokeh")
+    dose = pd.DataFrame(
+        {"spot": ["A1", "A1", "B1"], "scan_Gy": [1e8, 1e8, 5e7], "total_Gy": [1e8, 2e8, 5e7]}
+    ).assign(x_mm=None, y_mm=None)  # the scans did not say where: the grid does
+    grid = pd.DataFrame({"spot": ["A1", "A2", "B1"], "x_mm": [0.0, 0.5, 0.0]})
+    grid["y_mm"] = [0.0, 0.0, 0.5]
+    drawn = plots.spot_map(dose, grid, "B1")
+    points, labels, beam = (drawn.get(k) for k in range(3))
+    assert sorted(labels.data["spot"]) == ["A1", "A2", "B1"]
+    assert list(beam.data["spot"]) == ["B1"] and points.opts["title"] == "spot map: beam on B1"
+    hv.render(drawn)
+    # the budget in scans: A1 has 300 MGy left at 100 MGy a scan, B1 9 of 50 MGy scans
+    assert plots.scans_left_text(dose, 5e8, "A1") == ": spot A1 200 of 500 MGy, 3 scans left"
+    assert plots.scans_left_text(dose, 5e8, "B1").endswith("9 scans left")
+    assert plots.scans_left_text(dose, 5e8, "A2") == ": spot A2 fresh, budget 500 MGy"
+    assert plots.scans_left_text(dose, 0.0, "A1") == ""
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import sqlite3
 
@@ -168,6 +169,31 @@ def test_a_replayed_run_commands_no_instrument(lnmo_run, tmp_path, processes):
     assert details["dry_run"][0]["replayed_from"] == str(lnmo_run)
     assert details["ack"] and all(a["dry_run"] for a in details["ack"])
     assert not [a for a in details["alarm"] if a["category"] == "command"]
+
+
+@pytest.mark.slow
+def test_a_restarted_monitor_continues_on_the_spot_it_left(lnmo_run, tmp_path, processes):
+    """A monitor restarted on its run began again at the first spot with none spent: the
+    beam's spot (kept by the spectrometer) then took dose past its budget unchecked, 3.3 GGy
+    against 0.5 in a demo. It resumes the recorded spot and the spent ones now."""
+    from operando.demo import localize
+
+    changes = recorded_events(lnmo_run, "spot_change")
+    assert changes, "the live run moved between spots"
+    run = tmp_path / "run"
+    shutil.copytree(lnmo_run, run)
+    cfg = localize(load_config(run / "config.json"))
+    path = tmp_path / "experiment.json"
+    path.write_bytes(msgspec.json.encode(cfg))
+    processes("monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "mon.log")
+
+    def orchestration():
+        proc = cli("status", "--run-dir", str(run), "--json", "--timeout", "1", check=False)
+        return json.loads(proc.stdout)["orchestration"] if proc.returncode == 0 else None
+
+    orch = wait_for(orchestration, 60, what="the restarted monitor's status")
+    assert orch["spot"] == changes[-1]["new"]
+    assert orch["spent"] == sorted({c["old"] for c in changes})
 
 
 def _spectra(run) -> int:

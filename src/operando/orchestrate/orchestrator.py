@@ -128,7 +128,17 @@ class Orchestrator:
         """The spectrometer announced its spots (series metadata) and none were configured."""
         if not self.spots and spots:
             self.spots = list(spots)
-            self.spot = self.spots[0]
+            if self.spot is None:  # not one a restarted monitor resumed
+                self.spot = self.spots[0]
+
+    def resume_spots(self, changes: list[tuple[str | None, str]]) -> None:
+        """A restarted monitor continues where the run was: on the spot of the last recorded
+        change, every spot moved away from spent (before, it began again at the first spot,
+        and the beam's spot, not the one it tracked, took dose past its budget unchecked)."""
+        for old, new in changes:
+            if old:
+                self.spent.add(old)
+            self.spot = new
 
     def on_dose(self, spot: str, scan_dose_Gy: float, total_Gy: float) -> None:
         self.last_scan_dose[spot] = scan_dose_Gy

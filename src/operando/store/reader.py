@@ -342,6 +342,17 @@ class Run:
             "SELECT link, kind, count(*) FROM events GROUP BY link, kind"
         ).fetchall()
 
+    def spot_changes(self) -> list[tuple[str | None, str]]:
+        """(old, new) of every spot change the orchestrator made, in order."""
+        return [
+            (old, new)
+            for old, new in self.conn.execute(
+                "SELECT json_extract(detail, '$.old'), json_extract(detail, '$.new') FROM events "
+                "WHERE kind = 'spot_change' ORDER BY id"
+            )
+            if new
+        ]
+
     def last_series_start(self, link: str) -> dict[str, Any] | None:
         """The newest ``series_start`` event's detail on ``link`` (series, metadata)."""
         row = self.conn.execute(
