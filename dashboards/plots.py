@@ -357,10 +357,10 @@ def scans_left_text(dose: pd.DataFrame, budget_Gy: float, spot: str | None) -> s
     '' without a spot, a budget or a scan there."""
     if spot is None or budget_Gy <= 0 or not len(dose):
         return ""
-    here = dose[dose["spot"] == spot]
+    here = dose.loc[dose["spot"] == spot, ["total_Gy", "scan_Gy"]].to_numpy(float)
     if not len(here):
         return f": spot {spot} fresh, budget {budget_Gy / 1e6:.4g} MGy"
-    total, last = float(here["total_Gy"].max()), float(here["scan_Gy"].iloc[-1])
+    total, last = float(here[:, 0].max()), float(here[-1, 1])
     left = max(int((budget_Gy - total) // last), 0) if last > 0 else 0
     return (
         f": spot {spot} {total / 1e6:.4g} of {budget_Gy / 1e6:.4g} MGy, "
