@@ -35,7 +35,9 @@ from holoviews.streams import Pipe
 from operando.dashboards import plots
 from operando.dashboards.view import RunView, Snapshot, StateFeed
 
+from operando.events import EventKind
 from operando.monitor import command_monitor
+from operando.protocol import MODE_NAMES
 from operando.transport import CommandError
 
 log = logging.getLogger(__name__)
@@ -478,14 +480,6 @@ def header_html(snap: Snapshot, feed: StateFeed, redraw_ms: float = 0.0) -> str:
     n_spectra = len(sp)
     partial = int(sp["partial"].sum()) if n_spectra else 0
     latest = int(sp["spectrum_id"].max()) if n_spectra else 0
-    cell = st.get("cell") or {}
-    if not len(snap.cell):
-        ewe = soc = None
-    else:
-        last = snap.cell.iloc[-1]
-        ewe, soc = float(last["Ewe"]), float(last["soc"])
-    ewe = cell.get("Ewe_V", ewe)
-    soc = cell.get("soc", soc)
     live = (
         '<span style="color:#009E73">monitor connected</span>'
         if snap.monitor_connected
@@ -515,16 +509,74 @@ def header_html(snap: Snapshot, feed: StateFeed, redraw_ms: float = 0.0) -> str:
     orch = st.get("orchestration", {})
     return (
         f'<div class="op-header"><b>operando</b> - {html.escape(str(feed.view.run_dir))} - {live}'
+        f"{glance_html(snap)}"
         f'<br>spectra: <span class="op-spectra" data-count="{n_spectra}">{n_spectra}</span>'
         f' (<span class="op-partial">{partial}</span> partial) - latest '
         f'<span id="op-latest" class="op-latest" data-spectrum-id="{latest}">{latest}</span>'
-        f" - Ewe {_fmt(ewe, '.3f', ' V')} - SOC {_fmt(soc, '.3f')}"
         f" - spot {html.escape(spot_text(orch.get('spot'), sp))}"
         f' - alarms <span class="op-alarm-count">{len(snap.alarms)}</span>'
+        f" - damage suspicions {len(snap.damage)}"
         f" - state batches missed {feed.missed}"
         f' - redraw <span class="op-redraw">{redraw_ms:.0f}</span> ms'
         f"<br>{sources}</div>"
     )
+
+
+def glance_html(snap: Snapshot) -> str:
+    """The experiment at a glance, in large type: time since the first row, the protocol
+    step and cycle, Ewe, I, SOC, the spot against its budget, and the newest valence of each
+    edge and channel with its fit's verdict."""
+    cell = snap.status.get("cell") or {}
+    trace = snap.cell
+    last = trace.iloc[-1] if len(trace) else None
+    ewe = cell.get("Ewe_V", None if last is None else float(last["Ewe"]))
+    current = cell.get("I_mA", None if last is None else float(last["I"]))
+    soc = cell.get("soc", None if last is None else float(last["soc"]))
+    mode = cell.get("mode", None if last is None else int(last["mode"]))
+    elapsed = (
+        float(trace["t"].iloc[-1] - trace["t"].iloc[0]) if len(trace) else None
+    )  # source time, the experiment's own clock
+    # the protocol's step and cycle come with the monitor's status only (not in the trace)
+    step = f"step {cell['step']}, cycle {cell['cycle']}, " if "cycle" in cell else ""
+    mode_name = MODE_NAMES.get(int(mode), str(mode)) if mode is not None else "-"
+    spot = beam_spot(snap.spectra)
+    budget = plots.scans_left_text(snap.dose, snap.budget_Gy, spot).removeprefix(": ")
+    parts = [
+        f"{_elapsed(elapsed)} elapsed",
+        f"{step}{mode_name}",
+        f"Ewe {_fmt(ewe, '.3f', ' V')}",
+        f"I {_fmt(current, '.4g', ' mA')}",
+        f"SOC {_fmt(soc, '.3f')}",
+        budget or (f"spot {spot}" if spot else "no spot yet"),
+    ]
+    valences = []
+    if len(snap.fits):
+        newest = snap.fits.sort_values("spectrum_id").groupby(["edge", "channel"]).tail(1)
+        for _, f in newest.sort_values(["edge", "channel"]).iterrows():
+            colour = QUALITY_COLOUR.get(str(f["quality"]), "#555555")
+            valences.append(
+                f"{html.escape(str(f['edge']))} {html.escape(str(f['channel']))} "
+                # sigma to two significant digits: '± 0.00' read as an exact result
+                f"{_fmt(f['valence'], '.2f')} ± {_fmt(f['valence_unc'], '.2g')} "
+                f'<span style="color:{colour}">({html.escape(str(f["quality"]))})</span>'
+            )
+    valence_line = (
+        f'<br><span class="op-valence">valence: {" &middot; ".join(valences)}</span>'
+        if valences
+        else ""
+    )
+    return (
+        f'<div class="op-glance" style="font-size:135%;margin:4px 0">'
+        f"{' &nbsp;|&nbsp; '.join(html.escape(x) if '<' not in x else x for x in parts)}"
+        f"{valence_line}</div>"
+    )
+
+
+def _elapsed(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    h, rem = divmod(int(seconds), 3600)
+    return f"{h}:{rem // 60:02d} h"
 
 
 def damage_html(snap: Snapshot) -> str:
@@ -571,23 +623,74 @@ def fit_quality_html(snap: Snapshot) -> str:
 
 
 def events_html(snap: Snapshot) -> str:
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(snap.event_counts.items()))
+    """The newest events as a table a person reads: UTC time, kind, source and each detail
+    as 'name: value' (numbers to 4 digits), the ones that need attention marked."""
+    counts = ", ".join(
+        f"{html.escape(k)} {v}" for k, v in sorted(snap.event_counts.items(), key=lambda kv: -kv[1])
+    )
     rows = "".join(
-        f"<tr><td>{time.strftime('%H:%M:%S', time.gmtime(e['time']))}</td>"
-        f"<td>{html.escape(e['kind'])}</td><td>{html.escape(str(e.get('link') or ''))}</td>"
-        f"<td>{html.escape(_detail(e))}</td></tr>"
+        f'<tr style="{"background:#fde2cf" if e["kind"] in ATTENTION else ""}">'
+        f"<td>{time.strftime('%H:%M:%S', time.gmtime(e['time']))}</td>"
+        f"<td><b>{html.escape(e['kind'])}</b></td><td>{html.escape(str(e.get('link') or ''))}</td>"
+        f"<td>{_detail(e)}</td></tr>"
         for e in reversed(snap.events[-100:])
     )
     return (
-        f"<p>events: {html.escape(counts)}</p><table><tr><th>UTC</th><th>kind</th><th>source</th>"
-        f"<th>detail</th></tr>{rows}</table>"
+        f'<p>events (newest 100 of the run; counts: {counts})</p><table class="op-events" '
+        'style="font-size:90%"><tr><th>UTC</th><th>kind</th><th>source</th><th>detail</th></tr>'
+        f"{rows}</table>"
     )
 
 
+# kinds an operator must look at: marked in the events table
+ATTENTION = frozenset(
+    str(k)
+    for k in (
+        EventKind.ALARM,
+        EventKind.DAMAGE_FLAG,
+        EventKind.DOSE_BUDGET_EXCEEDED,
+        EventKind.DOSE_BUDGET_WARNING,
+        EventKind.DRIVER_REFUSED,
+        EventKind.STRANGER_REFUSED,
+        EventKind.GAP,
+        EventKind.GAP_UNRECOVERABLE,
+        EventKind.MALFORMED,
+        EventKind.DERIVE_ERROR,
+        EventKind.FIT_FAILED,
+        EventKind.ANALYSIS_ERROR,
+        EventKind.SOC_OUT_OF_RANGE,
+        EventKind.SOURCE_RESTARTED,
+        EventKind.DISCONNECTED,
+        EventKind.STORE_ERROR,
+        EventKind.STORE_ROW_REFUSED,
+    )
+)
+
+
 def _detail(e: dict[str, Any]) -> str:
+    """'name: value' of each detail (nested ones as parent.name), HTML-escaped."""
     skip = {"id", "time", "t", "kind", "link"}
-    text = json.dumps({k: v for k, v in e.items() if k not in skip}, default=str)
-    return text if len(text) < 200 else text[:197] + "..."
+    items = [f"<i>{html.escape(k)}</i>: {html.escape(v)}" for k, v in _flat(e, skip)]
+    return "; ".join(items)
+
+
+def _flat(d: dict[str, Any], skip: set[str], prefix: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for k, v in d.items():
+        if k in skip:
+            continue
+        if isinstance(v, dict):
+            out += _flat(v, set(), f"{prefix}{k}.")
+            continue
+        if isinstance(v, float):
+            text = f"{v:.4g}"
+        elif isinstance(v, list | tuple):
+            text = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v[:8])
+            text += f", ... ({len(v)})" if len(v) > 8 else ""
+        else:
+            text = str(v)
+        out.append((f"{prefix}{k}", text if len(text) <= 160 else text[:157] + "..."))
+    return out
 
 
 # -- serving ---------------------------------------------------------------------------------

@@ -15,7 +15,13 @@ import pandas as pd
 import pytest
 from conftest import cli
 from operando.dashboards import plots
-from operando.dashboards.live import DashboardOptions, Session, spot_text
+from operando.dashboards.live import (
+    DashboardOptions,
+    Session,
+    events_html,
+    glance_html,
+    spot_text,
+)
 from operando.dashboards.view import CellTrace, RunView, StateFeed
 
 from operando.alarms import Alarms
@@ -293,3 +299,30 @@ def test_the_header_says_where_the_beam_is_not_only_where_it_was_sent():
     assert spot_text(None, spectra) == "A1"
     assert spot_text("A2", pd.DataFrame()) == "A2"  # no scan yet
     assert spot_text(None, pd.DataFrame({"spectrum_id": [1], "spot": [None]})) == "-"
+
+
+@pytest.mark.slow
+def test_the_header_gives_the_experiment_at_a_glance(lfp_view):
+    """Elapsed time, Ewe, I, SOC, the beam's spot against its budget and the newest valence of
+    each edge and channel with its fit's verdict, from the run alone (no monitor connected)."""
+    s = lfp_view.snapshot
+    text = glance_html(s)
+    elapsed = s.cell["t"].iloc[-1] - s.cell["t"].iloc[0]
+    assert f"{int(elapsed) // 3600}:{int(elapsed) % 3600 // 60:02d} h elapsed" in text
+    assert f"Ewe {s.cell['Ewe'].iloc[-1]:.3f} V" in text and "SOC " in text and "I " in text
+    newest = s.fits.sort_values("spectrum_id").groupby(["edge", "channel"]).tail(1)
+    assert len(newest) >= 2  # TEY and TFY at least
+    for _, f in newest.iterrows():
+        assert f"{f['edge']} {f['channel']} {f['valence']:.2f} ± {f['valence_unc']:.2g}" in text
+        assert f"({f['quality']})" in text
+
+
+@pytest.mark.slow
+def test_the_events_table_reads_as_text_not_json(lfp_view):
+    s = lfp_view.snapshot
+    text = events_html(s)
+    assert s.events and text.count("<tr") == min(len(s.events), 100) + 1
+    assert '{"' not in text  # no raw JSON
+    newest = s.events[-1]
+    shown = [k for k in newest if k not in {"id", "time", "t", "kind", "link"}]
+    assert all(f"<i>{k}" in text for k in shown), (shown, text[:500])
