@@ -372,7 +372,7 @@ class Session:
             ("cell", 0, parts("cell"), lambda snap: p["cell"].send(snap.cell)),
             ("marks", 0, marks_due, marks),
             ("time fits", 0, parts("fits"), time_fits),
-            ("spectra", 1, parts("fits"), spectra_tab),
+            ("spectra", 1, parts("fits", "spectra"), spectra_tab),
             ("relaxation", 2, parts("relaxation", "fits", "cell"), relaxation),
             ("dose", 3, parts("dose", "events"), dose),
             ("rixs", 4, rixs_due, rixs),

@@ -226,10 +226,11 @@ def spectrum_plot(latest: Any, part: str = "fit") -> hv.Overlay:
                 )
             )
     soc = "" if latest.soc is None or not math.isfinite(latest.soc) else f", SOC {latest.soc:.3f}"
+    fitted = any(np.isfinite(c["model"]).any() for c in latest.channels.values())
     title = (
-        f"spectrum {latest.spectrum_id} ({latest.edge}{soc}): data and fit"
+        f"spectrum {latest.spectrum_id} ({latest.edge}{soc}): data{' and fit' if fitted else ''}"
         if part == "fit"
-        else f"spectrum {latest.spectrum_id}: residual"
+        else f"spectrum {latest.spectrum_id}: residual{'' if fitted else ' (not fitted)'}"
     )
     if part == "fit" and latest.quality:
         title += " - " + ", ".join(f"{c} {q}" for c, (q, _) in sorted(latest.quality.items()))

@@ -229,6 +229,7 @@ class RunView:
     def _read_spectra(self) -> bool:
         rows = self.follow.alignments(again=self.partial)
         changed = False
+        newest_scan: dict[str, Any] | None = None
         for r in rows:
             sid = r.spectrum_id
             doc: dict[str, Any] = r._asdict()
@@ -241,7 +242,28 @@ class RunView:
             (self.partial.add if doc["partial"] else self.partial.discard)(sid)
             if new and doc["kind"] == "rixs_rows":
                 self._add_rixs_rows(doc)
+            elif new and (self.latest is None or sid > self.latest.spectrum_id):
+                newest_scan = doc
+        if newest_scan is not None:
+            # every scan is drawn as it comes, its fit added when (and if) one is made: an
+            # edge without references showed "none yet" beside 7 recorded spectra
+            self._latest_unfitted(newest_scan)
         return changed
+
+    def _latest_unfitted(self, doc: dict[str, Any]) -> None:
+        msg = self._decode_raw(doc["raw_id"])
+        if msg is None or "energy" not in msg.arrays:
+            return
+        energy = np.asarray(msg.arrays["energy"], float)
+        channels = {}
+        for channel in getattr(msg.header, "channels", ()):
+            if channel in msg.arrays and channel != "I0":
+                y, _, _ = signal(msg.arrays, channel)
+                nan = np.full_like(y, np.nan)
+                channels[channel] = {"energy": energy, "data": y, "model": nan, "residual": nan}
+        why = "no fit yet" if doc["edge"] in self.refs else "no references for this edge"
+        quality = {c: ("not fitted", (why,)) for c in channels}
+        self.latest = LatestSpectrum(doc["spectrum_id"], doc["edge"], doc["soc"], channels, quality)
 
     def _read_fits(self) -> bool:
         rows = self.follow.fits()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,6 +140,14 @@ def refusals(run) -> list[tuple[str, str, str]]:
     return [(s, d["what"], d["why"]) for s, d in zip(ev["source"], details, strict=True)]
 
 
+def _ids(run: Path, sql: str) -> list[tuple[int]]:
+    conn = open_readonly(run)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
 def test_scan_files_through_the_monitor(tmp_path, processes):
     LOGS = ("mon.log", "pot.log", "sxr.log", "scans.log", "rixs.log")
     cfg, path = live_cell_experiment(tmp_path, "spectrometer", "scans", "rixs")
@@ -261,6 +270,23 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
     assert "the reader process died reading it" in got["scans", "scan file damaged.h5"]
     sources = json.loads(cli("inspect", str(run), "--json").stdout)["sources"]
     assert sources["spectrometer"]["refused"] == 1 and sources["scans"]["refused"] == 1
+
+    # the dashboard draws the newest scan although no edge here has references (it said
+    # "latest spectrum: none yet" beside the recorded scans)
+    from operando.dashboards.view import RunView
+
+    view = RunView(run)
+    try:
+        view.refresh()
+        latest = view.snapshot.latest
+    finally:
+        view.close()
+    assert latest is not None and latest.channels, "the newest scan is drawn"
+    newest = max(sid for (sid,) in _ids(run, "SELECT id FROM spectra WHERE kind = 'xas_scan'"))
+    assert latest.spectrum_id == newest
+    assert {q for q, _ in latest.quality.values()} == {"not fitted"}
+    for c in latest.channels.values():
+        assert np.isfinite(c["data"]).any() and not np.isfinite(c["model"]).any()
 
     # a scan file rewritten after it was published comes again as a new revision
     (xas_dir / "La4Ni3O10_pi_OKedgeXAS.dat").write_text(
