@@ -132,7 +132,7 @@ class Session:
             "rixs": _pipe(snap.rixs_latest),
             "rixs_maps": _pipe(snap.rixs_maps),
         }
-        self.heat_pipes: dict[tuple[str, str], Pipe] = {}
+        self.heat_pipes: dict[tuple[str, str, str], Pipe] = {}
         self.edge.param.watch(lambda e: self._send_fractions(), "value")
         self.header = pn.pane.HTML("", sizing_mode="stretch_width")
         self.alarms = pn.pane.HTML("", sizing_mode="stretch_width")

@@ -238,10 +238,14 @@ def spectrum_plot(latest: Any, part: str = "fit") -> hv.Overlay:
 
 
 def heatmap_plot(
-    item: tuple[np.ndarray, np.ndarray, np.ndarray] | None, edge: str, channel: str
+    item: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    edge: str,
+    channel: str,
+    direction: str = "",
 ) -> hv.QuadMesh:
-    """Normalised spectra of one edge and channel, stacked by SOC."""
-    title = f"normalised {edge} {channel} vs SOC"
+    """Normalised spectra of one edge and channel, stacked by SOC; one plot per direction
+    of the current (charge, discharge, at rest)."""
+    title = f"normalised {edge} {channel} vs SOC" + (f", {direction}" if direction else "")
     if item is None:
         return styled(
             hv.QuadMesh(([0.0, 1.0], [0.0, 1.0], np.zeros((2, 2))), [ENERGY, SOC]),

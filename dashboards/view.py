@@ -39,7 +39,7 @@ from operando.analysis.rest import RestCriterion
 from operando.analysis.rixs import MapAccumulator
 from operando.analysis.signal import signal
 from operando.config import ConfigError, ExperimentConfig
-from operando.protocol import ProtocolError, StateUpdate, decode
+from operando.protocol import MODE_CC, ProtocolError, StateUpdate, decode
 from operando.rawlog import RawLogError, read_record
 from operando.store.follow import CELL_COLUMNS, ChannelFit, RunFollower
 from operando.store.reader import load_run_config
@@ -110,7 +110,7 @@ class Snapshot:
     alarms: list[dict[str, Any]] = field(default_factory=list)
     relaxation: dict[str, Any] | None = None
     latest: LatestSpectrum | None = None
-    heatmaps: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
+    heatmaps: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=dict
     )
     rixs_maps: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -164,7 +164,10 @@ class RunView:
         self.rixs_maps: dict[str, dict[str, Any]] = {}
         self.rixs_acc: tuple[str, MapAccumulator] | None = None
         self.rixs_rows_added = False  # since the last picture: redraw the map only then
-        self.normalised: dict[tuple[str, str], deque[tuple[float, np.ndarray, np.ndarray]]] = {}
+        # per edge, channel and direction of the current (charge, discharge, at rest)
+        self.normalised: dict[
+            tuple[str, str, str], deque[tuple[float, np.ndarray, np.ndarray]]
+        ] = {}
         self.latest: LatestSpectrum | None = None
         self.parts: Counter[str] = Counter()
         self.snapshot = Snapshot()
@@ -341,6 +344,7 @@ class RunView:
             if msg is None:
                 continue
             energy = np.asarray(msg.arrays["energy"], float)
+            direction = self._direction(sid)
             for channel in (c for c in ("TEY", "TFY", "PFY") if c in msg.arrays):
                 y, _, _ = signal(msg.arrays, channel)
                 try:
@@ -348,9 +352,17 @@ class RunView:
                 except (NormalizationError, ValueError, np.linalg.LinAlgError):
                     continue
                 buf = self.normalised.setdefault(
-                    (edge, channel), deque(maxlen=self.heatmap_spectra)
+                    (edge, channel, direction), deque(maxlen=self.heatmap_spectra)
                 )
                 buf.append((float(soc), energy, norm))
+
+    def _direction(self, sid: int) -> str:
+        """'charge', 'discharge' or 'at rest': the current while the scan was taken. Charge
+        and discharge at one SOC differ (hysteresis): drawn apart, not on top of each other."""
+        i = (self.spectra.get(sid) or {}).get("I")
+        if i is None or not math.isfinite(i) or bool(self.rest(MODE_CC, float(i))):
+            return "at rest"
+        return "charge" if i > 0 else "discharge"
 
     def _read_dose(self) -> bool:
         rows = self.follow.doses()
@@ -476,8 +488,11 @@ class RunView:
             }
         return out
 
-    def _heatmaps(self) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per edge and channel: SOC (sorted), energy grid, normalised spectra on that grid."""
+    def _heatmaps(
+        self,
+    ) -> dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per edge, channel and direction of the current: SOC (sorted), energy grid,
+        normalised spectra on that grid."""
         out = {}
         for key, buf in self.normalised.items():
             if len(buf) < 2:
