@@ -33,12 +33,11 @@ import tempfile
 import threading
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 from baseline import load_bare_zmq
-from operando.dashboards.headless import launch, plotted_until
+from operando.dashboards.headless import http_ready, launch, plotted_until
 from playwright.sync_api import sync_playwright
 
 from operando.config import preset_path
@@ -75,11 +74,9 @@ def wait_http(url: str, timeout: float = 90.0) -> None:
     busy for over 90 s)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "liveness", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
+        if http_ready(url + "liveness"):
+            return
+        time.sleep(0.5)
     raise SystemExit(f"no dashboard at {url} within {timeout} s")
 
 

@@ -7,6 +7,8 @@ trying Google's hosts).
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
@@ -19,6 +21,16 @@ CHROMIUM_ARGS = (
     "--disable-sync",
     "--no-first-run",
 )
+
+
+def http_ready(url: str) -> bool:
+    """Whether ``url`` answers 200 now (probe the dashboard's ``/liveness``: a GET of ``/``
+    builds a whole page session)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def launch(playwright: Any) -> Any:

@@ -540,7 +540,7 @@ def glance_html(snap: Snapshot) -> str:
     step = f"step {cell['step']}, cycle {cell['cycle']}, " if "cycle" in cell else ""
     mode_name = MODE_NAMES.get(int(mode), str(mode)) if mode is not None else "-"
     spot = beam_spot(snap.spectra)
-    budget = plots.scans_left_text(snap.dose, snap.budget_Gy, spot).removeprefix(": ")
+    budget = plots.scans_left_text(snap.dose, snap.budget_Gy, spot)
     parts = [
         f"{_elapsed(elapsed)} elapsed",
         f"{step}{mode_name}",

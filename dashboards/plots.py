@@ -350,7 +350,9 @@ def dose_bars(
         hv.Bars(per_spot, hv.Dimension("spot"), DOSE),
         color=PALETTE[0],
         tools=["hover"],
-        title=f"cumulative dose per spot{scans_left_text(dose, budget_Gy, current)}",
+        title=": ".join(
+            t for t in ("cumulative dose per spot", scans_left_text(dose, budget_Gy, current)) if t
+        ),
     )
     if budget_Gy > 0:
         return bars * styled(hv.HLine(budget_Gy / 1e6), color=PALETTE[3], line_dash="dashed")
@@ -358,17 +360,17 @@ def dose_bars(
 
 
 def scans_left_text(dose: pd.DataFrame, budget_Gy: float, spot: str | None) -> str:
-    """': spot B3 412 of 500 MGy, 3 scans left' (scans like its last one before the budget);
+    """'spot B3 412 of 500 MGy, 3 scans left' (scans like its last one before the budget);
     '' without a spot, a budget or a scan there."""
     if spot is None or budget_Gy <= 0 or not len(dose):
         return ""
     here = dose.loc[dose["spot"] == spot, ["total_Gy", "scan_Gy"]].to_numpy(float)
     if not len(here):
-        return f": spot {spot} fresh, budget {budget_Gy / 1e6:.4g} MGy"
+        return f"spot {spot} fresh, budget {budget_Gy / 1e6:.4g} MGy"
     total, last = float(here[:, 0].max()), float(here[-1, 1])
     left = max(int((budget_Gy - total) // last), 0) if last > 0 else 0
     return (
-        f": spot {spot} {total / 1e6:.4g} of {budget_Gy / 1e6:.4g} MGy, "
+        f"spot {spot} {total / 1e6:.4g} of {budget_Gy / 1e6:.4g} MGy, "
         f"{left} scan{'s' if left != 1 else ''} left"
     )
 

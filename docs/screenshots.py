@@ -22,26 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from operando.dashboards.headless import launch
+from operando.dashboards.headless import http_ready, launch
 
 from operando.config import demo_presets
 from operando.demo import free_ports
 
 TABS = ("Electrochemistry & valence", "Spectra", "Relaxation", "Dose & damage", "RIXS", "Events")
 HERE = Path(__file__).resolve().parent
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def visit(
@@ -81,7 +71,7 @@ def _browse(
     from playwright.sync_api import sync_playwright
 
     deadline = time.monotonic() + 180
-    while not _ready(url + "liveness"):
+    while not http_ready(url + "liveness"):
         if time.monotonic() > deadline:
             return [f"{preset}: the dashboard at {url} did not answer in 180 s"]
         time.sleep(0.5)

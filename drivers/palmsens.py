@@ -181,9 +181,7 @@ class PalmSens(Driver):
                     k += 1  # a package read is a sampling interval, whatever its values
                     v, i_mA = potential_and_current(package, line)
                 except MethodScriptError as e:
-                    self.counts["bad_lines"] += 1
-                    log.warning("%s", e)
-                    await self.refuse("MethodSCRIPT data package", str(e))
+                    await self._bad_line("MethodSCRIPT data package", str(e))
                     continue
                 rows.append((loop_start + k * self.interval_s, v, i_mA))
                 self.counts["packages"] += 1
@@ -191,10 +189,14 @@ class PalmSens(Driver):
                     await self._publish(rows, step, number, cycle)
                     rows = []
             elif line not in ("e", "*"):
-                self.counts["bad_lines"] += 1
-                log.warning("not a MethodSCRIPT line: %r", line[:60])
-                await self.refuse("instrument line", f"not a MethodSCRIPT line: {line[:60]!r}")
+                await self._bad_line("instrument line", f"not a MethodSCRIPT line: {line[:60]!r}")
         await self._publish(rows, step, number, cycle)
+
+    async def _bad_line(self, what: str, why: str) -> None:
+        """A line the driver cannot read: counted, logged and refused to the run."""
+        self.counts["bad_lines"] += 1
+        log.warning("%s: %s", what, why)
+        await self.refuse(what, why)
 
     async def _publish(
         self, rows: list[tuple[float, float, float]], step: Step, number: int, cycle: int

@@ -205,9 +205,9 @@ def test_the_spot_map_names_every_spot_and_rings_the_one_under_the_beam():
     assert list(beam.data["spot"]) == ["B1"] and points.opts["title"] == "spot map: beam on B1"
     hv.render(drawn)
     # the budget in scans: A1 has 300 MGy left at 100 MGy a scan, B1 9 of 50 MGy scans
-    assert plots.scans_left_text(dose, 5e8, "A1") == ": spot A1 200 of 500 MGy, 3 scans left"
+    assert plots.scans_left_text(dose, 5e8, "A1") == "spot A1 200 of 500 MGy, 3 scans left"
     assert plots.scans_left_text(dose, 5e8, "B1").endswith("9 scans left")
-    assert plots.scans_left_text(dose, 5e8, "A2") == ": spot A2 fresh, budget 500 MGy"
+    assert plots.scans_left_text(dose, 5e8, "A2") == "spot A2 fresh, budget 500 MGy"
     assert plots.scans_left_text(dose, 0.0, "A1") == ""
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import REPO, recorded_events, wait_for
-from operando.dashboards.headless import CHROMIUM, launch, plotted_until
+from operando.dashboards.headless import CHROMIUM, http_ready, launch, plotted_until
 
 from operando.demo import free_ports
 from operando.store import open_readonly
@@ -48,14 +46,6 @@ def _spectra(page) -> int:
     return int(page.locator(".op-spectra").get_attribute("data-count"))
 
 
-def _http_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.mark.slow
 def test_live_dashboard_updates_alarms_and_reloads_with_history(tmp_path, processes, browser):
     run = tmp_path / "run"
@@ -78,7 +68,7 @@ def test_live_dashboard_updates_alarms_and_reloads_with_history(tmp_path, proces
     url = f"http://127.0.0.1:{port}/"
     # generous: the demo starts four processes at once on two cores
     # on /liveness: a probe of / builds a whole page each time
-    wait_for(lambda: _http_ready(url + "liveness"), 120, 0.5, what=f"dashboard at {url}")
+    wait_for(lambda: http_ready(url + "liveness"), 120, 0.5, what=f"dashboard at {url}")
     assert json.loads((run / "demo.json").read_text())["dashboard"] == url
 
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
@@ -165,7 +155,7 @@ def test_finished_run_opens_in_a_dashboard_and_basic_auth_guards_it(
         log=tmp_path / "dashboard.log",
     )
     url = f"http://127.0.0.1:{port}/"
-    wait_for(lambda: _http_ready(url + "login"), 60, 0.5, what="dashboard login page")
+    wait_for(lambda: http_ready(url + "login"), 60, 0.5, what="dashboard login page")
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
     page.goto(url)
     assert "login" in page.url  # not the app: it asks for the password first

@@ -325,16 +325,7 @@ class Run:
         )
 
     def stranger_sessions(self) -> dict[str, dict[str, int]]:
-        """Per link: each refused stranger's session and how many of its messages were
-        recorded (never derived)."""
-        out: dict[str, dict[str, int]] = {}
-        for link, session, n in self.conn.execute(
-            "SELECT e.link, e.session, (SELECT count(*) FROM raw WHERE raw.link = e.link AND "
-            "raw.session = e.session) FROM (SELECT link, json_extract(detail, '$.session') AS "
-            "session FROM events WHERE kind = 'stranger_refused') e"
-        ):
-            out.setdefault(link, {})[session] = n
-        return out
+        return stranger_sessions(self.conn)
 
     def event_counts(self) -> list[tuple[str | None, str, int]]:
         """(link, kind, how many) of every event."""
@@ -439,6 +430,19 @@ _OWN_STREAM = (
 )
 
 
+def stranger_sessions(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """Per link: each refused stranger's session and how many of its messages were
+    recorded (never derived)."""
+    out: dict[str, dict[str, int]] = {}
+    for link, session, n in conn.execute(
+        "SELECT e.link, e.session, (SELECT count(*) FROM raw WHERE raw.link = e.link AND "
+        "raw.session = e.session) FROM (SELECT link, json_extract(detail, '$.session') AS "
+        "session FROM events WHERE kind = 'stranger_refused') e"
+    ):
+        out.setdefault(link, {})[session] = n
+    return out
+
+
 def read_raw(run_dir: str | Path, raw_id: int) -> RawRecord:
     """One recorded message by id, exactly as received."""
     with Run(run_dir) as run:
@@ -469,11 +473,7 @@ def lost_ranges(conn: sqlite3.Connection, link: str) -> dict[str, list[list[int]
     ):
         out.setdefault(session, []).append([first, last])
     # another source's stream refused on this link is not this link's to lose
-    for (stranger,) in conn.execute(
-        "SELECT json_extract(detail, '$.session') FROM events "
-        "WHERE kind = 'stranger_refused' AND link = ?",
-        (link,),
-    ):
+    for stranger in stranger_sessions(conn).get(link, {}):
         out.pop(stranger, None)
     for session, first, last in conn.execute(
         "SELECT json_extract(detail, '$.session'), json_extract(detail, '$.first'), "

@@ -8,7 +8,7 @@ from typing import Any
 
 from operando.clock import utc_text
 from operando.rawlog import log_bytes
-from operando.store.reader import Run, lost_ranges
+from operando.store.reader import Run, lost_ranges, stranger_sessions
 
 
 def summarize(run_dir: str | Path) -> dict[str, Any]:
@@ -50,14 +50,9 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
         if link in sources and kind in per_link_events:
             sources[link][per_link_events[kind]] = n
     # another source's stream on a link: its messages are recorded, never derived
-    for link, session in conn.execute(
-        "SELECT link, json_extract(detail, '$.session') FROM events WHERE kind = 'stranger_refused'"
-    ).fetchall():
+    for link, sessions in stranger_sessions(conn).items():
         if link in sources:
-            (n,) = conn.execute(
-                "SELECT count(*) FROM raw WHERE link = ? AND session = ?", (link, session)
-            ).fetchone()
-            sources[link]["stranger_messages"] += n
+            sources[link]["stranger_messages"] = sum(sessions.values())
     for link, src in sources.items():
         # what the run does not hold at the end: gaps refilled since no longer count
         lost = lost_ranges(conn, link)
