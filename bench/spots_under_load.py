@@ -64,7 +64,8 @@ def summary(run: Path) -> dict[str, object]:
         ).fetchall()
         last_arrival = conn.execute("SELECT max(recv_ns) FROM raw").fetchone()[0]
         flags_late = conn.execute(
-            "SELECT count(*) FROM events WHERE kind = 'damage_flag' AND recv_ns > ?",
+            "SELECT count(*) FROM events WHERE kind IN ('damage_suspicion', 'damage_verdict') "
+            "AND recv_ns > ?",
             (last_arrival,),
         ).fetchone()[0]
         changes = [
@@ -77,7 +78,7 @@ def summary(run: Path) -> dict[str, object]:
         "spots": {s: {"scans": n, "dose_MGy": round(total / 1e6, 1)} for s, n, total, _ in spots},
         "over_budget_plus_one_scan": [s for s, _, total, one in spots if total > BUDGET_GY + one],
         "spot_changes": changes,
-        "damage_flags_after_last_arrival": flags_late,
+        "damage_findings_after_last_arrival": flags_late,
     }
 
 

@@ -515,7 +515,7 @@ def header_html(snap: Snapshot, feed: StateFeed, redraw_ms: float = 0.0) -> str:
         f'<span id="op-latest" class="op-latest" data-spectrum-id="{latest}">{latest}</span>'
         f" - spot {html.escape(spot_text(orch.get('spot'), sp))}"
         f' - alarms <span class="op-alarm-count">{len(snap.alarms)}</span>'
-        f" - damage suspicions {len(snap.damage)}"
+        f" - damage {damage_counts(snap)}"
         f" - state batches missed {feed.missed}"
         f' - redraw <span class="op-redraw">{redraw_ms:.0f}</span> ms'
         f"<br>{sources}</div>"
@@ -579,21 +579,39 @@ def _elapsed(seconds: float | None) -> str:
     return f"{h}:{rem // 60:02d} h"
 
 
+def damage_counts(snap: Snapshot) -> str:
+    """'2 confirmed, 5 suspected': a suspicion is not a verdict, and says so."""
+    d = snap.damage
+    if not len(d):
+        return "none suspected"
+    confirmed = int((d["status"] == "damage").sum())
+    suspected = int((d["status"] == "suspicion").sum())
+    return f"{confirmed} confirmed, {suspected} suspected"
+
+
+# a verdict's colour: only a confirmed one is red
+STATUS_COLOUR = {"damage": "#cf222e", "suspicion": "#9a6700", "electrochemistry": "#1a7f37"}
+
+
 def damage_html(snap: Snapshot) -> str:
     d = snap.damage
     if not len(d):
-        return "<p>No damage flagged.</p>"
+        return "<p>No damage suspected: the tests run on scans taken in a settled rest.</p>"
     rows = "".join(
-        f"<tr><td>{r['spectrum_id']}</td><td>{html.escape(str(r['spot']))}</td>"
+        f'<tr data-status="{html.escape(r["status"])}">'
+        f'<td><b style="color:{STATUS_COLOUR.get(r["status"], "#57606a")}">'
+        f"{html.escape(r['status'])}</b></td>"
+        f"<td>{r['spectrum_id']}</td><td>{html.escape(str(r['spot']))}</td>"
         f"<td>{html.escape(str(r['test']))}</td><td>{_fmt(r['p_value'], '.1e')}</td>"
-        f"<td>{_fmt(r['statistic'], '.2f')}</td><td>{_fmt(r['dose_MGy'], '.2f')}</td>"
-        f"<td>{html.escape(r['evidence'])}</td></tr>"
+        f"<td>{_fmt(r['dose_MGy'], '.2f')}</td>"
+        f"<td>{html.escape(r['why'] or r['evidence'])}</td></tr>"
         for r in d.tail(50).to_dict("records")
     )
     return (
-        f'<p class="op-damage">{len(d)} damage flags (newest 50)</p><table><tr><th>spectrum</th>'
-        "<th>spot</th><th>test</th><th>p</th><th>statistic</th><th>dose (MGy)</th>"
-        "<th>evidence</th></tr>"
+        f'<p class="op-damage">damage: {damage_counts(snap)} (newest 50). A suspicion is '
+        "a test's finding; only a verdict from a control spot acts.</p>"
+        "<table><tr><th>status</th><th>spectrum</th><th>spot</th><th>test</th><th>p</th>"
+        "<th>dose (MGy)</th><th>why / evidence</th></tr>"
         f"{rows}</table>"
     )
 
@@ -648,6 +666,8 @@ ATTENTION = frozenset(
     for k in (
         EventKind.ALARM,
         EventKind.DAMAGE_FLAG,
+        EventKind.DAMAGE_SUSPICION,
+        EventKind.DAMAGE_VERDICT,
         EventKind.DOSE_BUDGET_EXCEEDED,
         EventKind.DOSE_BUDGET_WARNING,
         EventKind.DRIVER_REFUSED,

@@ -126,6 +126,25 @@ def _fraction_columns(prefix: str, values: dict[str, float]) -> dict[str, float]
     return {f"{prefix}{k}": float(v) for k, v in values.items()}
 
 
+def _damage_row(status: str, t: Any, d: dict[str, Any], numbers: Any) -> dict[str, Any]:
+    """One line of the damage table: a suspicion (``status`` "suspicion") or a verdict
+    ("damage", "electrochemistry", "inconclusive", "unconfirmed") with its evidence."""
+    return {
+        "status": status,
+        "t": t,
+        "spectrum_id": d.get("spectrum_id"),
+        "spot": d.get("spot"),
+        "test": d.get("test"),
+        "p_value": d.get("p_value"),
+        "statistic": d.get("statistic"),
+        "dose_MGy": d.get("dose_Gy", math.nan) / 1e6,
+        "evidence": ", ".join(
+            f"{k} {v:.4g}" for k, v in (numbers or {}).items() if isinstance(v, int | float)
+        ),
+        "why": "",
+    }
+
+
 class RunView:
     """Reads a run directory incrementally and keeps the snapshot the sessions draw."""
 
@@ -393,21 +412,12 @@ class RunView:
                 self.alarms[int(d["id"])] = d
             elif kind == "alarm_acknowledged":
                 self.alarms.get(int(d["id"]), {})["acknowledged"] = True
-            elif kind == "damage_flag":
-                self.damage.append(
-                    {
-                        "t": t,
-                        "spectrum_id": d.get("spectrum_id"),
-                        "spot": d.get("spot"),
-                        "test": d.get("test"),
-                        "p_value": d.get("p_value"),
-                        "statistic": d.get("statistic"),
-                        "dose_MGy": d.get("dose_Gy", math.nan) / 1e6,
-                        "evidence": ", ".join(
-                            f"{k} {v:.4g}" for k, v in (d.get("detail") or {}).items()
-                        ),
-                    }
-                )
+            elif kind in ("damage_suspicion", "damage_flag"):  # damage_flag: older runs
+                self.damage.append(_damage_row("suspicion", t, d, d.get("detail")))
+            elif kind == "damage_verdict":
+                s = d.get("suspicion") or {}
+                row = _damage_row(str(d.get("verdict")), t, {**s, **d}, d.get("evidence"))
+                self.damage.append({**row, "why": d.get("why", "")})
             elif kind == "trigger":
                 self.triggers.append({"t": t, "trigger": d.get("trigger_id", "")})
             elif kind == "series_start":

@@ -211,6 +211,54 @@ def dose_per_point(
     return flux * dwell * energy_eV * EV_J * mu / (rho * area)
 
 
+@dataclass(slots=True)
+class SimulatedScan:
+    channels: dict[str, np.ndarray]  # I0, TEY, TFY counts
+    f_surface: np.ndarray  # (points, valences): the truth at each point
+    f_bulk: np.ndarray
+    dose_after_Gy: float
+    energy_shift_eV: float
+
+
+def simulate_xas(
+    model: SampleModel,
+    edge_name: str,
+    s: SpectrometerSettings,
+    point_t: np.ndarray,
+    y: np.ndarray,
+    ewe: np.ndarray,
+    dose0_Gy: float,
+    sample: tuple[str, float],
+    energy_shift_eV: float,
+    rng: np.random.Generator,
+) -> SimulatedScan:
+    """One XAS scan of a spot that had taken ``dose0_Gy``, from the spectroscopic SOC ``y``
+    and the voltage at each point: the sample's truth (photoreduced point by point as the
+    dose grows) and the counts. The driver and ``bench/damage.py`` both scan with it."""
+    edge, r = EDGES[edge_name], s.realism
+    energy = edge.axis()
+    n = len(energy)
+    d_point = dose_per_point(s.flux_ph_s, s.dwell_s, energy, *sample, s.spot_area_mm2)
+    dose_at = dose0_Gy + np.concatenate(([0.0], np.cumsum(d_point)[:-1])) + 0.5 * d_point
+    refs = references(edge, energy - energy_shift_eV)  # the sample's features appear shifted
+    names = edge.names
+    lowest = names[0]
+    f_surf = np.zeros((n, len(names)))
+    f_bulk = np.zeros((n, len(names)))
+    for k in range(n):
+        fs = model.surface(edge_name, float(y[k]), float(ewe[k]))
+        if r.damage:
+            fs = photoreduce(
+                fs, lowest, float(dose_at[k]), s.critical_dose_Gy, s.damage_rate_per_Gy
+            )
+        fb = model.bulk(edge_name, float(y[k]), float(ewe[k]))
+        f_surf[k] = [fs.get(v, 0.0) for v in names]
+        f_bulk[k] = [fb.get(v, 0.0) for v in names]
+    ref_matrix = np.column_stack([refs[v] for v in names])
+    channels = synthesize_xas(energy, point_t, ref_matrix, f_surf, f_bulk, r, rng)
+    return SimulatedScan(channels, f_surf, f_bulk, dose0_Gy + float(d_point.sum()), energy_shift_eV)
+
+
 class SimSpectrometer(Driver):
     instrument = "spectrometer"
 
@@ -429,27 +477,22 @@ class SimSpectrometer(Driver):
         await self._wait_for_cell(t_end)
         soc, y, ewe = self.cell.at(point_t)
         formula, density = self.sample_formula()
-        d_point = dose_per_point(s.flux_ph_s, s.dwell_s, energy, formula, density, s.spot_area_mm2)
         dose0 = self.dose[spot.id]
-        dose_at = dose0 + np.concatenate(([0.0], np.cumsum(d_point)[:-1])) + 0.5 * d_point
-        self.dose[spot.id] = dose0 + float(d_point.sum())
-        shift = self._energy_shift(t_start)
-        refs = references(edge, energy - shift)  # the sample's features appear shifted
-        names = edge.names
-        lowest = names[0]
-        f_surf = np.zeros((n, len(names)))
-        f_bulk = np.zeros((n, len(names)))
-        for k in range(n):
-            fs = self.model.surface(edge_name, float(y[k]), float(ewe[k]))
-            if r.damage:
-                fs = photoreduce(
-                    fs, lowest, float(dose_at[k]), s.critical_dose_Gy, s.damage_rate_per_Gy
-                )
-            fb = self.model.bulk(edge_name, float(y[k]), float(ewe[k]))
-            f_surf[k] = [fs.get(v, 0.0) for v in names]
-            f_bulk[k] = [fb.get(v, 0.0) for v in names]
-        ref_matrix = np.column_stack([refs[v] for v in names])
-        channels = synthesize_xas(energy, point_t, ref_matrix, f_surf, f_bulk, r, self.rng)
+        scan = simulate_xas(
+            self.model,
+            edge_name,
+            s,
+            point_t,
+            y,
+            ewe,
+            dose0,
+            (formula, density),
+            self._energy_shift(t_start),
+            self.rng,
+        )
+        self.dose[spot.id] = scan.dose_after_Gy
+        names, channels, shift = edge.names, scan.channels, scan.energy_shift_eV
+        f_surf, f_bulk = scan.f_surface, scan.f_bulk
         truth = {
             "chemistry": self.chemistry,
             "edge": edge_name,

@@ -1,7 +1,7 @@
 """Alarms: what needs a person, kept until someone acknowledges it.
 
 An alarm is raised by the orchestrator (a command refused or never acked, no fresh spot left)
-or from an event that means data are at risk (damage flagged, messages lost, a driver silent,
+or from an event that means data are at risk (damage confirmed, messages lost, a driver silent,
 the store failing, a stage move that did not take). A gap in a source's messages is an alarm
 only once the monitor could not get it sent again (``gap_unrecoverable``). Every alarm, repeat
 and acknowledgement is an event in the run store, so a dashboard opened later, or a monitor
@@ -24,16 +24,24 @@ def _dose(d: dict[str, Any]) -> str:
     return f" ({dose / 1e6:.0f} MGy so far)" if isinstance(dose, int | float) else ""
 
 
-# event kind -> (alarm category, what makes two occurrences the same condition, message)
-FROM_EVENTS: dict[EventKind, tuple[str, str, Callable[[str | None, dict[str, Any]], str]]] = {
-    EventKind.DAMAGE_FLAG: (
-        "damage",
-        "spot",
-        lambda link, d: (
-            f"beam damage flagged on spot {d.get('spot')} ({d.get('test')}, "
-            f"p = {d.get('p_value', float('nan')):.1e})"
-        ),
-    ),
+def _damage(d: dict[str, Any]) -> str | None:
+    """A confirmed verdict is an alarm; a suspicion, or a verdict of electrochemistry, not."""
+    if d.get("verdict") != "damage":
+        return None
+    ev = d.get("evidence") or {}
+    return (
+        f"beam damage confirmed on spot {d.get('spot')} ({d.get('edge')}): {d.get('why')}; "
+        f"control spot {d.get('control_spot')} at {ev.get('control_dose_Gy', 0) / 1e6:.2f} "
+        f"MGy vs {ev.get('suspect_dose_Gy', 0) / 1e6:.2f} MGy"
+    )
+
+
+# event kind -> (alarm category, what makes two occurrences the same condition, message;
+# no message: not an alarm)
+FROM_EVENTS: dict[
+    EventKind, tuple[str, str, Callable[[str | None, dict[str, Any]], str | None]]
+] = {
+    EventKind.DAMAGE_VERDICT: ("damage", "spot", lambda link, d: _damage(d)),
     EventKind.SOC_OUT_OF_RANGE: (
         "soc calibration",
         "link",
@@ -126,8 +134,11 @@ class Alarms:
         if rule is None:
             return
         category, key_field, message = rule
+        text = message(link, detail)
+        if text is None:
+            return
         key = str(link if key_field == "link" else detail.get(key_field, "")) if key_field else ""
-        self.raise_(category, message(link, detail), key or category)
+        self.raise_(category, text, key or category)
 
     def acknowledge(self, alarm_id: int) -> bool:
         for a in self.items:

@@ -4,7 +4,7 @@ Fits, damage tests and relaxation fits take milliseconds to seconds per spectrum
 event loop they held up everything else the monitor does: reading sockets, acking commands,
 the orchestrator's spot moves (a move acked seconds late put several more scans on a spent
 spot). Here one thread analyses spectra in the order they were aligned; everything the
-analyzer says (events, state updates, damage flags for the orchestrator) is handed
+analyzer says (events, state updates, damage findings for the orchestrator) is handed
 back to the event loop, which alone touches sockets and the orchestrator. Store rows go
 straight to the store's queue, which is thread-safe.
 
@@ -46,7 +46,7 @@ class AnalysisThread:
         self.on_error = self._to_loop(on_error)
         analyzer.event = self._to_loop(analyzer.event)
         analyzer.publish = self._to_loop(analyzer.publish)
-        analyzer.on_damage = [self._to_loop(f) for f in analyzer.on_damage]
+        analyzer.on_finding = [self._to_loop(f) for f in analyzer.on_finding]
         self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._queued = 0  # written by the loop only
         self._done = 0  # written by the thread only: no shared counter to race on

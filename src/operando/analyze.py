@@ -1,4 +1,4 @@
-"""Live analysis of each aligned spectrum: valence per channel, damage flags, relaxation
+"""Live analysis of each aligned spectrum: valence per channel, damage findings, relaxation
 during rests, RIXS reductions. Wires the pure functions of ``operando.analysis`` to a run:
 keeps the per-run state (damage detector, rest periods, RIXS maps), writes results to
 the store and puts them on the state stream. The same object runs live and in reprocess.
@@ -17,7 +17,13 @@ import msgspec
 import numpy as np
 
 from operando.align import Alignment
-from operando.analysis.damage import DamageDetector, ScanSummary
+from operando.analysis.damage import (
+    DamageDetector,
+    DamageSuspicion,
+    DamageVerdict,
+    ScanSummary,
+    settled,
+)
 from operando.analysis.lcf import FitError, FitResult
 from operando.analysis.normalize import EDGE_WINDOWS, NormalizationError, normalize
 from operando.analysis.references import ReferenceError, References
@@ -78,13 +84,20 @@ class Analyzer:
         # channel -> (t since the stop, value, sigma or None, scan duration): what a fit takes
         self.rest_series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None, float]] = {}
         self.rest_fitted: dict[str, float] = {}  # channel -> newest time its latest fit saw
+        self.rest_tau: dict[str, float] = {}  # series -> its latest resolved relaxation time
         self.rest_stop: float | None = None
         self.maps: dict[str, MapAccumulator] = {}
         self.series: dict[tuple[str, str], tuple[np.ndarray, list[np.ndarray]]] = {}
         self.missing_refs: set[str] = set()
-        self.counts: dict[str, int] = {"fits": 0, "damage_flags": 0, "relaxation_fits": 0}
+        self.counts: dict[str, int] = {
+            "fits": 0,
+            "damage_suspicions": 0,
+            "damage_verdicts": 0,
+            "relaxation_fits": 0,
+        }
         self.latest_valence: dict[str, dict[str, Any]] = {}
-        self.on_damage: list[Callable[[str, str], None]] = []  # spot, test
+        # what the damage tests find, for the orchestrator: suspicions and verdicts
+        self.on_finding: list[Callable[[DamageSuspicion | DamageVerdict], None]] = []
 
     # -- entry -------------------------------------------------------------------------------
     def on_spectrum(
@@ -102,9 +115,10 @@ class Analyzer:
             self._rixs(s, arrays, al)
             return
         fits = self._fits(s, arrays)
+        # the relaxation first: whether the rest has settled is the damage tests' question
+        self._relaxation(fits, al, rest_ewe, s.edge)
         if "TEY" in fits and s.spot is not None:
             self._damage(s, arrays, fits["TEY"], al)
-        self._relaxation(fits, al, rest_ewe, s.edge)
         if fits:
             self.publish("analysis", {"spectrum_id": s.spectrum_id, "channels": sorted(fits)})
 
@@ -261,6 +275,14 @@ class Analyzer:
         if sigma is None:
             sigma = np.full_like(y, np.std(np.diff(y)) / math.sqrt(2))
         m = (e >= fit.fit_range[0]) & (e <= fit.fit_range[1])
+        at_rest = self.rest_criterion.spectrum(al)
+        since = al.t_since_current_change_s
+        taus = [
+            tau
+            for series, tau in self.rest_tau.items()
+            if series == "Ewe" or series.startswith(f"{s.edge} ")
+        ]
+        is_settled, _why = settled(at_rest, since, taus, self.damage.s)
         summary = ScanSummary(
             spectrum_id=s.spectrum_id,
             spot=s.spot or "",
@@ -276,14 +298,17 @@ class Analyzer:
             energy=e[m],
             y=y[m],
             sigma=sigma[m],
+            t=al.t_end,
+            rest_start=0.5 * (al.t_start + al.t_end) - since if at_rest else math.nan,
+            settled=is_settled,
         )
-        for flag in self.damage.add(summary):
-            self.counts["damage_flags"] += 1
-            for listener in self.on_damage:
-                listener(flag.spot, flag.test)
-            self.event(
-                EventKind.DAMAGE_FLAG, None, al.t_end, **msgspec.to_builtins(flag, enc_hook=plain)
-            )
+        for found in self.damage.add(summary):
+            suspicion = isinstance(found, DamageSuspicion)
+            self.counts["damage_suspicions" if suspicion else "damage_verdicts"] += 1
+            for listener in self.on_finding:
+                listener(found)
+            kind = EventKind.DAMAGE_SUSPICION if suspicion else EventKind.DAMAGE_VERDICT
+            self.event(kind, None, al.t_end, **msgspec.to_builtins(found, enc_hook=plain))
 
     # -- relaxation --------------------------------------------------------------------------
     def _relaxation(
@@ -332,6 +357,7 @@ class Analyzer:
             if float(series[0][-1]) > self.rest_fitted.get(channel, -math.inf):
                 self._fit_rest(channel, series)
         self.rest, self.rest_series, self.rest_fitted, self.rest_stop = {}, {}, {}, None
+        self.rest_tau = {}
 
     def finish(self) -> None:
         """End of the run (or of a reprocess): a rest still going gets its last fit."""
@@ -347,6 +373,10 @@ class Analyzer:
         except ValueError:
             return
         quantity = "Ewe_V" if channel == "Ewe" else "average_valence"
+        if res.determined and math.isfinite(res.tau_s):
+            self.rest_tau[channel] = res.tau_s
+        else:  # a newer fit that cannot tell: the rest is not known to settle yet
+            self.rest_tau.pop(channel, None)
         self.counts["relaxation_fits"] += 1
         self.put(
             RelaxationRow(

@@ -93,8 +93,10 @@ class AnalysisConfig(_Section):
     sample_density_g_cm3: float = 0.0
     spot_area_mm2: float = 0.0
     # per spot; 0: no budget. The one home of the budget: the dose warnings, the spot
-    # rotation and the dashboard's budget line all read it here.
-    dose_budget_Gy: float = 0.0
+    # rotation and the dashboard's budget line all read it here. The default is stated for a
+    # solid whose own threshold is not known: 15 % of the 20 MGy half-damage dose, ~90 %
+    # intact for first-order damage (docs/decisions/0008)
+    dose_budget_Gy: float = 3e6
     budget_warning_fraction: float = 0.8
     damage: DamageSettings = msgspec.field(default_factory=DamageSettings)
     # The run's one rest criterion: open circuit, or |I| below this. Relaxation, the damage
@@ -114,6 +116,10 @@ class OrchestrationConfig(_Section):
     triggers: list[TriggerSpec] = msgspec.field(default_factory=list)
     spots: list[str] = msgspec.field(default_factory=list)  # default: the spectrometer's
     rotate_on_damage: bool = True
+    # a damage suspicion is confirmed by one scan on a control spot before anything moves;
+    # at most this many control scans per hour of the run
+    confirm_damage: bool = True
+    confirmations_per_hour: int = 2
     command_timeout_s: float = 2.0
     retries: int = 2
     client_secret: str = ""  # the monitor's own .key_secret, for drivers that use CURVE

@@ -51,7 +51,9 @@ class EventKind(StrEnum):
     FIT_FAILED = "fit_failed"
     SERIES_SKIPPED = "series_skipped"
     SERIES_FAILED = "series_failed"
-    DAMAGE_FLAG = "damage_flag"
+    DAMAGE_FLAG = "damage_flag"  # runs recorded before suspicions and verdicts: a suspicion
+    DAMAGE_SUSPICION = "damage_suspicion"  # a test suspects damage: shown, acted on by no one
+    DAMAGE_VERDICT = "damage_verdict"  # a control scan decided: damage, or electrochemistry
     DOSE_ERROR = "dose_error"
     DOSE_BUDGET_WARNING = "dose_budget_warning"
     DOSE_BUDGET_EXCEEDED = "dose_budget_exceeded"
@@ -64,6 +66,7 @@ class EventKind(StrEnum):
     CLOCK_ESTIMATE_FAILED = "clock_estimate_failed"
     CLOCK_OFFSET = "clock_offset"
     COMMAND = "command"
+    DAMAGE_CONFIRMATION = "damage_confirmation"  # a control scan taken, or why not
     DRY_RUN = "dry_run"  # the orchestration of a replayed run commands nothing
     DISCONNECTED = "disconnected"
     GAP_UNRECOVERABLE = "gap_unrecoverable"

@@ -128,6 +128,7 @@ class Monitor:
             self.alarms,
             dose_budget_Gy=cfg.analysis.dose_budget_Gy,
             rest=cfg.analysis.rest,
+            control_dose_fraction=cfg.analysis.damage.control_dose_fraction,
         )
         self.refiller = Refiller(self.ctx, cfg.sources, self.events.own, curve)
         self.ingest = Ingest(
@@ -147,7 +148,7 @@ class Monitor:
         if self.ingest.dose is not None:
             self.ingest.dose.on_dose.append(self.orchestrator.on_dose)
         if self.ingest.analyzer is not None:
-            self.ingest.analyzer.on_damage.append(self.orchestrator.on_damage)
+            self.ingest.analyzer.on_finding.append(self.orchestrator.on_finding)
         self.subscribers: list[Subscriber] = []
         self.commands = CommandServer(
             self.ctx,

@@ -18,6 +18,8 @@ from operando.dashboards import plots
 from operando.dashboards.live import (
     DashboardOptions,
     Session,
+    damage_counts,
+    damage_html,
     events_html,
     glance_html,
     spot_text,
@@ -247,8 +249,12 @@ def test_alarms_from_the_store_open_until_acknowledged(tmp_path):
         store.submit("event", (1, t, kind, link, json.dumps(detail), "monitor"))
 
     alarms = Alarms(event)
-    alarms.on_event("damage_flag", None, {"spot": "A1", "test": "repeat", "p_value": 1e-6})
-    alarms.on_event("damage_flag", None, {"spot": "A1", "test": "dose_slope", "p_value": 1e-5})
+    # a suspicion is not an alarm, nor a verdict of electrochemistry; a damage verdict is
+    alarms.on_event("damage_suspicion", None, {"spot": "A1", "test": "repeat", "p_value": 1e-6})
+    verdict = {"spot": "A1", "edge": "Mn-L", "control_spot": "B1", "evidence": {}}
+    alarms.on_event("damage_verdict", None, {**verdict, "verdict": "electrochemistry"})
+    for why in ("Mn2+ +0.05 above the control spot", "Mn2+ +0.09 above the control spot"):
+        alarms.on_event("damage_verdict", None, {**verdict, "verdict": "damage", "why": why})
     alarms.on_event(
         "gap_unrecoverable",
         "potentiostat",
@@ -260,7 +266,7 @@ def test_alarms_from_the_store_open_until_acknowledged(tmp_path):
     view.refresh()
     got = {a["category"]: a for a in view.snapshot.alarms}
     assert set(got) == {"damage", "gap"}
-    assert got["damage"]["count"] == 2 and "dose_slope" in got["damage"]["message"]
+    assert got["damage"]["count"] == 2 and "+0.09" in got["damage"]["message"]
     assert "seq 8-9" in got["gap"]["message"]
     assert alarms.acknowledge(got["damage"]["id"])
     assert not alarms.acknowledge(got["damage"]["id"])  # only once
@@ -336,3 +342,46 @@ def test_the_events_table_reads_as_text_not_json(lfp_view):
     newest = s.events[-1]
     shown = [k for k in newest if k not in {"id", "time", "t", "kind", "link"}]
     assert all(f"<i>{k}" in text for k in shown), (shown, text[:500])
+
+
+def test_damage_suspicions_and_verdicts_are_told_apart(tmp_path):
+    """A suspicion is a test's finding; only a verdict from a control spot is damage."""
+    store = RunStore(tmp_path)
+    suspicion = {
+        "spectrum_id": 7,
+        "spot": "A1",
+        "edge": "Mn-L",
+        "test": "dose_slope",
+        "statistic": 5.0,
+        "p_value": 1e-5,
+        "dose_Gy": 6e6,
+        "detail": {"scans": 4},
+    }
+    verdict = {
+        "verdict": "damage",
+        "spot": "A1",
+        "edge": "Mn-L",
+        "suspicion": suspicion,
+        "suspect_spectrum": 9,
+        "control_spot": "B1",
+        "why": "Mn2+ +0.080 above the control spot (p 1.0e-06)",
+        "evidence": {"p_value": 1e-6},
+    }
+    for i, (kind, d) in enumerate(
+        [
+            ("damage_suspicion", suspicion),
+            ("damage_suspicion", suspicion),
+            ("damage_verdict", verdict),
+        ]
+    ):
+        store.submit("event", (i, 1.0 + i, kind, None, json.dumps(d), "ingest"))
+    store.flush()
+    view = RunView(tmp_path)
+    view.refresh()
+    snap = view.snapshot
+    assert damage_counts(snap) == "1 confirmed, 2 suspected"
+    page = damage_html(snap)
+    assert page.count('data-status="suspicion"') == 2 and page.count('data-status="damage"') == 1
+    assert "above the control spot" in page
+    view.close()
+    store.close()

@@ -1,21 +1,35 @@
-"""Beam-damage detection with stated statistics, per sample spot.
+"""Beam damage: suspected by statistics at a settled state, confirmed against a control spot.
 
-Three tests, each at false-alarm probability ``alpha`` per comparison:
-- repeat: consecutive scans at one spot while the electrochemical state is constant (|I|
-  small, SOC change below a tolerance): the later scan is compared with the earlier one
-  (allowing a scale and offset for beam and background) by chi-square against the propagated
-  counting noise; p = chi2.sf.
-- dose slope: the lowest-valence fraction (photoreduction product) regressed on dose over the
-  recent scans at constant state at this spot; one-sided t-test that the slope is positive.
-- fresh spot: the lowest-valence fraction against that of a fresh (undosed) spot at the same
-  SOC; one-sided z-test with fit uncertainties plus a systematic floor.
-A flag carries its evidence: the test, statistic, p-value, slope where there is one, dose.
+A change of the spectrum is attributed to dose only when the electrochemical state is
+accounted for. A battery keeps changing after its current stops (LiFePO4 relaxes for half an
+hour), so "no current" is not "constant state": the tests run only on scans taken in a
+*settled* rest, one that has lasted ``settle_taus`` relaxation times of the rest's own fits
+(and at least ``settle_s``), compared with scans of the same rest or of another settled rest
+at the same SOC. While the state moves no test runs; the dose budget protects the sample then.
+
+Three tests, each at false-alarm probability ``alpha`` per comparison, raise a *suspicion*:
+- repeat: consecutive scans at one spot in one settled rest; the later against the earlier
+  (a scale and offset allowed for beam and background), chi-square against counting noise.
+- dose slope: the lowest-valence fraction (the photoreduction product) against dose over
+  the recent scans of one settled rest at this spot; one-sided t-test of a positive slope.
+- low-dose spot: the lowest-valence fraction against a settled scan of a spot that had taken
+  at most ``control_dose_fraction`` of this one's dose, at the same SOC; one-sided z-test with
+  the fits' uncertainties and a systematic floor (two spots of one electrode differ).
+
+A suspicion is not a verdict. The next scan of the same edge from a low-dose spot (the
+orchestrator takes it on purpose: one scan on a control spot) decides, by the low-dose test at
+``confirm_alpha``, against the newest scan of the suspect spot: ``damage`` or
+``electrochemistry``; ``inconclusive`` when the control was not taken at the same settled
+state, ``unconfirmed`` when no control came within ``confirm_within_s``. The verdict carries
+its evidence. The decision uses only the scans' own times and values, so a replay decides
+as the live run did.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict, deque
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -29,9 +43,18 @@ class DamageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``RestCriterion``, not a threshold of their own."""
 
     alpha: float = 1e-3
-    soc_tolerance: float = 0.005  # SOC change allowed between 'constant state' scans
+    soc_tolerance: float = 0.005  # SOC difference allowed between compared scans
     slope_window: int = 6  # recent scans in the dose-slope regression
-    systematic: float = 0.01  # added in quadrature to fit uncertainties (fresh-spot test)
+    systematic: float = 0.01  # added in quadrature to fit uncertainties (spot to spot)
+    # a rest is settled after this many of its longest fitted relaxation time (3: 95 % of an
+    # exponential), and never sooner than settle_s after the current stopped
+    settle_taus: float = 3.0
+    settle_s: float = 300.0
+    # a control (or low-dose) spot has taken at most this fraction of the suspect's dose
+    control_dose_fraction: float = 0.5
+    # the confirmation's own false-alarm probability: it only ever runs after a suspicion
+    confirm_alpha: float = 0.01
+    confirm_within_s: float = 1800.0
 
 
 class ScanSummary(msgspec.Struct, kw_only=True):
@@ -49,16 +72,65 @@ class ScanSummary(msgspec.Struct, kw_only=True):
     energy: np.ndarray
     y: np.ndarray  # I0-normalised surface signal over the fit range
     sigma: np.ndarray
+    t: float = math.nan  # source time of the scan's end
+    # when the rest it was taken in began (nan: not at rest) and whether it had settled
+    rest_start: float = math.nan
+    settled: bool = False
 
 
-class DamageFlag(msgspec.Struct, kw_only=True):
+class DamageSuspicion(msgspec.Struct, kw_only=True):
     spectrum_id: int
     spot: str
+    edge: str
     test: str
     statistic: float
     p_value: float
     dose_Gy: float
+    t_scan: float = math.nan  # the suspect scan's end (source time)
     detail: dict[str, float] = {}
+
+
+Verdict = Literal["damage", "electrochemistry", "inconclusive", "unconfirmed"]
+
+
+class DamageVerdict(msgspec.Struct, kw_only=True):
+    verdict: Verdict
+    spot: str  # the suspect spot
+    edge: str
+    suspicion: DamageSuspicion
+    suspect_spectrum: int  # the newest scan of the suspect spot, the one compared
+    control_spectrum: int = -1
+    control_spot: str = ""
+    t_scan: float = math.nan  # the deciding scan's end (source time)
+    why: str = ""
+    evidence: dict[str, float] = {}
+
+
+def settled(
+    at_rest: bool, since_s: float, taus_s: list[float], s: DamageSettings
+) -> tuple[bool, str]:
+    """Whether a scan taken ``since_s`` after the current stopped saw a settled state, by the
+    rest's own relaxation fits (``taus_s``: the resolved relaxation times of its series so
+    far); with why not, for people."""
+    if not at_rest or not math.isfinite(since_s):
+        return False, "current flowing"
+    if not taus_s:
+        return False, "no relaxation time determined for this rest yet"
+    need = max(s.settle_s, s.settle_taus * max(taus_s))
+    if since_s < need:
+        return False, f"{since_s:.0f} s into the rest, settled after {need:.0f} s"
+    return True, ""
+
+
+def compare_low_dose(
+    scan: ScanSummary, low: ScanSummary, systematic: float
+) -> tuple[float, float, float]:
+    """(z, one-sided p, difference) of the lowest-valence fraction of ``scan`` above that
+    of a low-dose scan ``low``."""
+    sig = math.sqrt(scan.lowest_uncertainty**2 + low.lowest_uncertainty**2 + 2 * systematic**2)
+    diff = scan.lowest_fraction - low.lowest_fraction
+    z = diff / sig
+    return z, float(stats.norm.sf(z)), diff
 
 
 class DamageDetector:
@@ -70,40 +142,123 @@ class DamageDetector:
         self.history: dict[tuple[str, str], deque[ScanSummary]] = defaultdict(
             lambda: deque(maxlen=max(self.s.slope_window, 2))
         )
-        self.fresh: dict[str, list[ScanSummary]] = defaultdict(list)  # by edge
+        # settled scans by edge, the low-dose comparisons' candidates (bounded: a week of
+        # scans at one per minute is 10k; the newest matter)
+        self.settled: dict[str, deque[ScanSummary]] = defaultdict(lambda: deque(maxlen=2000))
+        # edge -> (suspicion, newest scan of its spot): waiting for a control
+        self.pending: dict[str, tuple[DamageSuspicion, ScanSummary]] = {}
 
-    def _constant(self, a: ScanSummary, b: ScanSummary) -> bool:
+    def _same_state(self, a: ScanSummary, b: ScanSummary) -> bool:
+        """Both settled, in one rest or at the same SOC."""
+        if not (a.settled and b.settled):
+            return False
+        same_rest = abs(a.rest_start - b.rest_start) <= 2.0
+        return same_rest or abs(a.soc - b.soc) <= self.s.soc_tolerance
+
+    def _low_dose(self, scan: ScanSummary, other: ScanSummary) -> bool:
         return (
-            bool(self.rest(a.mode, a.i_mean_mA))
-            and bool(self.rest(b.mode, b.i_mean_mA))
-            and abs(a.soc - b.soc) <= self.s.soc_tolerance
+            other.spot != scan.spot
+            and scan.dose_before_Gy > 0
+            and other.dose_before_Gy <= self.s.control_dose_fraction * scan.dose_before_Gy
         )
 
-    def add(self, scan: ScanSummary) -> list[DamageFlag]:
-        flags: list[DamageFlag] = []
-        key = (scan.spot, scan.edge)
-        past = self.history[key]
-        if past and self._constant(past[-1], scan):
-            flag = self._repeat(past[-1], scan)
-            if flag:
-                flags.append(flag)
-            run = [p for p in past if self._constant(p, scan)] + [scan]
-            if len(run) >= 3:
-                flag = self._slope(run, scan)
-                if flag:
-                    flags.append(flag)
-        elif past and not self._constant(past[-1], scan):
-            past.clear()  # the state moved on: a new constant-state run starts here
-        if scan.dose_before_Gy == 0.0:
-            self.fresh[scan.edge].append(scan)
+    def add(self, scan: ScanSummary) -> list[DamageSuspicion | DamageVerdict]:
+        """The findings one scan brings: suspicions, and a verdict when it was the control
+        (or the last chance) of a pending suspicion."""
+        out: list[DamageSuspicion | DamageVerdict] = []
+        verdict = self._confirm(scan)
+        if verdict is not None:
+            out.append(verdict)
+        if scan.settled:
+            out.extend(self._tests(scan))
+            self.settled[scan.edge].append(scan)
         else:
-            flag = self._fresh(scan)
-            if flag:
-                flags.append(flag)
-        past.append(scan)
-        return flags
+            self.history[(scan.spot, scan.edge)].clear()  # a new run of settled scans later
+        for found in out:
+            if isinstance(found, DamageSuspicion) and scan.edge not in self.pending:
+                self.pending[scan.edge] = (found, scan)
+        return out
 
-    def _repeat(self, a: ScanSummary, b: ScanSummary) -> DamageFlag | None:
+    def _tests(self, scan: ScanSummary) -> list[DamageSuspicion | DamageVerdict]:
+        found: list[DamageSuspicion | DamageVerdict] = []
+        past = self.history[(scan.spot, scan.edge)]
+        if past and abs(past[-1].rest_start - scan.rest_start) > 2.0:
+            past.clear()  # another rest
+        if past:
+            found += filter(None, [self._repeat(past[-1], scan)])
+            if len(past) >= 2:
+                found += filter(None, [self._slope([*past, scan], scan)])
+        found += filter(None, [self._versus_low_dose(scan)])
+        past.append(scan)
+        return found
+
+    # -- confirmation ---------------------------------------------------------------------
+    def _confirm(self, scan: ScanSummary) -> DamageVerdict | None:
+        waiting = self.pending.get(scan.edge)
+        if waiting is None:
+            return None
+        suspicion, suspect = waiting
+        if scan.spot == suspect.spot:
+            self.pending[scan.edge] = (suspicion, scan)  # compare the newest
+            return None
+        is_control = self._low_dose(suspect, scan)
+        if not is_control and scan.t - suspicion.t_scan <= self.s.confirm_within_s:
+            return None  # another dosed spot: no control
+        del self.pending[scan.edge]
+        verdict = DamageVerdict(
+            verdict="unconfirmed",
+            spot=suspect.spot,
+            edge=suspect.edge,
+            suspicion=suspicion,
+            suspect_spectrum=suspect.spectrum_id,
+            t_scan=scan.t,
+            why=f"no control scan within {self.s.confirm_within_s:.0f} s of the suspicion",
+        )
+        if not is_control:
+            return verdict
+        verdict.control_spectrum, verdict.control_spot = scan.spectrum_id, scan.spot
+        verdict.evidence = {
+            "suspect_dose_Gy": suspect.dose_before_Gy,
+            "control_dose_Gy": scan.dose_before_Gy,
+            "suspect_fraction": suspect.lowest_fraction,
+            "suspect_uncertainty": suspect.lowest_uncertainty,
+            "control_fraction": scan.lowest_fraction,
+            "control_uncertainty": scan.lowest_uncertainty,
+            "soc_difference": scan.soc - suspect.soc,
+            "seconds_apart": scan.t - suspect.t,
+        }
+        if not self._same_state(suspect, scan):
+            verdict.verdict = "inconclusive"
+            verdict.why = "the control was not taken at the suspect's settled state"
+            return verdict
+        z, p, diff = compare_low_dose(suspect, scan, self.s.systematic)
+        verdict.evidence |= {"z": z, "p_value": p, "difference": diff}
+        verdict.evidence["alpha"] = self.s.confirm_alpha
+        if p < self.s.confirm_alpha:
+            verdict.verdict = "damage"
+            verdict.why = f"{suspect.lowest} {diff:+.3f} above the control spot (p {p:.1e})"
+        else:
+            verdict.verdict = "electrochemistry"
+            verdict.why = f"the control spot shows the same {suspect.lowest} (p {p:.2g})"
+        return verdict
+
+    # -- the tests ----------------------------------------------------------------------------
+    def _suspicion(
+        self, scan: ScanSummary, test: str, statistic: float, p: float, detail: dict[str, Any]
+    ) -> DamageSuspicion:
+        return DamageSuspicion(
+            spectrum_id=scan.spectrum_id,
+            spot=scan.spot,
+            edge=scan.edge,
+            test=test,
+            statistic=statistic,
+            p_value=p,
+            dose_Gy=scan.dose_before_Gy,
+            t_scan=scan.t,
+            detail={k: float(v) for k, v in detail.items()},
+        )
+
+    def _repeat(self, a: ScanSummary, b: ScanSummary) -> DamageSuspicion | None:
         ya = np.interp(b.energy, a.energy, a.y)
         sa = np.interp(b.energy, a.energy, a.sigma)
         # b ~ p + q a (beam and background may differ); weighted least squares, then chi2
@@ -117,17 +272,10 @@ class DamageDetector:
         p = float(stats.chi2.sf(chi2, dof))
         if p >= self.s.alpha:
             return None
-        return DamageFlag(
-            spectrum_id=b.spectrum_id,
-            spot=b.spot,
-            test="repeat",
-            statistic=chi2 / dof,
-            p_value=p,
-            dose_Gy=b.dose_before_Gy,
-            detail={"chi2": chi2, "dof": float(dof), "previous_spectrum": float(a.spectrum_id)},
-        )
+        detail = {"chi2": chi2, "dof": dof, "previous_spectrum": a.spectrum_id}
+        return self._suspicion(b, "repeat", chi2 / dof, p, detail)
 
-    def _slope(self, run: list[ScanSummary], scan: ScanSummary) -> DamageFlag | None:
+    def _slope(self, run: list[ScanSummary], scan: ScanSummary) -> DamageSuspicion | None:
         dose = np.array([r.dose_before_Gy for r in run])
         f = np.array([r.lowest_fraction for r in run])
         if np.ptp(dose) <= 0:
@@ -140,41 +288,24 @@ class DamageDetector:
         p = float(stats.t.sf(t, len(run) - 2))
         if p >= self.s.alpha:
             return None
-        return DamageFlag(
-            spectrum_id=scan.spectrum_id,
-            spot=scan.spot,
-            test="dose_slope",
-            statistic=float(t),
-            p_value=p,
-            dose_Gy=scan.dose_before_Gy,
-            detail={"slope_per_MGy": float(slope * 1e6), "scans": float(len(run))},
-        )
+        detail = {"slope_per_MGy": slope * 1e6, "scans": len(run)}
+        return self._suspicion(scan, "dose_slope", t, p, detail)
 
-    def _fresh(self, scan: ScanSummary) -> DamageFlag | None:
+    def _versus_low_dose(self, scan: ScanSummary) -> DamageSuspicion | None:
         same = [
             f
-            for f in self.fresh[scan.edge]
-            if abs(f.soc - scan.soc) <= self.s.soc_tolerance and f.spot != scan.spot
+            for f in self.settled[scan.edge]
+            if self._low_dose(scan, f) and self._same_state(scan, f)
         ]
         if not same:
             return None
-        ref = min(same, key=lambda f: abs(f.soc - scan.soc))
-        sig = np.sqrt(
-            scan.lowest_uncertainty**2 + ref.lowest_uncertainty**2 + 2 * self.s.systematic**2
-        )
-        z = (scan.lowest_fraction - ref.lowest_fraction) / sig
-        p = float(stats.norm.sf(z))
+        ref = min(same, key=lambda f: (abs(f.soc - scan.soc), f.dose_before_Gy))
+        z, p, diff = compare_low_dose(scan, ref, self.s.systematic)
         if p >= self.s.alpha:
             return None
-        return DamageFlag(
-            spectrum_id=scan.spectrum_id,
-            spot=scan.spot,
-            test="fresh_spot",
-            statistic=float(z),
-            p_value=p,
-            dose_Gy=scan.dose_before_Gy,
-            detail={
-                "fresh_spectrum": float(ref.spectrum_id),
-                "difference": float(scan.lowest_fraction - ref.lowest_fraction),
-            },
-        )
+        detail = {
+            "low_dose_spectrum": ref.spectrum_id,
+            "low_dose_Gy": ref.dose_before_Gy,
+            "difference": diff,
+        }
+        return self._suspicion(scan, "low_dose_spot", z, p, detail)

@@ -51,6 +51,8 @@ class RelaxationResult(msgspec.Struct):
     n_points: int
     resolved: bool
     note: str = ""
+    # the data fix tau (a tau shorter than a scan is determined, only not resolved)
+    determined: bool = True
 
 
 TAU_BOUND = 100.0  # the longest tau fitted, in spans of the rest: beyond, a straight line
@@ -172,7 +174,7 @@ def fit_relaxation(
         note = f"tau {tau:.0f} s is shorter than one scan ({scan_duration_s:.0f} s): not resolved"
     else:
         note = ""
-    return RelaxationResult(best.model, tau, tau_err, fits, n, resolved, note)
+    return RelaxationResult(best.model, tau, tau_err, fits, n, resolved, note, bool(determined))
 
 
 def _undetermined(fit: ModelFit, span: float) -> str:

@@ -2,12 +2,12 @@
 
 It lives in the monitor. Potentiostat rows feed the trigger engine; a firing becomes an
 action: acquire a scan (tagged with the trigger id), a RIXS map with the cell held at its
-present voltage (hold, map, resume when the map's last row arrives), or a pause. Before each
-acquisition, and after each dose update, the spot policy moves to a fresh spot when the next
-scan would take the present one past its dose budget, or when damage was flagged there; a
-spent spot is never used again. Doses arrive as scans do, each naming the spot the beam was
-on: scans still coming from a spent spot, beyond the one in flight when the move was sent,
-mean the move did not take, and it is sent again. Every command and ack is recorded (audit);
+present voltage (hold, map, resume when the map's last row arrives), or a pause. Which spot
+the beam is on is the spot policy's (``orchestrate.spots``): a fresh spot before the next
+scan would pass the dose budget, a control scan to confirm a damage suspicion, a spent spot
+never used again. Doses arrive as scans do, each naming the spot the beam was on: scans
+still coming from a spent spot, beyond the one in flight when the move was sent, mean the
+move did not take, and it is sent again. Every command and ack is recorded (audit);
 a command that is refused or never acked raises an ``alarm`` event that stays until
 acknowledged.
 """
@@ -23,9 +23,11 @@ import numpy as np
 import zmq.asyncio
 
 from operando.alarms import Alarms
+from operando.analysis.damage import DamageSuspicion, DamageVerdict
 from operando.analysis.rest import RestCriterion
 from operando.config import Action, OrchestrationConfig, SourceConfig
 from operando.events import EventKind, Recorder
+from operando.orchestrate.spots import SpotPolicy
 from operando.orchestrate.triggers import Firing, TriggerEngine, firing_detail
 from operando.protocol import Ack, Message, PotentiostatBatch, RIXSRows
 from operando.transport import CommandClient, CommandError
@@ -46,12 +48,13 @@ class Orchestrator:
         *,
         dose_budget_Gy: float = 0.0,
         rest: RestCriterion | None = None,
+        control_dose_fraction: float = 0.5,
     ) -> None:
         """``dose_budget_Gy``: per spot, the run's one budget (``[analysis]``; 0: none);
-        ``rest``: the run's rest criterion, for ``rest_time`` triggers."""
+        ``rest``: the run's rest criterion, for ``rest_time`` triggers;
+        ``control_dose_fraction``: the damage tests' own (``[analysis.damage]``)."""
         self.cfg = cfg
         self.event = event
-        self.dose_budget_Gy = dose_budget_Gy
         self.engine = TriggerEngine(list(cfg.triggers), rest)
         curve = curve or {}
 
@@ -68,16 +71,24 @@ class Orchestrator:
             )
 
         self.pstat, self.spec = client(potentiostat), client(spectrometer)
-        self.spots: list[str] = list(cfg.spots)
-        self.spot: str | None = self.spots[0] if self.spots else None
-        self.spent: set[str] = set()
-        self.last_scan_dose: dict[str, float] = {}
+        self.alarms = alarms or Alarms(event)
+        self.policy = SpotPolicy(
+            list(cfg.spots),
+            dose_budget_Gy=dose_budget_Gy,
+            move=lambda spot: self._move(),
+            acquire=self._confirm_scan,
+            event=event,
+            alarm=lambda category, message, key: self.alarms.raise_(category, message, key),
+            rotate_on_damage=cfg.rotate_on_damage,
+            confirm_damage=cfg.confirm_damage,
+            confirmations_per_hour=cfg.confirmations_per_hour,
+            control_dose_fraction=control_dose_fraction,
+        )
         self.strays = 0  # scans from a spent spot since the last move was sent
         self.moving: asyncio.Task[Ack | None] | None = None
         self.holds: dict[str, str] = {}  # map trigger id -> map id being taken while held
         self.tasks: set[asyncio.Task[Any]] = set()
         self.fired = 0
-        self.alarms = alarms or Alarms(event)
         # closed with the monitor: what the analysis says while it drains moves nothing
         self.closed = False
         # a replayed run's instruments are not ours to command: from its first replayed
@@ -124,35 +135,28 @@ class Orchestrator:
                 reason="a replayed run: commands are recorded, never sent to an instrument",
             )
 
-    def on_spots(self, spots: list[str]) -> None:
-        """The spectrometer announced its spots (series metadata) and none were configured."""
-        if not self.spots and spots:
-            self.spots = list(spots)
-            if self.spot is None:  # not one a restarted monitor resumed
-                self.spot = self.spots[0]
+    @property
+    def spot(self) -> str | None:
+        return self.policy.spot
 
-    def resume_spots(self, changes: list[tuple[str | None, str]]) -> None:
-        """A restarted monitor continues where the run was: on the spot of the last recorded
-        change, every spot moved away from spent (before, it began again at the first spot,
-        and the beam's spot, not the one it tracked, took dose past its budget unchecked)."""
-        for old, new in changes:
-            if old:
-                self.spent.add(old)
-            self.spot = new
+    def on_spots(self, spots: list[str]) -> None:
+        self.policy.on_spots(spots)
+
+    def resume_spots(self, changes: list[tuple[str | None, str, bool]]) -> None:
+        """A restarted monitor continues where the run was (before, it began again at the
+        first spot, and the beam's spot, not the one it tracked, took dose past its budget
+        unchecked)."""
+        self.policy.resume(changes)
 
     def on_dose(self, spot: str, scan_dose_Gy: float, total_Gy: float) -> None:
-        self.last_scan_dose[spot] = scan_dose_Gy
         if self.closed:
             return
-        if spot in self.spent and spot != self.spot:
+        p = self.policy
+        if spot in p.spent and spot != p.spot:
+            p.last_scan_dose[spot], p.totals[spot] = scan_dose_Gy, total_Gy
             self._stray(spot, total_Gy)
             return
-        budget = self.dose_budget_Gy
-        if spot == self.spot and budget > 0 and total_Gy + scan_dose_Gy > budget:
-            self._rotate(
-                f"spot {spot} at {total_Gy / 1e6:.2f} MGy: the next scan would pass "
-                f"the {budget / 1e6:.2f} MGy budget"
-            )
+        p.on_dose(spot, scan_dose_Gy, total_Gy)
 
     def _stray(self, spot: str, total_Gy: float) -> None:
         """A scan from a spent spot: the one in flight at the move is expected; more are not.
@@ -179,9 +183,15 @@ class Orchestrator:
         self.strays = 0
         self.moving = self._spawn(self.command(self.spec, "move", {"spot": self.spot}, ""))
 
-    def on_damage(self, spot: str, test: str) -> None:
-        if self.cfg.rotate_on_damage and spot == self.spot and not self.closed:
-            self._rotate(f"damage flagged at spot {spot} ({test})")
+    def _confirm_scan(self, edge: str, spot: str, trigger_id: str) -> None:
+        self.strays = 0
+        args = {"edge": edge, "spot": spot, "trigger_id": trigger_id}
+        self._spawn(self.command(self.spec, "acquire", args, trigger_id))
+
+    def on_finding(self, found: DamageSuspicion | DamageVerdict) -> None:
+        """A damage suspicion or verdict from the analysis."""
+        if not self.closed:
+            self.policy.on_finding(found)
 
     # -- actions ---------------------------------------------------------------------------
     def _fire(self, f: Firing) -> None:
@@ -215,21 +225,6 @@ class Orchestrator:
     def _spot_arg(self, action: Action) -> dict[str, str]:
         spot = action.spot or self.spot
         return {"spot": spot} if spot else {}
-
-    def _rotate(self, reason: str) -> None:
-        if self.spot is not None:
-            self.spent.add(self.spot)
-        fresh = [s for s in self.spots if s not in self.spent]
-        if not fresh:
-            self.alarms.raise_(
-                "spots",
-                f"{reason}; no fresh spot left ({len(self.spent)} spent)",
-                key="no fresh spot",  # one alarm, counting up, until someone acts on it
-            )
-            return
-        old, self.spot = self.spot, fresh[0]
-        self.event(EventKind.SPOT_CHANGE, None, None, old=old, new=self.spot, reason=reason)
-        self._move()
 
     async def command(
         self, client: CommandClient | None, action: str, args: dict[str, Any], trigger_id: str
@@ -292,7 +287,7 @@ class Orchestrator:
     def status(self) -> dict[str, Any]:
         return {
             "spot": self.spot,
-            "spent": sorted(self.spent),
+            "spent": sorted(self.policy.spent),
             "fired": self.fired,
             "holding": sorted(self.holds),
             "alarms": self.alarms.open(),

@@ -333,12 +333,14 @@ class Run:
             "SELECT link, kind, count(*) FROM events GROUP BY link, kind"
         ).fetchall()
 
-    def spot_changes(self) -> list[tuple[str | None, str]]:
-        """(old, new) of every spot change the orchestrator made, in order."""
+    def spot_changes(self) -> list[tuple[str | None, str, bool]]:
+        """(old, new, whether old was left for good) of every spot change the orchestrator
+        made, in order (a control scan's visit leaves no spot spent)."""
         return [
-            (old, new)
-            for old, new in self.conn.execute(
-                "SELECT json_extract(detail, '$.old'), json_extract(detail, '$.new') FROM events "
+            (old, new, spent is None or bool(spent))
+            for old, new, spent in self.conn.execute(
+                "SELECT json_extract(detail, '$.old'), json_extract(detail, '$.new'), "
+                "json_extract(detail, '$.spent') FROM events "
                 "WHERE kind = 'spot_change' ORDER BY id"
             )
             if new

@@ -87,7 +87,7 @@ DERIVED_TABLES = (
 
 # The monitor's own events (origin 'monitor': a trigger fired, a spot moved, an alarm, a
 # command) happened at the time, not in the messages: reprocess keeps them. The rest (gaps,
-# malformed messages, damage flags ...) it derives again.
+# malformed messages, damage suspicions ...) it derives again.
 KEPT_ON_REPROCESS = {"events": "origin = 'monitor'"}
 # Kinds the monitor itself records, to mark its events in runs recorded before schema 4.
 MONITOR_EVENT_KINDS = (

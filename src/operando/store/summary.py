@@ -95,10 +95,17 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
     fit_quality = dict(conn.execute("SELECT quality, count(*) FROM analysis GROUP BY quality"))
     (analysed,) = conn.execute("SELECT count(DISTINCT spectrum_id) FROM analysis").fetchone()
     doses = dict(conn.execute("SELECT spot, max(after_Gy) FROM dose GROUP BY spot"))
-    flags = dict(
+    # suspicions by test (damage_flag: runs recorded before suspicions), verdicts by outcome
+    suspicions = dict(
         conn.execute(
             "SELECT json_extract(detail, '$.test'), count(*) FROM events "
-            "WHERE kind = 'damage_flag' GROUP BY 1"
+            "WHERE kind IN ('damage_suspicion', 'damage_flag') GROUP BY 1"
+        )
+    )
+    verdicts = dict(
+        conn.execute(
+            "SELECT json_extract(detail, '$.verdict'), count(*) FROM events "
+            "WHERE kind = 'damage_verdict' GROUP BY 1"
         )
     )
     relax = conn.execute(
@@ -140,8 +147,9 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
             "spectra_analysed": analysed,
             "fits": fits,
             "fit_quality": fit_quality,
-            "damage_flags": flags,
-            "damage_flags_total": sum(flags.values()),
+            "damage_suspicions": suspicions,
+            "damage_suspicions_total": sum(suspicions.values()),
+            "damage_verdicts": verdicts,
             "dose_Gy_by_spot": doses,
             "relaxation": [
                 dict(
@@ -204,8 +212,17 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  SOC at spectra: {s['soc']['min']:.3f} .. {s['soc']['max']:.3f}")
     a = s["analysis"]
     lines.append(
-        f"  analysed spectra: {a['spectra_analysed']}  fits {a['fits']}  damage flags "
-        f"{a['damage_flags_total']}  RIXS maps {a['rixs_maps']}"
+        f"  analysed spectra: {a['spectra_analysed']}  fits {a['fits']}  RIXS maps {a['rixs_maps']}"
+    )
+    verdicts = a["damage_verdicts"]
+    lines.append(
+        f"  damage: {verdicts.get('damage', 0)} confirmed by a control spot; "
+        f"{a['damage_suspicions_total']} suspicions"
+        + (
+            " (verdicts: " + ", ".join(f"{n} {k}" for k, n in sorted(verdicts.items())) + ")"
+            if verdicts
+            else ""
+        )
     )
     if a["fit_quality"]:
         q = a["fit_quality"]

@@ -18,7 +18,14 @@ from operando.drivers.sim.spectra import (
     synthesize_xas,
 )
 
-from operando.analysis.damage import DamageDetector, ScanSummary
+from operando.analysis.damage import (
+    DamageDetector,
+    DamageSettings,
+    DamageSuspicion,
+    DamageVerdict,
+    ScanSummary,
+    settled,
+)
 from operando.analysis.dose import scan_dose_Gy
 from operando.analysis.lcf import FitError, fit_spectrum, model_curve
 from operando.analysis.normalize import NormalizationError, normalize
@@ -224,7 +231,7 @@ def test_dose_within_1_percent_of_the_analytic_formula():
     assert one == pytest.approx(hand, rel=0.01)
 
 
-def _summary(k, fit, e, ch, spot, dose0, dose1, soc=0.5):
+def _summary(k, fit, e, ch, spot, dose0, dose1, soc=0.5, settled=True, rest_start=0.0):
     y = ch["TEY"] / ch["I0"]
     m = (e >= EDGES["Mn-L"].fit_range[0]) & (e <= EDGES["Mn-L"].fit_range[1])
     sig = y * np.sqrt(1 / ch["TEY"] + 1 / ch["I0"])
@@ -236,49 +243,123 @@ def _summary(k, fit, e, ch, spot, dose0, dose1, soc=0.5):
         dose_after_Gy=dose1,
         soc=soc,
         i_mean_mA=0.0,
+        mode=MODE_OCV,
         lowest="Mn2+",
         lowest_fraction=fit.fractions["Mn2+"],
         lowest_uncertainty=fit.uncertainties["Mn2+"],
         energy=e[m],
         y=y[m],
         sigma=sig[m],
+        t=60.0 * k,
+        rest_start=rest_start,
+        settled=settled,
     )
 
 
-def test_damage_flagged_within_two_scans_of_onset():
+BASE = {"Mn2+": 0.05, "Mn3+": 0.45, "Mn4+": 0.50}
+
+
+def _scan_summary(k, f, refs, rng, spot, d0, d1, **kw):
+    e, ch = scan("Mn-L", f, BASE, rng)
+    return _summary(k, fit_channel("Mn-L", e, ch, "TEY", refs), e, ch, spot, d0, d1, **kw)
+
+
+def test_damage_suspected_within_two_scans_of_onset_and_confirmed_by_a_control_spot():
     rng = np.random.default_rng(2)
     refs, det = refs_for("Mn-L"), DamageDetector()
-    base = {"Mn2+": 0.05, "Mn3+": 0.45, "Mn4+": 0.50}
     per_scan, critical, rate = 1e7, 5.5e7, 4e-9
-    flagged_at, onset = None, None
+    suspected_at, onset = None, None
     for k in range(14):
         d0, d1 = k * per_scan, (k + 1) * per_scan
-        f = photoreduce(base, "Mn2+", 0.5 * (d0 + d1), critical, rate)
+        f = photoreduce(BASE, "Mn2+", 0.5 * (d0 + d1), critical, rate)
         if onset is None and d1 > critical:
             onset = k
-        e, ch = scan("Mn-L", f, base, rng)
-        fit = fit_channel("Mn-L", e, ch, "TEY", refs)
-        flags = det.add(_summary(k, fit, e, ch, "A1", d0, d1))
-        if flags and flagged_at is None:
-            flagged_at = k
-            evidence = flags[0]
-    assert onset is not None and flagged_at is not None
-    assert onset <= flagged_at <= onset + 2
+        found = det.add(_scan_summary(k, f, refs, rng, "A1", d0, d1))
+        assert not any(isinstance(x, DamageVerdict) for x in found)  # no control yet
+        if found and suspected_at is None:
+            suspected_at, evidence = k, found[0]
+            break
+    assert onset is not None and suspected_at is not None
+    assert onset <= suspected_at <= onset + 2
+    assert isinstance(evidence, DamageSuspicion)
     assert evidence.p_value < 1e-3 and evidence.dose_Gy > 0
+    # the orchestrator's control scan: a fresh spot, at the same settled state
+    k = suspected_at + 1
+    found = det.add(_scan_summary(k, BASE, refs, rng, "A2", 0.0, per_scan))
+    (verdict,) = [x for x in found if isinstance(x, DamageVerdict)]
+    assert verdict.verdict == "damage" and verdict.spot == "A1"
+    assert verdict.control_spot == "A2" and verdict.evidence["p_value"] < 0.01
+    assert verdict.evidence["suspect_dose_Gy"] > verdict.evidence["control_dose_Gy"]
+
+
+def test_a_relaxing_state_is_not_tested_and_a_settled_change_is_told_by_the_control():
+    """LiFePO4 keeps changing after the current stops: scans before the rest settles are not
+    tested at all; a change a test does suspect in a settled rest is electrochemistry when a
+    fresh spot at the same state shows the same."""
+    rng = np.random.default_rng(5)
+    refs, det = refs_for("Mn-L"), DamageDetector()
+    for k in range(8):  # relaxing: Mn2+ climbs 0.05 -> 0.40, not settled
+        f = {"Mn2+": 0.05 + 0.05 * k, "Mn3+": 0.45, "Mn4+": 0.50 - 0.05 * k}
+        assert (
+            det.add(_scan_summary(k, f, refs, rng, "A1", k * 1e6, (k + 1) * 1e6, settled=False))
+            == []
+        )
+    # settled, but the state still creeps: a test may suspect; the control decides
+    found: list = []
+    for k in range(8, 14):
+        f = {"Mn2+": 0.40 + 0.03 * (k - 8), "Mn3+": 0.45, "Mn4+": 0.15 - 0.03 * (k - 8)}
+        found += det.add(_scan_summary(k, f, refs, rng, "A1", k * 1e6, (k + 1) * 1e6))
+        if found:
+            break
+    assert found and all(isinstance(x, DamageSuspicion) for x in found)
+    control = found[-1].spectrum_id + 1
+    k = control - 8
+    f = {"Mn2+": 0.40 + 0.03 * k, "Mn3+": 0.45, "Mn4+": 0.15 - 0.03 * k}
+    (verdict,) = det.add(_scan_summary(control, f, refs, rng, "B1", 0.0, 1e6))
+    assert isinstance(verdict, DamageVerdict) and verdict.verdict == "electrochemistry"
+
+
+def test_a_control_at_another_state_is_inconclusive():
+    rng = np.random.default_rng(6)
+    refs, det = refs_for("Mn-L"), DamageDetector()
+    det.pending["Mn-L"] = (
+        DamageSuspicion(
+            spectrum_id=1,
+            spot="A1",
+            edge="Mn-L",
+            test="repeat",
+            statistic=9,
+            p_value=1e-5,
+            dose_Gy=5e7,
+            t_scan=60.0,
+        ),
+        _scan_summary(1, BASE, refs, rng, "A1", 5e7, 6e7),
+    )
+    (verdict,) = det.add(_scan_summary(2, BASE, refs, rng, "A2", 0.0, 1e7, settled=False))
+    assert verdict.verdict == "inconclusive" and "settled" in verdict.why
+
+
+def test_settled_by_the_rest_s_own_relaxation_time():
+    s = DamageSettings()
+    assert settled(True, 1000.0, [], s) == (
+        False,
+        "no relaxation time determined for this rest yet",
+    )
+    assert not settled(True, 1700.0, [600.0], s)[0]  # 3 tau = 1800 s
+    assert settled(True, 1900.0, [600.0, 120.0], s)[0]
+    assert not settled(True, 200.0, [10.0], s)[0]  # never before settle_s
+    assert not settled(False, 5000.0, [10.0], s)[0]
 
 
 def test_damage_false_positive_rate_below_1_percent():
     rng = np.random.default_rng(4)
     refs, det = refs_for("Mn-L"), DamageDetector()
-    f = {"Mn2+": 0.05, "Mn3+": 0.45, "Mn4+": 0.50}
     flagged = 0
     n = 520
     for k in range(n):
         spot = f"S{k // 40}"  # 13 spots, 40 repeats each, dose rising, no damage
         d0 = (k % 40) * 1e6
-        e, ch = scan("Mn-L", f, f, rng)
-        fit = fit_channel("Mn-L", e, ch, "TEY", refs)
-        flagged += bool(det.add(_summary(k, fit, e, ch, spot, d0, d0 + 1e6)))
+        flagged += bool(det.add(_scan_summary(k, BASE, refs, rng, spot, d0, d0 + 1e6)))
     assert flagged / n < 0.01, flagged
 
 

@@ -1,0 +1,249 @@
+"""Which sample spot the beam should be on: the dose budget, and damage confirmed, not guessed.
+
+The policy decides; it does no I/O. The orchestrator gives it ``move`` and ``acquire`` (which
+send commands), the event recorder and the alarms; ``bench/damage.py`` gives it a simulated
+beamline's, so what the bench measures is what the monitor does.
+
+- A spot is left *before* a scan would take it past the dose budget (not after).
+- A damage *suspicion* on the spot the beam is on is confirmed by one scan of the same edge on
+  a control spot: one not spent, with room in its budget for a scan, and at most
+  ``control_dose_fraction`` of the suspect's dose (the least dosed such spot). The beam stays
+  there until the verdict: ``damage`` spends the suspect spot (the control becomes the spot in
+  use, and the damage alarm is raised from the verdict's event); any other verdict moves the
+  beam back. At most ``confirmations_per_hour`` control scans are spent per hour of the run's
+  own time; a suspicion beyond that, or with no control spot left, stays a suspicion and says
+  why in a ``damage_confirmation`` event.
+- A verdict of damage that no confirmation of ours asked for (a replay decides from the
+  recorded control scans) spends the spot all the same when the beam is on it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from operando.analysis.damage import DamageSuspicion, DamageVerdict
+from operando.events import EventKind, Recorder
+
+Move = Callable[[str], None]
+Acquire = Callable[[str, str, str], None]  # edge, spot, trigger id
+Alarm = Callable[[str, str, str], object]  # category, message, key
+
+
+@dataclass(slots=True)
+class Confirming:
+    suspect: str
+    control: str
+    edge: str
+    t: float
+    trigger_id: str
+    control_scans: int = 0  # scans from the control spot since, verdict or not
+
+
+class SpotPolicy:
+    def __init__(
+        self,
+        spots: list[str],
+        *,
+        dose_budget_Gy: float,
+        move: Move,
+        acquire: Acquire,
+        event: Recorder,
+        alarm: Alarm,
+        rotate_on_damage: bool = True,
+        confirm_damage: bool = True,
+        confirmations_per_hour: int = 2,
+        control_dose_fraction: float = 0.5,
+    ) -> None:
+        self.spots = list(spots)
+        self.spot: str | None = self.spots[0] if self.spots else None
+        self.spent: set[str] = set()
+        self.damaged: set[str] = set()
+        self.totals: dict[str, float] = {}
+        self.last_scan_dose: dict[str, float] = {}
+        self.budget = dose_budget_Gy
+        self.move, self.acquire, self.event, self.alarm = move, acquire, event, alarm
+        self.rotate_on_damage = rotate_on_damage
+        self.confirm_damage = confirm_damage
+        self.per_hour = confirmations_per_hour
+        self.control_fraction = control_dose_fraction
+        self.confirming: Confirming | None = None
+        self.confirmed_at: deque[float] = deque()  # the run's times of control scans sent
+        self.counts = {"confirmations": 0, "rotations": 0}
+
+    # -- spots ---------------------------------------------------------------------------------
+    def on_spots(self, spots: list[str]) -> None:
+        """The spectrometer announced its spots and none were configured."""
+        if not self.spots and spots:
+            self.spots = list(spots)
+            if self.spot is None:  # not one a restarted monitor resumed
+                self.spot = self.spots[0]
+
+    def resume(self, changes: list[tuple[str | None, str, bool]]) -> None:
+        """A restarted monitor continues where the run was: on the spot of the last recorded
+        change, every spot left for good spent (a control scan's visit is not)."""
+        for old, new, spent in changes:
+            if old and spent:
+                self.spent.add(old)
+            self.spot = new
+
+    def _fits_budget(self, spot: str) -> bool:
+        total = self.totals.get(spot, 0.0)
+        scan = self.last_scan_dose.get(spot, max(self.last_scan_dose.values(), default=0.0))
+        return self.budget <= 0 or total + scan <= self.budget
+
+    # -- dose ----------------------------------------------------------------------------------
+    def on_dose(self, spot: str, scan_dose_Gy: float, total_Gy: float) -> None:
+        self.last_scan_dose[spot] = scan_dose_Gy
+        self.totals[spot] = total_Gy
+        c = self.confirming
+        if c is not None and spot == c.control:
+            c.control_scans += 1
+            if c.control_scans > 3:  # the verdict never came (the scan lost, not analysed)
+                self._end_confirmation(
+                    "no verdict after 3 scans on the control spot: the beam goes back"
+                )
+                return
+        if spot == self.spot and not self._fits_budget(spot):
+            self.rotate(
+                f"spot {spot} at {total_Gy / 1e6:.2f} MGy: the next scan would pass "
+                f"the {self.budget / 1e6:.2f} MGy budget"
+            )
+
+    def rotate(self, reason: str, *, t: float | None = None) -> None:
+        """Spend the spot in use and move to the first fresh one (an alarm when none is)."""
+        if self.spot is not None:
+            self.spent.add(self.spot)
+        fresh = [s for s in self.spots if s not in self.spent]
+        if not fresh:
+            self.alarm(
+                "spots",
+                f"{reason}; no fresh spot left ({len(self.spent)} spent)",
+                "no fresh spot",  # one alarm, counting up, until someone acts on it
+            )
+            return
+        self._go(fresh[0], reason, t=t)
+
+    def _go(self, spot: str, reason: str, *, spent: bool = True, t: float | None = None) -> None:
+        old, self.spot = self.spot, spot
+        self.counts["rotations"] += spent
+        self.event(EventKind.SPOT_CHANGE, None, t, old=old, new=spot, reason=reason, spent=spent)
+        self.move(spot)
+
+    # -- damage --------------------------------------------------------------------------------
+    def on_finding(self, found: DamageSuspicion | DamageVerdict) -> None:
+        if isinstance(found, DamageSuspicion):
+            self.on_suspicion(found)
+        else:
+            self.on_verdict(found)
+
+    def _decline(self, s: DamageSuspicion, why: str) -> None:
+        self.event(
+            EventKind.DAMAGE_CONFIRMATION,
+            None,
+            s.t_scan,
+            spot=s.spot,
+            edge=s.edge,
+            spectrum_id=s.spectrum_id,
+            status="not taken",
+            why=why,
+        )
+
+    def on_suspicion(self, s: DamageSuspicion) -> None:
+        if not (self.confirm_damage and self.rotate_on_damage):
+            return self._decline(s, "confirmation is off ([orchestration] confirm_damage)")
+        if self.confirming is not None:
+            return  # one at a time: its verdict answers this one too
+        if s.spot != self.spot:
+            return self._decline(s, f"the beam has left spot {s.spot}")
+        while self.confirmed_at and self.confirmed_at[0] <= s.t_scan - 3600.0:
+            self.confirmed_at.popleft()
+        if len(self.confirmed_at) >= self.per_hour:
+            return self._decline(
+                s, f"{len(self.confirmed_at)} control scans in the last hour (the limit)"
+            )
+        suspect_dose = self.totals.get(s.spot, s.dose_Gy)
+        low = [
+            spot
+            for spot in self.spots
+            if spot != s.spot
+            and spot not in self.damaged
+            and self.totals.get(spot, 0.0) <= self.control_fraction * suspect_dose
+        ]
+        fresh = [spot for spot in low if spot not in self.spent and self._fits_budget(spot)]
+        # with no fresh spot left, a spot spent for its budget (its data taken) is the
+        # next best control: one more scan on it beats never deciding
+        candidates = fresh or low
+        if not candidates:
+            return self._decline(
+                s,
+                f"no spot for a control: none undamaged at most {self.control_fraction:.0%} "
+                f"of the suspect's {suspect_dose / 1e6:.2f} MGy",
+            )
+        control = min(candidates, key=lambda spot: (self.totals.get(spot, 0.0), spot))
+        self.counts["confirmations"] += 1
+        self.confirmed_at.append(s.t_scan)
+        tid = f"confirm-{self.counts['confirmations']}"
+        self.confirming = Confirming(s.spot, control, s.edge, s.t_scan, tid)
+        self.event(
+            EventKind.DAMAGE_CONFIRMATION,
+            None,
+            s.t_scan,
+            spot=s.spot,
+            edge=s.edge,
+            spectrum_id=s.spectrum_id,
+            status="control scan requested",
+            control=control,
+            control_dose_Gy=self.totals.get(control, 0.0),
+            control_within_budget=bool(fresh),
+            suspect_dose_Gy=suspect_dose,
+            trigger_id=tid,
+            test=s.test,
+            p_value=s.p_value,
+        )
+        old, self.spot = self.spot, control
+        self.event(
+            EventKind.SPOT_CHANGE,
+            None,
+            s.t_scan,
+            old=old,
+            new=control,
+            reason=f"a control scan for the damage suspicion on {s.spot} ({s.test})",
+            spent=False,
+        )
+        self.acquire(s.edge, control, tid)
+
+    def on_verdict(self, v: DamageVerdict) -> None:
+        c = self.confirming
+        ours = c is not None and c.suspect == v.spot and c.edge == v.edge
+        if v.verdict != "damage":
+            if ours:
+                self._end_confirmation(f"verdict {v.verdict}: {v.why}")
+            return
+        self.damaged.add(v.spot)
+        self.spent.add(v.spot)
+        reason = f"beam damage confirmed on {v.spot}: {v.why}"
+        if ours and c is not None:  # the beam is on the control spot: it stays there
+            self.confirming = None
+            self.counts["rotations"] += 1
+            self.event(
+                EventKind.SPOT_CHANGE,
+                None,
+                v.t_scan,
+                old=c.suspect,
+                new=c.control,
+                reason=reason,
+                spent=True,
+            )
+            return
+        if self.rotate_on_damage and v.spot == self.spot:
+            self.rotate(reason, t=v.t_scan)
+
+    def _end_confirmation(self, why: str) -> None:
+        c = self.confirming
+        if c is None:
+            return
+        self.confirming = None
+        if self.spot == c.control and c.suspect not in self.spent:
+            self._go(c.suspect, f"back from the control scan on {c.control}: {why}", spent=False)
