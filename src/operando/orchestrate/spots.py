@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from operando.analysis.damage import DamageSuspicion, DamageVerdict
 from operando.events import EventKind, Recorder
@@ -138,7 +139,7 @@ class SpotPolicy:
         else:
             self.on_verdict(found)
 
-    def _decline(self, s: DamageSuspicion, why: str) -> None:
+    def _confirmation(self, s: DamageSuspicion, status: str, **detail: Any) -> None:
         self.event(
             EventKind.DAMAGE_CONFIRMATION,
             None,
@@ -146,9 +147,12 @@ class SpotPolicy:
             spot=s.spot,
             edge=s.edge,
             spectrum_id=s.spectrum_id,
-            status="not taken",
-            why=why,
+            status=status,
+            **detail,
         )
+
+    def _decline(self, s: DamageSuspicion, why: str) -> None:
+        self._confirmation(s, "not taken", why=why)
 
     def on_suspicion(self, s: DamageSuspicion) -> None:
         if not (self.confirm_damage and self.rotate_on_damage):
@@ -186,14 +190,9 @@ class SpotPolicy:
         self.confirmed_at.append(s.t_scan)
         tid = f"confirm-{self.counts['confirmations']}"
         self.confirming = Confirming(s.spot, control, s.edge, s.t_scan, tid)
-        self.event(
-            EventKind.DAMAGE_CONFIRMATION,
-            None,
-            s.t_scan,
-            spot=s.spot,
-            edge=s.edge,
-            spectrum_id=s.spectrum_id,
-            status="control scan requested",
+        self._confirmation(
+            s,
+            "control scan requested",
             control=control,
             control_dose_Gy=self.totals.get(control, 0.0),
             control_within_budget=bool(fresh),
