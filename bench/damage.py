@@ -160,7 +160,7 @@ class Beamline:
                     if firing.action.type == "acquire":
                         self.queue.append((firing.action.edge or "", None, firing.trigger_id))
 
-    def scan(self, edge_name: str, spot: str | None, t_start: float) -> None:
+    def scan(self, edge_name: str, spot: str | None, t_start: float, control: bool = False) -> None:
         if spot is not None:
             self.beam_spot = spot  # an acquire names its spot: the stage goes there
         spot = self.beam_spot
@@ -189,7 +189,13 @@ class Beamline:
         reduced = _reduced(0.5 * (d0 + scan.dose_after_Gy), s) if s.realism.damage else 0.0
         self.scans += 1
         sid = self.scans
-        self.truth[sid] = {"spot": spot, "edge": edge_name, "reduced": reduced, "t": t_end}
+        self.truth[sid] = {
+            "spot": spot,
+            "edge": edge_name,
+            "reduced": reduced,
+            "t": t_end,
+            "control": control,
+        }
         # -- the monitor's side: what ingest does with a scan
         arrays = {"energy": energy, **scan.channels, "point_t": point_t}
         rec = self.history.record()
@@ -224,8 +230,8 @@ class Beamline:
         edges = list(self.spec.edges or self.model.edges)
         while self.t < end:
             if self.queue:  # control scans and triggered acquisitions first
-                edge, spot, _tid = self.queue.pop(0)
-                self.scan(edge or edges[0], spot, self.t)
+                edge, spot, tid = self.queue.pop(0)
+                self.scan(edge or edges[0], spot, self.t, control=tid.startswith("confirm-"))
             elif not self.free:
                 self.advance_to(self.t + CHUNK_S)
             elif self.t < next_free:
@@ -269,28 +275,32 @@ def score(b: Beamline, hours: float) -> dict[str, Any]:
         for v in verdicts
         if v["verdict"] == "damage" and b.truth[v["suspect_spectrum"]]["reduced"] < 0.01
     ]
-    # per spot: the scans of it in order, and when (if) a damage verdict named it
+    # per spot: its scans while it was the spot in use (a control visit is not), in order,
+    # and the first scan a damage verdict named
     order: dict[str, list[int]] = {}
     for sid, tr in sorted(b.truth.items()):
-        order.setdefault(tr["spot"], []).append(sid)
+        if not tr["control"]:
+            order.setdefault(tr["spot"], []).append(sid)
     confirmed_at = {}
     for v in verdicts:
         if v["verdict"] == "damage":
             confirmed_at.setdefault(v["spot"], v["suspect_spectrum"])
     latency: list[int] = []
+    damaged_scans: list[int] = []  # per damaged spot: its scans at >= 3 % photoreduced
     outcome: Counter[str] = Counter()
     for spot, sids in order.items():
         hit = next((k for k, sid in enumerate(sids) if b.truth[sid]["reduced"] >= 0.03), None)
         if hit is None:
             continue
-        if spot in confirmed_at:
-            at = sids.index(confirmed_at[spot]) if confirmed_at[spot] in sids else hit
-            latency.append(at - hit)
+        damaged_scans.append(sum(b.truth[sid]["reduced"] >= 0.03 for sid in sids))
+        at = confirmed_at.get(spot)
+        if at in sids:
+            latency.append(sids.index(at) - hit)
             outcome["confirmed"] += 1
         elif spot == b.policy.spot:
             outcome["still in use, unconfirmed"] += 1
         else:
-            outcome["left for the budget, unconfirmed"] += 1
+            outcome["left unconfirmed"] += 1
     return {
         "scans": b.scans,
         "false_verdicts_per_72h": len(false) * per72,
@@ -301,6 +311,7 @@ def score(b: Beamline, hours: float) -> dict[str, Any]:
         "spots_left": len([s for s in b.spots if s not in b.policy.spent]),
         "damaged_spots": dict(outcome),
         "scans_from_3pct_to_verdict": latency,
+        "scans_at_3pct_per_damaged_spot": damaged_scans,
         "false": [
             {k: v[k] for k in ("spot", "why")} | {"spectrum": v["suspect_spectrum"]} for v in false
         ],
@@ -348,8 +359,8 @@ def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| preset | scenario | runs | false verdicts / 72 h | suspicions / 72 h | "
         "control scans | moves for good | spots left (min) | damaged spots | "
-        "scans from 3 % to verdict (max) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "scans from 3 % to verdict (median, max) | scans at >= 3 % per damaged spot (max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
@@ -359,6 +370,7 @@ def table(results: list[dict[str, Any]]) -> str:
         for r in rs:
             damaged.update(r["damaged_spots"])
         lat = [x for r in rs for x in r["scans_from_3pct_to_verdict"]]
+        harm = [x for r in rs for x in r["scans_at_3pct_per_damaged_spot"]]
         lines.append(
             f"| {p} | {sc} | {len(rs)} | "
             f"{np.mean([r['false_verdicts_per_72h'] for r in rs]):.2f} | "
@@ -367,7 +379,8 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{np.mean([r['spot_moves_for_good'] for r in rs]):.1f} | "
             f"{min(r['spots_left'] for r in rs)} | "
             f"{', '.join(f'{n} {k}' for k, n in damaged.items()) or '-'} | "
-            f"{max(lat) if lat else '-'} |"
+            f"{f'{np.median(lat):.0f}, {max(lat)}' if lat else '-'} | "
+            f"{max(harm) if harm else '-'} |"
         )
     return "\n".join(lines)
 

@@ -4,7 +4,11 @@ Watermark: a spectrum is aligned once the potentiostat's rows are known complete
 window end (rows, not heartbeats: a heartbeat at H does not mean the rows up to H were sent,
 and a window aligned on it lacked its last row), or once its series has ended. If that has not
 happened when the newest source time seen from any source passes ``t_end + timeout_s``, it is
-aligned with what there is and marked partial. Potentiostat rows arriving late for a window
+aligned with what there is and marked partial. Not in a replay: a recorded run replayed at
+full speed reaches the monitor on one socket per source, so one source runs ahead of the
+other in source time and every spectrum would time out; its potentiostat rows all come (the
+log is complete), so spectra wait for them, and the analysis sees what the live run saw (it
+analyses each spectrum once, at its first alignment). Potentiostat rows arriving late for a window
 aligned as partial realign that spectrum (revision + 1), as does a gap filled by a refill.
 Realignment decides on the typed cause (``align.Partial``), never on a reason's wording.
 """
@@ -84,6 +88,7 @@ class Aligner:
         self.initial_soc = cfg.initial_soc if cfg.initial_soc is not None else 0.0
         self.initial_soc_from = "configuration" if cfg.initial_soc is not None else "assumed"
         self.potentiostat_ended = False  # its series ended: its record is complete
+        self.replayed = False  # a replayed run: no timeout (see above)
         self.pending: list[PendingSpectrum] = []
         self.partial: deque[tuple[PendingSpectrum, Alignment]] = deque(maxlen=2000)
         self.gaps: list[PotentiostatGap] = []
@@ -115,7 +120,8 @@ class Aligner:
         in one vectorised pass."""
         if not self.pending:
             return 0
-        mark, deadline = self.watermark, now - self.cfg.timeout_s
+        mark = self.watermark
+        deadline = -math.inf if self.replayed else now - self.cfg.timeout_s
         due = [p for p in self.pending if final or p.t_end <= mark or p.t_end <= deadline]
         if not due:
             return 0

@@ -283,6 +283,7 @@ class Analyzer:
             if series == "Ewe" or series.startswith(f"{s.edge} ")
         ]
         is_settled, _why = settled(at_rest, since, taus, self.damage.s)
+        step_start = 0.5 * (al.t_start + al.t_end) - since  # nan when no change was seen
         summary = ScanSummary(
             spectrum_id=s.spectrum_id,
             spot=s.spot or "",
@@ -299,8 +300,10 @@ class Analyzer:
             y=y[m],
             sigma=sigma[m],
             t=al.t_end,
-            rest_start=0.5 * (al.t_start + al.t_end) - since if at_rest else math.nan,
+            rest_start=step_start if at_rest else math.nan,
             settled=is_settled,
+            since_change_s=since,
+            step_start=step_start,
         )
         for found in self.damage.add(summary):
             suspicion = isinstance(found, DamageSuspicion)

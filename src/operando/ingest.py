@@ -463,8 +463,10 @@ class Ingest:
         state = self.links[link]
         state.series, state.series_ended, state.metadata = series, False, dict(metadata)
         replayed_from = metadata.get("replayed_from")
-        if replayed_from and self.orchestrator is not None:
-            self.orchestrator.on_replay(link, str(replayed_from))
+        if replayed_from:
+            self.aligner.replayed = True
+            if self.orchestrator is not None:
+                self.orchestrator.on_replay(link, str(replayed_from))
         if link == self.pstat_link:
             al = self.aligner
             al.potentiostat_ended = False

@@ -53,7 +53,7 @@ def test_live_dashboard_updates_alarms_and_reloads_with_history(tmp_path, proces
     demo = processes(
         "demo",
         "--preset",
-        "lnmo-surface",  # damages the sample: dose-slope and fresh-spot flags within a minute
+        "lnmo-surface",  # damages the sample: suspected, then confirmed on a control spot
         "--headless",
         "--duration",
         "150",
@@ -97,11 +97,12 @@ def test_live_dashboard_updates_alarms_and_reloads_with_history(tmp_path, proces
     other.wait_for_selector(".op-spectra", timeout=30_000)
     wait_for(lambda: _spectra(other) >= first + 3, 30, 0.5, what="second browser's count")
 
-    # the simulator damages the sample: an alarm appears and stays until acknowledged
+    # the simulator damages the sample: once a control spot confirms it, an alarm appears
+    # and stays until acknowledged
     damage = page.locator('.op-alarm[data-category="damage"]').first
     damage.wait_for(timeout=120_000)
     text = damage.inner_text()
-    assert "beam damage flagged on spot" in text
+    assert "beam damage confirmed on spot" in text and "control spot" in text
     alarm_id = int(text.split("#")[1].split()[0])
     _shot(page, "dashboard-damage-alarm")
     page.get_by_text("Dose & damage", exact=True).click()

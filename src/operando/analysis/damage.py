@@ -1,28 +1,32 @@
-"""Beam damage: suspected by statistics at a settled state, confirmed against a control spot.
+"""Beam damage: suspected by statistics at a known state, confirmed against a control spot.
 
 A change of the spectrum is attributed to dose only when the electrochemical state is
 accounted for. A battery keeps changing after its current stops (LiFePO4 relaxes for half an
-hour), so "no current" is not "constant state": the tests run only on scans taken in a
-*settled* rest, one that has lasted ``settle_taus`` relaxation times of the rest's own fits
-(and at least ``settle_s``), compared with scans of the same rest or of another settled rest
-at the same SOC. While the state moves no test runs; the dose budget protects the sample then.
+hour), so "no current" is not "constant state". Two states count as known:
+- a *settled* rest, one that has lasted ``settle_taus`` relaxation times of the rest's own
+  fits (and at least ``settle_s``): scans of one settled rest, or of settled rests at the
+  same SOC, are compared;
+- under current, a *matched* state: the same current (sign, magnitude within 10 %), the same
+  SOC and the same time into the step, as a cell cycled the same way is at each cycle.
 
 Three tests, each at false-alarm probability ``alpha`` per comparison, raise a *suspicion*:
-- repeat: consecutive scans at one spot in one settled rest; the later against the earlier
-  (a scale and offset allowed for beam and background), chi-square against counting noise.
-- dose slope: the lowest-valence fraction (the photoreduction product) against dose over
-  the recent scans of one settled rest at this spot; one-sided t-test of a positive slope.
-- low-dose spot: the lowest-valence fraction against a settled scan of a spot that had taken
-  at most ``control_dose_fraction`` of this one's dose, at the same SOC; one-sided z-test with
-  the fits' uncertainties and a systematic floor (two spots of one electrode differ).
+- repeat (settled rests only): consecutive scans at one spot in one rest; the later against
+  the earlier (a scale and offset allowed), chi-square against counting noise.
+- dose slope (settled rests only): the lowest-valence fraction (the photoreduction product)
+  against dose over the recent scans of one rest at this spot; one-sided t-test.
+- low-dose spot: the lowest-valence fraction against a scan of a spot that had taken at most
+  ``control_dose_fraction`` of this one's dose, at the same known state; one-sided z-test
+  with the fits' uncertainties and a systematic floor (two spots of one electrode differ).
 
 A suspicion is not a verdict. The next scan of the same edge from a low-dose spot (the
-orchestrator takes it on purpose: one scan on a control spot) decides, by the low-dose test at
-``confirm_alpha``, against the newest scan of the suspect spot: ``damage`` or
-``electrochemistry``; ``inconclusive`` when the control was not taken at the same settled
-state, ``unconfirmed`` when no control came within ``confirm_within_s``. The verdict carries
-its evidence. The decision uses only the scans' own times and values, so a replay decides
-as the live run did.
+orchestrator takes it on purpose: one scan on a control spot) decides by the low-dose test at
+``confirm_alpha``: ``damage`` or ``electrochemistry``. In a settled rest the control is
+compared with the suspect's newest scan; under current the state moves between scans, so the
+verdict waits for the suspect spot's next scan and compares the control with the suspect
+interpolated to the control's time (a bracket). ``inconclusive`` when the control was not at
+the suspect's state (or the current changed within the bracket), ``unconfirmed`` when no
+control came within ``confirm_within_s``. The verdict carries its evidence. The decision uses
+only the scans' own times and values, so a replay decides as the live run did.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class ScanSummary(msgspec.Struct, kw_only=True):
     # when the rest it was taken in began (nan: not at rest) and whether it had settled
     rest_start: float = math.nan
     settled: bool = False
+    since_change_s: float = math.nan  # how long the present current had flowed (or not)
+    step_start: float = math.nan  # when the present current began (source time)
 
 
 class DamageSuspicion(msgspec.Struct, kw_only=True):
@@ -145,15 +151,46 @@ class DamageDetector:
         # settled scans by edge, the low-dose comparisons' candidates (bounded: a week of
         # scans at one per minute is 10k; the newest matter)
         self.settled: dict[str, deque[ScanSummary]] = defaultdict(lambda: deque(maxlen=2000))
-        # edge -> (suspicion, newest scan of its spot): waiting for a control
-        self.pending: dict[str, tuple[DamageSuspicion, ScanSummary]] = {}
+        # edge -> (suspicion, newest scan of its spot before the control, the control once
+        # taken): under current the verdict waits for the suspect's next scan (a bracket)
+        self.pending: dict[str, tuple[DamageSuspicion, ScanSummary, ScanSummary | None]] = {}
+        # scans under current by edge, for the low-dose comparison at a matched state
+        self.moving: dict[str, deque[ScanSummary]] = defaultdict(lambda: deque(maxlen=2000))
 
     def _same_state(self, a: ScanSummary, b: ScanSummary) -> bool:
-        """Both settled, in one rest or at the same SOC."""
-        if not (a.settled and b.settled):
+        """Both settled, in one rest or at the same SOC; or both under the same current
+        (sign, and magnitude within 10 %) at the same SOC, the same time into the step
+        (within 10 %, at least a minute): a cell cycled the same way is then where it was,
+        lag and all."""
+        if a.settled and b.settled:
+            same_rest = abs(a.rest_start - b.rest_start) <= 2.0
+            return same_rest or abs(a.soc - b.soc) <= self.s.soc_tolerance
+        return self._same_current(a, b) and abs(a.soc - b.soc) <= self.s.soc_tolerance
+
+    def _same_current(self, a: ScanSummary, b: ScanSummary) -> bool:
+        if self._at_rest(a) or self._at_rest(b) or a.mode != b.mode:
             return False
-        same_rest = abs(a.rest_start - b.rest_start) <= 2.0
-        return same_rest or abs(a.soc - b.soc) <= self.s.soc_tolerance
+        ia, ib = a.i_mean_mA, b.i_mean_mA
+        into = max(60.0, 0.1 * max(a.since_change_s, b.since_change_s))
+        return (
+            ia * ib > 0
+            and abs(ia - ib) <= 0.1 * max(abs(ia), abs(ib))
+            and abs(a.since_change_s - b.since_change_s) <= into
+        )
+
+    def _same_step(self, a: ScanSummary, b: ScanSummary) -> bool:
+        """Both in one step under one current: the bracket's scans."""
+        if self._at_rest(a) or self._at_rest(b) or a.mode != b.mode:
+            return False
+        ia, ib = a.i_mean_mA, b.i_mean_mA
+        return (
+            ia * ib > 0
+            and abs(ia - ib) <= 0.1 * max(abs(ia), abs(ib))
+            and abs(a.step_start - b.step_start) <= 5.0
+        )
+
+    def _at_rest(self, a: ScanSummary) -> bool:
+        return bool(self.rest(a.mode, a.i_mean_mA))
 
     def _low_dose(self, scan: ScanSummary, other: ScanSummary) -> bool:
         return (
@@ -174,9 +211,12 @@ class DamageDetector:
             self.settled[scan.edge].append(scan)
         else:
             self.history[(scan.spot, scan.edge)].clear()  # a new run of settled scans later
+            if not self._at_rest(scan):  # under current: only the matched low-dose test
+                out.extend(filter(None, [self._versus_low_dose(scan, self.moving[scan.edge])]))
+                self.moving[scan.edge].append(scan)
         for found in out:
             if isinstance(found, DamageSuspicion) and scan.edge not in self.pending:
-                self.pending[scan.edge] = (found, scan)
+                self.pending[scan.edge] = (found, scan, None)
         return out
 
     def _tests(self, scan: ScanSummary) -> list[DamageSuspicion | DamageVerdict]:
@@ -188,7 +228,7 @@ class DamageDetector:
             found += filter(None, [self._repeat(past[-1], scan)])
             if len(past) >= 2:
                 found += filter(None, [self._slope([*past, scan], scan)])
-        found += filter(None, [self._versus_low_dose(scan)])
+        found += filter(None, [self._versus_low_dose(scan, self.settled[scan.edge])])
         past.append(scan)
         return found
 
@@ -197,50 +237,95 @@ class DamageDetector:
         waiting = self.pending.get(scan.edge)
         if waiting is None:
             return None
-        suspicion, suspect = waiting
+        suspicion, suspect, control = waiting
         if scan.spot == suspect.spot:
-            self.pending[scan.edge] = (suspicion, scan)  # compare the newest
-            return None
-        is_control = self._low_dose(suspect, scan)
+            if control is None:
+                self.pending[scan.edge] = (suspicion, scan, None)  # compare the newest
+                return None
+            del self.pending[scan.edge]  # the bracket's second half
+            return self._bracket(suspicion, suspect, control, scan)
+        is_control = control is None and self._low_dose(suspect, scan)
         if not is_control and scan.t - suspicion.t_scan <= self.s.confirm_within_s:
-            return None  # another dosed spot: no control
+            return None  # another dosed spot (or a second control): no decision
+        if is_control and not suspect.settled and self._same_step(suspect, scan):
+            self.pending[scan.edge] = (suspicion, suspect, scan)  # the state moves: bracket
+            return None
         del self.pending[scan.edge]
-        verdict = DamageVerdict(
+        verdict = self._verdict(suspicion, suspect)
+        if not is_control:
+            return verdict
+        self._evidence(verdict, suspect, scan)
+        if not self._same_state(suspect, scan):
+            verdict.verdict = "inconclusive"
+            verdict.why = "the control was not taken at the suspect's state"
+            return verdict
+        z, p, diff = compare_low_dose(suspect, scan, self.s.systematic)
+        return self._decide(verdict, suspect.lowest, z, p, diff)
+
+    def _verdict(self, suspicion: DamageSuspicion, suspect: ScanSummary) -> DamageVerdict:
+        return DamageVerdict(
             verdict="unconfirmed",
             spot=suspect.spot,
             edge=suspect.edge,
             suspicion=suspicion,
             suspect_spectrum=suspect.spectrum_id,
-            t_scan=scan.t,
+            t_scan=suspect.t,
             why=f"no control scan within {self.s.confirm_within_s:.0f} s of the suspicion",
         )
-        if not is_control:
-            return verdict
-        verdict.control_spectrum, verdict.control_spot = scan.spectrum_id, scan.spot
-        verdict.evidence = {
+
+    def _evidence(self, v: DamageVerdict, suspect: ScanSummary, control: ScanSummary) -> None:
+        v.control_spectrum, v.control_spot, v.t_scan = control.spectrum_id, control.spot, control.t
+        v.evidence = {
             "suspect_dose_Gy": suspect.dose_before_Gy,
-            "control_dose_Gy": scan.dose_before_Gy,
+            "control_dose_Gy": control.dose_before_Gy,
             "suspect_fraction": suspect.lowest_fraction,
             "suspect_uncertainty": suspect.lowest_uncertainty,
-            "control_fraction": scan.lowest_fraction,
-            "control_uncertainty": scan.lowest_uncertainty,
-            "soc_difference": scan.soc - suspect.soc,
-            "seconds_apart": scan.t - suspect.t,
+            "control_fraction": control.lowest_fraction,
+            "control_uncertainty": control.lowest_uncertainty,
+            "soc_difference": control.soc - suspect.soc,
+            "seconds_apart": control.t - suspect.t,
         }
-        if not self._same_state(suspect, scan):
-            verdict.verdict = "inconclusive"
-            verdict.why = "the control was not taken at the suspect's settled state"
-            return verdict
-        z, p, diff = compare_low_dose(suspect, scan, self.s.systematic)
-        verdict.evidence |= {"z": z, "p_value": p, "difference": diff}
-        verdict.evidence["alpha"] = self.s.confirm_alpha
+
+    def _decide(
+        self, v: DamageVerdict, lowest: str, z: float, p: float, diff: float
+    ) -> DamageVerdict:
+        v.evidence |= {"z": z, "p_value": p, "difference": diff, "alpha": self.s.confirm_alpha}
         if p < self.s.confirm_alpha:
-            verdict.verdict = "damage"
-            verdict.why = f"{suspect.lowest} {diff:+.3f} above the control spot (p {p:.1e})"
+            v.verdict = "damage"
+            v.why = f"{lowest} {diff:+.3f} above the control spot (p {p:.1e})"
         else:
-            verdict.verdict = "electrochemistry"
-            verdict.why = f"the control spot shows the same {suspect.lowest} (p {p:.2g})"
-        return verdict
+            v.verdict = "electrochemistry"
+            v.why = f"the control spot shows the same {lowest} (p {p:.2g})"
+        return v
+
+    def _bracket(
+        self,
+        suspicion: DamageSuspicion,
+        before: ScanSummary,
+        control: ScanSummary,
+        after: ScanSummary,
+    ) -> DamageVerdict:
+        """Under current the state moves between scans: the suspect spot, scanned before and
+        after the control, interpolated to the control's time, against the control."""
+        verdict = self._verdict(suspicion, after)
+        self._evidence(verdict, after, control)
+        if not (self._same_step(before, control) and self._same_step(control, after)):
+            verdict.verdict = "inconclusive"
+            verdict.why = "the current changed while the control was taken"
+            return verdict
+        w = (control.t - before.t) / (after.t - before.t) if after.t > before.t else 0.5
+        w = min(max(w, 0.0), 1.0)
+        f = (1 - w) * before.lowest_fraction + w * after.lowest_fraction
+        sig = math.hypot((1 - w) * before.lowest_uncertainty, w * after.lowest_uncertainty)
+        spot = msgspec.structs.replace(after, lowest_fraction=f, lowest_uncertainty=sig)
+        z, p, diff = compare_low_dose(spot, control, self.s.systematic)
+        verdict.evidence |= {
+            "suspect_before_fraction": before.lowest_fraction,
+            "suspect_after_fraction": after.lowest_fraction,
+            "suspect_interpolated": f,
+            "before_spectrum": before.spectrum_id,
+        }
+        return self._decide(verdict, after.lowest, z, p, diff)
 
     # -- the tests ----------------------------------------------------------------------------
     def _suspicion(
@@ -291,12 +376,10 @@ class DamageDetector:
         detail = {"slope_per_MGy": slope * 1e6, "scans": len(run)}
         return self._suspicion(scan, "dose_slope", t, p, detail)
 
-    def _versus_low_dose(self, scan: ScanSummary) -> DamageSuspicion | None:
-        same = [
-            f
-            for f in self.settled[scan.edge]
-            if self._low_dose(scan, f) and self._same_state(scan, f)
-        ]
+    def _versus_low_dose(
+        self, scan: ScanSummary, candidates: deque[ScanSummary]
+    ) -> DamageSuspicion | None:
+        same = [f for f in candidates if self._low_dose(scan, f) and self._same_state(scan, f)]
         if not same:
             return None
         ref = min(same, key=lambda f: (abs(f.soc - scan.soc), f.dose_before_Gy))

@@ -7,12 +7,14 @@ beamline's, so what the bench measures is what the monitor does.
 - A spot is left *before* a scan would take it past the dose budget (not after).
 - A damage *suspicion* on the spot the beam is on is confirmed by one scan of the same edge on
   a control spot: one not spent, with room in its budget for a scan, and at most
-  ``control_dose_fraction`` of the suspect's dose (the least dosed such spot). The beam stays
-  there until the verdict: ``damage`` spends the suspect spot (the control becomes the spot in
-  use, and the damage alarm is raised from the verdict's event); any other verdict moves the
-  beam back. At most ``confirmations_per_hour`` control scans are spent per hour of the run's
-  own time; a suspicion beyond that, or with no control spot left, stays a suspicion and says
-  why in a ``damage_confirmation`` event.
+  ``control_dose_fraction`` of the suspect's dose (the least dosed such spot); with no such
+  spot left, the least dosed spot spent for its budget (never a damaged one). Once the
+  control scan is in, the beam goes back to the suspect: under current its next scan closes
+  the bracket the verdict needs. ``damage`` spends the suspect spot and moves on (the damage
+  alarm is raised from the verdict's event); any other verdict leaves the beam where it is.
+  At most ``confirmations_per_hour`` control scans are spent per hour of the run's own time;
+  a suspicion beyond that, or with no control spot left, stays a suspicion and says why in a
+  ``damage_confirmation`` event.
 - A verdict of damage that no confirmation of ours asked for (a replay decides from the
   recorded control scans) spends the spot all the same when the beam is on it.
 """
@@ -39,7 +41,7 @@ class Confirming:
     edge: str
     t: float
     trigger_id: str
-    control_scans: int = 0  # scans from the control spot since, verdict or not
+    scans: int = 0  # scans since the control was asked for (the control is the first)
 
 
 class SpotPolicy:
@@ -99,21 +101,27 @@ class SpotPolicy:
         self.last_scan_dose[spot] = scan_dose_Gy
         self.totals[spot] = total_Gy
         c = self.confirming
-        if c is not None and spot == c.control:
-            c.control_scans += 1
-            if c.control_scans > 3:  # the verdict never came (the scan lost, not analysed)
-                self._end_confirmation(
-                    "no verdict after 3 scans on the control spot: the beam goes back"
-                )
-                return
+        if c is not None and spot == c.control and c.scans == 0:
+            # the control is taken: back to the suspect, whose next scan closes a bracket
+            # under current and is the one a verdict of damage would spare
+            c.scans += 1
+            self._go(c.suspect, f"back from the control scan on {c.control}", spent=False)
+            return
+        if c is not None and spot == c.suspect and self.spot == c.suspect:
+            c.scans += 1
+            if c.scans > 4:  # no verdict came (the control lost, not analysed)
+                self.confirming = None
+                self._confirmation_over(c, "no verdict after 3 scans since the control")
         if spot == self.spot and not self._fits_budget(spot):
             self.rotate(
                 f"spot {spot} at {total_Gy / 1e6:.2f} MGy: the next scan would pass "
                 f"the {self.budget / 1e6:.2f} MGy budget"
             )
 
-    def rotate(self, reason: str, *, t: float | None = None) -> None:
-        """Spend the spot in use and move to the first fresh one (an alarm when none is)."""
+    def rotate(self, reason: str, *, t: float | None = None, damaged: bool = False) -> None:
+        """Spend the spot in use and move to the first fresh one (an alarm when none is).
+        Off a damaged spot with none fresh, the beam goes to the least dosed undamaged spot:
+        staying would measure damage, scan after scan."""
         if self.spot is not None:
             self.spent.add(self.spot)
         fresh = [s for s in self.spots if s not in self.spent]
@@ -123,6 +131,10 @@ class SpotPolicy:
                 f"{reason}; no fresh spot left ({len(self.spent)} spent)",
                 "no fresh spot",  # one alarm, counting up, until someone acts on it
             )
+            spare = [s for s in self.spots if s not in self.damaged and s != self.spot]
+            if damaged and spare:
+                least = min(spare, key=lambda s: (self.totals.get(s, 0.0), s))
+                self._go(least, f"{reason}; the least dosed undamaged spot, already spent", t=t)
             return
         self._go(fresh[0], reason, t=t)
 
@@ -215,34 +227,23 @@ class SpotPolicy:
 
     def on_verdict(self, v: DamageVerdict) -> None:
         c = self.confirming
-        ours = c is not None and c.suspect == v.spot and c.edge == v.edge
+        if c is not None and c.suspect == v.spot and c.edge == v.edge:
+            self.confirming = None
         if v.verdict != "damage":
-            if ours:
-                self._end_confirmation(f"verdict {v.verdict}: {v.why}")
             return
         self.damaged.add(v.spot)
         self.spent.add(v.spot)
-        reason = f"beam damage confirmed on {v.spot}: {v.why}"
-        if ours and c is not None:  # the beam is on the control spot: it stays there
-            self.confirming = None
-            self.counts["rotations"] += 1
-            self.event(
-                EventKind.SPOT_CHANGE,
-                None,
-                v.t_scan,
-                old=c.suspect,
-                new=c.control,
-                reason=reason,
-                spent=True,
-            )
-            return
         if self.rotate_on_damage and v.spot == self.spot:
-            self.rotate(reason, t=v.t_scan)
+            self.rotate(f"beam damage confirmed on {v.spot}: {v.why}", t=v.t_scan, damaged=True)
 
-    def _end_confirmation(self, why: str) -> None:
-        c = self.confirming
-        if c is None:
-            return
-        self.confirming = None
-        if self.spot == c.control and c.suspect not in self.spent:
-            self._go(c.suspect, f"back from the control scan on {c.control}: {why}", spent=False)
+    def _confirmation_over(self, c: Confirming, why: str) -> None:
+        self.event(
+            EventKind.DAMAGE_CONFIRMATION,
+            None,
+            None,
+            spot=c.suspect,
+            edge=c.edge,
+            status="abandoned",
+            control=c.control,
+            why=why,
+        )

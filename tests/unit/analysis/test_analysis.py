@@ -319,6 +319,36 @@ def test_a_relaxing_state_is_not_tested_and_a_settled_change_is_told_by_the_cont
     assert isinstance(verdict, DamageVerdict) and verdict.verdict == "electrochemistry"
 
 
+def test_under_current_a_bracket_of_the_suspect_decides():
+    """Under current the state moves between scans: a fresh spot at the same current and
+    SOC, the same time into the step, is the reference; the verdict interpolates the suspect
+    (scanned before and after the control) to the control's time."""
+    rng = np.random.default_rng(8)
+    refs, det = refs_for("Mn-L"), DamageDetector()
+
+    def moving(k, f, spot, d0, since):
+        summary = _scan_summary(k, f, refs, rng, spot, d0, d0 + 1e7, settled=False)
+        summary.mode, summary.i_mean_mA, summary.since_change_s = MODE_CC, 0.5, since
+        summary.rest_start, summary.soc = float("nan"), 0.2 + since / 36000
+        summary.step_start = summary.t - since  # cycle 1's step, and cycle 2's
+        return summary
+
+    # cycle 1 at a fresh spot: the reference under current, Mn2+ falling as it charges
+    for k in range(5):
+        f = {"Mn2+": 0.30 - 0.02 * k, "Mn3+": 0.40, "Mn4+": 0.30 + 0.02 * k}
+        assert det.add(moving(k, f, "A1", 0.0 if k == 0 else 1e6 * k, 600.0 * k)) == []
+    # cycle 2 at a dosed spot, photoreduced: Mn2+ 0.12 above where it was at that point
+    damaged = {"Mn2+": 0.38, "Mn3+": 0.40, "Mn4+": 0.22}
+    found = det.add(moving(10, damaged, "B1", 5e7, 1200.0))
+    assert [type(x) for x in found] == [DamageSuspicion] and found[0].test == "low_dose_spot"
+    control = {"Mn2+": 0.25, "Mn3+": 0.40, "Mn4+": 0.35}
+    assert det.add(moving(11, control, "C1", 0.0, 1260.0)) == []  # the bracket is open
+    found = det.add(moving(12, damaged, "B1", 6e7, 1320.0))
+    (verdict,) = [x for x in found if isinstance(x, DamageVerdict)]
+    assert verdict.verdict == "damage" and verdict.suspect_spectrum == 12
+    assert verdict.control_spot == "C1" and "suspect_interpolated" in verdict.evidence
+
+
 def test_a_control_at_another_state_is_inconclusive():
     rng = np.random.default_rng(6)
     refs, det = refs_for("Mn-L"), DamageDetector()
@@ -334,9 +364,10 @@ def test_a_control_at_another_state_is_inconclusive():
             t_scan=60.0,
         ),
         _scan_summary(1, BASE, refs, rng, "A1", 5e7, 6e7),
+        None,
     )
     (verdict,) = det.add(_scan_summary(2, BASE, refs, rng, "A2", 0.0, 1e7, settled=False))
-    assert verdict.verdict == "inconclusive" and "settled" in verdict.why
+    assert verdict.verdict == "inconclusive" and "state" in verdict.why
 
 
 def test_settled_by_the_rest_s_own_relaxation_time():

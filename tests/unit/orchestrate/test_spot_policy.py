@@ -74,15 +74,33 @@ def test_a_suspicion_moves_nothing_for_good_until_a_control_confirms():
     assert b.scans == [("Mn-L", "A2", "confirm-1")] and b.policy.spent == set()
     (asked,) = b.kinds(EventKind.DAMAGE_CONFIRMATION)
     assert asked["status"] == "control scan requested" and asked["control"] == "A2"
+    b.policy.on_dose("A2", 2e6, 2e6)  # the control scan is in: back to the suspect
+    assert b.policy.spot == "A1" and b.moves == ["A1"]
     b.policy.on_finding(_verdict("electrochemistry", s))
-    assert b.policy.spot == "A1" and b.moves == ["A1"] and b.policy.spent == set()
+    assert b.policy.spot == "A1" and b.policy.spent == set() and b.policy.confirming is None
     assert all(d["spent"] is False for d in b.kinds(EventKind.SPOT_CHANGE))
-    # a second suspicion later: confirmed as damage; the beam stays on the control spot
+    # a second suspicion later, confirmed as damage: the suspect is spent, the beam moves on
     s2 = _suspicion("A1", 2000.0)
     b.policy.on_finding(s2)
+    assert b.scans[-1] == ("Mn-L", "A3", "confirm-2")  # the least dosed spot now
+    b.policy.on_dose("A3", 2e6, 2e6)
+    b.policy.on_dose("A1", 2e6, 8e6)  # the suspect's next scan (closes a bracket)
     b.policy.on_finding(_verdict("damage", s2))
-    assert b.policy.spot == "A2" and b.policy.spent == {"A1"} and b.policy.damaged == {"A1"}
-    assert b.kinds(EventKind.SPOT_CHANGE)[-1]["spent"] is True
+    assert b.policy.spent == {"A1"} and b.policy.damaged == {"A1"}
+    assert b.policy.spot == "A2" and b.moves[-1] == "A2"
+    last = b.kinds(EventKind.SPOT_CHANGE)[-1]
+    assert last["spent"] is True and "damage confirmed" in last["reason"]
+
+
+def test_a_verdict_that_never_comes_ends_the_confirmation():
+    b = Beamline()
+    b.policy.on_dose("A1", 1e6, 4e6)
+    b.policy.on_finding(_suspicion("A1", 100.0))
+    b.policy.on_dose("A2", 1e6, 1e6)
+    for k in range(4):
+        b.policy.on_dose("A1", 1e6, 5e6 + k)
+    assert b.policy.confirming is None
+    assert b.kinds(EventKind.DAMAGE_CONFIRMATION)[-1]["status"] == "abandoned"
 
 
 def test_control_scans_are_limited_per_hour_of_the_run():
@@ -90,12 +108,13 @@ def test_control_scans_are_limited_per_hour_of_the_run():
     b.policy.on_dose("A1", 2e6, 6e6)
     s = _suspicion("A1", 100.0)
     b.policy.on_finding(s)
+    b.policy.on_dose("A2", 1e6, 1e6)  # the control, then back on A1
     b.policy.on_finding(_verdict("inconclusive", s))
     b.policy.on_finding(_suspicion("A1", 900.0))
     assert len(b.scans) == 1
     assert "last hour" in b.kinds(EventKind.DAMAGE_CONFIRMATION)[-1]["why"]
     b.policy.on_finding(_suspicion("A1", 3800.0))  # an hour later
-    assert len(b.scans) == 2
+    assert len(b.scans) == 2 and b.scans[-1][1] == "A3"  # A2 has taken dose by now
 
 
 def test_no_control_spot_leaves_a_suspicion_a_suspicion():
@@ -120,6 +139,10 @@ def test_with_every_spot_spent_the_least_dosed_serves_as_the_control():
     assert b.scans == [("Mn-L", "A1", "confirm-1")]
     (asked,) = b.kinds(EventKind.DAMAGE_CONFIRMATION)
     assert asked["control_within_budget"] is False
+    b.policy.on_dose("A1", 1.5e6, 4.5e6)  # the control; back to A3
+    b.policy.on_finding(_verdict("damage", _suspicion("A3", 100.0, dose=9e6), "A1"))
+    # damaged, no fresh spot: not staying on it, but on the least dosed undamaged one
+    assert b.policy.spot == "A2" and b.moves[-1] == "A2"
 
 
 def test_a_verdict_nobody_asked_for_still_spends_the_spot_the_beam_is_on():
