@@ -41,6 +41,7 @@ from operando.drivers.sim.sim_potentiostat import PotentiostatSettings, SimPoten
 from operando.drivers.sim.sim_spectrometer import (
     CellView,
     SpectrometerSettings,
+    sample_of,
     simulate_xas,
 )
 from operando.drivers.sim.spectra import EDGES
@@ -171,7 +172,7 @@ class Beamline:
         t_end = t_start + n * s.dwell_s
         self.advance_to(t_end)
         _soc, y, ewe = self.view.at(point_t)
-        formula, density = _sample(self.model.chemistry, s)
+        formula, density = sample_of(self.model.chemistry, s)
         scan = simulate_xas(
             self.model,
             edge_name,
@@ -250,13 +251,6 @@ class Beamline:
 
 def _nothing(*args: Any, **kwargs: Any) -> None:
     pass
-
-
-def _sample(chemistry: str, s: SpectrometerSettings) -> tuple[str, float]:
-    from operando.drivers.sim.sim_spectrometer import SAMPLES
-
-    formula, density = SAMPLES.get(chemistry, ("MnO2", 5.0))
-    return s.formula or formula, s.density_g_cm3 or density
 
 
 def _reduced(dose_Gy: float, s: SpectrometerSettings) -> float:

@@ -211,6 +211,12 @@ def dose_per_point(
     return flux * dwell * energy_eV * EV_J * mu / (rho * area)
 
 
+def sample_of(chemistry: str, s: SpectrometerSettings) -> tuple[str, float]:
+    """(formula, density g/cm3) of the sample, for the dose: configured, else per chemistry."""
+    formula, density = SAMPLES.get(chemistry, ("MnO2", 5.0))
+    return s.formula or formula, s.density_g_cm3 or density
+
+
 @dataclass(slots=True)
 class SimulatedScan:
     channels: dict[str, np.ndarray]  # I0, TEY, TFY counts
@@ -293,8 +299,7 @@ class SimSpectrometer(Driver):
         return self.s.edges or list(self.model.edges)
 
     def sample_formula(self) -> tuple[str, float]:
-        formula, density = SAMPLES.get(self.chemistry, ("MnO2", 5.0))
-        return self.s.formula or formula, self.s.density_g_cm3 or density
+        return sample_of(self.chemistry, self.s)
 
     def _sample_extra(self) -> dict[str, Any]:
         """Per-scan sample and beam facts (as beamline scan headers carry them): for dose."""

@@ -168,26 +168,20 @@ class DamageDetector:
         return self._same_current(a, b) and abs(a.soc - b.soc) <= self.s.soc_tolerance
 
     def _same_current(self, a: ScanSummary, b: ScanSummary) -> bool:
-        if self._at_rest(a) or self._at_rest(b) or a.mode != b.mode:
-            return False
-        ia, ib = a.i_mean_mA, b.i_mean_mA
+        """One current, the same time into its step (a matched state, cycle to cycle)."""
         into = max(60.0, 0.1 * max(a.since_change_s, b.since_change_s))
-        return (
-            ia * ib > 0
-            and abs(ia - ib) <= 0.1 * max(abs(ia), abs(ib))
-            and abs(a.since_change_s - b.since_change_s) <= into
-        )
+        return self._one_current(a, b) and abs(a.since_change_s - b.since_change_s) <= into
 
     def _same_step(self, a: ScanSummary, b: ScanSummary) -> bool:
         """Both in one step under one current: the bracket's scans."""
+        return self._one_current(a, b) and abs(a.step_start - b.step_start) <= 5.0
+
+    def _one_current(self, a: ScanSummary, b: ScanSummary) -> bool:
+        """Both under current, in one control mode, of one sign and within 10 %."""
         if self._at_rest(a) or self._at_rest(b) or a.mode != b.mode:
             return False
         ia, ib = a.i_mean_mA, b.i_mean_mA
-        return (
-            ia * ib > 0
-            and abs(ia - ib) <= 0.1 * max(abs(ia), abs(ib))
-            and abs(a.step_start - b.step_start) <= 5.0
-        )
+        return ia * ib > 0 and abs(ia - ib) <= 0.1 * max(abs(ia), abs(ib))
 
     def _at_rest(self, a: ScanSummary) -> bool:
         return bool(self.rest(a.mode, a.i_mean_mA))
