@@ -58,3 +58,26 @@ def plotted_until(page: Any) -> float | None:
     """Seconds since the epoch of the newest point plotted in ``page`` (None: nothing yet)."""
     ms = page.evaluate(_PLOTTED_UNTIL_JS)
     return None if ms is None else float(ms) / 1e3
+
+
+# every tab of the dashboard, in the order the page shows them
+TABS = ("Electrochemistry & valence", "Spectra", "Relaxation", "Dose & damage", "RIXS", "Events")
+
+
+def watch_errors(page: Any, errors: list[str]) -> None:
+    """Collect every uncaught page error and console error of ``page`` into ``errors``."""
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on(
+        "console",
+        lambda m: errors.append(f"console error: {m.text}") if m.type == "error" else None,
+    )
+
+
+def tour(page: Any, per_tab_s: float, shoot: Any = None) -> None:
+    """Open every tab in turn and stay ``per_tab_s`` on each while the page updates;
+    ``shoot(tab)`` (e.g. a screenshot) on each before leaving it."""
+    for tab in TABS:
+        page.get_by_text(tab, exact=True).click()
+        page.wait_for_timeout(1e3 * per_tab_s)
+        if shoot is not None:
+            shoot(tab)

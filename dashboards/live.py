@@ -33,8 +33,10 @@ import panel as pn
 from holoviews.operation.downsample import downsample1d
 from holoviews.streams import Pipe
 from operando.dashboards import plots
+from operando.dashboards.hours import HoursAxis
 from operando.dashboards.view import RunView, Snapshot, StateFeed
 
+from operando.clock import utc_text
 from operando.events import EventKind
 from operando.monitor import command_monitor
 from operando.protocol import MODE_NAMES
@@ -127,6 +129,7 @@ class Session:
             "fits_soc": _pipe(snap.fits),
             "fractions": _pipe((snap.fits, self.edge.value)),
             "latest": _pipe(snap.latest),
+            "beam": _pipe((snap.beam, snap.beam_lost)),
             "relaxation": _pipe(snap.relaxation),
             "dose": _pipe((snap.dose, snap.budget_Gy, snap.spots, beam_spot(snap.spectra))),
             "rixs": _pipe(snap.rixs_latest),
@@ -142,9 +145,33 @@ class Session:
         self.heatmaps = pn.Column(sizing_mode="stretch_width")
         self.damage = pn.pane.HTML("", sizing_mode="stretch_width")
         self.fit_quality = pn.pane.HTML(fit_quality_html(snap), sizing_mode="stretch_width")
-        self.events = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.event_counts = pn.pane.HTML("", sizing_mode="stretch_width")
+        # filterable by kind, source, attention and text (a raw dump made the operator hunt)
+        self.events = pn.widgets.Tabulator(
+            events_frame(Snapshot()),
+            header_filters={
+                "UTC": {"type": "input", "func": "like", "placeholder": "time"},
+                "kind": {"type": "list", "valuesLookup": True, "clearable": True},
+                "source": {"type": "list", "valuesLookup": True, "clearable": True},
+                "attention": {"type": "list", "valuesLookup": True, "clearable": True},
+                "detail": {"type": "input", "func": "like", "placeholder": "text"},
+            },
+            # Tabulator's plaintext escapes: a detail (a file name, an instrument's message) is
+            # shown as text, never run as markup
+            formatters={column: {"type": "plaintext"} for column in EVENT_COLUMNS},
+            disabled=True,
+            show_index=False,
+            pagination="local",
+            page_size=50,
+            layout="fit_data_stretch",
+            sizing_mode="stretch_width",
+            css_classes=["op-events"],
+        )
+        if self.events.style is not None:  # pandas' Styler: the rows that need attention
+            self.events.style.apply(_attention_row, axis=1)
         self.stale: set[str] = set()
         self.rixs_sent = snap.rixs_latest
+        self.hours = HoursAxis(float(snap.cell["t"].iloc[0]) if len(snap.cell) else None)
         self.layout = self._layout()
         self.steps = self._steps()
         self.tabs.param.watch(self._tab_opened, "active")
@@ -153,7 +180,13 @@ class Session:
     def _time_plots(self) -> hv.Layout:
         p = self.pipes
         # each plot half the window wide (two columns), whatever the screen
-        width = {"responsive": True, "height": 240, "min_width": 360, "framewise": True}
+        width = {
+            "responsive": True,
+            "height": 260,
+            "min_width": 360,
+            "framewise": True,
+            "hooks": [self.hours.hook],  # hours since the start above the UTC axis
+        }
         marks = hv.DynamicMap(lambda data: plots.marks(*data), streams=[p["marks"]])
 
         def series(y: str) -> Any:
@@ -165,7 +198,8 @@ class Session:
 
         # spectra, rests and triggers are marked on the voltage only: the axes are linked, and
         # each marked plot costs a redraw per spectrum
-        ewe = (series("Ewe") * marks).opts(title="cell voltage", **width)
+        # the legend beside the plot (inside, it covered the newest data)
+        ewe = (series("Ewe") * marks).opts(title="cell voltage", legend_position="right", **width)
         cur = series("I").opts(title="current", **width)
         soc = series("soc").opts(title="state of charge", **width)
         val = hv.DynamicMap(lambda data: plots.valence_plot(data, "t"), streams=[p["fits"]])
@@ -175,8 +209,18 @@ class Session:
         tfy = hv.DynamicMap(
             lambda data: plots.fraction_plot(data[0], "TFY", data[1]), streams=[p["fractions"]]
         )
+        # the beam beside the cell: a dump or a refill lines up with what it touched
+        beam = hv.DynamicMap(lambda data: plots.beam_plot(*data), streams=[p["beam"]])
         return (
-            (ewe + cur + soc + val.opts(**width) + tey.opts(**width) + tfy.opts(**width))
+            (
+                ewe
+                + cur
+                + soc
+                + beam.opts(**width)
+                + tey.opts(**width)
+                + tfy.opts(**width)
+                + val.opts(**width)
+            )
             .cols(2)
             .opts(shared_axes=True)
         )
@@ -252,7 +296,7 @@ class Session:
                     sizing_mode="stretch_width",
                 ),
             ),
-            ("Events", self.events),
+            ("Events", pn.Column(self.event_counts, self.events, sizing_mode="stretch_width")),
             dynamic=True,  # only the open tab is drawn: a page loads in a fraction
             sizing_mode="stretch_width",
         )
@@ -311,6 +355,8 @@ class Session:
         # One batch per redraw: Bokeh re-collects the document's models once, not per stream
         # (per stream, that walk took most of the server's time with two browsers open).
         with pn.io.hold(freeze=True):
+            if self.hours.t0_s is None and len(snap.cell):
+                self.hours.start_at(float(snap.cell["t"].iloc[0]))
             self._redraw(snap)
         # Under load (many tabs, fast replay) redraw less often rather than starve the server:
         # at most a third of the time goes to this tab's redraws, so new tabs still load.
@@ -363,7 +409,8 @@ class Session:
             self.rixs_sent = snap.rixs_latest
 
         def events(snap: Snapshot) -> None:
-            self.events.object = events_html(snap)
+            self.event_counts.object = event_counts_html(snap)
+            self.events.value = events_frame(snap)
 
         def parts(*names: str) -> Any:
             return lambda snap: self._changed(snap, *names)
@@ -371,6 +418,7 @@ class Session:
         return [
             ("cell", 0, parts("cell"), lambda snap: p["cell"].send(snap.cell)),
             ("marks", 0, marks_due, marks),
+            ("beam", 0, parts("spectra"), lambda snap: p["beam"].send((snap.beam, snap.beam_lost))),
             ("time fits", 0, parts("fits"), time_fits),
             ("spectra", 1, parts("fits", "spectra"), spectra_tab),
             ("relaxation", 2, parts("relaxation", "fits", "cell"), relaxation),
@@ -516,9 +564,25 @@ def header_html(snap: Snapshot, feed: StateFeed, redraw_ms: float = 0.0) -> str:
         f" - spot {html.escape(spot_text(orch.get('spot'), sp))}"
         f' - alarms <span class="op-alarm-count">{len(snap.alarms)}</span>'
         f" - damage {damage_counts(snap)}"
+        f" - {beam_text(snap)}"
         f" - state batches missed {feed.missed}"
         f' - redraw <span class="op-redraw">{redraw_ms:.0f}</span> ms'
         f"<br>{sources}</div>"
+    )
+
+
+def beam_text(snap: Snapshot) -> str:
+    """'beam lost 2 times, newest 12:03:10 UTC (4.0 min)': a dump seen in I0 (the scans it
+    touched read dark counts), or that I0 showed none."""
+    if not len(snap.beam):
+        return "beam: no I0 yet"
+    if not snap.beam_lost:
+        return '<span class="op-beam" data-lost="0">beam: never lost (I0)</span>'
+    _, a, b = max(snap.beam_lost, key=lambda x: x[1])
+    return (
+        f'<span class="op-beam" data-lost="{len(snap.beam_lost)}" style="color:#D55E00">'
+        f"beam lost {len(snap.beam_lost)} time(s), newest {utc_text(a)} "
+        f"({(b - a) / 60:.1f} min)</span>"
     )
 
 
@@ -640,23 +704,37 @@ def fit_quality_html(snap: Snapshot) -> str:
     )
 
 
-def events_html(snap: Snapshot) -> str:
-    """The newest events as a table a person reads: UTC time, kind, source and each detail
-    as 'name: value' (numbers to 4 digits), the ones that need attention marked."""
+EVENT_COLUMNS = ("UTC", "kind", "source", "attention", "detail")
+
+
+def events_frame(snap: Snapshot) -> pd.DataFrame:
+    """The events the dashboard keeps (the newest 500), newest first, as rows a person reads
+    and filters: UTC time, kind, source, whether it needs attention, and each detail as
+    'name: value' (numbers to 4 digits)."""
+    rows = [
+        (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["time"])),
+            e["kind"],
+            str(e.get("link") or ""),
+            "attention" if e["kind"] in ATTENTION else "",
+            _detail(e),
+        )
+        for e in reversed(snap.events)
+    ]
+    return pd.DataFrame(rows, columns=pd.Index(EVENT_COLUMNS))
+
+
+def _attention_row(row: pd.Series) -> list[str]:
+    return ["background:#fde2cf" if str(row["attention"]) == "attention" else ""] * len(row)
+
+
+def event_counts_html(snap: Snapshot) -> str:
     counts = ", ".join(
         f"{html.escape(k)} {v}" for k, v in sorted(snap.event_counts.items(), key=lambda kv: -kv[1])
     )
-    rows = "".join(
-        f'<tr style="{"background:#fde2cf" if e["kind"] in ATTENTION else ""}">'
-        f"<td>{time.strftime('%H:%M:%S', time.gmtime(e['time']))}</td>"
-        f"<td><b>{html.escape(e['kind'])}</b></td><td>{html.escape(str(e.get('link') or ''))}</td>"
-        f"<td>{_detail(e)}</td></tr>"
-        for e in reversed(snap.events[-100:])
-    )
     return (
-        f'<p>events (newest 100 of the run; counts: {counts})</p><table class="op-events" '
-        'style="font-size:90%"><tr><th>UTC</th><th>kind</th><th>source</th><th>detail</th></tr>'
-        f"{rows}</table>"
+        f"<p>events of the run by kind: {counts or 'none yet'}. The table holds the newest "
+        f"{len(snap.events)}; filter by kind, source, attention or text in its header.</p>"
     )
 
 
@@ -688,10 +766,10 @@ ATTENTION = frozenset(
 
 
 def _detail(e: dict[str, Any]) -> str:
-    """'name: value' of each detail (nested ones as parent.name), HTML-escaped."""
+    """'name: value' of each detail (nested ones as parent.name), as plain text (the table
+    shows it as text, never as markup)."""
     skip = {"id", "time", "t", "kind", "link"}
-    items = [f"<i>{html.escape(k)}</i>: {html.escape(v)}" for k, v in _flat(e, skip)]
-    return "; ".join(items)
+    return "; ".join(f"{k}: {v}" for k, v in _flat(e, skip))
 
 
 def _flat(d: dict[str, Any], skip: set[str], prefix: str = "") -> list[tuple[str, str]]:
@@ -722,11 +800,11 @@ def serve(opts: DashboardOptions) -> int:
     hv.opts.defaults(
         *(
             getattr(hv.opts, element)(framewise=True)
-            for element in ("Curve", "Scatter", "ErrorBars", "Spread", "Bars", "Points")
+            for element in ("Curve", "Scatter", "Segments", "Spread", "Bars", "Points")
         ),
         *(getattr(hv.opts, e)(framewise=True) for e in ("QuadMesh", "Overlay")),
     )
-    pn.extension(notifications=False)
+    pn.extension("tabulator", notifications=False)  # the Events table
     view = RunView(opts.run_dir)
     feed = StateFeed(view, opts.monitor)
     feed.start()

@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 import holoviews as hv
 import numpy as np
 import pandas as pd
+from bokeh.models import NumeralTickFormatter
 
 from operando.analysis.relaxation import split_series
 
@@ -32,6 +33,7 @@ FRACTION = hv.Dimension("fraction", label="fraction", range=(0, 1))
 ENERGY = hv.Dimension("energy", label="photon energy", unit="eV")
 INTENSITY = hv.Dimension("intensity", label="signal / I0")
 DOSE = hv.Dimension("dose", label="dose", unit="MGy")
+I0 = hv.Dimension("I0", label="I0 (counts or monitor units)")
 
 
 E = TypeVar("E", bound=hv.core.Dimensioned)
@@ -47,6 +49,19 @@ def styled(element: E, **options: Any) -> E:
 def as_time(t: Any) -> Any:
     """Seconds since the epoch -> datetime64 (what the time axes show)."""
     return pd.to_datetime(np.asarray(t, float), unit="s", utc=False)
+
+
+def waiting(x: Any, y: Any, title: str) -> hv.Overlay:
+    """A plot with nothing to draw yet, saying so, with its legend already beside it.
+
+    The legend is there from the start on purpose: a plot that gained its first legend on a
+    later update kept a stale view in the browser without it, and Bokeh then logged 'cannot
+    find a view for Legend' at every layout pass (hundreds a minute, issue #22)."""
+    return styled(
+        hv.Overlay([hv.Curve([], x, y, label="no data yet")]),
+        title=title,
+        legend_position="right",
+    )
 
 
 def cell_curve(cell: pd.DataFrame, y: str) -> hv.Curve:
@@ -103,6 +118,53 @@ def marks(
     return rest * windows * fired
 
 
+def beam_plot(beam: pd.DataFrame, lost: list[tuple[int, float, float]]) -> hv.Overlay:
+    """The beam as I0 saw it: each scan's median I0 (marker per edge: the monitor reads each
+    edge's photons differently), its minimum, and the times it was lost shaded red."""
+    if not len(beam):
+        return waiting(T, I0, "beam (I0): no scan with an I0 yet")
+    items: list[Any] = []
+    for i, (edge, b) in enumerate(beam.groupby("edge", sort=True)):
+        data = pd.DataFrame(
+            {"time": as_time(b["t"]), "I0": b["i0_median"], "minimum": b["i0_min"],
+             "spectrum": b["spectrum_id"]}
+        )  # fmt: skip
+        marker = MARKERS[i % len(MARKERS)]
+        items.append(
+            styled(
+                hv.Scatter(data, T, [I0, "minimum", "spectrum"], label=f"{edge} median"),
+                color=PALETTE[0], marker=marker, size=5, tools=["hover"],
+            )
+        )  # fmt: skip
+        lowest = pd.DataFrame({"time": data["time"], "I0": b["i0_min"].to_numpy()})
+        items.append(
+            styled(
+                hv.Scatter(lowest, T, I0, label=f"{edge} minimum"),
+                color=PALETTE[4], marker=marker, size=3,
+            )
+        )  # fmt: skip
+    spans = pd.DataFrame(
+        {"x0": as_time([a for _, a, _ in lost]), "x1": as_time([b for *_, b in lost])}
+    )
+    items.append(
+        styled(
+            hv.VSpans(spans, kdims=["x0", "x1"], label="beam lost"),
+            color=PALETTE[3], alpha=0.35, line_alpha=0,
+        )
+    )  # fmt: skip
+    title = "beam (I0 per scan)"
+    if lost:
+        minutes = sum(b - a for _, a, b in lost) / 60
+        scans = len({sid for sid, *_ in lost})
+        title += f": lost {len(lost)} time(s), {minutes:.1f} min, in {scans} scan(s)"
+    return styled(
+        hv.Overlay(items),
+        title=title,
+        legend_position="right",
+        yformatter=NumeralTickFormatter(format="0.[00]a"),  # 100k, not 1.000e+5
+    )
+
+
 def fraction_plot(fits: pd.DataFrame, channel: str, edge: str | None) -> hv.Overlay:
     """Valence fractions of one edge and channel against time, with +-1 sigma bands."""
     title = {"TEY": "surface (TEY)", "TFY": "bulk (TFY)"}.get(channel, channel)
@@ -120,7 +182,7 @@ def fraction_plot(fits: pd.DataFrame, channel: str, edge: str | None) -> hv.Over
         )
         items.append(styled(hv.Curve(data, T, FRACTION, label=name), color=colour, tools=["hover"]))
     if not items:
-        items = [hv.Curve(pd.DataFrame({"time": as_time([]), "fraction": []}), T, FRACTION)]
+        return waiting(T, FRACTION, title)
     return styled(hv.Overlay(items), title=title, legend_position="right")
 
 
@@ -148,7 +210,19 @@ def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
         ).sort_values(xdim.name)
         poor = data["quality"] == "poor"
         trusted = data[~poor]
-        items.append(styled(hv.ErrorBars(trusted, xdim, [VALENCE, "err"]), color=colour, alpha=0.5))
+        # +-1 sigma as line segments (a glyph): ErrorBars are a Bokeh annotation, and one added
+        # on a later update kept a stale view that logged 'cannot find a view for Whisker'
+        bars = pd.DataFrame(
+            {
+                xdim.name: trusted[xdim.name],
+                "valence": trusted["valence"] - trusted["err"],
+                "x1": trusted[xdim.name],
+                "y1": trusted["valence"] + trusted["err"],
+            }
+        )
+        items.append(
+            styled(hv.Segments(bars, [xdim, VALENCE, "x1", "y1"]), color=colour, alpha=0.5)
+        )
         items.append(
             styled(
                 hv.Scatter(trusted, xdim, [VALENCE, "quality", "notes"], label=f"{edge} {channel}"),
@@ -174,9 +248,9 @@ def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
                     tools=["hover"],
                 )
             )
-    if not items:
-        items = [hv.Scatter(pd.DataFrame({xdim.name: [], "valence": []}), xdim, VALENCE)]
     against = "time" if x == "t" else "SOC"
+    if not items:
+        return waiting(xdim, VALENCE, f"average oxidation state vs {against}: no fit yet")
     # the legend beside the plot: inside, it hid the newest points (top right)
     return styled(
         hv.Overlay(items), title=f"average oxidation state vs {against}", legend_position="right"
@@ -187,9 +261,7 @@ def spectrum_plot(latest: Any, part: str = "fit") -> hv.Overlay:
     """The newest analysed spectrum of each channel: data and fitted model (``part='fit'``),
     or the residual data - model (``part='residual'``)."""
     if latest is None:
-        return styled(
-            hv.Overlay([hv.Curve([], ENERGY, INTENSITY)]), title="latest spectrum: none yet"
-        )
+        return waiting(ENERGY, INTENSITY, "latest spectrum: none yet")
     items = []
     for channel, c in latest.channels.items():
         colour = CHANNEL_COLOUR.get(channel, PALETTE[4])
@@ -275,10 +347,7 @@ def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
         if (k == "Ewe") == (quantity == "Ewe")
     }
     if not channels:
-        return styled(
-            hv.Overlay([hv.Curve([], tdim, ydim)]),
-            title=f"relaxation ({quantity}): no rest period fitted yet",
-        )
+        return waiting(tdim, ydim, f"relaxation ({quantity}): no rest period fitted yet")
     items, taus = [], []
     edges = sorted({split_series(k)[0] for k in channels} - {""})
     for channel, c in channels.items():
@@ -412,11 +481,14 @@ def rixs_map(latest: dict[str, Any] | None) -> hv.QuadMesh:
     """The newest RIXS map as its rows arrive."""
     ex_dim = hv.Dimension("excitation", label="excitation energy", unit="eV")
     em_dim = hv.Dimension("emission", label="emission energy", unit="eV")
-    if latest is None or latest["rows"] < 2:
-        # empty (NaN, drawn transparent), not a solid box that looks like a map of zeros
+    if latest is None or latest["rows"] < 1:
+        # empty (NaN, drawn transparent), not a solid box that looks like a map of zeros; its
+        # colour bar there from the start (one added on an update is a view the page lacks)
         return styled(
             hv.QuadMesh(([0.0, 1.0], [0.0, 1.0], np.full((2, 2), np.nan)), [em_dim, ex_dim]),
             title="RIXS map: no rows yet" if latest is None else "RIXS map: waiting for rows",
+            cmap="cividis",
+            colorbar=True,
         )
     ex = latest["excitation"]
     filled = np.isfinite(ex)

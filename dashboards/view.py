@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import zmq
 
+from operando.analysis.beam import BeamHistory, point_times
 from operando.analysis.lcf import FitResult, model_curve
 from operando.analysis.normalize import EDGE_WINDOWS, NormalizationError, normalize
 from operando.analysis.references import ReferenceError, References
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CELL_CHUNK = 100_000  # rows per query
 SPOT_COLUMNS = ("spot", "x_mm", "y_mm")
+BEAM_COLUMNS = ("spectrum_id", "edge", "t", "i0_median", "i0_min", "level", "lost_s")
 
 
 class CellTrace:
@@ -110,6 +112,9 @@ class Snapshot:
     alarms: list[dict[str, Any]] = field(default_factory=list)
     relaxation: dict[str, Any] | None = None
     latest: LatestSpectrum | None = None
+    # each scan's I0 (BEAM_COLUMNS): the beam's level over time, and when it was lost
+    beam: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=pd.Index(BEAM_COLUMNS)))
+    beam_lost: list[tuple[int, float, float]] = field(default_factory=list)  # (scan, from, to)
     heatmaps: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=dict
     )
@@ -188,6 +193,7 @@ class RunView:
             tuple[str, str, str], deque[tuple[float, np.ndarray, np.ndarray]]
         ] = {}
         self.latest: LatestSpectrum | None = None
+        self.beam = BeamHistory()  # each scan's I0, and when the beam was lost
         self.parts: Counter[str] = Counter()
         self.snapshot = Snapshot()
 
@@ -251,7 +257,7 @@ class RunView:
     def _read_spectra(self) -> bool:
         rows = self.follow.alignments(again=self.partial)
         changed = False
-        newest_scan: dict[str, Any] | None = None
+        newest_scan: tuple[dict[str, Any], Any] | None = None
         for r in rows:
             sid = r.spectrum_id
             doc: dict[str, Any] = r._asdict()
@@ -264,16 +270,27 @@ class RunView:
             (self.partial.add if doc["partial"] else self.partial.discard)(sid)
             if new and doc["kind"] == "rixs_rows":
                 self._add_rixs_rows(doc)
-            elif new and (self.latest is None or sid > self.latest.spectrum_id):
-                newest_scan = doc
+            elif new:
+                msg = self._decode_raw(doc["raw_id"])
+                self._add_beam(doc, msg)
+                if self.latest is None or sid > self.latest.spectrum_id:
+                    newest_scan = (doc, msg)
         if newest_scan is not None:
             # every scan is drawn as it comes, its fit added when (and if) one is made: an
             # edge without references showed "none yet" beside 7 recorded spectra
-            self._latest_unfitted(newest_scan)
+            self._latest_unfitted(*newest_scan)
         return changed
 
-    def _latest_unfitted(self, doc: dict[str, Any]) -> None:
-        msg = self._decode_raw(doc["raw_id"])
+    def _add_beam(self, doc: dict[str, Any], msg: Any) -> None:
+        """The scan's I0 into the beam trace (a scan without an I0 channel adds nothing)."""
+        if msg is None or "I0" not in msg.arrays:
+            return
+        i0 = np.asarray(msg.arrays["I0"], float)
+        point_t = msg.arrays.get("point_t")
+        t = point_times(doc["t_start"], doc["t_end"], len(i0), point_t)
+        self.beam.add(doc["spectrum_id"], doc["edge"], t, i0)
+
+    def _latest_unfitted(self, doc: dict[str, Any], msg: Any) -> None:
         if msg is None or "energy" not in msg.arrays:
             return
         energy = np.asarray(msg.arrays["energy"], float)
@@ -568,6 +585,8 @@ class RunView:
             if changed("relaxation", "fits", "cell")
             else old.relaxation,
             latest=self.latest,
+            beam=self._beam_frame() if changed("spectra") else old.beam,
+            beam_lost=self.beam.lost() if changed("spectra") else old.beam_lost,
             heatmaps=self._heatmaps() if changed("fits") else old.heatmaps,
             rixs_maps=pd.DataFrame(list(self.rixs_maps.values()))
             if changed("rixs")
@@ -581,6 +600,25 @@ class RunView:
             refreshed_at=time.time(),
         )
         self.rixs_rows_added = False
+
+    def _beam_frame(self) -> pd.DataFrame:
+        """One row per scan with an I0: its time, median and minimum I0, the level it was
+        judged against and the seconds of it without beam (0 when the beam stayed)."""
+        return pd.DataFrame(
+            [
+                {
+                    "spectrum_id": sid,
+                    "edge": self.spectra[sid]["edge"],
+                    "t": b.t,
+                    "i0_median": b.i0_median,
+                    "i0_min": b.i0_min,
+                    "level": b.level,
+                    "lost_s": b.lost_s,
+                }
+                for sid, b in self.beam.scans
+            ],
+            columns=pd.Index(BEAM_COLUMNS),
+        )
 
 
 def _rates(old: Snapshot, status: dict[str, Any]) -> dict[str, float]:

@@ -7,10 +7,10 @@
 Each preset's demo runs at 120x with its dashboard; Debian's Chromium (Playwright) opens the
 page at 1600x1000, lets the run build up, then opens every tab in turn and takes a full-page
 picture of each. Every ``pageerror`` and console error is collected and printed, and the
-exit status is 1 when there is any (issue #22 asks for none in every preset; on 2026-12-04
-only lirich-rixs had none: the others log 'cannot find a view for Legend' for the Relaxation
-tab's plots once that tab has been left). Needs the test extras (playwright) and
-/usr/bin/chromium.
+exit status is 1 when there is any (issue #22 asks for none in every preset: on 2026-12-04,
+after the plots kept their legends and error bars from the first paint, every preset had none;
+``tests/system/test_dashboard_browser.py`` checks the same per preset). Needs the test extras
+(playwright) and /usr/bin/chromium.
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from operando.dashboards.headless import http_ready, launch
+from operando.dashboards.headless import http_ready, launch, tour, watch_errors
 
 from operando.config import demo_presets
 from operando.demo import free_ports
 
-TABS = ("Electrochemistry & valence", "Spectra", "Relaxation", "Dose & damage", "RIXS", "Events")
 HERE = Path(__file__).resolve().parent
 
 
@@ -80,26 +78,21 @@ def _browse(
         browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.on("pageerror", lambda e: errors.append(f"{preset}: pageerror: {e}"))
-            page.on("console", lambda m: _console(m, preset, errors))
+            watch_errors(page, errors)
             page.goto(url)
             page.wait_for_selector(".op-spectra", timeout=60_000)
             time.sleep(build_up_s)
-            for tab in TABS:
-                page.get_by_text(tab, exact=True).click()
-                time.sleep(per_tab_s)
+
+            def shoot(tab: str) -> None:
                 if out is not None:
                     out.mkdir(parents=True, exist_ok=True)
                     slug = re.sub(r"[^a-z]+", "-", tab.lower()).strip("-")
                     page.screenshot(path=str(out / f"{preset}-{slug}.png"), full_page=True)
+
+            tour(page, per_tab_s, shoot)
         finally:
             browser.close()
-    return errors
-
-
-def _console(message: Any, preset: str, errors: list[str]) -> None:
-    if message.type == "error":
-        errors.append(f"{preset}: console error: {message.text}")
+    return [f"{preset}: {e}" for e in errors]
 
 
 def main() -> int:

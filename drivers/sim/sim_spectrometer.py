@@ -41,6 +41,7 @@ from operando.drivers.sim.sim_potentiostat import settings_from
 from operando.drivers.sim.spectra import (
     EDGES,
     Realism,
+    beam_on,
     references,
     rixs_axes,
     rixs_map,
@@ -237,6 +238,7 @@ def simulate_xas(
     sample: tuple[str, float],
     energy_shift_eV: float,
     rng: np.random.Generator,
+    experiment_t0: float = 0.0,
 ) -> SimulatedScan:
     """One XAS scan of a spot that had taken ``dose0_Gy``, from the spectroscopic SOC ``y``
     and the voltage at each point: the sample's truth (photoreduced point by point as the
@@ -244,7 +246,9 @@ def simulate_xas(
     edge, r = EDGES[edge_name], s.realism
     energy = edge.axis()
     n = len(energy)
-    d_point = dose_per_point(s.flux_ph_s, s.dwell_s, energy, *sample, s.spot_area_mm2)
+    # a lost beam (realism.beam_losses, in seconds since ``experiment_t0``) doses nothing
+    on = beam_on(r, point_t - experiment_t0)
+    d_point = on * dose_per_point(s.flux_ph_s, s.dwell_s, energy, *sample, s.spot_area_mm2)
     dose_at = dose0_Gy + np.concatenate(([0.0], np.cumsum(d_point)[:-1])) + 0.5 * d_point
     refs = references(edge, energy - energy_shift_eV)  # the sample's features appear shifted
     names = edge.names
@@ -261,7 +265,7 @@ def simulate_xas(
         f_surf[k] = [fs.get(v, 0.0) for v in names]
         f_bulk[k] = [fb.get(v, 0.0) for v in names]
     ref_matrix = np.column_stack([refs[v] for v in names])
-    channels = synthesize_xas(energy, point_t, ref_matrix, f_surf, f_bulk, r, rng)
+    channels = synthesize_xas(energy, point_t, ref_matrix, f_surf, f_bulk, r, rng, on)
     return SimulatedScan(channels, f_surf, f_bulk, dose0_Gy + float(d_point.sum()), energy_shift_eV)
 
 
@@ -494,6 +498,7 @@ class SimSpectrometer(Driver):
             (formula, density),
             self._energy_shift(t_start),
             self.rng,
+            experiment_t0=self.clock.t0_ns * 1e-9,
         )
         self.dose[spot.id] = scan.dose_after_Gy
         names, channels, shift = edge.names, scan.channels, scan.energy_shift_eV

@@ -224,6 +224,18 @@ class Realism(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     energy_drift_eV_per_h: float = 0.05
     self_absorption_mu_bg: float = 24.0  # TFY saturation; 0 switches self-absorption off
     damage: bool = True
+    # beam lost (a ring dump, a closed shutter) from..to, in seconds since the experiment began:
+    # no photons on the sample, the I0 monitor and the detectors read dark counts
+    beam_losses: list[tuple[float, float]] = msgspec.field(default_factory=list)
+
+
+def beam_on(realism: Realism, t_exp: np.ndarray) -> np.ndarray:
+    """1.0 where the beam reaches the sample at ``t_exp`` (experiment seconds), 0.0 where it
+    is lost: what scales the counts and the dose."""
+    on = np.ones(len(t_exp))
+    for start, end in realism.beam_losses:
+        on[(t_exp >= start) & (t_exp < end)] = 0.0
+    return on
 
 
 def synthesize_xas(
@@ -234,6 +246,7 @@ def synthesize_xas(
     f_bulk: np.ndarray,
     realism: Realism,
     rng: np.random.Generator,
+    on: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """I0, TEY and TFY counts of one scan from per-point valence fractions (n, k).
 
@@ -249,6 +262,8 @@ def synthesize_xas(
     bg_tey = (0.25 + 0.35 * x) if r.background_slope else 0.25
     bg_tfy = (0.10 - 0.06 * x) if r.background_slope else 0.10
     beam = 1.0 + 0.01 * np.sin(2 * np.pi * point_t / 1800.0)  # slow source variation
+    if on is not None:
+        beam = beam * on
     scale = r.counts_at_edge_step
     i0 = 10.0 * scale * beam * (1.0 + r.i0_drift * (2 * x - 1))
     tey = scale * beam * (mu_s + bg_tey)

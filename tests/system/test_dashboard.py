@@ -13,21 +13,24 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli
+from conftest import cli, record_demo
 from operando.dashboards import plots
 from operando.dashboards.live import (
+    ATTENTION,
     DashboardOptions,
     Session,
+    beam_text,
     damage_counts,
     damage_html,
-    events_html,
+    events_frame,
     glance_html,
     spot_text,
 )
 from operando.dashboards.view import CellTrace, RunView, StateFeed
 
 from operando.alarms import Alarms
-from operando.store import RunStore, open_readonly
+from operando.protocol import decode
+from operando.store import RunStore, open_readonly, read_raw
 
 
 @pytest.fixture(scope="module")
@@ -336,12 +339,17 @@ def test_the_header_gives_the_experiment_at_a_glance(lfp_view):
 @pytest.mark.slow
 def test_the_events_table_reads_as_text_not_json(lfp_view):
     s = lfp_view.snapshot
-    text = events_html(s)
-    assert s.events and text.count("<tr") == min(len(s.events), 100) + 1
-    assert '{"' not in text  # no raw JSON
+    table = events_frame(s)
+    assert s.events and len(table) == len(s.events)
+    assert not table["detail"].str.contains('{"', regex=False).any()  # no raw JSON
+    assert not table["detail"].str.contains("<", regex=False).any()  # no markup
     newest = s.events[-1]
+    assert table["kind"].iloc[0] == newest["kind"]  # newest first
     shown = [k for k in newest if k not in {"id", "time", "t", "kind", "link"}]
-    assert all(f"<i>{k}" in text for k in shown), (shown, text[:500])
+    assert all(f"{k}: " in table["detail"].iloc[0] for k in shown), (shown, table.iloc[0])
+    attention = table["attention"] == "attention"
+    assert set(table.loc[attention, "kind"]) <= ATTENTION
+    assert not set(table.loc[~attention, "kind"]) & ATTENTION
 
 
 def test_damage_suspicions_and_verdicts_are_told_apart(tmp_path):
@@ -385,3 +393,47 @@ def test_damage_suspicions_and_verdicts_are_told_apart(tmp_path):
     assert "above the control spot" in page
     view.close()
     store.close()
+
+
+@pytest.mark.slow
+def test_a_ring_dump_shows_in_the_beam_trace_where_it_was(tmp_path):
+    """na-mno2's ring dumps 2400-2700 s into the run (its spectrometer's realism.beam_losses,
+    the truth): the beam trace marks the scan points measured then, and nothing else."""
+    run = tmp_path / "run"
+    record_demo(run, 40, "--preset", "na-mno2", timeout=200)
+    t0 = json.loads((run / "demo.json").read_text())["t0_ns"] * 1e-9
+    config = json.loads((run / "demo-config.json").read_text())
+    losses = config["drivers"]["spectrometer"]["realism"]["beam_losses"]
+    assert losses == [[2400.0, 2700.0]]
+    view = RunView(run)
+    try:
+        view.refresh()
+        s = view.snapshot
+    finally:
+        view.close()
+    conn = open_readonly(run)
+    try:
+        scans = conn.execute("SELECT id, raw_id FROM spectra WHERE kind = 'xas_scan'").fetchall()
+    finally:
+        conn.close()
+    expected = []
+    for sid, raw_id in scans:
+        t = np.asarray(decode(read_raw(run, raw_id).frames).arrays["point_t"])
+        dark = np.zeros(len(t), bool)
+        for a, b in losses:
+            dark |= (t - t0 >= a) & (t - t0 < b)
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], dark.astype(np.int8), [0]))))
+        half = 0.5 * float(np.median(np.diff(t)))
+        expected += [
+            (sid, t[a] - half, t[b - 1] + half)
+            for a, b in zip(edges[::2], edges[1::2], strict=True)
+        ]
+    assert len(s.beam) == len(scans) and len(expected) >= 2  # the dump cut at least two scans
+    assert [sid for sid, *_ in s.beam_lost] == [sid for sid, *_ in expected]
+    np.testing.assert_allclose(
+        [x for _, *ab in s.beam_lost for x in ab], [x for _, *ab in expected for x in ab], atol=1e-6
+    )
+    assert f"beam lost {len(expected)} time(s)" in beam_text(s)
+    hv.extension("bokeh")
+    fig = hv.render(plots.beam_plot(s.beam, s.beam_lost))
+    assert f"lost {len(expected)} time(s)" in fig.title.text, fig.title.text

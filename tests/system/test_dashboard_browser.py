@@ -13,8 +13,16 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, recorded_events, wait_for
-from operando.dashboards.headless import CHROMIUM, http_ready, launch, plotted_until
+from operando.dashboards.headless import (
+    CHROMIUM,
+    http_ready,
+    launch,
+    plotted_until,
+    tour,
+    watch_errors,
+)
 
+from operando.config import demo_presets
 from operando.demo import free_ports
 from operando.store import open_readonly
 
@@ -190,3 +198,32 @@ def test_finished_run_opens_in_a_dashboard_and_basic_auth_guards_it(
     page.get_by_text("Relaxation", exact=True).click()
     page.wait_for_timeout(2000)  # Bokeh draws titles into its canvas: look at the screenshot
     _shot(page, "dashboard-finished-lfp-relaxation")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", demo_presets())
+def test_every_tab_of_every_preset_without_a_page_error(tmp_path, processes, browser, preset):
+    """Each preset's live dashboard, every tab opened in turn while the run grows: not one
+    uncaught page error or console error (a plot that gained its first legend or error bars
+    on an update logged 'cannot find a view for ...' hundreds of times a minute)."""
+    port = free_ports(1)[0]
+    processes(
+        "demo", "--preset", preset, "--headless", "--duration", "150", "--speed", "120",
+        "--run-dir", str(tmp_path / "run"), "--dashboard-port", str(port),
+        log=tmp_path / "demo.log",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    wait_for(lambda: http_ready(url + "liveness"), 120, 0.5, what=f"dashboard at {url}")
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    errors: list[str] = []
+    watch_errors(page, errors)
+    page.goto(url)
+    page.wait_for_selector(".op-spectra", timeout=60_000)
+    # the run builds up (first spectra, fits, a rest) before and while the tabs are opened
+    wait_for(lambda: _spectra(page) >= 5, 90, 0.5, what="five spectra on the page")
+    tour(page, per_tab_s=5.0)
+    tour(page, per_tab_s=2.0)  # and back again: a tab left and reopened redraws what it missed
+    _shot(page, f"every-tab-{preset}")
+    assert errors == []
+    # the tour ends on the Events tab: a table with rows (kind, source, time, text)
+    assert page.locator(".op-events .tabulator-row").count() > 0

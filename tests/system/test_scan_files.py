@@ -279,8 +279,12 @@ def test_scan_files_through_the_monitor(tmp_path, processes):
     try:
         view.refresh()
         latest = view.snapshot.latest
+        rixs = view.snapshot.rixs_latest
     finally:
         view.close()
+    # ... and the newest RIXS map from the files, also a map of one row (it said "waiting")
+    assert rixs is not None and rixs["rows"] == rixs["rows_total"] >= 1, rixs
+    assert np.isfinite(rixs["counts"]).any()
     assert latest is not None and latest.channels, "the newest scan is drawn"
     newest = max(sid for (sid,) in _ids(run, "SELECT id FROM spectra WHERE kind = 'xas_scan'"))
     assert latest.spectrum_id == newest
