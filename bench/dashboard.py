@@ -15,7 +15,19 @@ whole time. Measured in this one run:
   the message holding the newest row the page's plots hold), so a plot that stopped updating
   while the header moves on would show;
 - first paint of the finished run in a fresh page on a fresh dashboard: until all spectra are
-  counted and the plots are drawn.
+  counted and the plots are drawn;
+- what each redraw of the open tab spent its server time on, per step (the header's
+  ``data-steps``, sampled ~4/s).
+
+At real time (``--speed 1``) the preset's scan every 150 s gives few spectra; ``--hours 0.17
+--speed 1 --scan-interval 10`` takes a quick scan (7 s) every 10 s for 10 min.
+
+    python bench/dashboard.py --switch [--preset lirich-rixs] [--hours 4] [--speed 120]
+
+Under a RIXS preset's load (maps streaming rows), opens each tab in turn and picks each edge
+of the fraction plots, and times the click to the page showing it: a tab until the header the
+server sends with that tab's redraw reaches the page (it comes in the same document patch as
+the tab's plots), an edge until a plot title names it.
 
 The transport baseline, measured in the same invocation: ``shared/bench/bare_zmq.py`` (8 KB
 PUSH/PULL): the time one bare message takes, to put the latency beside.
@@ -34,6 +46,7 @@ import threading
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from baseline import load_bare_zmq
@@ -57,15 +70,42 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def long_config(hours: float, workdir: Path) -> Path:
-    """peo-nmc, cycling long enough for ``hours`` (the preset loops 5 times)."""
+def long_config(hours: float, workdir: Path, scan_interval_s: float | None = None) -> Path:
+    """peo-nmc, cycling long enough for ``hours`` (the preset loops 5 times), with a scan
+    every ``scan_interval_s`` if given (the preset's ~105 s scan every 150 s otherwise): a
+    quick scan then, ~350 points of 20 ms."""
     cfg = tomllib.loads(preset_path("peo-nmc").read_text())
     for step in cfg["drivers"]["potentiostat"]["protocol"]:
         if step["type"] == "loop":
             step["repeat"] = int(hours / 2) + 10  # a cycle takes ~2.5 h at 1C
+    if scan_interval_s is not None:
+        cfg["drivers"]["spectrometer"]["interval_s"] = scan_interval_s
+        cfg["drivers"]["spectrometer"]["dwell_s"] = 0.02
     path = workdir / "long.json"
     path.write_text(json.dumps(cfg))
     return path
+
+
+def start_demo(
+    experiment: tuple[str, str], speed: float, wall_s: float, run: Path, port: int
+) -> subprocess.Popen[bytes]:
+    """``operando demo`` of ``experiment`` (``--preset NAME`` or ``--config FILE``) with its
+    dashboard on ``port``, for ``wall_s`` seconds at ``speed``."""
+    return subprocess.Popen(
+        [
+            *CLI,
+            *("demo", *experiment, "--headless", "--speed", str(speed)),
+            *("--duration", str(wall_s), "--run-dir", str(run), "--dashboard-port", str(port)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def browser_page(playwright: Any, width: int = 1300) -> tuple[Any, Any]:
+    """A headless Chromium and a page in it, ``width`` px wide."""
+    browser = launch(playwright)
+    return browser, browser.new_page(viewport={"width": width, "height": 1000})
 
 
 def wait_http(url: str, timeout: float = 90.0) -> None:
@@ -120,12 +160,134 @@ def growth(samples: list[tuple[float, dict[str, float]]], name: str) -> dict[str
     }
 
 
+# the titles of the page's plots, as Bokeh holds them (the canvases draw them)
+_TITLES_JS = """() => {
+  const out = [];
+  for (const doc of (window.Bokeh ? Bokeh.documents : [])) {
+    for (const m of doc.all_models) {
+      if (m.type === "Title" || (m.constructor && m.constructor.name === "Title")) out.push(m.text);
+    }
+  }
+  return out;
+}"""
+
+
+def wait_until(check: Any, timeout_s: float) -> float | None:
+    """Seconds until ``check()`` is true, polled every 20 ms (None: not within the timeout)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        if check():
+            return time.perf_counter() - t0
+        time.sleep(0.02)
+    return None
+
+
+def switches(preset: str, hours: float, speed: float, workdir: str) -> None:
+    """Tab and edge switches timed under ``preset``'s load (see the module's description)."""
+    from operando.dashboards.headless import TABS
+
+    wall = hours * 3600 / speed
+    tab_s: dict[str, list[float | None]] = {tab: [] for tab in TABS}
+    # of which the page's own part: from the server sending the tab's redraw to the page
+    # showing it (the browser lays out and paints the tab it opens before it takes the patch)
+    page_s: dict[str, list[float | None]] = {tab: [] for tab in TABS}
+    edge_s: list[float | None] = []
+    with tempfile.TemporaryDirectory(dir=workdir) as d:
+        run, port = Path(d) / "run", free_ports(1)[0]
+        demo = start_demo(("--preset", preset), speed, wall, run, port)
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            wait_http(url)
+            with sync_playwright() as pw:
+                browser, page = browser_page(pw, width=1600)
+                page.goto(url)
+                page.wait_for_selector("#op-latest", timeout=60_000)
+                redraw = page.locator(".op-redraw")
+                page.wait_for_timeout(10_000)  # the run under way: spectra and RIXS rows
+                while demo.poll() is None:
+                    try:
+                        for i, tab in enumerate((*TABS[1:], TABS[0])):
+                            index = (i + 1) % len(TABS)
+                            page.get_by_text(tab, exact=True).click()
+                            took = wait_until(
+                                lambda index=index: (
+                                    redraw.get_attribute("data-tab", timeout=5000) == str(index)
+                                ),
+                                15.0,
+                            )
+                            if demo.poll() is not None:  # the run ended: no server to answer
+                                break
+                            sent = float(redraw.get_attribute("data-sent") or "nan")
+                            tab_s[tab].append(took)
+                            page_s[tab].append(time.time() - sent if took else None)
+                            page.wait_for_timeout(1000)
+                        # the edge the fraction plots show now, named in their titles
+                        shown = {
+                            str(t).split(" fractions,")[0]
+                            for t in page.evaluate(_TITLES_JS)
+                            if " fractions," in str(t)
+                        }
+                        if len(shown) != 1:
+                            continue
+                        (current,) = shown
+                        edges = page.locator(".op-edge select")
+                        options = edges.locator("option").all_inner_texts()
+                        for edge in [o for o in options if o != current][:1]:
+                            edges.select_option(label=edge)
+                            edge_s.append(
+                                wait_until(
+                                    lambda edge=edge: any(
+                                        str(t).startswith(f"{edge} fractions")
+                                        for t in page.evaluate(_TITLES_JS)
+                                    ),
+                                    15.0,
+                                )
+                            )
+                    except Exception:  # the server is stopping at the end of the run
+                        break
+                browser.close()
+            demo.wait(120)
+        finally:
+            if demo.poll() is None:
+                demo.send_signal(signal.SIGINT)
+                demo.wait(120)
+
+    def summary(values: list[float | None]) -> dict[str, Any]:
+        shown = [1e3 * v for v in values if v is not None]
+        return {
+            "n": len(values),
+            "not_shown_within_15_s": len(values) - len(shown),
+            "p50_ms": round(float(np.percentile(shown, 50)), 0) if shown else None,
+            "p95_ms": round(float(np.percentile(shown, 95)), 0) if shown else None,
+            "max_ms": round(max(shown), 0) if shown else None,
+        }
+
+    report = {
+        "preset": preset,
+        "experiment_hours": hours,
+        "speed": speed,
+        "tab_switch": {tab: summary(v) for tab, v in tab_s.items()},
+        "tab_switch_page_part": {tab: summary(v) for tab, v in page_s.items()},
+        "edge_switch": summary(edge_s),
+        "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
+    }
+    print(json.dumps(report, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hours", type=float, default=72.0, help="experiment hours to run")
     ap.add_argument("--speed", type=float, default=720.0, help="experiment s per wall s")
     ap.add_argument("--workdir", default=tempfile.gettempdir())
+    ap.add_argument(
+        "--scan-interval", type=float, help="s between scans (experiment time; preset: 150)"
+    )
+    ap.add_argument("--switch", action="store_true", help="time tab and edge switches")
+    ap.add_argument("--preset", default="lirich-rixs", help="the load for --switch")
     a = ap.parse_args()
+    if a.switch:
+        switches(a.preset, a.hours, a.speed, a.workdir)
+        return
 
     bare = load_bare_zmq().measure("8KB", "pushpull", "sync", repeat=1, port=free_ports(1)[0])
     bare_ms = 1e3 / bare["msgs_per_s"]
@@ -135,26 +297,18 @@ def main() -> None:
         work = Path(d)
         run = work / "run"
         port = free_ports(1)[0]
-        cfg = long_config(a.hours, work)
-        demo = subprocess.Popen(
-            [
-                *CLI,
-                *("demo", "--config", str(cfg), "--headless", "--speed", str(a.speed)),
-                *("--duration", str(wall), "--run-dir", str(run), "--dashboard-port", str(port)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        cfg = long_config(a.hours, work, a.scan_interval)
+        demo = start_demo(("--config", str(cfg)), a.speed, wall, run, port)
         sampler = Sampler(run)
         seen: list[tuple[int, float]] = []  # (spectrum id shown, wall time first seen)
         plotted: list[tuple[float, float | None]] = []  # (wall time, newest time plotted)
+        spent: dict[str, list[float]] = {}  # ms per redraw step, as the page's header says
         try:
             url = f"http://127.0.0.1:{port}/"
             wait_http(url)
             sampler.start()
             with sync_playwright() as pw:
-                browser = launch(pw)
-                page = browser.new_page(viewport={"width": 1300, "height": 1000})
+                browser, page = browser_page(pw)
                 page.goto(url)
                 page.wait_for_selector("#op-latest", timeout=60_000)
                 latest = page.locator("#op-latest")
@@ -164,6 +318,9 @@ def main() -> None:
                         sid = int(latest.get_attribute("data-spectrum-id", timeout=5000) or 0)
                         if k % 10 == 0:
                             plotted.append((time.time(), plotted_until(page)))
+                            steps = page.locator(".op-redraw").get_attribute("data-steps")
+                            for name, ms in json.loads(steps or "{}").items():
+                                spent.setdefault(name, []).append(ms)
                     except Exception:  # the server is stopping at the end of the run
                         break
                     if not seen or sid > seen[-1][0]:
@@ -210,6 +367,10 @@ def main() -> None:
                 latencies.append(times[k] - recv_ns * 1e-9)
                 arrived.append(recv_ns * 1e-9)
         lat = np.array(latencies) * 1e3
+        if lat.size < 2:
+            raise SystemExit(
+                f"only {lat.size} spectra arrived after the page opened: run longer (--hours)"
+            )
         # after warm-up: the same first 20 % of the run the RSS figures leave out
         t_warm = arrived[0] + 0.2 * (arrived[-1] - arrived[0]) if arrived else 0.0
         lat_warm = lat[np.array(arrived) >= t_warm] if arrived else lat
@@ -227,8 +388,7 @@ def main() -> None:
             url2 = f"http://127.0.0.1:{port2}/"
             wait_http(url2)
             with sync_playwright() as pw:
-                browser = launch(pw)
-                page = browser.new_page(viewport={"width": 1300, "height": 1000})
+                browser, page = browser_page(pw)
                 t0 = time.perf_counter()
                 page.goto(url2)
                 count = page.locator(".op-spectra")
@@ -263,6 +423,15 @@ def main() -> None:
             "p50": round(float(np.percentile(age, 50)), 1) if len(age) else None,
             "p95": round(float(np.percentile(age, 95)), 1) if len(age) else None,
         },
+        # sampled ~4/s from the header, so a step that runs often is sampled often
+        "redraw_step_ms": {
+            name: {
+                "n": len(v),
+                "p50": round(float(np.percentile(v, 50)), 1),
+                "p95": round(float(np.percentile(v, 95)), 1),
+            }
+            for name, v in spent.items()
+        },
         "bare_zmq_8KB_ms_per_message": round(bare_ms, 4),
         "latency_p95_over_bare_message": round(float(np.percentile(lat, 95)) / bare_ms, 0),
         "rss": {name: growth(sampler.samples, name) for name in ("dashboard", "monitor")}
@@ -272,7 +441,7 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
     }
     print(json.dumps(report, indent=2))
-    if lat.size:
+    if lat.size >= 2:
         print(
             f"latency arrival -> page p95 {statistics.quantiles(lat, n=20)[-1]:.0f} ms "
             f"({np.percentile(lat_warm, 95):.0f} ms after warm-up); "

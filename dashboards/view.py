@@ -192,6 +192,11 @@ class RunView:
         self.normalised: dict[
             tuple[str, str, str], deque[tuple[float, np.ndarray, np.ndarray]]
         ] = {}
+        # each heatmap is rebuilt only when a scan joined it, and is otherwise the same object,
+        # so a page sends only what changed (every spectrum re-sent them all: up to 12 on
+        # lirich-rixs, 2 edges x 2 channels x charge, discharge and rest)
+        self.heat_cache: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.heat_touched: set[tuple[str, str, str]] = set()
         self.latest: LatestSpectrum | None = None
         self.beam = BeamHistory()  # each scan's I0, and when the beam was lost
         self.parts: Counter[str] = Counter()
@@ -391,6 +396,7 @@ class RunView:
                     (edge, channel, direction), deque(maxlen=self.heatmap_spectra)
                 )
                 buf.append((float(soc), energy, norm))
+                self.heat_touched.add((edge, channel, direction))
 
     def _direction(self, sid: int) -> str:
         """'charge', 'discharge' or 'at rest': the current while the scan was taken. Charge
@@ -520,16 +526,17 @@ class RunView:
     ) -> dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per edge, channel and direction of the current: SOC (sorted), energy grid,
         normalised spectra on that grid."""
-        out = {}
-        for key, buf in self.normalised.items():
+        for key in self.heat_touched:
+            buf = self.normalised[key]
             if len(buf) < 2:
                 continue
             items = sorted(buf, key=lambda x: x[0])
             grid = items[-1][1]
             soc = np.array([x[0] for x in items])
             z = np.vstack([np.interp(grid, e, y, left=np.nan, right=np.nan) for _, e, y in items])
-            out[key] = (soc, grid, z)
-        return out
+            self.heat_cache[key] = (soc, grid, z)
+        self.heat_touched.clear()
+        return dict(self.heat_cache)
 
     def _rixs_latest(self) -> dict[str, Any] | None:
         if self.rixs_acc is None:

@@ -245,9 +245,10 @@ def _dashboard(a: argparse.Namespace) -> int:
         command=command,
         address=a.address,
         port=a.port,
-        render_hz=a.render_hz,
         password_file=Path(a.password_file) if a.password_file else None,
     )
+    if a.render_hz is not None:  # the default is DashboardOptions' (4 per second)
+        opts.render_hz = a.render_hz
     try:
         return serve(opts)
     except DashboardError as e:
@@ -434,7 +435,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--address", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5006)
-    p.add_argument("--render-hz", type=positive, default=2.0, help="redraws per second per browser")
+    p.add_argument(
+        "--render-hz",
+        type=positive,
+        help="how often a page looks for news, per second (default 4; a slow redraw waits longer)",
+    )
     p.add_argument("--password-file", help="Panel basic auth (required off loopback)")
     p.set_defaults(func=_dashboard)
 

@@ -7,6 +7,7 @@ the simulator's models (LFP bulk tau 600 s). The browser side is in test_dashboa
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import holoviews as hv
@@ -225,6 +226,56 @@ def test_a_new_page_draws_an_edges_fractions_before_its_first_update(lfp_run, lf
     assert session.edge.options == ["Fe-L"] and session.edge.value == "Fe-L"
     fits, edge = session.pipes["fractions"].data
     assert edge == "Fe-L" and len(fits) == len(lfp_view.snapshot.fits)
+
+
+@pytest.mark.slow
+def test_fractions_are_sent_again_only_when_the_chosen_edges_fits_change(lfp_run, lfp_view):
+    """Both fraction plots were redrawn at every fit of any edge: a third of a redraw."""
+    hv.extension("bokeh")
+    session = Session(StateFeed(lfp_view, None), DashboardOptions(run_dir=lfp_run))
+    snap = lfp_view.snapshot
+    session._send_fractions(snap)
+    sent = session.pipes["fractions"].data
+    session._send_fractions(snap)
+    assert session.pipes["fractions"].data is sent  # nothing new
+    other = snap.fits.iloc[[-1]].assign(edge="Mn-L", spectrum_id=10**6)
+    session._send_fractions(replace(snap, fits=pd.concat([snap.fits, other])))
+    assert session.pipes["fractions"].data is sent  # another edge's fit
+    refit = snap.fits.copy()
+    refit.loc[refit.index[-1], "f:" + _species(refit)[0]] += 0.01
+    session._send_fractions(replace(snap, fits=refit))
+    fits, edge = session.pipes["fractions"].data
+    assert fits is refit and edge == "Fe-L"  # a changed value of the chosen edge
+
+
+def _species(fits: pd.DataFrame) -> list[str]:
+    return [c[2:] for c in fits.columns if c.startswith("f:") and fits[c].notna().any()]
+
+
+@pytest.mark.slow
+def test_heatmaps_are_rebuilt_only_where_a_scan_joined(lfp_run):
+    """A page re-sends a heatmap only when it is a new object: each spectrum re-sent all."""
+    view = RunView(lfp_run)
+    try:
+        assert view.refresh()
+        before = view.snapshot.heatmaps
+        key = ("Fe-L", "TFY", "charge")
+        buf = view.normalised[key]
+        soc, energy, norm = buf[-1]
+        buf.append((soc + 1e-3, energy, norm))  # as _normalise_new adds a scan
+        view.heat_touched.add(key)
+        after = view._heatmaps()
+        assert after[key] is not before[key]
+        assert len(after[key][0]) == min(len(before[key][0]) + 1, view.heatmap_spectra)
+        assert all(after[k] is before[k] for k in before if k != key)
+        # the same as built from scratch
+        view.heat_touched.update(view.normalised)
+        scratch = view._heatmaps()
+        for k in after:
+            for a, b in zip(after[k], scratch[k], strict=True):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        view.close()
 
 
 def test_cell_trace_stays_bounded_and_keeps_recent_rows_whole():
