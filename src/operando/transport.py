@@ -566,15 +566,23 @@ class CommandClient:
         timeout = timeout_s or self.timeout_s
         fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._waiting[cid] = fut
+        sent = 0
         try:
             for _attempt in range(self.retries + 1):
-                await self.sock.send_multipart(encode(cmd))
+                try:
+                    # bounded too: a DEALER with no peer (a server that refuses our CURVE key
+                    # drops every handshake) cannot send, and its send waited forever
+                    await asyncio.wait_for(self.sock.send_multipart(encode(cmd)), timeout)
+                except TimeoutError:
+                    continue
+                sent += 1
                 done, _ = await asyncio.wait({fut}, timeout=timeout)
                 if done:
                     return fut.result()
+            unsent = "" if sent else " (not sent: no connection to it)"
             raise CommandError(
                 f"{action}: no ack from {self.endpoint} after {self.retries + 1} attempt(s) of "
-                f"{timeout} s"
+                f"{timeout} s{unsent}"
             )
         finally:
             self._waiting.pop(cid, None)

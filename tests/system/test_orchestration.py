@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import signal
 import time
 
@@ -285,3 +286,30 @@ def test_unknown_keys_cannot_command_a_curve_driver(tmp_path, processes):
     asyncio.run(try_acquire())
     again = asyncio.run(ask(client_curve(str(keys / "monitor.key_secret"), server)))
     assert again.result["scans"] == 0 and again.result["queued"] == 0
+
+
+def test_a_command_with_no_peer_to_take_it_fails_within_its_timeout():
+    """A DEALER with no connected peer cannot send: here nothing listens and the socket waits
+    for a connection before it queues; with CURVE, a server that drops our handshake leaves
+    the same. The send waited forever (CI hung 300 s in the test above)."""
+
+    async def main() -> tuple[float, str]:
+        ctx = zmq.asyncio.Context()
+        client = CommandClient(ctx, endpoint(), "t", timeout_s=0.3, retries=1)
+        client.sock.close(linger=0)
+        client.sock = ctx.socket(zmq.DEALER)
+        client.sock.linger = 0
+        client.sock.immediate = True  # no queue without a peer, as after a refused handshake
+        client.sock.connect(client.endpoint)
+        t0 = time.monotonic()
+        try:
+            await client.request("status")
+        except CommandError as e:
+            return time.monotonic() - t0, str(e)
+        finally:
+            await client.close()
+            ctx.destroy(linger=0)
+        return math.inf, "answered"
+
+    took, message = asyncio.run(asyncio.wait_for(main(), 10))
+    assert took < 2.0 and "not sent: no connection" in message, (took, message)

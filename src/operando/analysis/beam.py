@@ -10,7 +10,8 @@ falls below ``LOST_BELOW`` of its level, well under any of those.
 The level is the beam's recent typical I0: the median of the earlier scans' medians, raised to
 this scan's own upper I0 (its 90th percentile) when that is higher: a first scan cut by a dump
 is judged against its own beam, a scan lost from end to end against the scans before it.
-Pure functions: the dashboard and ``operando inspect`` read the same answer.
+Pure functions, so any reader of a run gets the same answer (the dashboard reads them;
+``operando inspect`` does not list the losses yet: docs/decisions/0011).
 """
 
 from __future__ import annotations

@@ -105,6 +105,18 @@ class SpotPolicy:
             # the control is taken: back to the suspect, whose next scan closes a bracket
             # under current and is the one a verdict of damage would spare
             c.scans += 1
+            if not self._fits_budget(c.suspect):
+                # scans still landing on the suspect while the beam was sent to the control
+                # brought it to its budget: it cannot take the bracket's scan (the lnmo demo
+                # went back, and the suspect ended 92 MGy past a 500 MGy budget)
+                self.confirming = None
+                self._confirmation_over(c, f"spot {c.suspect} reached its dose budget")
+                self.spot = c.suspect  # spent from where the policy stands, not the control
+                self.rotate(
+                    f"spot {c.suspect} at {self.totals.get(c.suspect, 0.0) / 1e6:.2f} MGy: "
+                    f"the next scan would pass the {self.budget / 1e6:.2f} MGy budget"
+                )
+                return
             self._go(c.suspect, f"back from the control scan on {c.control}", spent=False)
             return
         if c is not None and spot == c.suspect and self.spot == c.suspect:

@@ -66,6 +66,23 @@ def test_rotates_before_a_scan_would_pass_the_budget():
     assert b.policy.spent == {"A1"}
 
 
+def test_a_suspect_at_its_budget_is_not_gone_back_to_after_the_control():
+    """Scans of the suspect still came in while the beam was sent to the control; the policy
+    went back all the same and the suspect passed its budget by most of a scan."""
+    b = Beamline(budget=10e6)
+    b.policy.on_dose("A1", 3e6, 6e6)
+    b.policy.on_finding(_suspicion("A1", 1000.0))
+    assert b.policy.spot == "A2"  # the control
+    b.policy.on_dose("A1", 3e6, 9e6)  # a scan already under way on the suspect
+    b.policy.on_dose("A2", 3e6, 3e6)  # the control scan
+    assert b.policy.confirming is None and "A1" in b.policy.spent
+    assert b.moves == ["A2"] and b.policy.spot == "A2"  # the first fresh spot: the control's
+    over = b.kinds(EventKind.DAMAGE_CONFIRMATION)[-1]
+    assert over["status"] == "abandoned" and "budget" in over["why"]
+    change = b.kinds(EventKind.SPOT_CHANGE)[-1]
+    assert change["old"] == "A1" and change["spent"] is True
+
+
 def test_a_suspicion_moves_nothing_for_good_until_a_control_confirms():
     b = Beamline()
     b.policy.on_dose("A1", 2e6, 6e6)
