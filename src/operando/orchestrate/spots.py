@@ -96,6 +96,13 @@ class SpotPolicy:
         scan = self.last_scan_dose.get(spot, max(self.last_scan_dose.values(), default=0.0))
         return self.budget <= 0 or total + scan <= self.budget
 
+    def _over_budget(self, spot: str) -> str:
+        """Why the beam leaves ``spot`` for its budget (the spot-change event's reason)."""
+        return (
+            f"spot {spot} at {self.totals.get(spot, 0.0) / 1e6:.2f} MGy: the next scan would "
+            f"pass the {self.budget / 1e6:.2f} MGy budget"
+        )
+
     # -- dose ----------------------------------------------------------------------------------
     def on_dose(self, spot: str, scan_dose_Gy: float, total_Gy: float) -> None:
         self.last_scan_dose[spot] = scan_dose_Gy
@@ -112,10 +119,7 @@ class SpotPolicy:
                 self.confirming = None
                 self._confirmation_over(c, f"spot {c.suspect} reached its dose budget")
                 self.spot = c.suspect  # spent from where the policy stands, not the control
-                self.rotate(
-                    f"spot {c.suspect} at {self.totals.get(c.suspect, 0.0) / 1e6:.2f} MGy: "
-                    f"the next scan would pass the {self.budget / 1e6:.2f} MGy budget"
-                )
+                self.rotate(self._over_budget(c.suspect))
                 return
             self._go(c.suspect, f"back from the control scan on {c.control}", spent=False)
             return
@@ -125,10 +129,7 @@ class SpotPolicy:
                 self.confirming = None
                 self._confirmation_over(c, "no verdict after 3 scans since the control")
         if spot == self.spot and not self._fits_budget(spot):
-            self.rotate(
-                f"spot {spot} at {total_Gy / 1e6:.2f} MGy: the next scan would pass "
-                f"the {self.budget / 1e6:.2f} MGy budget"
-            )
+            self.rotate(self._over_budget(spot))
 
     def rotate(self, reason: str, *, t: float | None = None, damaged: bool = False) -> None:
         """Spend the spot in use and move to the first fresh one (an alarm when none is).
