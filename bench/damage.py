@@ -12,11 +12,13 @@ read TEY), and RIXS maps are not scanned (lirich-rixs runs its XAS only).
 Reported per configuration, and summed per preset and scenario:
 - confirmed false verdicts per 72 h: a ``damage`` verdict on a scan whose true photoreduced
   fraction was under 1 % (goal <= 1);
-- suspicions per 72 h; control scans spent; spot moves for good; spots left at the end;
+- suspicions and dose checks per 72 h; control scans spent; spot moves for good; spots left
+  at the end; when the scans were paused with every spot spent;
 - for every spot whose photoreduced fraction reached 3 %: how many scans of that spot later
   the damage verdict came (goal <= 3), or why it did not (left for the budget first, ...).
 
     python bench/damage.py                    # every preset, 5 seeds, 72 h, 3 scenarios
+    python bench/damage.py --grid preset      # the presets' own 12 spots: when scans pause
     python bench/damage.py --preset peo-lfp-relaxation --seeds 1 --hours 6
 """
 
@@ -76,7 +78,14 @@ CHUNK_S = 30.0  # potentiostat rows are generated (and triggers fed) this many s
 class Beamline:
     """One simulated experiment and the monitor's decisions on it."""
 
-    def __init__(self, preset: str, seed: int, damage: bool, critical_Gy: float | None) -> None:
+    def __init__(
+        self,
+        preset: str,
+        seed: int,
+        damage: bool,
+        critical_Gy: float | None,
+        grid: tuple[int, int] | None = None,
+    ) -> None:
         cfg = load_config(preset_path(preset))
         self.refs_dir = tempfile.TemporaryDirectory()
         cfg = with_simulator_references(cfg, Path(self.refs_dir.name))
@@ -91,6 +100,9 @@ class Beamline:
             realism=realism,
             critical_dose_Gy=critical_Gy or spec.critical_dose_Gy,
         )
+        if grid is not None:
+            spots = msgspec.structs.replace(self.spec.spots, rows=grid[0], cols=grid[1])
+            self.spec = msgspec.structs.replace(self.spec, spots=spots)
         self.rng = np.random.default_rng(seed + 1000)
         meta = self.pot.metadata()
         self.model = MODELS[meta["chemistry"]]
@@ -122,7 +134,9 @@ class Beamline:
             confirm_damage=orch.confirm_damage,
             confirmations_per_hour=orch.confirmations_per_hour,
             control_dose_fraction=analysis.damage.control_dose_fraction,
+            pause=self._pause if orch.when_spots_run_out == "pause" else None,
         )
+        self.paused_at: float | None = None  # experiment time the scans were paused at
         self.ledger.on_dose.append(self.policy.on_dose)
         self.analyzer.on_finding.append(self.policy.on_finding)
         self.triggers = TriggerEngine(list(orch.triggers), analysis.rest) if orch.triggers else None
@@ -135,6 +149,9 @@ class Beamline:
 
     def _move(self, spot: str) -> None:
         self.beam_spot = spot
+
+    def _pause(self) -> None:
+        self.paused_at = self.t
 
     # -- the instruments -----------------------------------------------------------------------
     def advance_to(self, t_end: float) -> None:
@@ -158,7 +175,7 @@ class Beamline:
                 soc = self.initial_soc + rows["Q"] / self.capacity
                 feed = {**rows, "soc": soc, "q": rows["Q"]}
                 for firing in self.triggers.feed(feed):
-                    if firing.action.type == "acquire":
+                    if firing.action.type == "acquire" and not self.policy.paused:
                         self.queue.append((firing.action.edge or "", None, firing.trigger_id))
 
     def scan(self, edge_name: str, spot: str | None, t_start: float, control: bool = False) -> None:
@@ -233,7 +250,7 @@ class Beamline:
             if self.queue:  # control scans and triggered acquisitions first
                 edge, spot, tid = self.queue.pop(0)
                 self.scan(edge or edges[0], spot, self.t, control=tid.startswith("confirm-"))
-            elif not self.free:
+            elif not self.free or self.policy.paused:
                 self.advance_to(self.t + CHUNK_S)
             elif self.t < next_free:
                 self.advance_to(next_free)
@@ -303,6 +320,8 @@ def score(b: Beamline, hours: float) -> dict[str, Any]:
         "control_scans": b.policy.counts["confirmations"],
         "spot_moves_for_good": b.policy.counts["rotations"],
         "spots_left": len([s for s in b.spots if s not in b.policy.spent]),
+        "paused_at_h": None if b.paused_at is None else round(b.paused_at / 3600.0, 2),
+        "checks": sum(k == EventKind.DAMAGE_CHECK for k, _, _ in b.events),
         "damaged_spots": dict(outcome),
         "scans_from_3pct_to_verdict": latency,
         "scans_at_3pct_per_damaged_spot": damaged_scans,
@@ -312,11 +331,11 @@ def score(b: Beamline, hours: float) -> dict[str, Any]:
     }
 
 
-def one(job: tuple[str, int, str, float]) -> dict[str, Any]:
-    preset, seed, scenario, hours = job
+def one(job: tuple[str, int, str, float, tuple[int, int] | None]) -> dict[str, Any]:
+    preset, seed, scenario, hours, grid = job
     damage, critical = SCENARIOS[scenario]
     t0 = time.perf_counter()
-    b = Beamline(preset, seed, damage, critical)
+    b = Beamline(preset, seed, damage, critical, grid)
     b.run(hours)
     out = {"preset": preset, "seed": seed, "scenario": scenario, "hours": hours}
     out |= score(b, hours)
@@ -332,9 +351,17 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=72.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", type=Path, help="write every configuration's result here")
+    ap.add_argument(
+        "--grid",
+        default="20x20",
+        help="the sample's spots, ROWSxCOLS (at most 26 rows), or 'preset' for the preset's own "
+        "(12: every preset spends them in 2-10 h and the scans pause; 400 keep it scanning "
+        "for 72 h)",
+    )
     a = ap.parse_args()
+    grid = None if a.grid == "preset" else _grid(a.grid)
     jobs = [
-        (p, seed, sc, a.hours)
+        (p, seed, sc, a.hours, grid)
         for p in a.preset or PRESETS
         for sc in a.scenario or SCENARIOS
         for seed in range(1, a.seeds + 1)
@@ -349,12 +376,23 @@ def main() -> None:
     print(table(results))
 
 
+def _grid(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        sys.exit(f"--grid: expected ROWSxCOLS or 'preset', got {text!r}")
+    if not (1 <= rows <= 26 and cols >= 1):
+        sys.exit(f"--grid: 1 to 26 rows and at least 1 column, got {text!r}")
+    return rows, cols
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| preset | scenario | runs | false verdicts / 72 h | suspicions / 72 h | "
-        "control scans | moves for good | spots left (min) | damaged spots | "
+        "dose checks / 72 h | control scans | moves for good | spots left (min) | "
+        "scans paused at h (median) | damaged spots | "
         "scans from 3 % to verdict (median, max) | scans at >= 3 % per damaged spot (max) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
@@ -365,13 +403,16 @@ def table(results: list[dict[str, Any]]) -> str:
             damaged.update(r["damaged_spots"])
         lat = [x for r in rs for x in r["scans_from_3pct_to_verdict"]]
         harm = [x for r in rs for x in r["scans_at_3pct_per_damaged_spot"]]
+        paused = [r["paused_at_h"] for r in rs if r["paused_at_h"] is not None]
         lines.append(
             f"| {p} | {sc} | {len(rs)} | "
             f"{np.mean([r['false_verdicts_per_72h'] for r in rs]):.2f} | "
             f"{np.mean([r['suspicions_per_72h'] for r in rs]):.1f} | "
+            f"{np.mean([r['checks'] for r in rs]) * 72.0 / rs[0]['hours']:.1f} | "
             f"{np.mean([r['control_scans'] for r in rs]):.1f} | "
             f"{np.mean([r['spot_moves_for_good'] for r in rs]):.1f} | "
             f"{min(r['spots_left'] for r in rs)} | "
+            f"{f'{np.median(paused):.1f} ({len(paused)} of {len(rs)})' if paused else '-'} | "
             f"{', '.join(f'{n} {k}' for k, n in damaged.items()) or '-'} | "
             f"{f'{np.median(lat):.0f}, {max(lat)}' if lat else '-'} | "
             f"{max(harm) if harm else '-'} |"

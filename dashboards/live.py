@@ -682,7 +682,9 @@ def damage_counts(snap: Snapshot) -> str:
         return "none suspected"
     confirmed = int((d["status"] == "damage").sum())
     suspected = int((d["status"] == "suspicion").sum())
-    return f"{confirmed} confirmed, {suspected} suspected"
+    checks = int((d["status"] == "check").sum())
+    by_dose = f", {checks} checked by dose" if checks else ""
+    return f"{confirmed} confirmed, {suspected} suspected{by_dose}"
 
 
 # a verdict's colour: only a confirmed one is red
@@ -692,7 +694,11 @@ STATUS_COLOUR = {"damage": "#cf222e", "suspicion": "#9a6700", "electrochemistry"
 def damage_html(snap: Snapshot) -> str:
     d = snap.damage
     if not len(d):
-        return "<p>No damage suspected: the tests run on scans taken in a settled rest.</p>"
+        return (
+            "<p>No damage suspected: the tests compare scans at a known state (a settled "
+            "rest, or the same current, SOC and time into the step), and a spot scanned past "
+            "the check dose is compared with a control spot every few scans.</p>"
+        )
     rows = "".join(
         f'<tr data-status="{html.escape(r["status"])}">'
         f'<td><b style="color:{STATUS_COLOUR.get(r["status"], "#57606a")}">'

@@ -132,8 +132,9 @@ def _fraction_columns(prefix: str, values: dict[str, float]) -> dict[str, float]
 
 
 def _damage_row(status: str, t: Any, d: dict[str, Any], numbers: Any) -> dict[str, Any]:
-    """One line of the damage table: a suspicion (``status`` "suspicion") or a verdict
-    ("damage", "electrochemistry", "inconclusive", "unconfirmed") with its evidence."""
+    """One line of the damage table: a suspicion (``status`` "suspicion"), a check due by
+    dose ("check") or a verdict ("damage", "electrochemistry", "inconclusive",
+    "unconfirmed") with its evidence."""
     return {
         "status": status,
         "t": t,
@@ -437,6 +438,8 @@ class RunView:
                 self.alarms.get(int(d["id"]), {})["acknowledged"] = True
             elif kind in ("damage_suspicion", "damage_flag"):  # damage_flag: older runs
                 self.damage.append(_damage_row("suspicion", t, d, d.get("detail")))
+            elif kind == "damage_check":  # a control due by dose, suspected or not
+                self.damage.append(_damage_row("check", t, d, d.get("detail")))
             elif kind == "damage_verdict":
                 s = d.get("suspicion") or {}
                 row = _damage_row(str(d.get("verdict")), t, {**s, **d}, d.get("evidence"))

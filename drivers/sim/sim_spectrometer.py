@@ -290,6 +290,7 @@ class SimSpectrometer(Driver):
         self.wake = asyncio.Event()
         self.count = 0
         self.free_count = 0
+        self.paused = False  # the monitor paused the free-running scans (no fresh spot)
         self.scanning: Request | None = None
         self.model: SampleModel | None = None
 
@@ -328,7 +329,23 @@ class SimSpectrometer(Driver):
 
     # -- commands ----------------------------------------------------------------------------
     def handlers(self) -> dict[str, CommandHandler]:
-        return {**super().handlers(), "acquire": self._acquire_cmd, "move": self._move}
+        return {
+            **super().handlers(),
+            "acquire": self._acquire_cmd,
+            "move": self._move,
+            "pause_scans": self._pause_scans,
+            "resume_scans": self._resume_scans,
+        }
+
+    async def _pause_scans(self, cmd: Command) -> dict[str, Any]:
+        """No more free-running scans (an acquire, asked for by name, is still taken)."""
+        self.paused = True
+        return {"paused": True, "spot": self.spot}
+
+    async def _resume_scans(self, cmd: Command) -> dict[str, Any]:
+        self.paused = False
+        self.wake.set()
+        return {"paused": False, "spot": self.spot}
 
     async def _acquire_cmd(self, cmd: Command) -> dict[str, Any]:
         a = cmd.args
@@ -364,6 +381,7 @@ class SimSpectrometer(Driver):
             "queued": len(self.queue),
             "scanning": self.scanning.scan_id if self.scanning else None,
             "scans": self.count,
+            "paused": self.paused,
         }
 
     def state(self) -> dict[str, Any]:
@@ -372,11 +390,13 @@ class SimSpectrometer(Driver):
             "count": self.count,
             "free_count": self.free_count,
             "spot": self.spot,
+            "paused": self.paused,
         }
 
     def restore(self, st: dict[str, Any]) -> None:
         self.dose.update(st["dose_Gy"])
         self.count, self.free_count, self.spot = st["count"], st["free_count"], st["spot"]
+        self.paused = bool(st.get("paused", False))  # state files from before pauses
 
     def _next_scan_id(self) -> str:
         self.count += 1
@@ -398,7 +418,8 @@ class SimSpectrometer(Driver):
             next_free = self.clock.now()
             while True:
                 req = self.queue.popleft() if self.queue else None
-                if req is None and self.s.mode == "free" and self.clock.now() >= next_free:
+                free = self.s.mode == "free" and not self.paused
+                if req is None and free and self.clock.now() >= next_free:
                     req = self._free_request()
                     # a beamline that fell behind starts the next scan on time, it does not
                     # run the missed ones back to back (a burst on one spot after any stall)
@@ -407,9 +428,7 @@ class SimSpectrometer(Driver):
                     self.wake.clear()
                     wait = max(0.0, self.clock.wall_seconds(next_free - self.clock.now()))
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self.wake.wait(), wait if self.s.mode == "free" else None
-                        )
+                        await asyncio.wait_for(self.wake.wait(), wait if free else None)
                     continue
                 self.scanning = req
                 if req.mode == "rixs":

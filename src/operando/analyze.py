@@ -18,6 +18,7 @@ import numpy as np
 
 from operando.align import Alignment
 from operando.analysis.damage import (
+    DOSE_CHECK,
     DamageDetector,
     DamageSuspicion,
     DamageVerdict,
@@ -92,6 +93,7 @@ class Analyzer:
         self.counts: dict[str, int] = {
             "fits": 0,
             "damage_suspicions": 0,
+            "damage_checks": 0,
             "damage_verdicts": 0,
             "relaxation_fits": 0,
         }
@@ -306,11 +308,15 @@ class Analyzer:
             step_start=step_start,
         )
         for found in self.damage.add(summary):
-            suspicion = isinstance(found, DamageSuspicion)
-            self.counts["damage_suspicions" if suspicion else "damage_verdicts"] += 1
+            if not isinstance(found, DamageSuspicion):
+                kind = EventKind.DAMAGE_VERDICT
+            elif found.test == DOSE_CHECK:
+                kind = EventKind.DAMAGE_CHECK
+            else:
+                kind = EventKind.DAMAGE_SUSPICION
+            self.counts[f"{kind}s"] += 1
             for listener in self.on_finding:
                 listener(found)
-            kind = EventKind.DAMAGE_SUSPICION if suspicion else EventKind.DAMAGE_VERDICT
             self.event(kind, None, al.t_end, **msgspec.to_builtins(found, enc_hook=plain))
 
     # -- relaxation --------------------------------------------------------------------------

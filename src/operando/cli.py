@@ -525,7 +525,19 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("trigger", help="manual actions on a running experiment (audited)")
     p.add_argument(
-        "action", choices=["acquire", "rixs_map", "hold", "resume", "pause", "move", "acknowledge"]
+        "action",
+        choices=[
+            "acquire",
+            "rixs_map",
+            "hold",
+            "resume",
+            "pause",
+            "move",
+            "pause_scans",
+            "resume_scans",
+            "acknowledge",
+        ],
+        help="hold/resume/pause: the cell; pause_scans/resume_scans: the spectrometer's scans",
     )
     p.add_argument("--edge", help="edge to acquire, e.g. Mn-L")
     p.add_argument("--spot", help="spot id (acquire, move)")

@@ -120,6 +120,9 @@ class OrchestrationConfig(_Section):
     # at most this many control scans per hour of the run
     confirm_damage: bool = True
     confirmations_per_hour: int = 2
+    # every spot spent: pause the scans (a scan on a spent spot measures damage) until the
+    # operator resumes them, or continue on the spot in use
+    when_spots_run_out: Literal["pause", "continue"] = "pause"
     command_timeout_s: float = 2.0
     retries: int = 2
     client_secret: str = ""  # the monitor's own .key_secret, for drivers that use CURVE

@@ -53,6 +53,7 @@ class EventKind(StrEnum):
     SERIES_FAILED = "series_failed"
     DAMAGE_FLAG = "damage_flag"  # runs recorded before suspicions and verdicts: a suspicion
     DAMAGE_SUSPICION = "damage_suspicion"  # a test suspects damage: shown, acted on by no one
+    DAMAGE_CHECK = "damage_check"  # a spot past check_from_Gy is due a control scan (no suspicion)
     DAMAGE_VERDICT = "damage_verdict"  # a control scan decided: damage, or electrochemistry
     DOSE_ERROR = "dose_error"
     DOSE_BUDGET_WARNING = "dose_budget_warning"
@@ -67,6 +68,7 @@ class EventKind(StrEnum):
     CLOCK_OFFSET = "clock_offset"
     COMMAND = "command"
     DAMAGE_CONFIRMATION = "damage_confirmation"  # a control scan taken, or why not
+    SCANS_PAUSED = "scans_paused"  # every spot spent: no scan until the operator resumes
     DRY_RUN = "dry_run"  # the orchestration of a replayed run commands nothing
     DISCONNECTED = "disconnected"
     GAP_UNRECOVERABLE = "gap_unrecoverable"

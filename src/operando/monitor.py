@@ -163,6 +163,8 @@ class Monitor:
                 "resume": self._manual,
                 "pause": self._manual,
                 "move": self._manual,
+                "pause_scans": self._manual,
+                "resume_scans": self._manual,
                 "acknowledge": self._acknowledge,
             },
         )
@@ -214,8 +216,10 @@ class Monitor:
                 spot=str(cmd.args.get("spot", "")),
             )
             ack = await orch.act(action, tid)
+        elif cmd.action == "resume_scans":
+            ack = await orch.resume_scans(tid)
         else:
-            client = orch.spec if cmd.action == "move" else orch.pstat
+            client = orch.spec if cmd.action in ("move", "pause_scans") else orch.pstat
             ack = await orch.command(client, cmd.action, dict(cmd.args), tid)
         if ack is None:
             raise RuntimeError(f"{cmd.action}: the driver did not answer (see alarms)")

@@ -63,6 +63,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"  spot: {orch.get('spot') or '-'}  spent: {', '.join(orch.get('spent') or []) or 'none'}"
         f"  triggers fired: {orch.get('fired', 0)}  "
         + (f"HOLDING the cell for {', '.join(holding)}" if holding else "not holding the cell")
+        + ("  SCANS PAUSED (no fresh spot)" if orch.get("scans_paused") else "")
     )
     alarms = orch.get("alarms") or []
     if alarms:

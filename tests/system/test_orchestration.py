@@ -20,6 +20,7 @@ from conftest import (
     monitor_config,
     record_demo,
     recorded_events,
+    store_count,
     wait_for,
 )
 
@@ -115,6 +116,7 @@ def test_a_move_that_did_not_take_is_sent_again(tmp_path):
     text = preset_path("lnmo-surface").read_text()
     spec = 'driver = "sim-spectrometer"'
     text = text.replace(spec, spec + "\nstuck_moves = 1")
+    text += "\n[analysis.damage]\ncheck_every_scans = 0\n"  # the first move: for the budget
     cfg = tmp_path / "stuck.toml"
     cfg.write_text(text)
     run = tmp_path / "stuck"
@@ -313,3 +315,51 @@ def test_a_command_with_no_peer_to_take_it_fails_within_its_timeout():
 
     took, message = asyncio.run(asyncio.wait_for(main(), 10))
     assert took < 2.0 and "not sent: no connection" in message, (took, message)
+
+
+def _spectra(run) -> int:
+    return store_count(run, "SELECT count(*) FROM spectra WHERE kind = 'xas_scan'")
+
+
+@pytest.mark.slow
+def test_with_every_spot_spent_the_scans_pause_until_the_operator_resumes(tmp_path, processes):
+    """Two spots at ~90 MGy a scan against a 500 MGy budget: both are spent within minutes
+    of the run. The scans pause (more would only measure damage on spent spots), the alarm
+    and the status say so, and the operator's resume_scans starts them again."""
+    text = preset_path("lnmo-surface").read_text()
+    spec = 'driver = "sim-spectrometer"'
+    text = text.replace(spec, spec + "\nspots = { rows = 1, cols = 2 }")
+    cfg = tmp_path / "two-spots.toml"
+    cfg.write_text(text)
+    run = tmp_path / "run"
+    args = ["demo", "--config", str(cfg), "--headless", "--no-dashboard", "--speed", "120"]
+    demo = processes(*args, "--duration", "150", "--run-dir", str(run), log=tmp_path / "demo.log")
+    wait_for(
+        lambda: _spectra(run) and recorded_events(run, "scans_paused"),
+        90,
+        what="the scans paused",
+        show=demo.output,
+    )
+    (paused,) = recorded_events(run, "scans_paused")
+    assert paused["spent"] == 2
+
+    def orchestration():
+        proc = cli("status", "--run-dir", str(run), "--json", "--timeout", "2", check=False)
+        return json.loads(proc.stdout)["orchestration"] if proc.returncode == 0 else None
+
+    orch = wait_for(orchestration, 20, what="the monitor's status")
+    assert orch["scans_paused"] is True
+    assert "SCANS PAUSED" in cli("status", "--run-dir", str(run)).stdout
+    (alarm,) = [a for a in orch["alarms"] if a["category"] == "spots"]
+    assert "scans paused" in alarm["message"] and "resume_scans" in alarm["message"]
+    at_pause = _spectra(run)
+    time.sleep(6)  # six free-running intervals at 120x (120 s each)
+    assert _spectra(run) <= at_pause + 1  # at most the scan in flight at the pause
+    cli("trigger", "resume_scans", "--run-dir", str(run), timeout=30)
+    wait_for(lambda: _spectra(run) > at_pause + 1, 30, what="scans after the resume")
+    assert orchestration()["scans_paused"] is False
+    assert demo.stop(signal.SIGINT) == 0
+    resumed = [
+        a for a in recorded_events(run, "ack") if a["action"] in ("pause_scans", "resume_scans")
+    ]
+    assert [a["action"] for a in resumed] == ["pause_scans", "resume_scans"]

@@ -59,6 +59,13 @@ class DamageSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # the confirmation's own false-alarm probability: it only ever runs after a suspicion
     confirm_alpha: float = 0.01
     confirm_within_s: float = 1800.0
+    # A spot scanned past check_from_Gy is checked against a control spot every
+    # check_every_scans of its scans, suspected or not (0: never): the tests above need a
+    # settled rest or a matched state, and under current a spot can take all its damage
+    # between two of those. 20 MGy: the stated default critical dose (decision 0008), so a
+    # budget below it (every preset but one) never pays for a check.
+    check_from_Gy: float = 2e7
+    check_every_scans: int = 3
 
 
 class ScanSummary(msgspec.Struct, kw_only=True):
@@ -84,7 +91,14 @@ class ScanSummary(msgspec.Struct, kw_only=True):
     step_start: float = math.nan  # when the present current began (source time)
 
 
+# the "test" of a control scan due by dose alone: recorded as a damage_check, not a suspicion
+DOSE_CHECK = "dose_check"
+
+
 class DamageSuspicion(msgspec.Struct, kw_only=True):
+    """A reason to take a control scan: a test's suspicion, or a check due by dose
+    (``test == DOSE_CHECK``, shown as a check, never as a suspicion)."""
+
     spectrum_id: int
     spot: str
     edge: str
@@ -94,6 +108,9 @@ class DamageSuspicion(msgspec.Struct, kw_only=True):
     dose_Gy: float
     t_scan: float = math.nan  # the suspect scan's end (source time)
     detail: dict[str, float] = {}
+    # whether a control scan would decide it: not when another of its edge waits for one
+    # (the spot policy asks for controls only for these, so both wait for the same one)
+    awaits_control: bool = True
 
 
 Verdict = Literal["damage", "electrochemistry", "inconclusive", "unconfirmed"]
@@ -156,6 +173,8 @@ class DamageDetector:
         self.pending: dict[str, tuple[DamageSuspicion, ScanSummary, ScanSummary | None]] = {}
         # scans under current by edge, for the low-dose comparison at a matched state
         self.moving: dict[str, deque[ScanSummary]] = defaultdict(lambda: deque(maxlen=2000))
+        self.since_check: dict[str, int] = {}  # spot -> its scans since its last control
+        self.lingered: dict[str, bool] = {}  # edge -> the beam stayed on its control a scan
 
     def _same_state(self, a: ScanSummary, b: ScanSummary) -> bool:
         """Both settled, in one rest or at the same SOC; or both under the same current
@@ -173,8 +192,12 @@ class DamageDetector:
         return self._one_current(a, b) and abs(a.since_change_s - b.since_change_s) <= into
 
     def _same_step(self, a: ScanSummary, b: ScanSummary) -> bool:
-        """Both in one step under one current: the bracket's scans."""
-        return self._one_current(a, b) and abs(a.step_start - b.step_start) <= 5.0
+        """Both in one step, under one current or in one rest: the bracket's scans (a rest
+        not yet settled moves as a current does, only slower)."""
+        one = self._one_current(a, b) or (self._at_rest(a) and self._at_rest(b))
+        if math.isnan(a.step_start) and math.isnan(b.step_start):
+            return one  # neither saw the current change: both in the run's first step
+        return one and abs(a.step_start - b.step_start) <= 5.0
 
     def _one_current(self, a: ScanSummary, b: ScanSummary) -> bool:
         """Both under current, in one control mode, of one sign and within 10 %."""
@@ -200,6 +223,8 @@ class DamageDetector:
         verdict = self._confirm(scan)
         if verdict is not None:
             out.append(verdict)
+            if verdict.verdict in ("inconclusive", "unconfirmed"):
+                self.since_check.pop(verdict.spot, None)  # undecided: check it again now
         if scan.settled:
             out.extend(self._tests(scan))
             self.settled[scan.edge].append(scan)
@@ -208,10 +233,41 @@ class DamageDetector:
             if not self._at_rest(scan):  # under current: only the matched low-dose test
                 out.extend(filter(None, [self._versus_low_dose(scan, self.moving[scan.edge])]))
                 self.moving[scan.edge].append(scan)
+        if verdict is not None and verdict.spot == scan.spot:
+            # the scan that closed a bracket: its verdict answers what the tests say of it
+            # (a suspicion kept here became the 'control' of the next spot's first scan)
+            return [verdict]
+        was_control = verdict is not None and verdict.control_spectrum == scan.spectrum_id
+        if not was_control and not any(isinstance(f, DamageSuspicion) for f in out):
+            out.extend(filter(None, [self._check_due(scan)]))
         for found in out:
-            if isinstance(found, DamageSuspicion) and scan.edge not in self.pending:
-                self.pending[scan.edge] = (found, scan, None)
+            if isinstance(found, DamageSuspicion):
+                self.since_check[scan.spot] = 0  # a suspicion's control checks it as well
+                found.awaits_control = self._may_pend(scan)
+                if found.awaits_control:
+                    self.pending[scan.edge] = (found, scan, None)
         return out
+
+    def _may_pend(self, scan: ScanSummary) -> bool:
+        """Whether a suspicion on ``scan`` waits for a control: unless one of its edge has its
+        control in (a bracket open). The newest suspicion replaces one no control answered
+        yet: the policy may have declined that one (its limit, no control spot, the beam
+        gone), and waiting on it kept later ones from being decided for ``confirm_within_s``."""
+        waiting = self.pending.get(scan.edge)
+        return waiting is None or waiting[2] is None
+
+    def _check_due(self, scan: ScanSummary) -> DamageSuspicion | None:
+        """A check: not a suspicion, a control scan due by dose (``check_from_Gy``, then every
+        ``check_every_scans`` of the spot's scans). None while a confirmation is pending."""
+        every, n = self.s.check_every_scans, self.since_check.get(scan.spot)
+        if n is not None:
+            self.since_check[scan.spot] = n = n + 1
+        # the dose the scan began at: a control is compared with that (``_low_dose``)
+        due = scan.dose_before_Gy >= self.s.check_from_Gy and (n is None or n >= every)
+        if every <= 0 or not due or not self._may_pend(scan):
+            return None
+        detail = {"check_from_Gy": self.s.check_from_Gy, "every_scans": every}
+        return self._suspicion(scan, DOSE_CHECK, scan.dose_after_Gy / 1e6, math.nan, detail)
 
     def _tests(self, scan: ScanSummary) -> list[DamageSuspicion | DamageVerdict]:
         found: list[DamageSuspicion | DamageVerdict] = []
@@ -237,7 +293,21 @@ class DamageDetector:
                 self.pending[scan.edge] = (suspicion, scan, None)  # compare the newest
                 return None
             del self.pending[scan.edge]  # the bracket's second half
+            self.lingered.pop(scan.edge, None)
             return self._bracket(suspicion, suspect, control, scan)
+        if control is not None and scan.spot == control.spot and not self.lingered.get(scan.edge):
+            # one more scan on the control spot: a free-running spectrometer began it before
+            # the move back came (the demo at 120x, every time)
+            self.lingered[scan.edge] = True
+            return None
+        if control is not None:
+            # the beam went elsewhere, not back (the suspect left for its budget): the
+            # bracket cannot close, and holding it kept later suspicions from being decided
+            del self.pending[scan.edge]
+            self.lingered.pop(scan.edge, None)
+            verdict = self._verdict(suspicion, suspect)
+            verdict.why = f"the beam did not go back to {suspect.spot} after the control"
+            return verdict
         is_control = control is None and self._low_dose(suspect, scan)
         if not is_control and scan.t - suspicion.t_scan <= self.s.confirm_within_s:
             return None  # another dosed spot (or a second control): no decision
@@ -305,7 +375,7 @@ class DamageDetector:
         self._evidence(verdict, after, control)
         if not (self._same_step(before, control) and self._same_step(control, after)):
             verdict.verdict = "inconclusive"
-            verdict.why = "the current changed while the control was taken"
+            verdict.why = "the current changed (or stopped) while the control was taken"
             return verdict
         w = (control.t - before.t) / (after.t - before.t) if after.t > before.t else 0.5
         w = min(max(w, 0.0), 1.0)

@@ -83,6 +83,7 @@ class Orchestrator:
             confirm_damage=cfg.confirm_damage,
             confirmations_per_hour=cfg.confirmations_per_hour,
             control_dose_fraction=control_dose_fraction,
+            pause=self._pause_scans if cfg.when_spots_run_out == "pause" else None,
         )
         self.strays = 0  # scans from a spent spot since the last move was sent
         self.moving: asyncio.Task[Ack | None] | None = None
@@ -152,15 +153,19 @@ class Orchestrator:
         if self.closed:
             return
         p = self.policy
-        if spot in p.spent and spot != p.spot:
-            p.last_scan_dose[spot], p.totals[spot] = scan_dose_Gy, total_Gy
+        if p.spot is not None and spot != p.spot:
+            # not where the beam was sent: spent, or a control spot the move back from did
+            # not leave (it took scan after scan, unchecked against its budget)
             self._stray(spot, total_Gy)
-            return
+            if spot in p.spent:
+                p.last_scan_dose[spot], p.totals[spot] = scan_dose_Gy, total_Gy
+                return
         p.on_dose(spot, scan_dose_Gy, total_Gy)
 
     def _stray(self, spot: str, total_Gy: float) -> None:
-        """A scan from a spent spot: the one in flight at the move is expected; more are not.
-        A replayed spectrometer goes where the recorded run went: nothing to retry."""
+        """A scan from a spot the beam was sent away from: the one in flight at the move is
+        expected; more are not. A replayed spectrometer goes where the recorded run went:
+        nothing to retry."""
         self.strays += 1
         if self.dry_run_from is not None:
             return
@@ -188,6 +193,17 @@ class Orchestrator:
         args = {"edge": edge, "spot": spot, "trigger_id": trigger_id}
         self._spawn(self.command(self.spec, "acquire", args, trigger_id))
 
+    def _pause_scans(self) -> None:
+        self._spawn(self.command(self.spec, "pause_scans", {}, ""))
+
+    async def resume_scans(self, trigger_id: str) -> Ack | None:
+        """The operator goes on after the spots ran out: the scans resume where the beam is,
+        and the spot policy does not pause them again."""
+        ack = await self.command(self.spec, "resume_scans", {}, trigger_id)
+        if ack is not None and ack.ok:
+            self.policy.on_resumed()
+        return ack
+
     def on_finding(self, found: DamageSuspicion | DamageVerdict) -> None:
         """A damage suspicion or verdict from the analysis."""
         if not self.closed:
@@ -197,8 +213,12 @@ class Orchestrator:
     def _fire(self, f: Firing) -> None:
         self.fired += 1
         tid = f"{f.trigger_id}-c{f.cycle}"
-        self.event(EventKind.TRIGGER, None, f.t, **firing_detail(f), trigger_run_id=tid)
-        self._spawn(self.act(f.action, tid))
+        # no fresh spot: a triggered scan would land on a spent one (a manual one is sent)
+        held_back = self.policy.paused and f.action.type in ("acquire", "rixs_map")
+        why = {"not_sent": "the scans are paused (no fresh spot)"} if held_back else {}
+        self.event(EventKind.TRIGGER, None, f.t, **firing_detail(f), trigger_run_id=tid, **why)
+        if not held_back:
+            self._spawn(self.act(f.action, tid))
 
     async def act(self, action: Action, trigger_id: str) -> Ack | None:
         """Carry out one action (also used by manual commands); returns the driver's ack."""
@@ -220,6 +240,8 @@ class Orchestrator:
                 await self.command(self.pstat, "resume", {}, trigger_id)
             return ack
         args = {"edge": action.edge, "trigger_id": trigger_id, **self._spot_arg(action)}
+        if action.spot and action.spot != self.spot:
+            self.strays = 0  # a scan asked for elsewhere (by hand) is no stray
         return await self.command(self.spec, "acquire", args, trigger_id)
 
     def _spot_arg(self, action: Action) -> dict[str, str]:
@@ -288,6 +310,7 @@ class Orchestrator:
         return {
             "spot": self.spot,
             "spent": sorted(self.policy.spent),
+            "scans_paused": self.policy.paused,
             "fired": self.fired,
             "holding": sorted(self.holds),
             "alarms": self.alarms.open(),

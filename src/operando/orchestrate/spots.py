@@ -15,8 +15,15 @@ beamline's, so what the bench measures is what the monitor does.
   At most ``confirmations_per_hour`` control scans are spent per hour of the run's own time;
   a suspicion beyond that, or with no control spot left, stays a suspicion and says why in a
   ``damage_confirmation`` event.
+- A spot past the analysis's ``check_from_Gy`` is also checked by dose alone (a
+  ``dose_check``, every few of its scans): the same control scan, counted in the same limit.
 - A verdict of damage that no confirmation of ours asked for (a replay decides from the
   recorded control scans) spends the spot all the same when the beam is on it.
+- With every spot spent, the scans are paused (``when_spots_run_out = "pause"``, the
+  default): more scans on spent spots would only measure damage. The alarm says so and how
+  to go on; an operator's ``resume_scans`` goes on where the beam is, and nothing pauses
+  them again. ``"continue"`` keeps scanning on the spot in use (the least dosed undamaged
+  one after a damage verdict).
 """
 
 from __future__ import annotations
@@ -26,12 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from operando.analysis.damage import DamageSuspicion, DamageVerdict
+from operando.analysis.damage import DOSE_CHECK, DamageSuspicion, DamageVerdict
 from operando.events import EventKind, Recorder
 
 Move = Callable[[str], None]
 Acquire = Callable[[str, str, str], None]  # edge, spot, trigger id
 Alarm = Callable[[str, str, str], object]  # category, message, key
+Pause = Callable[[], None]
 
 
 @dataclass(slots=True)
@@ -58,7 +66,9 @@ class SpotPolicy:
         confirm_damage: bool = True,
         confirmations_per_hour: int = 2,
         control_dose_fraction: float = 0.5,
+        pause: Pause | None = None,
     ) -> None:
+        """``pause``: stop the scans once no fresh spot is left (None: keep scanning)."""
         self.spots = list(spots)
         self.spot: str | None = self.spots[0] if self.spots else None
         self.spent: set[str] = set()
@@ -73,6 +83,8 @@ class SpotPolicy:
         self.control_fraction = control_dose_fraction
         self.confirming: Confirming | None = None
         self.confirmed_at: deque[float] = deque()  # the run's times of control scans sent
+        self.pause = pause
+        self.paused = False
         self.counts = {"confirmations": 0, "rotations": 0}
 
     # -- spots ---------------------------------------------------------------------------------
@@ -138,12 +150,26 @@ class SpotPolicy:
         if self.spot is not None:
             self.spent.add(self.spot)
         fresh = [s for s in self.spots if s not in self.spent]
+        if not fresh and self.paused:
+            return  # the scan in flight at the pause landed: the alarm is up already
         if not fresh:
+            pause = self.pause
+            then = (
+                "scans paused: 'operando trigger resume_scans' goes on (on spent spots), "
+                "'move --spot' chooses one"
+                if pause
+                else "scanning goes on"
+            )
             self.alarm(
                 "spots",
-                f"{reason}; no fresh spot left ({len(self.spent)} spent)",
+                f"{reason}; no fresh spot left ({len(self.spent)} spent): {then}",
                 "no fresh spot",  # one alarm, counting up, until someone acts on it
             )
+            if pause:
+                self.paused = True
+                self.event(EventKind.SCANS_PAUSED, None, t, reason=reason, spent=len(self.spent))
+                pause()
+                return
             spare = [s for s in self.spots if s not in self.damaged and s != self.spot]
             if damaged and spare:
                 least = min(spare, key=lambda s: (self.totals.get(s, 0.0), s))
@@ -156,6 +182,10 @@ class SpotPolicy:
         self.counts["rotations"] += spent
         self.event(EventKind.SPOT_CHANGE, None, t, old=old, new=spot, reason=reason, spent=spent)
         self.move(spot)
+
+    def on_resumed(self) -> None:
+        """The operator resumed the scans on spent spots: never paused again this run."""
+        self.pause, self.paused = None, False
 
     # -- damage --------------------------------------------------------------------------------
     def on_finding(self, found: DamageSuspicion | DamageVerdict) -> None:
@@ -182,10 +212,20 @@ class SpotPolicy:
     def on_suspicion(self, s: DamageSuspicion) -> None:
         if not (self.confirm_damage and self.rotate_on_damage):
             return self._decline(s, "confirmation is off ([orchestration] confirm_damage)")
-        if self.confirming is not None:
+        c = self.confirming
+        if c is not None and c.suspect not in self.spent:
             return  # one at a time: its verdict answers this one too
+        if c is not None:
+            # the suspect was left (its budget) and no verdict came of the scans it had:
+            # none will, and waiting for it dropped every later suspicion unseen
+            self.confirming = None
+            self._confirmation_over(c, f"no verdict came before the beam left {c.suspect}")
+        if not s.awaits_control:
+            return self._decline(s, f"the control of another {s.edge} suspicion is in")
         if s.spot != self.spot:
             return self._decline(s, f"the beam has left spot {s.spot}")
+        if self.paused:
+            return self._decline(s, "the scans are paused (no fresh spot)")
         while self.confirmed_at and self.confirmed_at[0] <= s.t_scan - 3600.0:
             self.confirmed_at.popleft()
         if len(self.confirmed_at) >= self.per_hour:
@@ -233,7 +273,11 @@ class SpotPolicy:
             s.t_scan,
             old=old,
             new=control,
-            reason=f"a control scan for the damage suspicion on {s.spot} ({s.test})",
+            reason=(
+                f"a control scan for the dose check of {s.spot}"
+                if s.test == DOSE_CHECK
+                else f"a control scan for the damage suspicion on {s.spot} ({s.test})"
+            ),
             spent=False,
         )
         self.acquire(s.edge, control, tid)

@@ -108,6 +108,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
             "WHERE kind = 'damage_verdict' GROUP BY 1"
         )
     )
+    (checks,) = conn.execute("SELECT count(*) FROM events WHERE kind = 'damage_check'").fetchone()
     relax = conn.execute(
         "SELECT channel, model, tau_s, tau_err_s, resolved, n_points FROM "
         "relaxation ORDER BY rest_start, channel"
@@ -149,6 +150,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
             "fit_quality": fit_quality,
             "damage_suspicions": suspicions,
             "damage_suspicions_total": sum(suspicions.values()),
+            "damage_checks": checks,
             "damage_verdicts": verdicts,
             "dose_Gy_by_spot": doses,
             "relaxation": [
@@ -217,7 +219,7 @@ def format_summary(s: dict[str, Any]) -> str:
     verdicts = a["damage_verdicts"]
     lines.append(
         f"  damage: {verdicts.get('damage', 0)} confirmed by a control spot; "
-        f"{a['damage_suspicions_total']} suspicions"
+        f"{a['damage_suspicions_total']} suspicions, {a['damage_checks']} checks by dose"
         + (
             " (verdicts: " + ", ".join(f"{n} {k}" for k, n in sorted(verdicts.items())) + ")"
             if verdicts

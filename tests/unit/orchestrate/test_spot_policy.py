@@ -12,8 +12,9 @@ from operando.orchestrate.spots import SpotPolicy
 class Beamline:
     """What the policy commands, recorded (the orchestrator sends these as commands)."""
 
-    def __init__(self, budget: float = 10e6, per_hour: int = 2) -> None:
+    def __init__(self, budget: float = 10e6, per_hour: int = 2, pause: bool = False) -> None:
         self.moves: list[str] = []
+        self.pauses = 0
         self.scans: list[tuple[str, str, str]] = []
         self.events: list[tuple[EventKind, dict[str, Any]]] = []
         self.alarms: list[tuple[str, str]] = []
@@ -25,7 +26,11 @@ class Beamline:
             event=lambda kind, link, t, **d: self.events.append((kind, d)),
             alarm=lambda category, message, key: self.alarms.append((category, message)),
             confirmations_per_hour=per_hour,
+            pause=self._pause if pause else None,
         )
+
+    def _pause(self) -> None:
+        self.pauses += 1
 
     def kinds(self, kind: EventKind) -> list[dict[str, Any]]:
         return [d for k, d in self.events if k == kind]
@@ -167,3 +172,40 @@ def test_a_verdict_nobody_asked_for_still_spends_the_spot_the_beam_is_on():
     b = Beamline()
     b.policy.on_finding(_verdict("damage", _suspicion("A1", 100.0)))
     assert b.policy.spent == {"A1"} and b.policy.spot == "A2" and b.moves == ["A2"]
+
+
+def test_with_every_spot_spent_the_scans_pause_until_the_operator_resumes():
+    """More scans on spent spots only measure damage: the scans pause, the alarm says how to
+    go on, and a resume by the operator is not undone by the next spent spot."""
+    b = Beamline(budget=4e6, pause=True)
+    for spot in ("A1", "A2"):
+        b.policy.on_dose(spot, 1.5e6, 3e6)
+    assert b.pauses == 0 and b.policy.spot == "A3"
+    b.policy.on_dose("A3", 1.5e6, 3e6)  # the last fresh spot spent
+    assert b.pauses == 1 and b.policy.paused and b.policy.spot == "A3"
+    ((category, message),) = b.alarms
+    assert category == "spots" and "scans paused" in message and "resume_scans" in message
+    (paused,) = b.kinds(EventKind.SCANS_PAUSED)
+    assert paused["spent"] == 3
+    b.policy.on_finding(_suspicion("A3", 100.0, dose=3e6))  # no scan can be taken for it
+    assert b.scans == [] and "paused" in b.kinds(EventKind.DAMAGE_CONFIRMATION)[-1]["why"]
+    b.policy.on_resumed()
+    assert not b.policy.paused
+    b.policy.on_dose("A3", 1.5e6, 4.5e6)  # a scan after the resume: it goes on
+    assert b.pauses == 1 and "scanning goes on" in b.alarms[-1][1]
+
+
+def test_leaving_the_suspect_for_its_budget_ends_its_confirmation():
+    """The suspect left for its budget before its verdict: the confirmation ends there (it
+    once stayed open for good, and every later suspicion was dropped unseen)."""
+    b = Beamline(budget=10e6, per_hour=10)
+    b.policy.on_dose("A1", 3e6, 6e6)
+    b.policy.on_finding(_suspicion("A1", 100.0))
+    b.policy.on_dose("A2", 3e6, 3e6)  # the control; back to A1
+    b.policy.on_dose("A1", 3e6, 9e6)  # no room for another: A1 is left, no verdict came
+    assert b.policy.spot == "A2"
+    b.policy.on_dose("A2", 1e6, 4e6)
+    b.policy.on_finding(_suspicion("A2", 300.0, dose=4e6))  # a later suspicion is answered
+    assert b.scans[-1] == ("Mn-L", "A3", "confirm-2") and b.policy.confirming is not None
+    over = [d for d in b.kinds(EventKind.DAMAGE_CONFIRMATION) if d["status"] == "abandoned"]
+    assert len(over) == 1 and "before the beam left A1" in over[0]["why"]
