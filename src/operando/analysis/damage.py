@@ -174,7 +174,7 @@ class DamageDetector:
         # scans under current by edge, for the low-dose comparison at a matched state
         self.moving: dict[str, deque[ScanSummary]] = defaultdict(lambda: deque(maxlen=2000))
         self.since_check: dict[str, int] = {}  # spot -> its scans since its last control
-        self.lingered: dict[str, bool] = {}  # edge -> the beam stayed on its control a scan
+        self.lingered: set[str] = set()  # edges whose beam stayed on the control a scan
 
     def _same_state(self, a: ScanSummary, b: ScanSummary) -> bool:
         """Both settled, in one rest or at the same SOC; or both under the same current
@@ -292,19 +292,17 @@ class DamageDetector:
             if control is None:
                 self.pending[scan.edge] = (suspicion, scan, None)  # compare the newest
                 return None
-            del self.pending[scan.edge]  # the bracket's second half
-            self.lingered.pop(scan.edge, None)
+            self._close(scan.edge)  # the bracket's second half
             return self._bracket(suspicion, suspect, control, scan)
-        if control is not None and scan.spot == control.spot and not self.lingered.get(scan.edge):
+        if control is not None and scan.spot == control.spot and scan.edge not in self.lingered:
             # one more scan on the control spot: a free-running spectrometer began it before
             # the move back came (the demo at 120x, every time)
-            self.lingered[scan.edge] = True
+            self.lingered.add(scan.edge)
             return None
         if control is not None:
             # the beam went elsewhere, not back (the suspect left for its budget): the
             # bracket cannot close, and holding it kept later suspicions from being decided
-            del self.pending[scan.edge]
-            self.lingered.pop(scan.edge, None)
+            self._close(scan.edge)
             verdict = self._verdict(suspicion, suspect)
             verdict.why = f"the beam did not go back to {suspect.spot} after the control"
             return verdict
@@ -314,7 +312,7 @@ class DamageDetector:
         if is_control and not suspect.settled and self._same_step(suspect, scan):
             self.pending[scan.edge] = (suspicion, suspect, scan)  # the state moves: bracket
             return None
-        del self.pending[scan.edge]
+        self._close(scan.edge)
         verdict = self._verdict(suspicion, suspect)
         if not is_control:
             return verdict
@@ -325,6 +323,11 @@ class DamageDetector:
             return verdict
         z, p, diff = compare_low_dose(suspect, scan, self.s.systematic)
         return self._decide(verdict, suspect.lowest, z, p, diff)
+
+    def _close(self, edge: str) -> None:
+        """The edge's pending suspicion is decided (or given up): nothing waits on it."""
+        del self.pending[edge]
+        self.lingered.discard(edge)
 
     def _verdict(self, suspicion: DamageSuspicion, suspect: ScanSummary) -> DamageVerdict:
         return DamageVerdict(
