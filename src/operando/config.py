@@ -13,7 +13,9 @@ from typing import Any, Literal
 
 import msgspec
 
+from operando.analysis.cycling import CyclingSettings
 from operando.analysis.damage import DamageSettings
+from operando.analysis.resistance import ResistanceSettings
 from operando.analysis.rest import RestCriterion
 from operando.analysis.valence import FLUORESCENCE
 
@@ -112,6 +114,15 @@ class AnalysisConfig(_Section):
         return RestCriterion(current_mA=self.rest_current_mA)
 
 
+class ElectrochemistryConfig(_Section):
+    """Half-cycles, dQ/dV and resistance from the potentiostat's rows, always on. 'At rest'
+    is the run's one criterion, ``[analysis] rest_current_mA``."""
+
+    enabled: bool = True
+    cycling: CyclingSettings = msgspec.field(default_factory=CyclingSettings)
+    resistance: ResistanceSettings = msgspec.field(default_factory=ResistanceSettings)
+
+
 class OrchestrationConfig(_Section):
     triggers: list[TriggerSpec] = msgspec.field(default_factory=list)
     spots: list[str] = msgspec.field(default_factory=list)  # default: the spectrometer's
@@ -136,6 +147,7 @@ class ExperimentConfig(_Section):
     alignment: AlignmentConfig = msgspec.field(default_factory=AlignmentConfig)
     sources: list[SourceConfig] = msgspec.field(default_factory=list)
     analysis: AnalysisConfig = msgspec.field(default_factory=AnalysisConfig)
+    electrochemistry: ElectrochemistryConfig = msgspec.field(default_factory=ElectrochemistryConfig)
     orchestration: OrchestrationConfig = msgspec.field(default_factory=OrchestrationConfig)
     drivers: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 

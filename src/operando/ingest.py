@@ -26,8 +26,9 @@ from operando.alignment import MALFORMED_BATCH, Aligner, PendingSpectrum, Potent
 from operando.analysis.rest import rest_voltage
 from operando.analysis_thread import AnalysisThread
 from operando.analyze import Analyzer, SpectrumInput
-from operando.config import AlignmentConfig, AnalysisConfig, SourceConfig
+from operando.config import AlignmentConfig, AnalysisConfig, ElectrochemistryConfig, SourceConfig
 from operando.doseledger import DoseLedger
+from operando.electrochem import Electrochemistry
 from operando.events import EventKind, EventLog
 from operando.protocol import (
     Ack,
@@ -144,11 +145,13 @@ class Ingest:
         events: EventLog | None = None,
         orchestrator: Orchestration | None = None,
         experiment: str = "",
+        electrochemistry: ElectrochemistryConfig | None = None,
     ) -> None:
         """``events``: the run's event log (default: one writing to ``store`` and
         ``publish``); ``orchestrator``: what acts on rows, maps, doses and damage (None:
         nothing acts, as in reprocess); ``experiment``: the run's experiment name, against
-        which each source's announced identity is checked."""
+        which each source's announced identity is checked; ``electrochemistry``: how
+        half-cycles and current steps are derived (default: the defaults)."""
         self.store = store
         self.experiment = experiment
         self.cfg = alignment
@@ -180,6 +183,12 @@ class Ingest:
             DoseLedger(analysis, store.put, derived)
             if analysis is not None and self.analyzer is not None
             else None
+        )
+        self.electrochem = Electrochemistry(
+            electrochemistry or ElectrochemistryConfig(),
+            analysis.rest_current_mA if analysis is not None else AnalysisConfig().rest_current_mA,
+            store.put,
+            self.publish,
         )
         # set by the monitor once its loop runs: analysis beside it (None: here, in order)
         self.analysis_thread: AnalysisThread | None = None
@@ -471,6 +480,7 @@ class Ingest:
             al = self.aligner
             al.potentiostat_ended = False
             self.soc_out_of_range = False
+            self.electrochem.restart()
             cap = metadata.get("capacity_mAh")
             if self.cfg.capacity_mAh is None and _number(cap) and cap > 0:
                 al.capacity_mAh, al.capacity_from = float(cap), f"potentiostat {link}"
@@ -496,6 +506,7 @@ class Ingest:
                     order = np.argsort(t, kind="stable")
                     q_rows = q_rows[np.argsort(order, kind="stable")]
                 soc = self._soc(q_rows, t)
+                self.electrochem.add(t, a["Ewe"], a["I"], a["mode"], q_rows, soc)
         rows = list(
             map(
                 PotentiostatRow._make,
@@ -717,8 +728,9 @@ class Ingest:
 
     def finish(self) -> None:
         """End of input: align what is still waiting, with what there is; a rest still going
-        gets its last relaxation fit."""
+        gets its last relaxation fit; a half-cycle still running is recorded as incomplete."""
         self.align_due(final=True)
+        self.electrochem.finish()
         if self.analysis_thread is not None:
             self.analysis_thread.finish()
         elif self.analyzer is not None:
@@ -765,6 +777,7 @@ class Ingest:
             "analysis_backlog": self.analysis_thread.backlog if self.analysis_thread else 0,
             "analysis_skipped_live": self.counts["analysis_skipped_live"],
             "valence": self.analyzer.latest_valence if self.analyzer is not None else {},
+            "electrochemistry": self.electrochem.status(),
             "store_error": self.store.last_error,
             "store_writer_restarts": self.store.writer_restarts,
             "store_rows_refused": self.store.rows_refused,

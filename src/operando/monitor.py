@@ -141,6 +141,7 @@ class Monitor:
             events=self.events,
             orchestrator=self.orchestrator,
             experiment=cfg.name,
+            electrochemistry=cfg.electrochemistry,
         )
         if self.store.reopened:
             self._restore()

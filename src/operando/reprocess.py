@@ -35,6 +35,7 @@ def reprocess(
             analysis=cfg.analysis,
             base_dir=run_dir,
             experiment=cfg.name,
+            electrochemistry=cfg.electrochemistry,
         )
         for link, offset in offsets.items():  # measured live (ping): the same source times
             ingest.set_clock_offset(link, offset)

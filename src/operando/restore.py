@@ -72,9 +72,11 @@ def _potentiostat(ingest: Ingest, run: Run) -> None:
     start = run.last_series_start(link)
     if start is not None:  # the capacity it announced, as when its series started
         ingest.series_metadata(link, start.get("series", ""), start.get("metadata") or {})
+    # the half-cycle and step in progress are rebuilt from the same rows, not written again
+    ingest.electrochem.recording = False
     for a in run.potentiostat_chunks(link):
         q = None if np.isnan(a[:, 3]).any() else a[:, 3]
-        ingest.history.extend(
+        late = ingest.history.extend(
             a[:, 0],
             a[:, 1],
             a[:, 2],
@@ -83,6 +85,10 @@ def _potentiostat(ingest: Ingest, run: Run) -> None:
             a[:, 6].astype(np.int32),
             q,
         )
+        if not late and len(a):
+            q_rows = ingest.history.record().q[-len(a) :]
+            ingest.electrochem.add(a[:, 0], a[:, 1], a[:, 2], a[:, 4], q_rows, a[:, 7].tolist())
+    ingest.electrochem.recording = True
 
 
 def _waiting_spectra(ingest: Ingest, run: Run) -> None:

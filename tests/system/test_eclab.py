@@ -7,8 +7,10 @@ reason when ../shared is absent.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -16,8 +18,9 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import SHARED, cli, driver_endpoints, inspect_json, wait_for
+from conftest import SHARED, cli, driver_endpoints, inspect_json, store_count, wait_for
 from operando.drivers.eclab import MptFormatError, MptReader, current_sampling
 from operando.drivers.eclab_file import batch_arrays
 from operando.drivers.eclab_mpr import read_mpr
@@ -141,7 +144,9 @@ def _start(tmp_path, processes, driver_args, capacity):
     path = tmp_path / "experiment.json"
     path.write_bytes(msgspec.json.encode(cfg))
     run = tmp_path / "run"
-    processes("monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "mon.log")
+    monitor = processes(
+        "monitor", "--config", str(path), "--run-dir", str(run), log=tmp_path / "mon.log"
+    )
     src = cfg.source("potentiostat")
     driver = processes(
         "driver",
@@ -153,6 +158,7 @@ def _start(tmp_path, processes, driver_args, capacity):
         src.command,
         log=tmp_path / "driver.log",
     )
+    driver.monitor = monitor  # the test that stops it before a reprocess
     return run, driver
 
 
@@ -485,3 +491,35 @@ def test_driver_refuses_what_it_cannot_read_with_the_reason(tmp_path):
     other.write_text("# energy TEY\n530 1\n")
     wrong = cli("driver", "eclab", str(other), check=False)
     assert wrong.returncode == 2 and "scan.dat: line 1 is not 'EC-Lab ASCII FILE'" in wrong.stderr
+
+
+@needs_files
+@pytest.mark.slow
+def test_half_cycles_through_the_monitor_match_ec_lab_and_survive_reprocess(tmp_path, processes):
+    """The GCPL file replayed through a real monitor: its half-cycles (recorded live as they
+    close, the last one when the monitor stops) carry EC-Lab's own per-half-cycle charge
+    within 0.1 %, ``inspect`` shows the cycles, and reprocess derives the same table."""
+    name = ECLAB / "yadg_gcpl.issue_149.mpr"
+    run, driver = _start(tmp_path, processes, [str(name), "--speed", "0"], 1.0)
+    assert driver.p.wait(60) == 0, driver.output()
+    text = (ECLAB / "yadg_gcpl.issue_149.mpt").read_text("latin-1")
+    header_lines = int(re.search(r"Nb header lines : (\d+)", text).group(1))
+    ref = pd.read_csv(io.StringIO(text.replace(",", ".")), sep="\t", skiprows=header_lines - 1)
+    wait_for(lambda: store_count(run, "SELECT count(*) FROM half_cycles") == 7, 30, what="7 closed")
+    with operando.open_run(run) as r:
+        live = r.half_cycles()
+    assert live["complete"].all()
+    per_half = ref.groupby("half cycle").agg(
+        c=("Q charge/mA.h", "max"), d=("Q discharge/mA.h", "max")
+    )
+    expected = np.where(live["direction"] == "charge", per_half["c"][:7], per_half["d"][:7])
+    np.testing.assert_allclose(live["capacity_mAh"], expected, rtol=1e-3)
+    shown = cli("inspect", str(run)).stdout
+    assert "cycles (from the charge passed): 3 complete of 4, 7 half-cycles" in shown, shown
+    assert driver.monitor.stop() == 0, driver.monitor.output()
+    cli("reprocess", str(run), timeout=120)
+    with operando.open_run(run) as r:
+        again = r.half_cycles()
+    # reprocess reaches the end of the record: the last discharge is there, as incomplete
+    assert len(again) == 8 and not again["complete"].iloc[-1]
+    pd.testing.assert_frame_equal(again.iloc[:7], live)

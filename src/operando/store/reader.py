@@ -13,6 +13,7 @@ from the raw log, their one source.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from operando.analysis.cycling import Cycle, HalfCycle, cycles
 from operando.config import ConfigError, ExperimentConfig, parse_config
 from operando.protocol import ProtocolError, decode
 from operando.rawlog import RawRecord, read_record, scan
@@ -175,6 +177,138 @@ class Run:
             "SELECT map_id, rows, rows_total, roi, reference, ratio, soc FROM rixs ORDER BY rowid"
         )
 
+    # -- electrochemistry (operando.electrochem) ------------------------------------------
+    def _has_table(self, table: str) -> bool:
+        """Runs recorded before schema 6 have no half-cycle or step tables (reprocess adds
+        them)."""
+        found = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        return found is not None
+
+    def _half_cycle_docs(self) -> list[HalfCycle]:
+        if not self._has_table("half_cycles"):
+            return []
+        rows = self.conn.execute("SELECT doc FROM half_cycles ORDER BY idx").fetchall()
+        return [msgspec.json.decode(d, type=HalfCycle) for (d,) in rows]
+
+    def half_cycles(self) -> pd.DataFrame:
+        """One row a half-cycle (from the charge passed, not the instrument's counters):
+        its cycle and direction, start and end, capacity (mAh, and mAh/g with
+        ``[electrochemistry.cycling] active_mass_mg``), energy (mWh), mean voltage, whether it
+        closed (``complete``: False when the record ended inside it), and its dQ/dV peaks
+        (``peaks_V``: positions in V, ``peak_heights``: mAh/V, negative on discharge)."""
+        halves = self._half_cycle_docs()
+        mass = self.config.electrochemistry.cycling.active_mass_mg
+        df = pd.DataFrame(
+            [
+                {
+                    "idx": h.index,
+                    "cycle": h.cycle,
+                    "direction": h.direction,
+                    "t_start": h.t_start,
+                    "t_end": h.t_end,
+                    "capacity_mAh": h.capacity_mAh,
+                    "capacity_mAh_g": h.capacity_mAh / (mass * 1e-3) if mass else np.nan,
+                    "energy_mWh": h.energy_mWh,
+                    "mean_voltage_V": h.mean_voltage_V,
+                    "complete": h.complete,
+                    "peaks_V": [p.voltage_V for p in h.peaks],
+                    "peak_heights": [p.height_mAh_V for p in h.peaks],
+                }
+                for h in halves
+            ],
+            columns=pd.Index([
+                "idx", "cycle", "direction", "t_start", "t_end", "capacity_mAh",
+                "capacity_mAh_g", "energy_mWh", "mean_voltage_V", "complete", "peaks_V",
+                "peak_heights",
+            ]),
+        )  # fmt: skip
+        return df
+
+    def cycles(self) -> pd.DataFrame:
+        """One row a cycle (the run's first direction, then the other): charge and discharge
+        capacity (mAh), coulombic efficiency (discharge / charge), energies, energy
+        efficiency, capacity retention (discharge / the first complete cycle's), and whether
+        both its half-cycles closed."""
+        found = cycles(self._half_cycle_docs())
+        columns = [f.name for f in dataclasses.fields(Cycle)]
+        return pd.DataFrame([dataclasses.astuple(c) for c in found], columns=pd.Index(columns))
+
+    def dqdv(self) -> pd.DataFrame:
+        """Incremental capacity of every half-cycle, long form: idx, cycle, direction,
+        Ewe (V, bin centre), dQdV (mAh/V, negative on discharge)."""
+        parts = [
+            pd.DataFrame(
+                {
+                    "idx": h.index,
+                    "cycle": h.cycle,
+                    "direction": h.direction,
+                    "Ewe": h.dqdv_V,
+                    "dQdV": h.dqdv_mAh_V,
+                }
+            )
+            for h in self._half_cycle_docs()
+            if h.dqdv_V
+        ]
+        if not parts:
+            return pd.DataFrame(columns=pd.Index(["idx", "cycle", "direction", "Ewe", "dQdV"]))
+        return pd.concat(parts, ignore_index=True)
+
+    def current_steps(self) -> pd.DataFrame:
+        """One row a current step: when, currents before and after (mA), SOC, the ohmic
+        resistance extrapolated to the step (``r_0_ohm``, 1-sigma ``r_0_unc_ohm``, from
+        ``r_0_rows`` rows; NaN when the rows are too sparse), dV/dI at the first row after it
+        (``r_first_ohm``, ``first_after_s`` later) and the DC resistance at stated times
+        (``r_1s_ohm``, ``r_10s_ohm``, ...: NaN when the current did not hold that long)."""
+        empty = pd.DataFrame(columns=pd.Index(["t_step", "i_before_mA", "i_after_mA", "soc"]))
+        if not self._has_table("current_steps"):
+            return empty
+        out = []
+        for (doc,) in self.conn.execute("SELECT doc FROM current_steps ORDER BY t_step"):
+            d = json.loads(doc)
+            row = {k: v for k, v in d.items() if k != "r_at_s"}
+            row.update({f"r_{k}s_ohm": v for k, v in (d.get("r_at_s") or {}).items()})
+            out.append(row)
+        return pd.DataFrame(out).fillna(np.nan) if out else empty
+
+    def spectra_on_cycles(self) -> pd.DataFrame:
+        """Each aligned spectrum placed on the electrochemistry: the half-cycle it was taken
+        in (idx, cycle, direction; NaN between half-cycles' charge, e.g. at rest before the
+        first), the capacity passed in that half-cycle at its middle (mAh), its SOC, and the
+        nearest dQ/dV peak of that half-cycle (V) with Ewe's distance from it (V)."""
+        spectra = self._frame(
+            "SELECT s.id AS spectrum_id, (s.t_start + s.t_end) / 2 AS t, s.edge, "
+            "a.ewe_mean AS Ewe, a.soc, a.doc FROM spectra s "
+            "JOIN alignment a ON a.spectrum_id = s.id ORDER BY s.id"
+        )
+        q_mid = [json.loads(d).get("q_mAh") for d in spectra.pop("doc")]
+        spectra["q_mAh"] = pd.to_numeric(pd.Series(q_mid, dtype=object), errors="coerce")
+        halves = self._half_cycle_docs()
+        starts = np.array([h.t_start for h in halves])
+        placed = []
+        for t, ewe, q in zip(spectra["t"], spectra["Ewe"], spectra["q_mAh"], strict=True):
+            k = int(np.searchsorted(starts, t, side="right")) - 1
+            h = halves[k] if k >= 0 else None
+            inside = h is not None and (t <= h.t_end or not h.complete)
+            if h is None or not inside:
+                placed.append((np.nan, np.nan, None, np.nan, np.nan, np.nan))
+                continue
+            peak = min(h.peaks, key=lambda p: abs(p.voltage_V - ewe), default=None)
+            placed.append(
+                (
+                    h.index,
+                    h.cycle,
+                    h.direction,
+                    abs(q - h.q_start_mAh) if q is not None and np.isfinite(q) else np.nan,
+                    peak.voltage_V if peak else np.nan,
+                    ewe - peak.voltage_V if peak else np.nan,
+                )
+            )
+        cols = ["half_cycle", "cycle", "direction", "capacity_mAh", "peak_V", "from_peak_V"]
+        spectra[cols] = pd.DataFrame(placed, columns=pd.Index(cols), index=spectra.index)
+        return spectra.drop(columns=["q_mAh"])
+
     def spectrum(self, spectrum_id: int) -> RecordedSpectrum:
         """One spectrum with its arrays (from the raw log), alignment, fits and dose."""
         found = next(self.iter_spectra(spectrum_id), None)
@@ -186,7 +320,26 @@ class Run:
         """What ``operando inspect`` prints: sources, loss, spectra, fits, dose, relaxation."""
         from operando.store.summary import summary_of
 
-        return summary_of(self.conn, self.run_dir)
+        out = summary_of(self.conn, self.run_dir)
+        out["electrochemistry"] = self._electrochemistry_summary()
+        return out
+
+    def _electrochemistry_summary(self) -> dict[str, Any]:
+        if not self._has_table("half_cycles"):
+            return {"derived": False}
+        cyc = self.cycles()
+        steps = self.current_steps()
+        r0 = steps["r_0_ohm"].dropna() if "r_0_ohm" in steps else pd.Series(dtype=float)
+        unc = steps["r_0_unc_ohm"].dropna() if "r_0_unc_ohm" in steps else pd.Series(dtype=float)
+        return {
+            "derived": True,
+            "half_cycles": len(self._half_cycle_docs()),
+            "cycles": json.loads(cyc.to_json(orient="records") or "[]"),
+            "current_steps": len(steps),
+            "r_0_ohm_median": float(r0.median()) if len(r0) else None,
+            "r_0_unc_ohm_median": float(unc.median()) if len(unc) else None,
+            "r_0_steps": len(r0),
+        }
 
     # -- for exports -------------------------------------------------------------------------
     def count_spectra(self) -> int:
@@ -357,9 +510,9 @@ class Run:
 
     def potentiostat_chunks(self, link: str, size: int = 100_000) -> Iterator[np.ndarray]:
         """The link's potentiostat rows in the order recorded, as float arrays of columns
-        t, Ewe, I, Q (NaN: none), mode, step, cycle."""
+        t, Ewe, I, Q (NaN: none), mode, step, cycle, SOC (NaN: none)."""
         cur = self.conn.execute(
-            "SELECT t, ewe, i, q, mode, step, cycle FROM potentiostat WHERE link = ? "
+            "SELECT t, ewe, i, q, mode, step, cycle, soc FROM potentiostat WHERE link = ? "
             "ORDER BY rowid",
             (link,),
         )

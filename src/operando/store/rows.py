@@ -125,6 +125,30 @@ class RixsRow(NamedTuple):
     doc: str
 
 
+class HalfCycleRow(NamedTuple):
+    idx: int  # 1, 2, ... in the run
+    cycle: int
+    direction: str  # "charge" or "discharge"
+    t_start: float
+    t_end: float
+    capacity_mAh: float
+    energy_mWh: float
+    mean_voltage_V: float
+    complete: int  # 0: the record ended (or the series restarted) inside it
+    doc: str  # the whole half-cycle (cycling.HalfCycle): dQ/dV curve and peaks, JSON
+
+
+class CurrentStepRow(NamedTuple):
+    t_step: float
+    i_before_mA: float
+    i_after_mA: float
+    soc: float | None
+    r_first_ohm: float
+    r_0_ohm: float | None
+    r_unc_ohm: float | None
+    doc: str  # the whole step (resistance.CurrentStep), JSON
+
+
 Row = (
     PotentiostatRow
     | SpectrumRow
@@ -135,6 +159,8 @@ Row = (
     | RelaxationRow
     | SeriesRow
     | RixsRow
+    | HalfCycleRow
+    | CurrentStepRow
 )
 
 # row type -> (the writer's op, its table)
@@ -148,6 +174,8 @@ OPS: dict[type, tuple[str, str]] = {
     RelaxationRow: ("relaxation", "relaxation"),
     SeriesRow: ("series", "series"),
     RixsRow: ("rixs", "rixs"),
+    HalfCycleRow: ("half_cycle", "half_cycles"),
+    CurrentStepRow: ("current_step", "current_steps"),
 }
 
 

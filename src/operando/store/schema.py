@@ -12,8 +12,10 @@ from operando.store.files import STORE_FILE, store_path
 from operando.store.rows import (
     AlignmentRow,
     AnalysisRow,
+    CurrentStepRow,
     DoseRow,
     EventRow,
+    HalfCycleRow,
     PotentiostatRow,
     RelaxationRow,
     RixsRow,
@@ -22,7 +24,7 @@ from operando.store.rows import (
     insert,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,6 +71,13 @@ CREATE TABLE IF NOT EXISTS series (
 CREATE TABLE IF NOT EXISTS rixs (
     map_id TEXT PRIMARY KEY, rows INTEGER NOT NULL, rows_total INTEGER NOT NULL, roi REAL,
     reference REAL, ratio REAL, soc REAL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS half_cycles (
+    idx INTEGER PRIMARY KEY, cycle INTEGER NOT NULL, direction TEXT NOT NULL,
+    t_start REAL NOT NULL, t_end REAL NOT NULL, capacity_mAh REAL NOT NULL,
+    energy_mWh REAL NOT NULL, mean_voltage_V REAL, complete INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS current_steps (
+    t_step REAL PRIMARY KEY, i_before_mA REAL NOT NULL, i_after_mA REAL NOT NULL, soc REAL,
+    r_first_ohm REAL NOT NULL, r_0_ohm REAL, r_unc_ohm REAL, doc TEXT NOT NULL);
 """
 
 # Rebuilt by reprocess (the raw index too: the log is the one source of truth).
@@ -83,6 +92,8 @@ DERIVED_TABLES = (
     "relaxation",
     "rixs",
     "series",
+    "half_cycles",
+    "current_steps",
 )
 
 # The monitor's own events (origin 'monitor': a trigger fired, a spot moved, an alarm, a
@@ -129,6 +140,9 @@ SQL = {
     "relaxation": insert(RelaxationRow),
     "rixs": insert(RixsRow),
     "series": insert(SeriesRow),
+    # a half-cycle recorded open (the record ended inside it) is replaced when it closes
+    "half_cycle": insert(HalfCycleRow),
+    "current_step": insert(CurrentStepRow),
 }
 
 
@@ -170,7 +184,8 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 def migrate(conn: sqlite3.Connection) -> None:
     """Runs recorded by an older version: add what is new (schema 3: the SOC of each row;
     schema 4: where each event came from; schema 5: each fit's quality and notes, 'unjudged'
-    until ``operando reprocess`` fits it again)."""
+    until ``operando reprocess`` fits it again; schema 6: half-cycles and current steps, empty
+    until ``operando reprocess`` derives them)."""
     columns = {r[1] for r in conn.execute("PRAGMA table_info(potentiostat)")}
     if "soc" not in columns:
         conn.execute("ALTER TABLE potentiostat ADD COLUMN soc REAL")

@@ -238,6 +238,7 @@ def format_summary(s: dict[str, Any]) -> str:
             "  dose by spot (MGy): "
             + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in sorted(a["dose_Gy_by_spot"].items()))
         )
+    lines += _electrochemistry_lines(s.get("electrochemistry") or {})
     if s["open_alarms"]:
         lines.append(f"  OPEN ALARMS ({len(s['open_alarms'])}):")
         lines += [f"    #{a['id']} [{a['category']}] {a['message']}" for a in s["open_alarms"]]
@@ -245,3 +246,30 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("  no open alarms")
     lines.append("  events: " + json.dumps(s["events"]))
     return "\n".join(lines)
+
+
+def _electrochemistry_lines(e: dict[str, Any]) -> list[str]:
+    if not e.get("derived"):
+        return ["  cycles: not derived (recorded before they were; operando reprocess adds them)"]
+    cycles = e["cycles"]
+    complete = [c for c in cycles if c["complete"]]
+    out = [
+        f"  cycles (from the charge passed): {len(complete)} complete of {len(cycles)}, "
+        f"{e['half_cycles']} half-cycles"
+    ]
+    for c in complete[-3:]:
+        out.append(
+            f"    cycle {c['cycle']}: charge {c['charge_mAh']:.4g} mAh, discharge "
+            f"{c['discharge_mAh']:.4g} mAh, CE {c['coulombic_efficiency']:.4f}, "
+            f"retention {100 * c['retention']:.1f} %"
+        )
+    if e["current_steps"]:
+        r0 = e["r_0_ohm_median"]
+        said = (
+            f"R0 (extrapolated to the step) median {r0:.4g} ohm from {e['r_0_steps']}, "
+            f"1-sigma {e['r_0_unc_ohm_median']:.2g} ohm a step"
+            if r0 is not None
+            else "rows too sparse to extrapolate R0"
+        )
+        out.append(f"  current steps: {e['current_steps']}; {said}")
+    return out
