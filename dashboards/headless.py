@@ -61,7 +61,15 @@ def plotted_until(page: Any) -> float | None:
 
 
 # every tab of the dashboard, in the order the page shows them
-TABS = ("Electrochemistry & valence", "Spectra", "Relaxation", "Dose & damage", "RIXS", "Events")
+TABS = (
+    "Electrochemistry & valence",
+    "Cycling",
+    "Spectra",
+    "Relaxation",
+    "Dose & damage",
+    "RIXS",
+    "Events",
+)
 
 
 def watch_errors(page: Any, errors: list[str]) -> None:

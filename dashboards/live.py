@@ -142,6 +142,11 @@ class Session:
             "dose": _pipe((snap.dose, snap.budget_Gy, snap.spots, beam_spot(snap.spectra))),
             "rixs": _pipe(snap.rixs_latest),
             "rixs_maps": _pipe(snap.rixs_maps),
+            "half_cycles": _pipe(snap.half_cycles),
+            "cycles": _pipe(snap.cycles),
+            "steps": _pipe(snap.steps),
+            "fits_on_cycles": _pipe(snap.fits_on_cycles),
+            "gitt": _pipe(snap.gitt),
         }
         self.heat_pipes: dict[tuple[str, str, str], Pipe] = {}
         self.fractions_key: tuple[str | None, int] | None = None  # what the fractions show
@@ -180,6 +185,7 @@ class Session:
             self.events.style.apply(_attention_row, axis=1)
         self.stale: set[str] = set()
         self.rixs_sent = snap.rixs_latest
+        self.cycling_sent: dict[str, Any] = {}  # what the cycling plots show
         self.hours = HoursAxis(float(snap.cell["t"].iloc[0]) if len(snap.cell) else None)
         self.layout = self._layout()
         self.steps = self._steps()
@@ -266,6 +272,7 @@ class Session:
                     sizing_mode="stretch_width",
                 ),
             ),
+            ("Cycling", self._cycling()),
             (
                 "Spectra",
                 pn.Column(
@@ -315,6 +322,43 @@ class Session:
             self._controls(),
             self.message,
             tabs,
+            sizing_mode="stretch_width",
+        )
+
+    def _cycling(self) -> pn.Column:
+        """Which dQ/dV peak a valence change belongs to (the two on one voltage axis), how
+        valence follows the capacity passed, and capacity, efficiency and resistance by cycle."""
+        p = self.pipes
+        dqdv = hv.DynamicMap(lambda data: plots.dqdv_plot(data), streams=[p["half_cycles"]])
+        by_ewe = hv.DynamicMap(
+            lambda data: plots.valence_on_cycles_plot(data, "Ewe"), streams=[p["fits_on_cycles"]]
+        )
+        by_q = hv.DynamicMap(
+            lambda data: plots.valence_on_cycles_plot(data, "capacity"),
+            streams=[p["fits_on_cycles"]],
+        )
+        capacity = hv.DynamicMap(
+            lambda data: plots.cycles_plot(data, "capacity"), streams=[p["cycles"]]
+        )
+        efficiency = hv.DynamicMap(
+            lambda data: plots.cycles_plot(data, "efficiency"), streams=[p["cycles"]]
+        )
+        resistance = hv.DynamicMap(lambda data: plots.resistance_plot(data), streams=[p["steps"]])
+        gitt = hv.DynamicMap(lambda data: plots.gitt_plot(data), streams=[p["gitt"]])
+        # dQ/dV above valence vs Ewe, both against the cell voltage (one HoloViews layout
+        # sharing the axis drew at zero width in a tab opened later: two panes)
+        return pn.Column(
+            _pane(dqdv, height=280),
+            _pane(by_ewe, height=280),
+            pn.Row(
+                _pane(by_q, height=300), _pane(capacity, height=300), sizing_mode="stretch_width"
+            ),
+            pn.Row(
+                _pane(efficiency, height=280),
+                _pane(resistance, height=280),
+                sizing_mode="stretch_width",
+            ),
+            _pane(gitt, height=280),
             sizing_mode="stretch_width",
         )
 
@@ -424,16 +468,25 @@ class Session:
         def parts(*names: str) -> Any:
             return lambda snap: self._changed(snap, *names)
 
+        def cycling(snap: Snapshot) -> None:
+            # each plot only when its own data changed (a fit alone moves only the valence)
+            for name in ("half_cycles", "cycles", "steps", "fits_on_cycles", "gitt"):
+                data = getattr(snap, name)
+                if data is not self.cycling_sent.get(name):
+                    p[name].send(data)
+                    self.cycling_sent[name] = data
+
         return [
             ("cell", 0, parts("cell"), lambda snap: p["cell"].send(snap.cell)),
             ("marks", 0, marks_due, marks),
             ("beam", 0, parts("spectra"), lambda snap: p["beam"].send((snap.beam, snap.beam_lost))),
             ("time fits", 0, parts("fits"), time_fits),
-            ("spectra", 1, parts("fits", "spectra"), spectra_tab),
-            ("relaxation", 2, parts("relaxation", "fits", "cell"), relaxation),
-            ("dose", 3, parts("dose", "events"), dose),
-            ("rixs", 4, rixs_due, rixs),
-            ("events", 5, parts("events"), events),
+            ("cycling", 1, parts("cycling", "fits", "spectra"), cycling),
+            ("spectra", 2, parts("fits", "spectra"), spectra_tab),
+            ("relaxation", 3, parts("relaxation", "fits", "cell"), relaxation),
+            ("dose", 4, parts("dose", "events"), dose),
+            ("rixs", 5, rixs_due, rixs),
+            ("events", 6, parts("events"), events),
             ("alarms", None, parts("events", "status"), self._alarms),
         ]
 

@@ -520,3 +520,193 @@ def rixs_ratio(maps: pd.DataFrame) -> hv.Scatter:
         tools=["hover"],
         title="RIXS ROI ratio vs SOC",
     )
+
+
+# -- cycling (analysis.cycling, analysis.resistance) -------------------------------------------
+CYCLE = hv.Dimension("cycle", label="cycle")
+CAPACITY = hv.Dimension("capacity", label="capacity", unit="mAh")
+DQDV = hv.Dimension("dQdV", label="dQ/dV", unit="mAh/V")
+DIRECTION_COLOUR = {"charge": PALETTE[3], "discharge": PALETTE[0]}
+
+
+def dqdv_plot(halves: list[Any], last: int = 6) -> hv.Overlay:
+    """dQ/dV of the newest ``last`` closed-or-running half-cycles (discharge negative), their
+    peaks marked; older cycles paler, so a peak's drift from cycle to cycle reads at a glance."""
+    shown = [h for h in halves if h.dqdv_V][-last:]
+    if not shown:
+        return waiting(EWE, DQDV, "dQ/dV: no half-cycle closed yet")
+    items = []
+    for n, h in enumerate(shown):
+        colour = DIRECTION_COLOUR[h.direction]
+        alpha = 0.35 + 0.65 * (n + 1) / len(shown)
+        label = f"{h.direction} {h.cycle}" + ("" if h.complete else " (open)")
+        items.append(
+            styled(
+                hv.Curve((h.dqdv_V, h.dqdv_mAh_V), EWE, DQDV, label=label),
+                color=colour,
+                alpha=alpha,
+                tools=["hover"],
+            )
+        )
+    peaks = [(p.voltage_V, p.height_mAh_V, h.cycle, h.direction) for h in shown for p in h.peaks]
+    frame = pd.DataFrame(peaks, columns=pd.Index(["Ewe", "dQdV", "cycle", "direction"]))
+    items.append(
+        styled(
+            hv.Scatter(frame, EWE, [DQDV, "cycle", "direction"], label="peaks"),
+            color=PALETTE[7],
+            marker="x",
+            size=9,
+            tools=["hover"],
+        )
+    )
+    return styled(hv.Overlay(items), title="incremental capacity (dQ/dV)", legend_position="right")
+
+
+def valence_on_cycles_plot(placed: pd.DataFrame, x: str) -> hv.Overlay:
+    """Valence against the cell voltage (``x='Ewe'``: beside dQ/dV, on its voltage axis) or
+    the capacity passed in the half-cycle (``x='capacity'``), charge and discharge apart."""
+    xdim = EWE if x == "Ewe" else CAPACITY
+    title = "valence vs Ewe" if x == "Ewe" else "valence vs capacity in the half-cycle"
+    if not len(placed) or placed["valence"].notna().sum() == 0:
+        return waiting(xdim, VALENCE, f"{title}: no fitted spectrum in a half-cycle yet")
+    items = []
+    names = sorted(placed["series"].unique())  # one marker a series, the same on every redraw
+    for key, g in placed.groupby(["series", "direction"], sort=True):
+        series, direction = cast(tuple[str, str], key)
+        g = g.dropna(subset=["valence", x])
+        if not len(g):
+            continue
+        frame = pd.DataFrame(
+            {x: g[x], "valence": g["valence"], "cycle": g["cycle"], "quality": g["quality"]}
+        )
+        items.append(
+            styled(
+                hv.Scatter(
+                    frame, xdim, [VALENCE, "cycle", "quality"], label=f"{series} {direction}"
+                ),
+                color=DIRECTION_COLOUR.get(str(direction), PALETTE[4]),
+                marker=MARKERS[names.index(series) % len(MARKERS)],
+                size=6,
+                tools=["hover"],
+            )
+        )
+    if not items:
+        return waiting(xdim, VALENCE, f"{title}: no fitted spectrum in a half-cycle yet")
+    return styled(hv.Overlay(items), title=title, legend_position="right")
+
+
+def cycles_plot(cycles: pd.DataFrame, quantity: str) -> hv.Overlay:
+    """Per cycle: ``'capacity'`` (charge and discharge, mAh; a cycle still running drawn
+    hollow) or ``'efficiency'`` (coulombic and energy, %; complete cycles only)."""
+    title = "capacity per cycle" if quantity == "capacity" else "efficiency per cycle"
+    ydim = (
+        CAPACITY
+        if quantity == "capacity"
+        else hv.Dimension("percent", label="efficiency", unit="%")
+    )
+    if not len(cycles):
+        return waiting(CYCLE, ydim, f"{title}: no half-cycle yet")
+    columns = (
+        {"charge": "charge_mAh", "discharge": "discharge_mAh"}
+        if quantity == "capacity"
+        else {"coulombic": "coulombic_efficiency", "energy": "energy_efficiency"}
+    )
+    if quantity != "capacity":  # the efficiency of a cycle still running means nothing yet
+        cycles = cycles.loc[cycles["complete"].astype(bool)]
+        if not len(cycles):
+            return waiting(CYCLE, ydim, f"{title}: no complete cycle yet")
+    items = []
+    for n, (name, column) in enumerate(columns.items()):
+        scale = 1.0 if quantity == "capacity" else 100.0
+        frame = pd.DataFrame(
+            {
+                "cycle": cycles["cycle"],
+                "percent" if quantity != "capacity" else "capacity": cycles[column] * scale,
+                "complete": cycles["complete"],
+            }
+        )
+        colour = DIRECTION_COLOUR.get(name, PALETTE[n + 1])
+        items.append(
+            styled(
+                hv.Scatter(frame, CYCLE, [ydim, "complete"], label=name),
+                color=colour,
+                size=7,
+                fill_alpha=hv.dim("complete").categorize({True: 1.0, False: 0.0}, default=1.0),
+                tools=["hover"],
+            )
+        )
+        items.append(styled(hv.Curve(frame, CYCLE, ydim), color=colour, alpha=0.5))
+    return styled(hv.Overlay(items), title=title, legend_position="right")
+
+
+def resistance_plot(steps: pd.DataFrame) -> hv.Overlay:
+    """R0 of every current step (extrapolated to the step, with its 1-sigma) against the
+    cycle it falls in, and the DC resistance 10 s after the step."""
+    rdim = hv.Dimension("R", label="resistance", unit="ohm")
+    if not len(steps) or "r_0_ohm" not in steps:
+        return waiting(CYCLE, rdim, "resistance: no current step yet")
+    items = []
+    r0 = steps.dropna(subset=["r_0_ohm"])
+    frame = pd.DataFrame(
+        {"cycle": r0["cycle"], "R": r0["r_0_ohm"], "err": r0["r_0_unc_ohm"], "soc": r0["soc"]}
+    )
+    items.append(
+        styled(
+            hv.Scatter(frame, CYCLE, [rdim, "err", "soc"], label="R0 (extrapolated)"),
+            color=PALETTE[0],
+            size=6,
+            tools=["hover"],
+        )
+    )
+    items.append(styled(hv.ErrorBars(frame, CYCLE, [rdim, "err"]), color=PALETTE[0]))
+    if "r_10s_ohm" in steps:
+        r10 = steps.dropna(subset=["r_10s_ohm"])
+        items.append(
+            styled(
+                hv.Scatter(
+                    pd.DataFrame({"cycle": r10["cycle"], "R": r10["r_10s_ohm"]}),
+                    CYCLE,
+                    rdim,
+                    label="DC at 10 s",
+                ),
+                color=PALETTE[1],
+                marker="triangle",
+                size=6,
+                tools=["hover"],
+            )
+        )
+    return styled(hv.Overlay(items), title="resistance per current step", legend_position="right")
+
+
+def gitt_plot(pulses: pd.DataFrame) -> hv.Overlay:
+    """Titration pulses against the SOC after each: the diffusion coefficient (log scale)
+    when the material's inputs are set, else the equilibrium (OCV) points; a pulse whose
+    assumptions failed is drawn hollow, its notes in the hover."""
+    soc = hv.Dimension("soc_after", label="SOC after the pulse")
+    if not len(pulses):
+        return waiting(soc, EWE, "titration (GITT): no pulse between two rests yet")
+    has_d = bool("d_cm2_s" in pulses and pulses["d_cm2_s"].notna().any())
+    y = "d_cm2_s" if has_d else "ocv_after_V"
+    ydim = hv.Dimension(y, label="D", unit="cm^2/s") if has_d else EWE
+    frame = pd.DataFrame(
+        {
+            "soc_after": pulses["soc_after"],
+            y: pulses[y],
+            "notes": pulses["notes"].replace("", "assumptions met"),
+            "ok": pulses["notes"] == "",
+        }
+    )
+    title = (
+        "titration (GITT): diffusion coefficient per pulse"
+        if has_d
+        else "titration (GITT): OCV after each pulse (D needs [electrochemistry.gitt] inputs)"
+    )
+    points = styled(
+        hv.Scatter(frame, soc, [ydim, "notes", "ok"], label="pulse"),
+        color=PALETTE[2],
+        size=7,
+        fill_alpha=hv.dim("ok").categorize({True: 1.0, False: 0.0}, default=1.0),
+        tools=["hover"],
+        logy=has_d,
+    )
+    return styled(hv.Overlay([points]), title=title, legend_position="right")

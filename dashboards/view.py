@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ import pandas as pd
 import zmq
 
 from operando.analysis.beam import BeamHistory, point_times
+from operando.analysis.cycling import Cycle, HalfCycle, cycles, locate
 from operando.analysis.lcf import FitResult, model_curve
 from operando.analysis.normalize import EDGE_WINDOWS, NormalizationError, normalize
 from operando.analysis.references import ReferenceError, References
@@ -43,7 +45,7 @@ from operando.config import ConfigError, ExperimentConfig
 from operando.protocol import MODE_CC, ProtocolError, StateUpdate, decode
 from operando.rawlog import RawLogError, read_record
 from operando.store.follow import CELL_COLUMNS, ChannelFit, RunFollower
-from operando.store.reader import load_run_config
+from operando.store.reader import decode_doc, load_run_config
 from operando.store.schema import StoreError
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,13 @@ class Snapshot:
     monitor_connected: bool = False
     budget_Gy: float = 0.0
     refreshed_at: float = 0.0
+    # the electrochemistry (operando.electrochem): half-cycles in order, per-cycle figures,
+    # current steps with the cycle each falls in, fits placed on the half-cycles
+    half_cycles: list[HalfCycle] = field(default_factory=list)
+    cycles: pd.DataFrame = field(default_factory=pd.DataFrame)
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame)
+    fits_on_cycles: pd.DataFrame = field(default_factory=pd.DataFrame)
+    gitt: pd.DataFrame = field(default_factory=pd.DataFrame)  # titration pulses
 
 
 def _fraction_columns(prefix: str, values: dict[str, float]) -> dict[str, float]:
@@ -200,6 +209,9 @@ class RunView:
         self.heat_touched: set[tuple[str, str, str]] = set()
         self.latest: LatestSpectrum | None = None
         self.beam = BeamHistory()  # each scan's I0, and when the beam was lost
+        self.half_cycles: dict[int, HalfCycle] = {}
+        self.steps: dict[float, dict[str, Any]] = {}
+        self.gitt: dict[float, dict[str, Any]] = {}
         self.parts: Counter[str] = Counter()
         self.snapshot = Snapshot()
 
@@ -237,6 +249,7 @@ class RunView:
                     ("events", self._read_events),
                     ("relaxation", self._read_relaxation),
                     ("rixs", self._read_rixs),
+                    ("cycling", self._read_cycling),
                 ):
                     if read():
                         changed.add(part)
@@ -407,6 +420,60 @@ class RunView:
             return "at rest"
         return "charge" if i > 0 else "discharge"
 
+    def _read_cycling(self) -> bool:
+        halves = self.follow.cycling("half_cycles")
+        for r in halves:
+            self.half_cycles[int(r.key)] = decode_doc(r.doc, HalfCycle)
+        steps = self.follow.cycling("current_steps")
+        for r in steps:
+            d = json.loads(r.doc)
+            d.update({f"r_{k}s_ohm": v for k, v in (d.pop("r_at_s", None) or {}).items()})
+            self.steps[r.key] = d
+        pulses = self.follow.cycling("gitt_pulses")
+        for r in pulses:
+            d = json.loads(r.doc)
+            d["notes"] = "; ".join(d.get("notes") or [])
+            self.gitt[r.key] = d
+        return bool(halves or steps or pulses)
+
+    def _cycling_frames(self) -> tuple[list[HalfCycle], pd.DataFrame, pd.DataFrame]:
+        halves = [self.half_cycles[k] for k in sorted(self.half_cycles)]
+        found = cycles(halves)
+        per_cycle = pd.DataFrame(
+            [dataclasses.astuple(c) for c in found],
+            columns=pd.Index([f.name for f in dataclasses.fields(Cycle)]),
+        )
+        steps = pd.DataFrame([self.steps[k] for k in sorted(self.steps)]).fillna(np.nan)
+        if len(steps):
+            k = locate(halves, steps["t_step"].to_numpy(), inside=False)
+            steps["cycle"] = [halves[j].cycle if j >= 0 else 1 for j in k]
+        return halves, per_cycle, steps
+
+    def _fits_on_cycles(self, halves: list[HalfCycle]) -> pd.DataFrame:
+        """Each fit with its spectrum's Ewe, half-cycle, cycle, direction and the capacity
+        passed in that half-cycle at the spectrum's middle."""
+        fits = pd.DataFrame(list(self.fits.values()))
+        if not len(fits) or not halves:
+            return pd.DataFrame()
+        spectra = [self.spectra.get(int(sid)) or {} for sid in fits["spectrum_id"]]
+        ewe = np.array([s.get("Ewe") or np.nan for s in spectra], dtype=np.float64)
+        q = np.array([np.nan if s.get("q_mAh") is None else s["q_mAh"] for s in spectra])
+        where = locate(halves, fits["t"].to_numpy())
+        inside = where >= 0
+        chosen = [halves[k] for k in where[inside]]
+        out = pd.DataFrame(
+            {
+                "series": (fits["edge"] + " " + fits["channel"]).to_numpy()[inside],
+                "valence": fits["valence"].to_numpy()[inside],
+                "quality": fits["quality"].to_numpy()[inside],
+                "Ewe": ewe[inside],
+                "cycle": [h.cycle for h in chosen],
+                "direction": [h.direction for h in chosen],
+                "capacity": np.abs(q[inside] - np.array([h.q_start_mAh for h in chosen])),
+            }
+        )
+        return out
+
     def _read_dose(self) -> bool:
         rows = self.follow.doses()
         for r in rows:
@@ -567,6 +634,10 @@ class RunView:
             return fits.sort_values("t", kind="stable") if len(fits) else fits
 
         budget = self.cfg.analysis.dose_budget_Gy if self.cfg else 0.0
+        if changed("cycling"):
+            halves, per_cycle, steps = self._cycling_frames()
+        else:
+            halves, per_cycle, steps = old.half_cycles, old.cycles, old.steps
         cell = changed("cell")
         events = changed("events")
         self.snapshot = Snapshot(
@@ -608,6 +679,15 @@ class RunView:
             monitor_connected=connected,
             budget_Gy=budget,
             refreshed_at=time.time(),
+            half_cycles=halves,
+            cycles=per_cycle,
+            steps=steps,
+            fits_on_cycles=self._fits_on_cycles(halves)
+            if changed("cycling", "fits", "spectra")
+            else old.fits_on_cycles,
+            gitt=pd.DataFrame([self.gitt[k] for k in sorted(self.gitt)]).fillna(np.nan)
+            if changed("cycling")
+            else old.gitt,
         )
         self.rixs_rows_added = False
 

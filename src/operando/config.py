@@ -15,6 +15,7 @@ import msgspec
 
 from operando.analysis.cycling import CyclingSettings
 from operando.analysis.damage import DamageSettings
+from operando.analysis.gitt import GittSettings
 from operando.analysis.resistance import ResistanceSettings
 from operando.analysis.rest import RestCriterion
 from operando.analysis.valence import FLUORESCENCE
@@ -115,12 +116,15 @@ class AnalysisConfig(_Section):
 
 
 class ElectrochemistryConfig(_Section):
-    """Half-cycles, dQ/dV and resistance from the potentiostat's rows, always on. 'At rest'
+    """Half-cycles, dQ/dV, resistance and titration pulses from the potentiostat's rows. 'At rest'
     is the run's one criterion, ``[analysis] rest_current_mA``."""
 
     enabled: bool = True
     cycling: CyclingSettings = msgspec.field(default_factory=CyclingSettings)
     resistance: ResistanceSettings = msgspec.field(default_factory=ResistanceSettings)
+    # titration pulses; the diffusion coefficient needs the material's inputs here and
+    # cycling.active_mass_mg
+    gitt: GittSettings = msgspec.field(default_factory=GittSettings)
 
 
 class OrchestrationConfig(_Section):

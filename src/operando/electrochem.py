@@ -10,6 +10,7 @@ derives the same tables; a restarted monitor replays the recorded rows without w
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,12 +18,15 @@ import msgspec
 import numpy as np
 
 from operando.analysis.cycling import HalfCycle, HalfCycleTracker
+from operando.analysis.gitt import GittPulse, PulseTracker
 from operando.analysis.resistance import CurrentStep, StepResistance
 from operando.config import ElectrochemistryConfig
 from operando.protocol import MODE_CV
-from operando.store.rows import CurrentStepRow, HalfCycleRow, Row
+from operando.store.rows import CurrentStepRow, GittPulseRow, HalfCycleRow, Row
 
 _json = msgspec.json.Encoder()
+CHUNK_ROWS = 4096
+CHUNK_WAIT_S = 5.0  # wall time: a replay at 600x sends 60 rows a message, real time 1
 
 
 def _finite(x: float) -> float | None:
@@ -41,6 +45,12 @@ def half_cycle_row(h: HalfCycle) -> HalfCycleRow:
         _finite(h.mean_voltage_V),  # type: ignore[arg-type]
         int(h.complete),
         _json.encode(h).decode(),
+    )
+
+
+def gitt_pulse_row(p: GittPulse) -> GittPulseRow:
+    return GittPulseRow(
+        p.t_start, p.tau_s, p.i_mA, p.ocv_after_V, _finite(p.d_cm2_s), _json.encode(p).decode()
     )
 
 
@@ -68,10 +78,14 @@ class Electrochemistry:
         self.enabled = cfg.enabled
         self.halves = HalfCycleTracker(cfg.cycling, rest_current_mA)
         self.steps = StepResistance(cfg.resistance)
+        self.pulses = PulseTracker(cfg.gitt, rest_current_mA, cfg.cycling.active_mass_mg)
         self.put, self.publish = put, publish
         self.recording = True  # False while a restarted monitor replays what is recorded
-        self.counts = {"half_cycles": 0, "current_steps": 0}
+        self.counts = {"half_cycles": 0, "current_steps": 0, "gitt_pulses": 0}
         self.last_step: CurrentStep | None = None
+        self._buffer: list[tuple[np.ndarray, ...]] = []  # rows not worked yet
+        self._buffered = 0
+        self._since = 0.0  # when the oldest buffered rows came
 
     def add(
         self,
@@ -80,30 +94,60 @@ class Electrochemistry:
         i_mA: np.ndarray,
         mode: np.ndarray,
         q: np.ndarray,
-        soc: list[Any],
+        soc: Any,
     ) -> None:
+        """Fresh rows. They are worked in chunks (``CHUNK_ROWS`` rows, or what came in
+        ``CHUNK_WAIT_S`` of wall time): numpy's cost is per call, and a potentiostat at real
+        time sends one row a message. So a half-cycle or a step is recorded up to that late;
+        the results do not depend on the chunks (tests/unit/analysis/test_cycling.py)."""
         if not self.enabled or not len(t):
             return
-        soc_a = np.array([math.nan if s is None else s for s in soc], dtype=np.float64)
-        cv = np.asarray(mode) == MODE_CV
+        if not self._buffer:
+            self._since = time.monotonic()
+        self._buffer.append((t, ewe, i_mA, mode, q, np.asarray(soc, dtype=np.float64)))
+        self._buffered += len(t)
+        if self._buffered >= CHUNK_ROWS:
+            self.flush()
+        else:
+            self.flush_due()
+
+    def flush_due(self) -> None:
+        """Work the buffered rows if the oldest waited ``CHUNK_WAIT_S`` (the monitor asks each
+        status tick too: the last rows of a finished file are not left waiting)."""
+        if self._buffer and time.monotonic() - self._since >= CHUNK_WAIT_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Work the buffered rows now."""
+        if not self._buffer:
+            return
+        t, ewe, i_mA, mode, q, soc = (
+            np.concatenate([part[k] for part in self._buffer]) for k in range(6)
+        )
+        self._buffer, self._buffered = [], 0
+        cv = mode == MODE_CV
         if np.any(np.diff(t) < 0):  # the trackers read rows in time order
             order = np.argsort(t, kind="stable")
-            t, ewe, i_mA, cv, q = t[order], ewe[order], i_mA[order], cv[order], q[order]
-            soc_a = soc_a[order]
+            t, ewe, i_mA, cv, q, soc = (a[order] for a in (t, ewe, i_mA, cv, q, soc))
         self._halves(self.halves.add(t, ewe, q, cv))
-        self._steps(self.steps.add(t, ewe, i_mA, soc_a))
+        self._steps(self.steps.add(t, ewe, i_mA, soc))
+        self._pulses(self.pulses.add(t, ewe, i_mA, soc))
 
     def restart(self) -> None:
         """The potentiostat's series restarted: its counters may start again."""
         if self.enabled:
+            self.flush()
             self._halves(self.halves.restart())
             self._steps(self.steps.restart())
+            self._pulses(self.pulses.restart())
 
     def finish(self) -> None:
         """End of input: the half-cycle still running is recorded as incomplete."""
         if self.enabled:
+            self.flush()
             self._halves(self.halves.finish())
             self._steps(self.steps.finish())
+            self._pulses(self.pulses.finish())
 
     def _halves(self, done: list[HalfCycle]) -> None:
         for h in done:
@@ -120,6 +164,12 @@ class Electrochemistry:
                 self.put(current_step_row(s))
         if done and self.recording:
             self.publish("current_step", {"t_step": done[-1].t_step, "steps": len(done)})
+
+    def _pulses(self, done: list[GittPulse]) -> None:
+        for p in done:
+            self.counts["gitt_pulses"] += 1
+            if self.recording:
+                self.put(gitt_pulse_row(p))
 
     def status(self) -> dict[str, Any]:
         """The half-cycle in progress and the newest step's resistance, for status displays."""

@@ -660,7 +660,9 @@ class Ingest:
 
     # -- alignment -------------------------------------------------------------------------
     def align_due(self, *, final: bool = False) -> int:
-        """Align every pending spectrum whose window is covered or timed out (all: ``final``)."""
+        """Align every pending spectrum whose window is covered or timed out (all: ``final``);
+        rows the electrochemistry holds back are worked when they have waited long enough."""
+        self.electrochem.flush_due()
         return self.aligner.align_due(self.now, final=final)
 
     def _aligned(self, p: PendingSpectrum, al: Alignment, revision: int) -> None:

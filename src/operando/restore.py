@@ -88,6 +88,7 @@ def _potentiostat(ingest: Ingest, run: Run) -> None:
         if not late and len(a):
             q_rows = ingest.history.record().q[-len(a) :]
             ingest.electrochem.add(a[:, 0], a[:, 1], a[:, 2], a[:, 4], q_rows, a[:, 7].tolist())
+    ingest.electrochem.flush()
     ingest.electrochem.recording = True
 
 

@@ -488,3 +488,54 @@ def test_a_ring_dump_shows_in_the_beam_trace_where_it_was(tmp_path):
     hv.extension("bokeh")
     fig = hv.render(plots.beam_plot(s.beam, s.beam_lost))
     assert f"lost {len(expected)} time(s)" in fig.title.text, fig.title.text
+
+
+def test_cycling_tab_shows_what_the_run_derived(lfp_run, lfp_view):
+    """The Cycling tab's data are the run's own tables (Run), and every plot renders with its
+    units, with data and with nothing yet."""
+    import operando
+
+    hv.extension("bokeh")
+    s = lfp_view.snapshot
+    with operando.open_run(lfp_run) as run:
+        halves, cycles, steps = run.half_cycles(), run.cycles(), run.current_steps()
+        placed = run.spectra_on_cycles()
+    assert len(halves) > 0 and len(steps) > 0
+    assert [h.index for h in s.half_cycles] == halves["idx"].tolist()
+    np.testing.assert_allclose([h.capacity_mAh for h in s.half_cycles], halves["capacity_mAh"])
+    assert len(s.cycles) == len(cycles)
+    np.testing.assert_allclose(s.steps["r_0_ohm"], steps["r_0_ohm"])
+    # every fit of a spectrum taken inside a half-cycle is placed on it
+    inside = placed.dropna(subset=["half_cycle"])
+    ids = ",".join(str(int(i)) for i in inside["spectrum_id"]) or "-1"
+    fits_inside = _count(lfp_run, f"SELECT count(*) FROM analysis WHERE spectrum_id IN ({ids})")
+    assert len(s.fits_on_cycles) == fits_inside > 0
+    assert sorted(s.fits_on_cycles["capacity"].round(9).unique()) == sorted(
+        inside.loc[inside["spectrum_id"].isin(set(s.fits["spectrum_id"])), "capacity_mAh"]
+        .round(9)
+        .unique()
+    )
+    fig = hv.render(plots.dqdv_plot(s.half_cycles))
+    assert fig.xaxis[0].axis_label == "Ewe (V)" and fig.yaxis[0].axis_label == "dQ/dV (mAh/V)"
+    q = hv.render(plots.valence_on_cycles_plot(s.fits_on_cycles, "capacity"))
+    assert q.xaxis[0].axis_label == "capacity (mAh)"
+    assert (
+        hv.render(plots.cycles_plot(s.cycles, "capacity")).yaxis[0].axis_label == "capacity (mAh)"
+    )
+    assert hv.render(plots.resistance_plot(s.steps)).yaxis[0].axis_label == "resistance (ohm)"
+    for element in (
+        plots.valence_on_cycles_plot(s.fits_on_cycles, "Ewe"),
+        plots.cycles_plot(s.cycles, "efficiency"),
+        plots.dqdv_plot([]),
+        plots.valence_on_cycles_plot(pd.DataFrame(), "Ewe"),
+        plots.cycles_plot(pd.DataFrame(), "capacity"),
+        plots.resistance_plot(pd.DataFrame()),
+        plots.gitt_plot(s.gitt),
+        plots.gitt_plot(pd.DataFrame()),
+    ):
+        hv.render(element)
+    pulses = pd.DataFrame(
+        {"soc_after": [0.1, 0.2], "d_cm2_s": [1e-10, 2e-10], "ocv_after_V": [3.7, 3.8]}
+    ).assign(notes=["", "rest not relaxed"])
+    d = hv.render(plots.gitt_plot(pulses))
+    assert d.yaxis[0].axis_label == "D (cm^2/s)" and "diffusion" in d.title.text

@@ -61,6 +61,16 @@ def test_nexus_holds_the_run_as_recorded_and_analysed(lfp_run, tmp_path):
     kinds = set(entry.events.kind.nxvalue)
     assert "series_start" in kinds
     assert json.loads(entry.configuration.data.nxvalue)["name"] == "peo-lfp-relaxation"
+    # the electrochemistry derived from the rows: half-cycles, cycles, steps, dQ/dV
+    ((halves,),) = _store(lfp_run, "SELECT count(*) FROM half_cycles")
+    ((steps,),) = _store(lfp_run, "SELECT count(*) FROM current_steps")
+    assert halves > 0 and steps > 0, "the LFP demo charges, discharges and rests"
+    cyc = entry.cycling
+    assert len(cyc.half_cycles.capacity_mAh) == halves
+    assert cyc.half_cycles.capacity_mAh.attrs["units"] == "mA*h"
+    assert len(cyc.current_steps.r_0_ohm) == steps
+    assert cyc.current_steps.r_0_ohm_errors.attrs["units"] == "ohm"
+    assert len(cyc.dqdv.dQdV) > 0
 
 
 @pytest.mark.slow
@@ -99,6 +109,13 @@ def test_documents_are_valid_event_model_and_hold_every_spectrum(lirich_run, tmp
     assert all(isinstance(d.get("fit_notes_TEY", ""), str | None) for d in fitted)
     ((rows,),) = _store(lirich_run, "SELECT count(*) FROM potentiostat")
     assert per_stream.pop("electrochemistry") == rows
+    for stream, table in (
+        ("half_cycles", "half_cycles"),
+        ("current_steps", "current_steps"),
+        ("gitt", "gitt_pulses"),
+    ):
+        ((n,),) = _store(lirich_run, f"SELECT count(*) FROM {table}")
+        assert per_stream.pop(stream, 0) == n
     by_kind = dict(_store(lirich_run, "SELECT kind, count(*) FROM spectra GROUP BY kind"))
     rixs = sum(n for s, n in per_stream.items() if s.startswith("rixs_"))
     assert rixs == by_kind["rixs_rows"] > 0
@@ -187,6 +204,8 @@ def test_tiled_holds_the_run(lirich_run, tiled_server):
     assert node.metadata["experiment"] == "lirich-rixs"
     ((rows,),) = _store(lirich_run, "SELECT count(*) FROM potentiostat")
     assert len(node["electrochemistry"].read()) == rows
+    ((halves,),) = _store(lirich_run, "SELECT count(*) FROM half_cycles")
+    assert len(node["cycling"]["half_cycles"].read()) == halves
     scans = _store(
         lirich_run, "SELECT raw_id, edge FROM spectra WHERE kind = 'xas_scan' ORDER BY id"
     )

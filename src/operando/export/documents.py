@@ -27,6 +27,7 @@ import numpy as np
 from operando import __version__
 from operando.export import Progress
 from operando.export.nexus import nexus_name
+from operando.export.tables import cycling_tables, units_of
 from operando.store.reader import RecordedSpectrum, Run
 
 Document = tuple[str, dict[str, Any]]
@@ -79,6 +80,7 @@ def run_documents(run: Run, progress: Progress | None = None) -> Iterator[Docume
     )
     yield "start", dict(bundle.start_doc)
     yield from _electrochemistry(bundle, run)
+    yield from _cycling(bundle, run, t0)
     streams = _group_spectra(run, progress)
     for name, spectra in streams.items():
         yield from _spectrum_stream(bundle, name, spectra)
@@ -110,6 +112,35 @@ def _electrochemistry(bundle: Any, run: Run) -> Iterator[Document]:
             timestamps={k: t.tolist() for k in keys},
             seq_num=list(range(start + 1, start + len(part) + 1)),
             time=t.tolist(),
+        )
+        yield "event_page", dict(page)
+
+
+def _cycling(bundle: Any, run: Run, t0: float) -> Iterator[Document]:
+    """A stream of half-cycles (an event at each one's end), one of current steps (at each
+    step) and one of titration pulses (at each one's start): their scalar columns, units in
+    the data keys (dQ/dV curves: NeXus and Tiled)."""
+    tables = cycling_tables(run, t0)
+    streams = (("half_cycles", "t_end"), ("current_steps", "t_step"), ("gitt", "t_start"))
+    for name, time_column in streams:
+        table = tables[name]
+        if table.empty:
+            continue
+        units = units_of(table)
+        keys = {}
+        for column in table.columns:
+            kind = table[column].dtype.kind
+            dtype = {"b": "boolean", "i": "integer", "O": "string"}.get(kind, "number")
+            keys[str(column)] = _key(dtype, "operando.electrochem", units=units.get(str(column)))
+        t = (table[time_column].to_numpy(float) + t0).tolist()
+        d = bundle.compose_descriptor(name=name, data_keys=keys, time=t[0])
+        yield "descriptor", dict(d.descriptor_doc)
+        data = {k: [_clean(v) for v in table[k].tolist()] for k in keys}
+        page = d.compose_event_page(
+            data=data,
+            timestamps={k: t for k in keys},
+            seq_num=list(range(1, len(table) + 1)),
+            time=t,
         )
         yield "event_page", dict(page)
 

@@ -36,6 +36,7 @@ import numpy as np
 from operando import __version__
 from operando.analysis.signal import signal
 from operando.export import Progress
+from operando.export.tables import cycling_tables, units_of
 from operando.store.reader import RecordedSpectrum, Run
 
 _STR = "utf-8"
@@ -108,6 +109,7 @@ def export_nexus(run_dir: str | Path, out: str | Path, progress: Progress | None
             _write_rixs(entry, nexus_name(f"rixs_{map_id}"), rows, t0)
         entry.attrs["default"] = first or "electrochemistry"
         _write_events(entry, run, t0)
+        _write_cycling(entry, run, t0)
         note = _group(entry, "configuration", "NXnote")
         _field(note, "type", "application/json")
         _field(note, "data", msgspec.json.encode(run.config).decode())
@@ -143,6 +145,29 @@ def _write_electrochemistry(entry: Any, run: Run, t0: float) -> None:
     for name in ("mode", "step", "cycle"):
         _field(g, name, df[name].to_numpy())
     g["mode"].attrs["long_name"] = "control mode: 1 CC, 2 CV, 3 open circuit"
+
+
+def _write_cycling(entry: Any, run: Run, t0: float) -> None:
+    """Half-cycles, cycles, current steps and dQ/dV: one NXdata each (a column a field, its
+    unit beside it) under ``cycling``; times in s since the start."""
+    tables = cycling_tables(run, t0)
+    g = _group(entry, "cycling", "NXcollection")
+    signals = {
+        "half_cycles": ("capacity_mAh", "idx"),
+        "cycles": ("discharge_mAh", "cycle"),
+        "current_steps": ("r_0_ohm", "t_step"),
+        "dqdv": ("dQdV", "Ewe"),
+        "dqdv_peaks": ("voltage_V", "cycle"),
+        "gitt": ("d_cm2_s", "t_start"),
+    }
+    for name, table in tables.items():
+        signal, axis = signals[name]
+        d = _group(g, name, "NXdata", signal=signal, axes=axis)
+        units = units_of(table)
+        for column in table.columns:
+            _field(d, str(column), table[column].to_numpy(), units.get(str(column)))
+        if "r_0_unc_ohm" in table:  # NeXus: the signal's 1-sigma beside it
+            _field(d, "r_0_ohm_errors", table["r_0_unc_ohm"].to_numpy(), "ohm")
 
 
 def _padded(rows: list[np.ndarray]) -> np.ndarray:

@@ -21,6 +21,7 @@ import pandas as pd
 from operando import __version__
 from operando.export import Progress
 from operando.export.nexus import collect_spectra, nexus_name, stack_channel
+from operando.export.tables import cycling_tables, units_of
 from operando.store.reader import Run
 
 TILED_MISSING = "writing to Tiled needs the tiled client: pip install 'operando[tiled]'"
@@ -60,6 +61,9 @@ def export_tiled(
         events = run.events()
         events["t"] = events["t"] - t0
         node.write_dataframe(events.astype({"source": str, "detail": str}), key="events")
+        cycling = node.create_container(key="cycling", metadata={"t": "s since start"})
+        for name, table in cycling_tables(run, t0).items():
+            cycling.write_dataframe(table, key=name, metadata={"units": units_of(table)})
         xas, rixs = collect_spectra(run, progress)
         for (edge, channel), spectra in xas.items():
             st = stack_channel(spectra, channel, t0)

@@ -41,6 +41,7 @@ class AlignedSpectrum(NamedTuple):
     Ewe: float | None
     I: float | None  # noqa: E741 - the current, as the cell's columns name it
     revision: int
+    q_mAh: float | None  # the charge counter at the window's middle (to place it in a cycle)
 
 
 class FittedSpectrum(NamedTuple):
@@ -107,6 +108,16 @@ class RixsEntry(NamedTuple):
     roi: float | None
     ratio: float | None
     soc: float | None
+
+
+class CyclingEntry(NamedTuple):
+    """A half-cycle (``key``: its index) or a current step (``key``: its time), as a JSON
+    document (``analysis.cycling.HalfCycle``, ``analysis.resistance.CurrentStep``). A half-cycle
+    recorded open and closed later comes again: replaced, with a new rowid."""
+
+    rowid: int
+    key: float
+    doc: str
 
 
 R = TypeVar("R", bound=tuple)
@@ -183,7 +194,8 @@ class RunFollower:
                 "alignment",
                 "SELECT a.rowid, s.id, s.raw_id, s.link, s.kind, s.edge, s.t_start, s.t_end, "
                 "s.spot_id, s.spot_x, s.spot_y, s.trigger_id, a.partial, a.reason, a.soc, "
-                "a.ewe_mean, a.i_mean, a.revision FROM alignment a JOIN spectra s ON s.id = "
+                "a.ewe_mean, a.i_mean, a.revision, json_extract(a.doc, '$.q_mAh') "
+                "FROM alignment a JOIN spectra s ON s.id = "
                 f"a.spectrum_id WHERE a.rowid > ? OR a.spectrum_id IN ({ids}) ORDER BY a.rowid",
             ),
         )
@@ -250,6 +262,22 @@ class RunFollower:
             self._new(
                 "rixs",
                 "SELECT rowid, map_id, rows, rows_total, roi, ratio, soc FROM rixs WHERE rowid > ?",
+            ),
+        )
+
+    def cycling(self, table: str) -> list[CyclingEntry]:
+        """New rows of ``half_cycles``, ``current_steps`` or ``gitt_pulses`` (none in a run
+        recorded before them)."""
+        key = {"half_cycles": "idx", "current_steps": "t_step", "gitt_pulses": "t_start"}[table]
+        found = self._query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        )
+        if not found:
+            return []
+        return _typed(
+            CyclingEntry,
+            self._new(
+                table, f"SELECT rowid, {key}, doc FROM {table} WHERE rowid > ? ORDER BY rowid"
             ),
         )
 

@@ -15,23 +15,50 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
 import pandas as pd
 
-from operando.analysis.cycling import Cycle, HalfCycle, cycles
+from operando.analysis.cycling import (
+    Cycle,
+    HalfCycle,
+    TrackedPeak,
+    cycles,
+    locate,
+    track_peaks,
+)
+from operando.analysis.gitt import GittPulse
 from operando.config import ConfigError, ExperimentConfig, parse_config
 from operando.protocol import ProtocolError, decode
 from operando.rawlog import RawRecord, read_record, scan
 from operando.sequence import missing_ranges
 from operando.store.files import CONFIG_FILE
 from operando.store.schema import StoreError, open_readonly
+
+D = TypeVar("D")
+
+
+def _nan_for_null(v: Any) -> Any:
+    if v is None:
+        return math.nan
+    if isinstance(v, list):
+        return [_nan_for_null(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _nan_for_null(x) for k, x in v.items()}
+    return v
+
+
+def decode_doc(doc: str | bytes, kind: type[D]) -> D:
+    """A derived row's JSON document back as its type: JSON has no NaN, so a value that was
+    NaN (not measured, not defined) was written as null and is read back as NaN."""
+    return msgspec.convert(_nan_for_null(msgspec.json.decode(doc)), kind)
 
 
 def load_run_config(run_dir: str | Path) -> ExperimentConfig:
@@ -190,7 +217,7 @@ class Run:
         if not self._has_table("half_cycles"):
             return []
         rows = self.conn.execute("SELECT doc FROM half_cycles ORDER BY idx").fetchall()
-        return [msgspec.json.decode(d, type=HalfCycle) for (d,) in rows]
+        return [decode_doc(d, HalfCycle) for (d,) in rows]
 
     def half_cycles(self) -> pd.DataFrame:
         """One row a half-cycle (from the charge passed, not the instrument's counters):
@@ -255,6 +282,14 @@ class Run:
             return pd.DataFrame(columns=pd.Index(["idx", "cycle", "direction", "Ewe", "dQdV"]))
         return pd.concat(parts, ignore_index=True)
 
+    def dqdv_peaks(self) -> pd.DataFrame:
+        """Every dQ/dV peak, tracked from cycle to cycle: ``feature`` ("charge 1", ...) names
+        the same feature in each half-cycle it appears in, ``shift_V`` its move since first
+        seen; with the half-cycle, cycle, direction, position (V) and height (mAh/V)."""
+        found = track_peaks(self._half_cycle_docs())
+        columns = [f.name for f in dataclasses.fields(TrackedPeak)]
+        return pd.DataFrame([dataclasses.astuple(p) for p in found], columns=pd.Index(columns))
+
     def current_steps(self) -> pd.DataFrame:
         """One row a current step: when, currents before and after (mA), SOC, the ohmic
         resistance extrapolated to the step (``r_0_ohm``, 1-sigma ``r_0_unc_ohm``, from
@@ -272,6 +307,20 @@ class Run:
             out.append(row)
         return pd.DataFrame(out).fillna(np.nan) if out else empty
 
+    def gitt(self) -> pd.DataFrame:
+        """One row a titration pulse: start, length (tau_s), current, the rest voltage before
+        and after it (``ocv_after_V``: the titration curve's point, at ``soc_after``), the
+        steady-state and transient changes, R^2 of Ewe against sqrt(t), the diffusion
+        coefficient (cm^2/s; NaN without ``[electrochemistry.gitt]``'s material inputs), the
+        semi-infinite check tau D / L^2, and ``notes`` naming each assumption that failed."""
+        columns = [f.name for f in dataclasses.fields(GittPulse)]
+        if not self._has_table("gitt_pulses"):
+            return pd.DataFrame(columns=pd.Index(columns))
+        rows = self.conn.execute("SELECT doc FROM gitt_pulses ORDER BY t_start").fetchall()
+        found = [decode_doc(d, GittPulse) for (d,) in rows]
+        frame = pd.DataFrame([dataclasses.astuple(p) for p in found], columns=pd.Index(columns))
+        return frame
+
     def spectra_on_cycles(self) -> pd.DataFrame:
         """Each aligned spectrum placed on the electrochemistry: the half-cycle it was taken
         in (idx, cycle, direction; NaN between half-cycles' charge, e.g. at rest before the
@@ -285,22 +334,20 @@ class Run:
         q_mid = [json.loads(d).get("q_mAh") for d in spectra.pop("doc")]
         spectra["q_mAh"] = pd.to_numeric(pd.Series(q_mid, dtype=object), errors="coerce")
         halves = self._half_cycle_docs()
-        starts = np.array([h.t_start for h in halves])
+        where = locate(halves, spectra["t"].to_numpy())
         placed = []
-        for t, ewe, q in zip(spectra["t"], spectra["Ewe"], spectra["q_mAh"], strict=True):
-            k = int(np.searchsorted(starts, t, side="right")) - 1
-            h = halves[k] if k >= 0 else None
-            inside = h is not None and (t <= h.t_end or not h.complete)
-            if h is None or not inside:
+        for k, ewe, q in zip(where, spectra["Ewe"], spectra["q_mAh"], strict=True):
+            if k < 0:
                 placed.append((np.nan, np.nan, None, np.nan, np.nan, np.nan))
                 continue
+            h = halves[k]
             peak = min(h.peaks, key=lambda p: abs(p.voltage_V - ewe), default=None)
             placed.append(
                 (
                     h.index,
                     h.cycle,
                     h.direction,
-                    abs(q - h.q_start_mAh) if q is not None and np.isfinite(q) else np.nan,
+                    abs(q - h.q_start_mAh) if np.isfinite(q) else np.nan,
                     peak.voltage_V if peak else np.nan,
                     ewe - peak.voltage_V if peak else np.nan,
                 )
@@ -331,8 +378,13 @@ class Run:
         steps = self.current_steps()
         r0 = steps["r_0_ohm"].dropna() if "r_0_ohm" in steps else pd.Series(dtype=float)
         unc = steps["r_0_unc_ohm"].dropna() if "r_0_unc_ohm" in steps else pd.Series(dtype=float)
+        gitt = self.gitt()
+        d = gitt["d_cm2_s"].dropna()
         return {
             "derived": True,
+            "gitt_pulses": len(gitt),
+            "gitt_trusted": int(sum(not n for n in gitt["notes"])),
+            "d_cm2_s_range": [float(d.min()), float(d.max())] if len(d) else None,
             "half_cycles": len(self._half_cycle_docs()),
             "cycles": json.loads(cyc.to_json(orient="records") or "[]"),
             "current_steps": len(steps),

@@ -149,6 +149,15 @@ class CurrentStepRow(NamedTuple):
     doc: str  # the whole step (resistance.CurrentStep), JSON
 
 
+class GittPulseRow(NamedTuple):
+    t_start: float
+    tau_s: float
+    i_mA: float
+    ocv_after_V: float
+    d_cm2_s: float | None
+    doc: str  # the whole pulse (gitt.GittPulse), JSON
+
+
 Row = (
     PotentiostatRow
     | SpectrumRow
@@ -161,6 +170,7 @@ Row = (
     | RixsRow
     | HalfCycleRow
     | CurrentStepRow
+    | GittPulseRow
 )
 
 # row type -> (the writer's op, its table)
@@ -176,6 +186,7 @@ OPS: dict[type, tuple[str, str]] = {
     RixsRow: ("rixs", "rixs"),
     HalfCycleRow: ("half_cycle", "half_cycles"),
     CurrentStepRow: ("current_step", "current_steps"),
+    GittPulseRow: ("gitt_pulse", "gitt_pulses"),
 }
 
 

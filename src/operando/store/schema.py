@@ -15,6 +15,7 @@ from operando.store.rows import (
     CurrentStepRow,
     DoseRow,
     EventRow,
+    GittPulseRow,
     HalfCycleRow,
     PotentiostatRow,
     RelaxationRow,
@@ -78,6 +79,9 @@ CREATE TABLE IF NOT EXISTS half_cycles (
 CREATE TABLE IF NOT EXISTS current_steps (
     t_step REAL PRIMARY KEY, i_before_mA REAL NOT NULL, i_after_mA REAL NOT NULL, soc REAL,
     r_first_ohm REAL NOT NULL, r_0_ohm REAL, r_unc_ohm REAL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gitt_pulses (
+    t_start REAL PRIMARY KEY, tau_s REAL NOT NULL, i_mA REAL NOT NULL, ocv_after_V REAL NOT NULL,
+    d_cm2_s REAL, doc TEXT NOT NULL);
 """
 
 # Rebuilt by reprocess (the raw index too: the log is the one source of truth).
@@ -94,6 +98,7 @@ DERIVED_TABLES = (
     "series",
     "half_cycles",
     "current_steps",
+    "gitt_pulses",
 )
 
 # The monitor's own events (origin 'monitor': a trigger fired, a spot moved, an alarm, a
@@ -143,6 +148,7 @@ SQL = {
     # a half-cycle recorded open (the record ended inside it) is replaced when it closes
     "half_cycle": insert(HalfCycleRow),
     "current_step": insert(CurrentStepRow),
+    "gitt_pulse": insert(GittPulseRow),
 }
 
 
@@ -184,8 +190,8 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 def migrate(conn: sqlite3.Connection) -> None:
     """Runs recorded by an older version: add what is new (schema 3: the SOC of each row;
     schema 4: where each event came from; schema 5: each fit's quality and notes, 'unjudged'
-    until ``operando reprocess`` fits it again; schema 6: half-cycles and current steps, empty
-    until ``operando reprocess`` derives them)."""
+    until ``operando reprocess`` fits it again; schema 6: half-cycles, current steps and
+    titration pulses, empty until ``operando reprocess`` derives them)."""
     columns = {r[1] for r in conn.execute("PRAGMA table_info(potentiostat)")}
     if "soc" not in columns:
         conn.execute("ALTER TABLE potentiostat ADD COLUMN soc REAL")

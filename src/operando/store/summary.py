@@ -272,4 +272,16 @@ def _electrochemistry_lines(e: dict[str, Any]) -> list[str]:
             else "rows too sparse to extrapolate R0"
         )
         out.append(f"  current steps: {e['current_steps']}; {said}")
+    if e.get("gitt_pulses"):
+        d = e["d_cm2_s_range"]
+        out.append(
+            f"  titration pulses (GITT): {e['gitt_pulses']}, {e['gitt_trusted']} with every "
+            "assumption met; "
+            + (
+                f"D {d[0]:.2g} .. {d[1]:.2g} cm^2/s"
+                if d
+                else "D not computed (set [electrochemistry.gitt] molar_mass_g_mol, "
+                "molar_volume_cm3_mol, electrode_area_cm2 and cycling.active_mass_mg)"
+            )
+        )
     return out

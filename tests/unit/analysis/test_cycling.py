@@ -257,3 +257,22 @@ def test_impedance_sweep_and_cv_taper_give_no_steps():
         sr = StepResistance(ResistanceSettings())
         found = sr.add(t, 3.7 + 0.01 * i, i, np.zeros(len(t))) + sr.finish()
         assert found == []
+
+
+def test_peaks_keep_their_names_as_they_drift_and_say_how_flat_they_are():
+    """Three cycles of the two-plateau cell, the 3.70 V plateau moving up 10 mV a cycle (as
+    growing polarisation moves it): one feature each, with its shift."""
+    halves = []
+    for n in range(3):
+        t, v, q = _two_plateau_cell(10.0, 0.0)
+        (h,) = track(t, v + 0.010 * n * (v < 3.8), q)
+        halves.append(h)
+    from operando.analysis.cycling import track_peaks
+
+    found = track_peaks(halves)
+    first = [p for p in found if p.voltage_V < 3.8]
+    assert [p.feature for p in first] == ["charge 1"] * 3
+    assert [round(p.shift_V, 3) for p in first] == pytest.approx([0.0, 0.010, 0.020], abs=0.002)
+    # the sharper (10 mV wide) plateau is better placed than the 15 mV one
+    by_v = sorted(halves[0].peaks, key=lambda p: p.voltage_V)
+    assert 0 < by_v[0].flat_V < by_v[1].flat_V
