@@ -3,6 +3,7 @@
     python docs/screenshots.py                     # lnmo-surface, into docs/screenshots/
     python docs/screenshots.py --preset peo-nmc --out /tmp/shots
     python docs/screenshots.py --all-presets --no-shots   # page errors of every preset
+    python docs/screenshots.py --preset peo-nmc --speed 600  # cycles complete within the visit
 
 Each preset's demo runs at 120x with its dashboard; Debian's Chromium (Playwright) opens the
 page at 1600x1000, lets the run build up, then opens every tab in turn and takes a full-page
@@ -39,6 +40,7 @@ def visit(
     build_up_s: float = 40.0,
     per_tab_s: float = 8.0,
     workdir: Path | None = None,
+    speed: float = 120.0,
 ) -> list[str]:
     """Run ``preset``'s demo with its dashboard, open every tab (and picture each into
     ``out``); returns the page errors and console errors seen, each as one line."""
@@ -47,7 +49,7 @@ def visit(
         log = open(Path(tmp) / "demo.log", "w")  # noqa: SIM115 - closed below
         demo = subprocess.Popen(
             [sys.executable, "-m", "operando.cli", "demo", "--preset", preset, "--headless",
-             "--speed", "120", "--duration", str(int(build_up_s + 12 * per_tab_s + 120)),
+             "--speed", str(speed), "--duration", str(int(build_up_s + 12 * per_tab_s + 120)),
              "--run-dir", str(Path(tmp) / "run"), "--dashboard-port", str(port)],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -87,7 +89,9 @@ def _browse(
                 if out is not None:
                     out.mkdir(parents=True, exist_ok=True)
                     slug = re.sub(r"[^a-z]+", "-", tab.lower()).strip("-")
-                    page.screenshot(path=str(out / f"{preset}-{slug}.png"), full_page=True)
+                    # a long events table at 600x took over the default 30 s to picture
+                    path = str(out / f"{preset}-{slug}.png")
+                    page.screenshot(path=path, full_page=True, timeout=120_000)
 
             tour(page, per_tab_s, shoot)
         finally:
@@ -102,11 +106,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=HERE / "screenshots")
     ap.add_argument("--no-shots", action="store_true", help="only count page errors")
     ap.add_argument("--build-up", type=float, default=40.0, help="seconds of run before the tabs")
+    ap.add_argument("--speed", type=float, default=120.0, help="the demo's speed")
     a = ap.parse_args()
     presets = demo_presets() if a.all_presets else [a.preset]
     found = []
     for preset in presets:
-        errors = visit(preset, None if a.no_shots else a.out, build_up_s=a.build_up)
+        out = None if a.no_shots else a.out
+        errors = visit(preset, out, build_up_s=a.build_up, speed=a.speed)
         print(f"{preset}: {len(errors)} page or console errors", flush=True)
         found += errors
     for line in sorted(set(found)):
