@@ -456,8 +456,10 @@ class RunView:
         if not len(fits) or not halves:
             return pd.DataFrame()
         spectra = [self.spectra.get(int(sid)) or {} for sid in fits["spectrum_id"]]
-        ewe = np.array([s.get("Ewe") or np.nan for s in spectra], dtype=np.float64)
-        q = np.array([np.nan if s.get("q_mAh") is None else s["q_mAh"] for s in spectra])
+        ewe, q = (
+            np.array([np.nan if s.get(k) is None else s[k] for s in spectra], dtype=np.float64)
+            for k in ("Ewe", "q_mAh")
+        )
         where = locate(halves, fits["t"].to_numpy())
         inside = where >= 0
         chosen = [halves[k] for k in where[inside]]

@@ -135,19 +135,18 @@ class Electrochemistry:
 
     def restart(self) -> None:
         """The potentiostat's series restarted: its counters may start again."""
-        if self.enabled:
-            self.flush()
-            self._halves(self.halves.restart())
-            self._steps(self.steps.restart())
-            self._pulses(self.pulses.restart())
+        self._end("restart")
 
     def finish(self) -> None:
         """End of input: the half-cycle still running is recorded as incomplete."""
+        self._end("finish")
+
+    def _end(self, how: str) -> None:
         if self.enabled:
             self.flush()
-            self._halves(self.halves.finish())
-            self._steps(self.steps.finish())
-            self._pulses(self.pulses.finish())
+            self._halves(getattr(self.halves, how)())
+            self._steps(getattr(self.steps, how)())
+            self._pulses(getattr(self.pulses, how)())
 
     def _halves(self, done: list[HalfCycle]) -> None:
         for h in done:

@@ -470,6 +470,7 @@ class Ingest:
         The potentiostat's announced capacity and starting SOC count unless the experiment
         sets them; so does how it samples its current (for coulomb counting)."""
         state = self.links[link]
+        new_series = series != state.series
         state.series, state.series_ended, state.metadata = series, False, dict(metadata)
         replayed_from = metadata.get("replayed_from")
         if replayed_from:
@@ -480,7 +481,8 @@ class Ingest:
             al = self.aligner
             al.potentiostat_ended = False
             self.soc_out_of_range = False
-            self.electrochem.restart()
+            if new_series:  # a new experiment; a restarted driver of this one continues it
+                self.electrochem.restart()
             cap = metadata.get("capacity_mAh")
             if self.cfg.capacity_mAh is None and _number(cap) and cap > 0:
                 al.capacity_mAh, al.capacity_from = float(cap), f"potentiostat {link}"
