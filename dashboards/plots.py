@@ -165,6 +165,21 @@ def beam_plot(beam: pd.DataFrame, lost: list[tuple[int, float, float]]) -> hv.Ov
     )
 
 
+def sigma_bars(frame: pd.DataFrame, x: hv.Dimension, y: hv.Dimension) -> hv.Segments:
+    """+-1 sigma (the frame's 'err' column) as vertical line segments. A glyph, not
+    hv.ErrorBars: those are a Bokeh annotation, and one added on a later update kept a stale
+    view that logged 'cannot find a view for Whisker' in the browser (issue #22)."""
+    bars = pd.DataFrame(
+        {
+            x.name: frame[x.name],
+            y.name: frame[y.name] - frame["err"],
+            "x1": frame[x.name],
+            "y1": frame[y.name] + frame["err"],
+        }
+    )
+    return hv.Segments(bars, [x, y, "x1", "y1"])
+
+
 def fraction_plot(fits: pd.DataFrame, channel: str, edge: str | None) -> hv.Overlay:
     """Valence fractions of one edge and channel against time, with +-1 sigma bands."""
     title = {"TEY": "surface (TEY)", "TFY": "bulk (TFY)"}.get(channel, channel)
@@ -210,19 +225,7 @@ def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
         ).sort_values(xdim.name)
         poor = data["quality"] == "poor"
         trusted = data[~poor]
-        # +-1 sigma as line segments (a glyph): ErrorBars are a Bokeh annotation, and one added
-        # on a later update kept a stale view that logged 'cannot find a view for Whisker'
-        bars = pd.DataFrame(
-            {
-                xdim.name: trusted[xdim.name],
-                "valence": trusted["valence"] - trusted["err"],
-                "x1": trusted[xdim.name],
-                "y1": trusted["valence"] + trusted["err"],
-            }
-        )
-        items.append(
-            styled(hv.Segments(bars, [xdim, VALENCE, "x1", "y1"]), color=colour, alpha=0.5)
-        )
+        items.append(styled(sigma_bars(trusted, xdim, VALENCE), color=colour, alpha=0.5))
         items.append(
             styled(
                 hv.Scatter(trusted, xdim, [VALENCE, "quality", "notes"], label=f"{edge} {channel}"),
@@ -658,7 +661,7 @@ def resistance_plot(steps: pd.DataFrame) -> hv.Overlay:
             tools=["hover"],
         )
     )
-    items.append(styled(hv.ErrorBars(frame, CYCLE, [rdim, "err"]), color=PALETTE[0]))
+    items.append(styled(sigma_bars(frame, CYCLE, rdim), color=PALETTE[0], alpha=0.5))
     if "r_10s_ohm" in steps:
         r10 = steps.dropna(subset=["r_10s_ohm"])
         items.append(
