@@ -224,7 +224,7 @@ def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
             }
         ).sort_values(xdim.name)
         poor = data["quality"] == "poor"
-        trusted = data[~poor]
+        trusted = data.loc[~poor]
         items.append(styled(sigma_bars(trusted, xdim, VALENCE), color=colour, alpha=0.5))
         items.append(
             styled(
