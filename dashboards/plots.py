@@ -690,13 +690,20 @@ def gitt_plot(pulses: pd.DataFrame) -> hv.Overlay:
         return waiting(soc, EWE, "titration (GITT): no pulse between two rests yet")
     has_d = bool("d_cm2_s" in pulses and pulses["d_cm2_s"].notna().any())
     y = "d_cm2_s" if has_d else "ocv_after_V"
-    ydim = hv.Dimension(y, label="D", unit="cm^2/s") if has_d else EWE
+    ydim = (
+        hv.Dimension(y, label="D", unit="cm^2/s")
+        if has_d
+        else hv.Dimension(y, label="Ewe", unit="V")
+    )
     frame = pd.DataFrame(
         {
             "soc_after": pulses["soc_after"],
             y: pulses[y],
             "notes": pulses["notes"].replace("", "assumptions met"),
             "ok": pulses["notes"] == "",
+            # the OCV's 1-sigma from its rest's relaxation fits (none drawn on D: the same
+            # two elements either way keep the plot's models as they are)
+            "err": np.nan if has_d else pulses.get("ocv_unc_V", np.nan),
         }
     )
     title = (
@@ -705,11 +712,12 @@ def gitt_plot(pulses: pd.DataFrame) -> hv.Overlay:
         else "titration (GITT): OCV after each pulse (D needs [electrochemistry.gitt] inputs)"
     )
     points = styled(
-        hv.Scatter(frame, soc, [ydim, "notes", "ok"], label="pulse"),
+        hv.Scatter(frame, soc, [ydim, "err", "notes", "ok"], label="pulse"),
         color=PALETTE[2],
         size=7,
         fill_alpha=hv.dim("ok").categorize({True: 1.0, False: 0.0}, default=1.0),
         tools=["hover"],
         logy=has_d,
     )
-    return styled(hv.Overlay([points]), title=title, legend_position="right")
+    bars = styled(sigma_bars(frame, soc, ydim), color=PALETTE[2], alpha=0.6)
+    return styled(hv.Overlay([bars, points]), title=title, legend_position="right")

@@ -539,3 +539,8 @@ def test_cycling_tab_shows_what_the_run_derived(lfp_run, lfp_view):
     ).assign(notes=["", "rest not relaxed"])
     d = hv.render(plots.gitt_plot(pulses))
     assert d.yaxis[0].axis_label == "D (cm^2/s)" and "diffusion" in d.title.text
+    # without D: the equilibrium points, each with its 1-sigma from its rest's relaxation
+    ocv = hv.render(plots.gitt_plot(pulses.drop(columns="d_cm2_s").assign(ocv_unc_V=[1e-3, 5e-3])))
+    assert ocv.yaxis[0].axis_label == "Ewe (V)"
+    (segments,) = [r.data_source.data for r in ocv.renderers if "y1" in r.data_source.data]
+    assert list(segments["y1"] - segments["ocv_after_V"]) == pytest.approx([2e-3, 1e-2])

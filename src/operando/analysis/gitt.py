@@ -6,8 +6,11 @@ to ``max_pulse_s`` long, between two rests (|I| below the run's rest current). I
 ``delta_et_V`` is the slope of Ewe against the square root of the time since the pulse began,
 times the square root of its length: the ohmic step is the intercept, so it is left out
 without estimating it. Its steady-state change
-``delta_es_V`` is the rest voltage after it (the last row before the next pulse, or the end)
-minus the one before it.
+``delta_es_V`` is the equilibrium voltage after it minus the one before it. The equilibrium
+voltage of a rest is where its relaxation goes: the asymptote of the relaxation model AIC picks
+(the same fits as every rest's Ewe, ``analysis.relaxation``), with its 1-sigma; where the rest
+does not determine it, the rest's last voltage, and the notes say so. A rest shorter than
+``min_rest_s`` is an interruption, not a titration step.
 
 The diffusion coefficient is Weppner and Huggins' (J. Electrochem. Soc. 124 (1977) 1569):
 ``D = 4 / (pi tau) * (L * delta_es / delta_et)**2`` with ``L = V_M m / (M S)`` (molar volume,
@@ -33,6 +36,8 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
+from operando.analysis.relaxation import fit_relaxation, why_undetermined
+
 
 class GittSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     molar_mass_g_mol: float | None = None  # of the active material
@@ -46,6 +51,9 @@ class GittSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     # Huggins linearise the voltage in the composition over one pulse
     max_pulse_soc: float = 0.05
     hold_fraction: float = 0.05
+    # a rest shorter than this after a pulse is an interruption (ICI-like), not a titration
+    # step: its voltage has not come near equilibrium
+    min_rest_s: float = 60.0
 
     def diffusion_length_cm(self, active_mass_mg: float | None) -> float | None:
         """L = V_M m / (M S), or None when an input is missing."""
@@ -71,6 +79,10 @@ class GittPulse:
     sqrt_t_r2: float
     d_cm2_s: float  # NaN without the material inputs
     tau_D_over_L2: float  # the semi-infinite check (NaN without them)
+    # ocv_after_V's 1-sigma from the relaxation fits (NaN: taken at the rest's end, or a run
+    # recorded before it was fitted)
+    ocv_unc_V: float = math.nan
+    rest_end_V: float = math.nan  # the last voltage of the rest after it
     notes: list[str] = field(default_factory=list)
 
 
@@ -155,7 +167,9 @@ class PulseTracker:
         # a current starts: the rest before it (if any) is over
         found = self._close_rest()
         if last is not None and abs(last[2]) < self.rest_current_mA:
-            self._pulse = _Pulse(last[0], last[1], last[3], i, (t - last[0]).tolist(), v.tolist())
+            # after a titration step, from the equilibrium its rest relaxed to
+            v_rest = found.ocv_after_V if found is not None else last[1]
+            self._pulse = _Pulse(last[0], v_rest, last[3], i, (t - last[0]).tolist(), v.tolist())
         return found
 
     def _ended(self, p: _Pulse) -> bool:
@@ -179,16 +193,28 @@ class PulseTracker:
         t, v, soc = (np.concatenate([part[k] for part in parts]) for k in range(3))
         if len(t) < 2 or abs(soc[-1] - p.soc_before) > self.s.max_pulse_soc:
             return None  # not a titration step (NaN SOC: not known, kept)
-        ocv_after = float(v[-1])
+        if t[-1] - (p.t0 + p.tau) < self.s.min_rest_s:
+            return None  # an interruption of the current, too short to relax: no titration
+        rest_end = float(v[-1])
+        relaxed, relaxed_unc = relaxed_voltage(t - (p.t0 + p.tau), v)
+        # the titration curve's point: where the rest's relaxation goes (the fit's y_inf)
+        # when the fit determines it, else the rest's last voltage
+        ocv_after = relaxed if math.isfinite(relaxed) else rest_end
         delta_es = ocv_after - p.v_rest
         notes = []
-        # still drifting at the end: at that rate over a rest as long again, the point would
-        # move by more than 5 % of delta_es
-        tail = t >= t[-1] - 0.1 * (t[-1] - t[0])
-        if tail.sum() >= 2:
-            rate = abs(float(np.polyfit(t[tail], v[tail], 1)[0]))
-            if rate * (t[-1] - t[0]) > 0.05 * abs(delta_es):
+        if math.isfinite(relaxed):
+            # the rest ended more than 5 % of delta_es from where it was going
+            if abs(relaxed - rest_end) > 0.05 * abs(delta_es):
                 notes.append("rest not relaxed")
+        else:
+            notes.append("relaxation not determined: OCV from the rest's end")
+            # still drifting at the end: at that rate over a rest as long again, the point
+            # would move by more than 5 % of delta_es
+            tail = t >= t[-1] - 0.1 * (t[-1] - t[0])
+            if tail.sum() >= 2:
+                rate = abs(float(np.polyfit(t[tail], v[tail], 1)[0]))
+                if rate * (t[-1] - t[0]) > 0.05 * abs(delta_es):
+                    notes.append("rest not relaxed")
         if not p.r2 >= 0.99:
             notes.append("not linear in sqrt(t)")
         d, check = math.nan, math.nan
@@ -204,6 +230,8 @@ class PulseTracker:
             soc_after=float(soc[-1]),
             ocv_before_V=p.v_rest,
             ocv_after_V=ocv_after,
+            ocv_unc_V=relaxed_unc if math.isfinite(relaxed) else math.nan,
+            rest_end_V=rest_end,
             delta_es_V=delta_es,
             delta_et_V=p.delta_et,
             sqrt_t_r2=p.r2,
@@ -211,3 +239,37 @@ class PulseTracker:
             tau_D_over_L2=check,
             notes=notes,
         )
+
+
+FIT_POINTS = 400  # rows of a rest the relaxation fit sees (evenly picked): its cost is bounded
+
+
+def relaxed_voltage(t: np.ndarray, v: np.ndarray) -> tuple[float, float]:
+    """Where a rest's voltage relaxes to, and its 1-sigma: the asymptote y_inf of the
+    relaxation model AIC picks (analysis.relaxation, the same fits as the rests' Ewe);
+    (NaN, NaN) when the rest does not determine it (too few rows, no model converged, its
+    time constants or y_inf not fixed by the data)."""
+    keep = t > 0
+    t, v = t[keep], v[keep]
+    if len(t) > FIT_POINTS:
+        pick = np.linspace(0, len(t) - 1, FIT_POINTS).round().astype(int)
+        t, v = t[pick], v[pick]
+    if len(t) < 4 or np.ptp(v) == 0:
+        return math.nan, math.nan
+    try:
+        result = fit_relaxation(t, v)
+    except ValueError:
+        return math.nan, math.nan
+    if not result.determined:
+        return math.nan, math.nan
+    best = next(f for f in result.fits if f.model == result.best)
+    y_inf, unc = best.params["y_inf"], best.errors["y_inf"]
+    if not math.isfinite(unc):
+        return math.nan, math.nan
+    # the asymptote is an extrapolation: the models the data determine disagree on it by
+    # more than any one's 1-sigma when the rest is short (a slab's 300 s rest after 900 s:
+    # single 3.591, stretched 3.585, double 3.590 V; the truth 3.588 V), and that spread
+    # is how well it is known
+    span = float(t.max() - t.min())
+    asymptotes = [f.params["y_inf"] for f in result.fits if not why_undetermined(f, span)]
+    return y_inf, max(unc, (max(asymptotes) - min(asymptotes)) / 2)

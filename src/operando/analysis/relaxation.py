@@ -159,7 +159,7 @@ def fit_relaxation(
     # AICc picks among the fits the data determine; a time constant far beyond the rest or
     # known to no better than itself, or a double's component of no significant amplitude,
     # says nothing about the rest (seen: a tau of 183,600 +- 27,848,649 s, a straight line)
-    why = {m.model: _undetermined(m, span) for m in fits}
+    why = {m.model: why_undetermined(m, span) for m in fits}
     determined = [m for m in fits if not why[m.model]]
     best = min(determined or fits, key=lambda m: m.aic)
     if best.model == "double":
@@ -177,7 +177,7 @@ def fit_relaxation(
     return RelaxationResult(best.model, tau, tau_err, fits, n, resolved, note, bool(determined))
 
 
-def _undetermined(fit: ModelFit, span: float) -> str:
+def why_undetermined(fit: ModelFit, span: float) -> str:
     """Why the data do not determine this fit's time constants ('' when they do)."""
     for name in ("tau", "tau1", "tau2"):
         if name not in fit.params:

@@ -308,8 +308,10 @@ class Run:
         return pd.DataFrame(out).fillna(np.nan) if out else empty
 
     def gitt(self) -> pd.DataFrame:
-        """One row a titration pulse: start, length (tau_s), current, the rest voltage before
-        and after it (``ocv_after_V``: the titration curve's point, at ``soc_after``), the
+        """One row a titration pulse: start, length (tau_s), current, the equilibrium voltage
+        before and after it (``ocv_after_V``: the titration curve's point at ``soc_after``,
+        where the rest relaxes to, with its 1-sigma ``ocv_unc_V``; ``rest_end_V`` the rest's
+        last voltage), the
         steady-state and transient changes, R^2 of Ewe against sqrt(t), the diffusion
         coefficient (cm^2/s; NaN without ``[electrochemistry.gitt]``'s material inputs), the
         semi-infinite check tau D / L^2, and ``notes`` naming each assumption that failed."""

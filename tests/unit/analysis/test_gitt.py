@@ -97,3 +97,27 @@ def test_a_half_cycle_between_two_rests_is_not_a_titration_pulse():
         tracker = PulseTracker(GittSettings(), 0.005, None)
         found = tracker.add(rows[:, 0], rows[:, 1], rows[:, 2], moved) + tracker.finish()
         assert len(found) == expected
+
+
+@pytest.mark.parametrize(("pulse_s", "rest_s"), [(60, 6000), (900, 300)])
+def test_equilibrium_points_come_from_the_relaxation_with_an_honest_sigma(pulse_s, rest_s):
+    """Each titration point is where its rest relaxes to (the relaxation fits' asymptote),
+    within 2 sigma of the slab's true equilibrium: the OCV at its mean stoichiometry. A rest
+    too short to relax (300 s after 900 s) is named, and its sigma covers the models'
+    disagreement (3 mV), not only one model's (0.05 mV); a relaxed rest knows it to 0.02 mV."""
+    i_mA = MOLES * F / 3.6 / 10
+    pulses = run(titration(1e-10, pulse_s, rest_s, 3, i_mA))
+    assert len(pulses) == 3
+    step = i_mA * 1e-3 * pulse_s / (F * MOLES)  # stoichiometry moved by one pulse
+    for k, p in enumerate(pulses):
+        truth = float(ocp_nmc_chen2020(np.array(0.9 - (k + 1) * step)))
+        assert abs(p.ocv_after_V - truth) < 2 * p.ocv_unc_V, (p, truth)
+        assert ("rest not relaxed" in p.notes) == (rest_s < 1000)
+        assert p.ocv_unc_V < (5e-3 if rest_s < 1000 else 1e-4)
+
+
+def test_a_short_interruption_is_not_a_titration_rest():
+    """10 s without current between two minutes of current (an ICI protocol): no pulse."""
+    i_mA = MOLES * F / 3.6 / 10
+    rows = titration(1e-10, 120, 10, 4, i_mA)
+    assert run(rows) == []
