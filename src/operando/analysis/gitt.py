@@ -230,7 +230,7 @@ class PulseTracker:
             soc_after=float(soc[-1]),
             ocv_before_V=p.v_rest,
             ocv_after_V=ocv_after,
-            ocv_unc_V=relaxed_unc if math.isfinite(relaxed) else math.nan,
+            ocv_unc_V=relaxed_unc,  # NaN with relaxed: the point is the rest's end
             rest_end_V=rest_end,
             delta_es_V=delta_es,
             delta_et_V=p.delta_et,
