@@ -147,6 +147,7 @@ class Session:
             "steps": _pipe(snap.steps),
             "fits_on_cycles": _pipe(snap.fits_on_cycles),
             "gitt": _pipe(snap.gitt),
+            "interruptions": _pipe(snap.interruptions),
         }
         self.heat_pipes: dict[tuple[str, str, str], Pipe] = {}
         self.fractions_key: tuple[str | None, int] | None = None  # what the fractions show
@@ -345,6 +346,9 @@ class Session:
         )
         resistance = hv.DynamicMap(lambda data: plots.resistance_plot(data), streams=[p["steps"]])
         gitt = hv.DynamicMap(lambda data: plots.gitt_plot(data), streams=[p["gitt"]])
+        ici = hv.DynamicMap(
+            lambda data: plots.interruptions_plot(data), streams=[p["interruptions"]]
+        )
         # dQ/dV above valence vs Ewe, both against the cell voltage (one HoloViews layout
         # sharing the axis drew at zero width in a tab opened later: two panes)
         return pn.Column(
@@ -358,7 +362,7 @@ class Session:
                 _pane(resistance, height=280),
                 sizing_mode="stretch_width",
             ),
-            _pane(gitt, height=280),
+            pn.Row(_pane(gitt, height=280), _pane(ici, height=280), sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
 
@@ -470,7 +474,8 @@ class Session:
 
         def cycling(snap: Snapshot) -> None:
             # each plot only when its own data changed (a fit alone moves only the valence)
-            for name in ("half_cycles", "cycles", "steps", "fits_on_cycles", "gitt"):
+            names = ("half_cycles", "cycles", "steps", "fits_on_cycles", "gitt", "interruptions")
+            for name in names:
                 data = getattr(snap, name)
                 if data is not self.cycling_sent.get(name):
                     p[name].send(data)

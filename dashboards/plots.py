@@ -165,14 +165,20 @@ def beam_plot(beam: pd.DataFrame, lost: list[tuple[int, float, float]]) -> hv.Ov
     )
 
 
-def sigma_bars(frame: pd.DataFrame, x: hv.Dimension, y: hv.Dimension) -> hv.Segments:
+def sigma_bars(
+    frame: pd.DataFrame, x: hv.Dimension, y: hv.Dimension, *, log: bool = False
+) -> hv.Segments:
     """+-1 sigma (the frame's 'err' column) as vertical line segments. A glyph, not
     hv.ErrorBars: those are a Bokeh annotation, and one added on a later update kept a stale
-    view that logged 'cannot find a view for Whisker' in the browser (issue #22)."""
+    view that logged 'cannot find a view for Whisker' in the browser (issue #22). On a log
+    axis a bar reaching zero or below ends at a tenth of the value."""
+    low = frame[y.name] - frame["err"]
+    if log:
+        low = low.where(low > 0, frame[y.name] / 10)
     bars = pd.DataFrame(
         {
             x.name: frame[x.name],
-            y.name: frame[y.name] - frame["err"],
+            y.name: low,
             "x1": frame[x.name],
             "y1": frame[y.name] + frame["err"],
         }
@@ -720,4 +726,44 @@ def gitt_plot(pulses: pd.DataFrame) -> hv.Overlay:
         logy=has_d,
     )
     bars = styled(sigma_bars(frame, soc, ydim), color=PALETTE[2], alpha=0.6)
+    return styled(hv.Overlay([bars, points]), title=title, legend_position="right")
+
+
+def interruptions_plot(gaps: pd.DataFrame) -> hv.Overlay:
+    """Current interruptions (ICI) against the SOC at each: the diffusion coefficient (log
+    scale) when the material's inputs are set, else the resistance R; each with its 1-sigma,
+    an interruption whose assumptions failed drawn hollow, its notes, R and k in the hover."""
+    soc = hv.Dimension("soc", label="SOC at the interruption")
+    rdim = hv.Dimension("r_ohm", label="R", unit="ohm")
+    if not len(gaps):
+        return waiting(soc, rdim, "interruptions (ICI): no short rest inside a current yet")
+    has_d = bool("d_cm2_s" in gaps and gaps["d_cm2_s"].notna().any())
+    y, unc = ("d_cm2_s", "d_unc_cm2_s") if has_d else ("r_ohm", "r_unc_ohm")
+    ydim = hv.Dimension(y, label="D", unit="cm^2/s") if has_d else rdim
+    frame = pd.DataFrame(
+        {
+            "soc": gaps["soc"],
+            y: gaps[y],
+            "err": gaps[unc],
+            "R (ohm)": gaps["r_ohm"],
+            "k (ohm/s^0.5)": gaps["k_ohm_s05"],
+            "notes": gaps["notes"].replace("", "assumptions met"),
+            "ok": gaps["notes"] == "",
+        }
+    )
+    title = (
+        "interruptions (ICI): diffusion coefficient"
+        if has_d
+        else "interruptions (ICI): resistance (D needs [electrochemistry.gitt] inputs)"
+    )
+    hover = ["err", "R (ohm)", "k (ohm/s^0.5)", "notes", "ok"]
+    points = styled(
+        hv.Scatter(frame, soc, [ydim, *hover], label="interruption"),
+        color=PALETTE[3],
+        size=7,
+        fill_alpha=hv.dim("ok").categorize({True: 1.0, False: 0.0}, default=1.0),
+        tools=["hover"],
+        logy=has_d,
+    )
+    bars = styled(sigma_bars(frame, soc, ydim, log=has_d), color=PALETTE[3], alpha=0.6)
     return styled(hv.Overlay([bars, points]), title=title, legend_position="right")

@@ -134,6 +134,12 @@ class Snapshot:
     steps: pd.DataFrame = field(default_factory=pd.DataFrame)
     fits_on_cycles: pd.DataFrame = field(default_factory=pd.DataFrame)
     gitt: pd.DataFrame = field(default_factory=pd.DataFrame)  # titration pulses
+    interruptions: pd.DataFrame = field(default_factory=pd.DataFrame)  # ICI
+
+
+def _frame_of(rows: dict[float, dict[str, Any]]) -> pd.DataFrame:
+    """Derived rows (by their time) as a frame in time order, missing numbers NaN."""
+    return pd.DataFrame([rows[k] for k in sorted(rows)]).fillna(np.nan)
 
 
 def _fraction_columns(prefix: str, values: dict[str, float]) -> dict[str, float]:
@@ -212,6 +218,7 @@ class RunView:
         self.half_cycles: dict[int, HalfCycle] = {}
         self.steps: dict[float, dict[str, Any]] = {}
         self.gitt: dict[float, dict[str, Any]] = {}
+        self.interruptions: dict[float, dict[str, Any]] = {}
         self.parts: Counter[str] = Counter()
         self.snapshot = Snapshot()
 
@@ -430,11 +437,13 @@ class RunView:
             d.update({f"r_{k}s_ohm": v for k, v in (d.pop("r_at_s", None) or {}).items()})
             self.steps[r.key] = d
         pulses = self.follow.cycling("gitt_pulses")
-        for r in pulses:
-            d = json.loads(r.doc)
-            d["notes"] = "; ".join(d.get("notes") or [])
-            self.gitt[r.key] = d
-        return bool(halves or steps or pulses)
+        gaps = self.follow.cycling("interruptions")
+        for rows, into in ((pulses, self.gitt), (gaps, self.interruptions)):
+            for r in rows:
+                d = json.loads(r.doc)
+                d["notes"] = "; ".join(d.get("notes") or [])
+                into[r.key] = d
+        return bool(halves or steps or pulses or gaps)
 
     def _cycling_frames(self) -> tuple[list[HalfCycle], pd.DataFrame, pd.DataFrame]:
         halves = [self.half_cycles[k] for k in sorted(self.half_cycles)]
@@ -687,9 +696,10 @@ class RunView:
             fits_on_cycles=self._fits_on_cycles(halves)
             if changed("cycling", "fits", "spectra")
             else old.fits_on_cycles,
-            gitt=pd.DataFrame([self.gitt[k] for k in sorted(self.gitt)]).fillna(np.nan)
+            gitt=_frame_of(self.gitt) if changed("cycling") else old.gitt,
+            interruptions=_frame_of(self.interruptions)
             if changed("cycling")
-            else old.gitt,
+            else old.interruptions,
         )
         self.rixs_rows_added = False
 

@@ -18,7 +18,7 @@ A protocol is a list of steps, as on a potentiostat's technique sequence:
     c_rate = 0.2
     pulse_s = 600
     rest_s = 1800
-    pulses = 10
+    pulses = 10                # (with rest_s = 10 and pulse_s = 300: ICI, current interruptions)
     [[drivers.potentiostat.protocol]]
     type = "loop"      # back to step to_step, repeat more times (cycle number + 1 each)
     to_step = 0

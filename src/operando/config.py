@@ -116,14 +116,14 @@ class AnalysisConfig(_Section):
 
 
 class ElectrochemistryConfig(_Section):
-    """Half-cycles, dQ/dV, resistance and titration pulses from the potentiostat's rows. 'At rest'
-    is the run's one criterion, ``[analysis] rest_current_mA``."""
+    """Half-cycles, dQ/dV, resistance, titration pulses and current interruptions from the
+    potentiostat's rows. 'At rest' is the run's one criterion, ``[analysis] rest_current_mA``."""
 
     enabled: bool = True
     cycling: CyclingSettings = msgspec.field(default_factory=CyclingSettings)
     resistance: ResistanceSettings = msgspec.field(default_factory=ResistanceSettings)
-    # titration pulses; the diffusion coefficient needs the material's inputs here and
-    # cycling.active_mass_mg
+    # titration pulses (GITT) and current interruptions (ICI, analysis.ici); the diffusion
+    # coefficient needs the material's inputs here and cycling.active_mass_mg
     gitt: GittSettings = msgspec.field(default_factory=GittSettings)
 
 

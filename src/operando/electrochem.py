@@ -1,5 +1,6 @@
 """The run's electrochemistry as rows arrive: half-cycles (capacity, energy, dQ/dV and its
-peaks) and the resistance of every current step, recorded as derived tables.
+peaks), the resistance of every current step, titration pulses (GITT) and current
+interruptions (ICI), recorded as derived tables.
 
 Fed by ingest with the potentiostat's fresh rows and the charge the history counted for them
 (the instrument's own counter, or coulomb counting by the run's one rule), so the capacity
@@ -19,10 +20,18 @@ import numpy as np
 
 from operando.analysis.cycling import HalfCycle, HalfCycleTracker
 from operando.analysis.gitt import GittPulse, PulseTracker
+from operando.analysis.ici import Interruption, InterruptionTracker
 from operando.analysis.resistance import CurrentStep, StepResistance
+from operando.analysis.runs import current_runs
 from operando.config import ElectrochemistryConfig
 from operando.protocol import MODE_CV
-from operando.store.rows import CurrentStepRow, GittPulseRow, HalfCycleRow, Row
+from operando.store.rows import (
+    CurrentStepRow,
+    GittPulseRow,
+    HalfCycleRow,
+    InterruptionRow,
+    Row,
+)
 
 _json = msgspec.json.Encoder()
 CHUNK_ROWS = 4096
@@ -54,6 +63,12 @@ def gitt_pulse_row(p: GittPulse) -> GittPulseRow:
     )
 
 
+def interruption_row(x: Interruption) -> InterruptionRow:
+    return InterruptionRow(
+        x.t_start, x.duration_s, x.i_mA, x.r_ohm, _finite(x.d_cm2_s), _json.encode(x).decode()
+    )
+
+
 def current_step_row(s: CurrentStep) -> CurrentStepRow:
     return CurrentStepRow(
         s.t_step,
@@ -79,9 +94,12 @@ class Electrochemistry:
         self.halves = HalfCycleTracker(cfg.cycling, rest_current_mA)
         self.steps = StepResistance(cfg.resistance)
         self.pulses = PulseTracker(cfg.gitt, rest_current_mA, cfg.cycling.active_mass_mg)
+        self.interruptions = InterruptionTracker(
+            cfg.gitt, rest_current_mA, cfg.cycling.active_mass_mg
+        )
         self.put, self.publish = put, publish
         self.recording = True  # False while a restarted monitor replays what is recorded
-        self.counts = {"half_cycles": 0, "current_steps": 0, "gitt_pulses": 0}
+        self.counts = {"half_cycles": 0, "current_steps": 0, "gitt_pulses": 0, "interruptions": 0}
         self.last_step: CurrentStep | None = None
         self._buffer: list[tuple[np.ndarray, ...]] = []  # rows not worked yet
         self._buffered = 0
@@ -131,7 +149,9 @@ class Electrochemistry:
             t, ewe, i_mA, cv, q, soc = (a[order] for a in (t, ewe, i_mA, cv, q, soc))
         self._halves(self.halves.add(t, ewe, q, cv))
         self._steps(self.steps.add(t, ewe, i_mA, soc))
-        self._pulses(self.pulses.add(t, ewe, i_mA, soc))
+        runs = current_runs(i_mA, self.pulses.rest_current_mA, self.pulses.hold_fraction)
+        self._pulses(self.pulses.add(t, ewe, i_mA, soc, runs))
+        self._interruptions(self.interruptions.add(t, ewe, i_mA, soc, runs))
 
     def restart(self) -> None:
         """The potentiostat's series restarted: its counters may start again."""
@@ -147,6 +167,7 @@ class Electrochemistry:
             self._halves(getattr(self.halves, how)())
             self._steps(getattr(self.steps, how)())
             self._pulses(getattr(self.pulses, how)())
+            self._interruptions(getattr(self.interruptions, how)())
 
     def _halves(self, done: list[HalfCycle]) -> None:
         for h in done:
@@ -169,6 +190,12 @@ class Electrochemistry:
             self.counts["gitt_pulses"] += 1
             if self.recording:
                 self.put(gitt_pulse_row(p))
+
+    def _interruptions(self, done: list[Interruption]) -> None:
+        for x in done:
+            self.counts["interruptions"] += 1
+            if self.recording:
+                self.put(interruption_row(x))
 
     def status(self) -> dict[str, Any]:
         """The half-cycle in progress and the newest step's resistance, for status displays."""

@@ -113,6 +113,7 @@ def test_documents_are_valid_event_model_and_hold_every_spectrum(lirich_run, tmp
         ("half_cycles", "half_cycles"),
         ("current_steps", "current_steps"),
         ("gitt", "gitt_pulses"),
+        ("interruptions", "interruptions"),
     ):
         ((n,),) = _store(lirich_run, f"SELECT count(*) FROM {table}")
         assert per_stream.pop(stream, 0) == n

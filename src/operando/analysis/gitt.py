@@ -29,7 +29,6 @@ Without the material inputs ``d_cm2_s`` is NaN and the pulse's other numbers sti
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -37,6 +36,7 @@ import msgspec
 import numpy as np
 
 from operando.analysis.relaxation import fit_relaxation, why_undetermined
+from operando.analysis.runs import RunReader
 
 
 class GittSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -51,9 +51,12 @@ class GittSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     # Huggins linearise the voltage in the composition over one pulse
     max_pulse_soc: float = 0.05
     hold_fraction: float = 0.05
-    # a rest shorter than this after a pulse is an interruption (ICI-like), not a titration
-    # step: its voltage has not come near equilibrium
+    # a rest shorter than this after a pulse is an interruption (analysis.ici), not a
+    # titration step: its voltage has not come near equilibrium
     min_rest_s: float = 60.0
+    # an interruption's sqrt(t) line is fitted from this long after the current stopped:
+    # before it the double layer and charge transfer relax (Chien et al. 2023 fit 1-10 s)
+    ici_fit_from_s: float = 1.0
 
     def diffusion_length_cm(self, active_mass_mg: float | None) -> float | None:
         """L = V_M m / (M S), or None when an input is missing."""
@@ -99,39 +102,15 @@ class _Pulse:
     r2: float = math.nan
 
 
-class PulseTracker:
+class PulseTracker(RunReader[GittPulse]):
     """GITT pulses from rows in time order; ``add`` returns the pulses it finished (a pulse
     finishes when the rest after it ends: its steady-state change is known then)."""
 
-    def __init__(
-        self, settings: GittSettings, rest_current_mA: float, active_mass_mg: float | None
-    ) -> None:
-        self.s = settings
-        self.rest_current_mA = rest_current_mA
-        self.length_cm = settings.diffusion_length_cm(active_mass_mg)
+    def _clear(self) -> None:
         self._last: tuple[float, float, float, float] | None = None  # t, V, I, soc
         self._pulse: _Pulse | None = None  # under current now
         self._resting: _Pulse | None = None  # ended, its rest running
         self._rest: list[tuple[np.ndarray, ...]] = []  # (t, V, soc) parts of the rest after it
-
-    def add(
-        self, t: np.ndarray, ewe: np.ndarray, i_mA: np.ndarray, soc: np.ndarray
-    ) -> list[GittPulse]:
-        """Rows in time order; worked through a run of like rows at a time (a rest, or one
-        held current), not row by row."""
-        t, ewe, i_mA, soc = (np.asarray(a, dtype=np.float64) for a in (t, ewe, i_mA, soc))
-        if not len(t):
-            return []
-        rest = np.abs(i_mA) < self.rest_current_mA
-        tol = np.maximum(self.rest_current_mA, self.s.hold_fraction * np.abs(i_mA[1:]))
-        cut = (rest[1:] != rest[:-1]) | (~rest[1:] & (np.abs(np.diff(i_mA)) > tol))
-        bounds = [0, *(np.flatnonzero(cut) + 1).tolist(), len(t)]
-        done: list[GittPulse] = []
-        for a, b in itertools.pairwise(bounds):
-            found = self._run(bool(rest[a]), t[a:b], ewe[a:b], float(i_mA[a]), soc[a:b])
-            if found is not None:
-                done.append(found)
-        return done
 
     def finish(self) -> list[GittPulse]:
         found = self._close_rest()
@@ -143,7 +122,7 @@ class PulseTracker:
         self._last = None
         return out
 
-    def _run(
+    def _part(
         self, at_rest: bool, t: np.ndarray, v: np.ndarray, i: float, soc: np.ndarray
     ) -> GittPulse | None:
         last = self._last

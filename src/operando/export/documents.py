@@ -118,10 +118,15 @@ def _electrochemistry(bundle: Any, run: Run) -> Iterator[Document]:
 
 def _cycling(bundle: Any, run: Run, t0: float) -> Iterator[Document]:
     """A stream of half-cycles (an event at each one's end), one of current steps (at each
-    step) and one of titration pulses (at each one's start): their scalar columns, units in
-    the data keys (dQ/dV curves: NeXus and Tiled)."""
+    step), one of titration pulses and one of current interruptions (at each one's start):
+    their scalar columns, units in the data keys (dQ/dV curves: NeXus and Tiled)."""
     tables = cycling_tables(run, t0)
-    streams = (("half_cycles", "t_end"), ("current_steps", "t_step"), ("gitt", "t_start"))
+    streams = (
+        ("half_cycles", "t_end"),
+        ("current_steps", "t_step"),
+        ("gitt", "t_start"),
+        ("interruptions", "t_start"),
+    )
     for name, time_column in streams:
         table = tables[name]
         if table.empty:

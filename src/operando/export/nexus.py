@@ -159,6 +159,7 @@ def _write_cycling(entry: Any, run: Run, t0: float) -> None:
         "dqdv": ("dQdV", "Ewe"),
         "dqdv_peaks": ("voltage_V", "cycle"),
         "gitt": ("d_cm2_s", "t_start"),
+        "interruptions": ("r_ohm", "t_start"),
     }
     for name, table in tables.items():
         signal, axis = signals[name]
@@ -168,6 +169,8 @@ def _write_cycling(entry: Any, run: Run, t0: float) -> None:
             _field(d, str(column), table[column].to_numpy(), units.get(str(column)))
         if "r_0_unc_ohm" in table:  # NeXus: the signal's 1-sigma beside it
             _field(d, "r_0_ohm_errors", table["r_0_unc_ohm"].to_numpy(), "ohm")
+        if "r_unc_ohm" in table and signal == "r_ohm":
+            _field(d, "r_ohm_errors", table["r_unc_ohm"].to_numpy(), "ohm")
 
 
 def _padded(rows: list[np.ndarray]) -> np.ndarray:

@@ -41,13 +41,22 @@ UNITS = {
     "delta_es_V": "V",
     "delta_et_V": "V",
     "d_cm2_s": "cm^2/s",
+    "ocv_unc_V": "V",
+    "rest_end_V": "V",
+    "duration_s": "s",
+    "e_i_V": "V",
+    "k_ohm_s05": "ohm/s^0.5",
+    "k_unc_ohm_s05": "ohm/s^0.5",
+    "dedt_V_s": "V/s",
+    "dedt_unc_V_s": "V/s",
+    "d_unc_cm2_s": "cm^2/s",
 }
 
 
 def cycling_tables(run: Run, t0: float) -> dict[str, pd.DataFrame]:
     """``half_cycles``, ``cycles``, ``current_steps``, ``dqdv`` (long form) and
-    ``dqdv_peaks`` (tracked from cycle to cycle) and ``gitt`` (titration pulses); empty frames
-    for a run recorded before they were derived."""
+    ``dqdv_peaks`` (tracked from cycle to cycle), ``gitt`` (titration pulses) and
+    ``interruptions`` (ICI); empty frames for a run recorded before they were derived."""
     halves = run.half_cycles()
     for column in ("peaks_V", "peak_heights"):
         halves[column] = [json.dumps(v) for v in halves[column]]
@@ -56,9 +65,10 @@ def cycling_tables(run: Run, t0: float) -> dict[str, pd.DataFrame]:
     steps = run.current_steps()
     if "t_step" in steps and len(steps):
         steps["t_step"] = steps["t_step"] - t0
-    gitt = run.gitt()
-    gitt["t_start"] = gitt["t_start"] - t0
-    gitt["notes"] = ["; ".join(n) for n in gitt["notes"]]
+    gitt, ici = run.gitt(), run.interruptions()
+    for table in (gitt, ici):
+        table["t_start"] = table["t_start"] - t0
+        table["notes"] = ["; ".join(n) for n in table["notes"]]
     return {
         "half_cycles": halves,
         "cycles": run.cycles(),
@@ -66,6 +76,7 @@ def cycling_tables(run: Run, t0: float) -> dict[str, pd.DataFrame]:
         "dqdv": run.dqdv(),
         "dqdv_peaks": run.dqdv_peaks(),
         "gitt": gitt,
+        "interruptions": ici,
     }
 
 

@@ -266,9 +266,14 @@ class RunFollower:
         )
 
     def cycling(self, table: str) -> list[CyclingEntry]:
-        """New rows of ``half_cycles``, ``current_steps`` or ``gitt_pulses`` (none in a run
-        recorded before them)."""
-        key = {"half_cycles": "idx", "current_steps": "t_step", "gitt_pulses": "t_start"}[table]
+        """New rows of ``half_cycles``, ``current_steps``, ``gitt_pulses`` or
+        ``interruptions`` (none in a run recorded before them)."""
+        key = {
+            "half_cycles": "idx",
+            "current_steps": "t_step",
+            "gitt_pulses": "t_start",
+            "interruptions": "t_start",
+        }[table]
         found = self._query(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
         )

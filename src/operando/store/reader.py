@@ -35,6 +35,7 @@ from operando.analysis.cycling import (
     track_peaks,
 )
 from operando.analysis.gitt import GittPulse
+from operando.analysis.ici import Interruption
 from operando.config import ConfigError, ExperimentConfig, parse_config
 from operando.protocol import ProtocolError, decode
 from operando.rawlog import RawRecord, read_record, scan
@@ -323,6 +324,20 @@ class Run:
         frame = pd.DataFrame([dataclasses.astuple(p) for p in found], columns=pd.Index(columns))
         return frame
 
+    def interruptions(self) -> pd.DataFrame:
+        """One row a current interruption (ICI): its start (the last row under current),
+        length, current and SOC, the voltage there, the resistance R and the diffusion
+        resistance coefficient k (ohm/sqrt(s)) from Ewe against sqrt(t), the voltage's slope
+        under the current before it, each with its 1-sigma, the rows fitted, the diffusion
+        coefficient (cm^2/s, NaN without ``[electrochemistry.gitt]``'s material inputs) with
+        its 1-sigma, the check t D / L^2, and ``notes`` naming each assumption that failed."""
+        columns = [f.name for f in dataclasses.fields(Interruption)]
+        if not self._has_table("interruptions"):
+            return pd.DataFrame(columns=pd.Index(columns))
+        rows = self.conn.execute("SELECT doc FROM interruptions ORDER BY t_start").fetchall()
+        found = [decode_doc(d, Interruption) for (d,) in rows]
+        return pd.DataFrame([dataclasses.astuple(x) for x in found], columns=pd.Index(columns))
+
     def spectra_on_cycles(self) -> pd.DataFrame:
         """Each aligned spectrum placed on the electrochemistry: the half-cycle it was taken
         in (idx, cycle, direction; NaN between half-cycles' charge, e.g. at rest before the
@@ -382,7 +397,14 @@ class Run:
         unc = steps["r_0_unc_ohm"].dropna() if "r_0_unc_ohm" in steps else pd.Series(dtype=float)
         gitt = self.gitt()
         d = gitt["d_cm2_s"].dropna()
+        ici = self.interruptions()
+        trusted = ici.loc[[not n for n in ici["notes"]]]
+        ici_d, ici_r = trusted["d_cm2_s"].dropna(), trusted["r_ohm"]
         return {
+            "interruptions": len(ici),
+            "interruptions_trusted": len(trusted),
+            "ici_d_cm2_s_range": [float(ici_d.min()), float(ici_d.max())] if len(ici_d) else None,
+            "ici_r_ohm_median": float(ici_r.median()) if len(ici_r) else None,
             "derived": True,
             "gitt_pulses": len(gitt),
             "gitt_trusted": int(sum(not n for n in gitt["notes"])),

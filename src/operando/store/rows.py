@@ -158,6 +158,15 @@ class GittPulseRow(NamedTuple):
     doc: str  # the whole pulse (gitt.GittPulse), JSON
 
 
+class InterruptionRow(NamedTuple):
+    t_start: float
+    duration_s: float
+    i_mA: float
+    r_ohm: float
+    d_cm2_s: float | None
+    doc: str  # the whole interruption (ici.Interruption), JSON
+
+
 Row = (
     PotentiostatRow
     | SpectrumRow
@@ -171,6 +180,7 @@ Row = (
     | HalfCycleRow
     | CurrentStepRow
     | GittPulseRow
+    | InterruptionRow
 )
 
 # row type -> (the writer's op, its table)
@@ -187,6 +197,7 @@ OPS: dict[type, tuple[str, str]] = {
     HalfCycleRow: ("half_cycle", "half_cycles"),
     CurrentStepRow: ("current_step", "current_steps"),
     GittPulseRow: ("gitt_pulse", "gitt_pulses"),
+    InterruptionRow: ("interruption", "interruptions"),
 }
 
 

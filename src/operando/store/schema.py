@@ -17,6 +17,7 @@ from operando.store.rows import (
     EventRow,
     GittPulseRow,
     HalfCycleRow,
+    InterruptionRow,
     PotentiostatRow,
     RelaxationRow,
     RixsRow,
@@ -25,7 +26,7 @@ from operando.store.rows import (
     insert,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,6 +83,9 @@ CREATE TABLE IF NOT EXISTS current_steps (
 CREATE TABLE IF NOT EXISTS gitt_pulses (
     t_start REAL PRIMARY KEY, tau_s REAL NOT NULL, i_mA REAL NOT NULL, ocv_after_V REAL NOT NULL,
     d_cm2_s REAL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS interruptions (
+    t_start REAL PRIMARY KEY, duration_s REAL NOT NULL, i_mA REAL NOT NULL, r_ohm REAL NOT NULL,
+    d_cm2_s REAL, doc TEXT NOT NULL);
 """
 
 # Rebuilt by reprocess (the raw index too: the log is the one source of truth).
@@ -99,6 +103,7 @@ DERIVED_TABLES = (
     "half_cycles",
     "current_steps",
     "gitt_pulses",
+    "interruptions",
 )
 
 # The monitor's own events (origin 'monitor': a trigger fired, a spot moved, an alarm, a
@@ -149,6 +154,7 @@ SQL = {
     "half_cycle": insert(HalfCycleRow),
     "current_step": insert(CurrentStepRow),
     "gitt_pulse": insert(GittPulseRow),
+    "interruption": insert(InterruptionRow),
 }
 
 
@@ -191,7 +197,8 @@ def migrate(conn: sqlite3.Connection) -> None:
     """Runs recorded by an older version: add what is new (schema 3: the SOC of each row;
     schema 4: where each event came from; schema 5: each fit's quality and notes, 'unjudged'
     until ``operando reprocess`` fits it again; schema 6: half-cycles, current steps and
-    titration pulses, empty until ``operando reprocess`` derives them)."""
+    titration pulses, empty until ``operando reprocess`` derives them; schema 7: current
+    interruptions, likewise)."""
     columns = {r[1] for r in conn.execute("PRAGMA table_info(potentiostat)")}
     if "soc" not in columns:
         conn.execute("ALTER TABLE potentiostat ADD COLUMN soc REAL")

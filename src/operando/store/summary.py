@@ -276,12 +276,21 @@ def _electrochemistry_lines(e: dict[str, Any]) -> list[str]:
         d = e["d_cm2_s_range"]
         out.append(
             f"  titration pulses (GITT): {e['gitt_pulses']}, {e['gitt_trusted']} with every "
-            "assumption met; "
-            + (
-                f"D {d[0]:.2g} .. {d[1]:.2g} cm^2/s"
-                if d
-                else "D not computed (set [electrochemistry.gitt] molar_mass_g_mol, "
-                "molar_volume_cm3_mol, electrode_area_cm2 and cycling.active_mass_mg)"
-            )
+            "assumption met; " + (f"D {d[0]:.2g} .. {d[1]:.2g} cm^2/s" if d else NO_D)
+        )
+    if e.get("interruptions"):
+        d, r = e["ici_d_cm2_s_range"], e["ici_r_ohm_median"]
+        out.append(
+            f"  current interruptions (ICI): {e['interruptions']}, "
+            f"{e['interruptions_trusted']} with every assumption met"
+            + (f"; R median {r:.4g} ohm" if r is not None else "")
+            + "; "
+            + (f"D {d[0]:.2g} .. {d[1]:.2g} cm^2/s" if d else NO_D)
         )
     return out
+
+
+NO_D = (
+    "D not computed (set [electrochemistry.gitt] molar_mass_g_mol, molar_volume_cm3_mol, "
+    "electrode_area_cm2 and cycling.active_mass_mg)"
+)
