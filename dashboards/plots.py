@@ -687,12 +687,23 @@ def resistance_plot(steps: pd.DataFrame) -> hv.Overlay:
     return styled(hv.Overlay(items), title="resistance per current step", legend_position="right")
 
 
+def along_titration(rows: pd.DataFrame, soc: str, label: str) -> tuple[hv.Dimension, pd.Series]:
+    """The x of titration points: their SOC, or, in a run without a capacity (no SOC), hours
+    since the first of them: drawn either way, never left out for a NaN."""
+    values = pd.Series(rows.get(soc, np.nan), index=rows.index, dtype=float)
+    if bool(np.isfinite(values.to_numpy()).any()):
+        return hv.Dimension(soc, label=label), values
+    start = pd.Series(rows["t_start"], index=rows.index, dtype=float)
+    hours = (start - start.min()) / 3600.0
+    return hv.Dimension("hours", label="time since the first", unit="h"), hours
+
+
 def gitt_plot(pulses: pd.DataFrame) -> hv.Overlay:
     """Titration pulses against the SOC after each: the diffusion coefficient (log scale)
     when the material's inputs are set, else the equilibrium (OCV) points; a pulse whose
     assumptions failed is drawn hollow, its notes in the hover."""
-    soc = hv.Dimension("soc_after", label="SOC after the pulse")
     if not len(pulses):
+        soc = hv.Dimension("soc_after", label="SOC after the pulse")
         return waiting(soc, EWE, "titration (GITT): no pulse between two rests yet")
     has_d = bool("d_cm2_s" in pulses and pulses["d_cm2_s"].notna().any())
     y = "d_cm2_s" if has_d else "ocv_after_V"
@@ -701,9 +712,10 @@ def gitt_plot(pulses: pd.DataFrame) -> hv.Overlay:
         if has_d
         else hv.Dimension(y, label="Ewe", unit="V")
     )
+    soc, x = along_titration(pulses, "soc_after", "SOC after the pulse")
     frame = pd.DataFrame(
         {
-            "soc_after": pulses["soc_after"],
+            soc.name: x,
             y: pulses[y],
             "notes": pulses["notes"].replace("", "assumptions met"),
             "ok": pulses["notes"] == "",
@@ -733,16 +745,17 @@ def interruptions_plot(gaps: pd.DataFrame) -> hv.Overlay:
     """Current interruptions (ICI) against the SOC at each: the diffusion coefficient (log
     scale) when the material's inputs are set, else the resistance R; each with its 1-sigma,
     an interruption whose assumptions failed drawn hollow, its notes, R and k in the hover."""
-    soc = hv.Dimension("soc", label="SOC at the interruption")
     rdim = hv.Dimension("r_ohm", label="R", unit="ohm")
     if not len(gaps):
+        soc = hv.Dimension("soc", label="SOC at the interruption")
         return waiting(soc, rdim, "interruptions (ICI): no short rest inside a current yet")
     has_d = bool("d_cm2_s" in gaps and gaps["d_cm2_s"].notna().any())
     y, unc = ("d_cm2_s", "d_unc_cm2_s") if has_d else ("r_ohm", "r_unc_ohm")
     ydim = hv.Dimension(y, label="D", unit="cm^2/s") if has_d else rdim
+    soc, x = along_titration(gaps, "soc", "SOC at the interruption")
     frame = pd.DataFrame(
         {
-            "soc": gaps["soc"],
+            soc.name: x,
             y: gaps[y],
             "err": gaps[unc],
             "R (ohm)": gaps["r_ohm"],

@@ -4,12 +4,14 @@ validated against bluesky's schemas, both checked against the run store and the 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import cli
 
+import operando
 from operando.export.documents import read_documents
 from operando.protocol import decode
 from operando.store import open_readonly, read_raw
@@ -136,6 +138,22 @@ def test_documents_are_valid_event_model_and_hold_every_spectrum(lirich_run, tmp
     again = list(read_documents(packed))
     assert [n for n, _ in again] == names
     assert [d.get("data") for _, d in again] == [d.get("data") for _, d in docs]
+    # the same run gives the same documents, uids too (a consumer de-duplicates by them):
+    # every uid derives from the run's own, which a copied run directory keeps
+    assert again == docs
+    uids = [u for _, d in docs for u in (d["uid"] if isinstance(d["uid"], list) else [d["uid"]])]
+    assert len(uids) == len(set(uids))
+    with operando.open_run(lirich_run) as run:
+        assert start["uid"] == run.uid
+    copy = tmp_path / "copy"
+    shutil.copytree(lirich_run, copy)
+    copied = tmp_path / "copy.jsonl"
+    cli("export", str(copy), "--format", "documents", "--out", str(copied))
+    moved = list(read_documents(copied))
+    assert moved[0][1].pop("operando_run") == "copy"  # the directory's name, as it is now
+    assert moved[1:] == docs[1:] and moved[0][1] == {
+        k: v for k, v in docs[0][1].items() if k != "operando_run"
+    }
 
 
 def test_export_says_what_is_not_a_run(tmp_path):

@@ -116,3 +116,8 @@ def test_interruptions_are_recorded_shown_rebuilt_and_exported(ici_run, tmp_path
     without_d = shown.drop(columns=["d_cm2_s"])
     assert hv.render(plots.interruptions_plot(without_d)).yaxis[0].axis_label == "R (ohm)"
     hv.render(plots.interruptions_plot(pd.DataFrame()))
+    # a run without a capacity has no SOC: the points are drawn against time, not left out
+    no_soc = hv.render(plots.interruptions_plot(shown.assign(soc=np.nan)))
+    assert no_soc.xaxis[0].axis_label == "time since the first (h)"
+    (points,) = [r.data_source.data for r in no_soc.renderers if "notes" in r.data_source.data]
+    assert len(points["hours"]) == len(found) and np.isfinite(points["hours"]).all()

@@ -17,6 +17,7 @@ Written as JSON lines (``[name, doc]`` per line, as suitcase-jsonl) or a Message
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,28 @@ def _clean(v: Any) -> Any:
     return v
 
 
+class Uids:
+    """Each document's uid from the run's (``Run.uid``) and its place in the run: the same
+    run gives the same documents, so a consumer de-duplicates by uid (a document published
+    twice after a restart, a run exported again)."""
+
+    def __init__(self, run_uid: str) -> None:
+        self.root = uuid.UUID(run_uid)
+
+    def __call__(self, *place: object) -> str:
+        return str(uuid.uuid5(self.root, "/".join(map(str, place))))
+
+    def events(self, stream: str, seq_nums: list[int]) -> list[str]:
+        return [self(stream, n) for n in seq_nums]
+
+
 def run_documents(run: Run, progress: Progress | None = None) -> Iterator[Document]:
     import event_model
 
     t0, t1 = run.time_range()
+    uids = Uids(run.uid)
     bundle = event_model.compose_run(
+        uid=str(uids.root),
         time=t0,
         metadata={
             "plan_name": "operando",
@@ -79,15 +97,15 @@ def run_documents(run: Run, progress: Progress | None = None) -> Iterator[Docume
         },
     )
     yield "start", dict(bundle.start_doc)
-    yield from _electrochemistry(bundle, run)
-    yield from _cycling(bundle, run, t0)
+    yield from _electrochemistry(bundle, run, uids)
+    yield from _cycling(bundle, run, t0, uids)
     streams = _group_spectra(run, progress)
     for name, spectra in streams.items():
-        yield from _spectrum_stream(bundle, name, spectra)
-    yield "stop", dict(bundle.compose_stop(time=t1))
+        yield from _spectrum_stream(bundle, name, spectra, uids)
+    yield "stop", dict(bundle.compose_stop(time=t1, uid=uids("stop")))
 
 
-def _electrochemistry(bundle: Any, run: Run) -> Iterator[Document]:
+def _electrochemistry(bundle: Any, run: Run, uids: Uids) -> Iterator[Document]:
     df = run.potentiostat()
     if df.empty:
         return
@@ -101,22 +119,26 @@ def _electrochemistry(bundle: Any, run: Run) -> Iterator[Document]:
         "step": _key("integer", src),
         "cycle": _key("integer", src),
     }
-    d = bundle.compose_descriptor(name="electrochemistry", data_keys=keys, time=float(df.t[0]))
+    d = bundle.compose_descriptor(
+        name="electrochemistry", data_keys=keys, time=float(df.t[0]), uid=uids("electrochemistry")
+    )
     yield "descriptor", dict(d.descriptor_doc)
     for start in range(0, len(df), PAGE_ROWS):
         part = df.iloc[start : start + PAGE_ROWS]
         t = part["t"].to_numpy(float)
         data = {k: _clean(part[k].to_numpy(_INTEGER.get(k, float))) for k in keys}
+        seq = list(range(start + 1, start + len(part) + 1))
         page = d.compose_event_page(
             data=data,
             timestamps={k: t.tolist() for k in keys},
-            seq_num=list(range(start + 1, start + len(part) + 1)),
+            seq_num=seq,
             time=t.tolist(),
+            uid=uids.events("electrochemistry", seq),
         )
         yield "event_page", dict(page)
 
 
-def _cycling(bundle: Any, run: Run, t0: float) -> Iterator[Document]:
+def _cycling(bundle: Any, run: Run, t0: float, uids: Uids) -> Iterator[Document]:
     """A stream of half-cycles (an event at each one's end), one of current steps (at each
     step), one of titration pulses and one of current interruptions (at each one's start):
     their scalar columns, units in the data keys (dQ/dV curves: NeXus and Tiled)."""
@@ -138,14 +160,16 @@ def _cycling(bundle: Any, run: Run, t0: float) -> Iterator[Document]:
             dtype = {"b": "boolean", "i": "integer", "O": "string"}.get(kind, "number")
             keys[str(column)] = _key(dtype, "operando.electrochem", units=units.get(str(column)))
         t = (table[time_column].to_numpy(float) + t0).tolist()
-        d = bundle.compose_descriptor(name=name, data_keys=keys, time=t[0])
+        d = bundle.compose_descriptor(name=name, data_keys=keys, time=t[0], uid=uids(name))
         yield "descriptor", dict(d.descriptor_doc)
         data = {k: [_clean(v) for v in table[k].tolist()] for k in keys}
+        seq = list(range(1, len(table) + 1))
         page = d.compose_event_page(
             data=data,
             timestamps={k: t for k in keys},
-            seq_num=list(range(1, len(table) + 1)),
+            seq_num=seq,
             time=t,
+            uid=uids.events(name, seq),
         )
         yield "event_page", dict(page)
 
@@ -172,7 +196,9 @@ def _group_spectra(run: Run, progress: Progress | None) -> dict[str, list[Record
     return streams
 
 
-def _spectrum_stream(bundle: Any, name: str, spectra: list[RecordedSpectrum]) -> Iterator[Document]:
+def _spectrum_stream(
+    bundle: Any, name: str, spectra: list[RecordedSpectrum], uids: Uids
+) -> Iterator[Document]:
     first = spectra[0]
     src = first.source
     keys: dict[str, dict[str, Any]] = {
@@ -200,9 +226,9 @@ def _spectrum_stream(bundle: Any, name: str, spectra: list[RecordedSpectrum]) ->
                 fit_keys[nexus_name(f"fraction_{c}_{comp}")] = (channel, "fractions", comp)
     for k, (_, field, _) in fit_keys.items():
         keys[k] = _key("string" if field in ("quality", "notes") else "number", "operando.analysis")
-    d = bundle.compose_descriptor(name=name, data_keys=keys, time=first.t_start)
+    d = bundle.compose_descriptor(name=name, data_keys=keys, time=first.t_start, uid=uids(name))
     yield "descriptor", dict(d.descriptor_doc)
-    for s in spectra:
+    for seq, s in enumerate(spectra, 1):
         al = s.alignment or {}
         data: dict[str, Any] = {
             "scan_id": s.scan_id,
@@ -225,7 +251,13 @@ def _spectrum_stream(bundle: Any, name: str, spectra: list[RecordedSpectrum]) ->
             else:
                 data[k] = fit.get(field, {}).get(comp) if comp else fit.get(field)
         data = {k: _clean(v) for k, v in data.items()}
-        ev = d.compose_event(data=data, timestamps=dict.fromkeys(data, s.t_end), time=s.t_end)
+        ev = d.compose_event(
+            data=data,
+            timestamps=dict.fromkeys(data, s.t_end),
+            time=s.t_end,
+            seq_num=seq,
+            uid=uids(name, seq),
+        )
         yield "event", dict(ev)
 
 

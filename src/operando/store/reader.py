@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from operando.protocol import ProtocolError, decode
 from operando.rawlog import RawRecord, read_record, scan
 from operando.sequence import missing_ranges
 from operando.store.files import CONFIG_FILE
-from operando.store.schema import StoreError, open_readonly
+from operando.store.schema import RUN_UID, StoreError, open_readonly
 
 D = TypeVar("D")
 
@@ -420,6 +421,16 @@ class Run:
     # -- for exports -------------------------------------------------------------------------
     def count_spectra(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM spectra").fetchone()[0])
+
+    @property
+    def uid(self) -> str:
+        """The run's identity (made with its store; a run recorded before schema 7 and never
+        reopened by a writer: derived from its directory's name and first time), the root of
+        its documents' uids."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (RUN_UID,)).fetchone()
+        if row is not None:
+            return str(row[0])
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"operando:{self.name}:{self.time_range()[0]}"))
 
     def time_range(self) -> tuple[float, float]:
         """First and last time the run knows of (potentiostat rows and spectra), epoch s."""

@@ -6,6 +6,7 @@ Shared by the monitor's process (reading, recovery) and the store's writer proce
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from pathlib import Path
 
 from operando.store.files import STORE_FILE, store_path
@@ -27,6 +28,7 @@ from operando.store.rows import (
 )
 
 SCHEMA_VERSION = 7
+RUN_UID = "run_uid"  # meta key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -210,6 +212,10 @@ def migrate(conn: sqlite3.Connection) -> None:
             f"UPDATE events SET origin = 'monitor' WHERE kind IN ({kinds})", MONITOR_EVENT_KINDS
         )
 
+    # the run's identity, made once: its documents' uids derive from it, so an export, a
+    # restarted publisher or a copied run directory gives the same documents (de-duplication
+    # downstream by uid)
+    conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (RUN_UID, str(uuid.uuid4())))
     columns = {r[1] for r in conn.execute("PRAGMA table_info(analysis)")}
     if "quality" not in columns:
         conn.execute("ALTER TABLE analysis ADD COLUMN quality TEXT NOT NULL DEFAULT 'unjudged'")

@@ -464,6 +464,7 @@ def _create_store(path: Path) -> None:
     conn = connect(partial)
     try:
         conn.executescript(SCHEMA)
+        migrate(conn)  # a new store is at the newest schema: this only gives it its uid
         conn.execute(SQL["meta"], ("schema_version", str(SCHEMA_VERSION)))
         conn.commit()
     finally:
