@@ -129,8 +129,7 @@ class PulseTracker(RunReader[GittPulse]):
         self._last = (float(t[-1]), float(v[-1]), i, float(soc[-1]))
         p = self._pulse
         if p is not None:
-            tol = max(self.rest_current_mA, self.s.hold_fraction * abs(p.i_mA))
-            if not at_rest and abs(i - p.i_mA) <= tol:  # the same pulse, in the next batch
+            if not at_rest and self.held(i, p.i_mA):  # the same pulse, in the next batch
                 if p.t and p.t[-1] <= self.s.max_pulse_s:  # past it, it is no pulse: stop
                     p.t.extend((t - p.t0).tolist())
                     p.v.extend(v.tolist())

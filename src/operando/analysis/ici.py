@@ -148,7 +148,7 @@ class InterruptionTracker(RunReader[Interruption]):
     restart = finish
 
     def _same(self, i: float, j: float) -> bool:
-        return i * j > 0 and abs(i - j) <= max(self.rest_current_mA, self.hold_fraction * abs(j))
+        return i * j > 0 and self.held(i, j)
 
     def _part(
         self, at_rest: bool, t: np.ndarray, v: np.ndarray, i: float, soc: np.ndarray

@@ -41,6 +41,10 @@ class RunReader(Generic[T]):
     def _clear(self) -> None:
         raise NotImplementedError
 
+    def held(self, i: float, j: float) -> bool:
+        """Current ``i`` is current ``j`` held (``current_runs``' rule, for one pair)."""
+        return abs(i - j) <= max(self.rest_current_mA, self.hold_fraction * abs(j))
+
     def add(
         self,
         t: np.ndarray,

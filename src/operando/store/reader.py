@@ -317,13 +317,7 @@ class Run:
         steady-state and transient changes, R^2 of Ewe against sqrt(t), the diffusion
         coefficient (cm^2/s; NaN without ``[electrochemistry.gitt]``'s material inputs), the
         semi-infinite check tau D / L^2, and ``notes`` naming each assumption that failed."""
-        columns = [f.name for f in dataclasses.fields(GittPulse)]
-        if not self._has_table("gitt_pulses"):
-            return pd.DataFrame(columns=pd.Index(columns))
-        rows = self.conn.execute("SELECT doc FROM gitt_pulses ORDER BY t_start").fetchall()
-        found = [decode_doc(d, GittPulse) for (d,) in rows]
-        frame = pd.DataFrame([dataclasses.astuple(p) for p in found], columns=pd.Index(columns))
-        return frame
+        return self._docs_by_start("gitt_pulses", GittPulse)
 
     def interruptions(self) -> pd.DataFrame:
         """One row a current interruption (ICI): its start (the last row under current),
@@ -332,12 +326,17 @@ class Run:
         under the current before it, each with its 1-sigma, the rows fitted, the diffusion
         coefficient (cm^2/s, NaN without ``[electrochemistry.gitt]``'s material inputs) with
         its 1-sigma, the check t D / L^2, and ``notes`` naming each assumption that failed."""
-        columns = [f.name for f in dataclasses.fields(Interruption)]
-        if not self._has_table("interruptions"):
-            return pd.DataFrame(columns=pd.Index(columns))
-        rows = self.conn.execute("SELECT doc FROM interruptions ORDER BY t_start").fetchall()
-        found = [decode_doc(d, Interruption) for (d,) in rows]
-        return pd.DataFrame([dataclasses.astuple(x) for x in found], columns=pd.Index(columns))
+        return self._docs_by_start("interruptions", Interruption)
+
+    def _docs_by_start(self, table: str, kind: type) -> pd.DataFrame:
+        """A derived table's documents (dataclasses ``kind``) in order of ``t_start``, a
+        column a field; empty with those columns in a run recorded before the table."""
+        columns = pd.Index([f.name for f in dataclasses.fields(kind)])
+        if not self._has_table(table):
+            return pd.DataFrame(columns=columns)
+        rows = self.conn.execute(f"SELECT doc FROM {table} ORDER BY t_start").fetchall()
+        found = [dataclasses.astuple(decode_doc(d, kind)) for (d,) in rows]
+        return pd.DataFrame(found, columns=columns)
 
     def spectra_on_cycles(self) -> pd.DataFrame:
         """Each aligned spectrum placed on the electrochemistry: the half-cycle it was taken
