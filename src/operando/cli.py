@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -284,6 +285,34 @@ def _fit(a: argparse.Namespace) -> int:
         return 2
 
 
+def _publish(a: argparse.Namespace) -> int:
+    from operando.publish import JetStream, Publisher, PublishError
+    from operando.store.files import STORE_FILE, is_run_dir
+    from operando.store.reader import Run
+
+    run_dir = Path(a.run_dir)
+    if not is_run_dir(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no run store ({STORE_FILE}): is this a run directory?")
+    with Run(run_dir) as run:
+        run_uid = run.uid
+    bus = JetStream(a.nats, run_uid, prefix=a.prefix, stream=a.stream)
+    publisher = Publisher(run_dir, bus, end_grace_s=a.end_grace)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # stop between documents, cursor saved
+            loop.add_signal_handler(sig, publisher.stopping.set)
+        try:
+            report = await publisher.run(follow=not a.once)
+        except PublishError as e:
+            print(f"operando publish: error: {e}", file=sys.stderr)
+            return 2
+        print(f"{run_dir.name} -> {a.nats} ({a.stream}: {a.prefix}.*): {report.line()}")
+        return 0
+
+    return asyncio.run(main())
+
+
 def _references(a: argparse.Namespace) -> int:
     from operando.drivers.sim.spectra import EDGES, export_references
 
@@ -465,6 +494,26 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--uri", help="tiled: the server, e.g. http://127.0.0.1:8000")
     p.add_argument("--api-key", help="tiled: the server's API key (default: $TILED_API_KEY)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "publish", help="a run's documents on NATS JetStream, live, as bluesky-nats lays them out"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--nats", required=True, help="the NATS server, e.g. nats://127.0.0.1:4222")
+    p.add_argument("--stream", default="bluesky", help="the JetStream stream")
+    p.add_argument("--prefix", default="events.volatile", help="subjects: PREFIX.<document name>")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="publish what is final now and return (default: follow the run to its end)",
+    )
+    p.add_argument(
+        "--end-grace",
+        type=non_negative,
+        default=30.0,
+        help="a run left without a clean end has ended after this many seconds of silence",
+    )
+    p.set_defaults(func=_publish)
 
     p = sub.add_parser("replay", help="publish a recorded run again (for a monitor, dashboard)")
     p.add_argument("run_dir")

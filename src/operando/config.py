@@ -143,6 +143,15 @@ class OrchestrationConfig(_Section):
     client_secret: str = ""  # the monitor's own .key_secret, for drivers that use CURVE
 
 
+class PublishConfig(_Section):
+    """The run's documents beyond this machine: ``operando publish``, started by the monitor."""
+
+    nats: str = ""  # e.g. nats://broker.facility:4222 (empty: not published)
+    stream: str = "bluesky"  # the JetStream stream (bluesky-nats's default)
+    prefix: str = "events.volatile"  # subjects PREFIX.<document name> (bluesky-nats's default)
+    finish_s: float = 30.0  # after the monitor stops: time to send the run's last documents
+
+
 class ExperimentConfig(_Section):
     name: str = "experiment"
     description: str = ""
@@ -153,6 +162,7 @@ class ExperimentConfig(_Section):
     analysis: AnalysisConfig = msgspec.field(default_factory=AnalysisConfig)
     electrochemistry: ElectrochemistryConfig = msgspec.field(default_factory=ElectrochemistryConfig)
     orchestration: OrchestrationConfig = msgspec.field(default_factory=OrchestrationConfig)
+    publish: PublishConfig = msgspec.field(default_factory=PublishConfig)
     drivers: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
     def source(self, name: str) -> SourceConfig:

@@ -57,27 +57,39 @@ def cycling_tables(run: Run, t0: float) -> dict[str, pd.DataFrame]:
     """``half_cycles``, ``cycles``, ``current_steps``, ``dqdv`` (long form) and
     ``dqdv_peaks`` (tracked from cycle to cycle), ``gitt`` (titration pulses) and
     ``interruptions`` (ICI); empty frames for a run recorded before they were derived."""
-    halves = run.half_cycles()
-    for column in ("peaks_V", "peak_heights"):
-        halves[column] = [json.dumps(v) for v in halves[column]]
-    for column in ("t_start", "t_end"):
-        halves[column] = halves[column] - t0
-    steps = run.current_steps()
-    if "t_step" in steps and len(steps):
-        steps["t_step"] = steps["t_step"] - t0
-    gitt, ici = run.gitt(), run.interruptions()
-    for table in (gitt, ici):
+    return {name: cycling_table(run, name, t0) for name in CYCLING_TABLES}
+
+
+CYCLING_TABLES = (
+    "half_cycles",
+    "cycles",
+    "current_steps",
+    "dqdv",
+    "dqdv_peaks",
+    "gitt",
+    "interruptions",
+)
+
+
+def cycling_table(run: Run, name: str, t0: float) -> pd.DataFrame:
+    """One of ``CYCLING_TABLES``, flat, its times in seconds since ``t0``."""
+    if name == "half_cycles":
+        table = run.half_cycles()
+        for column in ("peaks_V", "peak_heights"):
+            table[column] = [json.dumps(v) for v in table[column]]
+        for column in ("t_start", "t_end"):
+            table[column] = table[column] - t0
+    elif name == "current_steps":
+        table = run.current_steps()
+        if "t_step" in table and len(table):
+            table["t_step"] = table["t_step"] - t0
+    elif name in ("gitt", "interruptions"):
+        table = run.gitt() if name == "gitt" else run.interruptions()
         table["t_start"] = table["t_start"] - t0
         table["notes"] = ["; ".join(n) for n in table["notes"]]
-    return {
-        "half_cycles": halves,
-        "cycles": run.cycles(),
-        "current_steps": steps,
-        "dqdv": run.dqdv(),
-        "dqdv_peaks": run.dqdv_peaks(),
-        "gitt": gitt,
-        "interruptions": ici,
-    }
+    else:
+        table = {"cycles": run.cycles, "dqdv": run.dqdv, "dqdv_peaks": run.dqdv_peaks}[name]()
+    return table
 
 
 def units_of(table: pd.DataFrame) -> dict[str, str]:

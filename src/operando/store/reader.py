@@ -443,24 +443,43 @@ class Run:
             lo = hi = (recv or 0) / 1e9
         return float(lo), float(hi)
 
-    def iter_spectra(self, only: int | None = None) -> Iterator[RecordedSpectrum]:
-        """Every spectrum (or the one with id ``only``) in id order, with its arrays."""
-        where, params = ("WHERE s.id = ?", (only,)) if only is not None else ("", ())
+    def _last_id(self, after: int, limit: int) -> int:
+        """The id ``limit`` spectra after ``after`` (every one: the newest)."""
+        if limit < 0:
+            (last,) = self.conn.execute("SELECT coalesce(max(id), 0) FROM spectra").fetchone()
+        else:
+            row = self.conn.execute(
+                "SELECT id FROM spectra WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?",
+                (after, limit - 1),
+            ).fetchone()
+            last = row[0] if row else self._last_id(after, -1)
+        return int(last)
+
+    def iter_spectra(
+        self, only: int | None = None, *, after: int = 0, limit: int = -1
+    ) -> Iterator[RecordedSpectrum]:
+        """Every spectrum (or the one with id ``only``; or up to ``limit`` after id ``after``)
+        in id order, with its arrays."""
+        if only is not None:
+            after, last = only - 1, only
+        else:
+            last = self._last_id(after, limit)
+        ids = "BETWEEN ? AND ?"
+        params = (after + 1, last)
         fits: dict[int, dict[str, dict[str, Any]]] = {}
         for sid, channel, doc in self.conn.execute(
-            "SELECT spectrum_id, channel, doc FROM analysis"
-            + (" WHERE spectrum_id = ?" if only is not None else ""),
-            params,
+            f"SELECT spectrum_id, channel, doc FROM analysis WHERE spectrum_id {ids}", params
         ):
             fits.setdefault(sid, {})[channel] = json.loads(doc)
         doses = {
             r[0]: {"dose_Gy": r[1], "before_Gy": r[2], "after_Gy": r[3]}
             for r in self.conn.execute(
-                "SELECT spectrum_id, dose_Gy, before_Gy, after_Gy FROM dose"
-                + (" WHERE spectrum_id = ?" if only is not None else ""),
+                "SELECT spectrum_id, dose_Gy, before_Gy, after_Gy FROM dose "
+                f"WHERE spectrum_id {ids}",
                 params,
             )
         }
+        where = f"WHERE s.id {ids}"
         rows = self.conn.execute(
             "SELECT s.id, s.kind, s.source, s.scan_id, s.edge, s.t_start, s.t_end, s.spot_id, "
             "s.channels, s.extra, a.doc, r.segment, r.offset, r.length "
@@ -604,6 +623,30 @@ class Run:
         )
         while rows := cur.fetchmany(size):
             yield np.array(rows, dtype=np.float64)
+
+    def potentiostat_after(self, rowid: int, limit: int) -> pd.DataFrame:
+        """Up to ``limit`` potentiostat rows recorded after ``rowid``, in the order recorded,
+        ``rowid`` first (what a follower of the run keeps as its place)."""
+        return self._frame(
+            "SELECT rowid, t, ewe AS Ewe, i AS I, q AS Q, soc, mode, step, cycle "
+            "FROM potentiostat WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        )
+
+    def sources_not_closed(self) -> list[str]:
+        from operando.store.summary import sources_not_closed
+
+        return sources_not_closed(self.conn)
+
+    def last_received(self) -> float | None:
+        """When the newest message arrived (epoch s, this machine's clock)."""
+        (ns,) = self.conn.execute("SELECT max(recv_ns) FROM raw").fetchone()
+        return None if ns is None else ns * 1e-9
+
+    def last_fitted(self) -> int:
+        """The newest spectrum with a fit (0: none): the analysis has passed every one before."""
+        (n,) = self.conn.execute("SELECT coalesce(max(spectrum_id), 0) FROM analysis").fetchone()
+        return int(n)
 
     def counts(self) -> dict[str, int]:
         """How many potentiostat rows, spectra, aligned and partial spectra the run holds."""

@@ -16,6 +16,19 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
         return run.summary()
 
 
+def sources_not_closed(conn: Any) -> list[str]:
+    """The links whose last series was not closed: a clean end closes every one (a killed
+    driver or monitor leaves it open)."""
+    return [
+        link
+        for (link,) in conn.execute(
+            "SELECT link FROM events WHERE kind IN ('series_start', 'series_end') "
+            "GROUP BY link HAVING max(CASE WHEN kind = 'series_start' THEN id END) > "
+            "coalesce(max(CASE WHEN kind = 'series_end' THEN id END), 0)"
+        )
+    ]
+
+
 def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
     sources: dict[str, dict[str, Any]] = {}
     for link, n, malformed, refilled in conn.execute(
@@ -59,16 +72,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
         src["lost"] = sum(b - a + 1 for ranges in lost.values() for a, b in ranges)
         src["lost_ranges"] = {session: ranges for session, ranges in lost.items() if ranges}
     events = dict(conn.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
-    # a clean end: each source's last series was closed (a killed driver or monitor leaves it
-    # open)
-    unclosed = [
-        link
-        for (link,) in conn.execute(
-            "SELECT link FROM events WHERE kind IN ('series_start', 'series_end') "
-            "GROUP BY link HAVING max(CASE WHEN kind = 'series_start' THEN id END) > "
-            "coalesce(max(CASE WHEN kind = 'series_end' THEN id END), 0)"
-        )
-    ]
+    unclosed = sources_not_closed(conn)
     alarms: dict[int, dict[str, Any]] = {}
     for kind, detail in conn.execute(
         "SELECT kind, detail FROM events WHERE kind IN ('alarm', 'alarm_acknowledged') ORDER BY id"

@@ -245,6 +245,21 @@ def take_lock(run_dir: Path, timeout: float) -> int:
             time.sleep(0.05)
 
 
+def being_recorded(run_dir: Path) -> bool:
+    """Does a writer hold the run (a monitor records it, or one killed is finishing)?"""
+    path = run_dir / LOCK_FILE
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock taken to look
+    return False
+
+
 def _holder(fd: int) -> tuple[int, int] | None:
     """(writer pid, monitor pid) the lock file names, if it names them."""
     try:

@@ -1,0 +1,403 @@
+"""A run's event-model documents, composed as they become final: the one source of both
+``operando export --format documents`` (the whole run at once) and ``operando publish`` (a
+run followed live, from a cursor it keeps).
+
+A document, once given out, never changes (event-model has no revisions), so each part of the
+run is given out when nothing recorded later can change it:
+
+- ``start`` with the run's first row or spectrum;
+- ``electrochemistry``: pages of the potentiostat rows in the order recorded, a page closed at
+  ``PAGE_ROWS`` rows or at the first row ``PAGE_SECONDS`` from its first (the row that closes
+  it must have arrived, so a page is out at most ``PAGE_SECONDS`` after its rows);
+- ``half_cycles``, ``current_steps``, ``gitt``, ``interruptions``: an event a row, when its row
+  is recorded (the trackers record a row once it is done), a half-cycle still open at the end
+  of the record with the stop;
+- one stream per edge and scan shape and one per RIXS map: an event a spectrum, once its
+  alignment is whole (a partial one may be realigned by a refill: with the stop) and the
+  analysis has passed it (each channel it fits has a fit, or a later spectrum has one);
+- ``stop`` when the run has ended: exit status "success" when every source closed its series,
+  else "abort" naming those that did not.
+
+Every uid follows ``Uids`` (decision 0013): the same run gives the same documents, whether
+composed in one go or over a week from a cursor saved after each acknowledged batch. The
+cursor already counts a document when it is given out: saved once that document is safe, it
+never gives it out again, nor skips one.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import event_model
+import msgspec
+import numpy as np
+import pandas as pd
+
+from operando import __version__
+from operando.config import ExperimentConfig
+from operando.export.nexus import nexus_name
+from operando.export.tables import cycling_table, units_of
+from operando.store.reader import RecordedSpectrum, Run
+
+Document = tuple[str, dict[str, Any]]
+PAGE_ROWS = 1000
+PAGE_SECONDS = 10.0
+READ_ROWS = 50_000  # potentiostat rows read at a time
+READ_SPECTRA = 200  # new spectra placed in their streams at a time
+_INTEGER = {"mode": int, "step": int, "cycle": int}
+_ELECTROCHEMISTRY = {
+    "Ewe": ("number", "V"),
+    "I": ("number", "mA"),
+    "Q": ("number", "mA*h"),
+    "soc": ("number", None),
+    "mode": ("integer", None),
+    "step": ("integer", None),
+    "cycle": ("integer", None),
+}
+_CYCLING = (
+    ("half_cycles", "t_end"),
+    ("current_steps", "t_step"),
+    ("gitt", "t_start"),
+    ("interruptions", "t_start"),
+)
+_ALIGNED = (
+    ("Ewe_mean", "ewe_mean_V", "number", "V"),
+    ("I_mean", "i_mean_mA", "number", "mA"),
+    ("soc", "soc", "number", None),
+    ("Q", "q_mAh", "number", "mA*h"),
+    ("cycle", "cycle", "integer", None),
+    ("mode", "mode", "integer", None),
+)
+
+
+class Uids:
+    """Each document's uid from the run's (``Run.uid``) and its place in the run: the same
+    run gives the same documents, so a consumer de-duplicates by uid (a document published
+    twice after a restart, a run exported again)."""
+
+    def __init__(self, run_uid: str) -> None:
+        self.root = uuid.UUID(run_uid)
+
+    def __call__(self, *place: object) -> str:
+        return str(uuid.uuid5(self.root, "/".join(map(str, place))))
+
+
+class Cursor(msgspec.Struct, kw_only=True):
+    """How far the documents of a run have been given out (saved by a publisher after each
+    acknowledged batch; a fresh one gives out the whole run)."""
+
+    start: dict[str, Any] | None = None
+    descriptors: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    events: dict[str, int] = msgspec.field(default_factory=dict)  # given out, per stream
+    potentiostat_rowid: int = 0  # the last potentiostat row given out
+    spectrum_id: int = 0  # the last spectrum placed in its stream
+    shapes: dict[str, str] = msgspec.field(default_factory=dict)  # scan shape -> stream
+    placed: dict[str, int] = msgspec.field(default_factory=dict)  # spectra placed, per stream
+    waiting: list[tuple[int, str, int]] = msgspec.field(default_factory=list)  # id, stream, seq
+    stopped: bool = False
+
+
+def _key(dtype: str, source: str, shape: list[int] | None = None, units: str | None = None):
+    k: dict[str, Any] = {"dtype": dtype, "shape": shape or [], "source": source}
+    if units:
+        k["units"] = units
+    return k
+
+
+def _clean(v: Any) -> Any:
+    """Plain JSON-able values: arrays as lists, NaN and missing as None."""
+    if isinstance(v, np.ndarray):
+        return [_clean(x) for x in v.tolist()] if v.dtype.kind == "f" else v.tolist()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def fitted_channels(cfg: ExperimentConfig, s: RecordedSpectrum) -> list[str]:
+    """The channels of a spectrum the analysis fits (an XAS scan of an edge with references:
+    ``operando.analyze``), so a stream's keys are known from its first spectrum."""
+    a = cfg.analysis
+    if not a.enabled or s.kind == "rixs_rows" or s.edge not in a.references:
+        return []
+    return [c for c in a.channels if c in s.arrays]
+
+
+class Composer:
+    """Gives out the run's documents that are final, from ``cursor`` on (advanced as it goes;
+    save it once what was given out is safe)."""
+
+    def __init__(self, run: Run, cursor: Cursor | None = None) -> None:
+        self.run = run
+        self.cursor = cursor or Cursor()
+        self.uids = Uids(run.uid)
+
+    def documents(self, *, ended: bool) -> Iterator[Document]:
+        """What became final since the last call; with ``ended`` (nothing will be recorded
+        any more) everything left, and the stop."""
+        c = self.cursor
+        if c.stopped:
+            return
+        if c.start is None:
+            if not ended and not self.run.counts()["potentiostat_rows"] + self.run.count_spectra():
+                return
+            yield "start", self._start()
+        yield from self._electrochemistry(ended)
+        for name, time_column in _CYCLING:
+            yield from self._cycling(name, time_column, ended)
+        yield from self._spectra(ended)
+        if ended:
+            yield "stop", self._stop()
+
+    # -- start and stop -----------------------------------------------------------------------
+    def _start(self) -> dict[str, Any]:
+        run = self.run
+        start = event_model.compose_run(
+            uid=str(self.uids.root),
+            time=run.time_range()[0],
+            metadata={
+                "plan_name": "operando",
+                "operando_run": run.name,
+                "experiment": run.config.name,
+                "description": run.config.description,
+                "program": f"operando {__version__}",
+                "configuration": msgspec.to_builtins(run.config),
+            },
+        ).start_doc
+        self.cursor.start = dict(start)
+        return self.cursor.start
+
+    def _stop(self) -> dict[str, Any]:
+        c = self.cursor
+        assert c.start is not None
+        unclosed = self.run.sources_not_closed()
+        stop = event_model.ComposeStop(
+            start=c.start,  # type: ignore[arg-type]  # a RunStart, as it was composed
+            event_counters={name: n + 1 for name, n in c.events.items()},
+            poison_pill=[],
+        )(
+            exit_status="abort" if unclosed else "success",
+            reason=f"no series end from {', '.join(unclosed)}" if unclosed else "",
+            uid=self.uids("stop"),
+            time=self.run.time_range()[1],
+        )
+        c.stopped = True
+        return dict(stop)
+
+    @property
+    def t0(self) -> float:
+        assert self.cursor.start is not None
+        return float(self.cursor.start["time"])
+
+    # -- streams ------------------------------------------------------------------------------
+    def _describe(self, name: str, keys: dict[str, Any], time: float) -> Document | None:
+        """The stream's descriptor, the first time it is needed."""
+        c = self.cursor
+        if name in c.descriptors:
+            return None
+        assert c.start is not None
+        d = event_model.ComposeDescriptor(start=c.start, streams={}, event_counters={})(  # type: ignore[arg-type]
+            name=name, data_keys=keys, time=time, uid=self.uids(name)
+        )
+        c.descriptors[name] = dict(d.descriptor_doc)
+        c.events[name] = 0
+        return "descriptor", c.descriptors[name]
+
+    def _event(self, name: str, data: dict[str, Any], time: float, seq: int) -> dict[str, Any]:
+        c = self.cursor
+        compose = event_model.ComposeEvent(
+            descriptor=c.descriptors[name],  # type: ignore[arg-type]
+            event_counters={name: seq},
+        )
+        ev = compose(
+            data=data,
+            timestamps=dict.fromkeys(data, time),
+            time=time,
+            seq_num=seq,
+            uid=self.uids(name, seq),
+        )
+        c.events[name] += 1
+        return dict(ev)
+
+    def _electrochemistry(self, ended: bool) -> Iterator[Document]:
+        name, src = "electrochemistry", "potentiostat"
+        c = self.cursor
+        while True:
+            rows = self.run.potentiostat_after(c.potentiostat_rowid, READ_ROWS)
+            if rows.empty:
+                return
+            t = rows["t"].to_numpy(float)
+            keys = {k: _key(dtype, src, units=u) for k, (dtype, u) in _ELECTROCHEMISTRY.items()}
+            described = self._describe(name, keys, float(t[0]))
+            if described:
+                yield described
+            i = 0
+            while i < len(rows):
+                window = t[i : i + PAGE_ROWS]
+                breaks = np.flatnonzero(np.abs(window - window[0]) >= PAGE_SECONDS)
+                n = int(breaks[0]) if breaks.size else len(window)
+                closed = breaks.size > 0 or n == PAGE_ROWS or ended
+                if not closed:  # its closing row has not come yet
+                    return
+                part = rows.iloc[i : i + n]
+                page = self._page(name, part, t[i : i + n])
+                c.potentiostat_rowid = int(part["rowid"].iloc[-1])
+                yield "event_page", page
+                i += n
+            if len(rows) < READ_ROWS:
+                return
+
+    def _page(self, name: str, part: pd.DataFrame, t: np.ndarray) -> dict[str, Any]:
+        c = self.cursor
+        first = c.events[name] + 1
+        seq = list(range(first, first + len(part)))
+        data = {k: _clean(part[k].to_numpy(_INTEGER.get(k, float))) for k in _ELECTROCHEMISTRY}
+        compose = event_model.ComposeEventPage(
+            descriptor=c.descriptors[name],  # type: ignore[arg-type]
+            event_counters={name: first},
+        )
+        page = compose(
+            data=data,
+            timestamps={k: t.tolist() for k in data},
+            seq_num=seq,
+            time=t.tolist(),
+            uid=[self.uids(name, n) for n in seq],
+        )
+        c.events[name] += len(part)
+        return dict(page)
+
+    def _cycling(self, name: str, time_column: str, ended: bool) -> Iterator[Document]:
+        """An event a row of a derived table (its scalar columns, units in the data keys;
+        the dQ/dV curves go to NeXus and Tiled)."""
+        table = cycling_table(self.run, name, self.t0)
+        done = self.cursor.events.get(name, 0)
+        if len(table) <= done:
+            return
+        if name == "half_cycles" and not ended:  # an open half-cycle may still grow
+            still_open = np.flatnonzero(~table["complete"].to_numpy(bool))
+            table = table.iloc[: int(still_open[0])] if still_open.size else table
+        if len(table) <= done:
+            return
+        units = units_of(table)
+        keys = {}
+        for column in table.columns:
+            kind = table[column].dtype.kind
+            dtype = {"b": "boolean", "i": "integer", "O": "string"}.get(kind, "number")
+            keys[str(column)] = _key(dtype, "operando.electrochem", units=units.get(str(column)))
+        t = table[time_column].to_numpy(float) + self.t0
+        described = self._describe(name, keys, float(t[done]))
+        if described:
+            yield described
+        for n in range(done, len(table)):
+            data = {k: _clean(v) for k, v in table.iloc[n].to_dict().items()}
+            yield "event", self._event(name, data, float(t[n]), n + 1)
+
+    def _spectra(self, ended: bool) -> Iterator[Document]:
+        c = self.cursor
+        last_fitted = self.run.last_fitted()
+        for entry in list(c.waiting):  # spectra placed before and not final then
+            sid, name, seq = entry
+            s = self.run.spectrum(sid)
+            if ended or self._final(s, last_fitted):
+                c.waiting.remove(entry)  # before it is given out: the cursor says it went
+                yield from self._spectrum_event(s, name, seq)
+        while True:
+            new = list(self.run.iter_spectra(after=c.spectrum_id, limit=READ_SPECTRA))
+            for s in new:
+                name, seq = self._place(s)
+                c.spectrum_id = s.id
+                if ended or self._final(s, last_fitted):
+                    yield from self._spectrum_event(s, name, seq)
+                else:
+                    c.waiting.append((s.id, name, seq))
+            if len(new) < READ_SPECTRA:
+                return
+
+    def _spectrum_event(self, s: RecordedSpectrum, name: str, seq: int) -> Iterator[Document]:
+        described = self._describe(name, self._spectrum_keys(s), s.t_start)
+        if described:
+            yield described
+        yield "event", self._event(name, self._spectrum_data(s), s.t_end, seq)
+
+    def _place(self, s: RecordedSpectrum) -> tuple[str, int]:
+        """The spectrum's stream (scans of one edge and shape, or rows of one RIXS map) and
+        its number in it, in the order recorded."""
+        c = self.cursor
+        if s.kind == "rixs_rows":
+            shape = json.dumps(["rixs", s.map_id or s.scan_id])
+            base = nexus_name(f"rixs_{s.map_id or s.scan_id}")
+        else:
+            shape = json.dumps([s.edge, s.channels, len(s.arrays["energy"])])
+            base = nexus_name(s.edge or "unknown_edge")
+        name = c.shapes.get(shape)
+        if name is None:
+            taken = sum(1 for v in c.shapes.values() if v == base or v.startswith(f"{base}_"))
+            name = c.shapes[shape] = base if taken == 0 else f"{base}_{taken + 1}"
+        c.placed[name] = c.placed.get(name, 0) + 1
+        return name, c.placed[name]
+
+    def _final(self, s: RecordedSpectrum, last_fitted: int) -> bool:
+        if s.alignment is None or s.alignment.get("partial", True):
+            return False  # not aligned yet, or partial: a refill may realign it
+        expected = fitted_channels(self.run.config, s)
+        return set(expected) <= set(s.fits) or last_fitted > s.id
+
+    def _spectrum_keys(self, s: RecordedSpectrum) -> dict[str, Any]:
+        src = s.source
+        keys: dict[str, dict[str, Any]] = {
+            "scan_id": _key("string", src),
+            "spot": _key("string", src),
+            "t_start": _key("number", src, units="s"),
+            "t_end": _key("number", src, units="s"),
+            "partial": _key("boolean", "operando.align"),
+            "dose_Gy": _key("number", "operando.analysis", units="Gy"),
+        }
+        for k, _, dtype, units in _ALIGNED:
+            keys[k] = _key(dtype, "operando.align", units=units)
+        for a in s.arrays:
+            if a != "point_t":
+                unit = "eV" if a == "energy" else None
+                keys[nexus_name(a)] = _key("array", src, list(s.arrays[a].shape), unit)
+        for channel in fitted_channels(self.run.config, s):
+            c = nexus_name(channel)
+            keys[f"valence_{c}"] = _key("number", "operando.analysis")
+            keys[f"valence_uncertainty_{c}"] = _key("number", "operando.analysis")
+            keys[f"fit_quality_{c}"] = _key("string", "operando.analysis")
+            keys[f"fit_notes_{c}"] = _key("string", "operando.analysis")
+            # a JSON object, valence -> fraction: its names come from the references
+            keys[f"fractions_{c}"] = _key("string", "operando.analysis")
+        return keys
+
+    def _spectrum_data(self, s: RecordedSpectrum) -> dict[str, Any]:
+        al = s.alignment or {}
+        data: dict[str, Any] = {
+            "scan_id": s.scan_id,
+            "spot": s.spot or "",
+            "t_start": s.t_start,
+            "t_end": s.t_end,
+            "partial": bool(al.get("partial", True)),
+            "dose_Gy": (s.dose or {}).get("after_Gy"),
+        }
+        for k, field, _, _ in _ALIGNED:
+            data[k] = al.get(field)
+        for a, values in s.arrays.items():
+            if a != "point_t":
+                data[nexus_name(a)] = values
+        for channel in fitted_channels(self.run.config, s):
+            c, fit = nexus_name(channel), s.fits.get(channel)
+            data[f"valence_{c}"] = fit and fit.get("average_valence")
+            data[f"valence_uncertainty_{c}"] = fit and fit.get("valence_uncertainty")
+            # "unjudged": fitted before fits were judged; the notes say why not "good"
+            data[f"fit_quality_{c}"] = fit and fit.get("quality", "unjudged")
+            data[f"fit_notes_{c}"] = fit and "; ".join(fit.get("notes", ()))
+            data[f"fractions_{c}"] = fit and json.dumps(fit.get("fractions", {}))
+        return {k: _clean(v) for k, v in data.items()}
+
+
+def run_documents(run: Run) -> Iterator[Document]:
+    """Every document of a recorded run, as a publisher that followed it gave them out."""
+    yield from Composer(run).documents(ended=True)

