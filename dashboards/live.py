@@ -41,6 +41,7 @@ from operando.clock import utc_text
 from operando.events import EventKind
 from operando.monitor import command_monitor
 from operando.protocol import MODE_NAMES
+from operando.store.summary import published_text, published_to
 from operando.transport import CommandError
 
 log = logging.getLogger(__name__)
@@ -653,12 +654,34 @@ def header_html(
         f' - alarms <span class="op-alarm-count">{len(snap.alarms)}</span>'
         f" - damage {damage_counts(snap)}"
         f" - {beam_text(snap)}"
+        f"{published_html(feed.view.run_dir)}"
         f" - state batches missed {feed.missed}"
         f' - redraw <span class="op-redraw" data-tab="{tab}" data-sent="{time.time():.3f}"'
         f' data-steps="{html.escape(json.dumps(spent))}"'
         f' title="{html.escape(spent_text)}">{redraw_ms:.0f}</span> ms'
         f"<br>{sources}</div>"
     )
+
+
+def published_html(run_dir: Path) -> str:
+    """Where the run's documents go (``operando publish``) and how far they got, with the
+    age of the newest acknowledgement (a broker away shows as an age that grows)."""
+    parts = []
+    for p in published_to(run_dir):
+        if "error" in p:
+            parts.append(html.escape(f"{p['sink']}: cursor unreadable"))
+            continue
+        age = time.time() - p["saved"]
+        late = not p["stop_sent"] and age > 30
+        colour = ' style="color:#D55E00"' if late else ""
+        parts.append(
+            f'<span class="op-published" data-events="{p["events"]}" '
+            f'data-stop="{int(p["stop_sent"])}"{colour} title="{html.escape(published_text(p))}">'
+            f"{html.escape(p['url'])}: {p['events']} events"
+            + (", stop sent" if p["stop_sent"] else f", acknowledged {age:.0f} s ago")
+            + "</span>"
+        )
+    return " - documents to " + ", ".join(parts) if parts else ""
 
 
 def beam_text(snap: Snapshot) -> str:

@@ -286,7 +286,7 @@ def _fit(a: argparse.Namespace) -> int:
 
 
 def _publish(a: argparse.Namespace) -> int:
-    from operando.publish import JetStream, Publisher, PublishError
+    from operando.publish import Bus, JetStream, Publisher, PublishError
     from operando.store.files import STORE_FILE, is_run_dir
     from operando.store.reader import Run
 
@@ -295,8 +295,16 @@ def _publish(a: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{run_dir}: no run store ({STORE_FILE}): is this a run directory?")
     with Run(run_dir) as run:
         run_uid = run.uid
-    bus = JetStream(a.nats, run_uid, prefix=a.prefix, stream=a.stream)
+    if a.tiled:
+        from operando.tiledbus import TiledRun
+
+        bus: Bus = TiledRun(a.tiled, run_uid, api_key=a.api_key)
+        where = f"{a.tiled} ({run_uid})"
+    else:
+        bus = JetStream(a.nats, run_uid, prefix=a.prefix, stream=a.stream)
+        where = f"{a.nats} ({a.stream}: {a.prefix}.*)"
     publisher = Publisher(run_dir, bus, end_grace_s=a.end_grace)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # at -v: not a line a request
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -307,7 +315,7 @@ def _publish(a: argparse.Namespace) -> int:
         except PublishError as e:
             print(f"operando publish: error: {e}", file=sys.stderr)
             return 2
-        print(f"{run_dir.name} -> {a.nats} ({a.stream}: {a.prefix}.*): {report.line()}")
+        print(f"{run_dir.name} -> {where}: {report.line()}")
         return 0
 
     return asyncio.run(main())
@@ -499,9 +507,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "publish", help="a run's documents on NATS JetStream, live, as bluesky-nats lays them out"
     )
     p.add_argument("run_dir")
-    p.add_argument("--nats", required=True, help="the NATS server, e.g. nats://127.0.0.1:4222")
-    p.add_argument("--stream", default="bluesky", help="the JetStream stream")
-    p.add_argument("--prefix", default="events.volatile", help="subjects: PREFIX.<document name>")
+    to = p.add_mutually_exclusive_group(required=True)
+    to.add_argument("--nats", help="a NATS server, e.g. nats://127.0.0.1:4222 (JetStream)")
+    to.add_argument("--tiled", help="a Tiled server, e.g. http://127.0.0.1:8000 (a bluesky run)")
+    p.add_argument("--stream", default="bluesky", help="nats: the JetStream stream")
+    p.add_argument(
+        "--prefix", default="events.volatile", help="nats: subjects PREFIX.<document name>"
+    )
+    p.add_argument("--api-key", help="tiled: the server's API key (default: $TILED_API_KEY)")
     p.add_argument(
         "--once",
         action="store_true",

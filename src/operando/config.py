@@ -149,6 +149,7 @@ class PublishConfig(_Section):
     nats: str = ""  # e.g. nats://broker.facility:4222 (empty: not published)
     stream: str = "bluesky"  # the JetStream stream (bluesky-nats's default)
     prefix: str = "events.volatile"  # subjects PREFIX.<document name> (bluesky-nats's default)
+    tiled: str = ""  # e.g. http://tiled.facility:8000 (its API key: $TILED_API_KEY)
     finish_s: float = 30.0  # after the monitor stops: time to send the run's last documents
 
 

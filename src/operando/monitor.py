@@ -37,7 +37,7 @@ from operando.orchestrate.orchestrator import Orchestrator
 from operando.protocol import Command, StateUpdate, encode
 from operando.refill import Refiller
 from operando.restore import restore
-from operando.sinks import finish_publisher, start_publisher
+from operando.sinks import finish_publishers, start_publishers
 from operando.store.files import write_monitor_file
 from operando.store.reader import Run
 from operando.store.writer import RunStore, save_run_config
@@ -398,7 +398,7 @@ async def run_monitor(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, monitor.stopping.set)
     await monitor.start()
-    publisher = await start_publisher(cfg.publish, run_dir)
+    publishers = await start_publishers(cfg.publish, run_dir)
     if on_start is not None:
         on_start(run_dir)
     try:
@@ -407,7 +407,7 @@ async def run_monitor(
         pass
     finally:
         await monitor.stop()
-        await finish_publisher(publisher, cfg.publish.finish_s)
+        await finish_publishers(publishers, cfg.publish.finish_s)
     return run_dir
 
 

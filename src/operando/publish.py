@@ -1,4 +1,5 @@
-"""``operando publish RUN --nats URL``: the run's event-model documents on NATS JetStream, live.
+"""``operando publish RUN --nats URL``: the run's event-model documents on NATS JetStream, live
+(``--tiled URI``: into a Tiled server, ``operando.tiledbus``).
 
 A process of its own beside the monitor (or after it): it follows the run store, gives out each
 document once it is final (``operando.export.compose``: the same documents ``export --format
@@ -11,10 +12,11 @@ bluesky-nats's ``NATSDispatcher`` reads the run like any bluesky run:
 - header ``Nats-Msg-Id``: the document's uid (a page: its first and last event's), so JetStream
   drops a document sent twice within its duplicate window.
 
-At least once, in order, nothing lost: each document is sent until JetStream acknowledges it,
-the next only then; the cursor (``RUN/publish/nats.json``) is saved after acknowledgements, so a
-publisher killed, or a broker restarted, sends again from there what it cannot prove stored, and
-the uids make those copies duplicates. Recording never waits for any of it: the publisher only
+At least once, in order, nothing lost: documents go in batches, each acknowledged by the
+broker before the next is sent; the cursor (``RUN/publish/nats.json``, ``tiled.json``) is
+saved after each stored batch, so a publisher killed, or a broker restarted, sends again from
+there what it cannot prove stored, and the uids make those copies duplicates (Tiled: rows
+read back). Recording never waits for any of it: the publisher only
 reads the run store.
 
 The run has ended (so the rest and the stop go out) when no writer holds it and either every
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -36,14 +39,14 @@ from typing import Any, Protocol
 import msgspec
 
 from operando.export.compose import Composer, Cursor, Document
+from operando.store.files import PUBLISH_DIR
 from operando.store.reader import Run
 from operando.store.writer_process import being_recorded
 
 log = logging.getLogger("operando.publish")
 
-PUBLISH_DIR = "publish"
 NATS_MISSING = "publishing to NATS needs nats-py: pip install 'operando[nats]'"
-SAVE_EVERY_S = 1.0
+BATCH = 200  # documents sent before the cursor is saved
 
 
 class PublishError(RuntimeError):
@@ -55,8 +58,8 @@ class BusUnavailable(RuntimeError):
 
 
 class Bus(Protocol):
-    """Where documents go (NATS JetStream here; Kafka in bluesky-kafka's layout would be a
-    second implementation: decision 0014)."""
+    """Where documents go: ``JetStream`` here, ``operando.tiledbus.TiledRun``; Kafka in
+    bluesky-kafka's layout would be a third (decision 0014)."""
 
     name: str
 
@@ -67,9 +70,9 @@ class Bus(Protocol):
 
     async def connect(self) -> None: ...
 
-    async def send(self, name: str, doc: dict[str, Any], msg_id: str) -> bool:
-        """Return once the broker has stored the document (True: it had it already); raise
-        BusUnavailable when it did not."""
+    async def send(self, batch: list[Document]) -> int:
+        """Return once the broker has stored every document, in order, with how many it had
+        already; raise BusUnavailable when it did not store them all."""
         ...
 
     async def close(self) -> None: ...
@@ -137,18 +140,21 @@ class JetStream:
                 f"not {subjects[0]} (choose another --prefix or --stream)"
             )
 
-    async def send(self, name: str, doc: dict[str, Any], msg_id: str) -> bool:
+    async def send(self, batch: list[Document]) -> int:
         from nats.errors import Error as NatsError
 
+        duplicates = 0
         try:
-            ack = await self.js.publish(
-                f"{self.prefix}.{name}",
-                self.encode(doc),
-                headers={"Nats-Msg-Id": msg_id, "run_id": self.run_uid},
-            )
+            for name, doc in batch:  # each acknowledged before the next: the order holds
+                ack = await self.js.publish(
+                    f"{self.prefix}.{name}",
+                    self.encode(doc),
+                    headers={"Nats-Msg-Id": message_id(doc), "run_id": self.run_uid},
+                )
+                duplicates += bool(ack.duplicate)
         except (NatsError, TimeoutError, ConnectionError) as e:
             raise BusUnavailable(f"{type(e).__name__}: {e}") from None
-        return bool(ack.duplicate)
+        return duplicates
 
     async def close(self) -> None:
         self.closing = True
@@ -244,30 +250,27 @@ class Publisher:
 
     async def _publish(self, composer: Composer, ended: bool) -> None:
         docs = composer.documents(ended=ended)
-        saved = time.monotonic()
         while True:
-            # the store is read off the event loop: a large page must not stall the sends
-            doc: Document | None = await asyncio.to_thread(next, docs, None)
-            if doc is None:
-                break
-            await self._send(*doc)
-            if time.monotonic() - saved > SAVE_EVERY_S:
-                await asyncio.to_thread(self._save_cursor, composer.cursor)
-                saved = time.monotonic()
-        await asyncio.to_thread(self._save_cursor, composer.cursor)
+            # the store is read off the event loop; the cursor is saved once a batch is stored
+            batch = await asyncio.to_thread(list, itertools.islice(docs, BATCH))
+            if not batch:
+                return
+            await self._send(batch)
+            await asyncio.to_thread(self._save_cursor, composer.cursor)
 
-    async def _send(self, name: str, doc: dict[str, Any]) -> None:
-        msg_id, delay = message_id(doc), 0.1
+    async def _send(self, batch: list[Document]) -> None:
+        delay = 0.1
         while True:
             try:
-                self.report.duplicates += await self.bus.send(name, doc, msg_id)
-                self.report.counts[name] = self.report.counts.get(name, 0) + 1
-                return
-            except BusUnavailable as e:
+                self.report.duplicates += await self.bus.send(batch)
+                break
+            except BusUnavailable as e:  # all again: what was stored is a duplicate
                 self.report.retries += 1
-                log.warning("%s not stored (%s): sending again", name, e)
+                log.warning("%d documents not all stored (%s): sending again", len(batch), e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+        for name, _ in batch:
+            self.report.counts[name] = self.report.counts.get(name, 0) + 1
 
     def _ended(self, run: Run) -> bool:
         if being_recorded(self.run_dir):

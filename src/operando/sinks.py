@@ -19,34 +19,43 @@ from operando.store.files import LOGS_DIR
 log = logging.getLogger("operando.sinks")
 
 
-async def start_publisher(cfg: PublishConfig, run_dir: Path) -> asyncio.subprocess.Process | None:
-    if not cfg.nats:
-        return None
+async def start_publishers(cfg: PublishConfig, run_dir: Path) -> list[asyncio.subprocess.Process]:
+    """A publisher process for each sink the experiment file names."""
+    sinks = []
+    if cfg.nats:
+        sinks.append(("nats", ["--nats", cfg.nats, "--stream", cfg.stream, "--prefix", cfg.prefix]))
+    if cfg.tiled:  # its API key from $TILED_API_KEY, inherited (never on a command line)
+        sinks.append(("tiled", ["--tiled", cfg.tiled]))
     logs = run_dir / LOGS_DIR
     logs.mkdir(exist_ok=True)
-    argv = ["publish", str(run_dir), "--nats", cfg.nats, "--stream", cfg.stream]
-    with open(logs / "publish.log", "ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "operando.cli", "-v", *argv, "--prefix", cfg.prefix],
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True,  # a terminal's Ctrl-C stops the monitor, which stops it
-        )
-    log.info("publishing to %s (pid %d, log %s)", cfg.nats, proc.pid, logs / "publish.log")
-    return proc
+    procs = []
+    for name, args in sinks:
+        log_path = logs / f"publish-{name}.log"
+        with open(log_path, "ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *[sys.executable, "-m", "operando.cli", "-v", "publish", str(run_dir), *args],
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,  # a terminal's Ctrl-C stops the monitor, which stops it
+            )
+        log.info("publishing to %s (pid %d, log %s)", args[1], proc.pid, log_path)
+        procs.append(proc)
+    return procs
 
 
-async def finish_publisher(proc: asyncio.subprocess.Process | None, finish_s: float) -> None:
+async def finish_publishers(procs: list[asyncio.subprocess.Process], finish_s: float) -> None:
+    await asyncio.gather(*(finish_publisher(p, finish_s) for p in procs))
+
+
+async def finish_publisher(proc: asyncio.subprocess.Process, finish_s: float) -> None:
     """Wait for the publisher to send the stop; past ``finish_s`` stop it where it is."""
-    if proc is None:
-        return
     try:
         await asyncio.wait_for(proc.wait(), finish_s)
     except TimeoutError:
         log.warning(
             "the publisher had not sent the run's last documents after %.0f s: stopped; "
-            "'operando publish RUN --nats URL' sends the rest",
+            "'operando publish RUN --nats URL' (or --tiled) sends the rest",
             finish_s,
         )
         with contextlib.suppress(ProcessLookupError):
@@ -57,4 +66,4 @@ async def finish_publisher(proc: asyncio.subprocess.Process | None, finish_s: fl
             proc.kill()
             await proc.wait()
     if proc.returncode:
-        log.warning("the publisher ended with status %s (see logs/publish.log)", proc.returncode)
+        log.warning("the publisher ended with status %s (see logs/publish-*.log)", proc.returncode)

@@ -125,6 +125,14 @@ def test_a_recorded_run_is_published_as_its_export_and_read_by_bluesky(
         uid = run.uid
     # what bluesky-nats's dispatcher hands a bluesky callback: the export, document for document
     assert as_plain(stream_documents(nats_server.url, uid, via_bluesky=True)) == exported
+    # how far it got, in inspect and in the dashboard's header
+    events = sum(len(d["seq_num"]) if n == "event_page" else 1 for n, d in exported if "event" in n)
+    said = cli("inspect", str(lirich_run)).stdout
+    assert f"published to {nats_server.url} (bluesky): {events} events" in said
+    assert "the stop sent; last acknowledged" in said
+    from operando.dashboards.live import published_html
+
+    assert f'data-events="{events}" data-stop="1"' in published_html(lirich_run)
     # again: nothing new goes out (the cursor), and from scratch every one is a duplicate
     again = cli("publish", str(lirich_run), "--nats", nats_server.url, "--once")
     assert "published no documents" in again.stdout
@@ -164,17 +172,34 @@ def test_publish_says_what_is_wrong(tmp_path, lirich_run):
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.slow
-def test_a_live_run_survives_broker_and_publisher_restarts(nats_server, processes, tmp_path):
-    # the monitor starts the publisher itself ([publish] in the experiment file)
+def demo_publishing(processes: Any, tmp_path: Path, sink: str) -> tuple[Any, Path]:
+    """The peo-nmc demo, 50 s at 240x, with ``[publish]`` naming ``sink``."""
     config = tmp_path / "experiment.toml"
     text = (REPO / "configs" / "peo-nmc.toml").read_text()
-    config.write_text(f'{text}\n[publish]\nnats = "{nats_server.url}"\n')
+    config.write_text(f"{text}\n[publish]\n{sink}\n")
     run = tmp_path / "run"
     args = ["--headless", "--no-dashboard", "--duration", "50", "--speed", "240"]
     demo = processes(
         "demo", "--config", str(config), *args, "--run-dir", str(run), log=tmp_path / "demo.log"
     )
+    return demo, run
+
+
+def kill_publisher(run: Path) -> None:
+    """SIGKILL the monitor's publisher of this run (it saves nothing more)."""
+    (pid,) = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "publish" in (p.info["cmdline"] or []) and str(run) in p.info["cmdline"]
+    ]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 10)
+
+
+@pytest.mark.slow
+def test_a_live_run_survives_broker_and_publisher_restarts(nats_server, processes, tmp_path):
+    # the monitor starts the publisher itself ([publish] in the experiment file)
+    demo, run = demo_publishing(processes, tmp_path, f'nats = "{nats_server.url}"')
     cursor = run / "publish" / "nats.json"
     wait_for(cursor.exists, 60, what="the monitor's publisher's first acknowledged batch")
     early = cursor.read_bytes()
@@ -185,14 +210,8 @@ def test_a_live_run_survives_broker_and_publisher_restarts(nats_server, processe
     time.sleep(6)
     # the publisher dies too, as if before saving its cursor since the first batch; a person
     # starts it again, which sends all that again
-    (pid,) = [
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if "publish" in (p.info["cmdline"] or []) and str(run) in p.info["cmdline"]
-    ]
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 10)
-    first = (run / "logs" / "publish.log").read_text()
+    kill_publisher(run)
+    first = (run / "logs" / "publish-nats.log").read_text()
     assert "sending again" in first or "disconnected" in first  # the outage was seen
     cursor.write_bytes(early)
     publisher = processes("publish", str(run), "--nats", nats_server.url, log=tmp_path / "p.log")
@@ -232,3 +251,155 @@ def test_a_live_run_survives_broker_and_publisher_restarts(nats_server, processe
     assert sum(published[-1][1]["num_events"].values()) == sum(
         len(d["seq_num"]) if n == "event_page" else 1 for n, d in exported if n.startswith("event")
     )
+
+
+class TiledServer:
+    """A Tiled server whose catalog (SQLite) and data (files, DuckDB tables) live in a
+    directory, so it can be killed and started again with what it held."""
+
+    def __init__(self, where: Path) -> None:
+        self.where, self.port = where, free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.p: subprocess.Popen[bytes] | None = None
+        self.log = where / "tiled.log"
+        where.mkdir(exist_ok=True)
+
+    def start(self) -> None:
+        import urllib.request
+
+        tiled = Path(sys.executable).with_name("tiled")
+        first = not (self.where / "catalog.db").exists()
+        args = [str(tiled), "serve", "catalog", f"sqlite:///{self.where / 'catalog.db'}"]
+        args += ["--init"] if first else []
+        args += ["-w", str(self.where / "data"), "-w", f"duckdb:///{self.where / 'tables.duckdb'}"]
+        args += ["--api-key", "secret", "--host", "127.0.0.1", "--port", str(self.port)]
+        (self.where / "data").mkdir(exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/v1/", timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(up, 60, 0.2, what="the Tiled server")
+
+    def kill(self) -> None:
+        if self.p is not None and self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(10)
+
+
+@pytest.fixture
+def tiled_server(tmp_path):
+    server = TiledServer(tmp_path / "tiled")
+    server.start()
+    yield server
+    server.kill()
+
+
+def tiled_events(url: str, uid: str) -> dict[str, list[dict[str, Any]]]:
+    """Each stream's events as Tiled holds them (scalars from the table, arrays by row)."""
+    import numpy as np
+    from tiled.client import from_uri
+
+    run = from_uri(url, api_key="secret")[uid]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name in run:
+        node = run[name].base
+        table = node["internal"].read()
+        arrays = {k: node[k].read() for k in node if k != "internal"}
+        events = []
+        for i, row in enumerate(table.to_dict("records")):
+            data = {k: v for k, v in row.items() if k not in ("time", "seq_num")}
+            data = {k: v for k, v in data.items() if not k.startswith("ts_")}
+            data.update({k: np.asarray(a[i]).tolist() for k, a in arrays.items()})
+            events.append({"seq_num": int(row["seq_num"]), "data": data})
+        out[name] = sorted(events, key=lambda e: e["seq_num"])
+    assert "stop" in run.metadata and run.metadata["start"]["uid"] == uid
+    return out
+
+
+def exported_events(docs: list[Any]) -> dict[str, list[dict[str, Any]]]:
+    import event_model
+
+    names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for n, d in docs:
+        if n in ("event", "event_page"):
+            events = event_model.unpack_event_page(d) if n == "event_page" else [d]
+            out.setdefault(names[d["descriptor"]], []).extend(
+                {"seq_num": e["seq_num"], "data": e["data"]} for e in events
+            )
+    return {k: sorted(v, key=lambda e: e["seq_num"]) for k, v in out.items()}
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as numbers where they are (a null number reads back as NaN; an integer column
+    with nulls as floats), else as they are."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(same_value, a, b))
+    if a is None or b is None:
+        return (a is None or a != a) and (b is None or b != b)
+    if isinstance(a, bool | str) or isinstance(b, bool | str):
+        return a == b
+    return float(a) == float(b)
+
+
+def assert_tiled_holds(url: str, run_dir: Path, tmp_path: Path) -> int:
+    out = tmp_path / "export.jsonl"
+    cli("export", str(run_dir), "--format", "documents", "--out", str(out))
+    expected = exported_events(as_plain(list(read_documents(out))))
+    with Run(run_dir) as run:
+        held = tiled_events(url, run.uid)
+    assert held.keys() == expected.keys()
+    for stream, events in expected.items():
+        got = held[stream]
+        assert [e["seq_num"] for e in got] == [e["seq_num"] for e in events], stream
+        for g, e in zip(got, events, strict=True):
+            assert g["data"].keys() == e["data"].keys(), stream
+            bad = [k for k in e["data"] if not same_value(g["data"][k], e["data"][k])]
+            assert not bad, (stream, e["seq_num"], bad)
+    return sum(map(len, expected.values()))
+
+
+def test_a_recorded_run_is_in_tiled_as_its_documents(lirich_run, tiled_server, tmp_path):
+    url = tiled_server.url
+    wrong = cli("publish", str(lirich_run), "--tiled", url, "--api-key", "wrong", check=False)
+    assert wrong.returncode == 2 and "Invalid API key" in wrong.stderr
+    assert "Traceback" not in wrong.stderr and not (lirich_run / "publish" / "tiled.json").exists()
+    args = ("publish", str(lirich_run), "--tiled", url, "--api-key", "secret", "--once")
+    out = cli(*args, timeout=300)
+    assert "the run's stop included" in out.stdout, out.stdout + out.stderr
+    events = assert_tiled_holds(url, lirich_run, tmp_path)
+    assert events > 5000
+    # from scratch again: nothing is written twice
+    (lirich_run / "publish" / "tiled.json").unlink()
+    again = cli(*args, timeout=300)
+    assert "0 sends retried" in again.stdout
+    assert assert_tiled_holds(url, lirich_run, tmp_path) == events
+
+
+@pytest.mark.slow
+def test_a_live_run_reaches_tiled_through_an_outage(tiled_server, processes, tmp_path, monkeypatch):
+    monkeypatch.setenv("TILED_API_KEY", "secret")  # the monitor's publisher inherits it
+    demo, run = demo_publishing(processes, tmp_path, f'tiled = "{tiled_server.url}"')
+    cursor = run / "publish" / "tiled.json"
+    wait_for(cursor.exists, 90, what="the monitor's Tiled publisher's first batch")
+    early = cursor.read_bytes()
+    time.sleep(4)
+    tiled_server.kill()  # Tiled dies mid-run ...
+    time.sleep(4)
+    tiled_server.start()  # ... and comes back with its catalog
+    time.sleep(4)
+    kill_publisher(run)
+    said = (run / "logs" / "publish-tiled.log").read_text()
+    assert "Traceback" not in said  # the outage waited through (the tiled client retries too)
+    cursor.write_bytes(early)  # as if it had died before saving since its first batch
+    publisher = processes("publish", str(run), "--tiled", tiled_server.url, log=tmp_path / "p.log")
+    assert demo.p.wait(150) == 0, demo.output()
+    assert publisher.p.wait(120) == 0, publisher.output()
+    assert "the run's stop included" in publisher.output()
+    assert assert_tiled_holds(tiled_server.url, run, tmp_path) > 1000

@@ -292,8 +292,9 @@ class Composer:
         described = self._describe(name, keys, float(t[done]))
         if described:
             yield described
-        for n in range(done, len(table)):
-            data = {k: _clean(v) for k, v in table.iloc[n].to_dict().items()}
+        # by column, so an integer column stays integer in a row of floats
+        for n, row in enumerate(table.iloc[done:].to_dict("records"), done):
+            data = {str(k): _clean(v) for k, v in row.items()}
             yield "event", self._event(name, data, float(t[n]), n + 1)
 
     def _spectra(self, ended: bool) -> Iterator[Document]:

@@ -10,6 +10,8 @@ RUN_DIR/
   demo.json       the processes of an `operando demo` (who is running)
   logs/           the demo's process logs
   references/     the simulator's references the demo exports for the monitor to read
+  publish/NAME.json  how far `operando publish` got sending the run to NAME (nats): its target
+                  and cursor, saved after the broker acknowledged
   RUN.nxs         `operando export --format nexus`
 ```
 """
@@ -29,6 +31,7 @@ LOCK_FILE = "writer.lock"
 DEMO_FILE = "demo.json"
 LOGS_DIR = "logs"
 REFERENCES_DIR = "references"
+PUBLISH_DIR = "publish"
 
 __all__ = [
     "CONFIG_FILE",
@@ -36,6 +39,7 @@ __all__ = [
     "LOCK_FILE",
     "LOGS_DIR",
     "MONITOR_FILE",
+    "PUBLISH_DIR",
     "RAW_DIR",
     "REFERENCES_DIR",
     "STORE_FILE",

@@ -385,6 +385,7 @@ class Run:
         from operando.store.summary import summary_of
 
         out = summary_of(self.conn, self.run_dir)
+        out["uid"] = self.uid  # what its documents, NATS and Tiled know it by
         out["electrochemistry"] = self._electrochemistry_summary()
         return out
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from operando.clock import utc_text
 from operando.rawlog import log_bytes
+from operando.store.files import PUBLISH_DIR
 from operando.store.reader import Run, lost_ranges, stranger_sessions
 
 
@@ -27,6 +28,30 @@ def sources_not_closed(conn: Any) -> list[str]:
             "coalesce(max(CASE WHEN kind = 'series_end' THEN id END), 0)"
         )
     ]
+
+
+def published_to(run_dir: Path) -> list[dict[str, Any]]:
+    """Where ``operando publish`` sends the run and how far it got (from each cursor it
+    saved): target, events and streams given out, whether the stop went out, when saved."""
+    out = []
+    for path in sorted((run_dir / PUBLISH_DIR).glob("*.json")):
+        try:
+            saved = json.loads(path.read_bytes())
+            cursor = saved["cursor"]
+            out.append(
+                {
+                    "sink": path.stem,
+                    **saved["target"],
+                    "events": sum(cursor["events"].values()),
+                    "streams": len(cursor["descriptors"]),
+                    "stop_sent": bool(cursor["stopped"]),
+                    "waiting_spectra": len(cursor["waiting"]),
+                    "saved": path.stat().st_mtime,
+                }
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a cursor being replaced
+            out.append({"sink": path.stem, "error": f"{path.name}: {e}"})
+    return out
 
 
 def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
@@ -140,6 +165,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
         "t_first": None if t_first is None else t_first * 1e-9,
         "t_last": None if t_last is None else t_last * 1e-9,
         "sources_not_closed": unclosed,
+        "published": published_to(Path(run_dir)),
         "open_alarms": [
             {k: a.get(k) for k in ("id", "category", "message", "count")} for a in alarms.values()
         ],
@@ -175,7 +201,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    lines = [f"run {s['run_dir']}"]
+    lines = [f"run {s['run_dir']}" + (f" (uid {s['uid']})" if s.get("uid") else "")]
     for name, src in s["sources"].items():
         lines.append(
             f"  {name:<14} {src['messages']:>8} messages  {src['gaps']} gaps "
@@ -243,6 +269,7 @@ def format_summary(s: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in sorted(a["dose_Gy_by_spot"].items()))
         )
     lines += _electrochemistry_lines(s.get("electrochemistry") or {})
+    lines += [f"  {published_text(p)}" for p in s.get("published", [])]
     if s["open_alarms"]:
         lines.append(f"  OPEN ALARMS ({len(s['open_alarms'])}):")
         lines += [f"    #{a['id']} [{a['category']}] {a['message']}" for a in s["open_alarms"]]
@@ -250,6 +277,25 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("  no open alarms")
     lines.append("  events: " + json.dumps(s["events"]))
     return "\n".join(lines)
+
+
+def published_text(p: dict[str, Any]) -> str:
+    """One line: where the run's documents go and how far they got."""
+    if "error" in p:
+        return f"published ({p['sink']}): cursor unreadable: {p['error']}"
+    state = (
+        "the stop sent"
+        if p["stop_sent"]
+        else "no stop yet (the run has not ended, or the publisher was stopped: "
+        f"operando publish RUN --{p['sink']} {p['url']} sends the rest)"
+    )
+    waiting = (
+        f", {p['waiting_spectra']} spectra waiting to be final" if p["waiting_spectra"] else ""
+    )
+    return (
+        f"published to {p['url']} ({p['stream']}): {p['events']} events in {p['streams']} "
+        f"streams{waiting}, {state}; last acknowledged {utc_text(p['saved'])}"
+    )
 
 
 def _electrochemistry_lines(e: dict[str, Any]) -> list[str]:
