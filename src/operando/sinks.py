@@ -27,9 +27,9 @@ async def start_publishers(cfg: PublishConfig, run_dir: Path) -> list[asyncio.su
     if cfg.tiled:  # its API key from $TILED_API_KEY, inherited (never on a command line)
         sinks.append(("tiled", ["--tiled", cfg.tiled]))
     logs = run_dir / LOGS_DIR
-    logs.mkdir(exist_ok=True)
     procs = []
     for name, args in sinks:
+        logs.mkdir(exist_ok=True)
         log_path = logs / f"publish-{name}.log"
         with open(log_path, "ab") as out:
             proc = await asyncio.create_subprocess_exec(

@@ -365,6 +365,46 @@ def assert_tiled_holds(url: str, run_dir: Path, tmp_path: Path) -> int:
     return sum(map(len, expected.values()))
 
 
+def assert_tiled_equals_nexus(url: str, run_dir: Path, tmp_path: Path) -> None:
+    """What Tiled holds equals what ``export --format nexus`` writes of the same run, read
+    with h5py: the potentiostat's columns (NeXus in time order), each edge and channel's raw
+    counts, I0 and valence (NeXus in spectrum order), each RIXS map's counts."""
+    import h5py
+    import numpy as np
+    from tiled.client import from_uri
+
+    nxs = tmp_path / "run.nxs"
+    cli("export", str(run_dir), "--format", "nexus", "--out", str(nxs))
+    with Run(run_dir) as r:
+        run = from_uri(url, api_key="secret")[r.uid]
+    with h5py.File(nxs) as f:
+        entry = f["entry"]
+        cell = run["electrochemistry"].base["internal"].read().sort_values("time", kind="stable")
+        for k in ("Ewe", "I", "Q", "soc", "mode", "step", "cycle"):
+            nx = np.asarray(entry["electrochemistry"][k][()], float)
+            assert np.array_equal(nx, cell[k].to_numpy(float), equal_nan=True), k
+        compared = 0
+        for group in entry:
+            if group.startswith("rixs_"):
+                node = run[group].base
+                order = np.argsort(node["internal"].read()["seq_num"].to_numpy())
+                counts = entry[group]["counts"][()]
+                assert np.array_equal(node["counts"].read()[order].reshape(counts.shape), counts)
+                compared += 1
+            elif "raw" in entry[group]:  # EDGE_CHANNEL
+                edge, channel = group.rsplit("_", 1)
+                node = run[edge].base
+                table = node["internal"].read()
+                order = np.argsort(table["t_start"].to_numpy())
+                g = entry[group]
+                assert np.array_equal(node[channel].read()[order], g["raw"][()]), group
+                assert np.array_equal(node["I0"].read()[order], g["I0"][()]), group
+                valence = table[f"valence_{channel}"].to_numpy(float)[order]
+                assert np.allclose(valence, g["valence"][()], equal_nan=True), group
+                compared += 1
+        assert compared >= 8  # 2 edges x 2 channels, 4 RIXS maps
+
+
 def test_a_recorded_run_is_in_tiled_as_its_documents(lirich_run, tiled_server, tmp_path):
     url = tiled_server.url
     wrong = cli("publish", str(lirich_run), "--tiled", url, "--api-key", "wrong", check=False)
@@ -375,6 +415,7 @@ def test_a_recorded_run_is_in_tiled_as_its_documents(lirich_run, tiled_server, t
     assert "the run's stop included" in out.stdout, out.stdout + out.stderr
     events = assert_tiled_holds(url, lirich_run, tmp_path)
     assert events > 5000
+    assert_tiled_equals_nexus(url, lirich_run, tmp_path)
     # from scratch again: nothing is written twice
     (lirich_run / "publish" / "tiled.json").unlink()
     again = cli(*args, timeout=300)
