@@ -315,3 +315,44 @@ def replay_into_new_monitor(recorded: Path, tmp_path: Path, processes: Any) -> t
     out = cli("replay", str(recorded), "--speed", "0", "--config", str(path), timeout=300)
     assert "potentiostat: " in out.stdout and "spectrometer: " in out.stdout, out.stdout
     return again, monitor
+
+
+class TiledServer:
+    """A Tiled server whose catalog (SQLite) and data (files, DuckDB tables) live in a
+    directory, so it can be killed and started again with what it held."""
+
+    def __init__(self, where: Path) -> None:
+        self.where, self.port = where, free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.p: subprocess.Popen[bytes] | None = None
+        self.log = where / "tiled.log"
+        where.mkdir(exist_ok=True)
+
+    def start(self) -> None:
+        import urllib.request
+
+        tiled = Path(sys.executable).with_name("tiled")
+        first = not (self.where / "catalog.db").exists()
+        args = [str(tiled), "serve", "catalog", f"sqlite:///{self.where / 'catalog.db'}"]
+        args += ["--init"] if first else []
+        args += ["-w", str(self.where / "data"), "-w", f"duckdb:///{self.where / 'tables.duckdb'}"]
+        args += ["--api-key", "secret", "--host", "127.0.0.1", "--port", str(self.port)]
+        (self.where / "data").mkdir(exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.p = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/v1/", timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(up, 60, 0.2, what="the Tiled server")
+
+    def kill(self) -> None:
+        if self.p is not None and self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(10)

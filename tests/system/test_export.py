@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,52 +162,13 @@ def test_export_says_what_is_not_a_run(tmp_path):
 
 @pytest.fixture
 def tiled_server(tmp_path):
-    """A local Tiled server with a temporary writable catalog, on 127.0.0.1."""
-    import subprocess
-    import sys
-    import urllib.request
+    """A local Tiled server with a writable catalog, on 127.0.0.1: its URL."""
+    from conftest import TiledServer
 
-    from conftest import free_ports, wait_for
-
-    port = free_ports(1)[0]
-    tiled = Path(sys.executable).with_name("tiled")
-    log = open(tmp_path / "tiled.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [
-            str(tiled),
-            "serve",
-            "catalog",
-            "--temp",
-            "--api-key",
-            "secret",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    try:
-        wait_for(up, 60, 0.2, what="the Tiled server")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
-        log.close()
+    server = TiledServer(tmp_path / "tiled")
+    server.start()
+    yield server.url
+    server.kill()
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import msgspec
 import psutil
 import pytest
-from conftest import REPO, cli, free_ports, wait_for
+from conftest import REPO, TiledServer, cli, free_ports, wait_for
 
 from operando.export.documents import read_documents
 from operando.store.reader import Run
@@ -142,15 +143,36 @@ def test_a_recorded_run_is_published_as_its_export_and_read_by_bluesky(
     assert stream_documents(nats_server.url, uid) == exported
 
 
-def test_a_cursor_saved_anywhere_gives_out_each_document_once(lirich_run):
+def test_a_cursor_saved_anywhere_gives_out_each_document_once(lirich_run, tmp_path):
     """A publisher killed after any document and started again from the cursor it saved
     gives out the rest: together, what one publisher would have given out, and the export's
-    documents each once (in another order: partial spectra wait for the end)."""
+    documents each once (in another order: partial spectra wait for the end). An idle poll
+    reads neither the raw log nor a derived table."""
     from operando.export.compose import Composer, Cursor, run_documents
 
-    with Run(lirich_run) as run:
+    copy = tmp_path / "run"
+    shutil.copytree(lirich_run, copy)
+    with sqlite3.connect(copy / "run.sqlite") as db:  # as a refill in progress leaves them
+        db.execute(
+            "UPDATE alignment SET partial = 1, doc = json_set(doc, '$.partial', json('true')) "
+            "WHERE spectrum_id IN "
+            "(SELECT id FROM spectra WHERE kind = 'xas_scan' AND id % 2 = 0)"
+        )
+    with Run(copy) as run:
         one = Composer(run)
-        whole = as_plain([*one.documents(ended=False), *one.documents(ended=True)])
+        live = [*one.documents(ended=False)]
+        assert one.cursor.waiting
+        reads: list[str] = []
+        for method in ("spectrum", "iter_spectra", "half_cycles", "current_steps", "gitt"):
+            wrapped = getattr(run, method)
+            setattr(
+                run, method, lambda *a, _f=wrapped, _m=method, **k: reads.append(_m) or _f(*a, **k)
+            )
+        assert not list(one.documents(ended=False))
+        assert reads == ["iter_spectra"], reads  # only to find new spectra: none
+        for method in ("spectrum", "iter_spectra", "half_cycles", "current_steps", "gitt"):
+            delattr(run, method)
+        whole = as_plain([*live, *one.documents(ended=True)])
         exported = as_plain(list(run_documents(run)))
         canonical = functools.partial(json.dumps, sort_keys=True)
         assert sorted(map(canonical, whole)) == sorted(map(canonical, exported))
@@ -251,45 +273,6 @@ def test_a_live_run_survives_broker_and_publisher_restarts(nats_server, processe
     assert sum(published[-1][1]["num_events"].values()) == sum(
         len(d["seq_num"]) if n == "event_page" else 1 for n, d in exported if n.startswith("event")
     )
-
-
-class TiledServer:
-    """A Tiled server whose catalog (SQLite) and data (files, DuckDB tables) live in a
-    directory, so it can be killed and started again with what it held."""
-
-    def __init__(self, where: Path) -> None:
-        self.where, self.port = where, free_ports(1)[0]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.p: subprocess.Popen[bytes] | None = None
-        self.log = where / "tiled.log"
-        where.mkdir(exist_ok=True)
-
-    def start(self) -> None:
-        import urllib.request
-
-        tiled = Path(sys.executable).with_name("tiled")
-        first = not (self.where / "catalog.db").exists()
-        args = [str(tiled), "serve", "catalog", f"sqlite:///{self.where / 'catalog.db'}"]
-        args += ["--init"] if first else []
-        args += ["-w", str(self.where / "data"), "-w", f"duckdb:///{self.where / 'tables.duckdb'}"]
-        args += ["--api-key", "secret", "--host", "127.0.0.1", "--port", str(self.port)]
-        (self.where / "data").mkdir(exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-
-        def up() -> bool:
-            try:
-                with urllib.request.urlopen(f"{self.url}/api/v1/", timeout=1):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(up, 60, 0.2, what="the Tiled server")
-
-    def kill(self) -> None:
-        if self.p is not None and self.p.poll() is None:
-            self.p.kill()
-            self.p.wait(10)
 
 
 @pytest.fixture

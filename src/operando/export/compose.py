@@ -63,6 +63,7 @@ _CYCLING = (
     ("gitt", "t_start"),
     ("interruptions", "t_start"),
 )
+_TABLES = {"gitt": "gitt_pulses"}  # a stream's table in the store, where the names differ
 _ALIGNED = (
     ("Ewe_mean", "ewe_mean_V", "number", "V"),
     ("I_mean", "i_mean_mA", "number", "mA"),
@@ -135,6 +136,7 @@ class Composer:
         self.run = run
         self.cursor = cursor or Cursor()
         self.uids = Uids(run.uid)
+        self._expected: dict[int, set[str]] = {}  # waiting spectrum -> the channels it fits
 
     def documents(self, *, ended: bool) -> Iterator[Document]:
         """What became final since the last call; with ``ended`` (nothing will be recorded
@@ -143,7 +145,8 @@ class Composer:
         if c.stopped:
             return
         if c.start is None:
-            if not ended and not self.run.counts()["potentiostat_rows"] + self.run.count_spectra():
+            counts = self.run.counts()
+            if not ended and not counts["potentiostat_rows"] + counts["spectra"]:
                 return
             yield "start", self._start()
         yield from self._electrochemistry(ended)
@@ -273,8 +276,10 @@ class Composer:
     def _cycling(self, name: str, time_column: str, ended: bool) -> Iterator[Document]:
         """An event a row of a derived table (its scalar columns, units in the data keys;
         the dQ/dV curves go to NeXus and Tiled)."""
-        table = cycling_table(self.run, name, self.t0)
         done = self.cursor.events.get(name, 0)
+        if not ended and self.run.settled_rows(_TABLES.get(name, name)) <= done:
+            return  # nothing new: the table is not read (it is read whole when a row comes)
+        table = cycling_table(self.run, name, self.t0)
         if len(table) <= done:
             return
         if name == "half_cycles" and not ended:  # an open half-cycle may still grow
@@ -300,18 +305,25 @@ class Composer:
     def _spectra(self, ended: bool) -> Iterator[Document]:
         c = self.cursor
         last_fitted = self.run.last_fitted()
-        for entry in list(c.waiting):  # spectra placed before and not final then
+        # spectra placed before and not final then: decided from the index, and read from
+        # the raw log only to go out (one waits the whole run in a run without alignment)
+        ready = self.run.readiness([sid for sid, _, _ in c.waiting]) if c.waiting else {}
+        for entry in list(c.waiting):
             sid, name, seq = entry
-            s = self.run.spectrum(sid)
-            if ended or self._final(s, last_fitted):
+            partial, fitted = ready.get(sid, (None, set()))
+            if ended or (partial is False and self._passed(sid, fitted, last_fitted)):
                 c.waiting.remove(entry)  # before it is given out: the cursor says it went
-                yield from self._spectrum_event(s, name, seq)
+                self._expected.pop(sid, None)
+                yield from self._spectrum_event(self.run.spectrum(sid), name, seq)
         while True:
             new = list(self.run.iter_spectra(after=c.spectrum_id, limit=READ_SPECTRA))
             for s in new:
                 name, seq = self._place(s)
                 c.spectrum_id = s.id
-                if ended or self._final(s, last_fitted):
+                partial = None if s.alignment is None else bool(s.alignment.get("partial", True))
+                self._expected[s.id] = set(fitted_channels(self.run.config, s))
+                if ended or (partial is False and self._passed(s.id, set(s.fits), last_fitted)):
+                    self._expected.pop(s.id)
                     yield from self._spectrum_event(s, name, seq)
                 else:
                     c.waiting.append((s.id, name, seq))
@@ -341,11 +353,14 @@ class Composer:
         c.placed[name] = c.placed.get(name, 0) + 1
         return name, c.placed[name]
 
-    def _final(self, s: RecordedSpectrum, last_fitted: int) -> bool:
-        if s.alignment is None or s.alignment.get("partial", True):
-            return False  # not aligned yet, or partial: a refill may realign it
-        expected = fitted_channels(self.run.config, s)
-        return set(expected) <= set(s.fits) or last_fitted > s.id
+    def _passed(self, sid: int, fitted: set[str], last_fitted: int) -> bool:
+        """Has the analysis passed the spectrum: each channel it fits has a fit, or a later
+        spectrum has one (a fit that failed leaves none)?"""
+        if last_fitted > sid:
+            return True
+        if sid not in self._expected:  # placed before a restart: read once to know
+            self._expected[sid] = set(fitted_channels(self.run.config, self.run.spectrum(sid)))
+        return self._expected[sid] <= fitted
 
     def _spectrum_keys(self, s: RecordedSpectrum) -> dict[str, Any]:
         src = s.source

@@ -640,13 +640,41 @@ class Run:
         return sources_not_closed(self.conn)
 
     def last_received(self) -> float | None:
-        """When the newest message arrived (epoch s, this machine's clock)."""
-        (ns,) = self.conn.execute("SELECT max(recv_ns) FROM raw").fetchone()
-        return None if ns is None else ns * 1e-9
+        from operando.store.summary import last_received
+
+        return last_received(self.conn)
 
     def last_fitted(self) -> int:
         """The newest spectrum with a fit (0: none): the analysis has passed every one before."""
         (n,) = self.conn.execute("SELECT coalesce(max(spectrum_id), 0) FROM analysis").fetchone()
+        return int(n)
+
+    def readiness(self, ids: list[int]) -> dict[int, tuple[bool | None, set[str]]]:
+        """Of each spectrum in ``ids``: is its alignment partial (None: not aligned yet), and
+        which channels have a fit; from the index alone, without reading its arrays."""
+        out: dict[int, tuple[bool | None, set[str]]] = {}
+        for i in range(0, len(ids), 500):  # within SQLite's limit of parameters
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for sid, partial in self.conn.execute(
+                f"SELECT s.id, a.partial FROM spectra s LEFT JOIN alignment a "
+                f"ON a.spectrum_id = s.id WHERE s.id IN ({marks})",
+                part,
+            ):
+                out[sid] = (None if partial is None else bool(partial), set())
+            for sid, channel in self.conn.execute(
+                f"SELECT spectrum_id, channel FROM analysis WHERE spectrum_id IN ({marks})", part
+            ):
+                out[sid][1].add(channel)
+        return out
+
+    def settled_rows(self, table: str) -> int:
+        """How many rows of a derived table are done: every row, but of ``half_cycles`` only
+        the complete ones (the open half-cycle is rewritten as it grows)."""
+        if not self._has_table(table):
+            return 0
+        done = " WHERE complete" if table == "half_cycles" else ""
+        (n,) = self.conn.execute(f"SELECT count(*) FROM {table}{done}").fetchone()
         return int(n)
 
     def counts(self) -> dict[str, int]:

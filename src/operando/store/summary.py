@@ -30,6 +30,12 @@ def sources_not_closed(conn: Any) -> list[str]:
     ]
 
 
+def last_received(conn: Any) -> float | None:
+    """When the newest message arrived (epoch s, this machine's clock)."""
+    (ns,) = conn.execute("SELECT max(recv_ns) FROM raw").fetchone()
+    return None if ns is None else ns * 1e-9
+
+
 def published_to(run_dir: Path) -> list[dict[str, Any]]:
     """Where ``operando publish`` sends the run and how far it got (from each cursor it
     saved): target, events and streams given out, whether the stop went out, when saved."""
@@ -107,7 +113,6 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
             alarms[int(d["id"])] = d
         elif int(d.get("id", -1)) in alarms:
             alarms.pop(int(d["id"]))
-    (last_received,) = conn.execute("SELECT max(recv_ns) FROM raw").fetchone()
     (total,) = conn.execute("SELECT count(*) FROM spectra").fetchone()
     aligned, partial, soc_min, soc_max = conn.execute(
         "SELECT count(*), coalesce(sum(partial), 0), min(soc), max(soc) FROM alignment"
@@ -170,7 +175,7 @@ def summary_of(conn: Any, run_dir: Path) -> dict[str, Any]:
             {k: a.get(k) for k in ("id", "category", "message", "count")} for a in alarms.values()
         ],
         # wall clock of this machine when the newest message arrived
-        "last_received": None if last_received is None else last_received * 1e-9,
+        "last_received": last_received(conn),
         "soc": {"min": soc_min, "max": soc_max},
         "ewe_V": {"min": ewe_min, "max": ewe_max},
         "raw_log_bytes": log_bytes(run_dir),
