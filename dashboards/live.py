@@ -34,6 +34,7 @@ from holoviews.operation.downsample import downsample1d
 from holoviews.streams import Pipe
 from operando.dashboards import plots
 from operando.dashboards.hours import HoursAxis
+from operando.dashboards.remote import RemoteError, open_remote
 from operando.dashboards.view import RunView, Snapshot, StateFeed
 from pandas.core.util.hashing import hash_pandas_object
 
@@ -53,7 +54,10 @@ DISPLAY_POINTS = 1500  # per time series, per browser: downsampled, the shape ke
 
 @dataclass
 class DashboardOptions:
-    run_dir: Path
+    run_dir: Path | None  # the run store here (None: a run in Tiled)
+    tiled: str | None = None  # a Tiled server's URI, with ``run``: a run followed there
+    run: str | None = None  # its uid, or its run directory's name
+    api_key: str | None = None
     monitor: str | None = None  # the monitor's state endpoint
     command: str | None = None  # its command endpoint: enables the controls
     address: str = "127.0.0.1"
@@ -614,11 +618,13 @@ def header_html(
     n_spectra = len(sp)
     partial = int(sp["partial"].sum()) if n_spectra else 0
     latest = int(sp["spectrum_id"].max()) if n_spectra else 0
-    live = (
-        '<span style="color:#009E73">monitor connected</span>'
-        if snap.monitor_connected
-        else '<span style="color:#D55E00">monitor not connected: showing the run store</span>'
-    )
+    if snap.monitor_connected:
+        live = '<span style="color:#009E73">monitor connected</span>'
+    elif feed.view.run_dir is None:  # a run followed in Tiled: what its publisher wrote
+        live = '<span class="op-remote">read from Tiled (the monitor is elsewhere)</span>'
+    else:
+        live = '<span style="color:#D55E00">monitor not connected: showing the run store</span>'
+
     rows = []
     for name, s in st.get("sources", {}).items():
         silent = s.get("silent_s")
@@ -645,7 +651,7 @@ def header_html(
     spent = {k: round(v, 1) for k, v in (steps_ms or {}).items()}
     spent_text = ", ".join(f"{k} {v:.0f} ms" for k, v in spent.items())
     return (
-        f'<div class="op-header"><b>operando</b> - {html.escape(str(feed.view.run_dir))} - {live}'
+        f'<div class="op-header"><b>operando</b> - {html.escape(feed.view.label)} - {live}'
         f"{glance_html(snap)}"
         f'<br>spectra: <span class="op-spectra" data-count="{n_spectra}">{n_spectra}</span>'
         f' (<span class="op-partial">{partial}</span> partial) - latest '
@@ -654,7 +660,7 @@ def header_html(
         f' - alarms <span class="op-alarm-count">{len(snap.alarms)}</span>'
         f" - damage {damage_counts(snap)}"
         f" - {beam_text(snap)}"
-        f"{published_html(feed.view.run_dir)}"
+        f"{published_html(feed.view.run_dir) if feed.view.run_dir else ''}"
         f" - state batches missed {feed.missed}"
         f' - redraw <span class="op-redraw" data-tab="{tab}" data-sent="{time.time():.3f}"'
         f' data-steps="{html.escape(json.dumps(spent))}"'
@@ -924,7 +930,14 @@ def serve(opts: DashboardOptions) -> int:
         *(getattr(hv.opts, e)(framewise=True) for e in ("QuadMesh", "Overlay")),
     )
     pn.extension("tabulator", notifications=False)  # the Events table
-    view = RunView(opts.run_dir)
+    if opts.tiled is not None and opts.run is not None:
+        try:
+            view = RunView(open_remote(opts.tiled, opts.run, opts.api_key))
+        except RemoteError as e:
+            raise DashboardError(str(e)) from None
+    else:
+        assert opts.run_dir is not None
+        view = RunView(opts.run_dir)
     feed = StateFeed(view, opts.monitor)
     feed.start()
 

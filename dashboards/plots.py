@@ -410,7 +410,9 @@ def _per_spot(dose: pd.DataFrame, spots: pd.DataFrame | None) -> pd.DataFrame:
         for c in ("x_mm", "y_mm"):
             dosed[c] = dosed[c].fillna(known[c].reindex(dosed.index))
         dosed = pd.concat([dosed, fresh])
-    out = dosed.reset_index()
+    # numbers, also when empty: an object column is a categorical axis, and the first numbers
+    # after it failed the plot's update on the server (and the page's next message with it)
+    out = dosed.reset_index().astype({"x_mm": float, "y_mm": float, "total_Gy": float})
     out["dose"] = out["total_Gy"] / 1e6
     return out
 
@@ -424,6 +426,10 @@ def dose_bars(
     """Cumulative dose per spot against the budget (fresh spots at 0); the title says how many
     scans like the last one the spot under the beam (``current``) has left."""
     per_spot = _per_spot(dose, spots)
+    if not len(per_spot):
+        # a named bar at 0, so the axis is one of names from the start: an empty one was
+        # numeric, and the first spot's name on it failed the plot's update on the server
+        per_spot = pd.DataFrame({"spot": ["no spot dosed yet"], "dose": [0.0]})
     bars = styled(
         hv.Bars(per_spot, hv.Dimension("spot"), DOSE),
         color=PALETTE[0],
@@ -522,6 +528,8 @@ def rixs_ratio(maps: pd.DataFrame) -> hv.Scatter:
         if len(maps)
         else pd.DataFrame({"soc": [], "ratio": [], "map_id": []})
     )
+    # numbers, also when empty or missing (None): an object column is a categorical axis
+    data = data.astype({"soc": float, "ratio": float, "map_id": str})
     return styled(
         hv.Scatter(data, SOC, [hv.Dimension("ratio", label="ROI ratio"), "map_id"]),
         color=PALETTE[5],

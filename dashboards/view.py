@@ -22,10 +22,10 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
@@ -41,11 +41,22 @@ from operando.analysis.relaxation import ModelFit, RelaxationResult, evaluate, s
 from operando.analysis.rest import RestCriterion
 from operando.analysis.rixs import MapAccumulator
 from operando.analysis.signal import signal
-from operando.config import ConfigError, ExperimentConfig
+from operando.config import ExperimentConfig
 from operando.protocol import MODE_CC, ProtocolError, StateUpdate, decode
-from operando.rawlog import RawLogError, read_record
-from operando.store.follow import CELL_COLUMNS, ChannelFit, RunFollower
-from operando.store.reader import decode_doc, load_run_config
+from operando.store.follow import (
+    CELL_COLUMNS,
+    AlignedSpectrum,
+    ChannelFit,
+    CyclingEntry,
+    EventEntry,
+    FittedSpectrum,
+    RelaxationEntry,
+    RixsEntry,
+    RunFollower,
+    SpectrumArrays,
+    SpotDose,
+)
+from operando.store.reader import decode_doc
 from operando.store.schema import StoreError
 
 log = logging.getLogger(__name__)
@@ -53,6 +64,28 @@ log = logging.getLogger(__name__)
 CELL_CHUNK = 100_000  # rows per query
 SPOT_COLUMNS = ("spot", "x_mm", "y_mm")
 BEAM_COLUMNS = ("spectrum_id", "edge", "t", "i0_median", "i0_min", "level", "lost_s")
+
+
+class Follower(Protocol):
+    """Where a view reads its run: each call gives what is new since the last one (the run
+    store, ``RunFollower``; a run in Tiled, ``dashboards.remote.TiledFollower``)."""
+
+    label: str  # what the header names the run by
+
+    @property
+    def ready(self) -> bool: ...
+    def close(self) -> None: ...
+    def config(self) -> ExperimentConfig | None: ...
+    def cell_rows(self, link: str | None, chunk: int) -> np.ndarray | None: ...
+    def alignments(self, again: Iterable[int]) -> list[AlignedSpectrum]: ...
+    def fits(self) -> list[FittedSpectrum]: ...
+    def fits_of(self, spectrum_id: int) -> list[ChannelFit]: ...
+    def doses(self) -> list[SpotDose]: ...
+    def events(self) -> list[EventEntry]: ...
+    def relaxation(self) -> list[RelaxationEntry]: ...
+    def rixs(self) -> list[RixsEntry]: ...
+    def cycling(self, table: str) -> list[CyclingEntry]: ...
+    def spectrum_arrays(self, raw_id: int) -> SpectrumArrays | None: ...
 
 
 class CellTrace:
@@ -171,14 +204,18 @@ class RunView:
 
     def __init__(
         self,
-        run_dir: str | Path,
+        run: str | Path | Follower,
         *,
         cell_capacity: int = 100_000,
         heatmap_spectra: int = 200,
         event_log: int = 500,
     ) -> None:
-        self.run_dir = Path(run_dir)
-        self.cfg = self._config()
+        # a run directory (read as it grows), or a follower of a run elsewhere (in Tiled)
+        follow = RunFollower(Path(run)) if isinstance(run, str | Path) else run
+        self.follow: Follower = follow
+        self.run_dir = follow.run_dir if isinstance(follow, RunFollower) else None
+        self.label = follow.label
+        self.cfg = follow.config()
         pstat = self.cfg.potentiostat if self.cfg else None
         self.pstat_link = pstat.name if pstat else None
         self.refs = self._references()
@@ -186,7 +223,6 @@ class RunView:
         self.rest = self.cfg.analysis.rest if self.cfg else RestCriterion()
         self.cell = CellTrace(cell_capacity)
         self.heatmap_spectra = heatmap_spectra
-        self.follow = RunFollower(self.run_dir)  # the store, read as it grows
         self.spectra: dict[int, dict[str, Any]] = {}
         self.partial: set[int] = set()
         self.fits: dict[tuple[int, str], dict[str, Any]] = {}
@@ -223,13 +259,6 @@ class RunView:
         self.snapshot = Snapshot()
 
     # -- setup -------------------------------------------------------------------------------
-    def _config(self) -> ExperimentConfig | None:
-        try:
-            return load_run_config(self.run_dir)
-        except ConfigError as e:
-            log.warning("%s", e)
-            return None
-
     def _references(self) -> dict[str, References]:
         refs = {}
         for edge, path in (self.cfg.analysis.references if self.cfg else {}).items():
@@ -283,7 +312,7 @@ class RunView:
     def _read_spectra(self) -> bool:
         rows = self.follow.alignments(again=self.partial)
         changed = False
-        newest_scan: tuple[dict[str, Any], Any] | None = None
+        newest_scan: tuple[dict[str, Any], SpectrumArrays | None] | None = None
         for r in rows:
             sid = r.spectrum_id
             doc: dict[str, Any] = r._asdict()
@@ -297,7 +326,7 @@ class RunView:
             if new and doc["kind"] == "rixs_rows":
                 self._add_rixs_rows(doc)
             elif new:
-                msg = self._decode_raw(doc["raw_id"])
+                msg = self.follow.spectrum_arrays(doc["raw_id"])
                 self._add_beam(doc, msg)
                 if self.latest is None or sid > self.latest.spectrum_id:
                     newest_scan = (doc, msg)
@@ -307,7 +336,7 @@ class RunView:
             self._latest_unfitted(*newest_scan)
         return changed
 
-    def _add_beam(self, doc: dict[str, Any], msg: Any) -> None:
+    def _add_beam(self, doc: dict[str, Any], msg: SpectrumArrays | None) -> None:
         """The scan's I0 into the beam trace (a scan without an I0 channel adds nothing)."""
         if msg is None or "I0" not in msg.arrays:
             return
@@ -316,12 +345,12 @@ class RunView:
         t = point_times(doc["t_start"], doc["t_end"], len(i0), point_t)
         self.beam.add(doc["spectrum_id"], doc["edge"], t, i0)
 
-    def _latest_unfitted(self, doc: dict[str, Any], msg: Any) -> None:
+    def _latest_unfitted(self, doc: dict[str, Any], msg: SpectrumArrays | None) -> None:
         if msg is None or "energy" not in msg.arrays:
             return
         energy = np.asarray(msg.arrays["energy"], float)
         channels = {}
-        for channel in getattr(msg.header, "channels", ()):
+        for channel in msg.channels:
             if channel in msg.arrays and channel != "I0":
                 y, _, _ = signal(msg.arrays, channel)
                 nan = np.full_like(y, np.nan)
@@ -359,20 +388,10 @@ class RunView:
             self._normalise_new({r.spectrum_id: (r.edge, r.soc, r.raw_id) for r in rows})
         return bool(rows)
 
-    def _decode_raw(self, raw_id: int) -> Any:
-        row = self.follow.raw_location(raw_id)
-        if row is None:
-            return None
-        try:
-            return decode(read_record(self.run_dir, *row).frames)
-        except (RawLogError, ProtocolError, OSError) as e:
-            log.warning("raw message %d: %s", raw_id, e)
-            return None
-
     def _latest_spectrum(
         self, sid: int, edge: str, soc: float | None, raw_id: int, rows: list[ChannelFit]
     ) -> None:
-        msg = self._decode_raw(raw_id)
+        msg = self.follow.spectrum_arrays(raw_id)
         if msg is None:
             return
         energy = np.asarray(msg.arrays["energy"], float)
@@ -402,7 +421,7 @@ class RunView:
             edge, soc, raw_id = spectra[sid]
             if edge not in EDGE_WINDOWS or soc is None:
                 continue
-            msg = self._decode_raw(raw_id)
+            msg = self.follow.spectrum_arrays(raw_id)
             if msg is None:
                 continue
             energy = np.asarray(msg.arrays["energy"], float)
@@ -547,16 +566,15 @@ class RunView:
 
     def _add_rixs_rows(self, doc: dict[str, Any]) -> None:
         """The newest RIXS map, filled row by row from the recorded messages."""
-        msg = self._decode_raw(doc["raw_id"])
+        msg = self.follow.spectrum_arrays(doc["raw_id"])
         if msg is None:
             return
-        h, a = msg.header, msg.arrays
-        key = h.map_id or h.scan_id
+        a, key = msg.arrays, msg.map_id
         if self.rixs_acc is None or self.rixs_acc[0] != key:
-            self.rixs_acc = (key, MapAccumulator(h.rows_total, a["emission"]))
+            self.rixs_acc = (key, MapAccumulator(msg.rows_total, a["emission"]))
         self.rixs_rows_added = True
         try:
-            self.rixs_acc[1].add(h.row_offset, a["excitation"], a["counts"], a["emission"])
+            self.rixs_acc[1].add(msg.row_offset, a["excitation"], a["counts"], a["emission"])
         except ValueError as e:
             log.warning("RIXS map %s: %s", key, e)
 

@@ -7,12 +7,17 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
+
+if TYPE_CHECKING:
+    from operando.dashboards.live import DashboardOptions
 
 from operando.argtypes import fraction, non_negative, positive
 from operando.config import ConfigError
@@ -223,10 +228,31 @@ def _demo(a: argparse.Namespace) -> int:
 
 
 def _dashboard(a: argparse.Namespace) -> int:
-    from operando.dashboards.live import DashboardError, DashboardOptions, serve
+    from operando.dashboards.live import DashboardOptions
     from operando.store import open_readonly
     from operando.store.files import read_monitor_file, store_path
 
+    if a.tiled is not None or a.run is not None:
+        if a.tiled is None or a.run is None or a.run_dir is not None:
+            print(
+                "operando dashboard: error: a run in Tiled needs --tiled URI and --run ID "
+                "(and no --run-dir)",
+                file=sys.stderr,
+            )
+            return 2
+        opts = DashboardOptions(
+            run_dir=None,
+            tiled=a.tiled,
+            run=a.run,
+            api_key=a.api_key or os.environ.get("TILED_API_KEY"),
+            address=a.address,
+            port=a.port,
+            password_file=Path(a.password_file) if a.password_file else None,
+        )
+        return _serve_dashboard(opts, a)
+    if a.run_dir is None:
+        print("operando dashboard: error: give --run-dir, or --tiled and --run", file=sys.stderr)
+        return 2
     run_dir = Path(a.run_dir)
     if not run_dir.is_dir():
         print(f"operando dashboard: error: {run_dir}: no such run directory", file=sys.stderr)
@@ -248,6 +274,12 @@ def _dashboard(a: argparse.Namespace) -> int:
         port=a.port,
         password_file=Path(a.password_file) if a.password_file else None,
     )
+    return _serve_dashboard(opts, a)
+
+
+def _serve_dashboard(opts: DashboardOptions, a: argparse.Namespace) -> int:
+    from operando.dashboards.live import DashboardError, serve
+
     if a.render_hz is not None:  # the default is DashboardOptions' (4 per second)
         opts.render_hz = a.render_hz
     try:
@@ -462,7 +494,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_instrument)
 
     p = sub.add_parser("dashboard", help="live Panel dashboard of a run (history + live)")
-    p.add_argument("--run-dir", required=True, help="the run directory the monitor records to")
+    p.add_argument("--run-dir", help="the run directory the monitor records to")
+    p.add_argument(
+        "--tiled", metavar="URI", help="or a run in this Tiled server (operando publish --tiled)"
+    )
+    p.add_argument("--run", metavar="ID", help="the run in Tiled: its uid or its directory's name")
+    p.add_argument("--api-key", help="Tiled's API key (default: $TILED_API_KEY)")
     p.add_argument(
         "--monitor", help="the monitor's state endpoint (default: from RUN_DIR/monitor.json)"
     )

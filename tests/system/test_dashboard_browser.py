@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import REPO, recorded_events, wait_for
+from conftest import REPO, TiledServer, cli, recorded_events, wait_for
 from operando.dashboards.headless import (
     CHROMIUM,
     http_ready,
@@ -227,3 +227,62 @@ def test_every_tab_of_every_preset_without_a_page_error(tmp_path, processes, bro
     assert errors == []
     # the tour ends on the Events tab: a table with rows (kind, source, time, text)
     assert page.locator(".op-events .tabulator-row").count() > 0
+
+
+@pytest.mark.slow
+def test_a_run_in_tiled_opens_in_a_dashboard_elsewhere(tmp_path, processes, browser, lirich_run):
+    """operando dashboard --tiled URI --run ID: the page a run directory gives, read from
+    what operando publish wrote into Tiled (the run store is not used: it could be on
+    another machine), with every tab opened and not one page error."""
+    tiled = TiledServer(tmp_path / "tiled")
+    tiled.start()
+    try:
+        cli("publish", str(lirich_run), "--tiled", tiled.url, "--api-key", "secret", "--once")
+        port = free_ports(1)[0]
+        wrong = cli(
+            "dashboard", "--tiled", tiled.url, "--run", "no-such-run", "--api-key", "secret",
+            check=False,
+        )  # fmt: skip
+        assert wrong.returncode == 2 and "no run 'no-such-run'" in wrong.stderr, wrong.stderr
+        assert "Traceback" not in wrong.stderr
+        processes(
+            "dashboard", "--tiled", tiled.url, "--run", lirich_run.name, "--api-key", "secret",
+            "--port", str(port), log=tmp_path / "dashboard.log",
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}/"
+        wait_for(lambda: http_ready(url + "liveness"), 60, 0.5, what="dashboard")
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        errors: list[str] = []
+        watch_errors(page, errors)
+        page.goto(url)
+        page.wait_for_selector(".op-spectra", timeout=60_000)
+        conn = open_readonly(lirich_run)
+        (n,) = conn.execute("SELECT count(*) FROM alignment").fetchone()
+        wait_for(lambda: _spectra(page) == n, 60, 0.5, what="every spectrum from Tiled")
+        header = page.locator(".op-header").inner_text()
+        assert "read from Tiled" in header and lirich_run.name in header, header
+        # the newest fitted spectrum's verdicts, each channel as the run store has it
+        page.get_by_text("Spectra", exact=True).click()
+        verdicts = page.locator(".op-fit-quality li")
+        verdicts.first.wait_for(timeout=30_000)
+        newest = conn.execute("SELECT max(spectrum_id) FROM analysis").fetchone()[0]
+        stored = dict(
+            conn.execute("SELECT channel, quality FROM analysis WHERE spectrum_id = ?", (newest,))
+        )
+        wait_for(
+            lambda: page.locator("#op-latest").get_attribute("data-spectrum-id") is not None,
+            30, 0.5, what="the newest spectrum",
+        )  # fmt: skip
+        shown = {
+            verdicts.nth(i).get_attribute("data-channel"): verdicts.nth(i).get_attribute(
+                "data-quality"
+            )
+            for i in range(verdicts.count())
+        }
+        assert shown == stored
+        tour(page, per_tab_s=2.0)
+        _shot(page, "dashboard-from-tiled-lirich")
+        assert errors == []
+        assert page.locator(".op-events .tabulator-row").count() > 0
+    finally:
+        tiled.kill()

@@ -118,6 +118,8 @@ def test_documents_are_valid_event_model_and_hold_every_spectrum(lirich_run, tmp
     ):
         ((n,),) = _store(lirich_run, f"SELECT count(*) FROM {table}")
         assert per_stream.pop(stream, 0) == n
+    ((logged,),) = _store(lirich_run, "SELECT count(*) FROM events")
+    assert per_stream.pop("event_log") == logged  # the run's event log, an event an entry
     by_kind = dict(_store(lirich_run, "SELECT kind, count(*) FROM spectra GROUP BY kind"))
     rixs = sum(n for s, n in per_stream.items() if s.startswith("rixs_"))
     assert rixs == by_kind["rixs_rows"] > 0

@@ -24,6 +24,8 @@ import msgspec
 import psutil
 import pytest
 from conftest import REPO, TiledServer, cli, free_ports, wait_for
+from operando.dashboards.remote import open_remote
+from operando.dashboards.view import RunView
 
 from operando.export.documents import read_documents
 from operando.store.reader import Run
@@ -423,7 +425,30 @@ def test_a_live_run_reaches_tiled_through_an_outage(tiled_server, processes, tmp
     assert "Traceback" not in said  # the outage waited through (the tiled client retries too)
     cursor.write_bytes(early)  # as if it had died before saving since its first batch
     publisher = processes("publish", str(run), "--tiled", tiled_server.url, log=tmp_path / "p.log")
+    # a dashboard's view on another machine, reading Tiled only: it follows the run live ...
+    remote = RunView(open_remote(tiled_server.url, run.name, "secret"))
+    seen_live = []
+    while demo.p.poll() is None:
+        remote.refresh()
+        seen_live.append(len(remote.snapshot.spectra))
+        time.sleep(1)
     assert demo.p.wait(150) == 0, demo.output()
     assert publisher.p.wait(120) == 0, publisher.output()
     assert "the run's stop included" in publisher.output()
     assert assert_tiled_holds(tiled_server.url, run, tmp_path) > 1000
+    # ... and ends with what the run store holds
+    assert any(n > 0 for n in seen_live), seen_live
+    remote.follow.polled = 0.0  # no wait for its next look at the spectra
+    remote.refresh()
+    snap = remote.snapshot
+    with Run(run) as stored:
+        counts = stored.counts()
+        fitted = len(stored.fits())
+        events = len(stored.events())
+    assert (len(snap.cell), len(snap.spectra), len(snap.fits)) == (
+        counts["potentiostat_rows"],
+        counts["spectra"],
+        fitted,
+    )
+    assert sum(snap.event_counts.values()) == events
+    remote.close()

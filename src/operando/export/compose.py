@@ -15,6 +15,8 @@ run is given out when nothing recorded later can change it:
 - one stream per edge and scan shape and one per RIXS map: an event a spectrum, once its
   alignment is whole (a partial one may be realigned by a refill: with the stop) and the
   analysis has passed it (each channel it fits has a fit, or a later spectrum has one);
+- ``event_log``: an event an entry of the run's event log, when it is recorded (what a remote
+  dashboard shows of alarms, damage suspicions and verdicts, triggers and gaps);
 - ``stop`` when the run has ended: exit status "success" when every source closed its series,
   else "abort" naming those that did not.
 
@@ -98,6 +100,7 @@ class Cursor(msgspec.Struct, kw_only=True):
     shapes: dict[str, str] = msgspec.field(default_factory=dict)  # scan shape -> stream
     placed: dict[str, int] = msgspec.field(default_factory=dict)  # spectra placed, per stream
     waiting: list[tuple[int, str, int]] = msgspec.field(default_factory=list)  # id, stream, seq
+    event_id: int = 0  # the last entry of the run's event log given out
     stopped: bool = False
 
 
@@ -153,6 +156,7 @@ class Composer:
         for name, time_column in _CYCLING:
             yield from self._cycling(name, time_column, ended)
         yield from self._spectra(ended)
+        yield from self._event_log()
         if ended:
             yield "stop", self._stop()
 
@@ -274,8 +278,8 @@ class Composer:
         return dict(page)
 
     def _cycling(self, name: str, time_column: str, ended: bool) -> Iterator[Document]:
-        """An event a row of a derived table (its scalar columns, units in the data keys;
-        the dQ/dV curves go to NeXus and Tiled)."""
+        """An event a row of a derived table: its scalar columns (units in the data keys) and
+        its whole recorded document."""
         done = self.cursor.events.get(name, 0)
         if not ended and self.run.settled_rows(_TABLES.get(name, name)) <= done:
             return  # nothing new: the table is not read (it is read whole when a row comes)
@@ -293,6 +297,10 @@ class Composer:
             kind = table[column].dtype.kind
             dtype = {"b": "boolean", "i": "integer", "O": "string"}.get(kind, "number")
             keys[str(column)] = _key(dtype, "operando.electrochem", units=units.get(str(column)))
+        # the row as recorded, JSON (a half-cycle's dQ/dV curve, a step's resistances at
+        # stated times): what a remote dashboard draws, as the local one does from the store
+        keys["document"] = _key("string", "operando.electrochem")
+        documents = self.run.documents_of(_TABLES.get(name, name))
         t = table[time_column].to_numpy(float) + self.t0
         described = self._describe(name, keys, float(t[done]))
         if described:
@@ -300,7 +308,39 @@ class Composer:
         # by column, so an integer column stays integer in a row of floats
         for n, row in enumerate(table.iloc[done:].to_dict("records"), done):
             data = {str(k): _clean(v) for k, v in row.items()}
+            data["document"] = documents[n]
             yield "event", self._event(name, data, float(t[n]), n + 1)
+
+    def _event_log(self) -> Iterator[Document]:
+        """The run's event log (gaps, alarms, damage suspicions and verdicts, triggers,
+        series starts and ends, ...): an event an entry, as recorded (an entry never changes).
+        ``detail`` is the entry's JSON text, ``t`` the time it is about (None: not known)."""
+        name, c = "event_log", self.cursor
+        while True:
+            rows = self.run.events_after(c.event_id, READ_ROWS)
+            if rows.empty:
+                return
+            received = rows["recv_ns"].to_numpy(float) * 1e-9
+            keys = {
+                "kind": _key("string", "operando"),
+                "source": _key("string", "operando"),
+                "t": _key("number", "operando", units="s"),
+                "detail": _key("string", "operando"),
+            }
+            described = self._describe(name, keys, float(received[0]))
+            if described:
+                yield described
+            for k, row in enumerate(rows.to_dict("records")):
+                data = {
+                    "kind": row["kind"],
+                    "source": row["link"] or "",
+                    "t": _clean(row["t"]),
+                    "detail": row["detail"],
+                }
+                c.event_id = int(row["id"])
+                yield "event", self._event(name, data, float(received[k]), c.events[name] + 1)
+            if len(rows) < READ_ROWS:
+                return
 
     def _spectra(self, ended: bool) -> Iterator[Document]:
         c = self.cursor
@@ -365,15 +405,25 @@ class Composer:
     def _spectrum_keys(self, s: RecordedSpectrum) -> dict[str, Any]:
         src = s.source
         keys: dict[str, dict[str, Any]] = {
+            "spectrum_id": _key("integer", "operando"),  # its number in the run store
             "scan_id": _key("string", src),
+            "edge": _key("string", src),
             "spot": _key("string", src),
+            "spot_x": _key("number", src, units="mm"),
+            "spot_y": _key("number", src, units="mm"),
+            "trigger_id": _key("string", src),
             "t_start": _key("number", src, units="s"),
             "t_end": _key("number", src, units="s"),
             "partial": _key("boolean", "operando.align"),
             "dose_Gy": _key("number", "operando.analysis", units="Gy"),
+            "scan_dose_Gy": _key("number", "operando.analysis", units="Gy"),
         }
         for k, _, dtype, units in _ALIGNED:
             keys[k] = _key(dtype, "operando.align", units=units)
+        if s.kind == "rixs_rows":  # where these rows go in their map
+            keys["map_id"] = _key("string", src)
+            for k in ("row_offset", "rows_total"):
+                keys[k] = _key("integer", src)
         for a in s.arrays:
             if a != "point_t":
                 unit = "eV" if a == "energy" else None
@@ -386,20 +436,30 @@ class Composer:
             keys[f"fit_notes_{c}"] = _key("string", "operando.analysis")
             # a JSON object, valence -> fraction: its names come from the references
             keys[f"fractions_{c}"] = _key("string", "operando.analysis")
+            keys[f"fit_{c}"] = _key("string", "operando.analysis")  # the whole fit, JSON
         return keys
 
     def _spectrum_data(self, s: RecordedSpectrum) -> dict[str, Any]:
         al = s.alignment or {}
         data: dict[str, Any] = {
+            "spectrum_id": s.id,
             "scan_id": s.scan_id,
+            "edge": s.edge,
             "spot": s.spot or "",
+            "spot_x": s.spot_x,
+            "spot_y": s.spot_y,
+            "trigger_id": s.trigger_id or "",
             "t_start": s.t_start,
             "t_end": s.t_end,
             "partial": bool(al.get("partial", True)),
             "dose_Gy": (s.dose or {}).get("after_Gy"),
+            "scan_dose_Gy": (s.dose or {}).get("dose_Gy"),
         }
         for k, field, _, _ in _ALIGNED:
             data[k] = al.get(field)
+        if s.kind == "rixs_rows":
+            data["map_id"] = s.map_id
+            data["row_offset"], data["rows_total"] = s.row_offset, s.rows_total
         for a, values in s.arrays.items():
             if a != "point_t":
                 data[nexus_name(a)] = values
@@ -411,6 +471,7 @@ class Composer:
             data[f"fit_quality_{c}"] = fit and fit.get("quality", "unjudged")
             data[f"fit_notes_{c}"] = fit and "; ".join(fit.get("notes", ()))
             data[f"fractions_{c}"] = fit and json.dumps(fit.get("fractions", {}))
+            data[f"fit_{c}"] = fit and json.dumps(fit)
         return {k: _clean(v) for k, v in data.items()}
 
 

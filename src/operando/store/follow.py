@@ -7,16 +7,23 @@ only what is new, as typed rows (``rowid`` first: the watermark).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from operando.config import ConfigError, ExperimentConfig
+from operando.protocol import ProtocolError, decode
+from operando.rawlog import RawLogError, read_record
 from operando.store.files import is_run_dir
+from operando.store.reader import load_run_config
 from operando.store.schema import StoreError, open_readonly
+
+log = logging.getLogger(__name__)
 
 # columns of ``cell_rows``: what the dashboard draws of the potentiostat record
 CELL_COLUMNS = ("t", "Ewe", "I", "soc", "mode")
@@ -83,6 +90,18 @@ class SpotDose(NamedTuple):
     y_mm: float | None
 
 
+class SpectrumArrays(NamedTuple):
+    """What a dashboard draws of one spectrum: its channels' names and arrays (energy, I0,
+    TEY, ...; RIXS rows: excitation, emission, counts) and, for RIXS rows, their map and
+    place in it."""
+
+    channels: tuple[str, ...]
+    arrays: Mapping[str, np.ndarray]
+    map_id: str  # "" for an XAS scan
+    row_offset: int
+    rows_total: int
+
+
 class EventEntry(NamedTuple):
     id: int
     recv_ns: int
@@ -130,8 +149,17 @@ def _typed(row_type: type[R], rows: list[tuple[Any, ...]]) -> list[R]:
 class RunFollower:
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
+        self.label = str(self.run_dir)
         self.marks: Counter[str] = Counter()  # table -> last rowid read
         self._conn: sqlite3.Connection | None = None
+
+    def config(self) -> ExperimentConfig | None:
+        """The experiment the run was recorded with (None, with a warning: unreadable)."""
+        try:
+            return load_run_config(self.run_dir)
+        except ConfigError as e:
+            log.warning("%s", e)
+            return None
 
     @property
     def ready(self) -> bool:
@@ -289,3 +317,23 @@ class RunFollower:
     def raw_location(self, raw_id: int) -> tuple[int, int, int] | None:
         rows = self._query("SELECT segment, offset, length FROM raw WHERE id = ?", (raw_id,))
         return (int(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else None
+
+    def spectrum_arrays(self, raw_id: int) -> SpectrumArrays | None:
+        """A recorded spectrum's arrays, from the raw log; None (with a warning) when they
+        cannot be read."""
+        row = self.raw_location(raw_id)
+        if row is None:
+            return None
+        try:
+            msg = decode(read_record(self.run_dir, *row).frames)
+        except (RawLogError, ProtocolError, OSError) as e:
+            log.warning("raw message %d: %s", raw_id, e)
+            return None
+        h = msg.header
+        return SpectrumArrays(
+            tuple(getattr(h, "channels", ())),
+            msg.arrays,
+            getattr(h, "map_id", "") or getattr(h, "scan_id", ""),
+            getattr(h, "row_offset", 0),
+            getattr(h, "rows_total", 0),
+        )

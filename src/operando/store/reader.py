@@ -91,6 +91,10 @@ class RecordedSpectrum:
     dose: dict[str, float] | None = None
     map_id: str = ""
     row_offset: int = 0
+    rows_total: int = 0  # of a RIXS map (0: an XAS scan)
+    spot_x: float | None = None  # the spot's place, mm (None: the spectrometer did not say)
+    spot_y: float | None = None
+    trigger_id: str | None = None  # the trigger that asked for it (None: the scan's own pace)
 
 
 class Run:
@@ -483,12 +487,16 @@ class Run:
         where = f"WHERE s.id {ids}"
         rows = self.conn.execute(
             "SELECT s.id, s.kind, s.source, s.scan_id, s.edge, s.t_start, s.t_end, s.spot_id, "
-            "s.channels, s.extra, a.doc, r.segment, r.offset, r.length "
+            "s.channels, s.extra, a.doc, r.segment, r.offset, r.length, s.spot_x, s.spot_y, "
+            "s.trigger_id "
             "FROM spectra s JOIN raw r ON r.id = s.raw_id "
             f"LEFT JOIN alignment a ON a.spectrum_id = s.id {where} ORDER BY s.id",
             params,
         ).fetchall()
-        for sid, kind, source, scan_id, edge, t0, t1, spot, chans, extra, al, seg, off, n in rows:
+        for (
+            (sid, kind, source, scan_id, edge, t0, t1, spot, chans, extra, al, seg, off, n),
+            (x, y, trigger),
+        ) in ((r[:14], r[14:]) for r in rows):
             rec = read_record(self.run_dir, seg, off, n)
             try:
                 msg = decode(rec.frames)
@@ -512,6 +520,10 @@ class Run:
                 dose=doses.get(sid),
                 map_id=getattr(h, "map_id", ""),
                 row_offset=getattr(h, "row_offset", 0),
+                rows_total=getattr(h, "rows_total", 0),
+                spot_x=x,
+                spot_y=y,
+                trigger_id=trigger,
             )
 
     # -- for replay, reprocess and the raw log -----------------------------------------------
@@ -634,6 +646,14 @@ class Run:
             (rowid, limit),
         )
 
+    def events_after(self, event_id: int, limit: int) -> pd.DataFrame:
+        """Up to ``limit`` events recorded after id ``event_id``, in id order."""
+        return self._frame(
+            "SELECT id, recv_ns, t, kind, link, detail FROM events WHERE id > ? ORDER BY id "
+            "LIMIT ?",
+            (event_id, limit),
+        )
+
     def sources_not_closed(self) -> list[str]:
         from operando.store.summary import sources_not_closed
 
@@ -667,6 +687,14 @@ class Run:
             ):
                 out[sid][1].add(channel)
         return out
+
+    def documents_of(self, table: str) -> list[str]:
+        """Each row's JSON document of a derived table, in the order its frame has
+        (``half_cycles()``, ``current_steps()``, ``gitt()``, ``interruptions()``)."""
+        if not self._has_table(table):
+            return []
+        order = {"half_cycles": "idx", "current_steps": "t_step"}.get(table, "t_start")
+        return [d for (d,) in self.conn.execute(f"SELECT doc FROM {table} ORDER BY {order}")]
 
     def settled_rows(self, table: str) -> int:
         """How many rows of a derived table are done: every row, but of ``half_cycles`` only
