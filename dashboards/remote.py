@@ -4,10 +4,11 @@ a bluesky run, a stream an event-model stream), so a dashboard on any machine th
 the Tiled server shows the run, live while it records and afterwards.
 
 Each call gives what is new since the last one, as ``RunFollower`` does from the run store:
-the number of rows read of each stream is the watermark. A spectrum stream's length is its
-``energy`` (or ``counts``) array's first dimension, a metadata request, so an idle poll reads
-no spectrum table; the other tables are small except ``electrochemistry``, which is read whole
-when it is polled (what Tiled 0.2's HTTP API offers: a table has no row offset).
+the ``seq_num`` values read of each stream are the watermark (rows come in no set order with
+PostgreSQL as Tiled's tabular storage; event n's arrays are at row n - 1). A spectrum stream's
+``seq_num`` column is read first and the rest only when it has news; the other tables are
+small except ``electrochemistry``, which is read whole when it is polled (what Tiled 0.2's
+HTTP API offers: a table has no row offset).
 
 What Tiled holds is what the composer gave out: a spectrum appears once its alignment is
 whole and the analysis passed it, a half-cycle once it closed. Not there yet (so not shown):
@@ -21,7 +22,7 @@ import json
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -102,7 +103,7 @@ class TiledFollower:
         self.node = node
         self.label = f"{uri}/{node.item['id']} ({node.metadata['start'].get('operando_run')})"
         self.start: dict[str, Any] = dict(node.metadata["start"])
-        self.read: Counter[str] = Counter()  # stream -> rows read
+        self.seen: dict[str, set[int]] = {}  # stream -> the seq_nums read
         self.rowid = 0  # a running number for the rows handed out (the views' watermarks)
         self.streams: dict[str, Any] = {}  # name -> its container
         self.keys: dict[str, dict[str, Any]] = {}  # name -> its descriptor's data keys
@@ -141,22 +142,27 @@ class TiledFollower:
             self.keys[name] = node.metadata.get("data_keys", {})  # a descriptor's: fixed
         return self.streams[name]
 
-    def _table(self, name: str) -> pd.DataFrame:
-        """A stream's rows not read before, in the order written (an array's row is the
-        table's)."""
+    def _table(self, name: str, gate: bool = False) -> pd.DataFrame:
+        """A stream's events not read before, by ``seq_num`` (with PostgreSQL as Tiled's
+        tabular storage, rows come in no set order; a spectrum that waited for a refill comes
+        after later ones). ``gate``: look at the ``seq_num`` column first, and read the whole
+        table only when it has news."""
         import httpx
 
+        seen = self.seen.setdefault(name, set())
         try:
             if name not in self.tables:
                 stream = self._stream(name)
                 if stream is None or "internal" not in stream:
                     return pd.DataFrame()
                 self.tables[name] = stream["internal"]
+            if gate and set(self.tables[name].read(["seq_num"])["seq_num"]) <= seen:
+                return pd.DataFrame()
             table = self.tables[name].read()
         except (httpx.HTTPError, OSError) as e:
             raise StoreError(f"reading {name} from Tiled: {e}") from None
-        new = table.iloc[self.read[name] :]
-        self.read[name] += len(new)
+        new = table.loc[~table["seq_num"].isin(seen)].sort_values("seq_num")
+        seen.update(int(n) for n in new["seq_num"])
         return new
 
     def _next_rowid(self) -> int:
@@ -186,28 +192,26 @@ class TiledFollower:
             for name in names:
                 stream = self._stream(name)
                 keys = self.keys.get(name, {})
-                if stream is None or "spectrum_id" not in keys:
-                    continue
-                first = next(k for k, key in keys.items() if key["dtype"] == "array")
-                if stream[first].shape[0] > self.read[name]:
+                if stream is not None and "spectrum_id" in keys:
                     self._pull_stream(name, stream, keys)
         except (httpx.HTTPError, OSError) as e:
             raise StoreError(f"reading the spectra from Tiled: {e}") from None
 
     def _pull_stream(self, name: str, stream: Any, keys: dict[str, Any]) -> None:
-        at = self.read[name]
-        rows = self._table(name).to_dict("records")
+        rows = self._table(name, gate=True).to_dict("records")
         if not rows:
             return
-        # each array's rows of these spectra in one request (arrays are written first)
+        # each array's rows of these spectra in one request (event n is at row n - 1)
+        lo, hi = int(rows[0]["seq_num"]), int(rows[-1]["seq_num"])
         block = {
-            k: np.asarray(stream[k][at : at + len(rows)])
+            k: np.asarray(stream[k][lo - 1 : hi])
             for k, key in keys.items()
             if key["dtype"] == "array"
         }
-        for i, row in enumerate(rows):
+        for row in rows:
+            at = int(row["seq_num"]) - lo
             row = {k: _none(v) for k, v in row.items()}
-            self._place(name, row, {k: v[i] for k, v in block.items()})
+            self._place(name, row, {k: v[at] for k, v in block.items()})
 
     def _place(self, name: str, row: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         sid = int(row["spectrum_id"])

@@ -318,12 +318,23 @@ def replay_into_new_monitor(recorded: Path, tmp_path: Path, processes: Any) -> t
 
 
 class TiledServer:
-    """A Tiled server whose catalog (SQLite) and data (files, DuckDB tables) live in a
-    directory, so it can be killed and started again with what it held."""
+    """A Tiled server whose catalog (SQLite, or a PostgreSQL database: ``catalog``) and data
+    (files; tables in DuckDB, or PostgreSQL: ``tables``) live on, so it can be killed and
+    started again with what it held; ``cache`` (a Redis URI) serves its websocket streaming."""
 
-    def __init__(self, where: Path) -> None:
+    def __init__(
+        self,
+        where: Path,
+        catalog: str | None = None,
+        cache: str | None = None,
+        tables: str | None = None,
+    ) -> None:
         self.where, self.port = where, free_ports(1)[0]
+        self.tables = tables or f"duckdb:///{where / 'tables.duckdb'}"
         self.url = f"http://127.0.0.1:{self.port}"
+        self.catalog = catalog or f"sqlite:///{where / 'catalog.db'}"
+        self.cache = cache
+        self.started = False
         self.p: subprocess.Popen[bytes] | None = None
         self.log = where / "tiled.log"
         where.mkdir(exist_ok=True)
@@ -332,16 +343,33 @@ class TiledServer:
         import urllib.request
 
         tiled = Path(sys.executable).with_name("tiled")
-        first = not (self.where / "catalog.db").exists()
-        args = [str(tiled), "serve", "catalog", f"sqlite:///{self.where / 'catalog.db'}"]
-        args += ["--init"] if first else []
-        args += ["-w", str(self.where / "data"), "-w", f"duckdb:///{self.where / 'tables.duckdb'}"]
+        first = not self.started and not (self.where / "catalog.db").exists()
+        storage = [str(self.where / "data"), self.tables]
+        if self.cache:  # from a file: tiled 0.2.20's `serve catalog --cache` fails to start
+            config = self.where / "config.yml"
+            config.write_text(
+                json.dumps(
+                    {
+                        "catalog": {
+                            "uri": self.catalog,
+                            "writable_storage": storage,
+                            "init_if_not_exists": True,
+                        },
+                        "streaming_cache": {"uri": self.cache},
+                    }
+                )  # JSON is YAML
+            )
+            args = [str(tiled), "serve", "config", str(config)]
+        else:
+            args = [str(tiled), "serve", "catalog", self.catalog, *(["--init"] if first else [])]
+            args += ["-w", storage[0], "-w", storage[1]]
         args += ["--api-key", "secret", "--host", "127.0.0.1", "--port", str(self.port)]
         (self.where / "data").mkdir(exist_ok=True)
         with open(self.log, "ab") as log:
             self.p = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
+        self.started = True
 
         def up() -> bool:
             try:

@@ -6,9 +6,10 @@ run: a container keyed by the run's uid (spec ``BlueskyRun``, the start and, at 
 stop in its metadata); in it a container per stream (spec ``BlueskyEventStream``, the
 descriptor in its metadata) holding an appendable table ``internal``: a row an event, with
 ``seq_num``, ``time``, every scalar data key and ``ts_<key>``; and an array per array key
-(a spectrum's energy and channels, a RIXS row's counts), one row an event, in the table's
-order (bluesky's TiledWriter puts small arrays in the table; Tiled 0.2.20's tabular storage
-gave them back as text, so they are arrays here).
+(a spectrum's energy and channels, a RIXS row's counts), event ``seq_num`` at row
+``seq_num - 1`` (bluesky's TiledWriter puts small arrays in the table; Tiled 0.2.20's tabular
+storage gave them back as text, so they are arrays here). Read a stream's table sorted by
+``seq_num``: with PostgreSQL as Tiled's tabular storage, rows come in no set order.
 
 Written at least once, never twice: before a write that may have landed (after an error, or
 on starting again from a saved cursor) the stream's ``seq_num`` column is read back, and rows
@@ -182,18 +183,22 @@ class TiledRun:
         if not new:
             return len(docs)
         node, keys = self.streams[uid], self.keys[uid]
-        # the arrays first, at the row the table will give these events: a write cut between
-        # the two leaves array rows past the table's end, which the next write overwrites
-        at = len(done)
+        # the arrays first, each event at row seq_num - 1 (a spectrum that waited for a refill
+        # fills its row later): a write cut between arrays and table is written again whole,
+        # and a reader finds an event's arrays by its seq_num, whatever order the table gives
+        # its rows in (PostgreSQL's has none)
+        arrays = self.arrays.setdefault(uid, {})
         for k, key in keys.items():
             if key["dtype"] != "array":
                 continue
-            values = np.array([e["data"][k] for e in new], dtype=float)
-            arrays = self.arrays.setdefault(uid, {})
-            if k in arrays:
-                arrays[k].patch(values, offset=(at,) + (0,) * (values.ndim - 1), extend=True)
-            else:
-                arrays[k] = node.write_array(values, key=k)
+            for first, run in _consecutive(new):
+                values = np.array([e["data"][k] for e in run], dtype=float)
+                if k in arrays:
+                    offset = (first - 1,) + (0,) * (values.ndim - 1)
+                    arrays[k].patch(values, offset=offset, extend=True)
+                else:  # rows before the first event out are NaN until theirs come
+                    head = np.full((first - 1, *values.shape[1:]), np.nan)
+                    arrays[k] = node.write_array(np.concatenate([head, values]), key=k)
         rows = [self._row(e, keys) for e in new]
         table = pa.Table.from_pylist(rows, schema=self._schema(uid))
         if uid not in self.tables:
@@ -232,3 +237,14 @@ class TiledRun:
         ]
         fields += [pa.field(f"ts_{k}", pa.float64()) for k in keys]
         return pa.schema(fields)
+
+
+def _consecutive(events: list[dict[str, Any]]) -> list[tuple[int, list[dict[str, Any]]]]:
+    """Events in runs of consecutive seq_num: (the first seq_num, the run)."""
+    runs: list[tuple[int, list[dict[str, Any]]]] = []
+    for e in sorted(events, key=lambda e: e["seq_num"]):
+        if runs and e["seq_num"] == runs[-1][0] + len(runs[-1][1]):
+            runs[-1][1].append(e)
+        else:
+            runs.append((e["seq_num"], [e]))
+    return runs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import itertools
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -196,10 +198,14 @@ def test_publish_says_what_is_wrong(tmp_path, lirich_run):
     assert "Traceback" not in out.stderr
 
 
-def demo_publishing(processes: Any, tmp_path: Path, sink: str) -> tuple[Any, Path]:
-    """The peo-nmc demo, 50 s at 240x, with ``[publish]`` naming ``sink``."""
+def demo_publishing(
+    processes: Any, tmp_path: Path, sink: str, preset: str = "peo-nmc"
+) -> tuple[Any, Path]:
+    """A preset's demo (peo-nmc), 50 s at 240x, with ``[publish]`` naming ``sink``; its run
+    in ``tmp_path/run``."""
+    tmp_path.mkdir(exist_ok=True)
     config = tmp_path / "experiment.toml"
-    text = (REPO / "configs" / "peo-nmc.toml").read_text()
+    text = (REPO / "configs" / f"{preset}.toml").read_text()
     config.write_text(f"{text}\n[publish]\n{sink}\n")
     run = tmp_path / "run"
     args = ["--headless", "--no-dashboard", "--duration", "50", "--speed", "240"]
@@ -297,10 +303,11 @@ def tiled_events(url: str, uid: str) -> dict[str, list[dict[str, Any]]]:
         table = node["internal"].read()
         arrays = {k: node[k].read() for k in node if k != "internal"}
         events = []
-        for i, row in enumerate(table.to_dict("records")):
+        for row in table.to_dict("records"):
             data = {k: v for k, v in row.items() if k not in ("time", "seq_num")}
             data = {k: v for k, v in data.items() if not k.startswith("ts_")}
-            data.update({k: np.asarray(a[i]).tolist() for k, a in arrays.items()})
+            at = int(row["seq_num"]) - 1  # an event's arrays are at row seq_num - 1
+            data.update({k: np.asarray(a[at]).tolist() for k, a in arrays.items()})
             events.append({"seq_num": int(row["seq_num"]), "data": data})
         out[name] = sorted(events, key=lambda e: e["seq_num"])
     assert "stop" in run.metadata and run.metadata["start"]["uid"] == uid
@@ -372,18 +379,18 @@ def assert_tiled_equals_nexus(url: str, run_dir: Path, tmp_path: Path) -> None:
         for group in entry:
             if group.startswith("rixs_"):
                 node = run[group].base
-                order = np.argsort(node["internal"].read()["seq_num"].to_numpy())
-                counts = entry[group]["counts"][()]
-                assert np.array_equal(node["counts"].read()[order].reshape(counts.shape), counts)
+                counts = entry[group]["counts"][()]  # rows in order: the arrays' (seq_num)
+                assert np.array_equal(node["counts"].read().reshape(counts.shape), counts)
                 compared += 1
             elif "raw" in entry[group]:  # EDGE_CHANNEL
                 edge, channel = group.rsplit("_", 1)
                 node = run[edge].base
                 table = node["internal"].read()
                 order = np.argsort(table["t_start"].to_numpy())
+                rows = table["seq_num"].to_numpy()[order] - 1  # an event's arrays' row
                 g = entry[group]
-                assert np.array_equal(node[channel].read()[order], g["raw"][()]), group
-                assert np.array_equal(node["I0"].read()[order], g["I0"][()]), group
+                assert np.array_equal(node[channel].read()[rows], g["raw"][()]), group
+                assert np.array_equal(node["I0"].read()[rows], g["I0"][()]), group
                 valence = table[f"valence_{channel}"].to_numpy(float)[order]
                 assert np.allclose(valence, g["valence"][()], equal_nan=True), group
                 compared += 1
@@ -452,3 +459,230 @@ def test_a_live_run_reaches_tiled_through_an_outage(tiled_server, processes, tmp
     )
     assert sum(snap.event_counts.values()) == events
     remote.close()
+
+
+# -- a facility: PostgreSQL, Redis, Tiled and NATS, three experiments ---------------------------
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None)
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class PostgresServer:
+    """Debian's PostgreSQL in a directory, on a loopback port (Tiled's catalog); run as the
+    ``postgres`` user when the test runs as root (initdb refuses root)."""
+
+    def __init__(self) -> None:
+        assert PG_BIN is not None
+        # not under pytest's directories: those are the test user's alone (mode 0700)
+        self.where, self.port = Path(tempfile.mkdtemp(prefix="operando-pg-")), free_ports(1)[0]
+        self.data = self.where / "data"
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/tiled"  # the catalog
+        self.tables = f"postgresql://postgres@127.0.0.1:{self.port}/tables"  # appended tables
+
+    def _owner(self, tool: str, *args: str) -> list[str]:
+        assert PG_BIN is not None
+        cmd = [str(PG_BIN / tool), *args]
+        return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.where, "postgres")
+        run = functools.partial(subprocess.run, check=True, capture_output=True, timeout=60)
+        run(self._owner("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust"))
+        options = f"-p {self.port} -k {self.where} -c listen_addresses=127.0.0.1"
+        log = str(self.where / "postgres.log")
+        run(self._owner("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start"))
+        assert PG_BIN is not None
+        createdb = [str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
+        run([*createdb, "-U", "postgres", "tiled"])
+        run([*createdb, "-U", "postgres", "tables"])
+
+    def stop(self) -> None:
+        stop = self._owner("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        subprocess.run(stop, capture_output=True, timeout=60)
+        shutil.rmtree(self.where, ignore_errors=True)
+
+
+class RedisServer:
+    """redis-server on a loopback port, nothing saved to disk (Tiled's streaming cache)."""
+
+    def __init__(self, log: Path) -> None:
+        self.port, self.log = free_ports(1)[0], log
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.p: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import socket
+
+        assert REDIS_SERVER is not None
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        with open(self.log, "ab") as log:
+            self.p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+
+        def pong() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_for(pong, 10, 0.1, what="redis-server")
+
+    def kill(self) -> None:
+        if self.p is not None and self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(10)
+
+
+def checksum(docs: list[Any]) -> str:
+    """Of the documents as a set (a live publisher gives a partial spectrum out at the end, the
+    export in its place): SHA-256 over each one's canonical JSON, sorted."""
+    each = sorted(msgspec.json.encode(d, order="sorted") for d in as_plain(docs))
+    return hashlib.sha256(b"\n".join(each)).hexdigest()[:16]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    PG_BIN is None or REDIS_SERVER is None,
+    reason="needs Debian's postgresql and redis-server (.ci/run installs them)",
+)
+def test_a_facility_three_runs_through_tiled_and_nats_outages(processes, tmp_path, monkeypatch):
+    """Three experiments (monitor and drivers each) publishing to one Tiled server (PostgreSQL
+    catalog, Redis for streaming) and one NATS JetStream server, all real; Tiled killed and
+    restarted mid-run, then NATS. Afterwards each run's documents on the bus and its content in
+    Tiled equal its run store's export (counts and checksums), a client followed one run live
+    through Tiled's websocket streaming, and three remote dashboards show their runs."""
+    from tiled.client import from_uri
+
+    postgres = PostgresServer()
+    redis = RedisServer(tmp_path / "redis.log")
+    # tables in PostgreSQL too: three runs creating their tables at once in one DuckDB file
+    # met "Catalog write-write conflict" (a 500 from Tiled)
+    tiled = TiledServer(
+        tmp_path / "tiled", catalog=postgres.url, cache=redis.url, tables=postgres.tables
+    )
+    nats_server = NatsServer(tmp_path / "jetstream", tmp_path / "nats.log")
+    postgres.start()
+    try:
+        redis.start()
+        tiled.start()
+        nats_server.start()
+        monkeypatch.setenv("TILED_API_KEY", "secret")  # the monitors' publishers inherit it
+        sinks = f'nats = "{nats_server.url}"\ntiled = "{tiled.url}"'
+        presets = ("peo-nmc", "lirich-rixs", "peo-lfp-relaxation")
+        started = [demo_publishing(processes, tmp_path / p, sinks, p) for p in presets]
+        runs = [run for _, run in started]
+        # a client elsewhere follows the first run's cell through Tiled's websocket stream
+        wait_for(lambda: (runs[0] / "publish" / "tiled.json").exists(), 120, what="a batch")
+        with Run(runs[0]) as r:
+            first_uid = r.uid
+        client = from_uri(tiled.url, api_key="secret")
+
+        def cell_table() -> Any:
+            stream = client[first_uid]["electrochemistry"]
+            return getattr(stream, "base", stream)["internal"]
+
+        wait_for(lambda: _has(cell_table), 60, what="the first run's electrochemistry in Tiled")
+        streamed: list[int] = []
+
+        def on_rows(update: Any) -> None:
+            streamed.append(len(update.data()))
+
+        def follow_cell() -> Any:
+            """Rows appended to the first run's cell table, as Tiled streams them."""
+            subscription = cell_table().subscribe()
+            subscription.new_data.add_callback(on_rows)
+            return subscription.start_in_thread()
+
+        subscription = follow_cell()
+        wait_for(lambda: sum(streamed) > 0, 60, what="rows through Tiled's websocket stream")
+        subscription.disconnect()
+        before = sum(streamed)
+        tiled.kill()  # Tiled dies mid-run ...
+        time.sleep(5)
+        tiled.start()  # ... and comes back with its catalog (PostgreSQL) and data
+        subscription = follow_cell()  # the client subscribes again
+        time.sleep(6)
+        nats_server.kill()  # then the broker ...
+        time.sleep(5)
+        nats_server.start()  # ... with its store
+        for demo, _ in started:
+            assert demo.p.wait(240) == 0, demo.output()
+        subscription.disconnect()
+        assert sum(streamed) > before, "no rows streamed after Tiled's restart"
+
+        table = ["run | documents | NATS | Tiled events | checksum"]
+        for run in runs:
+            wait_for(lambda run=run: _stopped(run), 120, what=f"{run}: both sinks' stop")
+            out = run.parent / "d.jsonl"
+            cli("export", str(run), "--format", "documents", "--out", str(out))
+            exported = as_plain(list(read_documents(out)))
+            with Run(run) as r:
+                uid = r.uid
+            on_bus = stream_documents(nats_server.url, uid)
+            assert len(on_bus) == len(exported), run
+            assert checksum(on_bus) == checksum(exported), run
+            in_tiled = assert_tiled_holds(tiled.url, run, run.parent)
+            table.append(
+                f"{run.parent.name} | {len(exported)} | {len(on_bus)} | {in_tiled} | "
+                f"{checksum(exported)}"
+            )
+        print("\n".join(table), f"\nstreamed rows: {sum(streamed)} in {len(streamed)} updates")
+        _remote_dashboards_show(runs, tiled.url, processes, tmp_path)
+    finally:
+        nats_server.kill()
+        tiled.kill()
+        redis.kill()
+        postgres.stop()
+
+
+def _has(node: Any) -> bool:
+    try:
+        node()
+        return True
+    except KeyError:
+        return False
+
+
+def _stopped(run: Path) -> bool:
+    from operando.store.summary import published_to
+
+    sinks = published_to(run)
+    return len(sinks) == 2 and all(s.get("stop_sent") for s in sinks)
+
+
+def _remote_dashboards_show(runs: list[Path], url: str, processes: Any, tmp_path: Path) -> None:
+    """A dashboard per run from Tiled (as on three other machines), each checked in Chromium."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from operando.dashboards.headless import http_ready, launch
+
+    from operando.store import open_readonly
+
+    pages = []
+    for run in runs:
+        port = free_ports(1)[0]
+        with Run(run) as r:
+            uid = r.uid
+        processes(
+            "dashboard", "--tiled", url, "--run", uid, "--api-key", "secret", "--port", str(port),
+            log=run.parent / "dashboard.log",
+        )  # fmt: skip
+        pages.append((run, f"http://127.0.0.1:{port}/"))
+    with playwright.sync_playwright() as p:
+        browser = launch(p)
+        try:
+            for run, page_url in pages:
+                wait_for(lambda u=page_url: http_ready(u + "liveness"), 60, 0.5, what=page_url)
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.goto(page_url)
+                page.wait_for_selector(".op-spectra", timeout=60_000)
+                (n,) = open_readonly(run).execute("SELECT count(*) FROM spectra").fetchone()
+                wait_for(
+                    lambda page=page, n=n: page.locator(".op-spectra").get_attribute("data-count")
+                    == str(n),
+                    60, 0.5, what=f"{run.parent.name}: {n} spectra from Tiled",
+                )  # fmt: skip
+                assert "read from Tiled" in page.locator(".op-header").inner_text()
+                page.close()
+        finally:
+            browser.close()
