@@ -14,6 +14,7 @@ import operando
 from operando.export.documents import read_documents
 from operando.protocol import decode
 from operando.store import open_readonly, read_raw
+from operando.store.reader import Run
 
 
 def _store(run, sql):
@@ -174,41 +175,23 @@ def tiled_server(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiled_holds_the_run(lirich_run, tiled_server):
-    from tiled.client import from_uri
+def test_tiled_holds_the_run(lirich_run, tiled_server, tmp_path):
+    """export --format tiled writes the layout a live run gets (operando publish --tiled):
+    equal to the documents export and to the NeXus export; exporting again writes nothing
+    twice; a wrong key is one line."""
+    from test_publish import assert_tiled_equals_nexus, assert_tiled_holds
 
-    out = cli(
-        "export", str(lirich_run), "--format", "tiled", "--uri", tiled_server, "--api-key", "secret"
-    )
-    assert f"{tiled_server}/{lirich_run.name}" in out.stdout
-    node = from_uri(tiled_server, api_key="secret")[lirich_run.name]
-    assert node.metadata["experiment"] == "lirich-rixs"
-    ((rows,),) = _store(lirich_run, "SELECT count(*) FROM potentiostat")
-    assert len(node["electrochemistry"].read()) == rows
-    ((halves,),) = _store(lirich_run, "SELECT count(*) FROM half_cycles")
-    assert len(node["cycling"]["half_cycles"].read()) == halves
-    scans = _store(
-        lirich_run, "SELECT raw_id, edge FROM spectra WHERE kind = 'xas_scan' ORDER BY id"
-    )
-    last_raw, edge = scans[-1]
-    g = node[f"{edge.replace('-', '_')}_TEY"]
-    msg = decode(read_raw(lirich_run, last_raw).frames)
-    np.testing.assert_allclose(g["mu"].read()[-1], msg.arrays["TEY"] / msg.arrays["I0"])
-    table = g["spectra"].read()
-    assert table["scan_id"].iloc[-1] == msg.header.scan_id and not table["partial"].any()
-    assert set(table["fit_quality"]) <= {"good", "check", "poor", ""}
-    maps = dict(_store(lirich_run, "SELECT map_id, rows FROM rixs"))
-    for map_id, n in maps.items():
-        assert node[f"rixs_{map_id}".replace("-", "_")]["counts"].read().shape[0] == n
-    again = cli(
-        "export",
-        str(lirich_run),
-        "--format",
-        "tiled",
-        "--uri",
-        tiled_server,
-        "--api-key",
-        "secret",
-        check=False,
-    )
-    assert again.returncode == 2 and "is already there" in again.stderr
+    args = ["export", str(lirich_run), "--format", "tiled", "--uri", tiled_server]
+    out = cli(*args, "--api-key", "secret")
+    with Run(lirich_run) as run:
+        uid = run.uid
+    assert f"{tiled_server}/{uid}" in out.stdout
+    events = assert_tiled_holds(tiled_server, lirich_run, tmp_path)
+    assert events > 1000
+    assert_tiled_equals_nexus(tiled_server, lirich_run, tmp_path)
+    cli(*args, "--api-key", "secret")  # again: every row is there already
+    assert assert_tiled_holds(tiled_server, lirich_run, tmp_path) == events
+    wrong = cli(*args, "--api-key", "wrong", check=False)
+    said = wrong.stderr.strip()  # (the progress bar ends its line first)
+    assert wrong.returncode == 2 and "\n" not in said and said.startswith("operando: error:")
+    assert "Invalid API key" in said, said

@@ -1,30 +1,28 @@
 """``operando export RUN --format tiled --uri URI``: the run written into a Tiled server.
 
-Optional (``pip install 'operando[tiled]'``). One container per run, named after the run
-directory, with the experiment as metadata; inside it the same content as the NeXus file:
-``electrochemistry`` and ``events`` tables, a container per edge and channel (``mu``, ``raw``,
-``I0`` and ``energy`` arrays, a ``spectra`` table of everything known per spectrum), and a
-container per RIXS map (``counts``, ``excitation``, ``emission``).
+Optional (``pip install 'operando[tiled]'``). The same layout a live run gets from ``operando
+publish --tiled`` (``operando.tiledbus``): a bluesky run named by the run's uid, its documents
+(``export.compose``) written once over the finished run. So a run published live and a run
+exported afterwards read the same, and exporting a run already there writes nothing twice
+(each stream's ``seq_num`` is read back). The normalised ``mu`` stacks and the cycle summaries
+are in the NeXus export; Tiled holds what the documents carry (decision 0015).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import os
+import asyncio
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import msgspec
-import numpy as np
-import pandas as pd
-
-from operando import __version__
 from operando.export import Progress
-from operando.export.nexus import collect_spectra, nexus_name, stack_channel
-from operando.export.tables import cycling_tables, units_of
+from operando.export.compose import Document, run_documents
 from operando.store.reader import Run
 
-TILED_MISSING = "writing to Tiled needs the tiled client: pip install 'operando[tiled]'"
+if TYPE_CHECKING:
+    from operando.tiledbus import TiledRun
+
+BATCH = 200  # documents a write
 
 
 class TiledExportError(RuntimeError):
@@ -35,57 +33,42 @@ def export_tiled(
     run_dir: str | Path, uri: str, *, api_key: str | None = None, progress: Progress | None = None
 ) -> str:
     """Write the run; return where it now lives on the server."""
-    try:
-        from tiled.client import from_uri
-    except ImportError:
-        raise TiledExportError(TILED_MISSING) from None
-    client = from_uri(uri, api_key=api_key or os.environ.get("TILED_API_KEY"))
+    import httpx
+
+    from operando.publish import BusUnavailable, PublishError
+    from operando.tiledbus import TiledRun
+
     with Run(run_dir) as run:
-        if run.name in client:
-            raise TiledExportError(f"{uri}: a run named {run.name!r} is already there")
-        t0, t1 = run.time_range()
-        node = client.create_container(
-            key=run.name,
-            metadata={
-                "experiment": run.config.name,
-                "description": run.config.description,
-                "start_time": dt.datetime.fromtimestamp(t0, dt.UTC).isoformat(),
-                "end_time": dt.datetime.fromtimestamp(t1, dt.UTC).isoformat(),
-                "program": f"operando {__version__}",
-                "configuration": msgspec.to_builtins(run.config),
-            },
-        )
-        cell = run.potentiostat()
-        cell["t"] = cell["t"] - t0
-        node.write_dataframe(cell, key="electrochemistry", metadata={"t": "s since start"})
-        events = run.events()
-        events["t"] = events["t"] - t0
-        node.write_dataframe(events.astype({"source": str, "detail": str}), key="events")
-        cycling = node.create_container(key="cycling", metadata={"t": "s since start"})
-        for name, table in cycling_tables(run, t0).items():
-            cycling.write_dataframe(table, key=name, metadata={"units": units_of(table)})
-        xas, rixs = collect_spectra(run, progress)
-        for (edge, channel), spectra in xas.items():
-            st = stack_channel(spectra, channel, t0)
-            g = node.create_container(
-                key=nexus_name(f"{edge or 'unknown_edge'}_{channel}"),
-                metadata={"edge": edge, "channel": channel, "signal": "mu", "labels": st.labels},
-            )
-            dims = ["spectrum", "energy"]
-            g.write_array(st.energy, key="energy", metadata={"units": "eV"})
-            for name, values in (("mu", st.mu), ("raw", st.raw), ("I0", st.i0)):
-                g.write_array(values, key=name, dims=dims)
-            table = pd.DataFrame({k: v for k, (v, _) in st.per_spectrum.items()})
-            units = {k: u for k, (_, u) in st.per_spectrum.items() if u}
-            g.write_dataframe(table, key="spectra", metadata={"units": units})
-        for map_id, rows in rixs.items():
-            rows = sorted(rows, key=lambda s: s.row_offset)
-            g = node.create_container(key=nexus_name(f"rixs_{map_id}"), metadata=_rixs_meta(rows))
-            g.write_array(np.vstack([s.arrays["counts"] for s in rows]), key="counts")
-            g.write_array(np.concatenate([s.arrays["excitation"] for s in rows]), key="excitation")
-            g.write_array(np.asarray(rows[0].arrays["emission"]), key="emission")
-    return f"{uri.rstrip('/')}/{run.name}"
+        uid, total = run.uid, run.count_spectra()
+        bus = TiledRun(uri, uid, api_key=api_key)
+        try:
+            asyncio.run(_write(bus, run_documents(run), total, progress))
+        except PublishError as e:  # it names the server
+            raise TiledExportError(str(e)) from None
+        except BusUnavailable as e:
+            raise TiledExportError(f"{uri}: {e}") from None
+        except (httpx.HTTPError, OSError) as e:
+            raise TiledExportError(f"{uri}: cannot reach the Tiled server ({e})") from None
+    return f"{uri.rstrip('/')}/{uid}"
 
 
-def _rixs_meta(rows: list[Any]) -> dict[str, Any]:
-    return {"map_id": rows[0].map_id, "edge": rows[0].edge, "rows": len(rows), "units": "eV"}
+async def _write(
+    bus: TiledRun, docs: Iterator[Document], total: int, progress: Progress | None
+) -> None:
+    await bus.connect()
+    try:
+        batch: list[Document] = []
+        spectra = 0
+        for doc in docs:
+            batch.append(doc)
+            if doc[0] == "event" and "spectrum_id" in doc[1]["data"]:
+                spectra += 1
+            if len(batch) == BATCH:
+                await bus.send(batch)
+                batch = []
+                if progress is not None:
+                    progress(spectra, total)
+        if batch:
+            await bus.send(batch)
+    finally:
+        await bus.close()
