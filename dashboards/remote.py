@@ -11,9 +11,9 @@ small except ``electrochemistry``, which is read whole when it is polled (what T
 HTTP API offers: a table has no row offset).
 
 What Tiled holds is what the composer gave out: a spectrum appears once its alignment is
-whole and the analysis passed it, a half-cycle once it closed. Not there yet (so not shown):
-the relaxation fits and the RIXS map reductions (the RIXS rows are, and the map is drawn
-from them).
+whole and the analysis passed it, a half-cycle once it closed, a rest's relaxation fits once a
+later rest has one (or the run ended). Not there yet (so not shown): the RIXS map reductions
+(the ROI ratio; the RIXS rows are, and the map is drawn from them).
 """
 
 from __future__ import annotations
@@ -347,7 +347,18 @@ class TiledFollower:
         ]
 
     def relaxation(self) -> list[RelaxationEntry]:
-        return []  # not published yet (see the module's docstring)
+        """Each rest's relaxation fits, once final (a later rest began, or the run ended)."""
+        t0 = float(self.start["time"])  # the stream's rest_start is s since the run's start
+        return [
+            RelaxationEntry(
+                self._next_rowid(),
+                float(r["rest_start"]) + t0,
+                str(r["series"]),
+                str(r["quantity"]),
+                str(r["document"]),
+            )
+            for r in self._table("relaxation").to_dict("records")
+        ]
 
     def rixs(self) -> list[RixsEntry]:
         return []  # the map reductions are not published yet; the rows are

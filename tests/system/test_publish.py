@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import psutil
 import pytest
 from conftest import REPO, TiledServer, cli, free_ports, wait_for
@@ -612,6 +613,7 @@ def test_a_facility_three_runs_through_tiled_and_nats_outages(processes, tmp_pat
         assert sum(streamed) > before, "no rows streamed after Tiled's restart"
 
         table = ["run | documents | NATS | Tiled events | checksum"]
+        rests_shown = 0
         for run in runs:
             wait_for(lambda run=run: _stopped(run), 120, what=f"{run}: both sinks' stop")
             out = run.parent / "d.jsonl"
@@ -623,10 +625,21 @@ def test_a_facility_three_runs_through_tiled_and_nats_outages(processes, tmp_pat
             assert len(on_bus) == len(exported), run
             assert checksum(on_bus) == checksum(exported), run
             in_tiled = assert_tiled_holds(tiled.url, run, run.parent)
+            # a remote view's relaxation fits: each rest and series the store holds
+            remote = RunView(open_remote(tiled.url, uid, "secret"))
+            remote.refresh()
+            remote.close()
+            with Run(run) as r:
+                rests = r.relaxation()
+            shown = sorted(remote.relaxation)
+            assert [s for _, s in shown] == list(rests["series"]), run
+            assert np.allclose([t for t, _ in shown], rests["rest_start"], rtol=0, atol=1e-3)
+            rests_shown += len(shown)
             table.append(
                 f"{run.parent.name} | {len(exported)} | {len(on_bus)} | {in_tiled} | "
                 f"{checksum(exported)}"
             )
+        assert rests_shown > 0  # the comparison above was not of nothing
         print("\n".join(table), f"\nstreamed rows: {sum(streamed)} in {len(streamed)} updates")
         _remote_dashboards_show(runs, tiled.url, processes, tmp_path)
     finally:

@@ -17,6 +17,8 @@ run is given out when nothing recorded later can change it:
   analysis has passed it (each channel it fits has a fit, or a later spectrum has one);
 - ``event_log``: an event an entry of the run's event log, when it is recorded (what a remote
   dashboard shows of alarms, damage suspicions and verdicts, triggers and gaps);
+- ``relaxation``: each rest's relaxation fits, once a later rest has one (the analysis fits a
+  rest again as it grows, keeping the newest), or at the end;
 - ``stop`` when the run has ended: exit status "success" when every source closed its series,
   else "abort" naming those that did not.
 
@@ -29,6 +31,7 @@ never gives it out again, nor skips one.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -157,6 +160,7 @@ class Composer:
             yield from self._cycling(name, time_column, ended)
         yield from self._spectra(ended)
         yield from self._event_log()
+        yield from self._relaxation(ended)
         if ended:
             yield "stop", self._stop()
 
@@ -341,6 +345,47 @@ class Composer:
                 yield "event", self._event(name, data, float(received[k]), c.events[name] + 1)
             if len(rows) < READ_ROWS:
                 return
+
+    def _relaxation(self, ended: bool) -> Iterator[Document]:
+        """Each rest's relaxation fits (a row a series and quantity), once they are final: the
+        analysis fits a rest again as it grows and keeps only the newest fit, so a rest goes
+        out when a later one has a fit, or at the end."""
+        name, c = "relaxation", self.cursor
+        newest, n = self.run.rests_fitted()
+        if newest is None or (not ended and n < 2):
+            return
+        # a rest's rows never change once a later rest began: the count given out is a place
+        rows = self.run.relaxation_before(math.inf if ended else newest, c.events.get(name, 0))
+        if rows.empty:
+            return
+        keys = {
+            "rest_start": _key("number", "operando.analysis", units="s"),
+            "series": _key("string", "operando.analysis"),
+            "quantity": _key("string", "operando.analysis"),
+            "model": _key("string", "operando.analysis"),
+            "tau_s": _key("number", "operando.analysis", units="s"),
+            "tau_err_s": _key("number", "operando.analysis", units="s"),
+            "resolved": _key("boolean", "operando.analysis"),
+            "n_points": _key("integer", "operando.analysis"),
+            "document": _key("string", "operando.analysis"),  # the whole fit, JSON
+        }
+        start = rows["rest_start"].to_numpy(float)
+        described = self._describe(name, keys, float(start[0]))
+        if described:
+            yield described
+        for k, row in enumerate(rows.to_dict("records")):
+            data = {
+                "rest_start": float(start[k]) - self.t0,  # s since the run's start, as tables
+                "series": row["series"],
+                "quantity": row["quantity"],
+                "model": row["model"],
+                "tau_s": _clean(row["tau_s"]),
+                "tau_err_s": _clean(row["tau_err_s"]),
+                "resolved": bool(row["resolved"]),
+                "n_points": int(row["n_points"]),
+                "document": row["doc"],
+            }
+            yield "event", self._event(name, data, float(start[k]), c.events[name] + 1)
 
     def _spectra(self, ended: bool) -> Iterator[Document]:
         c = self.cursor

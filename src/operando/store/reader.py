@@ -688,6 +688,24 @@ class Run:
                 out[sid][1].add(channel)
         return out
 
+    def rests_fitted(self) -> tuple[float | None, int]:
+        """The newest rest with a relaxation fit (its start, epoch s; None: none) and how
+        many rests have one: what says whether a rest's fits are final (a later rest began)."""
+        newest, n = self.conn.execute(
+            "SELECT max(rest_start), count(DISTINCT rest_start) FROM relaxation"
+        ).fetchone()
+        return newest, int(n)
+
+    def relaxation_before(self, before: float, skip: int) -> pd.DataFrame:
+        """The relaxation fits of the rests that started before ``before`` (epoch s), with
+        their documents, in order of rest, series and quantity, past the first ``skip``."""
+        return self._frame(
+            "SELECT rest_start, channel AS series, quantity, model, tau_s, tau_err_s, resolved, "
+            "n_points, doc FROM relaxation WHERE rest_start < ? "
+            "ORDER BY rest_start, channel, quantity LIMIT -1 OFFSET ?",
+            (before, skip),
+        )
+
     def documents_of(self, table: str) -> list[str]:
         """Each row's JSON document of a derived table, in the order its frame has
         (``half_cycles()``, ``current_steps()``, ``gitt()``, ``interruptions()``)."""
