@@ -180,7 +180,7 @@ class TiledFollower:
 
     def _pull(self) -> None:
         """New rows of every spectrum stream, for alignments, fits and doses alike; a stream
-        whose array did not grow is not read."""
+        whose ``seq_num`` column holds nothing new is not read further (``_table``'s gate)."""
         import httpx
 
         now = time.monotonic()
