@@ -14,6 +14,9 @@ a real Tiled server (``tiled serve catalog --temp``), both on 127.0.0.1:
    and a Tiled client polls (every 0.25 s) the spectrum streams: the lag from a spectrum's
    arrival at the monitor (its raw message's ``recv_ns``) to its event on the bus and to its
    row in Tiled, and from a potentiostat row's arrival to the page holding it on the bus;
+   with ``--views``, two remote dashboards' views (``operando dashboard --tiled``) too, one
+   following Tiled's websocket stream and one polling: a refresh's cost, a row's and a
+   spectrum's lag to them (on two cores they compete with the run and the Tiled server);
 3. after it, ``operando publish --once`` of the whole recorded run into a second stream and
    into an empty Tiled server: the rows per second each publisher sends when it has a backlog,
    as a ratio to the rows per second the monitor recorded live;
@@ -124,11 +127,22 @@ def record(
 
 
 def tiled_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A new, empty Tiled server: SQLite catalog and tables (tiled 0.2.20's DuckDB shares one
+    connection among requests: a read during a table's creation lost the table), streaming
+    from memory (so remote views follow by websocket)."""
     port = free_ports(1)[0]
     tiled = Path(sys.executable).with_name("tiled")
-    where = ["--host", "127.0.0.1", "--port", str(port)]
+    where = Path(tempfile.mkdtemp(dir=work, prefix="tiled-"))
+    config = where / "config.yml"
+    catalog = {
+        "uri": f"sqlite:///{where / 'catalog.db'}",
+        "writable_storage": [str(where / "data"), f"sqlite:///{where / 'tables.sqlite'}"],
+        "init_if_not_exists": True,
+    }
+    config.write_text(json.dumps({"catalog": catalog, "streaming_cache": {"uri": "memory"}}))
+    at = ["--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
-        [str(tiled), "serve", "catalog", "--temp", "--api-key", "secret", *where],
+        [str(tiled), "serve", "config", str(config), "--api-key", "secret", *at],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -171,6 +185,95 @@ class TiledWatcher(threading.Thread):
                 continue
 
 
+class RemoteViews(threading.Thread):
+    """Two dashboards' views of the run from Tiled (``operando dashboard --tiled``), refreshed
+    every 0.5 s as the page does once a second: one follows the growing tables through Tiled's
+    websocket stream, one polls them. For each, how long a refresh took, and when each
+    potentiostat row and spectrum first showed in it."""
+
+    def __init__(self, url: str, run: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.run_name = url, run
+        self.done = threading.Event()
+        self.refresh_s: dict[str, list[tuple[float, bool]]] = {"websocket": [], "poll": []}
+        self.rows: dict[str, dict[float, float]] = {"websocket": {}, "poll": {}}
+        self.spectra: dict[str, dict[int, float]] = {"websocket": {}, "poll": {}}
+
+    def run(self) -> None:
+        from operando.dashboards.remote import RemoteError, TiledFollower, find_run
+        from operando.dashboards.view import RunView
+
+        while not self.done.is_set():
+            try:
+                node = find_run(self.url, self.run_name, "secret")
+                break
+            except RemoteError:
+                time.sleep(0.5)
+        else:
+            return
+        views = {
+            "websocket": RunView(TiledFollower(node, self.url)),
+            "poll": RunView(
+                TiledFollower(find_run(self.url, node.item["id"], "secret"), "", websocket=False)
+            ),
+        }
+        while not self.done.is_set():
+            for how, view in views.items():
+                cells, spectra = len(view.cell.data), set(view.spectra)
+                t0 = time.perf_counter()
+                view.refresh()
+                took = time.perf_counter() - t0
+                now = time.time()
+                new = view.cell.data[cells:, 0]
+                self.refresh_s[how].append((took, len(new) > 0))
+                for t in new:
+                    self.rows[how].setdefault(round(float(t), 6), now)
+                for sid in set(view.spectra) - spectra:
+                    self.spectra[how].setdefault(sid, now)
+            time.sleep(0.5)
+        for view in views.values():
+            view.close()
+
+    def summary(self, run: Path) -> dict[str, Any]:
+        conn = open_readonly(run)
+        spectra = dict(
+            conn.execute(
+                "SELECT s.id, r.recv_ns * 1e-9 FROM spectra s JOIN raw r ON r.id = s.raw_id"
+            )
+        )
+        rows = dict(
+            conn.execute(
+                "SELECT round(p.t, 6), max(r.recv_ns) * 1e-9 FROM potentiostat p "
+                "JOIN raw r ON r.id = p.raw_id GROUP BY p.t"
+            ).fetchall()
+        )
+        conn.close()
+        out: dict[str, Any] = {}
+        for how in self.refresh_s:
+            idle = [t for t, news in self.refresh_s[how] if not news]
+            busy = [t for t, news in self.refresh_s[how] if news]
+            out[how] = {
+                "refreshes": len(self.refresh_s[how]),
+                "refresh_with_new_rows": pct(busy),
+                "refresh_without_new_rows": pct(idle),
+                "potentiostat_row_to_view": pct(
+                    [at - rows[t] for t, at in self.rows[how].items() if t in rows]
+                ),
+                "spectrum_to_view": pct(
+                    [at - spectra[i] for i, at in self.spectra[how].items() if i in spectra]
+                ),
+            }
+        return out
+
+
+def pct(xs: list[float]) -> dict[str, float | int]:
+    """Median and 95th percentile, in ms."""
+    if not xs:
+        return {"n": 0}
+    a = np.asarray(xs) * 1e3
+    return {"n": len(xs), "p50_ms": float(np.median(a)), "p95_ms": float(np.quantile(a, 0.95))}
+
+
 def lags(
     run: Path, seen: list[tuple[float, str, dict[str, Any]]], in_tiled: dict[Any, float]
 ) -> dict[str, Any]:
@@ -198,13 +301,6 @@ def lags(
             arrived = [rows[t] for t in doc["time"] if t in rows]
             if arrived:  # its newest row: the page went out after it came
                 page_lag.append(at - max(arrived))
-
-    def pct(xs: list[float]) -> dict[str, float | int]:
-        if not xs:
-            return {"n": 0}
-        a = np.asarray(xs) * 1e3
-        return {"n": len(xs), "p50_ms": float(np.median(a)), "p95_ms": float(np.quantile(a, 0.95))}
-
     tiled_lag = [at - spectra[key] for key, at in in_tiled.items() if key in spectra]
     return {
         "spectrum_to_bus": pct(spectrum_lag),
@@ -233,6 +329,9 @@ def main() -> None:
     ap.add_argument("--preset", default="peo-nmc")
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--speed", type=float, default=240.0)
+    ap.add_argument(
+        "--views", action="store_true", help="two remote dashboards' views follow the run too"
+    )
     a = ap.parse_args()
     bare = load_bare_zmq().measure("8KB", "pushpull", "sync", repeat=1, port=free_ports(1)[0])
     os.environ["TILED_API_KEY"] = "secret"  # the monitor's Tiled publisher inherits it
@@ -242,17 +341,20 @@ def main() -> None:
         tiled, tiled_url = tiled_server(work)
         try:
             listener, watcher = Listener(url), TiledWatcher(tiled_url)
+            views = RemoteViews(tiled_url, "run-with")
             listener.start()
             watcher.start()
+            if a.views:  # they share the two cores with everything else: not by default
+                views.start()
             time.sleep(0.5)
             with_sink = record(
                 a.preset, a.duration, a.speed, work, {"nats": url, "tiled": tiled_url}
             )
             time.sleep(2)
-            listener.done.set()
-            watcher.done.set()
-            listener.join(5)
-            watcher.join(5)
+            for thread in (listener, watcher, views):
+                thread.done.set()
+                if thread.is_alive():
+                    thread.join(10)
             without = record(a.preset, a.duration, a.speed, work, {})
             run = with_sink["run"]
             conn = open_readonly(run)
@@ -278,6 +380,7 @@ def main() -> None:
             "spectra": spectra,
             "documents_on_bus": docs,
             "lag": lags(run, listener.seen, watcher.seen),
+            "remote_views": views.summary(run) if a.views else "not run (--views)",
             "monitor_cpu_s_with_both_sinks": monitor,
             "monitor_cpu_s_without": without["monitor_cpu_s"],
             "monitor_cpu_ratio_with_over_without": monitor / without["monitor_cpu_s"],

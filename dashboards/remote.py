@@ -5,15 +5,17 @@ the Tiled server shows the run, live while it records and afterwards.
 
 Each call gives what is new since the last one, as ``RunFollower`` does from the run store:
 the ``seq_num`` values read of each stream are the watermark (rows come in no set order with
-PostgreSQL as Tiled's tabular storage; event n's arrays are at row n - 1). A spectrum stream's
-``seq_num`` column is read first and the rest only when it has news; the other tables are
-small except ``electrochemistry``, which is read whole when it is polled (what Tiled 0.2's
-HTTP API offers: a table has no row offset).
+PostgreSQL as Tiled's tabular storage; event n's arrays are at row n - 1). Each stream's table
+comes through Tiled's websocket stream (``dashboards.tiledstream``), so an idle refresh asks
+the server nothing; a server without a streaming cache is polled, a table's ``seq_num``
+column first and the rest only when it has news (Tiled 0.2's table API has no row offset).
+A new spectrum's arrays are read over HTTP, one slice request per array for a stream's new
+rows.
 
 What Tiled holds is what the composer gave out: a spectrum appears once its alignment is
 whole and the analysis passed it, a half-cycle once it closed, a rest's relaxation fits once a
-later rest has one (or the run ended). Not there yet (so not shown): the RIXS map reductions
-(the ROI ratio; the RIXS rows are, and the map is drawn from them).
+later rest has one, a RIXS map's reduction (the ROI ratio) once the map has all its rows (or
+the run ended); the map itself is drawn from its rows as they come.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from operando.dashboards.tiledstream import FollowedTable
 
 from operando.config import ConfigError, ExperimentConfig, parse_config
 from operando.store.follow import (
@@ -54,7 +57,7 @@ CYCLING_STREAMS = {
     "interruptions": ("interruptions", "t_start"),
 }
 SPECTRA_KEPT = 2000  # spectra whose fits and arrays are kept for drawing (the newest)
-POLL_S = 0.5  # the spectrum streams are looked at no more often than this
+LIST_S = 2.0  # how often the run's streams are listed (a new one shows this late at most)
 
 
 class RemoteError(RuntimeError):
@@ -99,16 +102,17 @@ def find_run(uri: str, run: str, api_key: str | None) -> Any:
 class TiledFollower:
     """The rows of a run in Tiled, each call what is new (see the module's docstring)."""
 
-    def __init__(self, node: Any, uri: str) -> None:
+    def __init__(self, node: Any, uri: str, websocket: bool = True) -> None:
         self.node = node
+        self.websocket = websocket  # False: every table polled (a bench compares the two)
         self.label = f"{uri}/{node.item['id']} ({node.metadata['start'].get('operando_run')})"
         self.start: dict[str, Any] = dict(node.metadata["start"])
-        self.seen: dict[str, set[int]] = {}  # stream -> the seq_nums read
         self.rowid = 0  # a running number for the rows handed out (the views' watermarks)
         self.streams: dict[str, Any] = {}  # name -> its container
         self.keys: dict[str, dict[str, Any]] = {}  # name -> its descriptor's data keys
-        self.tables: dict[str, Any] = {}  # name -> its table
-        self.polled = 0.0
+        self.followed: dict[str, FollowedTable] = {}  # name -> its table, followed
+        self.names: set[str] = set()  # the run's streams, as last listed
+        self.listed = -math.inf  # time.monotonic() of that
         # rows read of the spectrum streams, waiting for the call that hands them out
         self.pending: dict[str, list[dict[str, Any]]] = {"align": [], "fits": [], "dose": []}
         # spectrum id -> its arrays, and its channels' fits: for drawing the newest
@@ -122,6 +126,8 @@ class TiledFollower:
         return True
 
     def close(self) -> None:
+        for table in self.followed.values():
+            table.close()
         self.node.context.close()
 
     def config(self) -> ExperimentConfig | None:
@@ -133,37 +139,37 @@ class TiledFollower:
             log.warning("%s", e)
             return None
 
+    def _names(self) -> set[str]:
+        """The run's streams, listed again every ``LIST_S`` (a new edge, scan shape or RIXS
+        map is a new stream)."""
+        now = time.monotonic()
+        if now - self.listed >= LIST_S:
+            self.listed = now
+            self.names = set(self.node)
+        return self.names
+
     def _stream(self, name: str) -> Any | None:
         if name not in self.streams:
-            if name not in self.node:
+            if name not in self._names():
                 return None
             node = self.node[name]
             self.streams[name] = getattr(node, "base", node)  # a composite: its container
             self.keys[name] = node.metadata.get("data_keys", {})  # a descriptor's: fixed
         return self.streams[name]
 
-    def _table(self, name: str, gate: bool = False) -> pd.DataFrame:
-        """A stream's events not read before, by ``seq_num`` (with PostgreSQL as Tiled's
-        tabular storage, rows come in no set order; a spectrum that waited for a refill comes
-        after later ones). ``gate``: look at the ``seq_num`` column first, and read the whole
-        table only when it has news."""
+    def _table(self, name: str) -> pd.DataFrame:
+        """A stream's events not read before, in ``seq_num`` order (``FollowedTable``)."""
         import httpx
 
-        seen = self.seen.setdefault(name, set())
         try:
-            if name not in self.tables:
+            if name not in self.followed:
                 stream = self._stream(name)
                 if stream is None or "internal" not in stream:
                     return pd.DataFrame()
-                self.tables[name] = stream["internal"]
-            if gate and set(self.tables[name].read(["seq_num"])["seq_num"]) <= seen:
-                return pd.DataFrame()
-            table = self.tables[name].read()
+                self.followed[name] = FollowedTable(stream["internal"], name, self.websocket)
+            return self.followed[name].new()
         except (httpx.HTTPError, OSError) as e:
             raise StoreError(f"reading {name} from Tiled: {e}") from None
-        new = table.loc[~table["seq_num"].isin(seen)].sort_values("seq_num")
-        seen.update(int(n) for n in new["seq_num"])
-        return new
 
     def _next_rowid(self) -> int:
         self.rowid += 1
@@ -179,17 +185,11 @@ class TiledFollower:
         return columns.to_numpy(np.float64)
 
     def _pull(self) -> None:
-        """New rows of every spectrum stream, for alignments, fits and doses alike; a stream
-        whose ``seq_num`` column holds nothing new is not read further (``_table``'s gate)."""
+        """New rows of every spectrum stream, for alignments, fits and doses alike."""
         import httpx
 
-        now = time.monotonic()
-        if now - self.polled < POLL_S:
-            return
-        self.polled = now
         try:
-            names = list(self.node)
-            for name in names:
+            for name in sorted(self._names()):
                 stream = self._stream(name)
                 keys = self.keys.get(name, {})
                 if stream is not None and "spectrum_id" in keys:
@@ -198,7 +198,7 @@ class TiledFollower:
             raise StoreError(f"reading the spectra from Tiled: {e}") from None
 
     def _pull_stream(self, name: str, stream: Any, keys: dict[str, Any]) -> None:
-        rows = self._table(name, gate=True).to_dict("records")
+        rows = self._table(name).to_dict("records")
         if not rows:
             return
         # each array's rows of these spectra in one request (event n is at row n - 1)
@@ -361,7 +361,19 @@ class TiledFollower:
         ]
 
     def rixs(self) -> list[RixsEntry]:
-        return []  # the map reductions are not published yet; the rows are
+        """Each RIXS map's reduction, once final (all its rows, or the run ended)."""
+        return [
+            RixsEntry(
+                self._next_rowid(),
+                str(r["map_id"]),
+                int(r["rows"]),
+                int(r["rows_total"]),
+                _none(r["roi"]),
+                _none(r["ratio"]),
+                _none(r["soc"]),
+            )
+            for r in self._table("map_reductions").to_dict("records")
+        ]
 
     def cycling(self, table: str) -> list[CyclingEntry]:
         stream, key = CYCLING_STREAMS[table]

@@ -319,7 +319,7 @@ def replay_into_new_monitor(recorded: Path, tmp_path: Path, processes: Any) -> t
 
 class TiledServer:
     """A Tiled server whose catalog (SQLite, or a PostgreSQL database: ``catalog``) and data
-    (files; tables in DuckDB, or PostgreSQL: ``tables``) live on, so it can be killed and
+    (files; tables in SQLite, or PostgreSQL: ``tables``) live on, so it can be killed and
     started again with what it held; ``cache`` (a Redis URI) serves its websocket streaming."""
 
     def __init__(
@@ -330,7 +330,9 @@ class TiledServer:
         tables: str | None = None,
     ) -> None:
         self.where, self.port = where, free_ports(1)[0]
-        self.tables = tables or f"duckdb:///{where / 'tables.duckdb'}"
+        # not DuckDB: tiled 0.2.20 shares one DuckDB connection among its requests, and a
+        # remote view's read during a publisher's table creation lost the table for good
+        self.tables = tables or f"sqlite:///{where / 'tables.sqlite'}"
         self.url = f"http://127.0.0.1:{self.port}"
         self.catalog = catalog or f"sqlite:///{where / 'catalog.db'}"
         self.cache = cache

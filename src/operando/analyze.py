@@ -424,7 +424,9 @@ class Analyzer:
                 red.reference,
                 red.ratio,
                 al.soc,
-                _json.encode(red).decode(),
+                # with the time of the row that made it: a map's reduction goes out on the
+                # bus (``export.compose``) at its newest row's time, the same live and after
+                _json.encode({**msgspec.structs.asdict(red), "t_end": al.t_end}).decode(),
             )
         )
         self.publish("rixs", {"map_id": key, "rows": red.rows})

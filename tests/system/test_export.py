@@ -123,6 +123,8 @@ def test_documents_are_valid_event_model_and_hold_every_spectrum(lirich_run, tmp
     assert per_stream.pop("event_log") == logged  # the run's event log, an event an entry
     ((fitted,),) = _store(lirich_run, "SELECT count(*) FROM relaxation")
     assert per_stream.pop("relaxation", 0) == fitted  # each rest's fits (at the end: all)
+    ((maps,),) = _store(lirich_run, "SELECT count(*) FROM rixs")
+    assert per_stream.pop("map_reductions") == maps > 0  # each RIXS map's reduction
     by_kind = dict(_store(lirich_run, "SELECT kind, count(*) FROM spectra GROUP BY kind"))
     rixs = sum(n for s, n in per_stream.items() if s.startswith("rixs_"))
     assert rixs == by_kind["rixs_rows"] > 0

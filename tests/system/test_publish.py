@@ -409,6 +409,17 @@ def test_a_recorded_run_is_in_tiled_as_its_documents(lirich_run, tiled_server, t
     events = assert_tiled_holds(url, lirich_run, tmp_path)
     assert events > 5000
     assert_tiled_equals_nexus(url, lirich_run, tmp_path)
+    # a remote dashboard's view: each RIXS map's reduction (the ROI ratio) as the store has it
+    remote = RunView(open_remote(url, lirich_run.name, "secret"))
+    remote.refresh()
+    remote.close()
+    with Run(lirich_run) as r:
+        maps = r.rixs()
+    assert len(maps) == 4
+    for m in maps.to_dict("records"):
+        shown = remote.rixs_maps[m["map_id"]]
+        assert (shown["rows"], shown["rows_total"]) == (m["rows"], m["rows_total"])
+        assert shown["ratio"] == pytest.approx(m["ratio"], rel=1e-12)
     # from scratch again: nothing is written twice
     (lirich_run / "publish" / "tiled.json").unlink()
     again = cli(*args, timeout=300)
@@ -417,36 +428,62 @@ def test_a_recorded_run_is_in_tiled_as_its_documents(lirich_run, tiled_server, t
 
 
 @pytest.mark.slow
-def test_a_live_run_reaches_tiled_through_an_outage(tiled_server, processes, tmp_path, monkeypatch):
+def test_a_live_run_reaches_tiled_through_an_outage(tmp_path, processes, monkeypatch):
+    """A run published live to Tiled (streaming from memory, which a restart forgets) while
+    the server is killed and restarted, the publisher killed and started again from an older
+    cursor; a remote view follows it all along and ends with what the run store holds."""
+    tiled_server = TiledServer(tmp_path / "tiled", cache="memory")
+    tiled_server.start()
+    try:
+        _live_run_through_an_outage(tiled_server, processes, tmp_path, monkeypatch)
+    finally:
+        tiled_server.kill()
+
+
+def _live_run_through_an_outage(
+    tiled_server: TiledServer, processes: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
     monkeypatch.setenv("TILED_API_KEY", "secret")  # the monitor's publisher inherits it
     demo, run = demo_publishing(processes, tmp_path, f'tiled = "{tiled_server.url}"')
     cursor = run / "publish" / "tiled.json"
     wait_for(cursor.exists, 90, what="the monitor's Tiled publisher's first batch")
     early = cursor.read_bytes()
-    time.sleep(4)
+    # a dashboard's view on another machine, reading Tiled only: it follows the run live ...
+    follower = open_remote(tiled_server.url, run.name, "secret")
+    remote = RunView(follower)
+    seen_live: list[int] = []
+
+    def follow(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            remote.refresh()
+            seen_live.append(len(remote.snapshot.spectra))
+            time.sleep(0.5)
+
+    follow(4)
+    cell = follower.followed["electrochemistry"]
+    assert cell.streaming and cell.streamed > 0  # rows came through the websocket
     tiled_server.kill()  # Tiled dies mid-run ...
-    time.sleep(4)
-    tiled_server.start()  # ... and comes back with its catalog
-    time.sleep(4)
+    follow(4)
+    tiled_server.start()  # ... and comes back with its catalog, its stream's counts from 1
+    streamed = cell.streamed
+    follow(4)
     kill_publisher(run)
     said = (run / "logs" / "publish-tiled.log").read_text()
     assert "Traceback" not in said  # the outage waited through (the tiled client retries too)
     cursor.write_bytes(early)  # as if it had died before saving since its first batch
     publisher = processes("publish", str(run), "--tiled", tiled_server.url, log=tmp_path / "p.log")
-    # a dashboard's view on another machine, reading Tiled only: it follows the run live ...
-    remote = RunView(open_remote(tiled_server.url, run.name, "secret"))
-    seen_live = []
     while demo.p.poll() is None:
-        remote.refresh()
-        seen_live.append(len(remote.snapshot.spectra))
-        time.sleep(1)
+        follow(1)
     assert demo.p.wait(150) == 0, demo.output()
     assert publisher.p.wait(120) == 0, publisher.output()
     assert "the run's stop included" in publisher.output()
     assert assert_tiled_holds(tiled_server.url, run, tmp_path) > 1000
-    # ... and ends with what the run store holds
+    assert cell.streamed > streamed, "nothing streamed after Tiled's restart"
+    # ... and ends with what the run store holds (the audit reads what the stream skipped)
     assert any(n > 0 for n in seen_live), seen_live
-    remote.follow.polled = 0.0  # no wait for its next look at the spectra
+    for table in follower.followed.values():
+        table.audited = 0.0  # no wait for its next look at what the stream may have missed
     remote.refresh()
     snap = remote.snapshot
     with Run(run) as stored:

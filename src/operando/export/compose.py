@@ -19,6 +19,8 @@ run is given out when nothing recorded later can change it:
   dashboard shows of alarms, damage suspicions and verdicts, triggers and gaps);
 - ``relaxation``: each rest's relaxation fits, once a later rest has one (the analysis fits a
   rest again as it grows, keeping the newest), or at the end;
+- ``map_reductions``: each RIXS map's reduction (ROI and reference sums, their ratio, the SOC), once
+  the map has all its rows, or at the end (the analysis replaces it as rows come);
 - ``stop`` when the run has ended: exit status "success" when every source closed its series,
   else "abort" naming those that did not.
 
@@ -161,6 +163,7 @@ class Composer:
         yield from self._spectra(ended)
         yield from self._event_log()
         yield from self._relaxation(ended)
+        yield from self._map_reductions(ended)
         if ended:
             yield "stop", self._stop()
 
@@ -386,6 +389,41 @@ class Composer:
                 "document": row["doc"],
             }
             yield "event", self._event(name, data, float(start[k]), c.events[name] + 1)
+
+    def _map_reductions(self, ended: bool) -> Iterator[Document]:
+        """Each RIXS map's reduction, once final (``Run.rixs_maps_final``), at the time of the
+        row that completed it (a run recorded before that was kept: the run's end)."""
+        name, c = "map_reductions", self.cursor
+        rows = self.run.rixs_maps_final(c.events.get(name, 0), ended)
+        if rows.empty:
+            return
+        keys = {
+            "map_id": _key("string", "operando.analysis"),
+            "rows": _key("integer", "operando.analysis"),
+            "rows_total": _key("integer", "operando.analysis"),
+            "roi": _key("number", "operando.analysis", units="counts"),
+            "reference": _key("number", "operando.analysis", units="counts"),
+            "ratio": _key("number", "operando.analysis"),
+            "soc": _key("number", "operando.analysis"),
+            "document": _key("string", "operando.analysis"),  # PFY, iPFY, cuts: JSON
+        }
+        end = self.run.time_range()[1]
+        t = [float(json.loads(d).get("t_end", end)) for d in rows["doc"]]
+        described = self._describe(name, keys, t[0])
+        if described:
+            yield described
+        for k, row in enumerate(rows.to_dict("records")):
+            data = {
+                "map_id": row["map_id"],
+                "rows": int(row["rows"]),
+                "rows_total": int(row["rows_total"]),
+                "roi": _clean(row["roi"]),
+                "reference": _clean(row["reference"]),
+                "ratio": _clean(row["ratio"]),
+                "soc": _clean(row["soc"]),
+                "document": row["doc"],
+            }
+            yield "event", self._event(name, data, t[k], c.events[name] + 1)
 
     def _spectra(self, ended: bool) -> Iterator[Document]:
         c = self.cursor

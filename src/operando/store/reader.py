@@ -210,6 +210,18 @@ class Run:
             "SELECT map_id, rows, rows_total, roi, reference, ratio, soc FROM rixs ORDER BY rowid"
         )
 
+    def rixs_maps_final(self, skip: int, ended: bool) -> pd.DataFrame:
+        """The RIXS maps whose reduction is final, with its document, past the first ``skip``:
+        a map's row is replaced as its rows come, so one is final once it has all its rows
+        (in the order they completed: the last replacement gives its rowid), and at the end
+        the rest follow."""
+        final = "" if ended else "WHERE rows >= rows_total "
+        return self._frame(
+            "SELECT map_id, rows, rows_total, roi, reference, ratio, soc, doc FROM rixs "
+            f"{final}ORDER BY rows < rows_total, rowid LIMIT -1 OFFSET ?",
+            (skip,),
+        )
+
     # -- electrochemistry (operando.electrochem) ------------------------------------------
     def _has_table(self, table: str) -> bool:
         """Runs recorded before schema 6 have no half-cycle or step tables (reprocess adds
