@@ -8,8 +8,9 @@ a real Tiled server (``tiled serve catalog --temp``), both on 127.0.0.1:
 
 1. the demo recorded twice with the same preset, speed and duration: once with ``[publish]``
    naming both servers (the monitor starts a publisher for each), once without; CPU seconds of
-   the monitor process and of each publisher from psutil, so the monitor's cost with both sinks
-   on is a ratio to its cost without, measured in the same invocation;
+   the monitor process and of each publisher, and their largest resident memory, from psutil,
+   so the monitor's cost with both sinks on is a ratio to its cost without, measured in the
+   same invocation;
 2. during the run with the sinks, a subscriber on the stream notes when each document arrives,
    and a Tiled client polls (every 0.25 s) the spectrum streams: the lag from a spectrum's
    arrival at the monitor (its raw message's ``recv_ns``) to its event on the bus and to its
@@ -92,14 +93,16 @@ class Listener(threading.Thread):
         await nc.close()
 
 
-def cpu_of(patterns: tuple[str, ...], procs: dict[int, float]) -> None:
-    """Remember the CPU seconds of every process whose command line holds all ``patterns``."""
+def cpu_of(patterns: tuple[str, ...], procs: dict[int, float], rss: dict[int, int]) -> None:
+    """Remember the CPU seconds and the largest resident memory of every process whose command
+    line holds all ``patterns``."""
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if all(x in cmd for x in patterns):
             try:
                 t = p.cpu_times()
                 procs[p.pid] = t.user + t.system
+                rss[p.pid] = max(rss.get(p.pid, 0), p.memory_info().rss)
             except psutil.NoSuchProcess:
                 pass
 
@@ -117,13 +120,18 @@ def record(
     argv = [*CLI, "demo", "--config", str(config), "--headless", "--no-dashboard"]
     argv += ["--duration", str(duration), "--speed", str(speed), "--run-dir", str(run)]
     cpu: dict[str, dict[int, float]] = {"monitor": {}, "nats": {}, "tiled": {}}
+    rss: dict[str, dict[int, int]] = {"monitor": {}, "nats": {}, "tiled": {}}
     demo = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while demo.poll() is None:
-        cpu_of(("operando.cli monitor", f"--run-dir {run}"), cpu["monitor"])
-        cpu_of((f"publish {run} ", "--nats"), cpu["nats"])
-        cpu_of((f"publish {run} ", "--tiled"), cpu["tiled"])
+        cpu_of(("operando.cli monitor", f"--run-dir {run}"), cpu["monitor"], rss["monitor"])
+        cpu_of((f"publish {run} ", "--nats"), cpu["nats"], rss["nats"])
+        cpu_of((f"publish {run} ", "--tiled"), cpu["tiled"], rss["tiled"])
         time.sleep(0.2)
-    return {"run": run, **{f"{k}_cpu_s": sum(v.values()) for k, v in cpu.items()}}
+    return {
+        "run": run,
+        **{f"{k}_cpu_s": sum(v.values()) for k, v in cpu.items()},
+        **{f"{k}_max_rss_MB": sum(v.values()) / 2**20 for k, v in rss.items()},
+    }
 
 
 def tiled_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -384,6 +392,10 @@ def main() -> None:
             "monitor_cpu_s_with_both_sinks": monitor,
             "monitor_cpu_s_without": without["monitor_cpu_s"],
             "monitor_cpu_ratio_with_over_without": monitor / without["monitor_cpu_s"],
+            "monitor_max_rss_MB_with_both_sinks": with_sink["monitor_max_rss_MB"],
+            "monitor_max_rss_MB_without": without["monitor_max_rss_MB"],
+            "nats_publisher_max_rss_MB": with_sink["nats_max_rss_MB"],
+            "tiled_publisher_max_rss_MB": with_sink["tiled_max_rss_MB"],
             "nats_publisher_cpu_s": with_sink["nats_cpu_s"],
             "tiled_publisher_cpu_s": with_sink["tiled_cpu_s"],
             "live_rows_per_s": rows / a.duration,
