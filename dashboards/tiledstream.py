@@ -79,14 +79,21 @@ class FollowedTable:
             due = self._gap(frames) or now - self.audited >= AUDIT_S
         if due:
             self.audited = now
-            there = set(self.table.read(["seq_num"])["seq_num"])
-            if there - self.seen - {n for f in frames for n in f["seq_num"]}:
-                frames.append(self.table.read())
+            try:
+                there = set(self.table.read(["seq_num"])["seq_num"])
+                if there - self.seen - {n for f in frames for n in f["seq_num"]}:
+                    frames.append(self.table.read())
+            except BaseException:  # the streamed rows wait for the next call
+                with self._lock:
+                    self._arrived[:0] = frames
+                raise
         frames = [f for f in frames if len(f)]
         if not frames:
             return pd.DataFrame()
         rows = pd.concat(frames, ignore_index=True).drop_duplicates("seq_num")
-        rows = rows.loc[~rows["seq_num"].isin(list(self.seen))].sort_values("seq_num")
+        # not isin(seen): that hashes every seq_num seen (a week's rows) at each call
+        rows = rows.loc[[int(n) not in self.seen for n in rows["seq_num"]]]
+        rows = rows.sort_values("seq_num")
         if len(rows):
             self.seen.update(int(n) for n in rows["seq_num"])
             self.top = max(self.top, int(rows["seq_num"].iloc[-1]))

@@ -317,7 +317,9 @@ def test_follow_waits_for_ec_lab_and_publishes_its_last_unterminated_row(tmp_pat
     live = tmp_path / "cell7_C01.mpt"
     args = [str(live), "--follow", "--poll", "0.05", "--settle", "1"]
     run, driver = _start(tmp_path, processes, args, 1.0)
-    time.sleep(1.0)
+    # it says so once the monitor subscribed (or after 10 s without): a monitor slow to start
+    # under load saw the file whole before then, and the driver had nothing to wait for
+    wait_for(lambda: "waiting for it" in driver.output(), 30, what="the driver waiting")
     assert driver.p.poll() is None, driver.output()  # waiting, not refused
     header_end = data.index(b"mode\t")  # the column line is the header's last
     live.write_bytes(data[:header_end])  # EC-Lab has begun the header
@@ -330,7 +332,7 @@ def test_follow_waits_for_ec_lab_and_publishes_its_last_unterminated_row(tmp_pat
     assert driver.stop(signal.SIGINT) == 0
     with operando.open_run(run) as r:
         np.testing.assert_allclose(r.potentiostat()["Ewe"], truth["Ewe"])
-    assert "waiting for" in driver.output()
+    assert "waiting for it" in driver.output()
 
 
 def test_column_spellings_ec_lab_writes_are_read():
