@@ -462,6 +462,9 @@ def _live_run_through_an_outage(
 
     follow(4)
     cell = follower.followed["electrochemistry"]
+    deadline = time.monotonic() + 60
+    while not cell.streamed and time.monotonic() < deadline:  # the publisher's next append
+        follow(1)
     assert cell.streaming and cell.streamed > 0  # rows came through the websocket
     tiled_server.kill()  # Tiled dies mid-run ...
     follow(4)
