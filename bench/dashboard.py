@@ -172,6 +172,15 @@ _TITLES_JS = """() => {
 }"""
 
 
+# the newest spectrum the page's header shows, and when the server sent that header and read
+# the store (a locator's evaluate: the header lives in a shadow root, out of document's reach)
+_SHOWN_JS = """h => {
+  const latest = h.querySelector("#op-latest"), redraw = h.querySelector(".op-redraw");
+  return [Number(latest.dataset.spectrumId || 0), Number(redraw.dataset.sent),
+          Number(redraw.dataset.refreshed)];
+}"""
+
+
 def wait_until(check: Any, timeout_s: float) -> float | None:
     """Seconds until ``check()`` is true, polled every 20 ms (None: not within the timeout)."""
     t0 = time.perf_counter()
@@ -300,7 +309,9 @@ def main() -> None:
         cfg = long_config(a.hours, work, a.scan_interval)
         demo = start_demo(("--config", str(cfg)), a.speed, wall, run, port)
         sampler = Sampler(run)
-        seen: list[tuple[int, float]] = []  # (spectrum id shown, wall time first seen)
+        # (spectrum id shown, wall time first seen, when the server sent that header, when the
+        # view it was drawn from read the store)
+        seen: list[tuple[int, float, float, float]] = []
         plotted: list[tuple[float, float | None]] = []  # (wall time, newest time plotted)
         spent: dict[str, list[float]] = {}  # ms per redraw step, as the page's header says
         try:
@@ -311,11 +322,11 @@ def main() -> None:
                 browser, page = browser_page(pw)
                 page.goto(url)
                 page.wait_for_selector("#op-latest", timeout=60_000)
-                latest = page.locator("#op-latest")
+                header = page.locator(".op-header")
                 k = 0
                 while demo.poll() is None:
                     try:
-                        sid = int(latest.get_attribute("data-spectrum-id", timeout=5000) or 0)
+                        sid, sent, refreshed = header.evaluate(_SHOWN_JS, timeout=5000)
                         if k % 10 == 0:
                             plotted.append((time.time(), plotted_until(page)))
                             steps = page.locator(".op-redraw").get_attribute("data-steps")
@@ -324,7 +335,7 @@ def main() -> None:
                     except Exception:  # the server is stopping at the end of the run
                         break
                     if not seen or sid > seen[-1][0]:
-                        seen.append((sid, time.time()))
+                        seen.append((sid, time.time(), sent, refreshed))
                     k += 1
                     time.sleep(0.02)
                 browser.close()
@@ -358,15 +369,19 @@ def main() -> None:
         (n_rows,) = conn.execute("SELECT count(*) FROM potentiostat").fetchone()
         (t_span,) = conn.execute("SELECT max(t) - min(t) FROM potentiostat").fetchone()
         conn.close()
-        latencies, arrived = [], []
-        shown = np.array([s for s, _ in seen])
-        times = np.array([t for _, t in seen])
+        latencies, arrived, parts = [], [], []
+        shown = np.array([s[0] for s in seen])
         for sid, recv_ns in sorted(arrivals.items()):
             k = np.searchsorted(shown, sid)  # the first page state showing this spectrum
             if k < len(shown) and sid >= seen[0][0] + 1:  # after the page was open
-                latencies.append(times[k] - recv_ns * 1e-9)
+                _, t_seen, t_sent, t_read = seen[k]
+                latencies.append(t_seen - recv_ns * 1e-9)
                 arrived.append(recv_ns * 1e-9)
+                # arrival -> the view read it from the store -> the server sent the page
+                # its redraw -> the page showed it
+                parts.append((t_read - recv_ns * 1e-9, t_sent - t_read, t_seen - t_sent))
         lat = np.array(latencies) * 1e3
+        legs = np.array(parts).reshape(-1, 3) * 1e3
         if lat.size < 2:
             raise SystemExit(
                 f"only {lat.size} spectra arrived after the page opened: run longer (--hours)"
@@ -417,6 +432,16 @@ def main() -> None:
             "after_warmup_p50": round(float(np.percentile(lat_warm, 50)), 1),
             "after_warmup_p95": round(float(np.percentile(lat_warm, 95)), 1),
             "poll_resolution_ms": 20,
+        },
+        # where the latency goes, p50 / p95 of each leg (ms): the monitor storing it and the
+        # view reading the store; the page's server waiting for its next look and redrawing;
+        # the patch reaching the page and the page applying it (and the bench's 20 ms poll)
+        "latency_legs_ms": {
+            leg: {
+                "p50": round(float(np.percentile(legs[:, i], 50)), 1),
+                "p95": round(float(np.percentile(legs[:, i], 95)), 1),
+            }
+            for i, leg in enumerate(("arrival_to_view", "view_to_sent", "sent_to_page"))
         },
         "plotted_trace_age_ms": {
             "n": len(age),

@@ -31,9 +31,8 @@ class HoursAxis:
         self.t0_s = t0_s
         self.callbacks: list[CustomJS] = []
 
-    def hook(self, plot: Any, element: Any) -> None:
-        """HoloViews plot hook: add the axis once (hooks run at every update)."""
-        fig = plot.state
+    def add(self, fig: Any) -> None:
+        """Put the hours axis on a Bokeh figure whose x axis is UTC time (once)."""
         if HOURS in fig.extra_x_ranges:
             return
         hours = Range1d(start=0, end=1)

@@ -2,10 +2,11 @@
 
 One process serves any number of browser tabs. A ``StateFeed`` thread keeps one ``RunView`` of
 the run store current; each tab redraws from the view's newest snapshot at a bounded rate
-(``render_hz``), sending HoloViews streams only the parts that changed. Long time series are
-downsampled for display (min-max + LTTB over the whole trace) while the full data stay in the
-store. Nothing a browser does can slow ingest: the monitor only ever sees a SUB socket that may
-fall behind.
+(``render_hz``), redrawing only the parts that changed. The first tab, the one kept open, is
+Bokeh figures that new rows are appended to (``timeplots``); the other tabs are HoloViews
+plots redrawn when shown. Long time series are downsampled for display (min-max + LTTB over
+the whole trace) while the full data stay in the store. Nothing a browser does can slow
+ingest: the monitor only ever sees a SUB socket that may fall behind.
 
 Binds 127.0.0.1 unless told otherwise; on any other address it refuses to start without
 authentication (Panel's basic auth: a password file). Controls (acquire, hold, resume,
@@ -30,13 +31,12 @@ from typing import Any
 import holoviews as hv
 import pandas as pd
 import panel as pn
-from holoviews.operation.downsample import downsample1d
 from holoviews.streams import Pipe
 from operando.dashboards import plots
 from operando.dashboards.hours import HoursAxis
 from operando.dashboards.remote import RemoteError, open_remote
+from operando.dashboards.timeplots import TimePlots
 from operando.dashboards.view import RunView, Snapshot, StateFeed
-from pandas.core.util.hashing import hash_pandas_object
 
 from operando.clock import utc_text
 from operando.events import EventKind
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 2.0  # a slow redraw delays the next one by twice its time, at most this
 MAX_ALARMS_SHOWN = 8  # newest first; the rest are counted
-DISPLAY_POINTS = 1500  # per time series, per browser: downsampled, the shape kept
 
 
 @dataclass
@@ -136,13 +135,8 @@ class Session:
             css_classes=["op-edge"],  # found by the browser test and the bench
         )
         self.pipes = {
-            "cell": _pipe(snap.cell),
-            "marks": _pipe((snap.rests, snap.spectra, snap.triggers)),
-            "fits": _pipe(snap.fits),
             "fits_soc": _pipe(snap.fits),
-            "fractions": _pipe((snap.fits, self.edge.value)),
             "latest": _pipe(snap.latest),
-            "beam": _pipe((snap.beam, snap.beam_lost)),
             "relaxation": _pipe(snap.relaxation),
             "dose": _pipe((snap.dose, snap.budget_Gy, snap.spots, beam_spot(snap.spectra))),
             "rixs": _pipe(snap.rixs_latest),
@@ -155,7 +149,15 @@ class Session:
             "interruptions": _pipe(snap.interruptions),
         }
         self.heat_pipes: dict[tuple[str, str, str], Pipe] = {}
-        self.fractions_key: tuple[str | None, int] | None = None  # what the fractions show
+        self.hours = HoursAxis(float(snap.cell["t"].iloc[0]) if len(snap.cell) else None)
+        # the first tab, drawn with what the run has now (a page opened before its first
+        # update, seconds on a busy server, showed empty plots)
+        self.time = TimePlots(self.hours)
+        self.time.show_cell(snap.cell, snap.cell_revision)
+        self.time.show_marks(snap.rests, snap.spectra, snap.triggers)
+        self.time.show_beam(snap.beam, snap.beam_lost)
+        self.time.show_valence(snap.fits)
+        self.time.show_fractions(snap.fits, self.edge.value)
         self.edge.param.watch(lambda e: self._send_fractions(), "value")
         self.header = pn.pane.HTML("", sizing_mode="stretch_width")
         self.alarms = pn.pane.HTML("", sizing_mode="stretch_width")
@@ -192,60 +194,11 @@ class Session:
         self.stale: set[str] = set()
         self.rixs_sent = snap.rixs_latest
         self.cycling_sent: dict[str, Any] = {}  # what the cycling plots show
-        self.hours = HoursAxis(float(snap.cell["t"].iloc[0]) if len(snap.cell) else None)
         self.layout = self._layout()
         self.steps = self._steps()
         self.tabs.param.watch(self._tab_opened, "active")
 
     # -- layout ------------------------------------------------------------------------------
-    def _time_plots(self) -> hv.Layout:
-        p = self.pipes
-        # each plot half the window wide (two columns), whatever the screen
-        width = {
-            "responsive": True,
-            "height": 260,
-            "min_width": 360,
-            "framewise": True,
-            "hooks": [self.hours.hook],  # hours since the start above the UTC axis
-        }
-        marks = hv.DynamicMap(lambda data: plots.marks(*data), streams=[p["marks"]])
-
-        def series(y: str) -> Any:
-            curve = hv.DynamicMap(lambda data: plots.cell_curve(data, y), streams=[p["cell"]])
-            # min-max then LTTB (tsdownsample): keeps the spikes a plain LTTB can drop. Over the
-            # whole trace, not the zoomed range: tied to the plot's range, the downsampling
-            # kept only what lay in the old range and a live plot stopped growing.
-            return downsample1d(curve, algorithm="minmax-lttb", width=DISPLAY_POINTS, streams=[])
-
-        # spectra, rests and triggers are marked on the voltage only: the axes are linked, and
-        # each marked plot costs a redraw per spectrum
-        # the legend beside the plot (inside, it covered the newest data)
-        ewe = (series("Ewe") * marks).opts(title="cell voltage", legend_position="right", **width)
-        cur = series("I").opts(title="current", **width)
-        soc = series("soc").opts(title="state of charge", **width)
-        val = hv.DynamicMap(lambda data: plots.valence_plot(data, "t"), streams=[p["fits"]])
-        tey = hv.DynamicMap(
-            lambda data: plots.fraction_plot(data[0], "TEY", data[1]), streams=[p["fractions"]]
-        )
-        tfy = hv.DynamicMap(
-            lambda data: plots.fraction_plot(data[0], "TFY", data[1]), streams=[p["fractions"]]
-        )
-        # the beam beside the cell: a dump or a refill lines up with what it touched
-        beam = hv.DynamicMap(lambda data: plots.beam_plot(*data), streams=[p["beam"]])
-        return (
-            (
-                ewe
-                + cur
-                + soc
-                + beam.opts(**width)
-                + tey.opts(**width)
-                + tfy.opts(**width)
-                + val.opts(**width)
-            )
-            .cols(2)
-            .opts(shared_axes=True)
-        )
-
     def _layout(self) -> pn.Column:
         p = self.pipes
         vs_soc = hv.DynamicMap(
@@ -270,13 +223,7 @@ class Session:
         self.tabs = tabs = pn.Tabs(
             (
                 "Electrochemistry & valence",
-                pn.Column(
-                    self.edge,
-                    pn.pane.HoloViews(
-                        self._time_plots(), linked_axes=False, sizing_mode="stretch_width"
-                    ),
-                    sizing_mode="stretch_width",
-                ),
+                pn.Column(self.edge, self.time.layout, sizing_mode="stretch_width"),
             ),
             ("Cycling", self._cycling()),
             (
@@ -434,11 +381,11 @@ class Session:
             return self._changed(snap, "spectra", "events") or snap.rests != self.rests
 
         def marks(snap: Snapshot) -> None:
-            p["marks"].send((snap.rests, snap.spectra, snap.triggers))
+            self.time.show_marks(snap.rests, snap.spectra, snap.triggers)
             self.rests = snap.rests
 
         def time_fits(snap: Snapshot) -> None:
-            p["fits"].send(snap.fits)
+            self.time.show_valence(snap.fits)
             edges = _edges(snap)
             if edges != self.edge.options:
                 self.edge.options = edges
@@ -487,9 +434,9 @@ class Session:
                     self.cycling_sent[name] = data
 
         return [
-            ("cell", 0, parts("cell"), lambda snap: p["cell"].send(snap.cell)),
+            ("cell", 0, parts("cell"), lambda s: self.time.show_cell(s.cell, s.cell_revision)),
             ("marks", 0, marks_due, marks),
-            ("beam", 0, parts("spectra"), lambda snap: p["beam"].send((snap.beam, snap.beam_lost))),
+            ("beam", 0, parts("spectra"), lambda s: self.time.show_beam(s.beam, s.beam_lost)),
             ("time fits", 0, parts("fits"), time_fits),
             ("cycling", 1, parts("cycling", "fits", "spectra"), cycling),
             ("spectra", 2, parts("fits", "spectra"), spectra_tab),
@@ -525,16 +472,11 @@ class Session:
         with pn.io.hold(freeze=True):
             self._redraw(self.feed.view.snapshot)
 
-    def _send_fractions(self, snap: Snapshot | None = None) -> None:
-        """The chosen edge's fractions, when they changed: a fit of another edge leaves both
-        plots as they are (redrawing them was a third of a redraw's time)."""
+    def _send_fractions(self, snap: Snapshot | None = None) -> dict[str, str]:
+        """The chosen edge's fractions: its new fits appended, or the plots made again for
+        another edge (a fit of another edge sends nothing)."""
         snap = snap or self.feed.view.snapshot
-        fits, edge = snap.fits, self.edge.value
-        shown = fits.loc[fits["edge"] == edge] if len(fits) else fits
-        key = (edge, int(hash_pandas_object(shown, index=False).sum()))
-        if key != self.fractions_key:
-            self.fractions_key = key
-            self.pipes["fractions"].send((fits, edge))
+        return self.time.show_fractions(snap.fits, self.edge.value)
 
     def _heatmaps(self, snap: Snapshot) -> None:
         for key, item in snap.heatmaps.items():
@@ -663,6 +605,7 @@ def header_html(
         f"{published_html(feed.view.run_dir) if feed.view.run_dir else ''}"
         f" - state batches missed {feed.missed}"
         f' - redraw <span class="op-redraw" data-tab="{tab}" data-sent="{time.time():.3f}"'
+        f' data-refreshed="{snap.refreshed_at:.3f}"'
         f' data-steps="{html.escape(json.dumps(spent))}"'
         f' title="{html.escape(spent_text)}">{redraw_ms:.0f}</span> ms'
         f"<br>{sources}</div>"
@@ -944,6 +887,17 @@ def serve(opts: DashboardOptions) -> int:
     def app() -> pn.viewable.Viewable:
         session = Session(feed, opts)
         pn.state.onload(session.update)  # the first fill as soon as the page is there
+        # a page redraws as soon as the view has read something new (waiting for its next
+        # look, up to a quarter second, was a third of a spectrum's way to the page at real
+        # time), and looks for news at ``render_hz`` as well
+        doc = pn.state.curdoc
+        assert doc is not None  # inside a session: Panel calls app() for each page
+
+        def wake(snap: Snapshot) -> None:  # in the feed's thread: Bokeh's thread-safe call
+            doc.add_next_tick_callback(session.update)
+
+        feed.on_refresh.append(wake)
+        pn.state.on_session_destroyed(lambda context: feed.on_refresh.remove(wake))
         pn.state.add_periodic_callback(session.update, period=int(1000 / opts.render_hz))
         return session.layout
 

@@ -2,7 +2,8 @@
 
 No sockets, no Panel, no state: the live app (``live.py``) feeds them through streams. Units on
 every axis; colours from the Okabe-Ito palette (safe for the common colour-vision deficiencies);
-hover on every data element. Times are UTC datetimes, so all time plots share one axis.
+hover on every data element. The first tab's plots against time are not here: they are Bokeh
+figures fed by appending rows (``timeplots.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any, TypeVar, cast
 import holoviews as hv
 import numpy as np
 import pandas as pd
-from bokeh.models import NumeralTickFormatter
 
 from operando.analysis.relaxation import split_series
 
@@ -26,14 +26,11 @@ REST_SHADE = "#999999"
 
 T = hv.Dimension("time", label="time (UTC)")
 EWE = hv.Dimension("Ewe", label="Ewe", unit="V")
-CURRENT = hv.Dimension("I", label="I", unit="mA")
 SOC = hv.Dimension("soc", label="SOC", range=(0, 1))
 VALENCE = hv.Dimension("valence", label="average oxidation state")
-FRACTION = hv.Dimension("fraction", label="fraction", range=(0, 1))
 ENERGY = hv.Dimension("energy", label="photon energy", unit="eV")
 INTENSITY = hv.Dimension("intensity", label="signal / I0")
 DOSE = hv.Dimension("dose", label="dose", unit="MGy")
-I0 = hv.Dimension("I0", label="I0 (counts or monitor units)")
 
 
 E = TypeVar("E", bound=hv.core.Dimensioned)
@@ -64,107 +61,6 @@ def waiting(x: Any, y: Any, title: str) -> hv.Overlay:
     )
 
 
-def cell_curve(cell: pd.DataFrame, y: str) -> hv.Curve:
-    """Ewe, I or SOC against time (the caller downsamples it for display). ``cell`` has a
-    ``time`` column (datetimes), made once per snapshot rather than per plot."""
-    dim = {"Ewe": EWE, "I": CURRENT, "soc": SOC}[y]
-    colour = {"Ewe": PALETTE[0], "I": PALETTE[3], "soc": PALETTE[2]}[y]
-    data = cell if len(cell) else pd.DataFrame({"time": as_time([]), y: []})
-    return styled(hv.Curve(data, T, dim), color=colour, tools=["hover"], line_width=1.5)
-
-
-def marks(
-    rests: list[tuple[float, float]], spectra: pd.DataFrame, triggers: pd.DataFrame
-) -> hv.Overlay:
-    """What happened when: rest periods shaded, spectrum windows as bands, triggers as lines."""
-    rest = styled(
-        hv.VSpans(
-            pd.DataFrame(
-                {"x0": as_time([r[0] for r in rests]), "x1": as_time([r[1] for r in rests])}
-            ),
-            kdims=["x0", "x1"],
-            label="rest",
-        ),
-        color=REST_SHADE,
-        alpha=0.2,
-        line_alpha=0,
-    )
-    xas = spectra[spectra["kind"] == "xas_scan"] if len(spectra) else spectra
-    windows = styled(
-        hv.VSpans(
-            pd.DataFrame(
-                {
-                    "x0": as_time(xas["t_start"] if len(xas) else []),
-                    "x1": as_time(xas["t_end"] if len(xas) else []),
-                }
-            ),
-            kdims=["x0", "x1"],
-            label="spectrum",
-        ),
-        color=SPECTRUM_SPAN,
-        alpha=0.15,
-        line_alpha=0,
-    )
-    fired = styled(
-        hv.VLines(
-            pd.DataFrame({"x": as_time(triggers["t"].dropna() if len(triggers) else [])}),
-            kdims=["x"],
-            label="trigger",
-        ),
-        color=PALETTE[5],
-        line_dash="dashed",
-        line_width=1.5,
-    )
-    return rest * windows * fired
-
-
-def beam_plot(beam: pd.DataFrame, lost: list[tuple[int, float, float]]) -> hv.Overlay:
-    """The beam as I0 saw it: each scan's median I0 (marker per edge: the monitor reads each
-    edge's photons differently), its minimum, and the times it was lost shaded red."""
-    if not len(beam):
-        return waiting(T, I0, "beam (I0): no scan with an I0 yet")
-    items: list[Any] = []
-    for i, (edge, b) in enumerate(beam.groupby("edge", sort=True)):
-        data = pd.DataFrame(
-            {"time": as_time(b["t"]), "I0": b["i0_median"], "minimum": b["i0_min"],
-             "spectrum": b["spectrum_id"]}
-        )  # fmt: skip
-        marker = MARKERS[i % len(MARKERS)]
-        items.append(
-            styled(
-                hv.Scatter(data, T, [I0, "minimum", "spectrum"], label=f"{edge} median"),
-                color=PALETTE[0], marker=marker, size=5, tools=["hover"],
-            )
-        )  # fmt: skip
-        lowest = pd.DataFrame({"time": data["time"], "I0": b["i0_min"].to_numpy()})
-        items.append(
-            styled(
-                hv.Scatter(lowest, T, I0, label=f"{edge} minimum"),
-                color=PALETTE[4], marker=marker, size=3,
-            )
-        )  # fmt: skip
-    spans = pd.DataFrame(
-        {"x0": as_time([a for _, a, _ in lost]), "x1": as_time([b for *_, b in lost])}
-    )
-    items.append(
-        styled(
-            hv.VSpans(spans, kdims=["x0", "x1"], label="beam lost"),
-            color=PALETTE[3], alpha=0.35, line_alpha=0,
-        )
-    )  # fmt: skip
-    title = "beam (I0 per scan)"
-    if lost:
-        minutes = sum(b - a for _, a, b in lost) / 60
-        scans = len({sid for sid, *_ in lost})
-        title += f": lost {len(lost)} time(s), {minutes:.1f} min, in {scans} scan(s)"
-    return styled(
-        hv.Overlay(items),
-        title=title,
-        legend_position="right",
-        yformatter=NumeralTickFormatter(format="0.[00]a"),  # 100k, not 1.000e+5
-    )
-
-
 def sigma_bars(
     frame: pd.DataFrame, x: hv.Dimension, y: hv.Dimension, *, log: bool = False
 ) -> hv.Segments:
@@ -184,27 +80,6 @@ def sigma_bars(
         }
     )
     return hv.Segments(bars, [x, y, "x1", "y1"])
-
-
-def fraction_plot(fits: pd.DataFrame, channel: str, edge: str | None) -> hv.Overlay:
-    """Valence fractions of one edge and channel against time, with +-1 sigma bands."""
-    title = {"TEY": "surface (TEY)", "TFY": "bulk (TFY)"}.get(channel, channel)
-    title = f"{edge or ''} fractions, {title}"
-    items: list[Any] = []
-    f = fits.loc[(fits["channel"] == channel) & (fits["edge"] == edge)] if len(fits) else fits
-    names = [c[2:] for c in f.columns if c.startswith("f:") and bool(f[c].notna().any())]
-    for i, name in enumerate(names):
-        colour = PALETTE[i % len(PALETTE)]
-        data = pd.DataFrame(
-            {"time": as_time(f["t"]), "fraction": f[f"f:{name}"], "err": f[f"u:{name}"]}
-        )
-        items.append(
-            styled(hv.Spread(data, T, [FRACTION, "err"]), color=colour, alpha=0.25, line_alpha=0)
-        )
-        items.append(styled(hv.Curve(data, T, FRACTION, label=name), color=colour, tools=["hover"]))
-    if not items:
-        return waiting(T, FRACTION, title)
-    return styled(hv.Overlay(items), title=title, legend_position="right")
 
 
 def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:

@@ -96,6 +96,9 @@ class CellTrace:
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self.data = np.zeros((0, len(CELL_COLUMNS)))
+        # counts rewrites of rows already held (a late row sorted in, the old half thinned):
+        # a plot that appends new rows must then take the trace again
+        self.revision = 0
 
     def extend(self, rows: np.ndarray) -> None:
         if not len(rows):
@@ -104,9 +107,11 @@ class CellTrace:
         self.data = np.vstack([self.data, rows])
         if late:  # rows that arrived out of order: keep the trace sorted by time
             self.data = self.data[np.argsort(self.data[:, 0], kind="stable")]
+            self.revision += 1
         while len(self.data) > self.capacity:
             half = len(self.data) // 2
             self.data = np.vstack([self.data[:half:2], self.data[half:]])
+            self.revision += 1
 
     def frame(self) -> pd.DataFrame:
         """The trace with a ``time`` column of datetimes (what the time axes show)."""
@@ -133,6 +138,7 @@ class Snapshot:
     version: int = 0
     parts: dict[str, int] = field(default_factory=dict)
     cell: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=pd.Index(CELL_COLUMNS)))
+    cell_revision: int = 0  # CellTrace.revision: rows already shown were rewritten
     rests: list[tuple[float, float]] = field(default_factory=list)
     spectra: pd.DataFrame = field(default_factory=pd.DataFrame)
     fits: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -673,6 +679,7 @@ class RunView:
             version=old.version + 1,
             parts=dict(self.parts),
             cell=self.cell.frame() if cell else old.cell,
+            cell_revision=self.cell.revision,
             rests=self.rest.periods(*self.cell.data[:, [0, 4, 2]].T) if cell else old.rests,
             spectra=pd.DataFrame([self.spectra[k] for k in sorted(self.spectra)])
             if changed("spectra")
@@ -835,7 +842,7 @@ class StateFeed:
                 except (StoreError, OSError) as e:
                     log.warning("refreshing the dashboard: %s", e)
                 last_refresh = time.monotonic()
-                for listener in self.on_refresh:
+                for listener in list(self.on_refresh):  # pages come and go meanwhile
                     listener(self.view.snapshot)
                 if last_refresh - last_trim > TRIM_INTERVAL_S:
                     release_freed_memory()

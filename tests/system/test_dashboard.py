@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from conftest import cli, record_demo
 from operando.dashboards import plots
+from operando.dashboards.hours import HoursAxis
 from operando.dashboards.live import (
     ATTENTION,
     DashboardOptions,
@@ -27,6 +28,7 @@ from operando.dashboards.live import (
     glance_html,
     spot_text,
 )
+from operando.dashboards.timeplots import TimePlots
 from operando.dashboards.view import CellTrace, RunView, StateFeed
 
 from operando.alarms import Alarms
@@ -153,17 +155,20 @@ def test_rixs_map_fills_from_the_recorded_rows(lirich_run):
 def test_every_plot_renders_with_units(lfp_view):
     hv.extension("bokeh")
     s = lfp_view.snapshot
-    fig = hv.render(plots.cell_curve(s.cell, "Ewe"))
-    assert fig.yaxis[0].axis_label == "Ewe (V)"
-    assert hv.render(plots.cell_curve(s.cell, "I")).yaxis[0].axis_label == "I (mA)"
+    time = TimePlots(HoursAxis(None))
+    assert time.show_cell(s.cell, s.cell_revision) == dict.fromkeys(("Ewe", "I", "soc"), "replaced")
+    assert time.figures["Ewe"].yaxis[0].axis_label == "Ewe (V)"
+    assert time.figures["I"].yaxis[0].axis_label == "I (mA)"
+    time.show_marks(s.rests, s.spectra, s.triggers)
+    assert len(time.windows.source.data["x0"]) == (s.spectra["kind"] == "xas_scan").sum() > 0
+    assert time.show_fractions(s.fits, "Fe-L") == {"TEY": "streamed", "TFY": "streamed"}
+    assert time.fractions["TFY"].pane.object.title.text == "Fe-L fractions, bulk (TFY)"
     assert "eV" in hv.render(plots.spectrum_plot(s.latest)).xaxis[0].axis_label
     bars = hv.render(plots.dose_bars(s.dose, 5e8, s.spots))
     assert bars.yaxis[0].axis_label == "dose (MGy)"
     rel = hv.render(plots.relaxation_plot(s.relaxation, "valence"))
     assert "tau" in rel.title.text and rel.xaxis[0].axis_label.endswith("(s)")
     for element in (
-        plots.marks(s.rests, s.spectra, s.triggers),
-        plots.fraction_plot(s.fits, "TFY", "Fe-L"),
         plots.valence_plot(s.fits, "soc"),
         plots.spectrum_plot(s.latest, "residual"),
         plots.heatmap_plot(s.heatmaps[("Fe-L", "TEY", "charge")], "Fe-L", "TEY", "charge"),
@@ -224,28 +229,37 @@ def test_a_new_page_draws_an_edges_fractions_before_its_first_update(lfp_run, lf
     hv.extension("bokeh")
     session = Session(StateFeed(lfp_view, None), DashboardOptions(run_dir=lfp_run))
     assert session.edge.options == ["Fe-L"] and session.edge.value == "Fe-L"
-    fits, edge = session.pipes["fractions"].data
-    assert edge == "Fe-L" and len(fits) == len(lfp_view.snapshot.fits)
+    fits = lfp_view.snapshot.fits
+    for channel, plot in session.time.fractions.items():
+        assert plot.pane.object.title.text.startswith("Fe-L fractions")
+        shown = plot.table.source.data["time"]
+        assert len(shown) == (fits["channel"] == channel).sum() > 0
 
 
 @pytest.mark.slow
 def test_fractions_are_sent_again_only_when_the_chosen_edges_fits_change(lfp_run, lfp_view):
-    """Both fraction plots were redrawn at every fit of any edge: a third of a redraw."""
+    """Both fraction plots were redrawn at every fit of any edge: a third of a redraw. Now a
+    new fit of the chosen edge is appended, and the rest sends nothing."""
     hv.extension("bokeh")
     session = Session(StateFeed(lfp_view, None), DashboardOptions(run_dir=lfp_run))
     snap = lfp_view.snapshot
-    session._send_fractions(snap)
-    sent = session.pipes["fractions"].data
-    session._send_fractions(snap)
-    assert session.pipes["fractions"].data is sent  # nothing new
+    same = {"TEY": "same", "TFY": "same"}
+    figure = session.time.fractions["TEY"].pane.object
+    assert session._send_fractions(snap) == same  # drawn when the page was made
     other = snap.fits.iloc[[-1]].assign(edge="Mn-L", spectrum_id=10**6)
-    session._send_fractions(replace(snap, fits=pd.concat([snap.fits, other])))
-    assert session.pipes["fractions"].data is sent  # another edge's fit
-    refit = snap.fits.copy()
-    refit.loc[refit.index[-1], "f:" + _species(refit)[0]] += 0.01
-    session._send_fractions(replace(snap, fits=refit))
-    fits, edge = session.pipes["fractions"].data
-    assert fits is refit and edge == "Fe-L"  # a changed value of the chosen edge
+    assert session._send_fractions(replace(snap, fits=pd.concat([snap.fits, other]))) == same
+    newer = snap.fits.iloc[[-1]].assign(spectrum_id=10**6, t=snap.fits["t"].max() + 60)
+    grown = pd.concat([snap.fits, newer])
+    assert (
+        session._send_fractions(replace(snap, fits=grown))[newer["channel"].iloc[0]] == "streamed"
+    )
+    refit = grown.copy()
+    refit.loc[refit.index[0], "f:" + _species(refit)[0]] += 0.01
+    assert "replaced" in session._send_fractions(replace(snap, fits=refit)).values()
+    assert session.time.fractions["TEY"].pane.object is figure  # the same figure throughout
+    session.edge.options = ["Fe-L", "Mn-L"]
+    session.edge.value = "Mn-L"  # another edge: its own figure, titled with it
+    assert session.time.fractions["TEY"].pane.object.title.text.startswith("Mn-L fractions")
 
 
 def _species(fits: pd.DataFrame) -> list[str]:
@@ -485,9 +499,10 @@ def test_a_ring_dump_shows_in_the_beam_trace_where_it_was(tmp_path):
         [x for _, *ab in s.beam_lost for x in ab], [x for _, *ab in expected for x in ab], atol=1e-6
     )
     assert f"beam lost {len(expected)} time(s)" in beam_text(s)
-    hv.extension("bokeh")
-    fig = hv.render(plots.beam_plot(s.beam, s.beam_lost))
-    assert f"lost {len(expected)} time(s)" in fig.title.text, fig.title.text
+    time = TimePlots(HoursAxis(None))
+    time.show_beam(s.beam, s.beam_lost)
+    assert f"lost {len(expected)} time(s)" in time.beam_figure.title.text
+    assert len(time.lost.data["x0"]) == len(expected)
 
 
 def test_cycling_tab_shows_what_the_run_derived(lfp_run, lfp_view):

@@ -1,0 +1,364 @@
+"""The first tab's plots, against time: Bokeh figures that new rows are appended to.
+
+Cell voltage (with rests, spectrum windows and triggers marked), current, SOC, the beam (I0),
+the chosen edge's fractions in TEY and TFY, and the valence, on one shared time axis with the
+hours since the start above it. This is the tab an operator keeps open, so it is drawn with
+Bokeh itself and fed by ``streamed`` sources: a redraw sends the browser the rows that are
+new, not the whole run again through HoloViews (issue #22, item 5).
+
+The tables the figures show are made by pure functions (``*_table``), tested on their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import panel as pn
+from bokeh.models import (
+    ColumnDataSource,
+    DataRange1d,
+    HoverTool,
+    Legend,
+    LegendItem,
+    NumeralTickFormatter,
+)
+from bokeh.plotting import figure
+from operando.dashboards.hours import HoursAxis
+from operando.dashboards.plots import CHANNEL_COLOUR, MARKERS, PALETTE, REST_SHADE, SPECTRUM_SPAN
+from operando.dashboards.streamed import AppendedTable, Trace, replace_if_changed
+
+DISPLAY_POINTS = 1500  # per time series, per browser: downsampled, the shape kept
+HEIGHT = 260
+TOOLS = "pan,xwheel_zoom,box_zoom,reset,save"
+TIME_TIP = ("time", "@time{%F %T} UTC")
+CELL = {  # potentiostat column: (title, axis label, hover format, colour)
+    "Ewe": ("cell voltage", "Ewe (V)", "0.0000", PALETTE[0]),
+    "I": ("current", "I (mA)", "0.0000", PALETTE[3]),
+    "soc": ("state of charge", "SOC", "0.000", PALETTE[2]),
+}
+CHANNEL_NAME = {"TEY": "surface (TEY)", "TFY": "bulk (TFY)"}
+POOR = "#888888"  # a fit judged poor: hollow and grey, seen but not read as a valence
+
+VALENCE_COLUMNS = [
+    "time", "valence", "low", "high", "label", "colour", "marker", "fill", "bar", "spectrum",
+    "quality", "notes",
+]  # fmt: skip
+BEAM_COLUMNS = ["time", "I0", "minimum", "spectrum", "median_label", "minimum_label", "marker"]
+
+
+def _ms(t: Any) -> np.ndarray:
+    """Seconds since the epoch -> the milliseconds a Bokeh datetime axis takes."""
+    return 1e3 * np.asarray(t, float)
+
+
+def time_figure(title: str, y_label: str, x_range: DataRange1d, hours: HoursAxis) -> Any:
+    """A figure on the shared time axis (UTC below, hours since the start above) that
+    stretches to its half of the window."""
+    fig = figure(
+        title=title,
+        x_axis_type="datetime",
+        x_range=x_range,
+        height=HEIGHT,
+        min_width=360,
+        sizing_mode="stretch_width",
+        tools=TOOLS,
+        toolbar_location="right",
+    )
+    fig.xaxis.axis_label, fig.yaxis.axis_label = "time (UTC)", y_label
+    hours.add(fig)
+    return fig
+
+
+def legend_beside(fig: Any, items: list[LegendItem]) -> None:
+    """The legend right of the plot (inside, it covered the newest data), made with the
+    figure: a legend first added on a later update left a stale view in the browser that
+    logged 'cannot find a view for Legend' at every layout pass."""
+    fig.add_layout(Legend(items=items, click_policy="hide"), "right")
+
+
+def hover(fig: Any, renderers: list[Any], *tips: tuple[str, str]) -> None:
+    fig.add_tools(
+        HoverTool(renderers=renderers, tooltips=[TIME_TIP, *tips], formatters={"@time": "datetime"})
+    )
+
+
+# -- tables (pure) ---------------------------------------------------------------------------
+def windows_table(spectra: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each XAS scan's window, start and end (ms)."""
+    xas = spectra[spectra["kind"] == "xas_scan"] if len(spectra) else spectra
+    return {
+        "x0": _ms(xas["t_start"] if len(xas) else []),
+        "x1": _ms(xas["t_end"] if len(xas) else []),
+    }
+
+
+def valence_table(fits: pd.DataFrame) -> pd.DataFrame:
+    """One row per fit: valence with its 1-sigma bar, drawn per edge (marker) and channel
+    (colour); a fit judged poor hollow and grey, without a bar, in a legend entry of its own."""
+    if not len(fits):
+        return pd.DataFrame({c: [] for c in VALENCE_COLUMNS})
+    edges = sorted(fits["edge"].unique())
+    poor = (fits["quality"] == "poor").to_numpy()
+    colour = fits["channel"].map(lambda c: CHANNEL_COLOUR.get(c, PALETTE[4])).to_numpy()
+    label = (fits["edge"] + " " + fits["channel"]).to_numpy(object)
+    err = fits["valence_unc"].to_numpy(float)
+    return pd.DataFrame(
+        {
+            "time": _ms(fits["t"]),
+            "valence": fits["valence"].to_numpy(float),
+            "low": fits["valence"].to_numpy(float) - err,
+            "high": fits["valence"].to_numpy(float) + err,
+            "label": np.where(poor, label + " poor fit", label),
+            "colour": np.where(poor, POOR, colour),
+            "marker": fits["edge"].map(lambda e: MARKERS[edges.index(e) % len(MARKERS)]).to_numpy(),
+            "fill": np.where(poor, 0.0, 1.0),
+            "bar": np.where(poor, 0.0, 0.5),
+            "spectrum": fits["spectrum_id"].to_numpy(),
+            "quality": fits["quality"].astype(str).to_numpy(),
+            "notes": fits["notes"].astype(str).to_numpy(),
+        }
+    )
+
+
+def fraction_table(fits: pd.DataFrame, channel: str, edge: str | None) -> pd.DataFrame:
+    """The fractions of one edge and channel against time: per species ``f:NAME`` and its
+    1-sigma band ``lo:NAME``, ``hi:NAME`` (only species this edge's fits have)."""
+    f = fits.loc[(fits["channel"] == channel) & (fits["edge"] == edge)] if len(fits) else fits
+    names = [c[2:] for c in f.columns if c.startswith("f:") and bool(f[c].notna().any())]
+    out = {"time": _ms(f["t"] if len(f) else [])}
+    for name in names:
+        value, err = f[f"f:{name}"].to_numpy(float), f[f"u:{name}"].to_numpy(float)
+        out |= {f"f:{name}": value, f"lo:{name}": value - err, f"hi:{name}": value + err}
+    return pd.DataFrame(out)
+
+
+def beam_table(beam: pd.DataFrame) -> pd.DataFrame:
+    """Each scan's median and minimum I0, a marker per edge (each edge's photons are read
+    differently, so their levels differ)."""
+    if not len(beam):
+        return pd.DataFrame({c: [] for c in BEAM_COLUMNS})
+    edges = sorted(beam["edge"].unique())
+    edge = beam["edge"].astype(str)
+    return pd.DataFrame(
+        {
+            "time": _ms(beam["t"]),
+            "I0": beam["i0_median"].to_numpy(float),
+            "minimum": beam["i0_min"].to_numpy(float),
+            "spectrum": beam["spectrum_id"].to_numpy(),
+            "median_label": (edge + " median").to_numpy(object),
+            "minimum_label": (edge + " minimum").to_numpy(object),
+            "marker": edge.map(lambda e: MARKERS[edges.index(e) % len(MARKERS)]).to_numpy(),
+        }
+    )
+
+
+def beam_title(lost: list[tuple[int, float, float]], any_scan: bool) -> str:
+    if not any_scan:
+        return "beam (I0): no scan with an I0 yet"
+    if not lost:
+        return "beam (I0 per scan)"
+    minutes = sum(b - a for _, a, b in lost) / 60
+    scans = len({sid for sid, *_ in lost})
+    return f"beam (I0 per scan): lost {len(lost)} time(s), {minutes:.1f} min, in {scans} scan(s)"
+
+
+def fraction_title(channel: str, edge: str | None, names: list[str]) -> str:
+    title = f"{edge or ''} fractions, {CHANNEL_NAME.get(channel, channel)}"
+    return title if names else f"{title}: no fit yet"
+
+
+# -- the plots -------------------------------------------------------------------------------
+class FractionPlot:
+    """The chosen edge's fractions in one channel: a line and a 1-sigma band per species.
+
+    The species differ by edge, so the figure is made again when the edge (or its species)
+    changes; otherwise new fits are appended."""
+
+    def __init__(self, channel: str, x_range: DataRange1d, hours: HoursAxis) -> None:
+        self.channel, self.x_range, self.hours = channel, x_range, hours
+        self.pane = pn.pane.Bokeh(sizing_mode="stretch_width", min_width=360, height=HEIGHT)
+        self.drawn: tuple[str | None, list[str]] | None = None
+        self.table: AppendedTable | None = None
+
+    def show(self, fits: pd.DataFrame, edge: str | None) -> str:
+        table = fraction_table(fits, self.channel, edge)
+        names = [c[2:] for c in table.columns if c.startswith("f:")]
+        if self.table is None or (edge, names) != self.drawn:
+            self.table = AppendedTable(list(table.columns))
+            self.pane.object = self._figure(edge, names, self.table.source)
+            self.drawn = (edge, names)
+        return self.table.show(table)
+
+    def _figure(self, edge: str | None, names: list[str], source: ColumnDataSource) -> Any:
+        fig = time_figure(
+            fraction_title(self.channel, edge, names), "fraction", self.x_range, self.hours
+        )
+        items, lines = [], []
+        for i, name in enumerate(names):
+            colour = PALETTE[i % len(PALETTE)]
+            band = fig.varea(
+                "time", f"lo:{name}", f"hi:{name}", source=source, color=colour, alpha=0.25
+            )
+            line = fig.line("time", f"f:{name}", source=source, color=colour, line_width=1.5)
+            items.append(LegendItem(label=name, renderers=[line, band]))
+            lines.append(line)
+        legend_beside(fig, items)  # empty until the edge has a fit: its title says so
+        if lines:
+            hover(fig, lines, *((n, f"@{{f:{n}}}{{0.000}}") for n in names))
+        return fig
+
+
+class TimePlots:
+    """The first tab's figures and what feeds them; ``show_*`` take snapshot pieces."""
+
+    def __init__(self, hours: HoursAxis) -> None:
+        self.x_range = DataRange1d()  # one time axis: zoom one plot, all follow
+        self.traces = {name: Trace(name, DISPLAY_POINTS) for name in CELL}
+        self.figures = {name: self._cell_figure(name, hours) for name in CELL}
+        self.rests = ColumnDataSource({"x0": np.zeros(0), "x1": np.zeros(0)})
+        self.windows = AppendedTable(["x0", "x1"])
+        self.triggers = ColumnDataSource({"x": np.zeros(0)})
+        self._mark(self.figures["Ewe"])
+        self.valence = AppendedTable(VALENCE_COLUMNS)
+        self.valence_figure = self._valence_figure(hours)
+        self.beam = AppendedTable(BEAM_COLUMNS)
+        self.lost = ColumnDataSource({"x0": np.zeros(0), "x1": np.zeros(0)})
+        self.beam_figure = self._beam_figure(hours)
+        self.fractions = {c: FractionPlot(c, self.x_range, hours) for c in CHANNEL_NAME}
+
+        def pane(fig: Any) -> pn.pane.Bokeh:
+            return pn.pane.Bokeh(fig, sizing_mode="stretch_width", min_width=360, height=HEIGHT)
+
+        # two columns, each plot half the window wide whatever the screen
+        self.layout = pn.GridBox(
+            pane(self.figures["Ewe"]),
+            pane(self.figures["I"]),
+            pane(self.figures["soc"]),
+            pane(self.beam_figure),
+            self.fractions["TEY"].pane,
+            self.fractions["TFY"].pane,
+            pane(self.valence_figure),
+            ncols=2,
+            sizing_mode="stretch_width",
+        )
+
+    # -- feeding -----------------------------------------------------------------------------
+    def show_cell(self, cell: pd.DataFrame, revision: int) -> dict[str, str]:
+        t = cell["t"].to_numpy(float)
+        return {
+            name: trace.show(t, cell[name].to_numpy(float), revision)
+            for name, trace in self.traces.items()
+        }
+
+    def show_marks(
+        self, rests: list[tuple[float, float]], spectra: pd.DataFrame, triggers: pd.DataFrame
+    ) -> None:
+        replace_if_changed(
+            self.rests, {"x0": _ms([r[0] for r in rests]), "x1": _ms([r[1] for r in rests])}
+        )
+        self.windows.show(pd.DataFrame(windows_table(spectra)))
+        fired = triggers["t"].dropna() if len(triggers) and "t" in triggers else []
+        replace_if_changed(self.triggers, {"x": _ms(fired)})
+
+    def show_beam(self, beam: pd.DataFrame, lost: list[tuple[int, float, float]]) -> None:
+        self.beam.show(beam_table(beam))
+        replace_if_changed(
+            self.lost, {"x0": _ms([a for _, a, _ in lost]), "x1": _ms([b for *_, b in lost])}
+        )
+        title = beam_title(lost, bool(len(beam)))
+        if self.beam_figure.title.text != title:
+            self.beam_figure.title.text = title
+
+    def show_valence(self, fits: pd.DataFrame) -> str:
+        title = "average oxidation state vs time" + ("" if len(fits) else ": no fit yet")
+        if self.valence_figure.title.text != title:
+            self.valence_figure.title.text = title
+        return self.valence.show(valence_table(fits))
+
+    def show_fractions(self, fits: pd.DataFrame, edge: str | None) -> dict[str, str]:
+        return {c: plot.show(fits, edge) for c, plot in self.fractions.items()}
+
+    # -- figures -----------------------------------------------------------------------------
+    def _cell_figure(self, name: str, hours: HoursAxis) -> Any:
+        title, label, fmt, colour = CELL[name]
+        fig = time_figure(title, label, self.x_range, hours)
+        line = fig.line("time", name, source=self.traces[name].source, color=colour, line_width=1.5)
+        hover(fig, [line], (label, f"@{name}{{{fmt}}}"))
+        if name != "Ewe":  # the voltage's legend names the marks (``_mark``)
+            legend_beside(fig, [LegendItem(label=label, renderers=[line])])
+        return fig
+
+    def _mark(self, fig: Any) -> None:
+        """Rests shaded, spectrum windows as bands, triggers as dashed lines, on the voltage
+        only (each marked plot costs the browser a redraw per spectrum)."""
+        rest = fig.vstrip("x0", "x1", source=self.rests, color=REST_SHADE, alpha=0.2, line_alpha=0)
+        window = fig.vstrip(
+            "x0", "x1", source=self.windows.source, color=SPECTRUM_SPAN, alpha=0.15, line_alpha=0
+        )
+        fired = fig.vspan(
+            "x", source=self.triggers, color=PALETTE[5], line_dash="dashed", line_width=1.5
+        )
+        voltage = fig.renderers[0]
+        legend_beside(
+            fig,
+            [
+                LegendItem(label="Ewe (V)", renderers=[voltage]),
+                LegendItem(label="rest", renderers=[rest]),
+                LegendItem(label="spectrum", renderers=[window]),
+                LegendItem(label="trigger", renderers=[fired]),
+            ],
+        )
+
+    def _valence_figure(self, hours: HoursAxis) -> Any:
+        fig = time_figure(
+            "average oxidation state vs time: no fit yet",
+            "average oxidation state",
+            self.x_range,
+            hours,
+        )
+        source = self.valence.source
+        fig.segment("time", "low", "time", "high", source=source, color="colour", line_alpha="bar")
+        points = fig.scatter(
+            "time", "valence", source=source, marker="marker", size=7, color="colour",
+            fill_alpha="fill",
+        )  # fmt: skip
+        legend_beside(fig, [LegendItem(label={"field": "label"}, renderers=[points])])
+        hover(
+            fig,
+            [points],
+            ("fit", "@label"),
+            ("valence", "@valence{0.000} (@low{0.000} to @high{0.000})"),
+            ("spectrum", "@spectrum"),
+            ("quality", "@quality: @notes"),
+        )
+        return fig
+
+    def _beam_figure(self, hours: HoursAxis) -> Any:
+        fig = time_figure(
+            beam_title([], False), "I0 (counts or monitor units)", self.x_range, hours
+        )
+        source = self.beam.source
+        median = fig.scatter("time", "I0", source=source, marker="marker", size=6, color=PALETTE[0])
+        lowest = fig.scatter(
+            "time", "minimum", source=source, marker="marker", size=4, color=PALETTE[4]
+        )
+        lost = fig.vstrip("x0", "x1", source=self.lost, color=PALETTE[3], alpha=0.35, line_alpha=0)
+        fig.yaxis.formatter = NumeralTickFormatter(format="0.[00]a")  # 100k, not 1.000e+5
+        legend_beside(
+            fig,
+            [
+                LegendItem(label={"field": "median_label"}, renderers=[median]),
+                LegendItem(label={"field": "minimum_label"}, renderers=[lowest]),
+                LegendItem(label="beam lost", renderers=[lost]),
+            ],
+        )
+        hover(
+            fig,
+            [median, lowest],
+            ("I0 median", "@I0{0.[00]a}"),
+            ("minimum", "@minimum{0.[00]a}"),
+            ("spectrum", "@spectrum"),
+        )
+        return fig
