@@ -48,6 +48,7 @@ from baseline import load_bare_zmq
 from operando.config import preset_path
 from operando.demo import cli_command, free_ports
 from operando.store import open_readonly
+from operando.tiledbus import server_config
 
 CLI = cli_command()
 
@@ -142,12 +143,10 @@ def tiled_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     tiled = Path(sys.executable).with_name("tiled")
     where = Path(tempfile.mkdtemp(dir=work, prefix="tiled-"))
     config = where / "config.yml"
-    catalog = {
-        "uri": f"sqlite:///{where / 'catalog.db'}",
-        "writable_storage": [str(where / "data"), f"sqlite:///{where / 'tables.sqlite'}"],
-        "init_if_not_exists": True,
-    }
-    config.write_text(json.dumps({"catalog": catalog, "streaming_cache": {"uri": "memory"}}))
+    storage = [str(where / "data"), f"sqlite:///{where / 'tables.sqlite'}"]
+    config.write_text(
+        json.dumps(server_config(f"sqlite:///{where / 'catalog.db'}", storage, "memory"))
+    )
     at = ["--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
         [str(tiled), "serve", "config", str(config), "--api-key", "secret", *at],

@@ -2,9 +2,10 @@
 
 One process serves any number of browser tabs. A ``StateFeed`` thread keeps one ``RunView`` of
 the run store current; each tab redraws from the view's newest snapshot at a bounded rate
-(``render_hz``), redrawing only the parts that changed. The first tab, the one kept open, is
-Bokeh figures that new rows are appended to (``timeplots``); the other tabs are HoloViews
-plots redrawn when shown. Long time series are downsampled for display (min-max + LTTB over
+(``render_hz``) and as soon as the view has read something new, redrawing only the parts
+that changed. The Electrochemistry & valence and Spectra tabs are Bokeh figures fed with what
+is new (``timeplots``, ``spectraplots``: decision 0016); the other tabs are HoloViews plots
+redrawn when shown. Long time series are downsampled for display (min-max + LTTB over
 the whole trace) while the full data stay in the store. Nothing a browser does can slow
 ingest: the monitor only ever sees a SUB socket that may fall behind.
 
@@ -35,6 +36,7 @@ from holoviews.streams import Pipe
 from operando.dashboards import plots
 from operando.dashboards.hours import HoursAxis
 from operando.dashboards.remote import RemoteError, open_remote
+from operando.dashboards.spectraplots import SpectraPlots
 from operando.dashboards.timeplots import TimePlots
 from operando.dashboards.view import RunView, Snapshot, StateFeed
 
@@ -135,8 +137,6 @@ class Session:
             css_classes=["op-edge"],  # found by the browser test and the bench
         )
         self.pipes = {
-            "fits_soc": _pipe(snap.fits),
-            "latest": _pipe(snap.latest),
             "relaxation": _pipe(snap.relaxation),
             "dose": _pipe((snap.dose, snap.budget_Gy, snap.spots, beam_spot(snap.spectra))),
             "rixs": _pipe(snap.rixs_latest),
@@ -148,7 +148,6 @@ class Session:
             "gitt": _pipe(snap.gitt),
             "interruptions": _pipe(snap.interruptions),
         }
-        self.heat_pipes: dict[tuple[str, str, str], Pipe] = {}
         self.hours = HoursAxis(float(snap.cell["t"].iloc[0]) if len(snap.cell) else None)
         # the first tab, drawn with what the run has now (a page opened before its first
         # update, seconds on a busy server, showed empty plots)
@@ -158,13 +157,14 @@ class Session:
         self.time.show_beam(snap.beam, snap.beam_lost)
         self.time.show_valence(snap.fits)
         self.time.show_fractions(snap.fits, self.edge.value)
+        self.spectra = SpectraPlots()
+        self.spectra.show(snap.latest, snap.fits, snap.heatmaps)
         self.edge.param.watch(lambda e: self._send_fractions(), "value")
         self.header = pn.pane.HTML("", sizing_mode="stretch_width")
         self.alarms = pn.pane.HTML("", sizing_mode="stretch_width")
         self.ack_select: pn.widgets.Select | None = None
         self.ack_button = pn.widgets.Button(name="Acknowledge alarm", width=160, disabled=True)
         self.message = pn.pane.HTML("", sizing_mode="stretch_width")
-        self.heatmaps = pn.Column(sizing_mode="stretch_width")
         self.damage = pn.pane.HTML("", sizing_mode="stretch_width")
         self.fit_quality = pn.pane.HTML(fit_quality_html(snap), sizing_mode="stretch_width")
         self.event_counts = pn.pane.HTML("", sizing_mode="stretch_width")
@@ -201,13 +201,6 @@ class Session:
     # -- layout ------------------------------------------------------------------------------
     def _layout(self) -> pn.Column:
         p = self.pipes
-        vs_soc = hv.DynamicMap(
-            lambda data: plots.valence_plot(data, "soc"), streams=[p["fits_soc"]]
-        )
-        latest = hv.DynamicMap(lambda data: plots.spectrum_plot(data), streams=[p["latest"]])
-        resid = hv.DynamicMap(
-            lambda data: plots.spectrum_plot(data, "residual"), streams=[p["latest"]]
-        )
         relax_v = hv.DynamicMap(
             lambda data: plots.relaxation_plot(data, "valence"), streams=[p["relaxation"]]
         )
@@ -229,11 +222,11 @@ class Session:
             (
                 "Spectra",
                 pn.Column(
-                    _pane(latest, height=320),
+                    self.spectra.latest.pane,
                     self.fit_quality,
-                    _pane(resid, height=180),
-                    _pane(vs_soc, height=300),
-                    self.heatmaps,
+                    self.spectra.residual.pane,
+                    self.spectra.valence.pane,
+                    self.spectra.heatmap_column,
                     sizing_mode="stretch_width",
                 ),
             ),
@@ -394,10 +387,8 @@ class Session:
             self._send_fractions(snap)
 
         def spectra_tab(snap: Snapshot) -> None:
-            p["fits_soc"].send(snap.fits)
-            p["latest"].send(snap.latest)
+            self.spectra.show(snap.latest, snap.fits, snap.heatmaps)
             self.fit_quality.object = fit_quality_html(snap)
-            self._heatmaps(snap)
 
         def relaxation(snap: Snapshot) -> None:
             if snap.relaxation is not None:
@@ -477,18 +468,6 @@ class Session:
         another edge (a fit of another edge sends nothing)."""
         snap = snap or self.feed.view.snapshot
         return self.time.show_fractions(snap.fits, self.edge.value)
-
-    def _heatmaps(self, snap: Snapshot) -> None:
-        for key, item in snap.heatmaps.items():
-            if key not in self.heat_pipes:
-                pipe = _pipe(item)
-                self.heat_pipes[key] = pipe
-                dm = hv.DynamicMap(
-                    lambda data, key=key: plots.heatmap_plot(data, *key), streams=[pipe]
-                )
-                self.heatmaps.append(_pane(dm, height=300))
-            elif item is not self.heat_pipes[key].data:  # unchanged: the same object
-                self.heat_pipes[key].send(item)
 
     def _alarms(self, snap: Snapshot) -> None:
         """Open alarms, newest first, as one HTML pane; acknowledging is one select and one

@@ -8,7 +8,6 @@ figures fed by appending rows (``timeplots.py``).
 
 from __future__ import annotations
 
-import math
 from typing import Any, TypeVar, cast
 
 import holoviews as hv
@@ -24,12 +23,9 @@ MARKERS = ("circle", "triangle", "square", "diamond")  # one per edge
 SPECTRUM_SPAN = "#56B4E9"
 REST_SHADE = "#999999"
 
-T = hv.Dimension("time", label="time (UTC)")
 EWE = hv.Dimension("Ewe", label="Ewe", unit="V")
 SOC = hv.Dimension("soc", label="SOC", range=(0, 1))
 VALENCE = hv.Dimension("valence", label="average oxidation state")
-ENERGY = hv.Dimension("energy", label="photon energy", unit="eV")
-INTENSITY = hv.Dimension("intensity", label="signal / I0")
 DOSE = hv.Dimension("dose", label="dose", unit="MGy")
 
 
@@ -41,11 +37,6 @@ def styled(element: E, **options: Any) -> E:
     it, but declares what it returns as optional."""
     element.opts(**options)
     return element
-
-
-def as_time(t: Any) -> Any:
-    """Seconds since the epoch -> datetime64 (what the time axes show)."""
-    return pd.to_datetime(np.asarray(t, float), unit="s", utc=False)
 
 
 def waiting(x: Any, y: Any, title: str) -> hv.Overlay:
@@ -80,144 +71,6 @@ def sigma_bars(
         }
     )
     return hv.Segments(bars, [x, y, "x1", "y1"])
-
-
-def valence_plot(fits: pd.DataFrame, x: str) -> hv.Overlay:
-    """Average oxidation state per channel, against time (``x='t'``) or SOC (``x='soc'``).
-
-    A fit judged poor (the references do not describe the spectrum, a parameter at its limit)
-    is drawn hollow and grey, apart from the others: seen, but not read as a valence."""
-    xdim = T if x == "t" else SOC
-    items: list[Any] = []
-    groups = fits.groupby(["edge", "channel"]) if len(fits) else []
-    for key, f in groups:
-        edge, channel = cast(tuple[str, str], key)
-        colour = CHANNEL_COLOUR.get(channel, PALETTE[4])
-        marker = MARKERS[sorted(fits["edge"].unique()).index(edge) % len(MARKERS)]
-        xs = as_time(f["t"]) if x == "t" else f["soc"].to_numpy()
-        data = pd.DataFrame(
-            {
-                xdim.name: xs,
-                "valence": f["valence"].to_numpy(),
-                "err": f["valence_unc"].to_numpy(),
-                "quality": f["quality"].to_numpy(),
-                "notes": f["notes"].to_numpy(),
-            }
-        ).sort_values(xdim.name)
-        poor = data["quality"] == "poor"
-        trusted = data.loc[~poor]
-        items.append(styled(sigma_bars(trusted, xdim, VALENCE), color=colour, alpha=0.5))
-        items.append(
-            styled(
-                hv.Scatter(trusted, xdim, [VALENCE, "quality", "notes"], label=f"{edge} {channel}"),
-                color=colour,
-                size=6,
-                marker=marker,
-                tools=["hover"],
-            )
-        )
-        if poor.any():
-            items.append(
-                styled(
-                    hv.Scatter(
-                        data[poor],
-                        xdim,
-                        [VALENCE, "quality", "notes"],
-                        label=f"{edge} {channel} poor fit",
-                    ),
-                    color="#888888",
-                    fill_alpha=0.0,
-                    size=7,
-                    marker=marker,
-                    tools=["hover"],
-                )
-            )
-    against = "time" if x == "t" else "SOC"
-    if not items:
-        return waiting(xdim, VALENCE, f"average oxidation state vs {against}: no fit yet")
-    # the legend beside the plot: inside, it hid the newest points (top right)
-    return styled(
-        hv.Overlay(items), title=f"average oxidation state vs {against}", legend_position="right"
-    )
-
-
-def spectrum_plot(latest: Any, part: str = "fit") -> hv.Overlay:
-    """The newest analysed spectrum of each channel: data and fitted model (``part='fit'``),
-    or the residual data - model (``part='residual'``)."""
-    if latest is None:
-        return waiting(ENERGY, INTENSITY, "latest spectrum: none yet")
-    items = []
-    for channel, c in latest.channels.items():
-        colour = CHANNEL_COLOUR.get(channel, PALETTE[4])
-        data = pd.DataFrame(
-            {
-                "energy": c["energy"],
-                "intensity": c["data"],
-                "model": c["model"],
-                "residual": c["residual"],
-            }
-        )
-        if part == "fit":
-            items.append(
-                styled(
-                    hv.Scatter(data, ENERGY, INTENSITY, label=f"{channel} data"),
-                    color=colour,
-                    size=3,
-                    tools=["hover"],
-                )
-            )
-            items.append(
-                styled(
-                    hv.Curve(data, ENERGY, ("model", "signal / I0"), label=f"{channel} fit"),
-                    color="#000000",
-                    line_width=1,
-                )
-            )
-        else:
-            items.append(
-                styled(
-                    hv.Curve(data, ENERGY, ("residual", "data - fit"), label=channel),
-                    color=colour,
-                    tools=["hover"],
-                )
-            )
-    soc = "" if latest.soc is None or not math.isfinite(latest.soc) else f", SOC {latest.soc:.3f}"
-    fitted = any(np.isfinite(c["model"]).any() for c in latest.channels.values())
-    title = (
-        f"spectrum {latest.spectrum_id} ({latest.edge}{soc}): data{' and fit' if fitted else ''}"
-        if part == "fit"
-        else f"spectrum {latest.spectrum_id}: residual{'' if fitted else ' (not fitted)'}"
-    )
-    if part == "fit" and latest.quality:
-        title += " - " + ", ".join(f"{c} {q}" for c, (q, _) in sorted(latest.quality.items()))
-    return styled(hv.Overlay(items), title=title, legend_position="right")
-
-
-def heatmap_plot(
-    item: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-    edge: str,
-    channel: str,
-    direction: str = "",
-) -> hv.QuadMesh:
-    """Normalised spectra of one edge and channel, stacked by SOC; one plot per direction
-    of the current (charge, discharge, at rest)."""
-    title = f"normalised {edge} {channel} vs SOC" + (f", {direction}" if direction else "")
-    if item is None:
-        return styled(
-            hv.QuadMesh(([0.0, 1.0], [0.0, 1.0], np.zeros((2, 2))), [ENERGY, SOC]),
-            title=f"{title}: waiting for spectra",
-        )
-    soc, grid, z = item
-    # cell edges from centres, so SOC values that repeat or bunch up still draw
-    soc_e = np.unique(soc)
-    z_rows = np.vstack([np.nanmean(z[soc == s], axis=0) for s in soc_e])
-    return styled(
-        hv.QuadMesh((grid, soc_e, z_rows), [ENERGY, SOC], hv.Dimension("mu", label="normalised")),
-        cmap="cividis",
-        colorbar=True,
-        tools=["hover"],
-        title=title,
-    )
 
 
 def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:

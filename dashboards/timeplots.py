@@ -84,6 +84,22 @@ def hover(fig: Any, renderers: list[Any], *tips: tuple[str, str]) -> None:
     )
 
 
+def valence_hover(renderers: list[Any], x: str) -> HoverTool:
+    """What a valence point says under the pointer, against ``x`` ("time" or "soc")."""
+    at = TIME_TIP if x == "time" else ("SOC", "@soc{0.000}")
+    return HoverTool(
+        renderers=renderers,
+        tooltips=[
+            at,
+            ("fit", "@label"),
+            ("valence", "@valence{0.000} (@low{0.000} to @high{0.000})"),
+            ("spectrum", "@spectrum"),
+            ("quality", "@quality: @notes"),
+        ],
+        formatters={"@time": "datetime"},
+    )
+
+
 # -- tables (pure) ---------------------------------------------------------------------------
 def windows_table(spectra: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each XAS scan's window, start and end (ms)."""
@@ -325,14 +341,7 @@ class TimePlots:
             fill_alpha="fill",
         )  # fmt: skip
         legend_beside(fig, [LegendItem(label={"field": "label"}, renderers=[points])])
-        hover(
-            fig,
-            [points],
-            ("fit", "@label"),
-            ("valence", "@valence{0.000} (@low{0.000} to @high{0.000})"),
-            ("spectrum", "@spectrum"),
-            ("quality", "@quality: @notes"),
-        )
+        fig.add_tools(valence_hover([points], "time"))
         return fig
 
     def _beam_figure(self, hours: HoursAxis) -> Any:

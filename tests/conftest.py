@@ -17,6 +17,7 @@ import pytest
 from operando.config import ExperimentConfig, parse_config
 from operando.demo import free_ports
 from operando.store import open_readonly
+from operando.tiledbus import server_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -317,7 +318,19 @@ def replay_into_new_monitor(recorded: Path, tmp_path: Path, processes: Any) -> t
     return again, monitor
 
 
-class TiledServer:
+class ServerProcess:
+    """A server the tests start, kill (SIGKILL: an outage, nothing said to clients) and start
+    again."""
+
+    p: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        if self.p is not None and self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(10)
+
+
+class TiledServer(ServerProcess):
     """A Tiled server whose catalog (SQLite, or a PostgreSQL database: ``catalog``) and data
     (files; tables in SQLite, or PostgreSQL: ``tables``) live on, so it can be killed and
     started again with what it held; ``cache`` (a Redis URI) serves its websocket streaming."""
@@ -336,8 +349,6 @@ class TiledServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.catalog = catalog or f"sqlite:///{where / 'catalog.db'}"
         self.cache = cache
-        self.started = False
-        self.p: subprocess.Popen[bytes] | None = None
         self.log = where / "tiled.log"
         where.mkdir(exist_ok=True)
 
@@ -345,33 +356,16 @@ class TiledServer:
         import urllib.request
 
         tiled = Path(sys.executable).with_name("tiled")
-        first = not self.started and not (self.where / "catalog.db").exists()
+        config = self.where / "config.yml"
         storage = [str(self.where / "data"), self.tables]
-        if self.cache:  # from a file: tiled 0.2.20's `serve catalog --cache` fails to start
-            config = self.where / "config.yml"
-            config.write_text(
-                json.dumps(
-                    {
-                        "catalog": {
-                            "uri": self.catalog,
-                            "writable_storage": storage,
-                            "init_if_not_exists": True,
-                        },
-                        "streaming_cache": {"uri": self.cache},
-                    }
-                )  # JSON is YAML
-            )
-            args = [str(tiled), "serve", "config", str(config)]
-        else:
-            args = [str(tiled), "serve", "catalog", self.catalog, *(["--init"] if first else [])]
-            args += ["-w", storage[0], "-w", storage[1]]
-        args += ["--api-key", "secret", "--host", "127.0.0.1", "--port", str(self.port)]
+        config.write_text(json.dumps(server_config(self.catalog, storage, self.cache)))
+        args = [str(tiled), "serve", "config", str(config), "--api-key", "secret"]
+        args += ["--host", "127.0.0.1", "--port", str(self.port)]
         (self.where / "data").mkdir(exist_ok=True)
         with open(self.log, "ab") as log:
             self.p = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        self.started = True
 
         def up() -> bool:
             try:
@@ -381,8 +375,3 @@ class TiledServer:
                 return False
 
         wait_for(up, 60, 0.2, what="the Tiled server")
-
-    def kill(self) -> None:
-        if self.p is not None and self.p.poll() is None:
-            self.p.kill()
-            self.p.wait(10)

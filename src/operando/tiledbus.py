@@ -31,6 +31,19 @@ TILED_MISSING = "publishing to Tiled needs the tiled client: pip install 'operan
 _ARROW = {"number": "float64", "integer": "int64", "boolean": "bool_", "string": "string"}
 
 
+def server_config(catalog: str, storage: list[str], cache: str | None) -> dict[str, Any]:
+    """A Tiled server's configuration (``tiled serve config``; JSON is YAML) for these runs:
+    a writable ``catalog`` (database URI), ``storage`` (a directory for arrays and a database
+    URI for tables: SQLite or PostgreSQL, not DuckDB, whose one shared connection lost a table
+    when a read met its creation in tiled 0.2.20) and a streaming ``cache`` (``memory`` or a
+    Redis URI; None: none, and clients poll). From a file: tiled 0.2.20's ``serve catalog
+    --cache`` fails to start."""
+    config: dict[str, Any] = {
+        "catalog": {"uri": catalog, "writable_storage": storage, "init_if_not_exists": True}
+    }
+    return config | ({"streaming_cache": {"uri": cache}} if cache else {})
+
+
 class TiledRun:
     """A ``Bus`` (``operando.publish``) that writes one run into a Tiled server."""
 

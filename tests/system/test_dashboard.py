@@ -28,6 +28,7 @@ from operando.dashboards.live import (
     glance_html,
     spot_text,
 )
+from operando.dashboards.spectraplots import SpectraPlots
 from operando.dashboards.timeplots import TimePlots
 from operando.dashboards.view import CellTrace, RunView, StateFeed
 
@@ -163,15 +164,21 @@ def test_every_plot_renders_with_units(lfp_view):
     assert len(time.windows.source.data["x0"]) == (s.spectra["kind"] == "xas_scan").sum() > 0
     assert time.show_fractions(s.fits, "Fe-L") == {"TEY": "streamed", "TFY": "streamed"}
     assert time.fractions["TFY"].pane.object.title.text == "Fe-L fractions, bulk (TFY)"
-    assert "eV" in hv.render(plots.spectrum_plot(s.latest)).xaxis[0].axis_label
+    spectra = SpectraPlots()
+    spectra.show(s.latest, s.fits, s.heatmaps)
+    fig = spectra.latest.pane.object
+    assert fig.xaxis[0].axis_label == "photon energy (eV)"
+    assert fig.title.text.startswith(f"spectrum {s.latest.spectrum_id} (Fe-L, SOC ")
+    assert len(spectra.valence.table.source.data["soc"]) == len(s.fits)
+    heat = spectra.heatmaps[("Fe-L", "TEY", "charge")]
+    soc, grid, _ = s.heatmaps[("Fe-L", "TEY", "charge")]
+    assert len(heat.source.data["mu"]) == len(np.unique(soc)) * len(grid)
+    assert not heat.show(s.heatmaps[("Fe-L", "TEY", "charge")])  # the same: nothing sent
     bars = hv.render(plots.dose_bars(s.dose, 5e8, s.spots))
     assert bars.yaxis[0].axis_label == "dose (MGy)"
     rel = hv.render(plots.relaxation_plot(s.relaxation, "valence"))
     assert "tau" in rel.title.text and rel.xaxis[0].axis_label.endswith("(s)")
     for element in (
-        plots.valence_plot(s.fits, "soc"),
-        plots.spectrum_plot(s.latest, "residual"),
-        plots.heatmap_plot(s.heatmaps[("Fe-L", "TEY", "charge")], "Fe-L", "TEY", "charge"),
         plots.spot_map(s.dose, s.spots),
         plots.rixs_map(None),
         plots.rixs_ratio(s.rixs_maps),

@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 import psutil
 import pytest
-from conftest import REPO, TiledServer, cli, free_ports, wait_for
+from conftest import REPO, ServerProcess, TiledServer, cli, free_ports, wait_for
 from operando.dashboards.remote import open_remote
 from operando.dashboards.view import RunView
 
@@ -36,7 +36,7 @@ from operando.store.reader import Run
 NATS_SERVER = shutil.which("nats-server", path=str(Path(sys.executable).parent))
 
 
-class NatsServer:
+class NatsServer(ServerProcess):
     """nats-server with JetStream on a loopback port, its store in a directory that outlives
     a restart (as a facility's would)."""
 
@@ -45,7 +45,6 @@ class NatsServer:
         self.port = free_ports(1)[0]
         self.store, self.log = store, log
         self.url = f"nats://127.0.0.1:{self.port}"
-        self.p: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         args = [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)]
@@ -54,9 +53,7 @@ class NatsServer:
         wait_for(lambda: b"Server is ready" in self.log.read_bytes(), 10, what="nats-server")
 
     def kill(self) -> None:
-        if self.p is not None and self.p.poll() is None:
-            self.p.kill()
-            self.p.wait(10)
+        super().kill()
         self.log.write_bytes(b"")  # the next start's 'ready' is the one waited for
 
 
@@ -543,13 +540,12 @@ class PostgresServer:
         shutil.rmtree(self.where, ignore_errors=True)
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """redis-server on a loopback port, nothing saved to disk (Tiled's streaming cache)."""
 
     def __init__(self, log: Path) -> None:
         self.port, self.log = free_ports(1)[0], log
         self.url = f"redis://127.0.0.1:{self.port}"
-        self.p: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         import socket
@@ -568,11 +564,6 @@ class RedisServer:
                 return False
 
         wait_for(pong, 10, 0.1, what="redis-server")
-
-    def kill(self) -> None:
-        if self.p is not None and self.p.poll() is None:
-            self.p.kill()
-            self.p.wait(10)
 
 
 def checksum(docs: list[Any]) -> str:

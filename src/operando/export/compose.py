@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import event_model
@@ -237,6 +237,20 @@ class Composer:
         c.events[name] += 1
         return dict(ev)
 
+    def _events_of(
+        self,
+        name: str,
+        keys: dict[str, Any],
+        times: Sequence[float] | np.ndarray[Any, Any],
+        rows: Iterable[dict[str, Any]],
+    ) -> Iterator[Document]:
+        """The stream's descriptor (the first time), then an event a row, at ``times``."""
+        described = self._describe(name, keys, float(times[0]))
+        if described:
+            yield described
+        for k, data in enumerate(rows):
+            yield "event", self._event(name, data, float(times[k]), self.cursor.events[name] + 1)
+
     def _electrochemistry(self, ended: bool) -> Iterator[Document]:
         name, src = "electrochemistry", "potentiostat"
         c = self.cursor
@@ -309,14 +323,12 @@ class Composer:
         keys["document"] = _key("string", "operando.electrochem")
         documents = self.run.documents_of(_TABLES.get(name, name))
         t = table[time_column].to_numpy(float) + self.t0
-        described = self._describe(name, keys, float(t[done]))
-        if described:
-            yield described
         # by column, so an integer column stays integer in a row of floats
-        for n, row in enumerate(table.iloc[done:].to_dict("records"), done):
-            data = {str(k): _clean(v) for k, v in row.items()}
-            data["document"] = documents[n]
-            yield "event", self._event(name, data, float(t[n]), n + 1)
+        rows = (
+            {str(k): _clean(v) for k, v in row.items()} | {"document": documents[n]}
+            for n, row in enumerate(table.iloc[done:].to_dict("records"), done)
+        )
+        yield from self._events_of(name, keys, t[done:], rows)
 
     def _event_log(self) -> Iterator[Document]:
         """The run's event log (gaps, alarms, damage suspicions and verdicts, triggers,
@@ -373,11 +385,8 @@ class Composer:
             "document": _key("string", "operando.analysis"),  # the whole fit, JSON
         }
         start = rows["rest_start"].to_numpy(float)
-        described = self._describe(name, keys, float(start[0]))
-        if described:
-            yield described
-        for k, row in enumerate(rows.to_dict("records")):
-            data = {
+        data = (
+            {
                 "rest_start": float(start[k]) - self.t0,  # s since the run's start, as tables
                 "series": row["series"],
                 "quantity": row["quantity"],
@@ -388,7 +397,9 @@ class Composer:
                 "n_points": int(row["n_points"]),
                 "document": row["doc"],
             }
-            yield "event", self._event(name, data, float(start[k]), c.events[name] + 1)
+            for k, row in enumerate(rows.to_dict("records"))
+        )
+        yield from self._events_of(name, keys, start, data)
 
     def _map_reductions(self, ended: bool) -> Iterator[Document]:
         """Each RIXS map's reduction, once final (``Run.rixs_maps_final``), at the time of the
@@ -407,13 +418,12 @@ class Composer:
             "soc": _key("number", "operando.analysis"),
             "document": _key("string", "operando.analysis"),  # PFY, iPFY, cuts: JSON
         }
-        end = self.run.time_range()[1]
-        t = [float(json.loads(d).get("t_end", end)) for d in rows["doc"]]
-        described = self._describe(name, keys, t[0])
-        if described:
-            yield described
-        for k, row in enumerate(rows.to_dict("records")):
-            data = {
+        docs = [json.loads(d) for d in rows["doc"]]
+        # a run recorded before reductions kept their last row's time: the run's end
+        end = self.run.time_range()[1] if any("t_end" not in d for d in docs) else math.nan
+        t = [float(d.get("t_end", end)) for d in docs]
+        data = (
+            {
                 "map_id": row["map_id"],
                 "rows": int(row["rows"]),
                 "rows_total": int(row["rows_total"]),
@@ -423,7 +433,9 @@ class Composer:
                 "soc": _clean(row["soc"]),
                 "document": row["doc"],
             }
-            yield "event", self._event(name, data, t[k], c.events[name] + 1)
+            for row in rows.to_dict("records")
+        )
+        yield from self._events_of(name, keys, t, data)
 
     def _spectra(self, ended: bool) -> Iterator[Document]:
         c = self.cursor
