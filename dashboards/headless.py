@@ -60,6 +60,26 @@ def plotted_until(page: Any) -> float | None:
     return None if ms is None else float(ms) / 1e3
 
 
+_DISTINCT_JS = """columns => {
+  const seen = new Set();
+  for (const doc of (window.Bokeh ? Bokeh.documents : [])) {
+    for (const m of doc.all_models) {
+      if (!m.data || !columns.every(c => m.data[c])) continue;
+      const n = m.data[columns[0]].length;
+      for (let i = 0; i < n; i++) seen.add(JSON.stringify(columns.map(c => m.data[c][i])));
+    }
+  }
+  return seen.size;
+}"""
+
+
+def plotted_rows(page: Any, *columns: str) -> int:
+    """How many distinct rows of ``columns`` the page's data sources hold (what the plots
+    were given, read in the browser: a patch the page could not apply shows here). Distinct,
+    because a figure made again may leave its old sources in the page's models."""
+    return int(page.evaluate(_DISTINCT_JS, list(columns)))
+
+
 # every tab of the dashboard, in the order the page shows them
 TABS = (
     "Electrochemistry & valence",

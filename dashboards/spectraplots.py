@@ -18,30 +18,12 @@ import pandas as pd
 import panel as pn
 from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LegendItem, LinearColorMapper
 from bokeh.palettes import Cividis256
-from bokeh.plotting import figure
+from operando.dashboards.figures import GroupedPoints, bokeh_pane, legend_beside, plain_figure
 from operando.dashboards.plots import CHANNEL_COLOUR, PALETTE
-from operando.dashboards.streamed import AppendedTable
-from operando.dashboards.timeplots import TOOLS, legend_beside, valence_hover, valence_table
+from operando.dashboards.timeplots import valence_plot, valence_table, valence_title
 
 ENERGY_LABEL = "photon energy (eV)"
 HeatItem = tuple[np.ndarray, np.ndarray, np.ndarray]  # SOC of each scan, energy grid, spectra
-
-
-def plain_figure(title: str, x_label: str, y_label: str, height: int) -> Any:
-    fig = figure(
-        title=title,
-        height=height,
-        min_width=360,
-        sizing_mode="stretch_width",
-        tools=TOOLS.replace("xwheel_zoom", "wheel_zoom"),
-        toolbar_location="right",
-    )
-    fig.xaxis.axis_label, fig.yaxis.axis_label = x_label, y_label
-    return fig
-
-
-def bokeh_pane(height: int, fig: Any = None) -> pn.pane.Bokeh:
-    return pn.pane.Bokeh(fig, sizing_mode="stretch_width", min_width=360, height=height)
 
 
 def spectrum_title(latest: Any, part: str) -> str:
@@ -124,33 +106,6 @@ class SpectrumPlot:
         return fig
 
 
-class ValenceVsSoc:
-    """Average oxidation state per edge and channel against SOC; a poor fit hollow and grey."""
-
-    def __init__(self, height: int) -> None:
-        self.table = AppendedTable(["soc", *valence_table(pd.DataFrame()).columns])
-        fig = plain_figure(
-            "average oxidation state vs SOC: no fit yet", "SOC", "average oxidation state", height
-        )
-        source = self.table.source
-        fig.segment("soc", "low", "soc", "high", source=source, color="colour", line_alpha="bar")
-        points = fig.scatter(
-            "soc", "valence", source=source, marker="marker", size=7, color="colour",
-            fill_alpha="fill",
-        )  # fmt: skip
-        legend_beside(fig, [LegendItem(label={"field": "label"}, renderers=[points])])
-        fig.add_tools(valence_hover([points], "soc"))
-        self.figure, self.pane = fig, bokeh_pane(height, fig)
-
-    def show(self, fits: pd.DataFrame) -> str:
-        table = valence_table(fits)
-        table.insert(0, "soc", fits["soc"].to_numpy(float) if len(fits) else np.zeros(0))
-        title = "average oxidation state vs SOC" + ("" if len(fits) else ": no fit yet")
-        if self.figure.title.text != title:
-            self.figure.title.text = title
-        return self.table.show(table)
-
-
 def heatmap_quads(item: HeatItem) -> dict[str, Any]:
     """Cells of the heatmap: a row per SOC (scans at the same SOC averaged), a column per
     energy of the grid, each cell bounded halfway to its neighbours (SOC values that bunch up
@@ -184,9 +139,11 @@ class Heatmap:
         self.source = ColumnDataSource({k: [] for k in heatmap_quads(_ONE)})
         fig = plain_figure(title, ENERGY_LABEL, "SOC", height)
         colours = LinearColorMapper(palette=Cividis256, nan_color="rgba(0,0,0,0)")
+        # outlined in their own colour: without, the canvas left seams between cells
+        colour = {"field": "mu", "transform": colours}
         cells = fig.quad(
             left="left", right="right", bottom="bottom", top="top", source=self.source,
-            fill_color={"field": "mu", "transform": colours}, line_alpha=0,
+            fill_color=colour, line_color=colour, line_width=1,
         )  # fmt: skip
         fig.add_layout(ColorBar(color_mapper=colours, title="normalised"), "right")
         fig.add_tools(
@@ -216,14 +173,16 @@ class SpectraPlots:
     def __init__(self) -> None:
         self.latest = SpectrumPlot("fit", 320)
         self.residual = SpectrumPlot("residual", 180)
-        self.valence = ValenceVsSoc(300)
+        self.valence: GroupedPoints = valence_plot(
+            "soc", lambda: plain_figure("", "SOC", "average oxidation state", 300), 300
+        )
         self.heatmaps: dict[tuple[str, str, str], Heatmap] = {}
         self.heatmap_column = pn.Column(sizing_mode="stretch_width")
 
     def show(self, latest: Any, fits: pd.DataFrame, heatmaps: dict[Any, HeatItem]) -> None:
         self.latest.show(latest)
         self.residual.show(latest)
-        self.valence.show(fits)
+        self.valence.show(valence_table(fits), valence_title(fits, "SOC"))
         for key, item in heatmaps.items():
             if key not in self.heatmaps:
                 self.heatmaps[key] = Heatmap(*key, height=300)

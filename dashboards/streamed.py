@@ -41,11 +41,15 @@ class AppendedTable:
         table = table.loc[:, self.columns]
         hashes = hash_pandas_object(table, index=False).to_numpy() if len(table) else self.held[:0]
         n = len(self.held)
-        if len(hashes) >= n and np.array_equal(hashes[:n], self.held):
+        # into an empty source the rows go whole: streamed onto the browser's empty column
+        # (a list), numbers did not join it and the plot stayed at its first rows
+        if n and len(hashes) >= n and np.array_equal(hashes[:n], self.held):
             if len(hashes) == n:
                 return SAME
-            self.source.stream({c: table[c].to_numpy()[n:] for c in self.columns})
+            self.source.stream({c: table[c].iloc[n:].tolist() for c in self.columns})
             done = STREAMED
+        elif n == len(hashes) == 0:
+            return SAME
         else:
             self.source.data = {c: table[c].to_numpy() if len(table) else [] for c in self.columns}
             done = REPLACED

@@ -16,23 +16,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models import (
-    ColumnDataSource,
-    DataRange1d,
-    HoverTool,
-    Legend,
-    LegendItem,
-    NumeralTickFormatter,
+from bokeh.models import ColumnDataSource, DataRange1d, HoverTool, LegendItem, NumeralTickFormatter
+from operando.dashboards.figures import (
+    HEIGHT,
+    TIME_TIP,
+    GroupedPoints,
+    bokeh_pane,
+    hover,
+    legend_beside,
+    ms,
+    time_figure,
 )
-from bokeh.plotting import figure
 from operando.dashboards.hours import HoursAxis
 from operando.dashboards.plots import CHANNEL_COLOUR, MARKERS, PALETTE, REST_SHADE, SPECTRUM_SPAN
 from operando.dashboards.streamed import AppendedTable, Trace, replace_if_changed
 
 DISPLAY_POINTS = 1500  # per time series, per browser: downsampled, the shape kept
-HEIGHT = 260
-TOOLS = "pan,xwheel_zoom,box_zoom,reset,save"
-TIME_TIP = ("time", "@time{%F %T} UTC")
 CELL = {  # potentiostat column: (title, axis label, hover format, colour)
     "Ewe": ("cell voltage", "Ewe (V)", "0.0000", PALETTE[0]),
     "I": ("current", "I (mA)", "0.0000", PALETTE[3]),
@@ -42,62 +41,10 @@ CHANNEL_NAME = {"TEY": "surface (TEY)", "TFY": "bulk (TFY)"}
 POOR = "#888888"  # a fit judged poor: hollow and grey, seen but not read as a valence
 
 VALENCE_COLUMNS = [
-    "time", "valence", "low", "high", "label", "colour", "marker", "fill", "bar", "spectrum",
-    "quality", "notes",
+    "time", "soc", "valence", "low", "high", "group", "colour", "marker", "fill", "bar",
+    "spectrum", "quality", "notes",
 ]  # fmt: skip
-BEAM_COLUMNS = ["time", "I0", "minimum", "spectrum", "median_label", "minimum_label", "marker"]
-
-
-def _ms(t: Any) -> np.ndarray:
-    """Seconds since the epoch -> the milliseconds a Bokeh datetime axis takes."""
-    return 1e3 * np.asarray(t, float)
-
-
-def time_figure(title: str, y_label: str, x_range: DataRange1d, hours: HoursAxis) -> Any:
-    """A figure on the shared time axis (UTC below, hours since the start above) that
-    stretches to its half of the window."""
-    fig = figure(
-        title=title,
-        x_axis_type="datetime",
-        x_range=x_range,
-        height=HEIGHT,
-        min_width=360,
-        sizing_mode="stretch_width",
-        tools=TOOLS,
-        toolbar_location="right",
-    )
-    fig.xaxis.axis_label, fig.yaxis.axis_label = "time (UTC)", y_label
-    hours.add(fig)
-    return fig
-
-
-def legend_beside(fig: Any, items: list[LegendItem]) -> None:
-    """The legend right of the plot (inside, it covered the newest data), made with the
-    figure: a legend first added on a later update left a stale view in the browser that
-    logged 'cannot find a view for Legend' at every layout pass."""
-    fig.add_layout(Legend(items=items, click_policy="hide"), "right")
-
-
-def hover(fig: Any, renderers: list[Any], *tips: tuple[str, str]) -> None:
-    fig.add_tools(
-        HoverTool(renderers=renderers, tooltips=[TIME_TIP, *tips], formatters={"@time": "datetime"})
-    )
-
-
-def valence_hover(renderers: list[Any], x: str) -> HoverTool:
-    """What a valence point says under the pointer, against ``x`` ("time" or "soc")."""
-    at = TIME_TIP if x == "time" else ("SOC", "@soc{0.000}")
-    return HoverTool(
-        renderers=renderers,
-        tooltips=[
-            at,
-            ("fit", "@label"),
-            ("valence", "@valence{0.000} (@low{0.000} to @high{0.000})"),
-            ("spectrum", "@spectrum"),
-            ("quality", "@quality: @notes"),
-        ],
-        formatters={"@time": "datetime"},
-    )
+BEAM_COLUMNS = ["time", "I0", "minimum", "spectrum", "group", "marker"]
 
 
 # -- tables (pure) ---------------------------------------------------------------------------
@@ -105,8 +52,8 @@ def windows_table(spectra: pd.DataFrame) -> dict[str, np.ndarray]:
     """Each XAS scan's window, start and end (ms)."""
     xas = spectra[spectra["kind"] == "xas_scan"] if len(spectra) else spectra
     return {
-        "x0": _ms(xas["t_start"] if len(xas) else []),
-        "x1": _ms(xas["t_end"] if len(xas) else []),
+        "x0": ms(xas["t_start"] if len(xas) else []),
+        "x1": ms(xas["t_end"] if len(xas) else []),
     }
 
 
@@ -116,17 +63,19 @@ def valence_table(fits: pd.DataFrame) -> pd.DataFrame:
     if not len(fits):
         return pd.DataFrame({c: [] for c in VALENCE_COLUMNS})
     edges = sorted(fits["edge"].unique())
+    soc = fits["soc"].to_numpy(float) if "soc" in fits else np.full(len(fits), np.nan)
     poor = (fits["quality"] == "poor").to_numpy()
     colour = fits["channel"].map(lambda c: CHANNEL_COLOUR.get(c, PALETTE[4])).to_numpy()
     label = (fits["edge"] + " " + fits["channel"]).to_numpy(object)
     err = fits["valence_unc"].to_numpy(float)
     return pd.DataFrame(
         {
-            "time": _ms(fits["t"]),
+            "time": ms(fits["t"]),
+            "soc": soc,
             "valence": fits["valence"].to_numpy(float),
             "low": fits["valence"].to_numpy(float) - err,
             "high": fits["valence"].to_numpy(float) + err,
-            "label": np.where(poor, label + " poor fit", label),
+            "group": np.where(poor, label + " poor fit", label),
             "colour": np.where(poor, POOR, colour),
             "marker": fits["edge"].map(lambda e: MARKERS[edges.index(e) % len(MARKERS)]).to_numpy(),
             "fill": np.where(poor, 0.0, 1.0),
@@ -143,7 +92,7 @@ def fraction_table(fits: pd.DataFrame, channel: str, edge: str | None) -> pd.Dat
     1-sigma band ``lo:NAME``, ``hi:NAME`` (only species this edge's fits have)."""
     f = fits.loc[(fits["channel"] == channel) & (fits["edge"] == edge)] if len(fits) else fits
     names = [c[2:] for c in f.columns if c.startswith("f:") and bool(f[c].notna().any())]
-    out = {"time": _ms(f["t"] if len(f) else [])}
+    out = {"time": ms(f["t"] if len(f) else [])}
     for name in names:
         value, err = f[f"f:{name}"].to_numpy(float), f[f"u:{name}"].to_numpy(float)
         out |= {f"f:{name}": value, f"lo:{name}": value - err, f"hi:{name}": value + err}
@@ -151,20 +100,19 @@ def fraction_table(fits: pd.DataFrame, channel: str, edge: str | None) -> pd.Dat
 
 
 def beam_table(beam: pd.DataFrame) -> pd.DataFrame:
-    """Each scan's median and minimum I0, a marker per edge (each edge's photons are read
-    differently, so their levels differ)."""
+    """Each scan's median and minimum I0, grouped by edge with a marker each (each edge's
+    photons are read differently, so their levels differ)."""
     if not len(beam):
         return pd.DataFrame({c: [] for c in BEAM_COLUMNS})
     edges = sorted(beam["edge"].unique())
     edge = beam["edge"].astype(str)
     return pd.DataFrame(
         {
-            "time": _ms(beam["t"]),
+            "time": ms(beam["t"]),
             "I0": beam["i0_median"].to_numpy(float),
             "minimum": beam["i0_min"].to_numpy(float),
             "spectrum": beam["spectrum_id"].to_numpy(),
-            "median_label": (edge + " median").to_numpy(object),
-            "minimum_label": (edge + " minimum").to_numpy(object),
+            "group": edge.to_numpy(object),
             "marker": edge.map(lambda e: MARKERS[edges.index(e) % len(MARKERS)]).to_numpy(),
         }
     )
@@ -194,7 +142,7 @@ class FractionPlot:
 
     def __init__(self, channel: str, x_range: DataRange1d, hours: HoursAxis) -> None:
         self.channel, self.x_range, self.hours = channel, x_range, hours
-        self.pane = pn.pane.Bokeh(sizing_mode="stretch_width", min_width=360, height=HEIGHT)
+        self.pane = bokeh_pane()
         self.drawn: tuple[str | None, list[str]] | None = None
         self.table: AppendedTable | None = None
 
@@ -211,19 +159,70 @@ class FractionPlot:
         fig = time_figure(
             fraction_title(self.channel, edge, names), "fraction", self.x_range, self.hours
         )
-        items, lines = [], []
+        items, points = [], []
         for i, name in enumerate(names):
             colour = PALETTE[i % len(PALETTE)]
             band = fig.varea(
                 "time", f"lo:{name}", f"hi:{name}", source=source, color=colour, alpha=0.25
             )
             line = fig.line("time", f"f:{name}", source=source, color=colour, line_width=1.5)
-            items.append(LegendItem(label=name, renderers=[line, band]))
-            lines.append(line)
+            # a point per fit: one fit alone is no line, and was not seen
+            dots = fig.scatter("time", f"f:{name}", source=source, color=colour, size=4)
+            items.append(LegendItem(label=name, renderers=[line, band, dots]))
+            points.append(dots)
         legend_beside(fig, items)  # empty until the edge has a fit: its title says so
-        if lines:
-            hover(fig, lines, *((n, f"@{{f:{n}}}{{0.000}}") for n in names))
+        if points:
+            fig.add_tools(hover(points, *((n, f"@{{f:{n}}}{{0.000}}") for n in names)))
         return fig
+
+
+def valence_tips(x: str) -> Any:
+    """What a valence point says under the pointer, against ``x`` ("time" or "soc")."""
+    at = TIME_TIP if x == "time" else ("SOC", "@soc{0.000}")
+
+    def tips(renderers: list[Any]) -> HoverTool:
+        return HoverTool(
+            renderers=renderers,
+            tooltips=[
+                at,
+                ("fit", "@group"),
+                ("valence", "@valence{0.000} (@low{0.000} to @high{0.000})"),
+                ("spectrum", "@spectrum"),
+                ("quality", "@quality: @notes"),
+            ],
+            formatters={"@time": "datetime"},
+        )
+
+    return tips
+
+
+def draw_valence(x: str) -> Any:
+    """A group of valence points (an edge and channel): its 1-sigma bars and its points, in
+    the group's colour and marker (a poor fit hollow, without a bar)."""
+
+    def draw(fig: Any, source: ColumnDataSource, group: str, first: pd.Series) -> list[LegendItem]:
+        colour = str(first["colour"])
+        bars = fig.segment(
+            x, "low", x, "high", source=source, color=colour, line_alpha=float(first["bar"])
+        )
+        points = fig.scatter(
+            x, "valence", source=source, marker=str(first["marker"]), size=7, color=colour,
+            fill_alpha=float(first["fill"]),
+        )  # fmt: skip
+        return [LegendItem(label=group, renderers=[points, bars])]
+
+    return draw
+
+
+def valence_plot(x: str, make_figure: Any, height: int = HEIGHT) -> GroupedPoints:
+    """Average oxidation state per edge and channel against ``x`` ("time" or "soc")."""
+    return GroupedPoints(
+        lambda: (make_figure(), []), draw_valence(x), VALENCE_COLUMNS, valence_tips(x), height
+    )
+
+
+def valence_title(fits: pd.DataFrame, against: str) -> str:
+    return f"average oxidation state vs {against}" + ("" if len(fits) else ": no fit yet")
 
 
 class TimePlots:
@@ -237,25 +236,25 @@ class TimePlots:
         self.windows = AppendedTable(["x0", "x1"])
         self.triggers = ColumnDataSource({"x": np.zeros(0)})
         self._mark(self.figures["Ewe"])
-        self.valence = AppendedTable(VALENCE_COLUMNS)
-        self.valence_figure = self._valence_figure(hours)
-        self.beam = AppendedTable(BEAM_COLUMNS)
+        self.valence = valence_plot(
+            "time",
+            lambda: time_figure("", "average oxidation state", self.x_range, hours),
+        )
         self.lost = ColumnDataSource({"x0": np.zeros(0), "x1": np.zeros(0)})
-        self.beam_figure = self._beam_figure(hours)
+        self.beam = GroupedPoints(
+            lambda: self._beam_figure(hours), self._draw_beam, BEAM_COLUMNS, self._beam_tips
+        )
         self.fractions = {c: FractionPlot(c, self.x_range, hours) for c in CHANNEL_NAME}
-
-        def pane(fig: Any) -> pn.pane.Bokeh:
-            return pn.pane.Bokeh(fig, sizing_mode="stretch_width", min_width=360, height=HEIGHT)
-
-        # two columns, each plot half the window wide whatever the screen
+        # two columns, each plot half the window wide whatever the screen; the beam beside
+        # the cell: a dump or a refill lines up with what it touched
         self.layout = pn.GridBox(
-            pane(self.figures["Ewe"]),
-            pane(self.figures["I"]),
-            pane(self.figures["soc"]),
-            pane(self.beam_figure),
+            bokeh_pane(fig=self.figures["Ewe"]),
+            bokeh_pane(fig=self.figures["I"]),
+            bokeh_pane(fig=self.figures["soc"]),
+            self.beam.pane,
             self.fractions["TEY"].pane,
             self.fractions["TFY"].pane,
-            pane(self.valence_figure),
+            self.valence.pane,
             ncols=2,
             sizing_mode="stretch_width",
         )
@@ -272,26 +271,20 @@ class TimePlots:
         self, rests: list[tuple[float, float]], spectra: pd.DataFrame, triggers: pd.DataFrame
     ) -> None:
         replace_if_changed(
-            self.rests, {"x0": _ms([r[0] for r in rests]), "x1": _ms([r[1] for r in rests])}
+            self.rests, {"x0": ms([r[0] for r in rests]), "x1": ms([r[1] for r in rests])}
         )
         self.windows.show(pd.DataFrame(windows_table(spectra)))
         fired = triggers["t"].dropna() if len(triggers) and "t" in triggers else []
-        replace_if_changed(self.triggers, {"x": _ms(fired)})
+        replace_if_changed(self.triggers, {"x": ms(fired)})
 
     def show_beam(self, beam: pd.DataFrame, lost: list[tuple[int, float, float]]) -> None:
-        self.beam.show(beam_table(beam))
         replace_if_changed(
-            self.lost, {"x0": _ms([a for _, a, _ in lost]), "x1": _ms([b for *_, b in lost])}
+            self.lost, {"x0": ms([a for _, a, _ in lost]), "x1": ms([b for *_, b in lost])}
         )
-        title = beam_title(lost, bool(len(beam)))
-        if self.beam_figure.title.text != title:
-            self.beam_figure.title.text = title
+        self.beam.show(beam_table(beam), beam_title(lost, bool(len(beam))))
 
-    def show_valence(self, fits: pd.DataFrame) -> str:
-        title = "average oxidation state vs time" + ("" if len(fits) else ": no fit yet")
-        if self.valence_figure.title.text != title:
-            self.valence_figure.title.text = title
-        return self.valence.show(valence_table(fits))
+    def show_valence(self, fits: pd.DataFrame) -> dict[str, str]:
+        return self.valence.show(valence_table(fits), valence_title(fits, "time"))
 
     def show_fractions(self, fits: pd.DataFrame, edge: str | None) -> dict[str, str]:
         return {c: plot.show(fits, edge) for c, plot in self.fractions.items()}
@@ -301,7 +294,7 @@ class TimePlots:
         title, label, fmt, colour = CELL[name]
         fig = time_figure(title, label, self.x_range, hours)
         line = fig.line("time", name, source=self.traces[name].source, color=colour, line_width=1.5)
-        hover(fig, [line], (label, f"@{name}{{{fmt}}}"))
+        fig.add_tools(hover([line], (label, f"@{name}{{{fmt}}}")))
         if name != "Ewe":  # the voltage's legend names the marks (``_mark``)
             legend_beside(fig, [LegendItem(label=label, renderers=[line])])
         return fig
@@ -327,47 +320,31 @@ class TimePlots:
             ],
         )
 
-    def _valence_figure(self, hours: HoursAxis) -> Any:
-        fig = time_figure(
-            "average oxidation state vs time: no fit yet",
-            "average oxidation state",
-            self.x_range,
-            hours,
-        )
-        source = self.valence.source
-        fig.segment("time", "low", "time", "high", source=source, color="colour", line_alpha="bar")
-        points = fig.scatter(
-            "time", "valence", source=source, marker="marker", size=7, color="colour",
-            fill_alpha="fill",
-        )  # fmt: skip
-        legend_beside(fig, [LegendItem(label={"field": "label"}, renderers=[points])])
-        fig.add_tools(valence_hover([points], "time"))
-        return fig
-
-    def _beam_figure(self, hours: HoursAxis) -> Any:
-        fig = time_figure(
-            beam_title([], False), "I0 (counts or monitor units)", self.x_range, hours
-        )
-        source = self.beam.source
-        median = fig.scatter("time", "I0", source=source, marker="marker", size=6, color=PALETTE[0])
-        lowest = fig.scatter(
-            "time", "minimum", source=source, marker="marker", size=4, color=PALETTE[4]
-        )
+    def _beam_figure(self, hours: HoursAxis) -> tuple[Any, list[LegendItem]]:
+        fig = time_figure("", "I0 (counts or monitor units)", self.x_range, hours)
         lost = fig.vstrip("x0", "x1", source=self.lost, color=PALETTE[3], alpha=0.35, line_alpha=0)
         fig.yaxis.formatter = NumeralTickFormatter(format="0.[00]a")  # 100k, not 1.000e+5
-        legend_beside(
-            fig,
-            [
-                LegendItem(label={"field": "median_label"}, renderers=[median]),
-                LegendItem(label={"field": "minimum_label"}, renderers=[lowest]),
-                LegendItem(label="beam lost", renderers=[lost]),
-            ],
+        return fig, [LegendItem(label="beam lost", renderers=[lost])]
+
+    @staticmethod
+    def _draw_beam(
+        fig: Any, source: ColumnDataSource, edge: str, first: pd.Series
+    ) -> list[LegendItem]:
+        marker = str(first["marker"])
+        median = fig.scatter("time", "I0", source=source, marker=marker, size=6, color=PALETTE[0])
+        lowest = fig.scatter(
+            "time", "minimum", source=source, marker=marker, size=4, color=PALETTE[4]
         )
-        hover(
-            fig,
-            [median, lowest],
+        return [
+            LegendItem(label=f"{edge} median", renderers=[median]),
+            LegendItem(label=f"{edge} minimum", renderers=[lowest]),
+        ]
+
+    @staticmethod
+    def _beam_tips(renderers: list[Any]) -> HoverTool:
+        return hover(
+            renderers,
             ("I0 median", "@I0{0.[00]a}"),
             ("minimum", "@minimum{0.[00]a}"),
             ("spectrum", "@spectrum"),
         )
-        return fig

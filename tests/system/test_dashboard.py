@@ -162,14 +162,14 @@ def test_every_plot_renders_with_units(lfp_view):
     assert time.figures["I"].yaxis[0].axis_label == "I (mA)"
     time.show_marks(s.rests, s.spectra, s.triggers)
     assert len(time.windows.source.data["x0"]) == (s.spectra["kind"] == "xas_scan").sum() > 0
-    assert time.show_fractions(s.fits, "Fe-L") == {"TEY": "streamed", "TFY": "streamed"}
+    assert time.show_fractions(s.fits, "Fe-L") == {"TEY": "replaced", "TFY": "replaced"}
     assert time.fractions["TFY"].pane.object.title.text == "Fe-L fractions, bulk (TFY)"
     spectra = SpectraPlots()
     spectra.show(s.latest, s.fits, s.heatmaps)
     fig = spectra.latest.pane.object
     assert fig.xaxis[0].axis_label == "photon energy (eV)"
     assert fig.title.text.startswith(f"spectrum {s.latest.spectrum_id} (Fe-L, SOC ")
-    assert len(spectra.valence.table.source.data["soc"]) == len(s.fits)
+    assert sum(len(t.source.data["soc"]) for t in spectra.valence.tables.values()) == len(s.fits)
     heat = spectra.heatmaps[("Fe-L", "TEY", "charge")]
     soc, grid, _ = s.heatmaps[("Fe-L", "TEY", "charge")]
     assert len(heat.source.data["mu"]) == len(np.unique(soc)) * len(grid)
@@ -508,7 +508,7 @@ def test_a_ring_dump_shows_in_the_beam_trace_where_it_was(tmp_path):
     assert f"beam lost {len(expected)} time(s)" in beam_text(s)
     time = TimePlots(HoursAxis(None))
     time.show_beam(s.beam, s.beam_lost)
-    assert f"lost {len(expected)} time(s)" in time.beam_figure.title.text
+    assert f"lost {len(expected)} time(s)" in time.beam.figure.title.text
     assert len(time.lost.data["x0"]) == len(expected)
 
 

@@ -17,10 +17,12 @@ from operando.dashboards.headless import (
     CHROMIUM,
     http_ready,
     launch,
+    plotted_rows,
     plotted_until,
     tour,
     watch_errors,
 )
+from operando.dashboards.view import RunView
 
 from operando.config import demo_presets
 from operando.demo import free_ports
@@ -97,6 +99,20 @@ def test_live_dashboard_updates_alarms_and_reloads_with_history(tmp_path, proces
     (newest,) = conn.execute("SELECT max(t) FROM potentiostat").fetchone()
     conn.close()
     assert newest - plotted_until(page) < 600
+    # every fit reaches the valence plot in the browser, the newest appended to what it holds
+    # (a patch the page could not apply once left it at the first fits while the header
+    # counted on)
+    view = RunView(run)
+    view.refresh()
+    fits = len(view.snapshot.fits)
+    view.close()
+    assert fits > 0
+    wait_for(
+        lambda: plotted_rows(page, "spectrum", "group", "valence") >= fits,
+        30,
+        0.5,
+        what=f"{fits} fits plotted",
+    )
     _shot(page, "dashboard-live")
 
     # a second browser at the same time sees the same run

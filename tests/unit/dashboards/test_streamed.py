@@ -71,7 +71,9 @@ def test_a_table_streams_new_rows_and_is_sent_whole_when_a_row_changed():
     table = AppendedTable(["time", "valence", "label"])
     sent = watched(table.source)
     rows = pd.DataFrame({"time": [1.0, 2.0], "valence": [3.1, 3.2], "label": ["Mn TEY"] * 2})
-    assert table.show(rows) == STREAMED
+    assert table.show(rows.iloc[:0]) == SAME  # nothing yet
+    assert table.show(rows) == REPLACED  # the first rows whole: typed like all that follow
+    assert isinstance(table.source.data["time"], np.ndarray)
     assert table.show(rows.copy()) == SAME
     more = pd.concat([rows, rows.iloc[[1]].assign(time=3.0, valence=3.3)], ignore_index=True)
     assert table.show(more) == STREAMED
@@ -80,7 +82,7 @@ def test_a_table_streams_new_rows_and_is_sent_whole_when_a_row_changed():
     assert table.show(refit) == REPLACED
     assert list(table.source.data["valence"]) == [3.1, 3.25, 3.3]
     assert table.show(refit.iloc[:1]) == REPLACED  # rows gone (a run read again)
-    assert sent == ["stream 2", "stream 1", "whole", "whole"]
+    assert sent == ["whole", "stream 1", "whole", "whole"]
 
 
 def test_small_sources_are_sent_only_when_they_differ():

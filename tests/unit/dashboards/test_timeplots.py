@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from bokeh.models import ColumnDataSource
 from operando.dashboards.hours import HoursAxis
 from operando.dashboards.timeplots import (
     POOR,
@@ -37,7 +36,7 @@ FITS = pd.DataFrame(
 def test_a_poor_fit_is_drawn_apart_hollow_and_without_a_bar():
     table = valence_table(FITS)
     assert list(table["time"]) == [1e5, 1e5, 2e5, 3e5]  # ms, what a datetime axis takes
-    assert list(table["label"]) == ["Mn-L TEY", "Mn-L TFY", "Mn-L TEY poor fit", "Ni-L TEY"]
+    assert list(table["group"]) == ["Mn-L TEY", "Mn-L TFY", "Mn-L TEY poor fit", "Ni-L TEY"]
     poor = table.iloc[2]
     assert (poor["colour"], poor["fill"], poor["bar"]) == (POOR, 0.0, 0.0)
     assert table.iloc[0]["fill"] == 1.0 and table.iloc[0]["bar"] > 0
@@ -67,22 +66,29 @@ def test_the_beam_table_marks_each_edge_and_the_page_shows_its_losses():
          "i0_median": [1e5, 2e5], "i0_min": [9e4, 10.0]}
     )  # fmt: skip
     table = beam_table(beam)
-    assert list(table["median_label"]) == ["Mn-L median", "Ni-L median"]
+    assert list(table["group"]) == ["Mn-L", "Ni-L"]
     assert table["marker"].nunique() == 2
     time = TimePlots(HoursAxis(None))
     time.show_beam(beam, [(2, 19.0, 21.0)])
-    assert time.beam_figure.title.text.startswith("beam (I0 per scan): lost 1 time(s)")
+    assert time.beam.figure.title.text.startswith("beam (I0 per scan): lost 1 time(s)")
     assert list(time.lost.data["x0"]) == [19e3]
 
 
-def test_an_empty_page_holds_no_float_array_where_the_browser_wants_colours():
-    """An empty colour column sent as a float array broke the whole page ("invalid color
-    array"): a run opened before its first fit showed nothing at all."""
+def test_a_new_group_makes_the_figure_again_and_a_groups_new_fits_are_appended():
+    """One source per edge and channel: with the group in a column of one source (Bokeh's
+    legend_field), the page failed drawing the legend when a patch brought a new group."""
     time = TimePlots(HoursAxis(None))
-    for source in (time.valence.source, time.beam.source):
-        assert isinstance(source, ColumnDataSource)
-        for column in ("colour", "marker", "label", "median_label"):
-            if column in source.data:
-                assert list(source.data[column]) == [] and not isinstance(
-                    source.data[column], np.ndarray
-                )
+    assert time.show_valence(FITS.iloc[:0]) == {}
+    empty = time.valence.figure
+    assert empty.title.text == "average oxidation state vs time: no fit yet"
+    assert time.show_valence(FITS.iloc[:1]) == {"Mn-L TEY": "replaced"}
+    assert time.valence.figure is not empty  # a group came: made again, with its legend entry
+    assert time.show_valence(FITS.iloc[:2]) == {"Mn-L TEY": "replaced", "Mn-L TFY": "replaced"}
+    figure = time.valence.figure
+    later = FITS.iloc[[0]].assign(spectrum_id=9, t=400.0, valence=3.25)
+    grown = pd.concat([FITS.iloc[:2], later])
+    assert time.show_valence(grown) == {"Mn-L TEY": "streamed", "Mn-L TFY": "same"}
+    assert time.valence.figure is figure  # no new group: the same figure
+    assert list(time.valence.tables["Mn-L TEY"].source.data["valence"]) == [3.2, 3.25]
+    labels = [item.label["value"] for item in figure.legend[0].items]
+    assert labels == ["Mn-L TEY", "Mn-L TFY"]
