@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 from baseline import load_bare_zmq
-from operando.dashboards.headless import http_ready, launch, plotted_until
+from operando.dashboards.headless import drawn_titles, http_ready, launch, plotted_until
 from playwright.sync_api import sync_playwright
 
 from operando.config import preset_path
@@ -160,18 +160,6 @@ def growth(samples: list[tuple[float, dict[str, float]]], name: str) -> dict[str
     }
 
 
-# the titles of the page's plots, as Bokeh holds them (the canvases draw them)
-_TITLES_JS = """() => {
-  const out = [];
-  for (const doc of (window.Bokeh ? Bokeh.documents : [])) {
-    for (const m of doc.all_models) {
-      if (m.type === "Title" || (m.constructor && m.constructor.name === "Title")) out.push(m.text);
-    }
-  }
-  return out;
-}"""
-
-
 # the newest spectrum the page's header shows, and when the server sent that header and read
 # the store (a locator's evaluate: the header lives in a shadow root, out of document's reach)
 _SHOWN_JS = """h => {
@@ -233,7 +221,7 @@ def switches(preset: str, hours: float, speed: float, workdir: str) -> None:
                         # the edge the fraction plots show now, named in their titles
                         shown = {
                             str(t).split(" fractions,")[0]
-                            for t in page.evaluate(_TITLES_JS)
+                            for t in drawn_titles(page)
                             if " fractions," in str(t)
                         }
                         if len(shown) != 1:
@@ -247,7 +235,7 @@ def switches(preset: str, hours: float, speed: float, workdir: str) -> None:
                                 wait_until(
                                     lambda edge=edge: any(
                                         str(t).startswith(f"{edge} fractions")
-                                        for t in page.evaluate(_TITLES_JS)
+                                        for t in drawn_titles(page)
                                     ),
                                     15.0,
                                 )

@@ -80,6 +80,26 @@ def plotted_rows(page: Any, *columns: str) -> int:
     return int(page.evaluate(_DISTINCT_JS, list(columns)))
 
 
+# the titles of the plots the page draws, found from its root views down (a figure made again,
+# another edge's fractions, may stay among the document's models without being drawn)
+_TITLES_JS = """() => {
+  const out = [], seen = new Set();
+  const walk = view => {
+    if (!view || seen.has(view)) return;
+    seen.add(view);
+    if (view.model && view.model.title && view.model.renderers) out.push(view.model.title.text);
+    for (const child of (view.child_views || [])) walk(child);
+  };
+  for (const root of (window.Bokeh ? Bokeh.index.roots : [])) walk(root);
+  return out;
+}"""
+
+
+def drawn_titles(page: Any) -> list[str]:
+    """The titles of the plots ``page`` draws now (Bokeh draws them into canvases)."""
+    return [str(t) for t in page.evaluate(_TITLES_JS)]
+
+
 # every tab of the dashboard, in the order the page shows them
 TABS = (
     "Electrochemistry & valence",

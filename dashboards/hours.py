@@ -30,23 +30,28 @@ class HoursAxis:
     def __init__(self, t0_s: float | None) -> None:
         self.t0_s = t0_s
         self.callbacks: list[CustomJS] = []
+        self.ranges: dict[str, Range1d] = {}  # the hours range of each UTC range, by its id
 
     def add(self, fig: Any) -> None:
-        """Put the hours axis on a Bokeh figure whose x axis is UTC time (once)."""
+        """Put the hours axis on a Bokeh figure whose x axis is UTC time (once). Figures that
+        share a UTC range share its hours range and its one callback: a figure made again
+        (another edge's fractions) adds no model that the page must learn first."""
         if HOURS in fig.extra_x_ranges:
             return
-        hours = Range1d(start=0, end=1)
+        hours = self.ranges.get(fig.x_range.id)
+        if hours is None:
+            hours = self.ranges[fig.x_range.id] = Range1d(start=0, end=1)
+            callback = CustomJS(
+                args={"xr": fig.x_range, "hr": hours, "t0": self._t0_ms()}, code=FOLLOW_UTC
+            )
+            fig.x_range.js_on_change("start", callback)
+            fig.x_range.js_on_change("end", callback)
+            self.callbacks.append(callback)
         fig.extra_x_ranges = {**fig.extra_x_ranges, HOURS: hours}
         fig.add_layout(
             LinearAxis(x_range_name=HOURS, axis_label="hours since the first potentiostat row"),
             "above",
         )
-        callback = CustomJS(
-            args={"xr": fig.x_range, "hr": hours, "t0": self._t0_ms()}, code=FOLLOW_UTC
-        )
-        fig.x_range.js_on_change("start", callback)
-        fig.x_range.js_on_change("end", callback)
-        self.callbacks.append(callback)
 
     def start_at(self, t0_s: float) -> None:
         if self.t0_s is not None:

@@ -159,7 +159,7 @@ class Session:
         self.time.show_fractions(snap.fits, self.edge.value)
         self.spectra = SpectraPlots()
         self.spectra.show(snap.latest, snap.fits, snap.heatmaps)
-        self.edge.param.watch(lambda e: self._send_fractions(), "value")
+        self.edge.param.watch(self._edge_chosen, "value")
         self.header = pn.pane.HTML("", sizing_mode="stretch_width")
         self.alarms = pn.pane.HTML("", sizing_mode="stretch_width")
         self.ack_select: pn.widgets.Select | None = None
@@ -462,6 +462,12 @@ class Session:
     def _tab_opened(self, event: Any) -> None:
         with pn.io.hold(freeze=True):
             self._redraw(self.feed.view.snapshot)
+
+    def _edge_chosen(self, event: Any) -> None:
+        # one patch, as a redraw is: the new figures and what they refer to arrive together
+        # (sent apart, the page met references it did not know and kept the old edge)
+        with pn.io.hold(freeze=True):
+            self._send_fractions()
 
     def _send_fractions(self, snap: Snapshot | None = None) -> dict[str, str]:
         """The chosen edge's fractions: its new fits appended, or the plots made again for

@@ -41,8 +41,8 @@ class AppendedTable:
         table = table.loc[:, self.columns]
         hashes = hash_pandas_object(table, index=False).to_numpy() if len(table) else self.held[:0]
         n = len(self.held)
-        # into an empty source the rows go whole: streamed onto the browser's empty column
-        # (a list), numbers did not join it and the plot stayed at its first rows
+        # into an empty source the first rows go whole, so its columns take their types (a
+        # number column a typed array) from them; new rows, a few at a time, as lists
         if n and len(hashes) >= n and np.array_equal(hashes[:n], self.held):
             if len(hashes) == n:
                 return SAME
