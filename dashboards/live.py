@@ -99,6 +99,12 @@ def _edges(snap: Snapshot) -> list[str]:
     return sorted(snap.fits["edge"].unique()) if len(snap.fits) else []
 
 
+def newest_edge(fits: pd.DataFrame) -> str | None:
+    """The edge of the newest fit, where the experiment is now: the edge selector starts on
+    it (it started on the first in the alphabet, an edge maybe scanned hours ago)."""
+    return str(fits.loc[fits["t"].idxmax(), "edge"]) if len(fits) else None
+
+
 def _pipe(data: Any) -> Pipe:
     return Pipe(data=data)
 
@@ -132,7 +138,7 @@ class Session:
         self.edge = pn.widgets.Select(
             name="fractions of edge",
             options=edges,
-            value=edges[0] if edges else None,
+            value=newest_edge(snap.fits),
             width=160,
             css_classes=["op-edge"],  # found by the browser test and the bench
         )
@@ -383,7 +389,7 @@ class Session:
             if edges != self.edge.options:
                 self.edge.options = edges
                 if self.edge.value not in edges and edges:
-                    self.edge.value = edges[0]  # the watcher sends the fractions
+                    self.edge.value = newest_edge(snap.fits)  # the watcher sends them
             self._send_fractions(snap)
 
         def spectra_tab(snap: Snapshot) -> None:

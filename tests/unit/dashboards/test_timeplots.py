@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from operando.dashboards.hours import HoursAxis
+from operando.dashboards.live import newest_edge
 from operando.dashboards.timeplots import (
     POOR,
     TimePlots,
@@ -92,3 +93,10 @@ def test_a_new_group_makes_the_figure_again_and_a_groups_new_fits_are_appended()
     assert list(time.valence.tables["Mn-L TEY"].source.data["valence"]) == [3.2, 3.25]
     labels = [item.label["value"] for item in figure.legend[0].items]
     assert labels == ["Mn-L TEY", "Mn-L TFY"]
+
+
+def test_the_edge_selector_starts_on_the_edge_measured_last():
+    fits = FITS.assign(t=[100.0, 100.0, 200.0, 50.0])  # Ni-L measured first, then Mn-L
+    assert newest_edge(fits) == "Mn-L"
+    assert newest_edge(FITS) == "Ni-L"  # not the first in the alphabet
+    assert newest_edge(FITS.iloc[:0]) is None
