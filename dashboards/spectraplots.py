@@ -2,7 +2,7 @@
 and the normalised spectra stacked by SOC (a heatmap per edge, channel and direction of the
 current), as Bokeh figures fed with what changed.
 
-Through HoloViews, opening this tab under a RIXS run's load took 2.0 s (p50) to 2.6 s (p95):
+Through HoloViews, opening this tab under a RIXS run's load took 1.2 s (p50) to 1.8 s (p95):
 each of its plots was rebuilt from the whole run whenever the tab was opened or a spectrum
 came. Here the figures live as long as the page: a new spectrum replaces two small sources,
 a fit is appended, and a heatmap is sent again only when a scan joined it.
