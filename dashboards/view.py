@@ -114,10 +114,8 @@ class CellTrace:
             self.revision += 1
 
     def frame(self) -> pd.DataFrame:
-        """The trace with a ``time`` column of datetimes (what the time axes show)."""
-        out = pd.DataFrame(self.data, columns=pd.Index(CELL_COLUMNS))
-        out["time"] = pd.to_datetime(out["t"], unit="s")
-        return out
+        """The trace as a frame (the time plots take ``t``, seconds since the epoch)."""
+        return pd.DataFrame(self.data, columns=pd.Index(CELL_COLUMNS))
 
 
 @dataclass
