@@ -218,6 +218,10 @@ def switches(preset: str, hours: float, speed: float, workdir: str) -> None:
                             tab_s[tab].append(took)
                             page_s[tab].append(time.time() - sent if took else None)
                             page.wait_for_timeout(1000)
+                        # the run ended during the tabs' tour: no server to answer an edge
+                        # choice (before this check, such a choice was counted as never shown)
+                        if demo.poll() is not None:
+                            break
                         # the edge the fraction plots show now, named in their titles
                         shown = {
                             str(t).split(" fractions,")[0]
@@ -231,15 +235,15 @@ def switches(preset: str, hours: float, speed: float, workdir: str) -> None:
                         options = edges.locator("option").all_inner_texts()
                         for edge in [o for o in options if o != current][:1]:
                             edges.select_option(label=edge)
-                            edge_s.append(
-                                wait_until(
-                                    lambda edge=edge: any(
-                                        str(t).startswith(f"{edge} fractions")
-                                        for t in drawn_titles(page)
-                                    ),
-                                    15.0,
-                                )
+                            took = wait_until(
+                                lambda edge=edge: any(
+                                    str(t).startswith(f"{edge} fractions")
+                                    for t in drawn_titles(page)
+                                ),
+                                15.0,
                             )
+                            if demo.poll() is None:  # else the server stopped while waiting
+                                edge_s.append(took)
                     except Exception:  # the server is stopping at the end of the run
                         break
                 browser.close()

@@ -4,10 +4,11 @@ One process serves any number of browser tabs. A ``StateFeed`` thread keeps one 
 the run store current; each tab redraws from the view's newest snapshot at a bounded rate
 (``render_hz``) and as soon as the view has read something new, redrawing only the parts
 that changed. The Electrochemistry & valence and Spectra tabs are Bokeh figures fed with what
-is new (``timeplots``, ``spectraplots``: decision 0016); the other tabs are HoloViews plots
-redrawn when shown. Long time series are downsampled for display (min-max + LTTB over
-the whole trace) while the full data stay in the store. Nothing a browser does can slow
-ingest: the monitor only ever sees a SUB socket that may fall behind.
+is new (``timeplots``, ``spectraplots``: decision 0016), the Cycling tab Bokeh figures kept
+between redraws (``cycleplots``); the other tabs are HoloViews plots redrawn when shown.
+Long time series are downsampled for display (min-max + LTTB over the whole trace) while the
+full data stay in the store. Nothing a browser does can slow ingest: the monitor only ever
+sees a SUB socket that may fall behind.
 
 Binds 127.0.0.1 unless told otherwise; on any other address it refuses to start without
 authentication (Panel's basic auth: a password file). Controls (acquire, hold, resume,
@@ -34,6 +35,7 @@ import pandas as pd
 import panel as pn
 from holoviews.streams import Pipe
 from operando.dashboards import plots
+from operando.dashboards.cycleplots import CyclingPlots
 from operando.dashboards.hours import HoursAxis
 from operando.dashboards.remote import RemoteError, open_remote
 from operando.dashboards.spectraplots import SpectraPlots
@@ -147,12 +149,6 @@ class Session:
             "dose": _pipe((snap.dose, snap.budget_Gy, snap.spots, beam_spot(snap.spectra))),
             "rixs": _pipe(snap.rixs_latest),
             "rixs_maps": _pipe(snap.rixs_maps),
-            "half_cycles": _pipe(snap.half_cycles),
-            "cycles": _pipe(snap.cycles),
-            "steps": _pipe(snap.steps),
-            "fits_on_cycles": _pipe(snap.fits_on_cycles),
-            "gitt": _pipe(snap.gitt),
-            "interruptions": _pipe(snap.interruptions),
         }
         self.hours = HoursAxis(float(snap.cell["t"].iloc[0]) if len(snap.cell) else None)
         # the first tab, drawn with what the run has now (a page opened before its first
@@ -163,6 +159,7 @@ class Session:
         self.time.show_beam(snap.beam, snap.beam_lost)
         self.time.show_valence(snap.fits)
         self.time.show_fractions(snap.fits, self.edge.value)
+        self.cycling = CyclingPlots()  # drawn when its tab is first opened
         self.spectra = SpectraPlots()
         self.spectra.show(snap.latest, snap.fits, snap.heatmaps)
         self.edge.param.watch(self._edge_chosen, "value")
@@ -199,7 +196,6 @@ class Session:
             self.events.style.apply(_attention_row, axis=1)
         self.stale: set[str] = set()
         self.rixs_sent = snap.rixs_latest
-        self.cycling_sent: dict[str, Any] = {}  # what the cycling plots show
         self.layout = self._layout()
         self.steps = self._steps()
         self.tabs.param.watch(self._tab_opened, "active")
@@ -224,7 +220,7 @@ class Session:
                 "Electrochemistry & valence",
                 pn.Column(self.edge, self.time.layout, sizing_mode="stretch_width"),
             ),
-            ("Cycling", self._cycling()),
+            ("Cycling", self.cycling.layout),
             (
                 "Spectra",
                 pn.Column(
@@ -274,46 +270,6 @@ class Session:
             self._controls(),
             self.message,
             tabs,
-            sizing_mode="stretch_width",
-        )
-
-    def _cycling(self) -> pn.Column:
-        """Which dQ/dV peak a valence change belongs to (the two on one voltage axis), how
-        valence follows the capacity passed, and capacity, efficiency and resistance by cycle."""
-        p = self.pipes
-        dqdv = hv.DynamicMap(lambda data: plots.dqdv_plot(data), streams=[p["half_cycles"]])
-        by_ewe = hv.DynamicMap(
-            lambda data: plots.valence_on_cycles_plot(data, "Ewe"), streams=[p["fits_on_cycles"]]
-        )
-        by_q = hv.DynamicMap(
-            lambda data: plots.valence_on_cycles_plot(data, "capacity"),
-            streams=[p["fits_on_cycles"]],
-        )
-        capacity = hv.DynamicMap(
-            lambda data: plots.cycles_plot(data, "capacity"), streams=[p["cycles"]]
-        )
-        efficiency = hv.DynamicMap(
-            lambda data: plots.cycles_plot(data, "efficiency"), streams=[p["cycles"]]
-        )
-        resistance = hv.DynamicMap(lambda data: plots.resistance_plot(data), streams=[p["steps"]])
-        gitt = hv.DynamicMap(lambda data: plots.gitt_plot(data), streams=[p["gitt"]])
-        ici = hv.DynamicMap(
-            lambda data: plots.interruptions_plot(data), streams=[p["interruptions"]]
-        )
-        # dQ/dV above valence vs Ewe, both against the cell voltage (one HoloViews layout
-        # sharing the axis drew at zero width in a tab opened later: two panes)
-        return pn.Column(
-            _pane(dqdv, height=280),
-            _pane(by_ewe, height=280),
-            pn.Row(
-                _pane(by_q, height=300), _pane(capacity, height=300), sizing_mode="stretch_width"
-            ),
-            pn.Row(
-                _pane(efficiency, height=280),
-                _pane(resistance, height=280),
-                sizing_mode="stretch_width",
-            ),
-            pn.Row(_pane(gitt, height=280), _pane(ici, height=280), sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
 
@@ -421,21 +377,12 @@ class Session:
         def parts(*names: str) -> Any:
             return lambda snap: self._changed(snap, *names)
 
-        def cycling(snap: Snapshot) -> None:
-            # each plot only when its own data changed (a fit alone moves only the valence)
-            names = ("half_cycles", "cycles", "steps", "fits_on_cycles", "gitt", "interruptions")
-            for name in names:
-                data = getattr(snap, name)
-                if data is not self.cycling_sent.get(name):
-                    p[name].send(data)
-                    self.cycling_sent[name] = data
-
         return [
             ("cell", 0, parts("cell"), lambda s: self.time.show_cell(s.cell, s.cell_revision)),
             ("marks", 0, marks_due, marks),
             ("beam", 0, parts("spectra"), lambda s: self.time.show_beam(s.beam, s.beam_lost)),
             ("time fits", 0, parts("fits"), time_fits),
-            ("cycling", 1, parts("cycling", "fits", "spectra"), cycling),
+            ("cycling", 1, parts("cycling", "fits", "spectra"), self.cycling.show),
             ("spectra", 2, parts("fits", "spectra"), spectra_tab),
             ("relaxation", 3, parts("relaxation", "fits", "cell"), relaxation),
             ("dose", 4, parts("dose", "events"), dose),

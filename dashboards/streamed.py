@@ -100,13 +100,17 @@ def thinned(t: np.ndarray, y: np.ndarray, points: int) -> np.ndarray:
 
 
 def replace_if_changed(source: ColumnDataSource, data: Mapping[str, np.ndarray]) -> bool:
-    """Set a small source's data (spans, a few marks; numbers only) when it differs from
+    """Set a small source's data (spans, a few marks, a plot's points) when it differs from
     what it holds."""
     held: dict[Any, Any] = dict(source.data)
-    if held.keys() == data.keys() and all(
-        len(held[k]) == len(v) and np.array_equal(np.asarray(held[k]), v, equal_nan=True)
-        for k, v in data.items()
-    ):
+    if held.keys() == data.keys() and all(_same(held[k], v) for k, v in data.items()):
         return False
     source.data = dict(data)
     return True
+
+
+def _same(held: Any, new: Any) -> bool:
+    a, b = np.asarray(held), np.asarray(new)
+    # NaN equals NaN in number columns; a text column (notes) cannot hold NaN that way
+    numbers = a.dtype.kind in "fc" and b.dtype.kind in "fc"
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=numbers))

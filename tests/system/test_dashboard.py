@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import cli, record_demo
-from operando.dashboards import plots
+from operando.dashboards import cycleplots, plots
 from operando.dashboards.hours import HoursAxis
 from operando.dashboards.live import (
     ATTENTION,
@@ -28,6 +28,7 @@ from operando.dashboards.live import (
     glance_html,
     spot_text,
 )
+from operando.dashboards.pictures import draw
 from operando.dashboards.spectraplots import SpectraPlots
 from operando.dashboards.timeplots import TimePlots
 from operando.dashboards.view import CellTrace, RunView, StateFeed
@@ -537,32 +538,38 @@ def test_cycling_tab_shows_what_the_run_derived(lfp_run, lfp_view):
         .round(9)
         .unique()
     )
-    fig = hv.render(plots.dqdv_plot(s.half_cycles))
+    fig, _ = draw(cycleplots.dqdv_picture(s.half_cycles))
     assert fig.xaxis[0].axis_label == "Ewe (V)" and fig.yaxis[0].axis_label == "dQ/dV (mAh/V)"
-    q = hv.render(plots.valence_on_cycles_plot(s.fits_on_cycles, "capacity"))
+    # a curve per half-cycle shown, each holding that half-cycle's dQ/dV
+    curves = [r.data_source.data for r in fig.renderers if r.glyph.__class__.__name__ == "Line"]
+    shown = [h for h in s.half_cycles if h.dqdv_V][-6:]
+    assert [len(c["dQdV"]) for c in curves] == [len(h.dqdv_mAh_V) for h in shown]
+    q, _ = draw(cycleplots.valence_on_cycles_picture(s.fits_on_cycles, "capacity"))
     assert q.xaxis[0].axis_label == "capacity (mAh)"
-    assert (
-        hv.render(plots.cycles_plot(s.cycles, "capacity")).yaxis[0].axis_label == "capacity (mAh)"
-    )
-    assert hv.render(plots.resistance_plot(s.steps)).yaxis[0].axis_label == "resistance (ohm)"
-    for element in (
-        plots.valence_on_cycles_plot(s.fits_on_cycles, "Ewe"),
-        plots.cycles_plot(s.cycles, "efficiency"),
-        plots.dqdv_plot([]),
-        plots.valence_on_cycles_plot(pd.DataFrame(), "Ewe"),
-        plots.cycles_plot(pd.DataFrame(), "capacity"),
-        plots.resistance_plot(pd.DataFrame()),
-        plots.gitt_plot(s.gitt),
-        plots.gitt_plot(pd.DataFrame()),
+    capacity, (charge, _) = draw(cycleplots.cycles_picture(s.cycles, "capacity"))
+    assert capacity.yaxis[0].axis_label == "capacity (mAh)"
+    np.testing.assert_allclose(charge.data["y"], s.cycles["charge_mAh"])
+    r, _ = draw(cycleplots.resistance_picture(s.steps))
+    assert r.yaxis[0].axis_label == "resistance (ohm)"
+    for picture in (
+        cycleplots.valence_on_cycles_picture(s.fits_on_cycles, "Ewe"),
+        cycleplots.cycles_picture(s.cycles, "efficiency"),
+        cycleplots.dqdv_picture([]),
+        cycleplots.valence_on_cycles_picture(pd.DataFrame(), "Ewe"),
+        cycleplots.cycles_picture(pd.DataFrame(), "capacity"),
+        cycleplots.resistance_picture(pd.DataFrame()),
+        cycleplots.gitt_picture(s.gitt),
+        cycleplots.gitt_picture(pd.DataFrame()),
     ):
-        hv.render(element)
+        draw(picture)
     pulses = pd.DataFrame(
         {"soc_after": [0.1, 0.2], "d_cm2_s": [1e-10, 2e-10], "ocv_after_V": [3.7, 3.8]}
     ).assign(notes=["", "rest not relaxed"])
-    d = hv.render(plots.gitt_plot(pulses))
+    d, (points,) = draw(cycleplots.gitt_picture(pulses))
     assert d.yaxis[0].axis_label == "D (cm^2/s)" and "diffusion" in d.title.text
+    assert list(points.data["fill"]) == [1.0, 0.0]  # the pulse whose rest had not relaxed: hollow
     # without D: the equilibrium points, each with its 1-sigma from its rest's relaxation
-    ocv = hv.render(plots.gitt_plot(pulses.drop(columns="d_cm2_s").assign(ocv_unc_V=[1e-3, 5e-3])))
+    no_d = pulses.drop(columns="d_cm2_s").assign(ocv_unc_V=[1e-3, 5e-3])
+    ocv, (bars,) = draw(cycleplots.gitt_picture(no_d))
     assert ocv.yaxis[0].axis_label == "Ewe (V)"
-    (segments,) = [r.data_source.data for r in ocv.renderers if "y1" in r.data_source.data]
-    assert list(segments["y1"] - segments["ocv_after_V"]) == pytest.approx([2e-3, 1e-2])
+    assert list(bars.data["hi"] - bars.data["lo"]) == pytest.approx([2e-3, 1e-2])

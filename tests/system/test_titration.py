@@ -9,12 +9,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import holoviews as hv
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, cli, inspect_json, record_demo
-from operando.dashboards import plots
+from operando.dashboards import cycleplots
+from operando.dashboards.pictures import draw
 from operando.dashboards.view import RunView
 
 import operando
@@ -106,17 +106,16 @@ def test_interruptions_are_recorded_shown_rebuilt_and_exported(ici_run, tmp_path
     finally:
         view.close()
     np.testing.assert_allclose(shown["r_ohm"], found["r_ohm"])
-    hv.extension("bokeh")
-    fig = hv.render(plots.interruptions_plot(shown))
+    fig, (drawn,) = draw(cycleplots.interruptions_picture(shown))
     assert fig.yaxis[0].axis_label == "D (cm^2/s)" and "ICI" in fig.title.text
-    (bars,) = [r.data_source.data for r in fig.renderers if "y1" in r.data_source.data]
-    assert len(bars["y1"]) == len(found)
-    assert (bars["y1"] > bars["d_cm2_s"]).all()
+    assert len(drawn.data["hi"]) == len(found)
+    assert (drawn.data["hi"] > drawn.data["y"]).all() and (drawn.data["lo"] < drawn.data["y"]).all()
+    np.testing.assert_allclose(drawn.data["y"], found["d_cm2_s"])
     without_d = shown.drop(columns=["d_cm2_s"])
-    assert hv.render(plots.interruptions_plot(without_d)).yaxis[0].axis_label == "R (ohm)"
-    hv.render(plots.interruptions_plot(pd.DataFrame()))
+    r, _ = draw(cycleplots.interruptions_picture(without_d))
+    assert r.yaxis[0].axis_label == "R (ohm)"
+    draw(cycleplots.interruptions_picture(pd.DataFrame()))
     # a run without a capacity has no SOC: the points are drawn against time, not left out
-    no_soc = hv.render(plots.interruptions_plot(shown.assign(soc=np.nan)))
+    no_soc, (points,) = draw(cycleplots.interruptions_picture(shown.assign(soc=np.nan)))
     assert no_soc.xaxis[0].axis_label == "time since the first (h)"
-    (points,) = [r.data_source.data for r in no_soc.renderers if "notes" in r.data_source.data]
-    assert len(points["hours"]) == len(found) and np.isfinite(points["hours"]).all()
+    assert len(points.data["x"]) == len(found) and np.isfinite(points.data["x"]).all()
