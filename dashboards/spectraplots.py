@@ -24,6 +24,7 @@ from operando.dashboards.timeplots import valence_plot, valence_table, valence_t
 
 ENERGY_LABEL = "photon energy (eV)"
 HeatItem = tuple[np.ndarray, np.ndarray, np.ndarray]  # SOC of each scan, energy grid, spectra
+QUAD_COLUMNS = ("left", "right", "bottom", "top", "mu", "energy", "soc")  # a heatmap's cells
 
 
 def spectrum_title(latest: Any, part: str) -> str:
@@ -117,10 +118,8 @@ def heatmap_quads(item: HeatItem) -> dict[str, Any]:
     left, bottom = np.meshgrid(e_edges[:-1], s_edges[:-1])
     right, top = np.meshgrid(e_edges[1:], s_edges[1:])
     energy, soc_at = np.meshgrid(np.asarray(grid, float), rows)
-    return {
-        "left": left.ravel(), "right": right.ravel(), "bottom": bottom.ravel(),
-        "top": top.ravel(), "mu": z_rows.ravel(), "energy": energy.ravel(), "soc": soc_at.ravel(),
-    }  # fmt: skip
+    cells = (left, right, bottom, top, z_rows, energy, soc_at)
+    return {name: values.ravel() for name, values in zip(QUAD_COLUMNS, cells, strict=True)}
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:
@@ -136,7 +135,7 @@ class Heatmap:
 
     def __init__(self, edge: str, channel: str, direction: str, height: int) -> None:
         title = f"normalised {edge} {channel} vs SOC" + (f", {direction}" if direction else "")
-        self.source = ColumnDataSource({k: [] for k in heatmap_quads(_ONE)})
+        self.source = ColumnDataSource({k: [] for k in QUAD_COLUMNS})
         fig = plain_figure(title, ENERGY_LABEL, "SOC", height)
         colours = LinearColorMapper(palette=Cividis256, nan_color="rgba(0,0,0,0)")
         # outlined in their own colour: without, the canvas left seams between cells
@@ -161,9 +160,6 @@ class Heatmap:
         self.source.data = dict(heatmap_quads(item))
         self.shown = item
         return True
-
-
-_ONE: HeatItem = (np.zeros(1), np.zeros(1), np.zeros((1, 1)))  # the columns' names, from a cell
 
 
 class SpectraPlots:
