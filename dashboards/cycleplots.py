@@ -53,11 +53,8 @@ def dqdv_picture(halves: list[Any], last: int = 6) -> Picture:
     tips = (("Ewe", "@Ewe{0.000} V"), ("dQ/dV", "@dQdV{0.00} mAh/V"))
     layers = []
     for n, h in enumerate(shown):
-        line = {"x": "Ewe", "y": "dQdV", "line_width": 2}
-        line |= {
-            "color": DIRECTION_COLOUR[h.direction],
-            "alpha": 0.35 + 0.65 * (n + 1) / len(shown),
-        }
+        colour, alpha = DIRECTION_COLOUR[h.direction], 0.35 + 0.65 * (n + 1) / len(shown)
+        line = {"x": "Ewe", "y": "dQdV", "line_width": 2, "color": colour, "alpha": alpha}
         layers.append(
             Layer(
                 f"{h.direction} {h.cycle}" + ("" if h.complete else " (open)"),
