@@ -175,8 +175,12 @@ class Snapshot:
 
 
 def _frame_of(rows: dict[float, dict[str, Any]]) -> pd.DataFrame:
-    """Derived rows (by their time) as a frame in time order, missing numbers NaN."""
-    return pd.DataFrame([rows[k] for k in sorted(rows)]).fillna(np.nan)
+    """Derived rows (by their time) as a frame in time order, missing numbers NaN (a column
+    never given, all None, is a number column of NaN: fillna on it was pandas' deprecated
+    downcast, and without it the column stays object)."""
+    frame = pd.DataFrame([rows[k] for k in sorted(rows)])
+    frame = frame.astype({c: float for c in frame.columns if frame[c].isna().all()})
+    return frame.mask(frame.isna(), np.nan)
 
 
 def _fraction_columns(prefix: str, values: dict[str, float]) -> dict[str, float]:
@@ -475,7 +479,7 @@ class RunView:
             [dataclasses.astuple(c) for c in found],
             columns=pd.Index([f.name for f in dataclasses.fields(Cycle)]),
         )
-        steps = pd.DataFrame([self.steps[k] for k in sorted(self.steps)]).fillna(np.nan)
+        steps = _frame_of(self.steps)
         if len(steps):
             k = locate(halves, steps["t_step"].to_numpy(), inside=False)
             steps["cycle"] = [halves[j].cycle if j >= 0 else 1 for j in k]

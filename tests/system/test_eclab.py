@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import SHARED, cli, driver_endpoints, inspect_json, store_count, wait_for
+from operando.dashboards.cycleplots import CyclingPlots
+from operando.dashboards.view import RunView
 from operando.drivers.eclab import MptFormatError, MptReader, current_sampling
 from operando.drivers.eclab_file import batch_arrays
 from operando.drivers.eclab_mpr import read_mpr
@@ -525,3 +527,19 @@ def test_half_cycles_through_the_monitor_match_ec_lab_and_survive_reprocess(tmp_
     # reprocess reaches the end of the record: the last discharge is there, as incomplete
     assert len(again) == 8 and not again["complete"].iloc[-1]
     pd.testing.assert_frame_equal(again.iloc[:7], live)
+    # the dashboard's Cycling tab draws them: each cycle's charge and discharge as EC-Lab
+    # counted them, a dQ/dV curve for each of the newest six half-cycles
+    view = RunView(run)
+    try:
+        assert view.refresh()
+        plots = CyclingPlots()
+        plots.show(view.snapshot)
+    finally:
+        view.close()
+    charge, discharge = (source.data for source in plots.plots["capacity"].sources)
+    by_cycle = again.pivot_table("capacity_mAh", "cycle", "direction", aggfunc="sum")
+    np.testing.assert_allclose(charge["y"], by_cycle["charge"], rtol=1e-9)
+    np.testing.assert_allclose(discharge["y"], by_cycle["discharge"], rtol=1e-9)
+    assert list(charge["fill"]) == [1.0, 1.0, 1.0, 0.0]  # the last cycle did not close
+    curves = plots.plots["dqdv"].figure.legend[0].items
+    assert [item.label.value for item in curves][-2:] == ["charge 4", "discharge 4 (open)"]
