@@ -179,7 +179,8 @@ def _frame_of(rows: dict[float, dict[str, Any]]) -> pd.DataFrame:
     never given, all None, is a number column of NaN: fillna on it was pandas' deprecated
     downcast, and without it the column stays object)."""
     frame = pd.DataFrame([rows[k] for k in sorted(rows)])
-    frame = frame.astype({c: float for c in frame.columns if frame[c].isna().all()})
+    never_given = [c for c in frame.columns if bool(frame[c].isna().all())]
+    frame = frame.astype(dict.fromkeys(never_given, float))
     return frame.mask(frame.isna(), np.nan)
 
 
