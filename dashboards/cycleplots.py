@@ -9,13 +9,14 @@ a RIXS run's load took up to 1.3 s (p95), its eight plots built again each time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import panel as pn
 from operando.dashboards.pictures import Glyph, Layer, Picture, PicturePlot
-from operando.dashboards.plots import MARKERS, PALETTE
+from operando.dashboards.plots import PALETTE, marker_of
 
 DIRECTION_COLOUR = {"charge": PALETTE[3], "discharge": PALETTE[0]}
 EWE, DQDV, CAPACITY, VALENCE = (
@@ -88,7 +89,7 @@ def valence_on_cycles_picture(placed: pd.DataFrame, x: str) -> Picture:
             frame = pd.DataFrame(
                 {x: g[x], "valence": g["valence"], "cycle": g["cycle"], "quality": g["quality"]}
             )
-            marker = MARKERS[names.index(series) % len(MARKERS)]
+            marker = marker_of(series, names)
             colour = DIRECTION_COLOUR.get(str(direction), PALETTE[4])
             tips = (
                 (x, f"@{{{x}}}{{0.000}} {'V' if x == 'Ewe' else 'mAh'}"),
@@ -258,15 +259,24 @@ def interruptions_picture(gaps: pd.DataFrame) -> Picture:
     )  # fmt: skip
 
 
+# each plot of the tab: the view's table it draws, its height, and the picture it makes of it
+PLOTS: dict[str, tuple[str, int, Callable[[Any], Picture]]] = {
+    "dqdv": ("half_cycles", 280, dqdv_picture),
+    "by_ewe": ("fits_on_cycles", 280, lambda t: valence_on_cycles_picture(t, "Ewe")),
+    "by_capacity": ("fits_on_cycles", 300, lambda t: valence_on_cycles_picture(t, "capacity")),
+    "capacity": ("cycles", 300, lambda t: cycles_picture(t, "capacity")),
+    "efficiency": ("cycles", 280, lambda t: cycles_picture(t, "efficiency")),
+    "resistance": ("steps", 280, resistance_picture),
+    "gitt": ("gitt", 280, gitt_picture),
+    "interruptions": ("interruptions", 280, interruptions_picture),
+}
+
+
 class CyclingPlots:
     """The Cycling tab's eight figures, each shown again only when its own table changed."""
 
     def __init__(self) -> None:
-        heights = {
-            "dqdv": 280, "by_ewe": 280, "by_capacity": 300, "capacity": 300,
-            "efficiency": 280, "resistance": 280, "gitt": 280, "interruptions": 280,
-        }  # fmt: skip
-        self.plots = {name: PicturePlot(height) for name, height in heights.items()}
+        self.plots = {name: PicturePlot(height) for name, (_, height, _) in PLOTS.items()}
         # the view's table each plot shows (the view makes a new one when it changes)
         self.shown: dict[str, Any] = {}
         p = {name: plot.pane for name, plot in self.plots.items()}
@@ -284,18 +294,8 @@ class CyclingPlots:
     def show(self, snap: Any) -> dict[str, str]:
         """What each plot did (``pictures.SAME``, ``REPLACED``, ``MADE``) with the snapshot's
         tables; a plot whose table is the one it shows is not looked at."""
-        pictures = {
-            "dqdv": ("half_cycles", dqdv_picture),
-            "by_ewe": ("fits_on_cycles", lambda t: valence_on_cycles_picture(t, "Ewe")),
-            "by_capacity": ("fits_on_cycles", lambda t: valence_on_cycles_picture(t, "capacity")),
-            "capacity": ("cycles", lambda t: cycles_picture(t, "capacity")),
-            "efficiency": ("cycles", lambda t: cycles_picture(t, "efficiency")),
-            "resistance": ("steps", resistance_picture),
-            "gitt": ("gitt", gitt_picture),
-            "interruptions": ("interruptions", interruptions_picture),
-        }
         done = {}
-        for name, (table, picture) in pictures.items():
+        for name, (table, _, picture) in PLOTS.items():
             data = getattr(snap, table)
             if data is self.shown.get(name):
                 continue

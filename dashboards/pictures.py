@@ -92,10 +92,11 @@ class PicturePlot:
         self.shape: tuple[Any, ...] | None = None
 
     def show(self, picture: Picture) -> str:
-        if picture.shape() != self.shape:
+        shape = picture.shape()
+        if shape != self.shape:
             self.figure, self.sources = draw(picture, self.height)
             self.pane.object = self.figure
-            self.shape = picture.shape()
+            self.shape = shape
             return MADE
         replaced = [
             replace_if_changed(source, columns(layer.data))

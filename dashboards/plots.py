@@ -20,6 +20,14 @@ from operando.analysis.relaxation import split_series
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
 CHANNEL_COLOUR = {"TEY": PALETTE[0], "TFY": PALETTE[1], "PFY": PALETTE[2], "Ewe": PALETTE[3]}
 MARKERS = ("circle", "triangle", "square", "diamond")  # one per edge
+
+
+def marker_of(name: str, names: list[str]) -> str:
+    """The marker of ``name`` among ``names`` (sorted: the same on every redraw); the first
+    for a name not among them."""
+    return MARKERS[names.index(name) % len(MARKERS)] if name in names else MARKERS[0]
+
+
 SPECTRUM_SPAN = "#56B4E9"
 REST_SHADE = "#999999"
 
@@ -70,7 +78,7 @@ def relaxation_plot(rel: dict[str, Any] | None, quantity: str) -> hv.Overlay:
         # "Mn-L TEY": the channel's colour, the edge's marker (two edges rest together)
         edge, name = split_series(channel)
         colour = CHANNEL_COLOUR.get(name, PALETTE[4])
-        marker = MARKERS[edges.index(edge) % len(MARKERS)] if edge in edges else MARKERS[0]
+        marker = marker_of(edge, edges)
         items.append(
             styled(
                 hv.Scatter((c["t"], c["v"]), tdim, ydim, label=channel),

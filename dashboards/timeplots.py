@@ -28,7 +28,13 @@ from operando.dashboards.figures import (
     time_figure,
 )
 from operando.dashboards.hours import HoursAxis
-from operando.dashboards.plots import CHANNEL_COLOUR, MARKERS, PALETTE, REST_SHADE, SPECTRUM_SPAN
+from operando.dashboards.plots import (
+    CHANNEL_COLOUR,
+    PALETTE,
+    REST_SHADE,
+    SPECTRUM_SPAN,
+    marker_of,
+)
 from operando.dashboards.streamed import AppendedTable, Trace, replace_if_changed
 
 DISPLAY_POINTS = 1500  # per time series, per browser: downsampled, the shape kept
@@ -77,7 +83,7 @@ def valence_table(fits: pd.DataFrame) -> pd.DataFrame:
             "high": fits["valence"].to_numpy(float) + err,
             "group": np.where(poor, label + " poor fit", label),
             "colour": np.where(poor, POOR, colour),
-            "marker": fits["edge"].map(lambda e: MARKERS[edges.index(e) % len(MARKERS)]).to_numpy(),
+            "marker": fits["edge"].map(lambda e: marker_of(e, edges)).to_numpy(),
             "fill": np.where(poor, 0.0, 1.0),
             "bar": np.where(poor, 0.0, 0.5),
             "spectrum": fits["spectrum_id"].to_numpy(),
@@ -113,7 +119,7 @@ def beam_table(beam: pd.DataFrame) -> pd.DataFrame:
             "minimum": beam["i0_min"].to_numpy(float),
             "spectrum": beam["spectrum_id"].to_numpy(),
             "group": edge.to_numpy(object),
-            "marker": edge.map(lambda e: MARKERS[edges.index(e) % len(MARKERS)]).to_numpy(),
+            "marker": edge.map(lambda e: marker_of(e, edges)).to_numpy(),
         }
     )
 
